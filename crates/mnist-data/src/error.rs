@@ -1,0 +1,204 @@
+//! The one error type of `mnist-data`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while finding, downloading or parsing a dataset.
+///
+/// Every variant that concerns a file names it, and says what was expected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file could not be written (cache, download).
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file starts like gzip but does not decompress.
+    #[error("{}: not a valid gzip stream ({source}); expected a gzip-compressed or raw IDX file", path.display())]
+    Gzip {
+        /// The file.
+        path: PathBuf,
+        /// The decompressor's error.
+        source: std::io::Error,
+    },
+    /// The file holds no bytes at all.
+    #[error("{}: the file is empty; expected an IDX {kind} file", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// `images` or `labels`.
+        kind: IdxKind,
+    },
+    /// Fewer bytes than an IDX header needs.
+    #[error("{}: truncated header: {found} bytes, expected at least {expected} for an IDX {kind} file", path.display())]
+    TruncatedHeader {
+        /// The file.
+        path: PathBuf,
+        /// `images` or `labels`.
+        kind: IdxKind,
+        /// Bytes present.
+        found: usize,
+        /// Bytes the header needs.
+        expected: usize,
+    },
+    /// The magic number is not the one of the expected IDX kind.
+    #[error("{}: bad magic number 0x{found:08x}, expected 0x{expected:08x} (IDX {kind})", path.display())]
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+        /// `images` or `labels`.
+        kind: IdxKind,
+        /// The magic read.
+        found: u32,
+        /// The magic of `kind`.
+        expected: u32,
+    },
+    /// Images that are not 28x28.
+    #[error("{}: images are {rows}x{cols}, expected 28x28", path.display())]
+    BadDimensions {
+        /// The file.
+        path: PathBuf,
+        /// Rows in the header.
+        rows: u32,
+        /// Columns in the header.
+        cols: u32,
+    },
+    /// The payload is shorter than the header's item count requires.
+    #[error("{}: the header claims {count} {kind} ({expected} bytes of data) but the file holds only {found} bytes of data", path.display())]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// `images` or `labels`.
+        kind: IdxKind,
+        /// Items claimed by the header.
+        count: u32,
+        /// Payload bytes the count requires.
+        expected: u64,
+        /// Payload bytes present.
+        found: u64,
+    },
+    /// Bytes after the last item.
+    #[error("{}: trailing bytes after the {count} {kind} the header declares; expected exactly {expected} bytes of data", path.display())]
+    TrailingBytes {
+        /// The file.
+        path: PathBuf,
+        /// `images` or `labels`.
+        kind: IdxKind,
+        /// Items declared.
+        count: u32,
+        /// Payload bytes the count requires.
+        expected: u64,
+    },
+    /// A label outside 0..=9.
+    #[error("{}: label {label} at index {index} is out of range, expected 0..=9", path.display())]
+    BadLabel {
+        /// The file.
+        path: PathBuf,
+        /// Position of the label.
+        index: usize,
+        /// The value found.
+        label: u8,
+    },
+    /// Image and label files disagree in count.
+    #[error("{} holds {images} images but {} holds {labels} labels; expected the same count", images_path.display(), labels_path.display())]
+    CountMismatch {
+        /// The image file.
+        images_path: PathBuf,
+        /// Images in it.
+        images: usize,
+        /// The label file.
+        labels_path: PathBuf,
+        /// Labels in it.
+        labels: usize,
+    },
+    /// A split does not hold the number of items the dataset defines.
+    #[error("{}: holds {found} items, expected {expected} for the {dataset} {split} split", path.display())]
+    UnexpectedCount {
+        /// The file.
+        path: PathBuf,
+        /// Dataset name.
+        dataset: &'static str,
+        /// `train` or `test`.
+        split: &'static str,
+        /// Items found.
+        found: usize,
+        /// Items expected.
+        expected: usize,
+    },
+    /// The dataset was not found locally and could not be downloaded.
+    #[error("{dataset} was not found and could not be downloaded.\n{details}\nPut the four files {files} (gzip or raw) into {cache}, or point --data-dir / MNIST_DATA_DIR at a directory holding them.")]
+    NotFound {
+        /// Dataset name.
+        dataset: &'static str,
+        /// Where we looked and what failed.
+        details: String,
+        /// The file names needed.
+        files: String,
+        /// The cache directory to put them in.
+        cache: String,
+    },
+    /// An explicitly given directory does not hold the dataset.
+    #[error("{}: missing {file} (or {file}.gz); expected the four {dataset} IDX files there", dir.display())]
+    MissingFile {
+        /// The directory.
+        dir: PathBuf,
+        /// The file that is missing.
+        file: &'static str,
+        /// Dataset name.
+        dataset: &'static str,
+    },
+    /// Every mirror failed for one file.
+    #[error("could not download {file}:\n{attempts}")]
+    Download {
+        /// The file name.
+        file: String,
+        /// One line per mirror tried and why it failed.
+        attempts: String,
+    },
+    /// A downloaded or cached file failed verification.
+    #[error("{}: failed verification: {reason}", path.display())]
+    Verification {
+        /// The file.
+        path: PathBuf,
+        /// What did not match.
+        reason: String,
+    },
+    /// The bundled sample was asked for but the crate was built without it.
+    #[error("the bundled sample is not compiled in; enable the `sample` feature of mnist-data")]
+    SampleDisabled,
+    /// An invalid argument (batch size 0, an index out of range, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+}
+
+/// The kind of an IDX file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdxKind {
+    /// `u8` images, magic 0x00000803.
+    Images,
+    /// `u8` labels, magic 0x00000801.
+    Labels,
+}
+
+impl std::fmt::Display for IdxKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdxKind::Images => "images",
+            IdxKind::Labels => "labels",
+        })
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

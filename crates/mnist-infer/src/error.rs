@@ -1,0 +1,57 @@
+//! The one error type of `mnist-infer`.
+
+use std::path::PathBuf;
+
+/// What can go wrong loading a classifier or an image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The artifact directory, its config or its weights.
+    #[error(transparent)]
+    Model(#[from] mnist_model::Error),
+    /// The artifact is not usable by this API.
+    #[error("{}: {message}", path.display())]
+    Artifact {
+        /// The artifact directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The image file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not an image in a supported format, or is corrupt.
+    #[error("{}: not a readable image ({message}); expected PNG, JPEG, GIF, BMP, TIFF, WebP or PNM", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        message: String,
+    },
+    /// The image is larger than the limits allow.
+    #[error("{}: image too large ({message}); the limit is {max_side}x{max_side} pixels", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        message: String,
+        /// Largest side accepted.
+        max_side: u32,
+    },
+    /// The image has no pixels, or no ink distinguishable from the background.
+    #[error("{}: {what}; expected a dark digit on a light background or a light digit on a dark one", path.display())]
+    Blank {
+        /// The file.
+        path: PathBuf,
+        /// `empty image` or `no ink found`.
+        what: &'static str,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

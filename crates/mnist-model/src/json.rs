@@ -1,0 +1,96 @@
+//! Strict JSON for configs: unknown fields are errors (a typo never passes silently),
+//! and files are written atomically.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::weights::write_atomic;
+
+/// Reads `path` as a `T`. Every key of the file must exist in `template` serialised
+/// (nested objects are checked too), so an unknown or misspelt field is an error naming
+/// it; absent fields take `template`'s values.
+pub fn read_strict<T: Serialize + DeserializeOwned>(path: &Path, template: &T) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_str_strict(&text, template).map_err(|message| Error::Json {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses `text` as a `T` with the checks of [`read_strict`]; the error is a message.
+pub fn from_str_strict<T: Serialize + DeserializeOwned>(text: &str, template: &T) -> std::result::Result<T, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let known = serde_json::to_value(template).map_err(|e| e.to_string())?;
+    check_keys(&value, &known, "")?;
+    let mut merged = known;
+    merge(&mut merged, value);
+    serde_json::from_value(merged).map_err(|e| format!("invalid value: {e}"))
+}
+
+fn check_keys(value: &Value, known: &Value, prefix: &str) -> std::result::Result<(), String> {
+    let (Value::Object(value), Value::Object(known)) = (value, known) else {
+        return Ok(());
+    };
+    for (key, v) in value {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match known.get(key) {
+            Some(k) => check_keys(v, k, &path)?,
+            None => {
+                let names: Vec<&str> = known.keys().map(String::as_str).collect();
+                return Err(format!("unknown field `{path}`; expected one of: {}", names.join(", ")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Overlays `value` on `base`, object by object: absent fields keep `base`'s values.
+fn merge(base: &mut Value, value: Value) {
+    match (base, value) {
+        (Value::Object(base), Value::Object(value)) => {
+            for (key, v) in value {
+                match base.get_mut(&key) {
+                    Some(b) => merge(b, v),
+                    None => {
+                        base.insert(key, v);
+                    }
+                }
+            }
+        }
+        (base, value) => *base = value,
+    }
+}
+
+/// Writes `value` as pretty JSON, atomically.
+pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CnnConfig;
+
+    #[test]
+    fn unknown_fields_are_named_and_defaults_fill_gaps() {
+        let err = from_str_strict(r#"{"hiden": 10}"#, &CnnConfig::new()).unwrap_err();
+        assert!(err.contains("unknown field `hiden`") && err.contains("hidden"), "{err}");
+        let c: CnnConfig = from_str_strict(r#"{"hidden": 10}"#, &CnnConfig::new()).unwrap();
+        assert_eq!(c, CnnConfig::new().with_hidden(10));
+        let err = from_str_strict(r#"{"hidden": -1}"#, &CnnConfig::new()).unwrap_err();
+        assert!(err.contains("invalid value"), "{err}");
+        assert!(from_str_strict::<CnnConfig>("{", &CnnConfig::new()).unwrap_err().contains("not valid JSON"));
+    }
+}

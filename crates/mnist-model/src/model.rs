@@ -1,0 +1,228 @@
+//! The network: the seed's layers, initialisation and forward pass.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::error::{Error, Result};
+
+/// Image side length the network expects.
+pub const SIDE: usize = 28;
+
+/// Sizes and initialisation of [`Cnn`]. The defaults are the seed network exactly.
+#[derive(Config, Debug, PartialEq)]
+pub struct CnnConfig {
+    /// Output channels of the first convolution.
+    #[config(default = 32)]
+    pub conv1_channels: usize,
+    /// Output channels of the second convolution.
+    #[config(default = 64)]
+    pub conv2_channels: usize,
+    /// Side of the square convolution kernels (SAME padding, so it must be odd).
+    #[config(default = 5)]
+    pub kernel_size: usize,
+    /// Width of the hidden fully connected layer.
+    #[config(default = 1024)]
+    pub hidden: usize,
+    /// Number of classes.
+    #[config(default = 10)]
+    pub classes: usize,
+    /// Probability of dropping a hidden unit in training (the seed keeps 0.5).
+    #[config(default = 0.5)]
+    pub dropout: f64,
+    /// Standard deviation of the truncated-normal weight initialisation.
+    #[config(default = 0.1)]
+    pub init_std: f64,
+    /// Initial value of every bias.
+    #[config(default = 0.1)]
+    pub init_bias: f64,
+}
+
+impl Default for CnnConfig {
+    fn default() -> Self {
+        CnnConfig::new()
+    }
+}
+
+impl CnnConfig {
+    /// Checks every value is in range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        for (name, v) in [
+            ("conv1_channels", self.conv1_channels),
+            ("conv2_channels", self.conv2_channels),
+            ("hidden", self.hidden),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1, got 0"));
+            }
+        }
+        if self.classes < 2 {
+            return bad(format!("classes must be at least 2, got {}", self.classes));
+        }
+        if self.kernel_size == 0 || self.kernel_size % 2 == 0 || self.kernel_size > SIDE {
+            return bad(format!("kernel_size must be odd and in 1..=28, got {}", self.kernel_size));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if !(self.init_std.is_finite() && self.init_std > 0.0) {
+            return bad(format!("init_std must be positive, got {}", self.init_std));
+        }
+        if !self.init_bias.is_finite() {
+            return bad(format!("init_bias must be finite, got {}", self.init_bias));
+        }
+        Ok(())
+    }
+
+    /// Inputs of the first fully connected layer: `conv2_channels * 7 * 7` (3136 in the seed).
+    pub fn flat_features(&self) -> usize {
+        self.conv2_channels * (SIDE / 4) * (SIDE / 4)
+    }
+
+    /// Every parameter tensor, by path, with its shape (Burn layout: convolution weights
+    /// `[out, in, k, k]`, linear weights `[in, out]`).
+    pub fn param_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
+        let k = self.kernel_size;
+        vec![
+            ("conv1.weight", vec![self.conv1_channels, 1, k, k]),
+            ("conv1.bias", vec![self.conv1_channels]),
+            ("conv2.weight", vec![self.conv2_channels, self.conv1_channels, k, k]),
+            ("conv2.bias", vec![self.conv2_channels]),
+            ("fc1.weight", vec![self.flat_features(), self.hidden]),
+            ("fc1.bias", vec![self.hidden]),
+            ("fc2.weight", vec![self.hidden, self.classes]),
+            ("fc2.bias", vec![self.classes]),
+        ]
+    }
+
+    /// Number of trainable parameters (3,274,634 for the seed).
+    pub fn num_params(&self) -> usize {
+        self.param_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+
+    /// Builds the network with the seed's initialisation, drawn on the host from `seed`:
+    /// weights from a normal distribution with standard deviation `init_std`, re-drawn
+    /// beyond two standard deviations (TensorFlow's `truncated_normal`), and every bias
+    /// `init_bias`. The same seed gives the same weights on every backend.
+    pub fn init<B: Backend>(&self, seed: u64, device: &B::Device) -> Result<Cnn<B>> {
+        self.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let k = self.kernel_size;
+        let conv = |cin: usize, cout: usize, rng: &mut ChaCha8Rng| {
+            let mut conv = Conv2dConfig::new([cin, cout], [k, k])
+                .with_padding(PaddingConfig2d::Same)
+                .with_bias(true)
+                .init::<B>(device);
+            conv.weight = Param::from_data(truncated_normal(rng, [cout, cin, k, k], self.init_std), device);
+            conv.bias = Some(Param::from_data(constant([cout], self.init_bias), device));
+            conv
+        };
+        let linear = |din: usize, dout: usize, rng: &mut ChaCha8Rng| {
+            let mut linear = LinearConfig::new(din, dout).with_bias(true).init::<B>(device);
+            linear.weight = Param::from_data(truncated_normal(rng, [din, dout], self.init_std), device);
+            linear.bias = Some(Param::from_data(constant([dout], self.init_bias), device));
+            linear
+        };
+        Ok(Cnn {
+            conv1: conv(1, self.conv1_channels, &mut rng),
+            conv2: conv(self.conv1_channels, self.conv2_channels, &mut rng),
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            fc1: linear(self.flat_features(), self.hidden, &mut rng),
+            fc2: linear(self.hidden, self.classes, &mut rng),
+        })
+    }
+}
+
+fn truncated_normal<const D: usize>(rng: &mut impl Rng, shape: [usize; D], std: f64) -> TensorData {
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n)
+        .map(|_| loop {
+            let x: f64 = StandardNormal.sample(rng);
+            if x.abs() <= 2.0 {
+                break (x * std) as f32;
+            }
+        })
+        .collect();
+    TensorData::new(values, shape)
+}
+
+fn constant<const D: usize>(shape: [usize; D], value: f64) -> TensorData {
+    TensorData::new(vec![value as f32; shape.iter().product()], shape)
+}
+
+/// The "Deep MNIST for Experts" network.
+///
+/// `28x28x1 -> conv 5x5x32 SAME + ReLU -> maxpool 2x2 -> conv 5x5x64 SAME + ReLU ->
+/// maxpool 2x2 -> fc 3136->1024 + ReLU -> dropout -> fc 1024->10` (logits).
+#[derive(Module, Debug)]
+pub struct Cnn<B: Backend> {
+    /// First convolution, `[32, 1, 5, 5]`.
+    pub conv1: Conv2d<B>,
+    /// Second convolution, `[64, 32, 5, 5]`.
+    pub conv2: Conv2d<B>,
+    /// 2x2 max pooling with stride 2, used after each convolution.
+    pub pool: MaxPool2d,
+    /// Hidden fully connected layer, `[3136, 1024]`.
+    pub fc1: Linear<B>,
+    /// Output layer, `[1024, 10]`.
+    pub fc2: Linear<B>,
+}
+
+impl<B: Backend> Cnn<B> {
+    /// Inference: logits `[batch, 10]` from images `[batch, 1, 28, 28]` in `[0, 1]`.
+    /// No dropout.
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.fc2.forward(self.hidden(images))
+    }
+
+    /// Training: like [`forward`](Self::forward), with the hidden activations
+    /// `[batch, 1024]` multiplied by `keep_mask` (`[batch, 1024]`, each entry 0 or
+    /// `1 / keep`; see [`dropout_mask`]).
+    pub fn forward_train(&self, images: Tensor<B, 4>, keep_mask: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.fc2.forward(self.hidden(images) * keep_mask)
+    }
+
+    /// Hidden activations `[batch, 1024]` after fc1 and ReLU.
+    pub fn hidden(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        // [b, 1, 28, 28] -> [b, 32, 28, 28] -> [b, 32, 14, 14]
+        let x = self.pool.forward(relu(self.conv1.forward(images)));
+        // [b, 32, 14, 14] -> [b, 64, 14, 14] -> [b, 64, 7, 7]
+        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        // [b, 64, 7, 7] -> [b, 3136] (channel-major, as PyTorch flattens NCHW)
+        let x = x.flatten::<2>(1, 3);
+        // [b, 3136] -> [b, 1024]
+        relu(self.fc1.forward(x))
+    }
+
+    /// Class probabilities `[batch, 10]` (softmax of the logits).
+    pub fn probabilities(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        burn::tensor::activation::softmax(self.forward(images), 1)
+    }
+}
+
+/// An inverted-dropout mask `[batch, width]` drawn on the host: each entry is `0` with
+/// probability `drop`, else `1 / (1 - drop)`. Drawing it from a seeded generator makes
+/// training reproducible on every backend and across a resume.
+pub fn dropout_mask<B: Backend>(
+    batch: usize,
+    width: usize,
+    drop: f64,
+    rng: &mut impl Rng,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let keep = 1.0 - drop;
+    let scale = (1.0 / keep) as f32;
+    let values: Vec<f32> = (0..batch * width)
+        .map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 })
+        .collect();
+    Tensor::from_data(TensorData::new(values, [batch, width]), device)
+}

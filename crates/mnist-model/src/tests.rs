@@ -1,0 +1,170 @@
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn_flex::Flex;
+use burn_ndarray::NdArray;
+
+use super::*;
+
+fn logits<B: Backend>(model: &Cnn<B>, images: &[u8], device: &B::Device) -> Vec<f32> {
+    let images = mnist_data::images_to_tensor::<B>(images, device);
+    model.forward(images).into_data().to_vec::<f32>().expect("f32 logits")
+}
+
+fn real_digits(n: usize) -> Vec<u8> {
+    let data = mnist_data::Locator::offline(None)
+        .load(mnist_data::DatasetKind::Sample)
+        .expect("bundled sample");
+    data.test.images()[..n * 784].to_vec()
+}
+
+#[test]
+fn seed_network_has_the_seed_parameter_count_and_shapes() {
+    let config = CnnConfig::new();
+    assert_eq!(config.num_params(), 3_274_634);
+    let model = config.init::<Flex>(1, &Default::default()).unwrap();
+    assert_eq!(model.num_params(), 3_274_634);
+    let out = model.forward(Tensor::zeros([3, 1, 28, 28], &Default::default()));
+    assert_eq!(out.dims(), [3, 10]);
+    assert_eq!(model.hidden(Tensor::zeros([2, 1, 28, 28], &Default::default())).dims(), [2, 1024]);
+}
+
+#[test]
+fn initialisation_is_truncated_normal_and_constant_bias() {
+    let model = CnnConfig::new().init::<Flex>(7, &Default::default()).unwrap();
+    let w = model.fc1.weight.val().into_data().to_vec::<f32>().unwrap();
+    let n = w.len() as f64;
+    let mean = w.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let std = (w.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n).sqrt();
+    assert!(w.iter().all(|x| x.abs() <= 0.2), "values beyond two standard deviations");
+    assert!(mean.abs() < 1e-3, "mean {mean}");
+    // A normal truncated at 2 sigma has standard deviation 0.8796 sigma.
+    assert!((std - 0.08796).abs() < 1e-3, "std {std}");
+    let b = model.conv2.bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+    assert!(b.iter().all(|&x| x == 0.1));
+    // Same seed, same weights; another seed, other weights.
+    let again = CnnConfig::new().init::<Flex>(7, &Default::default()).unwrap();
+    assert_eq!(again.fc1.weight.val().into_data().to_vec::<f32>().unwrap(), w);
+    let other = CnnConfig::new().init::<Flex>(8, &Default::default()).unwrap();
+    assert_ne!(other.fc1.weight.val().into_data().to_vec::<f32>().unwrap(), w);
+}
+
+#[test]
+fn invalid_configs_are_rejected() {
+    for (config, needle) in [
+        (CnnConfig::new().with_dropout(1.0), "dropout"),
+        (CnnConfig::new().with_kernel_size(4), "kernel_size"),
+        (CnnConfig::new().with_hidden(0), "hidden"),
+        (CnnConfig::new().with_init_std(-1.0), "init_std"),
+    ] {
+        let err = config.init::<Flex>(0, &Default::default()).unwrap_err();
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+}
+
+#[test]
+fn saved_and_loaded_weights_give_bit_identical_logits() {
+    let device = Default::default();
+    let config = CnnConfig::new();
+    let model = config.init::<Flex>(3, &device).unwrap();
+    let digits = real_digits(8);
+    let before = logits(&model, &digits, &device);
+    let dir = tempfile::tempdir().unwrap();
+
+    let mpk = dir.path().join("model.mpk");
+    weights::save(&model, &mpk).unwrap();
+    let loaded = weights::load::<Flex>(&config, &mpk, &device).unwrap();
+    assert_eq!(logits(&loaded, &digits, &device), before);
+
+    let st = dir.path().join("model.safetensors");
+    weights::export_safetensors(&model, &st).unwrap();
+    let imported = weights::import_safetensors::<Flex>(&config, &st, &device).unwrap();
+    assert_eq!(logits(&imported, &digits, &device), before);
+    // Only the two files: no temporary left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn safetensors_export_uses_pytorch_names_and_layout() {
+    let model = CnnConfig::new().init::<Flex>(3, &Default::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("model.safetensors");
+    weights::export_safetensors(&model, &st).unwrap();
+    let bytes = std::fs::read(&st).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header["fc1.weight"]["shape"], serde_json::json!([1024, 3136]));
+    assert_eq!(header["conv1.weight"]["shape"], serde_json::json!([32, 1, 5, 5]));
+    assert_eq!(header["fc2.bias"]["shape"], serde_json::json!([10]));
+}
+
+#[test]
+fn weights_of_another_shape_are_rejected_naming_the_tensor() {
+    let device = Default::default();
+    let small = CnnConfig::new().with_hidden(16);
+    let model = small.init::<Flex>(3, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mpk = dir.path().join("small.mpk");
+    weights::save(&model, &mpk).unwrap();
+    let err = weights::load::<Flex>(&CnnConfig::new(), &mpk, &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{msg}");
+    assert!(msg.contains("fc1.weight") && msg.contains("[3136, 16]") && msg.contains("[3136, 1024]"), "{msg}");
+
+    let st = dir.path().join("small.safetensors");
+    weights::export_safetensors(&model, &st).unwrap();
+    let err = weights::import_safetensors::<Flex>(&CnnConfig::new(), &st, &device).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("fc1.weight"), "{err}");
+}
+
+#[test]
+fn missing_tensors_and_garbage_files_are_rejected() {
+    let device = Default::default();
+    let config = CnnConfig::new();
+    let model = config.init::<Flex>(3, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // A safetensors file without fc2.
+    let mut store = burn_store::SafetensorsStore::from_bytes(None)
+        .with_regex(r"^(conv|fc1)")
+        .with_to_adapter(burn_store::BurnToPyTorchAdapter);
+    burn_store::ModuleSnapshot::save_into(&model, &mut store).unwrap();
+    let partial = dir.path().join("partial.safetensors");
+    std::fs::write(&partial, store.get_bytes().unwrap()).unwrap();
+    let err = weights::import_safetensors::<Flex>(&config, &partial, &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::MissingTensor { .. }), "{msg}");
+    assert!(msg.contains("fc2."), "{msg}");
+
+    let garbage = dir.path().join("garbage.mpk");
+    std::fs::write(&garbage, b"definitely not messagepack weights").unwrap();
+    let err = weights::load::<Flex>(&config, &garbage, &device).unwrap_err();
+    assert!(matches!(err, Error::Format { .. }) && err.to_string().contains("garbage.mpk"), "{err}");
+    let err = weights::import_safetensors::<Flex>(&config, &garbage, &device).unwrap_err();
+    assert!(matches!(err, Error::Format { .. }), "{err}");
+    let err = weights::load::<Flex>(&config, &dir.path().join("absent.mpk"), &device).unwrap_err();
+    assert!(matches!(err, Error::Read { .. }) && err.to_string().contains("absent.mpk"), "{err}");
+}
+
+#[test]
+fn ndarray_and_flex_agree_on_real_digits() {
+    let config = CnnConfig::new();
+    let flex = config.init::<Flex>(11, &Default::default()).unwrap();
+    let nd = config.init::<NdArray>(11, &Default::default()).unwrap();
+    let digits = real_digits(16);
+    let a = logits(&flex, &digits, &Default::default());
+    let b = logits(&nd, &digits, &Default::default());
+    let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(max <= 1e-4, "max abs difference {max}");
+}
+
+#[test]
+fn dropout_mask_keeps_the_expected_fraction() {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mask = dropout_mask::<Flex>(50, 1024, 0.5, &mut rng, &Default::default());
+    let v = mask.into_data().to_vec::<f32>().unwrap();
+    assert!(v.iter().all(|&x| x == 0.0 || x == 2.0));
+    let kept = v.iter().filter(|&&x| x == 2.0).count() as f64 / v.len() as f64;
+    assert!((kept - 0.5).abs() < 0.02, "{kept}");
+}

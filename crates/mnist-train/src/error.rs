@@ -1,0 +1,67 @@
+//! The one error type of `mnist-train`.
+
+use std::path::PathBuf;
+
+/// What can go wrong while training or evaluating.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A training config value out of range.
+    #[error("invalid training config: {0}")]
+    InvalidConfig(String),
+    /// Loading the dataset or building batches.
+    #[error(transparent)]
+    Data(#[from] mnist_data::Error),
+    /// The network, its config or its weights.
+    #[error(transparent)]
+    Model(#[from] mnist_model::Error),
+    /// A file or directory could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A checkpoint that cannot be resumed from.
+    #[error("{}: cannot resume: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The output directory already holds a run and neither resume nor overwrite was asked.
+    #[error("{} already holds a training run; pass --resume to continue it, or choose another --out", path.display())]
+    RunExists {
+        /// The artifact directory.
+        path: PathBuf,
+    },
+    /// Drawing the plot failed.
+    #[error("cannot draw {}: {message}", path.display())]
+    Plot {
+        /// The PNG file.
+        path: PathBuf,
+        /// What plotters said.
+        message: String,
+    },
+    /// The loss became NaN or infinite.
+    #[error("training diverged at step {step}: loss is {loss}")]
+    Diverged {
+        /// The step.
+        step: u64,
+        /// The loss value.
+        loss: f32,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,37 @@
+//! Training and evaluation of the mnist-rs network, generic over a Burn autodiff backend.
+//!
+//! [`train`] runs the seed recipe (or any [`TrainConfig`]) and fills an artifact
+//! directory — config, metrics, plot, checkpoint, weights and `report.json` — that
+//! [`mnist_infer`](https://docs.rs/mnist-infer) and `mnist eval` read back. Runs are
+//! reproducible: the seed fixes the initial weights, the order of the examples and every
+//! dropout mask, so a fixed seed gives the same metrics on a CPU backend run after run, and
+//! a run resumed from a checkpoint ends where an uninterrupted one does.
+//!
+//! ```no_run
+//! use burn::backend::Autodiff;
+//! use burn_flex::Flex;
+//! use mnist_data::{DatasetKind, Locator};
+//! use mnist_train::{TrainConfig, TrainOptions, train};
+//!
+//! let data = Locator::offline(None).load(DatasetKind::Sample)?;
+//! let config = TrainConfig::new().with_steps(2_000);
+//! let options = TrainOptions::new("artifacts/quick", "flex");
+//! train::<Autodiff<Flex>>(&config, &data, &options, &Default::default())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod checkpoint;
+mod config;
+mod error;
+mod eval;
+mod metrics;
+mod train;
+
+pub use config::TrainConfig;
+pub use error::{Error, Result};
+pub use eval::{Evaluation, evaluate};
+pub use metrics::{MetricRow, MetricsLog, plot};
+pub use train::{Outcome, ProgressMode, Report, TrainOptions, files, train};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! The metrics of a run: one JSON line per logged step, and a PNG plot of the curves.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One logged step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricRow {
+    /// Steps completed before this one (0-based index of the step).
+    pub step: u64,
+    /// Training loss of this step's batch (with dropout).
+    pub loss: f64,
+    /// Accuracy on this step's batch before the update, without dropout (as the seed prints).
+    pub train_accuracy: f64,
+    /// Training images per second since the run (or the resume) started.
+    pub images_per_sec: f64,
+    /// Seconds since the run (or the resume) started.
+    pub elapsed_s: f64,
+}
+
+/// The metrics file of a run, `metrics.jsonl`, appended line by line.
+#[derive(Debug)]
+pub struct MetricsLog {
+    path: PathBuf,
+    rows: Vec<MetricRow>,
+}
+
+impl MetricsLog {
+    /// A new, empty log at `path` (any old file is replaced).
+    pub fn create(path: &Path) -> Result<Self> {
+        mnist_model::weights::write_atomic(path, b"")?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            rows: Vec::new(),
+        })
+    }
+
+    /// Reopens the log of an interrupted run, keeping only the rows before `step` (rows
+    /// logged after the checkpoint are redone by the resumed run). The file is rewritten
+    /// atomically.
+    pub fn resume(path: &Path, step: u64) -> Result<Self> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        // A line cut short by a crash is dropped with everything after it.
+        let rows: Vec<MetricRow> = text
+            .lines()
+            .map_while(|line| serde_json::from_str::<MetricRow>(line).ok())
+            .filter(|r| r.step < step)
+            .collect();
+        let mut out = String::new();
+        for row in &rows {
+            out.push_str(&serde_json::to_string(row).expect("rows serialise"));
+            out.push('\n');
+        }
+        mnist_model::weights::write_atomic(path, out.as_bytes())?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            rows,
+        })
+    }
+
+    /// Appends a row to the file and the memory.
+    pub fn push(&mut self, row: MetricRow) -> Result<()> {
+        let write_err = |source| Error::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = fs::OpenOptions::new().append(true).create(true).open(&self.path).map_err(write_err)?;
+        let mut line = serde_json::to_string(&row).expect("rows serialise");
+        line.push('\n');
+        file.write_all(line.as_bytes()).map_err(write_err)?;
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// All rows so far.
+    pub fn rows(&self) -> &[MetricRow] {
+        &self.rows
+    }
+}
+
+/// System fonts tried for the plot's text, in order.
+const FONT_PATHS: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/Library/Fonts/Arial.ttf",
+];
+
+/// Registers a system font with plotters once; false when none is found.
+fn font_available() -> bool {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        FONT_PATHS.iter().any(|p| match fs::read(p) {
+            Ok(bytes) => {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
+            }
+            Err(_) => false,
+        })
+    })
+}
+
+/// Draws loss and training accuracy against the step into a PNG (written atomically).
+/// Without a system font the curves are drawn without text.
+pub fn plot(rows: &[MetricRow], path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .suffix(".png")
+        .tempfile_in(dir)
+        .map_err(|source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    draw(rows, tmp.path(), font_available()).map_err(|message| Error::Plot {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    tmp.persist(path).map_err(|e| Error::Write {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+fn draw(rows: &[MetricRow], path: &Path, text: bool) -> std::result::Result<(), String> {
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (left, right) = root.split_horizontally(500);
+    let last = rows.last().map_or(1, |r| r.step.max(1));
+    let max_loss = rows.iter().map(|r| r.loss).fold(0.0f64, f64::max).max(1e-3) * 1.05;
+    let min_acc = rows.iter().map(|r| r.train_accuracy).fold(1.0f64, f64::min).min(0.9);
+    let panels: [(&DrawingArea<BitMapBackend, _>, &str, std::ops::Range<f64>, fn(&MetricRow) -> f64, RGBColor); 2] = [
+        (&left, "training loss", 0.0..max_loss, |r| r.loss, RED),
+        (&right, "training accuracy (batch)", min_acc..1.0, |r| r.train_accuracy, BLUE),
+    ];
+    for (area, title, range, value, color) in panels {
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(12);
+        if text {
+            builder.caption(title, ("sans-serif", 18)).x_label_area_size(32).y_label_area_size(48);
+        }
+        let mut chart = builder.build_cartesian_2d(0u64..last, range).map_err(|e| e.to_string())?;
+        let mut mesh = chart.configure_mesh();
+        if text {
+            mesh.x_desc("step");
+        } else {
+            mesh.disable_x_axis().disable_y_axis();
+        }
+        mesh.draw().map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new(rows.iter().map(|r| (r.step, value(r))), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}

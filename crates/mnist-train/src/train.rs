@@ -1,0 +1,357 @@
+//! The training loop and the artifact directory it fills.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use mnist_data::{Dataset, Sampler};
+use mnist_model::{Cnn, dropout_mask, weights};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, CheckpointState};
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::eval::{Evaluation, evaluate};
+use crate::metrics::{MetricRow, MetricsLog, plot};
+
+/// Files of an artifact directory, besides the network's own (`model.json`, `model.mpk`,
+/// `model.safetensors`).
+pub mod files {
+    /// The training config of the run.
+    pub const CONFIG: &str = "config.json";
+    /// One JSON line per logged step.
+    pub const METRICS: &str = "metrics.jsonl";
+    /// Loss and accuracy curves.
+    pub const PLOT: &str = "plot.png";
+    /// The final report.
+    pub const REPORT: &str = "report.json";
+    /// The latest checkpoint.
+    pub const CHECKPOINT: &str = "checkpoint.bin";
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A progress bar with ETA, loss and training accuracy (for a terminal).
+    Bar,
+    /// Plain lines, `step N, training accuracy X`, as the seed prints.
+    Lines,
+    /// Nothing.
+    Quiet,
+}
+
+impl ProgressMode {
+    /// A bar when stdout is a terminal, plain lines otherwise.
+    pub fn auto() -> Self {
+        if std::io::stdout().is_terminal() { ProgressMode::Bar } else { ProgressMode::Lines }
+    }
+}
+
+/// How to run, beyond the hyperparameters.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The artifact directory.
+    pub out_dir: PathBuf,
+    /// Continue the run in `out_dir` from its checkpoint.
+    pub resume: bool,
+    /// Progress display.
+    pub progress: ProgressMode,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Backend name for the report (e.g. `flex`, `wgpu`).
+    pub backend: String,
+    /// Git commit of the code, for the report.
+    pub git_commit: Option<String>,
+}
+
+impl TrainOptions {
+    /// Options for a fresh run into `out_dir`, plain-line progress, no stop flag.
+    pub fn new(out_dir: impl Into<PathBuf>, backend: impl Into<String>) -> Self {
+        TrainOptions {
+            out_dir: out_dir.into(),
+            resume: false,
+            progress: ProgressMode::Lines,
+            stop: None,
+            backend: backend.into(),
+            git_commit: None,
+        }
+    }
+}
+
+/// The `report.json` of a finished run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Test-split evaluation: accuracy, loss, per-class accuracy, confusion matrix.
+    pub test: Evaluation,
+    /// Training steps.
+    pub steps: u64,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Training wall time in seconds (all sessions of a resumed run), excluding evaluation.
+    pub train_seconds: f64,
+    /// Training images per second.
+    pub train_images_per_sec: f64,
+    /// Backend name.
+    pub backend: String,
+    /// Device or adapter, as the backend names it.
+    pub device: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// Where the dataset came from.
+    pub dataset_origin: String,
+    /// SHA-256 of the dataset's decoded content.
+    pub dataset_sha256: String,
+    /// Git commit of the code, when known.
+    pub git_commit: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// All steps done, evaluated and saved.
+    Finished(Box<Report>),
+    /// Stopped early through [`TrainOptions::stop`]; a checkpoint holds `step`.
+    Interrupted {
+        /// Steps completed.
+        step: u64,
+    },
+}
+
+/// Trains a network as `config` says on `dataset`, writing the artifact directory:
+/// `config.json`, `metrics.jsonl`, `checkpoint.bin` (every `checkpoint_every` steps and at
+/// the end), then `model.json`, `model.mpk`, `model.safetensors`, `plot.png` and
+/// `report.json`.
+pub fn train<B: AutodiffBackend>(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    options: &TrainOptions,
+    device: &B::Device,
+) -> Result<Outcome> {
+    config.validate()?;
+    let dir = &options.out_dir;
+    let checkpoint_path = dir.join(files::CHECKPOINT);
+    let dataset_sha256 = dataset.sha256();
+    prepare_dir(dir, options.resume)?;
+
+    let mut model = config.model.init::<B>(config.seed, device)?;
+    let mut optim = AdamConfig::new()
+        .with_beta_1(config.beta1)
+        .with_beta_2(config.beta2)
+        .with_epsilon(config.epsilon)
+        .init::<B, Cnn<B>>();
+    let mut state = CheckpointState {
+        step: 0,
+        config: config.clone(),
+        dataset: dataset.kind.name().to_string(),
+        dataset_sha256: dataset_sha256.clone(),
+        train_seconds: 0.0,
+    };
+    let mut metrics = if options.resume && checkpoint_path.is_file() {
+        let (saved, m, o) = checkpoint::load(&checkpoint_path, model, optim, device)?;
+        check_resumable(&saved, &state, &checkpoint_path)?;
+        (model, optim) = (m, o);
+        state.step = saved.step;
+        state.train_seconds = saved.train_seconds;
+        MetricsLog::resume(&dir.join(files::METRICS), saved.step)?
+    } else {
+        mnist_model::json::write(&dir.join(files::CONFIG), config)?;
+        MetricsLog::create(&dir.join(files::METRICS))?
+    };
+
+    let mut sampler = Sampler::new(dataset.train.len(), config.batch_size, config.seed)?;
+    let loss_fn = CrossEntropyLossConfig::new().init::<B>(device);
+    let progress = Progress::new(options.progress, state.step, config.steps);
+    let session_start = Instant::now();
+    let first_step = state.step;
+    let seconds = |start: &Instant, before: f64| before + start.elapsed().as_secs_f64();
+
+    for step in state.step..config.steps {
+        if options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            state.step = step;
+            state.train_seconds = seconds(&session_start, state.train_seconds);
+            checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
+            progress.finish();
+            return Ok(Outcome::Interrupted { step });
+        }
+        let batch = dataset.train.batch::<B>(sampler.indices(step), device)?;
+        let log = step % config.log_every == 0 || step + 1 == config.steps;
+        let train_accuracy = log.then(|| batch_accuracy(&model.valid(), batch.images.clone().inner(), &batch.labels.clone().inner()));
+
+        let mut rng = dropout_rng(config.seed, step);
+        let mask = dropout_mask::<B>(config.batch_size, config.model.hidden, config.model.dropout, &mut rng, device);
+        let logits = model.forward_train(batch.images, mask);
+        let loss = loss_fn.forward(logits, batch.labels);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(config.learning_rate, model, grads);
+
+        if let Some(train_accuracy) = train_accuracy {
+            let loss = loss.into_scalar().elem::<f64>();
+            if !loss.is_finite() {
+                return Err(Error::Diverged { step, loss: loss as f32 });
+            }
+            let elapsed = session_start.elapsed().as_secs_f64();
+            let row = MetricRow {
+                step,
+                loss,
+                train_accuracy,
+                images_per_sec: (step + 1 - first_step) as f64 * config.batch_size as f64 / elapsed.max(1e-9),
+                elapsed_s: elapsed,
+            };
+            progress.log(&row);
+            metrics.push(row)?;
+        }
+        progress.tick(step + 1);
+        let done = step + 1;
+        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps {
+            state.step = done;
+            state.train_seconds = seconds(&session_start, state.train_seconds);
+            checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
+        }
+    }
+    progress.finish();
+    let train_seconds = seconds(&session_start, state.train_seconds);
+    let trained_here = config.steps - first_step;
+    state.step = config.steps;
+    state.train_seconds = train_seconds;
+    checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
+
+    let model = model.valid();
+    let test = evaluate(&model, &dataset.test, config.eval_batch_size, device)?;
+    weights::save_dir(&model, &config.model, dir)?;
+    plot(metrics.rows(), &dir.join(files::PLOT))?;
+    let report = Report {
+        test,
+        steps: config.steps,
+        batch_size: config.batch_size,
+        train_seconds,
+        train_images_per_sec: if first_step == 0 {
+            config.steps as f64 * config.batch_size as f64 / train_seconds.max(1e-9)
+        } else {
+            // A resumed run: the throughput of this session alone.
+            trained_here as f64 * config.batch_size as f64 / session_start.elapsed().as_secs_f64().max(1e-9)
+        },
+        backend: options.backend.clone(),
+        device: format!("{} ({:?})", <B::InnerBackend as Backend>::name(device), device),
+        dataset: dataset.kind.name().to_string(),
+        dataset_origin: dataset.origin.clone(),
+        dataset_sha256,
+        git_commit: options.git_commit.clone(),
+    };
+    mnist_model::json::write(&dir.join(files::REPORT), &report)?;
+    Ok(Outcome::Finished(Box::new(report)))
+}
+
+/// The generator of the dropout masks of `step`: a function of the seed and the step
+/// alone, so a resumed run draws the same masks as an uninterrupted one.
+fn dropout_rng(seed: u64, step: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6472_6f70_6f75_7421); // "dropout!"
+    rng.set_stream(step);
+    rng
+}
+
+/// Fraction of `labels` that the network (no dropout) predicts on `images`.
+fn batch_accuracy<B: Backend>(model: &Cnn<B>, images: burn::tensor::Tensor<B, 4>, labels: &burn::tensor::Tensor<B, 1, burn::tensor::Int>) -> f64 {
+    let n = labels.dims()[0];
+    let predicted = model.forward(images).argmax(1).flatten::<1>(0, 1);
+    let correct = predicted.equal(labels.clone()).int().sum().into_scalar().elem::<i64>();
+    correct as f64 / n as f64
+}
+
+fn prepare_dir(dir: &Path, resume: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    // Fail now, not after hours of training, when the directory is not writable.
+    tempfile::tempfile_in(dir).map_err(|source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let has_run = [files::CHECKPOINT, files::REPORT, files::METRICS].iter().any(|f| dir.join(f).exists());
+    if resume {
+        if !dir.join(files::CHECKPOINT).is_file() {
+            return Err(Error::Checkpoint {
+                path: dir.join(files::CHECKPOINT),
+                message: "no checkpoint to resume from".into(),
+            });
+        }
+    } else if has_run {
+        return Err(Error::RunExists { path: dir.to_path_buf() });
+    }
+    Ok(())
+}
+
+fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) -> Result<()> {
+    let err = |message: String| Err(Error::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    });
+    if saved.dataset_sha256 != now.dataset_sha256 {
+        return err(format!(
+            "it was trained on {} (SHA-256 {}), not on this {} (SHA-256 {})",
+            saved.dataset, saved.dataset_sha256, now.dataset, now.dataset_sha256
+        ));
+    }
+    let mut a = saved.config.clone();
+    a.steps = now.config.steps;
+    if a != now.config {
+        return err("the config differs from the run's (only `steps` may change on resume); see config.json".into());
+    }
+    if saved.step > now.config.steps {
+        return err(format!("it is at step {}, beyond the {} steps asked for", saved.step, now.config.steps));
+    }
+    Ok(())
+}
+
+/// Progress display: a bar on a terminal, lines otherwise.
+struct Progress {
+    mode: ProgressMode,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(mode: ProgressMode, start: u64, total: u64) -> Self {
+        let bar = (mode == ProgressMode::Bar).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_position(start);
+            bar
+        });
+        Progress { mode, bar }
+    }
+
+    fn log(&self, row: &MetricRow) {
+        match (&self.bar, self.mode) {
+            (Some(bar), _) => bar.set_message(format!("loss {:.4}  training accuracy {:.4}", row.loss, row.train_accuracy)),
+            (None, ProgressMode::Lines) => println!(
+                "step {}, training accuracy {:.4}, loss {:.4}, {:.0} images/s",
+                row.step, row.train_accuracy, row.loss, row.images_per_sec
+            ),
+            _ => {}
+        }
+    }
+
+    fn tick(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
