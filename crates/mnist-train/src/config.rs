@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use burn::config::Config;
+use mnist_data::DatasetKind;
 use mnist_model::CnnConfig;
 
 use crate::error::{Error, Result};
@@ -12,6 +13,9 @@ use crate::error::{Error, Result};
 /// keep 0.5, training accuracy every 100 steps.
 #[derive(Config, Debug, PartialEq)]
 pub struct TrainConfig {
+    /// The dataset to train on (`mnist`, `fashion`, `sample`); absent: full MNIST when
+    /// available, else the bundled sample. `--dataset` overrides it.
+    pub dataset: Option<DatasetKind>,
     /// The network.
     #[config(default = "CnnConfig::new()")]
     pub model: CnnConfig,

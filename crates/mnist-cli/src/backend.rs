@@ -1,0 +1,107 @@
+//! The backends compiled into this binary, and running a job on the one asked for.
+
+use anyhow::{Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+
+/// A Burn backend this program can be built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// burn-flex: fast CPU backend (SIMD, multi-threaded).
+    Flex,
+    /// burn-ndarray: portable CPU backend.
+    Ndarray,
+    /// burn-wgpu: GPU through Vulkan, Metal or DirectX.
+    Wgpu,
+}
+
+impl BackendKind {
+    /// Lower-case name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Flex => "flex",
+            BackendKind::Ndarray => "ndarray",
+            BackendKind::Wgpu => "wgpu",
+        }
+    }
+
+    /// Whether this binary was built with the backend.
+    pub fn compiled(self) -> bool {
+        match self {
+            BackendKind::Flex => cfg!(feature = "flex"),
+            BackendKind::Ndarray => cfg!(feature = "ndarray"),
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+        }
+    }
+
+    /// The backends compiled in.
+    pub fn available() -> Vec<BackendKind> {
+        [BackendKind::Flex, BackendKind::Ndarray, BackendKind::Wgpu]
+            .into_iter()
+            .filter(|b| b.compiled())
+            .collect()
+    }
+
+    /// The default: the first compiled in of flex, ndarray, wgpu.
+    pub fn default_compiled() -> Result<BackendKind> {
+        match Self::available().first() {
+            Some(b) => Ok(*b),
+            None => bail!("this binary was built without any backend; build it with --features flex, ndarray or wgpu"),
+        }
+    }
+}
+
+/// Work that runs on any autodiff backend.
+pub trait Job {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B` (inference uses `B::InnerBackend`, same device).
+    fn run<B: AutodiffBackend>(self, device: &B::Device, backend: BackendKind) -> Result<Self::Output>;
+}
+
+/// Runs `job` on `kind`, or explains why it cannot.
+pub fn dispatch<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
+    match kind {
+        #[cfg(feature = "flex")]
+        BackendKind::Flex => job.run::<burn::backend::Autodiff<burn_flex::Flex>>(&Default::default(), kind),
+        #[cfg(feature = "ndarray")]
+        BackendKind::Ndarray => job.run::<burn::backend::Autodiff<burn_ndarray::NdArray>>(&Default::default(), kind),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            let device = wgpu_device()?;
+            job.run::<burn::backend::Autodiff<burn_wgpu::Wgpu>>(&device, kind)
+        }
+        #[allow(unreachable_patterns)]
+        other => {
+            let have: Vec<&str> = BackendKind::available().iter().map(|b| b.name()).collect();
+            bail!(
+                "the {} backend is not compiled into this binary (it has: {}). Build with `--features {}` (`cargo xtask train --backend {}` does that), or use --backend {}",
+                other.name(),
+                if have.is_empty() { "none".to_string() } else { have.join(", ") },
+                other.name(),
+                other.name(),
+                have.first().copied().unwrap_or("flex"),
+            )
+        }
+    }
+}
+
+/// The default wgpu device, checked to exist: wgpu panics when no adapter is found, which
+/// becomes an error naming what was looked for.
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Result<burn_wgpu::WgpuDevice> {
+    use burn::tensor::Tensor;
+    let device = burn_wgpu::WgpuDevice::default();
+    let probe = device.clone();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let found = std::panic::catch_unwind(move || {
+        Tensor::<burn_wgpu::Wgpu, 1>::zeros([1], &probe).into_data();
+    });
+    std::panic::set_hook(hook);
+    if found.is_err() {
+        bail!(
+            "no wgpu adapter found (looked for {device:?} through Vulkan, Metal, DirectX 12 and OpenGL). Install a GPU driver, or Mesa's lavapipe (`apt-get install mesa-vulkan-drivers`) for a slow software one, or use --backend flex"
+        );
+    }
+    Ok(device)
+}

@@ -1,0 +1,130 @@
+//! The `mnist` command: train, evaluate and predict with the Deep MNIST network.
+//!
+//! `main.rs` parses the arguments into a [`Cli`] and calls [`run`]; the integration tests
+//! call the same function. Each backend is a cargo feature (`flex`, the default,
+//! `ndarray`, `wgpu`), so a CPU user never compiles wgpu.
+
+mod backend;
+mod commands;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+pub use backend::BackendKind;
+
+/// Command-line interface.
+#[derive(Debug, Parser)]
+#[command(name = "mnist", version, about = "Train, evaluate and use the Deep MNIST for Experts network")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a network and write its artifact directory.
+    Train(TrainArgs),
+    /// Evaluate a trained network on a test split.
+    Eval(EvalArgs),
+    /// Classify image files (PNG, JPEG, ...) with a trained network.
+    Predict(PredictArgs),
+}
+
+/// Where the data comes from.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// mnist, fashion or sample. Default for training: full MNIST if found or
+    /// downloadable, else the bundled sample; for eval: the dataset the model was trained on.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Directory holding the four IDX files (gzip or raw); also MNIST_DATA_DIR.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `mnist train`.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Backend (default: the first compiled in of flex, ndarray, wgpu).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Training config (JSON); defaults to the seed recipe, configs/seed.json.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset options.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Override the number of steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Override the seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Artifact directory (default: artifacts/<dataset>-<UTC time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out (default: the newest unfinished run in artifacts/).
+    #[arg(long)]
+    pub resume: bool,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// `mnist eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Artifact directory (default: the newest finished run in artifacts/).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Dataset options.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the evaluation as JSON (default: <model>/eval.json).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `mnist predict`.
+#[derive(Debug, Clone, Args)]
+pub struct PredictArgs {
+    /// Image files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Artifact directory (default: the newest finished run in artifacts/).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How a command ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Done.
+    Success,
+    /// Training was interrupted (Ctrl-C) after saving a checkpoint.
+    Interrupted,
+    /// Some inputs failed (e.g. an unreadable image among several); each was reported.
+    PartialFailure,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<Status> {
+    match cli.command {
+        Command::Train(args) => commands::train(args),
+        Command::Eval(args) => commands::eval(args),
+        Command::Predict(args) => commands::predict(args),
+    }
+}
