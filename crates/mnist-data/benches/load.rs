@@ -1,5 +1,6 @@
 //! Loading speed and memory: the full 70,000 Fashion-MNIST images (Debian's package, when
 //! installed) and the bundled 10,000-digit sample. Goal: under 1 s and under 250 MB.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::path::Path;
 

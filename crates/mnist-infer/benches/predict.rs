@@ -1,5 +1,6 @@
 //! Inference on burn-flex: single-image latency (goal: under 1 ms on 2 cores) and batch
 //! throughput.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use burn_flex::Flex;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

@@ -1,5 +1,6 @@
 //! Training throughput of the seed network on burn-flex: one Adam step (forward, backward,
 //! update) at batch 50 and 512, and evaluation over 10,000 images.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;

@@ -142,30 +142,49 @@ fn draw(rows: &[MetricRow], path: &Path, text: bool) -> std::result::Result<(), 
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(500);
     let last = rows.last().map_or(1, |r| r.step.max(1));
-    let max_loss = rows.iter().map(|r| r.loss).fold(0.0f64, f64::max).max(1e-3) * 1.05;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+
+    // Loss on a log scale: it falls by orders of magnitude.
+    let max_loss = rows.iter().map(|r| r.loss).fold(f64::MIN_POSITIVE, f64::max) * 1.2;
+    let min_loss = rows.iter().map(|r| r.loss).filter(|l| *l > 0.0).fold(max_loss, f64::min) / 1.2;
+    let mut chart = panel(&left, "training loss (log scale)", text)
+        .build_cartesian_2d(0u64..last, (min_loss..max_loss).log_scale())
+        .map_err(|e| err(&e))?;
+    mesh(&mut chart.configure_mesh(), text).map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(rows.iter().map(|r| (r.step, r.loss.max(min_loss))), RED.stroke_width(2)))
+        .map_err(|e| err(&e))?;
+
     let min_acc = rows.iter().map(|r| r.train_accuracy).fold(1.0f64, f64::min).min(0.9);
-    let panels: [(&DrawingArea<BitMapBackend, _>, &str, std::ops::Range<f64>, fn(&MetricRow) -> f64, RGBColor); 2] = [
-        (&left, "training loss", 0.0..max_loss, |r| r.loss, RED),
-        (&right, "training accuracy (batch)", min_acc..1.0, |r| r.train_accuracy, BLUE),
-    ];
-    for (area, title, range, value, color) in panels {
-        let mut builder = ChartBuilder::on(area);
-        builder.margin(12);
-        if text {
-            builder.caption(title, ("sans-serif", 18)).x_label_area_size(32).y_label_area_size(48);
-        }
-        let mut chart = builder.build_cartesian_2d(0u64..last, range).map_err(|e| e.to_string())?;
-        let mut mesh = chart.configure_mesh();
-        if text {
-            mesh.x_desc("step");
-        } else {
-            mesh.disable_x_axis().disable_y_axis();
-        }
-        mesh.draw().map_err(|e| e.to_string())?;
-        chart
-            .draw_series(LineSeries::new(rows.iter().map(|r| (r.step, value(r))), color.stroke_width(2)))
-            .map_err(|e| e.to_string())?;
-    }
-    root.present().map_err(|e| e.to_string())?;
+    let mut chart = panel(&right, "training accuracy (batch, no dropout)", text)
+        .build_cartesian_2d(0u64..last, min_acc..1.0)
+        .map_err(|e| err(&e))?;
+    mesh(&mut chart.configure_mesh(), text).map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(rows.iter().map(|r| (r.step, r.train_accuracy)), BLUE.stroke_width(2)))
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+fn panel<'a, 'b>(area: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>, title: &str, text: bool) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(12);
+    if text {
+        builder.caption(title, ("sans-serif", 18)).x_label_area_size(32).y_label_area_size(56);
+    }
+    builder
+}
+
+fn mesh<X, Y>(mesh: &mut plotters::chart::MeshStyle<'_, '_, X, Y, BitMapBackend<'_>>, text: bool) -> std::result::Result<(), String>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = u64> + plotters::coord::ranged1d::ValueFormatter<u64>,
+    Y: plotters::coord::ranged1d::Ranged + plotters::coord::ranged1d::ValueFormatter<<Y as plotters::coord::ranged1d::Ranged>::ValueType>,
+{
+    if text {
+        mesh.x_desc("step");
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw().map_err(|e| e.to_string())
 }

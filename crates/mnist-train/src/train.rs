@@ -172,12 +172,14 @@ pub fn train<B: AutodiffBackend>(
     let progress = Progress::new(options.progress, state.step, config.steps);
     let session_start = Instant::now();
     let first_step = state.step;
-    let seconds = |start: &Instant, before: f64| before + start.elapsed().as_secs_f64();
+    // Training time of earlier sessions of this run (resume), plus this session's.
+    let prior_seconds = state.train_seconds;
+    let total_seconds = || prior_seconds + session_start.elapsed().as_secs_f64();
 
     for step in state.step..config.steps {
         if options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
             state.step = step;
-            state.train_seconds = seconds(&session_start, state.train_seconds);
+            state.train_seconds = total_seconds();
             checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
             progress.finish();
             return Ok(Outcome::Interrupted { step });
@@ -213,12 +215,12 @@ pub fn train<B: AutodiffBackend>(
         let done = step + 1;
         if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps {
             state.step = done;
-            state.train_seconds = seconds(&session_start, state.train_seconds);
+            state.train_seconds = total_seconds();
             checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
         }
     }
     progress.finish();
-    let train_seconds = seconds(&session_start, state.train_seconds);
+    let train_seconds = total_seconds();
     let trained_here = config.steps - first_step;
     state.step = config.steps;
     state.train_seconds = train_seconds;
