@@ -147,7 +147,16 @@ impl Downloader {
         let mut response = agent.get(url).call().map_err(|e| e.to_string())?;
         let total = response.body().content_length();
         let dir = dest.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".download-");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(fs::Permissions::from_mode(0o644));
+        }
+        let mut tmp = builder
+            .tempfile_in(dir)
+            .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
         let bar = self.bar(total, &file.name);
         let mut reader = response.body_mut().with_config().limit(200 << 20).reader();
         let mut buf = vec![0u8; 64 << 10];

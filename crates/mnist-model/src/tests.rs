@@ -79,8 +79,13 @@ fn saved_and_loaded_weights_give_bit_identical_logits() {
     weights::export_safetensors(&model, &st).unwrap();
     let imported = weights::import_safetensors::<Flex>(&config, &st, &device).unwrap();
     assert_eq!(logits(&imported, &digits, &device), before);
-    // Only the two files: no temporary left behind.
+    // Only the two files: no temporary left behind; readable like any written file.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&mpk).unwrap().permissions().mode() & 0o777, 0o644);
+    }
 }
 
 #[test]

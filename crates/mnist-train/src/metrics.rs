@@ -119,10 +119,7 @@ fn font_available() -> bool {
 /// Without a system font the curves are drawn without text.
 pub fn plot(rows: &[MetricRow], path: &Path) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .suffix(".png")
-        .tempfile_in(dir)
-        .map_err(|source| Error::Write {
+    let tmp = mnist_model::weights::temp_file_in(dir, ".png").map_err(|source| Error::Write {
             path: path.to_path_buf(),
             source,
         })?;
