@@ -94,6 +94,8 @@ fn train_evaluate_and_predict_on_the_bundled_sample() {
     assert_eq!(status, Status::Success);
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["steps"], 320);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["steps"], 320, "config.json follows the resumed run");
 }
 
 #[test]

@@ -163,9 +163,10 @@ pub fn train<B: AutodiffBackend>(
         state.train_seconds = saved.train_seconds;
         MetricsLog::resume(&dir.join(files::METRICS), saved.step)?
     } else {
-        mnist_model::json::write(&dir.join(files::CONFIG), config)?;
         MetricsLog::create(&dir.join(files::METRICS))?
     };
+    // Also on resume: `steps` may have changed, and a later resume reads this file.
+    mnist_model::json::write(&dir.join(files::CONFIG), config)?;
 
     let mut sampler = Sampler::new(dataset.train.len(), config.batch_size, config.seed)?;
     let loss_fn = CrossEntropyLossConfig::new().init::<B>(device);
