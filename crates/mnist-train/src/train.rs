@@ -98,7 +98,7 @@ pub struct Report {
     pub batch_size: usize,
     /// Training wall time in seconds (all sessions of a resumed run), excluding evaluation.
     pub train_seconds: f64,
-    /// Training images per second.
+    /// Training images per second (of the last session, when the run was resumed).
     pub train_images_per_sec: f64,
     /// Backend name.
     pub backend: String,
@@ -236,12 +236,8 @@ pub fn train<B: AutodiffBackend>(
         steps: config.steps,
         batch_size: config.batch_size,
         train_seconds,
-        train_images_per_sec: if first_step == 0 {
-            config.steps as f64 * config.batch_size as f64 / train_seconds.max(1e-9)
-        } else {
-            // A resumed run: the throughput of this session alone.
-            trained_here as f64 * config.batch_size as f64 / session_start.elapsed().as_secs_f64().max(1e-9)
-        },
+        // Of this session alone when the run was resumed.
+        train_images_per_sec: trained_here as f64 * config.batch_size as f64 / (train_seconds - prior_seconds).max(1e-9),
         backend: options.backend.clone(),
         device: format!("{} ({:?})", <B::InnerBackend as Backend>::name(device), device),
         dataset: dataset.kind.name().to_string(),
