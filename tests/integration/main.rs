@@ -3,6 +3,7 @@
 //! Each test builds its own fixtures in a temporary directory. Tests that need data from
 //! the system (Debian's Fashion-MNIST) skip when it is absent, except when `MNIST_RS_CI`
 //! is set (as `.ci/run` does): then a skip is a failure.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 mod backends;
 mod data;

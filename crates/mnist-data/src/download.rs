@@ -177,10 +177,10 @@ impl Downloader {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        if let Some(total) = total {
-            if received != total {
-                return Err(format!("truncated: received {received} of {total} bytes"));
-            }
+        if let Some(total) = total
+            && received != total
+        {
+            return Err(format!("truncated: received {received} of {total} bytes"));
         }
         tmp.as_file().sync_all().map_err(|e| e.to_string())?;
         verify(tmp.path(), file).map_err(|e| e.to_string())?;
@@ -206,10 +206,10 @@ impl Downloader {
 /// Checks that `path` is a good copy of `file`: the pinned SHA-256, or else content that
 /// parses as IDX of the right kind with exactly `file.count` items.
 pub fn verify(path: &Path, file: &RemoteFile) -> Result<()> {
-    if let Some(expected) = &file.sha256 {
-        if sha256_file(path)? == *expected {
-            return Ok(());
-        }
+    if let Some(expected) = &file.sha256
+        && sha256_file(path)? == *expected
+    {
+        return Ok(());
     }
     let items = match file.kind {
         IdxKind::Images => idx::read_images(path)?.len() / idx::PIXELS,

@@ -183,14 +183,14 @@ fn parse_plain<R: Read>(
             expected,
         });
     }
-    if kind == IdxKind::Labels {
-        if let Some((index, &label)) = payload.iter().enumerate().find(|(_, l)| **l > 9) {
-            return Err(Error::BadLabel {
-                path: path.to_path_buf(),
-                index,
-                label,
-            });
-        }
+    if kind == IdxKind::Labels
+        && let Some((index, &label)) = payload.iter().enumerate().find(|(_, l)| **l > 9)
+    {
+        return Err(Error::BadLabel {
+            path: path.to_path_buf(),
+            index,
+            label,
+        });
     }
     Ok(payload)
 }

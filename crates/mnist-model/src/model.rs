@@ -68,7 +68,7 @@ impl CnnConfig {
         if self.classes < 2 {
             return bad(format!("classes must be at least 2, got {}", self.classes));
         }
-        if self.kernel_size == 0 || self.kernel_size % 2 == 0 || self.kernel_size > SIDE {
+        if self.kernel_size.is_multiple_of(2) || self.kernel_size > SIDE {
             return bad(format!("kernel_size must be odd and in 1..=28, got {}", self.kernel_size));
         }
         if !(0.0..1.0).contains(&self.dropout) {
