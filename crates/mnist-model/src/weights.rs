@@ -110,8 +110,9 @@ fn expected_shape(config: &CnnConfig, tensor: &str) -> Vec<usize> {
         .unwrap_or_default()
 }
 
-/// Checks that `model` holds exactly the tensors of `config`, with their shapes.
-fn check_shapes<B: Backend>(config: &CnnConfig, model: &Cnn<B>, path: &Path) -> Result<()> {
+/// Checks that `model` holds the tensors of `config` with their shapes; an error names
+/// the first tensor that is missing or of another shape, and `path` it came from.
+pub fn check_shapes<B: Backend>(config: &CnnConfig, model: &Cnn<B>, path: &Path) -> Result<()> {
     let found: Vec<(String, Vec<usize>)> = model
         .collect(None, None, false)
         .into_iter()

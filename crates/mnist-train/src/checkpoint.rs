@@ -88,34 +88,8 @@ where
     let model_record = Recorder::<B>::load(&recorder, model_bytes.to_vec(), device).map_err(|e| corrupt("network", e))?;
     let optim_record = Recorder::<B>::load(&recorder, optim_bytes.to_vec(), device).map_err(|e| corrupt("optimizer", e))?;
     let model = model.load_record(model_record);
-    let shapes_ok = state
-        .config
-        .model
-        .param_shapes()
-        .iter()
-        .zip(model_shapes(&model))
-        .all(|((_, expected), found)| *expected == found);
-    if !shapes_ok {
-        return Err(Error::Checkpoint {
-            path: path.to_path_buf(),
-            message: "the network's tensors do not have the shapes its config gives".into(),
-        });
-    }
+    mnist_model::weights::check_shapes(&state.config.model, &model, path)?;
     Ok((state, model, optim.load_record(optim_record)))
-}
-
-fn model_shapes<B: AutodiffBackend>(model: &Cnn<B>) -> Vec<Vec<usize>> {
-    let bias = |b: &Option<burn::module::Param<burn::tensor::Tensor<B, 1>>>| b.as_ref().map(|p| p.dims().to_vec()).unwrap_or_default();
-    vec![
-        model.conv1.weight.dims().to_vec(),
-        bias(&model.conv1.bias),
-        model.conv2.weight.dims().to_vec(),
-        bias(&model.conv2.bias),
-        model.fc1.weight.dims().to_vec(),
-        bias(&model.fc1.bias),
-        model.fc2.weight.dims().to_vec(),
-        bias(&model.fc2.bias),
-    ]
 }
 
 fn parse_state(bytes: &[u8], path: &Path) -> Result<CheckpointState> {
