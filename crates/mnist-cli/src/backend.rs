@@ -71,18 +71,22 @@ pub fn dispatch<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
             job.run::<burn::backend::Autodiff<burn_wgpu::Wgpu>>(&device, kind)
         }
         #[allow(unreachable_patterns)]
-        other => {
-            let have: Vec<&str> = BackendKind::available().iter().map(|b| b.name()).collect();
-            bail!(
-                "the {} backend is not compiled into this binary (it has: {}). Build with `--features {}` (`cargo xtask train --backend {}` does that), or use --backend {}",
-                other.name(),
-                if have.is_empty() { "none".to_string() } else { have.join(", ") },
-                other.name(),
-                other.name(),
-                have.first().copied().unwrap_or("flex"),
-            )
-        }
+        other => Err(not_compiled(other, &BackendKind::available())),
     }
+}
+
+/// The error for a backend this binary was built without, naming what it has and how to
+/// get the one asked for.
+fn not_compiled(kind: BackendKind, available: &[BackendKind]) -> anyhow::Error {
+    let have: Vec<&str> = available.iter().map(|b| b.name()).collect();
+    anyhow::anyhow!(
+        "the {} backend is not compiled into this binary (it has: {}). Build with `--features {}` (`cargo xtask train --backend {}` does that), or use --backend {}",
+        kind.name(),
+        if have.is_empty() { "none".to_string() } else { have.join(", ") },
+        kind.name(),
+        kind.name(),
+        have.first().copied().unwrap_or("flex"),
+    )
 }
 
 /// The default wgpu device, checked to exist: wgpu panics when no adapter is found, which
@@ -104,4 +108,18 @@ fn wgpu_device() -> Result<burn_wgpu::WgpuDevice> {
         );
     }
     Ok(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_not_compiled_in_is_named_with_the_way_to_get_it() {
+        let err = not_compiled(BackendKind::Wgpu, &[BackendKind::Flex, BackendKind::Ndarray]).to_string();
+        assert!(err.contains("wgpu backend is not compiled into this binary (it has: flex, ndarray)"), "{err}");
+        assert!(err.contains("--features wgpu") && err.contains("--backend flex"), "{err}");
+        let err = not_compiled(BackendKind::Flex, &[]).to_string();
+        assert!(err.contains("(it has: none)"), "{err}");
+    }
 }

@@ -5,6 +5,7 @@
 //! `ndarray`, `wgpu`), so a CPU user never compiles wgpu.
 
 mod backend;
+mod bench;
 mod commands;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 pub use backend::BackendKind;
+pub use bench::Measurement;
 
 /// Command-line interface.
 #[derive(Debug, Parser)]
@@ -32,6 +34,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Classify image files (PNG, JPEG, ...) with a trained network.
     Predict(PredictArgs),
+    /// Measure training or evaluation throughput, or single-image latency, of the seed
+    /// network (freshly initialised, on the bundled sample) and print it as JSON.
+    Bench(BenchArgs),
 }
 
 /// Where the data comes from.
@@ -109,6 +114,49 @@ pub struct PredictArgs {
     pub json: bool,
 }
 
+/// `mnist bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub measure: Measure,
+    /// Backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Batch size (training and evaluation).
+    #[arg(long, default_value_t = 50)]
+    pub batch: usize,
+    /// Timed repetitions (steps, passes over 10,000 images, or predictions).
+    #[arg(long, default_value_t = 20)]
+    pub repeats: usize,
+    /// Untimed repetitions first (compilation, caches, allocator).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Convolution kernels: the fastest for the backend, or Burn's own operations.
+    #[arg(long, value_enum, default_value_t = KernelsArg::Fastest)]
+    pub kernels: KernelsArg,
+}
+
+/// What `mnist bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Measure {
+    /// Training steps (forward, backward, Adam) per second, times the batch size.
+    Train,
+    /// Evaluation of 10,000 images, in batches of --batch.
+    Eval,
+    /// Classifying one image.
+    Latency,
+}
+
+/// `--kernels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelsArg {
+    /// mnist-model's fused CPU kernels where the backend has them.
+    Fastest,
+    /// Burn's conv2d, relu and max_pool2d.
+    Burn,
+}
+
 /// How a command ended, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -126,5 +174,6 @@ pub fn run(cli: Cli) -> Result<Status> {
         Command::Train(args) => commands::train(args),
         Command::Eval(args) => commands::eval(args),
         Command::Predict(args) => commands::predict(args),
+        Command::Bench(args) => bench::bench(args),
     }
 }

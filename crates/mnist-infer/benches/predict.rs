@@ -7,6 +7,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use mnist_infer::{Classifier, Pixels};
 use mnist_model::CnnConfig;
 
+// As the `mnist` binary: see its main.rs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn predict(c: &mut Criterion) {
     let device = Default::default();
     let config = CnnConfig::new();

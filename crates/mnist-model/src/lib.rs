@@ -35,10 +35,14 @@
 
 mod error;
 pub mod json;
+mod kernels;
+#[cfg(feature = "flex")]
+mod flex;
 mod model;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use kernels::Kernels;
 pub use model::{Cnn, CnnConfig, SIDE, dropout_mask};
 
 use burn::tensor::backend::Backend;

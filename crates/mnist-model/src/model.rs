@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
+use crate::kernels::{self, Kernels};
 
 /// Image side length the network expects.
 pub const SIDE: usize = 28;
@@ -138,6 +139,7 @@ impl CnnConfig {
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             fc1: linear(self.flat_features(), self.hidden, &mut rng),
             fc2: linear(self.hidden, self.classes, &mut rng),
+            kernels: Kernels::default(),
         })
     }
 }
@@ -175,6 +177,9 @@ pub struct Cnn<B: Backend> {
     pub fc1: Linear<B>,
     /// Output layer, `[1024, 10]`.
     pub fc2: Linear<B>,
+    /// Which implementation computes the convolution blocks (not saved with the weights).
+    #[module(skip)]
+    pub kernels: Kernels,
 }
 
 impl<B: Backend> Cnn<B> {
@@ -194,13 +199,19 @@ impl<B: Backend> Cnn<B> {
     /// Hidden activations `[batch, 1024]` after fc1 and ReLU.
     pub fn hidden(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         // [b, 1, 28, 28] -> [b, 32, 28, 28] -> [b, 32, 14, 14]
-        let x = self.pool.forward(relu(self.conv1.forward(images)));
+        let x = kernels::conv_relu_pool(self.kernels, &self.conv1, &self.pool, images);
         // [b, 32, 14, 14] -> [b, 64, 14, 14] -> [b, 64, 7, 7]
-        let x = self.pool.forward(relu(self.conv2.forward(x)));
+        let x = kernels::conv_relu_pool(self.kernels, &self.conv2, &self.pool, x);
         // [b, 64, 7, 7] -> [b, 3136] (channel-major, as PyTorch flattens NCHW)
         let x = x.flatten::<2>(1, 3);
         // [b, 3136] -> [b, 1024]
         relu(self.fc1.forward(x))
+    }
+
+    /// Returns the model computing its convolution blocks with `kernels`.
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
     }
 
     /// Class probabilities `[batch, 10]` (softmax of the logits).

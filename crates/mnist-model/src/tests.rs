@@ -173,3 +173,43 @@ fn dropout_mask_keeps_the_expected_fraction() {
     let kept = v.iter().filter(|&&x| x == 2.0).count() as f64 / v.len() as f64;
     assert!((kept - 0.5).abs() < 0.02, "{kept}");
 }
+
+/// The whole network with the fused burn-flex kernels against Burn's own operations: the
+/// same logits, and the same gradient for every parameter, within 1e-4.
+#[cfg(feature = "flex")]
+#[test]
+fn fused_kernels_match_burn_operations_on_the_seed_network() {
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use burn_autodiff::Autodiff;
+    type Ad = Autodiff<Flex>;
+    let device = Default::default();
+    let config = CnnConfig::new();
+    let fused: Cnn<Ad> = config.init(5, &device).unwrap();
+    assert_eq!(fused.kernels, Kernels::Fastest);
+    let reference = fused.clone().with_kernels(Kernels::Burn);
+    let n = 30;
+    let images = mnist_data::images_to_tensor::<Ad>(&real_digits(n), &device);
+    let labels = Tensor::<Ad, 1, burn::tensor::Int>::from_data(
+        TensorData::new((0..n as i64).map(|i| i % 10).collect::<Vec<_>>(), [n]),
+        &device,
+    );
+    let loss_fn = CrossEntropyLossConfig::new().init::<Ad>(&device);
+    let run = |model: &Cnn<Ad>| {
+        let logits = model.forward(images.clone());
+        let values = logits.clone().into_data().to_vec::<f32>().unwrap();
+        let grads = loss_fn.forward(logits, labels.clone()).backward();
+        let mut all = vec![values];
+        for p in [model.conv1.weight.val(), model.conv2.weight.val()] {
+            all.push(p.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap());
+        }
+        all.push(model.fc1.weight.val().grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap());
+        for p in [&model.conv1.bias, &model.conv2.bias] {
+            all.push(p.as_ref().unwrap().val().grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap());
+        }
+        all
+    };
+    for (i, (a, b)) in run(&fused).into_iter().zip(run(&reference)).enumerate() {
+        let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(d <= 1e-4, "tensor {i}: max difference {d}");
+    }
+}

@@ -14,6 +14,10 @@ use rand::SeedableRng;
 
 type B = Autodiff<Flex>;
 
+// As the `mnist` binary: see its main.rs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn train_step(c: &mut Criterion) {
     let device = Default::default();
     let data = mnist_data::Locator::offline(None)

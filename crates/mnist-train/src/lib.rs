@@ -31,7 +31,7 @@ pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use eval::{Evaluation, evaluate};
 pub use metrics::{MetricRow, MetricsLog, plot};
-pub use train::{Outcome, ProgressMode, Report, TrainOptions, files, train};
+pub use train::{Outcome, ProgressMode, Report, TrainOptions, dropout_rng, files, optimizer, train, train_step};
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
-use burn::tensor::ElementConversion;
+use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use mnist_data::{Dataset, Sampler};
 use mnist_model::{Cnn, dropout_mask, weights};
@@ -143,11 +143,7 @@ pub fn train<B: AutodiffBackend>(
     prepare_dir(dir, options.resume)?;
 
     let mut model = config.model.init::<B>(config.seed, device)?;
-    let mut optim = AdamConfig::new()
-        .with_beta_1(config.beta1)
-        .with_beta_2(config.beta2)
-        .with_epsilon(config.epsilon)
-        .init::<B, Cnn<B>>();
+    let mut optim = optimizer::<B>(config);
     let mut state = CheckpointState {
         step: 0,
         config: config.clone(),
@@ -169,7 +165,6 @@ pub fn train<B: AutodiffBackend>(
     mnist_model::json::write(&dir.join(files::CONFIG), config)?;
 
     let mut sampler = Sampler::new(dataset.train.len(), config.batch_size, config.seed)?;
-    let loss_fn = CrossEntropyLossConfig::new().init::<B>(device);
     let progress = Progress::new(options.progress, state.step, config.steps);
     let session_start = Instant::now();
     let first_step = state.step;
@@ -191,10 +186,8 @@ pub fn train<B: AutodiffBackend>(
 
         let mut rng = dropout_rng(config.seed, step);
         let mask = dropout_mask::<B>(config.batch_size, config.model.hidden, config.model.dropout, &mut rng, device);
-        let logits = model.forward_train(batch.images, mask);
-        let loss = loss_fn.forward(logits, batch.labels);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(config.learning_rate, model, grads);
+        let loss;
+        (model, loss) = train_step(model, &mut optim, batch.images, batch.labels, mask, config.learning_rate);
 
         if let Some(train_accuracy) = train_accuracy {
             let loss = loss.into_scalar().elem::<f64>();
@@ -249,9 +242,37 @@ pub fn train<B: AutodiffBackend>(
     Ok(Outcome::Finished(Box::new(report)))
 }
 
+/// The optimizer of a run: Adam with the config's betas and epsilon (the seed: TensorFlow's
+/// defaults, 0.9, 0.999 and 1e-8).
+pub fn optimizer<B: AutodiffBackend>(config: &TrainConfig) -> impl Optimizer<Cnn<B>, B> + use<B> {
+    AdamConfig::new()
+        .with_beta_1(config.beta1)
+        .with_beta_2(config.beta2)
+        .with_epsilon(config.epsilon)
+        .init::<B, Cnn<B>>()
+}
+
+/// One optimisation step: the forward pass with the dropout `mask` (see
+/// [`dropout_mask`]), softmax cross-entropy against `labels`, the backward pass and the
+/// optimizer's update. Returns the updated network and the loss `[1]`, left on the device:
+/// reading it back waits for the step to finish, so the loop reads it only when it logs.
+pub fn train_step<B: AutodiffBackend, O: Optimizer<Cnn<B>, B>>(
+    model: Cnn<B>,
+    optim: &mut O,
+    images: Tensor<B, 4>,
+    labels: Tensor<B, 1, Int>,
+    mask: Tensor<B, 2>,
+    learning_rate: f64,
+) -> (Cnn<B>, Tensor<B, 1>) {
+    let loss_fn = CrossEntropyLossConfig::new().init::<B>(&images.device());
+    let loss = loss_fn.forward(model.forward_train(images, mask), labels);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    (optim.step(learning_rate, model, grads), loss)
+}
+
 /// The generator of the dropout masks of `step`: a function of the seed and the step
 /// alone, so a resumed run draws the same masks as an uninterrupted one.
-fn dropout_rng(seed: u64, step: u64) -> ChaCha8Rng {
+pub fn dropout_rng(seed: u64, step: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6472_6f70_6f75_7421); // "dropout!"
     rng.set_stream(step);
     rng

@@ -1,0 +1,170 @@
+//! `mnist bench`: one measurement of the seed network on one backend, printed as a JSON
+//! line. `cargo xtask bench` runs each measurement in its own process (so peak memory is
+//! that measurement's) for every backend and peer, and tabulates them.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use mnist_data::{DatasetKind, Locator, Split};
+use mnist_infer::{Classifier, Pixels};
+use mnist_model::{Cnn, CnnConfig, Kernels, dropout_mask};
+use mnist_train::{TrainConfig, optimizer, train_step};
+use serde::Serialize;
+
+use crate::backend::{BackendKind, Job, dispatch};
+use crate::{BenchArgs, KernelsArg, Measure, Status};
+
+/// One measurement, as printed.
+#[derive(Debug, Serialize)]
+pub struct Measurement {
+    /// Always "mnist-rs".
+    pub system: &'static str,
+    /// Backend name.
+    pub backend: String,
+    /// Burn's name for the device.
+    pub device: String,
+    /// Convolution kernels used ("fastest" or "burn").
+    pub kernels: &'static str,
+    /// "train", "eval" or "latency".
+    pub measure: &'static str,
+    /// Batch size (1 for latency).
+    pub batch: usize,
+    /// Timed repetitions: training steps, evaluation passes or predictions.
+    pub repeats: usize,
+    /// Images per second (training or evaluation throughput; 1 / latency).
+    pub images_per_sec: f64,
+    /// Median time of one repetition, in milliseconds.
+    pub median_ms: f64,
+    /// Peak resident memory of the process, in MiB (Linux; absent elsewhere).
+    pub peak_rss_mib: Option<f64>,
+}
+
+pub fn bench(args: BenchArgs) -> Result<Status> {
+    let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.repeats == 0 {
+        bail!("--repeats must be at least 1");
+    }
+    let data = Locator::offline(None).load(DatasetKind::Sample).context("cannot load the bundled sample")?;
+    let measurement = dispatch(backend, BenchJob { args: &args, train: &data.train, test: &data.test })?;
+    println!("{}", serde_json::to_string(&measurement)?);
+    Ok(Status::Success)
+}
+
+struct BenchJob<'a> {
+    args: &'a BenchArgs,
+    train: &'a Split,
+    test: &'a Split,
+}
+
+impl Job for BenchJob<'_> {
+    type Output = Measurement;
+
+    fn run<B: AutodiffBackend>(self, device: &B::Device, backend: BackendKind) -> Result<Measurement> {
+        let args = self.args;
+        let kernels = match args.kernels {
+            KernelsArg::Fastest => Kernels::Fastest,
+            KernelsArg::Burn => Kernels::Burn,
+        };
+        let model = CnnConfig::new().init::<B>(1, device)?.with_kernels(kernels);
+        let (measure, batch, times) = match args.measure {
+            Measure::Train => ("train", args.batch, time_training(model, self.train, args, device)?),
+            Measure::Eval => ("eval", args.batch, time_evaluation(&model.valid(), self.test, args, device)?),
+            Measure::Latency => ("latency", 1, time_latency(model.valid(), self.test, args, device)?),
+        };
+        let median = median(&times);
+        let images = match args.measure {
+            Measure::Eval => EVAL_IMAGES,
+            _ => batch,
+        };
+        Ok(Measurement {
+            system: "mnist-rs",
+            backend: backend.name().to_string(),
+            device: format!("{} ({device:?})", <B::InnerBackend as Backend>::name(device)),
+            kernels: kernels.name(),
+            measure,
+            batch,
+            repeats: times.len(),
+            images_per_sec: images as f64 / median.max(1e-12),
+            median_ms: median * 1000.0,
+            peak_rss_mib: peak_rss_mib(),
+        })
+    }
+}
+
+/// Images of one evaluation pass (the size of the MNIST test set).
+const EVAL_IMAGES: usize = 10_000;
+
+/// Seconds of each timed training step, after `warmup` untimed ones. Each step ends by
+/// reading a parameter back, which waits for an asynchronous device to finish it.
+fn time_training<B: AutodiffBackend>(mut model: Cnn<B>, train: &Split, args: &BenchArgs, device: &B::Device) -> Result<Vec<f64>> {
+    let config = TrainConfig::new();
+    let mut optim = optimizer::<B>(&config);
+    let indices: Vec<usize> = (0..args.batch).map(|i| i % train.len()).collect();
+    let mut times = Vec::with_capacity(args.repeats);
+    for step in 0..args.warmup + args.repeats {
+        let start = Instant::now();
+        let batch = train.batch::<B>(&indices, device)?;
+        let mut rng = mnist_train::dropout_rng(config.seed, step as u64);
+        let mask = dropout_mask::<B>(args.batch, config.model.hidden, config.model.dropout, &mut rng, device);
+        let (updated, _loss) = train_step(model, &mut optim, batch.images, batch.labels, mask, config.learning_rate);
+        model = updated;
+        let _ = model.fc2.bias.as_ref().map(|b| b.val().into_data());
+        if step >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+/// Seconds of each timed pass over 10,000 test images (the sample's 2,000, repeated).
+fn time_evaluation<B: Backend>(model: &Cnn<B>, test: &Split, args: &BenchArgs, device: &B::Device) -> Result<Vec<f64>> {
+    let n = EVAL_IMAGES;
+    let split = Split::new(
+        test.images().iter().copied().cycle().take(n * 784).collect(),
+        test.labels().iter().copied().cycle().take(n).collect(),
+    )?;
+    let mut times = Vec::with_capacity(args.repeats);
+    for pass in 0..args.warmup.min(1) + args.repeats {
+        let start = Instant::now();
+        mnist_train::evaluate(model, &split, args.batch, device)?;
+        if pass >= args.warmup.min(1) {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+/// Seconds of each timed single-image prediction (a different image each time).
+fn time_latency<B: Backend>(model: Cnn<B>, test: &Split, args: &BenchArgs, device: &B::Device) -> Result<Vec<f64>> {
+    let classifier = Classifier::from_model(model, CnnConfig::new(), device)?;
+    let images: Vec<Pixels> = (0..test.len().min(1000)).map(|i| *test.image(i)).collect();
+    let mut times = Vec::with_capacity(args.repeats);
+    for i in 0..args.warmup + args.repeats {
+        let start = Instant::now();
+        let prediction = classifier.predict(&images[i % images.len()]);
+        std::hint::black_box(prediction);
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times)
+}
+
+fn median(times: &[f64]) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The process's peak resident set (VmHWM), from `/proc/self/status`.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

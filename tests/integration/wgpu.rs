@@ -1,0 +1,55 @@
+//! burn-wgpu against burn-flex: same logits and the same training step from the same
+//! weights. On a machine without a GPU, Mesa's lavapipe (a software Vulkan driver) runs
+//! them; it compiles every shader on first use, which takes minutes, so these tests use
+//! one forward pass and one small step. Without any adapter they skip, except in CI
+//! (`MNIST_RS_CI`), where that is a failure.
+
+use burn::backend::Autodiff;
+use burn::tensor::Tensor;
+use burn_flex::Flex;
+use burn_wgpu::{Wgpu, WgpuDevice};
+use mnist_data::{DatasetKind, Locator};
+use mnist_model::{CnnConfig, weights};
+
+use crate::backends::{assert_same_step, max_diff, one_step};
+
+/// The default wgpu device, or `None` (skip) when there is no adapter outside CI.
+fn device() -> Option<WgpuDevice> {
+    let device = WgpuDevice::default();
+    let probe = device.clone();
+    let found = std::panic::catch_unwind(move || Tensor::<Wgpu, 1>::zeros([1], &probe).into_data());
+    match found {
+        Ok(_) => Some(device),
+        Err(_) if crate::in_ci() => panic!(
+            "no wgpu adapter: CI must have one (install mesa-vulkan-drivers for lavapipe and set XDG_RUNTIME_DIR)"
+        ),
+        Err(_) => {
+            eprintln!("skipped: no wgpu adapter (apt-get install mesa-vulkan-drivers gives a software one)");
+            None
+        }
+    }
+}
+
+#[test]
+fn wgpu_loads_flex_weights_and_gives_the_same_logits() {
+    let Some(device) = device() else { return };
+    let data = Locator::offline(None).load(DatasetKind::Sample).unwrap();
+    let config = CnnConfig::new();
+    let dir = tempfile::tempdir().unwrap();
+    let flex = config.init::<Flex>(21, &Default::default()).unwrap();
+    weights::save_dir(&flex, &config, dir.path()).unwrap();
+    let (_, gpu) = weights::load_dir::<Wgpu>(dir.path(), &device).unwrap();
+    let pixels = &data.test.images()[..8 * 784];
+    let a = flex.forward(mnist_data::images_to_tensor::<Flex>(pixels, &Default::default()));
+    let b = gpu.forward(mnist_data::images_to_tensor::<Wgpu>(pixels, &device));
+    let d = max_diff(&a.into_data().to_vec::<f32>().unwrap(), &b.into_data().to_vec::<f32>().unwrap());
+    assert!(d <= 1e-4, "max logit difference {d}");
+}
+
+#[test]
+fn wgpu_training_step_gives_the_same_parameters_as_flex() {
+    let Some(device) = device() else { return };
+    let a = one_step::<Autodiff<Flex>>(&Default::default());
+    let b = one_step::<Autodiff<Wgpu>>(&device);
+    assert_same_step(&a, &b);
+}
