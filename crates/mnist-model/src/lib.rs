@@ -38,6 +38,12 @@ pub mod json;
 mod kernels;
 #[cfg(feature = "flex")]
 mod flex;
+
+/// Helpers for host-side kernels on burn-flex, shared with mnist-train's optimizer.
+#[cfg(feature = "flex")]
+pub mod flex_host {
+    pub use crate::flex::{cast, to_vec};
+}
 mod model;
 pub mod weights;
 

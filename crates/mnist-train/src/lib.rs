@@ -20,6 +20,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod adam;
 pub mod checkpoint;
 mod config;
 mod error;
@@ -27,6 +28,7 @@ mod eval;
 mod metrics;
 mod train;
 
+pub use adam::FusedAdam;
 pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use eval::{Evaluation, evaluate};

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use mnist_data::{Dataset, Sampler};
@@ -17,6 +18,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::adam::FusedAdam;
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
@@ -243,13 +245,14 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// The optimizer of a run: Adam with the config's betas and epsilon (the seed: TensorFlow's
-/// defaults, 0.9, 0.999 and 1e-8).
+/// defaults, 0.9, 0.999 and 1e-8), as [`FusedAdam`]: Burn's formula and state record,
+/// one fused pass per parameter on burn-flex.
 pub fn optimizer<B: AutodiffBackend>(config: &TrainConfig) -> impl Optimizer<Cnn<B>, B> + use<B> {
-    AdamConfig::new()
-        .with_beta_1(config.beta1)
-        .with_beta_2(config.beta2)
-        .with_epsilon(config.epsilon)
-        .init::<B, Cnn<B>>()
+    OptimizerAdaptor::<FusedAdam, Cnn<B>, B>::from(FusedAdam {
+        beta_1: config.beta1 as f32,
+        beta_2: config.beta2 as f32,
+        epsilon: config.epsilon as f32,
+    })
 }
 
 /// One optimisation step: the forward pass with the dropout `mask` (see
