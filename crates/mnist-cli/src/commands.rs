@@ -1,4 +1,4 @@
-//! The three commands.
+//! `mnist train`, `mnist eval` and `mnist predict` (`mnist bench` is in bench.rs).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,4 +1,4 @@
-//! The `mnist` command: train, evaluate and predict with the Deep MNIST network.
+//! The `mnist` command: train, evaluate, predict and benchmark the Deep MNIST network.
 //!
 //! `main.rs` parses the arguments into a [`Cli`] and calls [`run`]; the integration tests
 //! call the same function. Each backend is a cargo feature (`flex`, the default,

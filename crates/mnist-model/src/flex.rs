@@ -105,7 +105,7 @@ pub(crate) fn conv_relu_pool<B: Backend>(
         }
         Err(x) => x,
     };
-    let x = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x).map_err(|x| x)?;
+    let x = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x)?;
     let (Ok(weight), Ok(bias)) = (cast::<_, Tensor<Flex, 4>>(weight), cast::<_, Tensor<Flex, 1>>(bias)) else {
         unreachable!("x, weight and bias share the backend B");
     };

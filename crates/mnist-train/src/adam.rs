@@ -2,10 +2,10 @@
 //!
 //! Burn's `Adam` updates each parameter with about a dozen tensor operations, each a full
 //! pass over memory: about 15 ms of a 75 ms training step of the seed network on 2 cores.
-//! [`FusedAdam`] computes the same formula and keeps the same state record
-//! ([`AdamState`], so checkpoints written with either load with either). On burn-flex
+//! [`FusedAdam`] computes the same formula and keeps Burn's state type ([`AdamState`]:
+//! moments and step count, saved in checkpoints as Burn's Adam saves them). On burn-flex
 //! (cargo feature `flex`) it takes the parameter, gradient and both moments out of their
-//! tensors without copying (each is owned alone at that point), updates them in one
+//! tensors (without a copy when a tensor owns its buffer alone), updates them in one
 //! parallel, vectorised pass, and puts them back. Elsewhere it runs tensor operations.
 
 use burn::optim::{AdamState, AdaptiveMomentumState, LearningRate, SimpleOptimizer};

@@ -249,9 +249,9 @@ pub fn train<B: AutodiffBackend>(
 /// one fused pass per parameter on burn-flex.
 pub fn optimizer<B: AutodiffBackend>(config: &TrainConfig) -> impl Optimizer<Cnn<B>, B> + use<B> {
     OptimizerAdaptor::<FusedAdam, Cnn<B>, B>::from(FusedAdam {
-        beta_1: config.beta1 as f32,
-        beta_2: config.beta2 as f32,
-        epsilon: config.epsilon as f32,
+        beta_1: config.beta1,
+        beta_2: config.beta2,
+        epsilon: config.epsilon,
     })
 }
 
