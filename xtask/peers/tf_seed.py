@@ -7,18 +7,15 @@ usage: python tf_seed.py train|eval|latency [--batch N] [--repeats R] [--warmup 
 Data are random pixels and labels: speed does not depend on them.
 Setup: python3 -m venv /var/tmp/tfenv && /var/tmp/tfenv/bin/pip install tensorflow-cpu==2.21.0
 """
-import argparse, json, os, resource, sys, time
+import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-p = argparse.ArgumentParser()
-p.add_argument("measure", choices=["train", "eval", "latency"])
-p.add_argument("--batch", type=int, default=50)
-p.add_argument("--repeats", type=int, default=20)
-p.add_argument("--warmup", type=int, default=3)
-a = p.parse_args()
+import harness
+
+a = harness.arguments()
 
 tf.compat.v1.disable_eager_execution()
 v1 = tf.compat.v1
@@ -54,24 +51,12 @@ def evaluate(_):
 def latency(i):
     sess.run(predicted, {x: images[i % len(images)][None]})
 
-run = {"train": train, "eval": evaluate, "latency": latency}[a.measure]
-times = []
-for i in range(a.warmup + a.repeats):
-    t = time.perf_counter()
-    run(i)
-    if i >= a.warmup:
-        times.append(time.perf_counter() - t)
-median = sorted(times)[len(times) // 2]
-images_per_rep = {"train": a.batch, "eval": len(images), "latency": 1}[a.measure]
-print(json.dumps({
-    "system": "tensorflow",
-    "backend": f"tf {tf.__version__} cpu",
-    "device": f"cpu, {os.cpu_count()} cores, intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}",
-    "kernels": "tf.compat.v1 graph (the seed as written)",
-    "measure": a.measure,
-    "batch": 1 if a.measure == "latency" else a.batch,
-    "repeats": len(times),
-    "images_per_sec": images_per_rep / median,
-    "median_ms": median * 1000,
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-}))
+harness.report(
+    a,
+    {"train": train, "eval": evaluate, "latency": latency},
+    len(images),
+    system="tensorflow",
+    backend=f"tf {tf.__version__} cpu",
+    device=f"cpu, {os.cpu_count()} cores, intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}",
+    kernels="tf.compat.v1 graph (the seed as written)",
+)

@@ -4,19 +4,15 @@ same fields as `mnist bench`. Data are random and already on the device.
 
 usage: python torch_seed.py train|eval|latency [--batch N] [--repeats R] [--warmup W] [--device D]
 """
-import argparse, json, os, resource, time
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-p = argparse.ArgumentParser()
-p.add_argument("measure", choices=["train", "eval", "latency"])
-p.add_argument("--batch", type=int, default=50)
-p.add_argument("--repeats", type=int, default=20)
-p.add_argument("--warmup", type=int, default=3)
-p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-a = p.parse_args()
+import harness
+
+a = harness.arguments(lambda p: p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu"))
 dev = torch.device(a.device)
 
 
@@ -67,28 +63,15 @@ def latency(i):
     model(X[i % len(X)][None]).argmax(1).item()
 
 
-run = {"train": train, "eval": evaluate, "latency": latency}[a.measure]
-times = []
-for i in range(a.warmup + a.repeats):
-    sync()
-    t = time.perf_counter()
-    run(i)
-    sync()
-    if i >= a.warmup:
-        times.append(time.perf_counter() - t)
-median = sorted(times)[len(times) // 2]
-images_per_rep = {"train": a.batch, "eval": len(X), "latency": 1}[a.measure]
 name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
-print(json.dumps({
-    "system": "pytorch",
-    "backend": f"torch {torch.__version__} {dev.type} eager",
-    "device": name,
-    "kernels": "eager",
-    "measure": a.measure,
-    "batch": 1 if a.measure == "latency" else a.batch,
-    "repeats": len(times),
-    "images_per_sec": images_per_rep / median,
-    "median_ms": median * 1000,
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    "peak_device_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
-}))
+harness.report(
+    a,
+    {"train": train, "eval": evaluate, "latency": latency},
+    len(X),
+    sync,
+    system="pytorch",
+    backend=f"torch {torch.__version__} {dev.type} eager",
+    device=name,
+    kernels="eager",
+    peak_device_mib=lambda: torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
+)

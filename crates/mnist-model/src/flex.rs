@@ -128,8 +128,9 @@ pub fn to_vec<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().unwrap_or_else(|e| unreachable!("checked f32: {e:?}"))
 }
 
-fn prim_to_vec(p: FloatTensor<Flex>) -> Vec<f32> {
-    to_vec(Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(p)).flatten::<1>(0, 0))
+/// The values of an f32 Flex primitive of rank `D`.
+fn prim_to_vec<const D: usize>(p: FloatTensor<Flex>) -> Vec<f32> {
+    to_vec(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(p)))
 }
 
 fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTensor<Flex> {
@@ -164,7 +165,7 @@ impl Backward<Flex, 3> for ConvReluPool {
 
     fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x, node_weight, node_bias] = ops.parents;
-        let grad = prim_to_vec(grads.consume::<Flex>(&ops.node));
+        let grad = prim_to_vec::<4>(grads.consume::<Flex>(&ops.node));
         let s = ops.state;
         let g = s.geometry;
         let result = backward(g, &s.x, &s.weight, &s.winners, &grad, node_x.is_some());
@@ -182,9 +183,8 @@ impl Backward<Flex, 3> for ConvReluPool {
 
 fn autodiff(g: Geometry, x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, bias: Tensor<Ad, 1>) -> Tensor<Ad, 4> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
-    let host = |p: &FloatTensor<Flex>| prim_to_vec(p.clone());
-    let (xs, ws) = (host(&x.primitive), host(&weight.primitive));
-    let (out, winners) = forward(g, &xs, &ws, &host(&bias.primitive));
+    let (xs, ws) = (prim_to_vec::<4>(x.primitive.clone()), prim_to_vec::<4>(weight.primitive.clone()));
+    let (out, winners) = forward(g, &xs, &ws, &prim_to_vec::<1>(bias.primitive.clone()));
     let out = from_vec(out, g.out_shape());
     let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
     let y = match ConvReluPool.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
@@ -195,17 +195,6 @@ fn autodiff(g: Geometry, x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, bias: Tensor<A
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(y))
-}
-
-/// `op(a) . op(b)` on burn-flex's GEMM, where `a` is stored row-major with shape `a_shape`
-/// and `op` transposes it when `a_t` (likewise `b`).
-fn matmul(a: Vec<f32>, a_shape: [usize; 2], a_t: bool, b: Vec<f32>, b_shape: [usize; 2], b_t: bool) -> Vec<f32> {
-    let device = Default::default();
-    let a = Tensor::<Flex, 2>::from_data(TensorData::new(a, a_shape), &device);
-    let b = Tensor::<Flex, 2>::from_data(TensorData::new(b, b_shape), &device);
-    let a = if a_t { a.transpose() } else { a };
-    let b = if b_t { b.transpose() } else { b };
-    to_vec(a.matmul(b))
 }
 
 /// Images per chunk: the block runs over the batch in chunks, so that its largest
@@ -259,11 +248,14 @@ pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (
     let mut winners = vec![NONE; out.len()];
     let image_in = g.c * g.h * g.w;
     let image_out = g.o * ph * pw;
+    let device = Default::default();
+    let weight = Tensor::<Flex, 2>::from_data(TensorData::new(weight.to_vec(), [g.o, g.rows()]), &device);
     for (b0, nb) in chunks(g) {
         let gc = Geometry { b: nb, ..g };
         let cols = im2col(gc, &x[b0 * image_in..][..nb * image_in]);
-        // y [o, nb*h*w] = W [o, rows] . cols [rows, nb*h*w]
-        let y = matmul(weight.to_vec(), [g.o, g.rows()], false, cols, [g.rows(), gc.pixels()], false);
+        let cols = Tensor::<Flex, 2>::from_data(TensorData::new(cols, [g.rows(), gc.pixels()]), &device);
+        // y [o, nb*h*w] = W [o, rows] . cols [rows, nb*h*w], on burn-flex's GEMM
+        let y = to_vec(weight.clone().matmul(cols));
         let range = b0 * image_out..(b0 + nb) * image_out;
         bias_relu_pool(gc, &y, bias, &mut out[range.clone()], &mut winners[range]);
     }

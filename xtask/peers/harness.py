@@ -1,0 +1,41 @@
+"""What the peer scripts share: their command line, the timing loop, and the JSON line
+they print, with the same fields as `mnist bench`."""
+import argparse, json, resource, time
+
+
+def arguments(extra=None):
+    """Parses `MEASURE [--batch N] [--repeats R] [--warmup W]`, plus what `extra` adds."""
+    p = argparse.ArgumentParser()
+    p.add_argument("measure", choices=["train", "eval", "latency"])
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    if extra:
+        extra(p)
+    return p.parse_args()
+
+
+def report(a, runs, eval_images, sync=lambda: None, **fields):
+    """Times `runs[a.measure](i)` over warm-up + repeats (`sync` waits for the device
+    around each) and prints the median as a JSON line, with `fields` (system, backend,
+    device, kernels, ...); a callable field is called after the timing (peak memory)."""
+    run = runs[a.measure]
+    times = []
+    for i in range(a.warmup + a.repeats):
+        sync()
+        t = time.perf_counter()
+        run(i)
+        sync()
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t)
+    median = sorted(times)[len(times) // 2]
+    images_per_rep = {"train": a.batch, "eval": eval_images, "latency": 1}[a.measure]
+    print(json.dumps({
+        **{k: v() if callable(v) else v for k, v in fields.items()},
+        "measure": a.measure,
+        "batch": 1 if a.measure == "latency" else a.batch,
+        "repeats": len(times),
+        "images_per_sec": images_per_rep / median,
+        "median_ms": median * 1000,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
