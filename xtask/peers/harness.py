@@ -17,24 +17,36 @@ def arguments(extra=None):
 
 def report(a, runs, eval_images, sync=lambda: None, **fields):
     """Times `runs[a.measure](i)` over warm-up + repeats (`sync` waits for the device
-    around each) and prints the median as a JSON line, with `fields` (system, backend,
+    around each; training steps are timed as one block with one sync, their mean taken
+    as the median) and prints the median as a JSON line, with `fields` (system, backend,
     device, kernels, ...); a callable field is called after the timing (peak memory)."""
     run = runs[a.measure]
-    times = []
-    for i in range(a.warmup + a.repeats):
+    if a.measure == "train":
+        # As `mnist bench train`: one timed block of steps, one sync at its end.
+        for i in range(a.warmup):
+            run(i)
         sync()
         t = time.perf_counter()
-        run(i)
+        for i in range(a.warmup, a.warmup + a.repeats):
+            run(i)
         sync()
-        if i >= a.warmup:
-            times.append(time.perf_counter() - t)
+        times = [(time.perf_counter() - t) / a.repeats]
+    else:
+        times = []
+        for i in range(a.warmup + a.repeats):
+            sync()
+            t = time.perf_counter()
+            run(i)
+            sync()
+            if i >= a.warmup:
+                times.append(time.perf_counter() - t)
     median = sorted(times)[len(times) // 2]
     images_per_rep = {"train": a.batch, "eval": eval_images, "latency": 1}[a.measure]
     print(json.dumps({
         **{k: v() if callable(v) else v for k, v in fields.items()},
         "measure": a.measure,
         "batch": 1 if a.measure == "latency" else a.batch,
-        "repeats": len(times),
+        "repeats": a.repeats,
         "images_per_sec": images_per_rep / median,
         "median_ms": median * 1000,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

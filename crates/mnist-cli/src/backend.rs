@@ -89,24 +89,41 @@ fn not_compiled(kind: BackendKind, available: &[BackendKind]) -> anyhow::Error {
     )
 }
 
-/// The default wgpu device, checked to exist: wgpu panics when no adapter is found, which
-/// becomes an error naming what was looked for.
+/// The adapter the wgpu backend picked (name, graphics API, driver), once it was set up.
+static ADAPTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The hardware behind the backend, where Burn's name does not say it: the wgpu adapter
+/// (for example "NVIDIA H200 (Vulkan, NVIDIA 580.159.03)"). `None` for the CPU backends.
+pub fn adapter() -> Option<&'static str> {
+    ADAPTER.get().map(String::as_str)
+}
+
+/// The default wgpu device, set up here so that the adapter it picked can be reported, and
+/// checked to exist: wgpu panics when no adapter is found, which becomes an error naming
+/// what was looked for.
 #[cfg(feature = "wgpu")]
 fn wgpu_device() -> Result<burn_wgpu::WgpuDevice> {
-    use burn::tensor::Tensor;
     let device = burn_wgpu::WgpuDevice::default();
+    if ADAPTER.get().is_some() {
+        return Ok(device);
+    }
     let probe = device.clone();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let found = std::panic::catch_unwind(move || {
-        Tensor::<burn_wgpu::Wgpu, 1>::zeros([1], &probe).into_data();
+        let setup = burn_wgpu::init_setup::<burn_wgpu::graphics::AutoGraphicsApi>(&probe, Default::default());
+        setup.adapter.get_info()
     });
     std::panic::set_hook(hook);
-    if found.is_err() {
+    let Ok(info) = found else {
         bail!(
             "no wgpu adapter found (looked for {device:?} through Vulkan, Metal, DirectX 12 and OpenGL). Install a GPU driver, or Mesa's lavapipe (`apt-get install mesa-vulkan-drivers`) for a slow software one, or use --backend flex"
         );
-    }
+    };
+    let driver = [info.driver.as_str(), info.driver_info.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
+    let name = format!("{} ({:?}{}{})", info.name, info.backend, if driver.is_empty() { "" } else { ", " }, driver);
+    eprintln!("wgpu adapter: {name}");
+    let _ = ADAPTER.set(name);
     Ok(device)
 }
 

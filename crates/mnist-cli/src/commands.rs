@@ -63,6 +63,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     options.progress = if args.plain { ProgressMode::Lines } else { ProgressMode::auto() };
     options.stop = Some(stop_flag());
     options.git_commit = git_commit();
+    options.kernels = args.kernels.into();
     println!(
         "training on {} ({}: {} train / {} test images) with {} for {} steps of {}; artifacts in {}",
         dataset.kind,
@@ -105,7 +106,9 @@ struct TrainJob<'a> {
 impl Job for TrainJob<'_> {
     type Output = Outcome;
     fn run<B: AutodiffBackend>(self, device: &B::Device, _: BackendKind) -> Result<Outcome> {
-        Ok(mnist_train::train::<B>(self.config, self.dataset, self.options, device)?)
+        // The GPU adapter is known once `dispatch` has set the device up.
+        let options = TrainOptions { adapter: crate::backend::adapter().map(str::to_string), ..self.options.clone() };
+        Ok(mnist_train::train::<B>(self.config, self.dataset, &options, device)?)
     }
 }
 

@@ -78,6 +78,9 @@ pub struct TrainArgs {
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
+    /// How the convolution blocks are computed (the same network and results).
+    #[arg(long, value_enum, default_value_t = KernelsArg::Fastest)]
+    pub kernels: KernelsArg,
 }
 
 /// `mnist eval`.
@@ -155,6 +158,18 @@ pub enum KernelsArg {
     Fastest,
     /// Burn's conv2d, relu and max_pool2d.
     Burn,
+    /// im2col + matmul made of Burn tensor operations (an alternative for GPUs).
+    Im2col,
+}
+
+impl From<KernelsArg> for mnist_model::Kernels {
+    fn from(arg: KernelsArg) -> Self {
+        match arg {
+            KernelsArg::Fastest => mnist_model::Kernels::Fastest,
+            KernelsArg::Burn => mnist_model::Kernels::Burn,
+            KernelsArg::Im2col => mnist_model::Kernels::Im2col,
+        }
+    }
 }
 
 /// How a command ended, for the exit code.

@@ -6,13 +6,17 @@
 //! training step. On burn-flex (cargo feature `flex`) the block runs instead as one fused
 //! operation with its own backward pass ([`crate::flex`]): im2col + one large GEMM, with the
 //! bias, ReLU and pooling applied in a single sweep over the GEMM's output. Every other
-//! backend uses Burn's own operations. Both give the same results up to float rounding
+//! backend uses Burn's own operations. [`Kernels::Im2col`] computes the block with Burn
+//! tensor operations as im2col + matmul on any backend, for GPUs whose matrix product is
+//! tuned further than their convolution. All give the same results up to float rounding
 //! (the parity tests hold logits and gradients within 1e-4).
 
 use burn::nn::conv::Conv2d;
+use burn::nn::PaddingConfig2d;
 use burn::nn::pool::MaxPool2d;
-use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
+use burn::tensor::Tensor;
+use burn::tensor::ops::PadMode;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +30,11 @@ pub enum Kernels {
     Fastest,
     /// Burn's `conv2d`, `relu` and `max_pool2d` on every backend: the reference.
     Burn,
+    /// Convolution as im2col (k*k shifted slices of the padded NHWC input, concatenated)
+    /// and one matrix product, pooling as a reshape and two maxima, all as Burn tensor
+    /// operations on any backend. Slow on CPUs (the copies dominate); an alternative for
+    /// GPUs.
+    Im2col,
 }
 
 impl Kernels {
@@ -34,15 +43,14 @@ impl Kernels {
         match self {
             Kernels::Fastest => "fastest",
             Kernels::Burn => "burn",
+            Kernels::Im2col => "im2col",
         }
     }
 }
 
 /// Whether `conv` and `pool` are the shapes the fused kernel computes: a stride-1, SAME,
 /// ungrouped convolution and a 2x2 max-pool with stride 2.
-#[cfg(feature = "flex")]
 fn fusable<B: Backend>(conv: &Conv2d<B>, pool: &MaxPool2d) -> bool {
-    use burn::nn::PaddingConfig2d;
     conv.stride == [1, 1]
         && conv.dilation == [1, 1]
         && conv.groups == 1
@@ -69,7 +77,35 @@ pub(crate) fn conv_relu_pool<B: Backend>(
         },
         _ => x,
     };
-    #[cfg(not(feature = "flex"))]
-    let _ = kernels;
+    if let (Kernels::Im2col, Some(bias)) = (kernels, &conv.bias)
+        && fusable(conv, pool)
+        && conv.kernel_size[0] == conv.kernel_size[1]
+        && conv.kernel_size[0] % 2 == 1
+    {
+        return im2col_relu_pool(x, conv.weight.val(), bias.val());
+    }
     pool.forward(relu(conv.forward(x)))
+}
+
+/// [`Kernels::Im2col`]: `maxpool2x2(relu(conv_same(x, weight) + bias))` as tensor operations.
+/// `x: [b, c, h, w]`, `weight: [o, c, k, k]` (k odd), `bias: [o]` -> `[b, o, h / 2, w / 2]`.
+fn im2col_relu_pool<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Tensor<B, 1>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    let [o, _, k, _] = weight.dims();
+    let p = k / 2;
+    // Padded NHWC input: [b, h + 2p, w + 2p, c].
+    let padded = x.permute([0, 2, 3, 1]).pad([(p, p), (p, p), (0, 0)], PadMode::Constant(0.0));
+    // Columns ordered (dy, dx, channel): [b * h * w, k * k * c].
+    let shifted: Vec<Tensor<B, 4>> = (0..k * k)
+        .map(|i| padded.clone().slice([0..b, i / k..i / k + h, i % k..i % k + w, 0..c]))
+        .collect();
+    let columns = Tensor::cat(shifted, 3).reshape([b * h * w, k * k * c]);
+    // Weight in the same order: [k * k * c, o].
+    let weight = weight.permute([2, 3, 1, 0]).reshape([k * k * c, o]);
+    let y = relu(columns.matmul(weight) + bias.unsqueeze::<2>());
+    // 2x2 max-pool (floor): [b, h/2, 2, w/2, 2, o] -> [b, h/2, w/2, o].
+    let (h2, w2) = (h / 2, w / 2);
+    let y = y.reshape([b, h, w, o]).slice([0..b, 0..2 * h2, 0..2 * w2, 0..o]);
+    let y = y.reshape([b, h2, 2, w2, 2, o]).max_dim(2).max_dim(4).reshape([b, h2, w2, o]);
+    y.permute([0, 3, 1, 2])
 }

@@ -179,6 +179,18 @@ fn dropout_mask_keeps_the_expected_fraction() {
 #[cfg(feature = "flex")]
 #[test]
 fn fused_kernels_match_burn_operations_on_the_seed_network() {
+    assert_kernels_match_burn(Kernels::Fastest);
+}
+
+/// Likewise for the im2col + matmul blocks made of tensor operations.
+#[cfg(feature = "flex")]
+#[test]
+fn im2col_kernels_match_burn_operations_on_the_seed_network() {
+    assert_kernels_match_burn(Kernels::Im2col);
+}
+
+#[cfg(feature = "flex")]
+fn assert_kernels_match_burn(kernels: Kernels) {
     use burn::nn::loss::CrossEntropyLossConfig;
     use burn_autodiff::Autodiff;
     type Ad = Autodiff<Flex>;
@@ -186,6 +198,7 @@ fn fused_kernels_match_burn_operations_on_the_seed_network() {
     let config = CnnConfig::new();
     let fused: Cnn<Ad> = config.init(5, &device).unwrap();
     assert_eq!(fused.kernels, Kernels::Fastest);
+    let fused = fused.with_kernels(kernels);
     let reference = fused.clone().with_kernels(Kernels::Burn);
     let n = 30;
     let images = mnist_data::images_to_tensor::<Ad>(&real_digits(n), &device);

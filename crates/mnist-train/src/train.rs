@@ -13,7 +13,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use mnist_data::{Dataset, Sampler};
-use mnist_model::{Cnn, dropout_mask, weights};
+use mnist_model::{Cnn, Kernels, dropout_mask, weights};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,11 @@ pub struct TrainOptions {
     pub backend: String,
     /// Git commit of the code, for the report.
     pub git_commit: Option<String>,
+    /// The hardware behind the backend where Burn's device name does not say it (a GPU
+    /// adapter's name), for the report.
+    pub adapter: Option<String>,
+    /// How the network computes its convolution blocks (the same results; speed differs).
+    pub kernels: Kernels,
 }
 
 impl TrainOptions {
@@ -85,6 +90,8 @@ impl TrainOptions {
             stop: None,
             backend: backend.into(),
             git_commit: None,
+            adapter: None,
+            kernels: Kernels::Fastest,
         }
     }
 }
@@ -144,7 +151,7 @@ pub fn train<B: AutodiffBackend>(
     let dataset_sha256 = dataset.sha256();
     prepare_dir(dir, options.resume)?;
 
-    let mut model = config.model.init::<B>(config.seed, device)?;
+    let mut model = config.model.init::<B>(config.seed, device)?.with_kernels(options.kernels);
     let mut optim = optimizer::<B>(config);
     let mut state = CheckpointState {
         step: 0,
@@ -234,7 +241,10 @@ pub fn train<B: AutodiffBackend>(
         // Of this session alone when the run was resumed.
         train_images_per_sec: trained_here as f64 * config.batch_size as f64 / (train_seconds - prior_seconds).max(1e-9),
         backend: options.backend.clone(),
-        device: format!("{} ({:?})", <B::InnerBackend as Backend>::name(device), device),
+        device: match &options.adapter {
+            Some(adapter) => format!("{} on {adapter}", <B::InnerBackend as Backend>::name(device)),
+            None => format!("{} ({:?})", <B::InnerBackend as Backend>::name(device), device),
+        },
         dataset: dataset.kind.name().to_string(),
         dataset_origin: dataset.origin.clone(),
         dataset_sha256,
