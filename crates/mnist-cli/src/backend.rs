@@ -93,7 +93,7 @@ fn not_compiled(kind: BackendKind, available: &[BackendKind]) -> anyhow::Error {
 static ADAPTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The hardware behind the backend, where Burn's name does not say it: the wgpu adapter
-/// (for example "NVIDIA H200 (Vulkan, NVIDIA 580.159.03)"). `None` for the CPU backends.
+/// (for example "NVIDIA H200 (Vulkan, NVIDIA 580.159.04)"). `None` for the CPU backends.
 pub fn adapter() -> Option<&'static str> {
     ADAPTER.get().map(String::as_str)
 }

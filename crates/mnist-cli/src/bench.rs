@@ -25,7 +25,7 @@ pub struct Measurement {
     pub backend: String,
     /// Burn's name for the device, and the GPU adapter where there is one.
     pub device: String,
-    /// Convolution kernels used ("fastest" or "burn").
+    /// Convolution kernels used ("fastest", "burn" or "im2col").
     pub kernels: &'static str,
     /// "train", "eval" or "latency".
     pub measure: &'static str,

@@ -275,20 +275,20 @@ fn bias_relu_pool(g: Geometry, y: &[f32], bias: &[f32], out: &mut [f32], winners
             let plane = &y[oc * g.pixels() + bi * h * w..][..h * w];
             let bias = bias[oc];
             for py in 0..ph {
-                let (top, bottom) = (&plane[2 * py * w..][..w], &plane[(2 * py + 1) * w..][..w]);
-                for px in 0..pw {
-                    let candidates = [top[2 * px], top[2 * px + 1], bottom[2 * px], bottom[2 * px + 1]];
-                    let mut best = 0;
-                    for (i, &v) in candidates.iter().enumerate().skip(1) {
-                        if v > candidates[best] {
-                            best = i;
-                        }
-                    }
-                    let v = candidates[best] + bias;
-                    if v > 0.0 {
-                        out[py * pw + px] = v;
-                        winners[py * pw + px] = best as u8;
-                    }
+                let (top, bottom) = (&plane[2 * py * w..][..2 * pw], &plane[(2 * py + 1) * w..][..2 * pw]);
+                let (out, winners) = (&mut out[py * pw..][..pw], &mut winners[py * pw..][..pw]);
+                // Branch-free, so that it vectorises: the first of equal maxima wins, in
+                // the order top-left, top-right, bottom-left, bottom-right.
+                for (px, (o, win)) in out.iter_mut().zip(winners.iter_mut()).enumerate() {
+                    let (a, b) = (top[2 * px], top[2 * px + 1]);
+                    let (c, d) = (bottom[2 * px], bottom[2 * px + 1]);
+                    let (upper, upper_at) = if b > a { (b, 1u8) } else { (a, 0) };
+                    let (lower, lower_at) = if d > c { (d, 3u8) } else { (c, 2) };
+                    let (best, at) = if lower > upper { (lower, lower_at) } else { (upper, upper_at) };
+                    let v = best + bias;
+                    let positive = v > 0.0;
+                    *o = if positive { v } else { 0.0 };
+                    *win = if positive { at } else { NONE };
                 }
             }
         });

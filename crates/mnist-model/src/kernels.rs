@@ -32,8 +32,10 @@ pub enum Kernels {
     Burn,
     /// Convolution as im2col (k*k shifted slices of the padded NHWC input, concatenated)
     /// and one matrix product, pooling as a reshape and two maxima, all as Burn tensor
-    /// operations on any backend. Slow on CPUs (the copies dominate); an alternative for
-    /// GPUs.
+    /// operations on any backend (blocks of other shapes than a SAME, stride-1, odd square
+    /// convolution and a 2x2 pool use Burn's operations). Slow on CPUs, where the copies
+    /// dominate; on one H200 with wgpu it trained 17% faster than Burn's convolution at
+    /// batch 50 and 12% slower at batch 512.
     Im2col,
 }
 
