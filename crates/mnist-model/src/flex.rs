@@ -123,7 +123,8 @@ pub fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     }
 }
 
-/// The values of an f32 Flex tensor (no copy when the tensor owns its buffer alone).
+/// The values of an f32 Flex tensor, as a `Vec` (a copy: burn-flex's buffers are
+/// over-aligned, so Burn's `into_vec` copies them even when the tensor owns its buffer).
 pub fn to_vec<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().unwrap_or_else(|e| unreachable!("checked f32: {e:?}"))
 }

@@ -4,9 +4,11 @@
 //! pass over memory: about 15 ms of a 75 ms training step of the seed network on 2 cores.
 //! [`FusedAdam`] computes the same formula and keeps Burn's state type ([`AdamState`]:
 //! moments and step count, saved in checkpoints as Burn's Adam saves them). On burn-flex
-//! (cargo feature `flex`) it takes the parameter, gradient and both moments out of their
-//! tensors (without a copy when a tensor owns its buffer alone), updates them in one
-//! parallel, vectorised pass, and puts them back. Elsewhere it runs tensor operations.
+//! (cargo feature `flex`) it updates the parameter and both moments in one parallel,
+//! vectorised pass in their tensors' own buffers (copying first only a buffer that is
+//! shared) and reads the gradient where it lies; taking the values out as `Vec`s had cost
+//! four 13 MB copies a step for fc1 alone, on one core (burn-flex's buffers are
+//! over-aligned, so `into_vec` copies). Elsewhere it runs tensor operations.
 
 use burn::optim::{AdamState, AdaptiveMomentumState, LearningRate, SimpleOptimizer};
 use burn::tensor::Tensor;
@@ -79,8 +81,8 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use burn::tensor::{DType, TensorData};
-    use burn_flex::Flex;
+    use burn::tensor::{DType, TensorData, TensorPrimitive};
+    use burn_flex::{Flex, FlexTensor};
     use mnist_model::flex_host::{cast, to_vec};
     use rayon::prelude::*;
 
@@ -114,20 +116,46 @@ mod flex {
         };
         let shape = tensor.shape();
         let n = shape.num_elements();
-        let mut p = to_vec(tensor);
-        let g = to_vec(grad);
-        let (mut m, mut v, time) = match state {
-            Some(s) => (to_vec(s.momentum.moment_1), to_vec(s.momentum.moment_2), s.momentum.time + 1),
-            None => (vec![0.0; n], vec![0.0; n], 1),
+        let (m, v, time) = match state {
+            Some(s) => (flex(s.momentum.moment_1), flex(s.momentum.moment_2), s.momentum.time + 1),
+            None => (FlexTensor::zeros(shape.clone(), DType::F32), FlexTensor::zeros(shape.clone(), DType::F32), 1),
         };
-        update(adam, adam.factors(lr, time), &mut p, &g, &mut m, &mut v);
-        let device = Default::default();
-        let back = |values: Vec<f32>| Tensor::<Flex, D>::from_data(TensorData::new(values, shape.clone()), &device);
-        let state = AdamState::new(AdaptiveMomentumState::new(time, back(m), back(v)));
-        let (Ok(tensor), Ok(state)) = (cast::<_, Tensor<B, D>>(back(p)), cast::<_, Option<AdamState<B, D>>>(Some(state))) else {
+        let (mut p, g, mut m, mut v) = (flex(tensor), flex(grad), m, v);
+        let f = adam.factors(lr, time);
+        if [&p, &g, &m, &v].iter().all(|t| dense(t, n)) {
+            // In place in the tensors' own buffers (copied first only where one is shared).
+            let (p_slice, m_slice, v_slice) = (&mut p.storage_mut::<f32>()[..n], &mut m.storage_mut::<f32>()[..n], &mut v.storage_mut::<f32>()[..n]);
+            update(adam, f, p_slice, &g.storage::<f32>()[..n], m_slice, v_slice);
+        } else {
+            let (mut pv, gv, mut mv, mut vv) = (prim_vec::<D>(p), prim_vec::<D>(g), prim_vec::<D>(m), prim_vec::<D>(v));
+            update(adam, f, &mut pv, &gv, &mut mv, &mut vv);
+            let back = |values: Vec<f32>| flex(Tensor::<Flex, D>::from_data(TensorData::new(values, shape.clone()), &Default::default()));
+            (p, m, v) = (back(pv), back(mv), back(vv));
+        }
+        let wrap = |t: FlexTensor| Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t));
+        let state = AdamState::new(AdaptiveMomentumState::new(time, wrap(m), wrap(v)));
+        let (Ok(tensor), Ok(state)) = (cast::<_, Tensor<B, D>>(wrap(p)), cast::<_, Option<AdamState<B, D>>>(Some(state))) else {
             unreachable!("B is Flex");
         };
         Ok((tensor, state))
+    }
+
+    /// The Flex tensor inside (f32, checked by the caller, so not quantized).
+    fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+        match t.into_primitive() {
+            TensorPrimitive::Float(t) => t,
+            TensorPrimitive::QFloat(_) => unreachable!("checked f32"),
+        }
+    }
+
+    /// Whether `t`'s first `n` stored values are its values, in order.
+    fn dense(t: &FlexTensor, n: usize) -> bool {
+        t.is_contiguous() && t.layout().start_offset() == 0 && t.layout().num_elements() == n && t.storage::<f32>().len() >= n
+    }
+
+    /// The values of `t` in order, copied out.
+    fn prim_vec<const D: usize>(t: FlexTensor) -> Vec<f32> {
+        to_vec(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t)))
     }
 
     /// One pass over the four arrays, in parallel chunks, compiled for AVX2 where present.
