@@ -216,7 +216,9 @@ fn chunks(g: Geometry) -> impl Iterator<Item = (usize, usize)> {
 /// zero outside the image.
 fn im2col(g: Geometry, x: &[f32]) -> Vec<f32> {
     let (h, w, k, p) = (g.h, g.w, g.k, g.k / 2);
-    let mut cols = vec![0.0f32; g.rows() * g.pixels()];
+    // Zeroed in parallel: `vec![0.0; n]` would clear (and fault in) megabytes on one core.
+    let mut cols = Vec::with_capacity(g.rows() * g.pixels());
+    cols.par_extend(rayon::iter::repeat_n(0.0f32, g.rows() * g.pixels()));
     cols.par_chunks_mut(g.pixels()).enumerate().for_each(|(row, dst)| {
         let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
         // Valid output columns: 0 <= xx + kx - p < w.
@@ -255,10 +257,16 @@ pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (
         let gc = Geometry { b: nb, ..g };
         let cols = im2col(gc, &x[b0 * image_in..][..nb * image_in]);
         let cols = Tensor::<Flex, 2>::from_data(TensorData::new(cols, [g.rows(), gc.pixels()]), &device);
-        // y [o, nb*h*w] = W [o, rows] . cols [rows, nb*h*w], on burn-flex's GEMM
-        let y = to_vec(weight.clone().matmul(cols));
+        // y [o, nb*h*w] = W [o, rows] . cols [rows, nb*h*w], on burn-flex's GEMM; read in
+        // its own buffer (`to_vec` would copy it).
+        let y = weight.clone().matmul(cols).into_primitive().tensor();
         let range = b0 * image_out..(b0 + nb) * image_out;
-        bias_relu_pool(gc, &y, bias, &mut out[range.clone()], &mut winners[range]);
+        let n = g.o * gc.pixels();
+        if y.is_contiguous() && y.layout().start_offset() == 0 && y.layout().num_elements() == n {
+            bias_relu_pool(gc, &y.storage::<f32>()[..n], bias, &mut out[range.clone()], &mut winners[range]);
+        } else {
+            bias_relu_pool(gc, &prim_to_vec::<2>(y), bias, &mut out[range.clone()], &mut winners[range]);
+        }
     }
     (out, winners)
 }
