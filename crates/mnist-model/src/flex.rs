@@ -129,8 +129,15 @@ pub fn to_vec<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().unwrap_or_else(|e| unreachable!("checked f32: {e:?}"))
 }
 
+/// Whether the tensor's stored values, from the start of its buffer, are its values in
+/// order (contiguous, no offset), so `storage()[..n]` may be read or written in place.
+pub fn is_dense(t: &FloatTensor<Flex>) -> bool {
+    let n = t.layout().num_elements();
+    t.is_contiguous() && t.layout().start_offset() == 0 && t.storage::<f32>().len() >= n
+}
+
 /// The values of an f32 Flex primitive of rank `D`.
-fn prim_to_vec<const D: usize>(p: FloatTensor<Flex>) -> Vec<f32> {
+pub fn prim_to_vec<const D: usize>(p: FloatTensor<Flex>) -> Vec<f32> {
     to_vec(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(p)))
 }
 
@@ -261,8 +268,8 @@ pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (
         // its own buffer (`to_vec` would copy it).
         let y = weight.clone().matmul(cols).into_primitive().tensor();
         let range = b0 * image_out..(b0 + nb) * image_out;
-        let n = g.o * gc.pixels();
-        if y.is_contiguous() && y.layout().start_offset() == 0 && y.layout().num_elements() == n {
+        if is_dense(&y) {
+            let n = y.layout().num_elements();
             bias_relu_pool(gc, &y.storage::<f32>()[..n], bias, &mut out[range.clone()], &mut winners[range]);
         } else {
             bias_relu_pool(gc, &prim_to_vec::<2>(y), bias, &mut out[range.clone()], &mut winners[range]);

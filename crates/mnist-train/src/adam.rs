@@ -83,7 +83,7 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
 mod flex {
     use burn::tensor::{DType, TensorData, TensorPrimitive};
     use burn_flex::{Flex, FlexTensor};
-    use mnist_model::flex_host::{cast, to_vec};
+    use mnist_model::flex_host::{cast, is_dense, prim_to_vec};
     use rayon::prelude::*;
 
     use super::*;
@@ -117,19 +117,19 @@ mod flex {
         let shape = tensor.shape();
         let n = shape.num_elements();
         let (m, v, time) = match state {
-            Some(s) => (flex(s.momentum.moment_1), flex(s.momentum.moment_2), s.momentum.time + 1),
+            Some(s) => (s.momentum.moment_1.into_primitive().tensor(), s.momentum.moment_2.into_primitive().tensor(), s.momentum.time + 1),
             None => (FlexTensor::zeros(shape.clone(), DType::F32), FlexTensor::zeros(shape.clone(), DType::F32), 1),
         };
-        let (mut p, g, mut m, mut v) = (flex(tensor), flex(grad), m, v);
+        let (mut p, g, mut m, mut v) = (tensor.into_primitive().tensor(), grad.into_primitive().tensor(), m, v);
         let f = adam.factors(lr, time);
-        if [&p, &g, &m, &v].iter().all(|t| dense(t, n)) {
+        if [&p, &g, &m, &v].iter().all(|t| is_dense(t) && t.layout().num_elements() == n) {
             // In place in the tensors' own buffers (copied first only where one is shared).
             let (p_slice, m_slice, v_slice) = (&mut p.storage_mut::<f32>()[..n], &mut m.storage_mut::<f32>()[..n], &mut v.storage_mut::<f32>()[..n]);
             update(adam, f, p_slice, &g.storage::<f32>()[..n], m_slice, v_slice);
         } else {
-            let (mut pv, gv, mut mv, mut vv) = (prim_vec::<D>(p), prim_vec::<D>(g), prim_vec::<D>(m), prim_vec::<D>(v));
+            let (mut pv, gv, mut mv, mut vv) = (prim_to_vec::<D>(p), prim_to_vec::<D>(g), prim_to_vec::<D>(m), prim_to_vec::<D>(v));
             update(adam, f, &mut pv, &gv, &mut mv, &mut vv);
-            let back = |values: Vec<f32>| flex(Tensor::<Flex, D>::from_data(TensorData::new(values, shape.clone()), &Default::default()));
+            let back = |values: Vec<f32>| Tensor::<Flex, D>::from_data(TensorData::new(values, shape.clone()), &Default::default()).into_primitive().tensor();
             (p, m, v) = (back(pv), back(mv), back(vv));
         }
         let wrap = |t: FlexTensor| Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t));
@@ -138,24 +138,6 @@ mod flex {
             unreachable!("B is Flex");
         };
         Ok((tensor, state))
-    }
-
-    /// The Flex tensor inside (f32, checked by the caller, so not quantized).
-    fn flex<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
-        match t.into_primitive() {
-            TensorPrimitive::Float(t) => t,
-            TensorPrimitive::QFloat(_) => unreachable!("checked f32"),
-        }
-    }
-
-    /// Whether `t`'s first `n` stored values are its values, in order.
-    fn dense(t: &FlexTensor, n: usize) -> bool {
-        t.is_contiguous() && t.layout().start_offset() == 0 && t.layout().num_elements() == n && t.storage::<f32>().len() >= n
-    }
-
-    /// The values of `t` in order, copied out.
-    fn prim_vec<const D: usize>(t: FlexTensor) -> Vec<f32> {
-        to_vec(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t)))
     }
 
     /// One pass over the four arrays, in parallel chunks, compiled for AVX2 where present.
