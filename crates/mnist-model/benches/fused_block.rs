@@ -1,0 +1,50 @@
+//! The fused convolution block on burn-flex (`mnist_model::flex_host::conv_relu_pool`) at
+//! the seed network's two shapes, batch 50: forward alone (inference), and forward +
+//! backward as training runs it (conv1's input needs no gradient, conv2's does).
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use burn_autodiff::Autodiff;
+use burn::tensor::{Distribution, Tensor};
+use burn_flex::Flex;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mnist_model::flex_host::conv_relu_pool;
+
+type Ad = Autodiff<Flex>;
+
+// As the `mnist` binary: see its main.rs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn fused_block(c: &mut Criterion) {
+    let device = Default::default();
+    let mut group = c.benchmark_group("fused block (flex, batch 50)");
+    group.sample_size(20).throughput(Throughput::Elements(50));
+    // (name, channels in, side, channels out, input needs a gradient)
+    for (name, ci, side, co, want_dx) in [("conv1", 1, 28, 32, false), ("conv2", 32, 14, 64, true)] {
+        let x = Tensor::<Flex, 4>::random([50, ci, side, side], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<Flex, 4>::random([co, ci, 5, 5], Distribution::Normal(0.0, 0.1), &device);
+        let b = Tensor::<Flex, 1>::random([co], Distribution::Normal(0.0, 0.1), &device);
+        let mix = Tensor::<Ad, 4>::random([50, co, side / 2, side / 2], Distribution::Normal(0.0, 1.0), &device);
+        group.bench_function(format!("{name} forward"), |bench| {
+            bench.iter(|| {
+                let y = conv_relu_pool(x.clone(), w.clone(), b.clone()).unwrap_or_else(|_| panic!("fused"));
+                y.into_primitive()
+            })
+        });
+        group.bench_function(format!("{name} forward + backward"), |bench| {
+            bench.iter(|| {
+                let xa = Tensor::<Ad, 4>::from_inner(x.clone());
+                let xa = if want_dx { xa.require_grad() } else { xa };
+                let wa = Tensor::<Ad, 4>::from_inner(w.clone()).require_grad();
+                let ba = Tensor::<Ad, 1>::from_inner(b.clone()).require_grad();
+                let y = conv_relu_pool(xa, wa.clone(), ba).unwrap_or_else(|_| panic!("fused"));
+                let grads = (y * mix.clone()).sum().backward();
+                wa.grad(&grads).map(|g| g.into_primitive())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fused_block);
+criterion_main!(benches);

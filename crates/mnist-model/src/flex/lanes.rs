@@ -1,0 +1,85 @@
+//! Eight f32 lanes, the unit the hand-tiled kernels compute in, with a fused
+//! multiply-add that is one AVX2 + FMA instruction where the CPU has them.
+//!
+//! The kernels are written once, generic over [`Lanes`], and run through [`dispatch`]:
+//! on an x86-64 CPU with AVX2 and FMA it compiles them (they are `#[inline(always)]`)
+//! inside pulp's `V3` context, where `[f32; 8]` lives in a YMM register and [`Lanes::fma`]
+//! is `vfmadd`; elsewhere the portable implementation is plain arithmetic that the
+//! compiler vectorises as it can. No `unsafe`.
+
+/// Eight f32 lanes.
+pub(crate) type F8 = [f32; 8];
+
+/// Lane arithmetic for the kernels.
+pub(crate) trait Lanes: Copy {
+    /// `acc + a * x`, lane by lane (fused where the CPU can).
+    fn fma(self, acc: F8, a: f32, x: F8) -> F8;
+}
+
+/// Plain arithmetic, any CPU.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Portable;
+
+impl Lanes for Portable {
+    #[inline(always)]
+    fn fma(self, acc: F8, a: f32, x: F8) -> F8 {
+        std::array::from_fn(|l| acc[l] + a * x[l])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for pulp::x86::V3 {
+    #[inline(always)]
+    fn fma(self, acc: F8, a: f32, x: F8) -> F8 {
+        pulp::cast(self.mul_add_f32x8(self.splat_f32x8(a), pulp::cast(x), pulp::cast(acc)))
+    }
+}
+
+/// A kernel generic over its lane arithmetic.
+pub(crate) trait WithLanes {
+    /// What the kernel returns.
+    type Output;
+    /// Runs the kernel; must be `#[inline(always)]` (with everything it calls in its hot
+    /// loops) so that it is compiled for the CPU features [`dispatch`] found.
+    fn run<L: Lanes>(self, lanes: L) -> Self::Output;
+}
+
+/// Runs `op` with the best lane arithmetic this CPU has.
+pub(crate) fn dispatch<Op: WithLanes>(op: Op) -> Op::Output {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v3) = pulp::x86::V3::try_new() {
+        struct Avx2<Op>(Op, pulp::x86::V3);
+        impl<Op: WithLanes> pulp::WithSimd for Avx2<Op> {
+            type Output = Op::Output;
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _: S) -> Op::Output {
+                self.0.run(self.1)
+            }
+        }
+        return pulp::Simd::vectorize(v3, Avx2(op, v3));
+    }
+    op.run(Portable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fma(F8, f32, F8);
+    impl WithLanes for Fma {
+        type Output = F8;
+        #[inline(always)]
+        fn run<L: Lanes>(self, lanes: L) -> F8 {
+            lanes.fma(self.0, self.1, self.2)
+        }
+    }
+
+    #[test]
+    fn dispatched_and_portable_fma_agree() {
+        let acc = [1.0, -2.0, 3.5, 0.0, 8.0, -0.25, 1e6, 7.0];
+        let x = [0.5, 4.0, -1.0, 2.0, 0.0, 3.0, 1.0, -7.0];
+        let expect: F8 = std::array::from_fn(|l| acc[l] + 2.0 * x[l]);
+        assert_eq!(dispatch(Fma(acc, 2.0, x)), expect);
+        assert_eq!(Portable.fma(acc, 2.0, x), expect);
+    }
+}
