@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, WithLanes, dispatch};
+use super::layout::{Layout, MAX_TILE, zeroed};
 use super::{Geometry, NONE};
 
 /// Gradients of one block.
@@ -31,83 +32,11 @@ pub(crate) struct Grads {
     pub db: Vec<f32>,
 }
 
-/// Most vectors summed in registers at once (with the broadcast and a load, within the
-/// 16 registers of AVX2).
-const MAX_TILE: usize = 10;
-
-/// Where one block's windows lie in zero-padded NHWC images, and how a kernel row is cut
-/// into tiles of vectors.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Layout {
-    pub g: Geometry,
-    /// Floats per padded image row: `(w + k - 1) * c`.
-    pub row: usize,
-    /// A kernel row (`k * c` floats) rounded up to whole tiles: `groups * tile * 8`.
-    pub padded_run: usize,
-    /// Vectors of 8 per tile.
-    pub tile: usize,
-    /// Tiles per kernel row.
-    pub groups: usize,
-    /// Floats per padded image, with slack so that a padded run may be read past the last
-    /// window's end.
-    pub image: usize,
-}
-
-impl Layout {
-    pub fn new(g: Geometry) -> Layout {
-        let run = g.k * g.c;
-        let vectors = run.div_ceil(8);
-        let groups = vectors.div_ceil(MAX_TILE);
-        let tile = vectors.div_ceil(groups);
-        let padded_run = groups * tile * 8;
-        let (hp, wp) = (g.h + g.k - 1, g.w + g.k - 1);
-        Layout { g, row: wp * g.c, padded_run, tile, groups, image: hp * wp * g.c + padded_run - run }
-    }
-
-    /// Offset, in a padded image, of the top-left corner of the window of output pixel
-    /// `(yy, xx)`.
-    pub fn window(&self, yy: usize, xx: usize) -> usize {
-        yy * self.row + xx * self.g.c
-    }
-
-    /// Offset, in a padded image, of input pixel `(yy, xx)`.
-    pub fn pixel(&self, yy: usize, xx: usize) -> usize {
-        let p = self.g.k / 2;
-        self.window(yy + p, xx + p)
-    }
-}
-
-/// `x: [b, c, h, w]` as zero-padded NHWC images of [`Layout::image`] floats each.
-pub(crate) fn pad_nhwc(lay: &Layout, x: &[f32]) -> Vec<f32> {
-    let g = lay.g;
-    let mut xp = zeroed(g.b * lay.image);
-    xp.par_chunks_mut(lay.image).enumerate().for_each(|(bi, img)| {
-        let src = &x[bi * g.c * g.h * g.w..][..g.c * g.h * g.w];
-        for yy in 0..g.h {
-            for xx in 0..g.w {
-                let dst = &mut img[lay.pixel(yy, xx)..][..g.c];
-                for (ci, d) in dst.iter_mut().enumerate() {
-                    *d = src[(ci * g.h + yy) * g.w + xx];
-                }
-            }
-        }
-    });
-    xp
-}
-
-/// `n` zeros, cleared (and faulted in) on all cores.
-pub(crate) fn zeroed(n: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(n);
-    v.par_extend(rayon::iter::repeat_n(0.0f32, n));
-    v
-}
-
-/// Backward from `grad: [b, o, h/2, w/2]`, given the forward pass's input `x: [b, c, h, w]`,
-/// `weight: [o, c, k, k]` and each window's winner.
-pub(crate) fn backward(g: Geometry, x: &[f32], weight: &[f32], winners: &[u8], grad: &[f32], want_dx: bool) -> Grads {
+/// Backward from `grad: [b, o, h/2, w/2]`, given the forward pass's padded NHWC input `xp`
+/// (see [`Layout`]), `weight: [o, c, k, k]` and each window's winner.
+pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], grad: &[f32], want_dx: bool) -> Grads {
     let lay = Layout::new(g);
     let (c, h, w, k, o) = (g.c, g.h, g.w, g.k, g.o);
-    let xp = pad_nhwc(&lay, x);
     // W as [o, k, padded_run]: kernel row ky of channel oc is (kx, ci) in order, then zeros.
     let mut wr = vec![0.0f32; o * k * lay.padded_run];
     for oc in 0..o {
@@ -167,7 +96,7 @@ pub(crate) fn backward(g: Geometry, x: &[f32], weight: &[f32], winners: &[u8], g
     }
     let dx = want_dx.then(|| {
         // Padded NHWC -> NCHW, dropping the padding.
-        let mut dx = vec![0.0f32; x.len()];
+        let mut dx = vec![0.0f32; g.b * c * h * w];
         dx.par_chunks_mut(h * w).enumerate().for_each(|(plane_index, plane)| {
             let (bi, ci) = (plane_index / c, plane_index % c);
             let img = &dxp[bi * lay.image..][..lay.image];
@@ -333,33 +262,34 @@ impl ImageKernel<'_> {
 /// in `T` registers.
 #[inline(always)]
 fn dw_tile<L: Lanes, const T: usize>(lanes: L, xp: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) {
-    let mut acc = [[0.0f32; 8]; T];
+    let mut acc = [lanes.zero(); T];
     for &(window, gv) in list {
         let (x, _) = xp[window + base..][..T * 8].as_chunks::<8>();
         for t in 0..T {
-            acc[t] = lanes.fma(acc[t], gv, x[t]);
+            acc[t] = lanes.fma(acc[t], gv, lanes.load(&x[t]));
         }
     }
-    add_tile(&acc, out);
+    add_tile(lanes, acc, out);
 }
 
 /// `out += sum over (rows, g) in list of g * wr[rows + base..][..T * 8]`.
 #[inline(always)]
 fn dx_tile<L: Lanes, const T: usize>(lanes: L, wr: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) {
-    let mut acc = [[0.0f32; 8]; T];
+    let mut acc = [lanes.zero(); T];
     for &(rows, gv) in list {
         let (wv, _) = wr[rows + base..][..T * 8].as_chunks::<8>();
         for t in 0..T {
-            acc[t] = lanes.fma(acc[t], gv, wv[t]);
+            acc[t] = lanes.fma(acc[t], gv, lanes.load(&wv[t]));
         }
     }
-    add_tile(&acc, out);
+    add_tile(lanes, acc, out);
 }
 
 #[inline(always)]
-fn add_tile<const T: usize>(acc: &[[f32; 8]; T], out: &mut [f32]) {
+fn add_tile<L: Lanes, const T: usize>(lanes: L, acc: [L::V; T], out: &mut [f32]) {
     let (out, _) = out.as_chunks_mut::<8>();
     for (o, a) in out.iter_mut().zip(acc) {
+        let a = lanes.store(a);
         for l in 0..8 {
             o[l] += a[l];
         }
@@ -369,6 +299,7 @@ fn add_tile<const T: usize>(acc: &[[f32; 8]; T], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::super::lanes::Portable;
+    use super::super::layout::pad_nhwc;
     use super::*;
 
     /// The kernels compiled for AVX2 + FMA (where this CPU has them) and the portable ones

@@ -10,10 +10,18 @@
 /// Eight f32 lanes.
 pub(crate) type F8 = [f32; 8];
 
-/// Lane arithmetic for the kernels.
+/// Lane arithmetic for the kernels, on a vector type of eight lanes.
 pub(crate) trait Lanes: Copy {
+    /// Eight lanes, in a register where the CPU has one.
+    type V: Copy;
+    /// All lanes zero.
+    fn zero(self) -> Self::V;
+    /// Eight floats.
+    fn load(self, x: &F8) -> Self::V;
+    /// The lanes as floats.
+    fn store(self, v: Self::V) -> F8;
     /// `acc + a * x`, lane by lane (fused where the CPU can).
-    fn fma(self, acc: F8, a: f32, x: F8) -> F8;
+    fn fma(self, acc: Self::V, a: f32, x: Self::V) -> Self::V;
 }
 
 /// Plain arithmetic, any CPU.
@@ -21,6 +29,19 @@ pub(crate) trait Lanes: Copy {
 pub(crate) struct Portable;
 
 impl Lanes for Portable {
+    type V = F8;
+    #[inline(always)]
+    fn zero(self) -> F8 {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    fn load(self, x: &F8) -> F8 {
+        *x
+    }
+    #[inline(always)]
+    fn store(self, v: F8) -> F8 {
+        v
+    }
     #[inline(always)]
     fn fma(self, acc: F8, a: f32, x: F8) -> F8 {
         std::array::from_fn(|l| acc[l] + a * x[l])
@@ -29,9 +50,22 @@ impl Lanes for Portable {
 
 #[cfg(target_arch = "x86_64")]
 impl Lanes for pulp::x86::V3 {
+    type V = pulp::f32x8;
     #[inline(always)]
-    fn fma(self, acc: F8, a: f32, x: F8) -> F8 {
-        pulp::cast(self.mul_add_f32x8(self.splat_f32x8(a), pulp::cast(x), pulp::cast(acc)))
+    fn zero(self) -> pulp::f32x8 {
+        self.splat_f32x8(0.0)
+    }
+    #[inline(always)]
+    fn load(self, x: &F8) -> pulp::f32x8 {
+        pulp::cast(*x)
+    }
+    #[inline(always)]
+    fn store(self, v: pulp::f32x8) -> F8 {
+        pulp::cast(v)
+    }
+    #[inline(always)]
+    fn fma(self, acc: pulp::f32x8, a: f32, x: pulp::f32x8) -> pulp::f32x8 {
+        self.mul_add_f32x8(self.splat_f32x8(a), x, acc)
     }
 }
 
@@ -70,7 +104,7 @@ mod tests {
         type Output = F8;
         #[inline(always)]
         fn run<L: Lanes>(self, lanes: L) -> F8 {
-            lanes.fma(self.0, self.1, self.2)
+            lanes.store(lanes.fma(lanes.load(&self.0), self.1, lanes.load(&self.2)))
         }
     }
 
@@ -80,6 +114,6 @@ mod tests {
         let x = [0.5, 4.0, -1.0, 2.0, 0.0, 3.0, 1.0, -7.0];
         let expect: F8 = std::array::from_fn(|l| acc[l] + 2.0 * x[l]);
         assert_eq!(dispatch(Fma(acc, 2.0, x)), expect);
-        assert_eq!(Portable.fma(acc, 2.0, x), expect);
+        assert_eq!(Fma(acc, 2.0, x).run(Portable), expect);
     }
 }

@@ -33,12 +33,13 @@ use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::Flex;
-use rayon::prelude::*;
-
 mod backward;
+mod forward;
 mod lanes;
+mod layout;
 
 use backward::backward;
+use forward::forward;
 
 type Ad = Autodiff<Flex>;
 
@@ -64,12 +65,6 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
-    fn rows(&self) -> usize {
-        self.c * self.k * self.k
-    }
-    fn pixels(&self) -> usize {
-        self.b * self.h * self.w
-    }
     fn pooled(&self) -> (usize, usize) {
         (self.h / 2, self.w / 2)
     }
@@ -116,7 +111,7 @@ pub fn conv_relu_pool<B: Backend>(
     let (Ok(weight), Ok(bias)) = (cast::<_, Tensor<Flex, 4>>(weight), cast::<_, Tensor<Flex, 1>>(bias)) else {
         unreachable!("x, weight and bias share the backend B");
     };
-    let (out, _) = forward(geometry, &to_vec(x), &to_vec(weight), &to_vec(bias));
+    let (out, _, _) = forward(geometry, &to_vec(x), &to_vec(weight), &to_vec(bias));
     let y = Tensor::<Flex, 4>::from_data(TensorData::new(out, geometry.out_shape()), &Default::default());
     Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
 }
@@ -167,7 +162,8 @@ fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
 #[derive(Debug, Clone)]
 struct Saved {
     geometry: Geometry,
-    x: Arc<Vec<f32>>,
+    /// The input as padded NHWC images (see `layout`).
+    xp: Arc<Vec<f32>>,
     weight: Arc<Vec<f32>>,
     winners: Arc<Vec<u8>>,
 }
@@ -183,7 +179,7 @@ impl Backward<Flex, 3> for ConvReluPool {
         let grad = prim_to_vec::<4>(grads.consume::<Flex>(&ops.node));
         let s = ops.state;
         let g = s.geometry;
-        let result = backward(g, &s.x, &s.weight, &s.winners, &grad, node_x.is_some());
+        let result = backward(g, &s.xp, &s.weight, &s.winners, &grad, node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, result.dx) {
             grads.register::<Flex>(node.id, from_vec(dx, [g.b, g.c, g.h, g.w]));
         }
@@ -199,122 +195,17 @@ impl Backward<Flex, 3> for ConvReluPool {
 fn autodiff(g: Geometry, x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, bias: Tensor<Ad, 1>) -> Tensor<Ad, 4> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
     let (xs, ws) = (prim_to_vec::<4>(x.primitive.clone()), prim_to_vec::<4>(weight.primitive.clone()));
-    let (out, winners) = forward(g, &xs, &ws, &prim_to_vec::<1>(bias.primitive.clone()));
+    let (out, winners, xp) = forward(g, &xs, &ws, &prim_to_vec::<1>(bias.primitive.clone()));
     let out = from_vec(out, g.out_shape());
     let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
     let y = match ConvReluPool.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(
-            Saved { geometry: g, x: Arc::new(xs), weight: Arc::new(ws), winners: Arc::new(winners) },
+            Saved { geometry: g, xp: Arc::new(xp), weight: Arc::new(ws), winners: Arc::new(winners) },
             out,
         ),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(y))
-}
-
-/// Images per chunk: the block runs over the batch in chunks, so that its largest
-/// temporary (an im2col matrix) stays near 16 MB whatever the batch size.
-fn chunk_images(g: Geometry) -> usize {
-    let per_image = g.rows() * g.h * g.w * 4;
-    (16 << 20) / per_image.max(1)
-}
-
-/// The chunks of the batch: `(first image, images)`.
-fn chunks(g: Geometry) -> impl Iterator<Item = (usize, usize)> {
-    let size = chunk_images(g).max(1);
-    (0..g.b).step_by(size).map(move |b0| (b0, size.min(g.b - b0)))
-}
-
-/// im2col of `x: [b, c, h, w]`:
-/// `cols[(ci*k + ky)*k + kx][(bi*h + y)*w + x] = x[bi][ci][y + ky - p][x + kx - p]`,
-/// zero outside the image.
-fn im2col(g: Geometry, x: &[f32]) -> Vec<f32> {
-    let (h, w, k, p) = (g.h, g.w, g.k, g.k / 2);
-    // Zeroed in parallel: `vec![0.0; n]` would clear (and fault in) megabytes on one core.
-    let mut cols = Vec::with_capacity(g.rows() * g.pixels());
-    cols.par_extend(rayon::iter::repeat_n(0.0f32, g.rows() * g.pixels()));
-    cols.par_chunks_mut(g.pixels()).enumerate().for_each(|(row, dst)| {
-        let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
-        // Valid output columns: 0 <= xx + kx - p < w.
-        let lo = p.saturating_sub(kx);
-        let hi = (w + p).saturating_sub(kx).min(w);
-        if lo >= hi {
-            return;
-        }
-        for bi in 0..g.b {
-            let plane = &x[(bi * g.c + ci) * h * w..][..h * w];
-            for yy in 0..h {
-                let sy = yy + ky;
-                if sy < p || sy - p >= h {
-                    continue; // stays zero
-                }
-                let src = &plane[(sy - p) * w..][..w];
-                let d = &mut dst[(bi * h + yy) * w..][..w];
-                d[lo..hi].copy_from_slice(&src[lo + kx - p..hi + kx - p]);
-            }
-        }
-    });
-    cols
-}
-
-/// Forward: the block's output `[b, o, h/2, w/2]` and each window's winner (0..4, or
-/// [`NONE`]).
-pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>) {
-    let (ph, pw) = g.pooled();
-    let mut out = vec![0.0f32; g.b * g.o * ph * pw];
-    let mut winners = vec![NONE; out.len()];
-    let image_in = g.c * g.h * g.w;
-    let image_out = g.o * ph * pw;
-    let device = Default::default();
-    let weight = Tensor::<Flex, 2>::from_data(TensorData::new(weight.to_vec(), [g.o, g.rows()]), &device);
-    for (b0, nb) in chunks(g) {
-        let gc = Geometry { b: nb, ..g };
-        let cols = im2col(gc, &x[b0 * image_in..][..nb * image_in]);
-        let cols = Tensor::<Flex, 2>::from_data(TensorData::new(cols, [g.rows(), gc.pixels()]), &device);
-        // y [o, nb*h*w] = W [o, rows] . cols [rows, nb*h*w], on burn-flex's GEMM; read in
-        // its own buffer (`to_vec` would copy it).
-        let y = weight.clone().matmul(cols).into_primitive().tensor();
-        let range = b0 * image_out..(b0 + nb) * image_out;
-        if is_dense(&y) {
-            let n = y.layout().num_elements();
-            bias_relu_pool(gc, &y.storage::<f32>()[..n], bias, &mut out[range.clone()], &mut winners[range]);
-        } else {
-            bias_relu_pool(gc, &prim_to_vec::<2>(y), bias, &mut out[range.clone()], &mut winners[range]);
-        }
-    }
-    (out, winners)
-}
-
-/// One sweep over `y: [o, b*h*w]`: bias, ReLU and 2x2 max-pool into `out: [b, o, h/2, w/2]`,
-/// recording each window's winner.
-fn bias_relu_pool(g: Geometry, y: &[f32], bias: &[f32], out: &mut [f32], winners: &mut [u8]) {
-    let (h, w) = (g.h, g.w);
-    let (ph, pw) = g.pooled();
-    out.par_chunks_mut(ph * pw)
-        .zip(winners.par_chunks_mut(ph * pw))
-        .enumerate()
-        .for_each(|(plane_index, (out, winners))| {
-            let (bi, oc) = (plane_index / g.o, plane_index % g.o);
-            let plane = &y[oc * g.pixels() + bi * h * w..][..h * w];
-            let bias = bias[oc];
-            for py in 0..ph {
-                let (top, bottom) = (&plane[2 * py * w..][..2 * pw], &plane[(2 * py + 1) * w..][..2 * pw]);
-                let (out, winners) = (&mut out[py * pw..][..pw], &mut winners[py * pw..][..pw]);
-                // Branch-free, so that it vectorises: the first of equal maxima wins, in
-                // the order top-left, top-right, bottom-left, bottom-right.
-                for (px, (o, win)) in out.iter_mut().zip(winners.iter_mut()).enumerate() {
-                    let (a, b) = (top[2 * px], top[2 * px + 1]);
-                    let (c, d) = (bottom[2 * px], bottom[2 * px + 1]);
-                    let (upper, upper_at) = if b > a { (b, 1u8) } else { (a, 0) };
-                    let (lower, lower_at) = if d > c { (d, 3u8) } else { (c, 2) };
-                    let (best, at) = if lower > upper { (lower, lower_at) } else { (upper, upper_at) };
-                    let v = best + bias;
-                    let positive = v > 0.0;
-                    *o = if positive { v } else { 0.0 };
-                    *win = if positive { at } else { NONE };
-                }
-            }
-        });
 }
 
 #[cfg(test)]

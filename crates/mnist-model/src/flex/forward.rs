@@ -1,0 +1,160 @@
+//! Forward pass of the fused block: convolution, bias, ReLU and 2x2 max-pool in one kernel.
+//!
+//! The input is first laid out as zero-padded NHWC images ([`pad_nhwc`]), where the
+//! window of an output pixel is `k` runs of `k * c` contiguous floats. The weights are
+//! packed in panels of 16 output channels, `[panel][ky][kx * c + ci][16]`. One register
+//! tile computes six convolution outputs for one panel: 6 x 16 sums in 12 vector
+//! registers; each step of the inner loop broadcasts one input value of each of the six
+//! windows and multiplies it by two vectors of weights (12 fused multiply-adds per 8
+//! loads, so the FMA units, not memory, set the pace). The tiles cover the two
+//! convolution rows under one pooled row; then one sweep adds the bias, applies ReLU,
+//! takes the maximum of each 2x2 window, and writes the output and which of the four won. Convolution outputs that no pooling window covers (the last row
+//! or column of an odd side) are never computed, and no im2col buffer is built.
+
+use rayon::prelude::*;
+
+use super::lanes::{F8, Lanes, WithLanes, dispatch};
+use super::layout::{Layout, pad_nhwc};
+use super::{Geometry, NONE};
+
+/// Output channels per panel: two vectors.
+const PANEL: usize = 16;
+
+/// Pixels per register tile: `MR x 2` vectors of sums (10 of AVX2's 16 registers; at 6
+/// the compiler spilled sums to the stack inside the loop).
+const MR: usize = 5;
+
+/// The block's output `[b, o, h/2, w/2]`, each window's winner (0..4 in the order
+/// top-left, top-right, bottom-left, bottom-right, or [`NONE`] when ReLU zeroed it), and
+/// the padded NHWC input (which the backward pass reads).
+pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>, Vec<f32>) {
+    let lay = Layout::new(g);
+    let xp = pad_nhwc(&lay, x);
+    let panels = g.o.div_ceil(PANEL);
+    let run = g.k * g.c;
+    // Weights as [panel][ky][kx * c + ci][16], zero beyond the last channel.
+    let mut packed = vec![0.0f32; panels * g.k * run * PANEL];
+    for (i, &v) in weight.iter().enumerate() {
+        let (oc, ci, ky, kx) = (i / (g.c * g.k * g.k), i / (g.k * g.k) % g.c, i / g.k % g.k, i % g.k);
+        packed[(((oc / PANEL) * g.k + ky) * run + kx * g.c + ci) * PANEL + oc % PANEL] = v;
+    }
+    let mut bias16 = vec![0.0f32; panels * PANEL];
+    bias16[..g.o].copy_from_slice(bias);
+    let (ph, pw) = g.pooled();
+    let plane = ph * pw;
+    let mut out = vec![0.0f32; g.b * g.o * plane];
+    let mut winners = vec![NONE; out.len()];
+    // One task per image and panel: its channels' planes are contiguous in `out`.
+    out.par_chunks_mut(g.o * plane)
+        .zip(winners.par_chunks_mut(g.o * plane))
+        .enumerate()
+        .flat_map(|(bi, (out, winners))| {
+            out.par_chunks_mut(PANEL * plane)
+                .zip(winners.par_chunks_mut(PANEL * plane))
+                .enumerate()
+                .map(move |(panel, (out, winners))| (bi, panel, out, winners))
+        })
+        .for_each(|(bi, panel, out, winners)| {
+            dispatch(Panel {
+                lay: &lay,
+                xp: &xp[bi * lay.image..][..lay.image],
+                weights: &packed[panel * g.k * run * PANEL..][..g.k * run * PANEL],
+                bias: &bias16[panel * PANEL..][..PANEL],
+                out,
+                winners,
+            });
+        });
+    (out, winners, xp)
+}
+
+/// One image and one panel of output channels.
+struct Panel<'a> {
+    lay: &'a Layout,
+    /// The padded input image.
+    xp: &'a [f32],
+    /// The panel's packed weights `[ky][kx * c + ci][16]`.
+    weights: &'a [f32],
+    bias: &'a [f32],
+    /// The panel's output planes `[channels, h/2, w/2]` (up to 16 channels).
+    out: &'a mut [f32],
+    winners: &'a mut [u8],
+}
+
+impl WithLanes for Panel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let lay = self.lay;
+        let g = lay.g;
+        let (ph, pw) = g.pooled();
+        let channels = self.out.len() / (ph * pw);
+        let (weights, _) = self.weights.as_chunks::<PANEL>();
+        let bias: [F8; 2] = [bias8(&self.bias[..8]), bias8(&self.bias[8..])];
+        // The two convolution rows under pooled row `py` (columns 0..2 * pw), then pooled.
+        let mut sums = vec![[[0.0f32; 8]; 2]; 4 * pw];
+        for py in 0..ph {
+            let pixel = |i: usize| lay.window(2 * py + i / (2 * pw), i % (2 * pw));
+            for (t, sums) in sums.chunks_mut(MR).enumerate() {
+                // The last tile repeats the row pair's last pixel where it runs past it.
+                let tile = conv_tile(lanes, lay, self.xp, weights, std::array::from_fn(|i| pixel((t * MR + i).min(4 * pw - 1))));
+                let n = sums.len();
+                sums.copy_from_slice(&tile[..n]);
+            }
+            // Bias, ReLU, max-pool and winner, lane by lane (branch-free, so that it
+            // vectorises): the first of equal maxima wins.
+            for px in 0..pw {
+                let [a, b, c, d] = [sums[2 * px], sums[2 * px + 1], sums[2 * pw + 2 * px], sums[2 * pw + 2 * px + 1]];
+                for v in 0..2 {
+                    for l in 0..8 {
+                        let oc = v * 8 + l;
+                        if oc >= channels {
+                            break;
+                        }
+                        let (a, b, c, d) = (a[v][l], b[v][l], c[v][l], d[v][l]);
+                        let (upper, upper_at) = if b > a { (b, 1u8) } else { (a, 0) };
+                        let (lower, lower_at) = if d > c { (d, 3u8) } else { (c, 2) };
+                        let (best, at) = if lower > upper { (lower, lower_at) } else { (upper, upper_at) };
+                        let value = best + bias[v][l];
+                        let positive = value > 0.0;
+                        let index = (oc * ph + py) * pw + px;
+                        self.out[index] = if positive { value } else { 0.0 };
+                        self.winners[index] = if positive { at } else { NONE };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Convolution outputs of [`MR`] pixels (their windows' top-left corners in the padded
+/// image) for one panel of 16 channels: `MR x 2` vectors summed in registers over the
+/// `k * k * c` window.
+#[inline(always)]
+fn conv_tile<L: Lanes>(lanes: L, lay: &Layout, xp: &[f32], weights: &[[f32; PANEL]], corners: [usize; MR]) -> [[F8; 2]; MR] {
+    let run = lay.g.k * lay.g.c;
+    let mut acc = [[lanes.zero(); 2]; MR];
+    for ky in 0..lay.g.k {
+        let [r0, r1, r2, r3, r4] = corners.map(|c| &xp[c + ky * lay.row..][..run]);
+        let w = &weights[ky * run..][..run];
+        // Zipped, so that no index is bounds-checked in the loop.
+        for (((((&a0, &a1), &a2), &a3), &a4), w) in r0.iter().zip(r1).zip(r2).zip(r3).zip(r4).zip(w) {
+            let (w0, w1) = halves(lanes, w);
+            for (i, a) in [a0, a1, a2, a3, a4].into_iter().enumerate() {
+                acc[i][0] = lanes.fma(acc[i][0], a, w0);
+                acc[i][1] = lanes.fma(acc[i][1], a, w1);
+            }
+        }
+    }
+    acc.map(|[a, b]| [lanes.store(a), lanes.store(b)])
+}
+
+fn bias8(bias: &[f32]) -> F8 {
+    std::array::from_fn(|l| bias[l])
+}
+
+#[inline(always)]
+fn halves<L: Lanes>(lanes: L, w: &[f32; PANEL]) -> (L::V, L::V) {
+    let (w, _) = w.as_chunks::<8>();
+    (lanes.load(&w[0]), lanes.load(&w[1]))
+}
