@@ -11,6 +11,7 @@
 //! tuned further than their convolution. All give the same results up to float rounding
 //! (the parity tests hold logits and gradients within 1e-4).
 
+use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::MaxPool2d;
@@ -87,6 +88,23 @@ pub(crate) fn conv_relu_pool<B: Backend>(
         return im2col_relu_pool(x, conv.weight.val(), bias.val());
     }
     pool.forward(relu(conv.forward(x)))
+}
+
+/// `linear.forward(x)`: `x: [n, in]` -> `[n, out]`. On `Autodiff<Flex>` (with
+/// [`Kernels::Fastest`]) the weight gradient is mnist-model's own kernel
+/// ([`crate::flex_host::linear`]); the values are the same.
+pub(crate) fn linear<B: Backend>(kernels: Kernels, layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let x = match (kernels, &layer.bias) {
+        (Kernels::Fastest, Some(bias)) => match crate::flex::linear(x, layer.weight.val(), bias.val()) {
+            Ok(y) => return y,
+            Err(x) => x,
+        },
+        _ => x,
+    };
+    #[cfg(not(feature = "flex"))]
+    let _ = kernels;
+    layer.forward(x)
 }
 
 /// [`Kernels::Im2col`]: `maxpool2x2(relu(conv_same(x, weight) + bias))` as tensor operations.

@@ -186,14 +186,14 @@ impl<B: Backend> Cnn<B> {
     /// Inference: logits `[batch, 10]` from images `[batch, 1, 28, 28]` in `[0, 1]`.
     /// No dropout.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.fc2.forward(self.hidden(images))
+        kernels::linear(self.kernels, &self.fc2, self.hidden(images))
     }
 
     /// Training: like [`forward`](Self::forward), with the hidden activations
     /// `[batch, 1024]` multiplied by `keep_mask` (`[batch, 1024]`, each entry 0 or
     /// `1 / keep`; see [`dropout_mask`]).
     pub fn forward_train(&self, images: Tensor<B, 4>, keep_mask: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.fc2.forward(self.hidden(images) * keep_mask)
+        kernels::linear(self.kernels, &self.fc2, self.hidden(images) * keep_mask)
     }
 
     /// Hidden activations `[batch, 1024]` after fc1 and ReLU.
@@ -205,7 +205,7 @@ impl<B: Backend> Cnn<B> {
         // [b, 64, 7, 7] -> [b, 3136] (channel-major, as PyTorch flattens NCHW)
         let x = x.flatten::<2>(1, 3);
         // [b, 3136] -> [b, 1024]
-        relu(self.fc1.forward(x))
+        relu(kernels::linear(self.kernels, &self.fc1, x))
     }
 
     /// Returns the model computing its convolution blocks with `kernels`.

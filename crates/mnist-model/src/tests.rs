@@ -212,11 +212,14 @@ fn assert_kernels_match_burn(kernels: Kernels) {
         let values = logits.clone().into_data().to_vec::<f32>().unwrap();
         let grads = loss_fn.forward(logits, labels.clone()).backward();
         let mut all = vec![values];
+        // Every parameter's gradient: the convolutions' and the fully connected layers'.
         for p in [model.conv1.weight.val(), model.conv2.weight.val()] {
             all.push(p.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap());
         }
-        all.push(model.fc1.weight.val().grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap());
-        for p in [&model.conv1.bias, &model.conv2.bias] {
+        for p in [model.fc1.weight.val(), model.fc2.weight.val()] {
+            all.push(p.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap());
+        }
+        for p in [&model.conv1.bias, &model.conv2.bias, &model.fc1.bias, &model.fc2.bias] {
             all.push(p.as_ref().unwrap().val().grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap());
         }
         all

@@ -37,9 +37,11 @@ mod backward;
 mod forward;
 mod lanes;
 mod layout;
+mod linear;
 
 use backward::backward;
 use forward::forward;
+pub use linear::linear;
 
 type Ad = Autodiff<Flex>;
 
