@@ -69,7 +69,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
             for i in 0..images {
                 let bi = first + i;
                 let range = bi * image_out..(bi + 1) * image_out;
-                lists.fill(&lay, &winners[range.clone()], &grad[range], &mut part.db);
+                lists.fill(&lay, &winners[range.clone()], &grad[range], &mut part.db, dxp.is_some());
                 dispatch(ImageKernel {
                     lay: &lay,
                     lists: &lists,
@@ -153,33 +153,51 @@ impl Lists {
         }
     }
 
-    /// Lists the entries of one image (`winners`, `grad`: `[o, h/2, w/2]`) and adds them
-    /// to the bias gradient.
-    fn fill(&mut self, lay: &Layout, winners: &[u8], grad: &[f32], db: &mut [f32]) {
+    /// Lists the entries of one image (`winners`, `grad`: `[o, h/2, w/2]`) by channel, and
+    /// by pixel when `by_pixel` (the input gradient needs them), and adds them to the bias
+    /// gradient.
+    ///
+    /// Branch-free (whether an entry survives is data, not a pattern): every window writes
+    /// its entry at its list's end, and only a surviving one moves the end on.
+    fn fill(&mut self, lay: &Layout, winners: &[u8], grad: &[f32], db: &mut [f32], by_pixel: bool) {
         let g = lay.g;
         let (ph, pw) = g.pooled();
-        self.channel_len.fill(0);
-        self.pixel_len.fill(0);
+        let entry = |at: usize| {
+            let (winner, gv) = (winners[at], grad[at]);
+            let keep = winner != NONE && gv != 0.0;
+            (keep, if keep { gv } else { 0.0 }, winner & 3)
+        };
         for oc in 0..g.o {
             let mut n = 0;
             let list = &mut self.by_channel[oc * ph * pw..][..ph * pw];
+            let mut sum = 0.0;
             for py in 0..ph {
                 for px in 0..pw {
-                    let at = (oc * ph + py) * pw + px;
-                    let (winner, gv) = (winners[at], grad[at]);
-                    if winner == NONE || gv == 0.0 {
-                        continue;
-                    }
-                    db[oc] += gv;
-                    let (yy, xx) = (2 * py + usize::from(winner / 2), 2 * px + usize::from(winner % 2));
-                    list[n] = (lay.window(yy, xx), gv);
-                    n += 1;
-                    let pixel = yy * g.w + xx;
-                    self.by_pixel[pixel * g.o + self.pixel_len[pixel]] = (oc * g.k * lay.padded_run, gv);
-                    self.pixel_len[pixel] += 1;
+                    let (keep, gv, corner) = entry((oc * ph + py) * pw + px);
+                    sum += gv;
+                    list[n] = (lay.window(2 * py + usize::from(corner / 2), 2 * px + usize::from(corner % 2)), gv);
+                    n += usize::from(keep);
                 }
             }
+            db[oc] += sum;
             self.channel_len[oc] = n;
+        }
+        if !by_pixel {
+            return;
+        }
+        // Window by window, channels inner, so that each pixel's list grows in order
+        // (channel-major, the writes would scatter over all pixels' lists).
+        self.pixel_len.fill(0);
+        for py in 0..ph {
+            for px in 0..pw {
+                for oc in 0..g.o {
+                    let (keep, gv, corner) = entry((oc * ph + py) * pw + px);
+                    let pixel = (2 * py + usize::from(corner / 2)) * g.w + 2 * px + usize::from(corner % 2);
+                    let len = &mut self.pixel_len[pixel];
+                    self.by_pixel[pixel * g.o + *len] = (oc * g.k * lay.padded_run, gv);
+                    *len += usize::from(keep);
+                }
+            }
         }
     }
 }
@@ -327,7 +345,7 @@ mod tests {
             }
             let mut lists = Lists::new(&lay);
             let mut db = vec![0.0; g.o];
-            lists.fill(&lay, &winners, &grad, &mut db);
+            lists.fill(&lay, &winners, &grad, &mut db, true);
             let run = |portable: bool| {
                 let (mut dw, mut dxp) = (vec![0.0; wr.len()], vec![0.0; lay.image]);
                 let kernel = ImageKernel { lay: &lay, lists: &lists, xp: &xp, wr: &wr, dw: &mut dw, dxp: Some(&mut dxp) };
