@@ -34,9 +34,17 @@ pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (
     let run = g.k * g.c;
     // Weights as [panel][ky][kx * c + ci][16], zero beyond the last channel.
     let mut packed = vec![0.0f32; panels * g.k * run * PANEL];
-    for (i, &v) in weight.iter().enumerate() {
-        let (oc, ci, ky, kx) = (i / (g.c * g.k * g.k), i / (g.k * g.k) % g.c, i / g.k % g.k, i % g.k);
-        packed[(((oc / PANEL) * g.k + ky) * run + kx * g.c + ci) * PANEL + oc % PANEL] = v;
+    // Nested loops: index arithmetic with divisions cost about a millisecond a call.
+    let mut source = weight.iter();
+    for oc in 0..g.o {
+        for ci in 0..g.c {
+            for ky in 0..g.k {
+                for kx in 0..g.k {
+                    let v = *source.next().unwrap_or_else(|| unreachable!("weight is [o, c, k, k]"));
+                    packed[(((oc / PANEL) * g.k + ky) * run + kx * g.c + ci) * PANEL + oc % PANEL] = v;
+                }
+            }
+        }
     }
     let mut bias16 = vec![0.0f32; panels * PANEL];
     bias16[..g.o].copy_from_slice(bias);
@@ -93,11 +101,15 @@ impl WithLanes for Panel<'_> {
         let bias: [F8; 2] = [bias8(&self.bias[..8]), bias8(&self.bias[8..])];
         // The two convolution rows under pooled row `py` (columns 0..2 * pw), then pooled.
         let mut sums = vec![[[0.0f32; 8]; 2]; 4 * pw];
+        // The windows of the row pair under pooled row 0, padded to whole tiles by repeating
+        // the last (computed once: the divisions cost as much as a small tile).
+        let tiles = (4 * pw).div_ceil(MR);
+        let corners: Vec<usize> = (0..tiles * MR).map(|i| i.min(4 * pw - 1)).map(|i| lay.window(i / (2 * pw), i % (2 * pw))).collect();
+        let (corners, _) = corners.as_chunks::<MR>();
         for py in 0..ph {
-            let pixel = |i: usize| lay.window(2 * py + i / (2 * pw), i % (2 * pw));
-            for (t, sums) in sums.chunks_mut(MR).enumerate() {
-                // The last tile repeats the row pair's last pixel where it runs past it.
-                let tile = conv_tile(lanes, lay, self.xp, weights, std::array::from_fn(|i| pixel((t * MR + i).min(4 * pw - 1))));
+            let down = 2 * py * lay.row;
+            for (sums, corners) in sums.chunks_mut(MR).zip(corners) {
+                let tile = conv_tile(lanes, lay, self.xp, weights, corners.map(|c| c + down));
                 let n = sums.len();
                 sums.copy_from_slice(&tile[..n]);
             }
