@@ -10,8 +10,6 @@
 //! into a vector that becomes the gradient tensor without a copy: 5 rows x 16 columns of
 //! `dW` in 10 vector registers, the batch as the inner loop.
 
-use std::borrow::Cow;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
@@ -24,7 +22,7 @@ use rayon::prelude::*;
 
 use super::lanes::{F8, Lanes, WithLanes, dispatch};
 use super::layout::zeroed;
-use super::{Ad, cast, float, from_vec, is_dense, prim_to_vec};
+use super::{Ad, cast, float, from_vec, values};
 
 /// Columns of `dW` per register tile: two vectors.
 const PANEL: usize = 16;
@@ -89,12 +87,6 @@ impl Backward<Flex, 3> for Linear {
             grads.register::<Flex>(node.id, from_vec(dw, [i, j]));
         }
     }
-}
-
-/// The values of a tensor: its own buffer when dense, else a copy.
-fn values<const D: usize>(t: &FloatTensor<Flex>) -> Cow<'_, [f32]> {
-    let n = t.layout().num_elements();
-    if is_dense(t) { Cow::Borrowed(&t.storage::<f32>()[..n]) } else { Cow::Owned(prim_to_vec::<D>(t.clone())) }
 }
 
 /// `x^T g`: `x [n, i]`, `g [n, j]` -> `[i, j]`.

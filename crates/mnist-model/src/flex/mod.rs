@@ -22,6 +22,7 @@
 //! generic code by a `TypeId` check, so other backends never see it.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
@@ -113,7 +114,8 @@ pub fn conv_relu_pool<B: Backend>(
     let (Ok(weight), Ok(bias)) = (cast::<_, Tensor<Flex, 4>>(weight), cast::<_, Tensor<Flex, 1>>(bias)) else {
         unreachable!("x, weight and bias share the backend B");
     };
-    let (out, _, _) = forward(geometry, &to_vec(x), &to_vec(weight), &to_vec(bias));
+    let (x, weight, bias) = (float(x), float(weight), float(bias));
+    let (out, _, _) = forward(geometry, &values::<4>(&x), &values::<4>(&weight), &values::<1>(&bias));
     let y = Tensor::<Flex, 4>::from_data(TensorData::new(out, geometry.out_shape()), &Default::default());
     Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
 }
@@ -138,6 +140,12 @@ pub fn to_vec<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
 pub fn is_dense(t: &FloatTensor<Flex>) -> bool {
     let n = t.layout().num_elements();
     t.is_contiguous() && t.layout().start_offset() == 0 && t.storage::<f32>().len() >= n
+}
+
+/// The values of an f32 Flex primitive of rank `D`: its own buffer when dense, else a copy.
+fn values<const D: usize>(t: &FloatTensor<Flex>) -> Cow<'_, [f32]> {
+    let n = t.layout().num_elements();
+    if is_dense(t) { Cow::Borrowed(&t.storage::<f32>()[..n]) } else { Cow::Owned(prim_to_vec::<D>(t.clone())) }
 }
 
 /// The values of an f32 Flex primitive of rank `D`.
@@ -166,7 +174,7 @@ struct Saved {
     geometry: Geometry,
     /// The input as padded NHWC images (see `layout`).
     xp: Arc<Vec<f32>>,
-    weight: Arc<Vec<f32>>,
+    weight: FloatTensor<Flex>,
     winners: Arc<Vec<u8>>,
 }
 
@@ -178,10 +186,10 @@ impl Backward<Flex, 3> for ConvReluPool {
 
     fn backward(self, ops: Ops<Saved, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x, node_weight, node_bias] = ops.parents;
-        let grad = prim_to_vec::<4>(grads.consume::<Flex>(&ops.node));
+        let grad = grads.consume::<Flex>(&ops.node);
         let s = ops.state;
         let g = s.geometry;
-        let result = backward(g, &s.xp, &s.weight, &s.winners, &grad, node_x.is_some());
+        let result = backward(g, &s.xp, &values::<4>(&s.weight), &s.winners, &values::<4>(&grad), node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, result.dx) {
             grads.register::<Flex>(node.id, from_vec(dx, [g.b, g.c, g.h, g.w]));
         }
@@ -196,13 +204,12 @@ impl Backward<Flex, 3> for ConvReluPool {
 
 fn autodiff(g: Geometry, x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, bias: Tensor<Ad, 1>) -> Tensor<Ad, 4> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
-    let (xs, ws) = (prim_to_vec::<4>(x.primitive.clone()), prim_to_vec::<4>(weight.primitive.clone()));
-    let (out, winners, xp) = forward(g, &xs, &ws, &prim_to_vec::<1>(bias.primitive.clone()));
+    let (out, winners, xp) = forward(g, &values::<4>(&x.primitive), &values::<4>(&weight.primitive), &values::<1>(&bias.primitive));
     let out = from_vec(out, g.out_shape());
     let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
     let y = match ConvReluPool.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(
-            Saved { geometry: g, xp: Arc::new(xp), weight: Arc::new(ws), winners: Arc::new(winners) },
+            Saved { geometry: g, xp: Arc::new(xp), weight: weight.primitive, winners: Arc::new(winners) },
             out,
         ),
         OpsKind::UnTracked(prep) => prep.finish(out),
