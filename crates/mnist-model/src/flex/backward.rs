@@ -167,7 +167,7 @@ impl Lists {
             let keep = winner != NONE && gv != 0.0;
             (keep, if keep { gv } else { 0.0 }, winner & 3)
         };
-        for oc in 0..g.o {
+        for (oc, db) in db.iter_mut().enumerate() {
             let mut n = 0;
             let list = &mut self.by_channel[oc * ph * pw..][..ph * pw];
             let mut sum = 0.0;
@@ -179,7 +179,7 @@ impl Lists {
                     n += usize::from(keep);
                 }
             }
-            db[oc] += sum;
+            *db += sum;
             self.channel_len[oc] = n;
         }
         if !by_pixel {
