@@ -1,12 +1,14 @@
 //! Which implementation computes a convolution block (convolution, bias, ReLU, 2x2
-//! max-pool), and the dispatch to it.
+//! max-pool) and a fully connected layer, and the dispatch to it.
 //!
 //! Burn's CPU backends compute `conv2d` directly and its backward pass as further
 //! convolutions, and pool in a separate pass; for this network's shapes that is most of a
 //! training step. On burn-flex (cargo feature `flex`) the block runs instead as one fused
-//! operation with its own backward pass ([`crate::flex`]): im2col + one large GEMM, with the
-//! bias, ReLU and pooling applied in a single sweep over the GEMM's output. Every other
-//! backend uses Burn's own operations. [`Kernels::Im2col`] computes the block with Burn
+//! operation with its own backward pass ([`crate::flex`]): a direct convolution in register
+//! tiles over zero-padded channels-last images, with the bias, ReLU and pooling applied to
+//! the tiles, and a sparse backward through the pooling winners. The fully connected
+//! layers on `Autodiff<Flex>` compute their weight gradient with a kernel of their own.
+//! Every other backend uses Burn's own operations. [`Kernels::Im2col`] computes the block with Burn
 //! tensor operations as im2col + matmul on any backend, for GPUs whose matrix product is
 //! tuned further than their convolution. All give the same results up to float rounding
 //! (the parity tests hold logits and gradients within 1e-4).
@@ -25,8 +27,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// The fastest available: the fused CPU kernel on burn-flex (when this crate is built
-    /// with the `flex` feature), the backend's own operations elsewhere.
+    /// The fastest available: the fused CPU kernels on burn-flex (when this crate is built
+    /// with the `flex` feature; with autodiff, the fully connected layers' weight gradient
+    /// too), the backend's own operations elsewhere.
     #[default]
     Fastest,
     /// Burn's `conv2d`, `relu` and `max_pool2d` on every backend: the reference.

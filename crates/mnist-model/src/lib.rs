@@ -39,7 +39,9 @@ mod kernels;
 #[cfg(feature = "flex")]
 mod flex;
 
-/// Helpers for host-side kernels on burn-flex, shared with mnist-train's optimizer.
+/// The burn-flex operations (the fused convolution block, the fully connected layer with
+/// its own weight gradient) for direct use and benchmarks, and helpers for host-side
+/// kernels shared with mnist-train's optimizer.
 #[cfg(feature = "flex")]
 pub mod flex_host {
     pub use crate::flex::{cast, conv_relu_pool, is_dense, linear, prim_to_vec, to_vec};

@@ -1,15 +1,14 @@
 //! The fused convolution block for burn-flex: SAME convolution (stride 1, odd square
 //! kernel) + bias + ReLU + 2x2 max-pool with stride 2, forward and backward.
 //!
-//! Forward. For a chunk of images (sized so the temporary stays near 16 MB), every
-//! kernel window is gathered into `cols: [c*k*k, n*h*w]` (im2col; each row of `cols` is a
-//! shifted copy of image rows, so the gather is a series of `memcpy`s), and the
-//! convolution is one GEMM, `y = W [o, c*k*k] . cols`, on burn-flex's multi-threaded
-//! `gemm`. One sweep over `y: [o, n*h*w]` then adds the bias, applies ReLU, max-pools,
-//! writes the output `[b, o, h/2, w/2]`, and records which of the four inputs won each
-//! pooling window (or that none was positive).
+//! Forward ([`mod@forward`]). The input is laid out as zero-padded channels-last (NHWC)
+//! images ([`layout`]), where a window's kernel row is `k * c` contiguous floats; register
+//! tiles of 5 pixels x 16 output channels sum the window against weights packed per panel
+//! of 16 channels, two convolution rows at a time, and one sweep over those sums adds the
+//! bias, applies ReLU, max-pools, writes the output `[b, o, h/2, w/2]`, and records which of
+//! the four inputs won each pooling window (or that none was positive). No im2col buffer.
 //!
-//! Backward ([`backward`]). Pooling passes each window's gradient to its winner only, and
+//! Backward ([`mod@backward`]). Pooling passes each window's gradient to its winner only, and
 //! ReLU drops the rest, so at most a quarter of the convolution's output gradient is
 //! non-zero. The backward pass lists those entries per image, by channel and by pixel, and
 //! sums `g * window` into the weight gradient and `g * W[oc]` into the input gradient's
