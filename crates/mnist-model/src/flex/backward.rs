@@ -13,8 +13,9 @@
 //! - input gradient: for each pixel, each kernel row and tile,
 //!   `dx[window + tile] += sum over its channels of g * W[oc][tile]`, also in registers.
 //!
-//! That is a quarter of the dense products' arithmetic, with no im2col buffer, at close to
-//! the FMA units' rate. The bias gradient is the sum of the entries.
+//! That is a quarter of the dense products' arithmetic, with no im2col buffer, at about one
+//! fused multiply-add per cycle (the operands come from L2). The bias gradient is the sum
+//! of the entries.
 
 use rayon::prelude::*;
 

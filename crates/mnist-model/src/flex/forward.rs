@@ -3,12 +3,13 @@
 //! The input is first laid out as zero-padded NHWC images ([`pad_nhwc`]), where the
 //! window of an output pixel is `k` runs of `k * c` contiguous floats. The weights are
 //! packed in panels of 16 output channels, `[panel][ky][kx * c + ci][16]`. One register
-//! tile computes six convolution outputs for one panel: 6 x 16 sums in 12 vector
-//! registers; each step of the inner loop broadcasts one input value of each of the six
-//! windows and multiplies it by two vectors of weights (12 fused multiply-adds per 8
+//! tile computes five convolution outputs for one panel: 5 x 16 sums in 10 vector
+//! registers; each step of the inner loop broadcasts one input value of each of the five
+//! windows and multiplies it by two vectors of weights (10 fused multiply-adds per 7
 //! loads, so the FMA units, not memory, set the pace). The tiles cover the two
 //! convolution rows under one pooled row; then one sweep adds the bias, applies ReLU,
-//! takes the maximum of each 2x2 window, and writes the output and which of the four won. Convolution outputs that no pooling window covers (the last row
+//! takes the maximum of each 2x2 window, and writes the output and which of the four won.
+//! Convolution outputs that no pooling window covers (the last row
 //! or column of an odd side) are never computed, and no im2col buffer is built.
 
 use rayon::prelude::*;
