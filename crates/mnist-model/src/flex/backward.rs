@@ -252,7 +252,7 @@ impl ImageKernel<'_> {
                 for group in 0..lay.groups {
                     let at = ky * lay.padded_run + group * T * 8;
                     let out = &mut self.dw[oc * g.k * lay.padded_run + at..][..T * 8];
-                    dw_tile::<L, T>(lanes, self.xp, ky * lay.row + group * T * 8, list, out);
+                    sum_tile::<L, T>(lanes, self.xp, ky * lay.row + group * T * 8, list, out);
                 }
             }
         }
@@ -268,7 +268,7 @@ impl ImageKernel<'_> {
                         for group in 0..lay.groups {
                             let at = lay.window(yy, xx) + ky * lay.row + group * T * 8;
                             let out = &mut dxp[at..][..T * 8];
-                            dx_tile::<L, T>(lanes, self.wr, ky * lay.padded_run + group * T * 8, list, out);
+                            sum_tile::<L, T>(lanes, self.wr, ky * lay.padded_run + group * T * 8, list, out);
                         }
                     }
                 }
@@ -277,28 +277,16 @@ impl ImageKernel<'_> {
     }
 }
 
-/// `out += sum over (window, g) in list of g * xp[window + base..][..T * 8]`, the sum held
-/// in `T` registers.
+/// `out += sum over (offset, g) in list of g * src[offset + base..][..T * 8]`, the sum held
+/// in `T` registers: the weight gradient's tiles (`src` the padded input, one offset per
+/// window) and the input gradient's (`src` the packed weights, one offset per channel).
 #[inline(always)]
-fn dw_tile<L: Lanes, const T: usize>(lanes: L, xp: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) {
+fn sum_tile<L: Lanes, const T: usize>(lanes: L, src: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) {
     let mut acc = [lanes.zero(); T];
-    for &(window, gv) in list {
-        let (x, _) = xp[window + base..][..T * 8].as_chunks::<8>();
+    for &(offset, gv) in list {
+        let (x, _) = src[offset + base..][..T * 8].as_chunks::<8>();
         for t in 0..T {
             acc[t] = lanes.fma(acc[t], gv, lanes.load(&x[t]));
-        }
-    }
-    add_tile(lanes, acc, out);
-}
-
-/// `out += sum over (rows, g) in list of g * wr[rows + base..][..T * 8]`.
-#[inline(always)]
-fn dx_tile<L: Lanes, const T: usize>(lanes: L, wr: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) {
-    let mut acc = [lanes.zero(); T];
-    for &(rows, gv) in list {
-        let (wv, _) = wr[rows + base..][..T * 8].as_chunks::<8>();
-        for t in 0..T {
-            acc[t] = lanes.fma(acc[t], gv, lanes.load(&wv[t]));
         }
     }
     add_tile(lanes, acc, out);
