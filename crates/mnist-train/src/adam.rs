@@ -81,9 +81,9 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use burn::tensor::{DType, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, TensorPrimitive};
     use burn_flex::{Flex, FlexTensor};
-    use mnist_model::flex_host::{cast, is_dense, prim_to_vec};
+    use mnist_model::flex_host::{cast, from_vec, is_dense, prim_to_vec};
     use rayon::prelude::*;
 
     use super::*;
@@ -129,7 +129,7 @@ mod flex {
         } else {
             let (mut pv, gv, mut mv, mut vv) = (prim_to_vec::<D>(p), prim_to_vec::<D>(g), prim_to_vec::<D>(m), prim_to_vec::<D>(v));
             update(adam, f, &mut pv, &gv, &mut mv, &mut vv);
-            let back = |values: Vec<f32>| Tensor::<Flex, D>::from_data(TensorData::new(values, shape.clone()), &Default::default()).into_primitive().tensor();
+            let back = |values: Vec<f32>| from_vec(values, shape.dims::<D>());
             (p, m, v) = (back(pv), back(mv), back(vv));
         }
         let wrap = |t: FlexTensor| Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(t));

@@ -152,7 +152,9 @@ pub fn prim_to_vec<const D: usize>(p: FloatTensor<Flex>) -> Vec<f32> {
     to_vec(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(p)))
 }
 
-fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTensor<Flex> {
+/// An f32 Flex primitive of rank `D` holding `values` (no copy: the vector becomes its
+/// buffer).
+pub fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTensor<Flex> {
     match Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &Default::default()).into_primitive() {
         TensorPrimitive::Float(p) => p,
         TensorPrimitive::QFloat(_) => unreachable!("from_data of f32 values is a float tensor"),
