@@ -167,7 +167,7 @@ mod flex {
 mod tests {
     use burn::optim::{AdamConfig, GradientsParams, Optimizer};
     use burn::optim::adaptor::OptimizerAdaptor;
-    use burn::tensor::Distribution;
+    use burn::tensor::TensorData;
     use burn_autodiff::Autodiff;
     use burn_flex::Flex;
     use mnist_model::{Cnn, CnnConfig};
@@ -183,7 +183,10 @@ mod tests {
         out
     }
 
-    /// Five steps of the fused Adam against Burn's, from the same network and batches.
+    /// Five steps of the fused Adam against Burn's, from the same network, fed the same
+    /// gradients. (Each optimizer's model computing its own gradients would compare two
+    /// chaotic trajectories: Adam divides by `sqrt(v)`, so where a gradient is near zero a
+    /// rounding difference in it moves the parameter by a sizeable part of the learning rate.)
     #[test]
     fn fused_adam_follows_burns_adam() {
         let device = Default::default();
@@ -193,18 +196,18 @@ mod tests {
         let fused = FusedAdam { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-8 };
         let mut opt_ours = OptimizerAdaptor::<FusedAdam, Cnn<Ad>, Ad>::from(fused);
         let mut opt_theirs = AdamConfig::new().with_epsilon(1e-8).init::<Ad, Cnn<Ad>>();
-        for _ in 0..5 {
-            let x = Tensor::<Ad, 4>::random([4, 1, 28, 28], Distribution::Default, &device);
-            let step = |model: Cnn<Ad>, opt: &mut dyn FnMut(Cnn<Ad>, GradientsParams) -> Cnn<Ad>| {
-                let grads = GradientsParams::from_grads(model.forward(x.clone()).powi_scalar(2).sum().backward(), &model);
-                opt(model, grads)
-            };
-            ours = step(ours, &mut |m, g| opt_ours.step(1e-3, m, g));
-            theirs = step(theirs, &mut |m, g| opt_theirs.step(1e-3, m, g));
+        for step in 0..5u64 {
+            // A fixed batch per step (no global random state: tests run in parallel).
+            let pixels: Vec<f32> = (0..4 * 28 * 28u64).map(|i| ((i * 7919 + step * 104_729) % 1000) as f32 / 1000.0).collect();
+            let x = Tensor::<Ad, 4>::from_data(TensorData::new(pixels, [4, 1, 28, 28]), &device);
+            let grads = || GradientsParams::from_grads(ours.forward(x.clone()).powi_scalar(2).sum().backward(), &ours);
+            let (g_ours, g_theirs) = (grads(), grads());
+            theirs = opt_theirs.step(1e-3, theirs, g_theirs);
+            ours = opt_ours.step(1e-3, ours, g_ours);
         }
         let (a, b) = (values(&ours), values(&theirs));
         let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
-        assert!(d <= 1e-5, "max difference {d}");
+        assert!(d <= 1e-6, "max difference {d}");
         // The models moved.
         let start = values(&config.init::<Ad>(3, &device).unwrap());
         assert!(a.iter().zip(&start).any(|(x, y)| (x - y).abs() > 1e-3));
