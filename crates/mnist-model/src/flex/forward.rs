@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::lanes::{F8, Lanes, WithLanes, dispatch};
 use super::layout::{Layout, pad_nhwc};
+use super::winograd;
 use super::{Geometry, NONE};
 
 /// Output channels per panel: two vectors.
@@ -31,6 +32,10 @@ const MR: usize = 5;
 pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>, Vec<f32>) {
     let lay = Layout::new(g);
     let xp = pad_nhwc(&lay, x);
+    if winograd::applies(g) {
+        let (out, winners) = winograd::forward(&lay, &xp, weight, bias);
+        return (out, winners, xp);
+    }
     let panels = g.o.div_ceil(PANEL);
     let run = g.k * g.c;
     // Weights as [panel][ky][kx * c + ci][16], zero beyond the last channel.
@@ -114,28 +119,38 @@ impl WithLanes for Panel<'_> {
                 let n = sums.len();
                 sums.copy_from_slice(&tile[..n]);
             }
-            // Bias, ReLU, max-pool and winner, lane by lane (branch-free, so that it
-            // vectorises): the first of equal maxima wins.
             for px in 0..pw {
-                let [a, b, c, d] = [sums[2 * px], sums[2 * px + 1], sums[2 * pw + 2 * px], sums[2 * pw + 2 * px + 1]];
-                for v in 0..2 {
-                    for l in 0..8 {
-                        let oc = v * 8 + l;
-                        if oc >= channels {
-                            break;
-                        }
-                        let (a, b, c, d) = (a[v][l], b[v][l], c[v][l], d[v][l]);
-                        let (upper, upper_at) = if b > a { (b, 1u8) } else { (a, 0) };
-                        let (lower, lower_at) = if d > c { (d, 3u8) } else { (c, 2) };
-                        let (best, at) = if lower > upper { (lower, lower_at) } else { (upper, upper_at) };
-                        let value = best + bias[v][l];
-                        let positive = value > 0.0;
-                        let index = (oc * ph + py) * pw + px;
-                        self.out[index] = if positive { value } else { 0.0 };
-                        self.winners[index] = if positive { at } else { NONE };
-                    }
-                }
+                let window = [sums[2 * px], sums[2 * px + 1], sums[2 * pw + 2 * px], sums[2 * pw + 2 * px + 1]];
+                pool_window(window, &bias, channels, |oc, value, winner| {
+                    let index = (oc * ph + py) * pw + px;
+                    self.out[index] = value;
+                    self.winners[index] = winner;
+                });
             }
+        }
+    }
+}
+
+/// Bias, ReLU, 2x2 max-pool and winner of one window for up to 16 `channels`, from its
+/// four convolution sums (top-left, top-right, bottom-left, bottom-right; lane `l` of
+/// vector `v` is channel `8 v + l`): `put(channel, output, winner)`. Lane by lane and
+/// branch-free, so that it vectorises; the first of equal maxima wins.
+#[inline(always)]
+pub(super) fn pool_window(sums: [[F8; 2]; 4], bias: &[F8; 2], channels: usize, mut put: impl FnMut(usize, f32, u8)) {
+    let [a, b, c, d] = sums;
+    for v in 0..2 {
+        for l in 0..8 {
+            let oc = v * 8 + l;
+            if oc >= channels {
+                return;
+            }
+            let (a, b, c, d) = (a[v][l], b[v][l], c[v][l], d[v][l]);
+            let (upper, upper_at) = if b > a { (b, 1u8) } else { (a, 0) };
+            let (lower, lower_at) = if d > c { (d, 3u8) } else { (c, 2) };
+            let (best, at) = if lower > upper { (lower, lower_at) } else { (upper, upper_at) };
+            let value = best + bias[v][l];
+            let positive = value > 0.0;
+            put(oc, if positive { value } else { 0.0 }, if positive { at } else { NONE });
         }
     }
 }
@@ -162,7 +177,7 @@ fn conv_tile<L: Lanes>(lanes: L, lay: &Layout, xp: &[f32], weights: &[[f32; PANE
     acc.map(|[a, b]| [lanes.store(a), lanes.store(b)])
 }
 
-fn bias8(bias: &[f32]) -> F8 {
+pub(super) fn bias8(bias: &[f32]) -> F8 {
     std::array::from_fn(|l| bias[l])
 }
 

@@ -1,0 +1,392 @@
+//! Forward pass of a fused block with a 5x5 kernel by Winograd's minimal filtering,
+//! F(2x2, 5x5).
+//!
+//! A 2x2 tile of convolution outputs, which is exactly one 2x2 pooling window, is computed
+//! from the 6x6 tile of the padded input under it as `A^T [sum over ci of (G g G^T) * (B^T d B)] A`
+//! (`*` element by element): the 36 products of the transformed tiles replace the 4 x 25
+//! of the direct convolution, 2.8 times fewer multiplications. Per image that is 36
+//! independent matrix products `U_p [tiles, c] x V_p [c, o]`, computed here in the same
+//! register tiles as the direct forward (5 tiles x 16 output channels in 10 accumulators),
+//! between an input transform and an output transform that end in the pooling sweep.
+//!
+//! The transforms interpolate at 0, 1, -1, 2, -2 and infinity (the points of the common
+//! F(4x4, 3x3)); `B^T`'s rows are scaled to small integers and the scale moved into `G`,
+//! and the weights are transformed in f64, so the input transform rounds only in its
+//! sums. The result differs from a direct convolution by a few units of 1e-5 on the seed
+//! network's sums (which reach a few units), against about 1e-6 for the direct kernel.
+//!
+//! Used for kernel 5 with a multiple of 8 input channels (conv2 of the seed network:
+//! 32 in, 64 out, 14 x 14), where the products have enough depth to fill the tiles;
+//! conv1 (one input channel) keeps the direct kernel.
+
+use rayon::prelude::*;
+
+use super::forward::{bias8, pool_window};
+use super::lanes::{F8, Lanes, Portable, WithLanes, dispatch};
+use super::layout::Layout;
+use super::{Geometry, NONE};
+
+/// Side of a transformed tile.
+const ALPHA: usize = 6;
+/// Points of the transform: entries of a transformed tile.
+const POINTS: usize = ALPHA * ALPHA;
+/// Tiles per register tile of the products.
+const MR: usize = 5;
+/// Output channels per panel: two vectors.
+const PANEL: usize = 16;
+
+/// `B^T`, each row scaled by [`BT_SCALE`] to integers.
+const BT: [[f32; ALPHA]; ALPHA] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, 4.0, 4.0, -1.0, -1.0, 0.0],
+    [0.0, -4.0, 4.0, 1.0, -1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+/// What [`BT`]'s rows were multiplied by; [`G`]'s rows are divided by the same.
+const BT_SCALE: [f64; ALPHA] = [4.0, 6.0, 6.0, 24.0, 24.0, 1.0];
+/// `G` before that division: the kernel polynomial at 0, 1, -1, 2, -2, and its leading
+/// coefficient (the point at infinity).
+const G: [[f64; 5]; ALPHA] = [
+    [1.0, 0.0, 0.0, 0.0, 0.0],
+    [1.0, 1.0, 1.0, 1.0, 1.0],
+    [1.0, -1.0, 1.0, -1.0, 1.0],
+    [1.0, 2.0, 4.0, 8.0, 16.0],
+    [1.0, -2.0, 4.0, -8.0, 16.0],
+    [0.0, 0.0, 0.0, 0.0, 1.0],
+];
+/// `A^T`: from the six points back to two outputs.
+const AT: [[f32; ALPHA]; 2] = [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, 2.0, -2.0, 1.0]];
+
+/// Whether the block's forward pass takes this path.
+pub(crate) fn applies(g: Geometry) -> bool {
+    g.k == 5 && g.c > 0 && g.c % 8 == 0
+}
+
+/// The block's output `[b, o, h/2, w/2]` and winners (as [`super::forward::forward`]) from
+/// the padded NHWC input `xp`, `weight: [o, c, 5, 5]` and `bias: [o]`.
+pub(crate) fn forward(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>) {
+    forward_with(lay, xp, weight, bias, false)
+}
+
+fn run<Op: WithLanes>(op: Op, portable: bool) -> Op::Output {
+    if portable { op.run(Portable) } else { dispatch(op) }
+}
+
+fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], portable: bool) -> (Vec<f32>, Vec<u8>) {
+    let g = lay.g;
+    debug_assert!(applies(g));
+    let (ph, pw) = g.pooled();
+    let plane = ph * pw;
+    let tiles = plane.div_ceil(MR) * MR;
+    let panels = g.o.div_ceil(PANEL);
+    let v = transform_weights(g, weight);
+    let mut bias16 = vec![0.0f32; panels * PANEL];
+    bias16[..g.o].copy_from_slice(bias);
+    let mut out = vec![0.0f32; g.b * g.o * plane];
+    let mut winners = vec![NONE; out.len()];
+    if plane == 0 {
+        return (out, winners);
+    }
+    out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane)).enumerate().for_each(|(bi, (out, winners))| {
+        let u = run(InputTransform { lay, xp: &xp[bi * lay.image..][..lay.image], tiles }, portable);
+        // One task per panel: its channels' planes are contiguous in `out`.
+        out.par_chunks_mut(PANEL * plane).zip(winners.par_chunks_mut(PANEL * plane)).enumerate().for_each(
+            |(panel, (out, winners))| {
+                let op = PanelProducts {
+                    lay,
+                    tiles,
+                    u: &u,
+                    v: &v[panel * POINTS * g.c..][..POINTS * g.c],
+                    bias: &bias16[panel * PANEL..][..PANEL],
+                    out,
+                    winners,
+                };
+                run(op, portable);
+            },
+        );
+    });
+    (out, winners)
+}
+
+/// `G g G^T` of every kernel, as `[panel][point][ci]` rows of 16 output channels (zero
+/// past the last), computed in f64, the 16 channels of a panel side by side (so that the
+/// loops vectorise).
+fn transform_weights(g: Geometry, weight: &[f32]) -> Vec<[f32; PANEL]> {
+    let gs: [[f64; 5]; ALPHA] = std::array::from_fn(|i| G[i].map(|v| v / BT_SCALE[i]));
+    let panels = g.o.div_ceil(PANEL);
+    let mut v = vec![[0.0f32; PANEL]; panels * POINTS * g.c];
+    v.par_chunks_mut(POINTS * g.c).enumerate().for_each(|(panel, v)| {
+        let channels = PANEL.min(g.o - panel * PANEL);
+        for ci in 0..g.c {
+            // The panel's kernels on this input channel, `[ky][kx][lane]`.
+            let mut kernels = [[[0.0f64; PANEL]; 5]; 5];
+            for lane in 0..channels {
+                let kernel = &weight[((panel * PANEL + lane) * g.c + ci) * 25..][..25];
+                for (ky, row) in kernels.iter_mut().enumerate() {
+                    for (kx, k) in row.iter_mut().enumerate() {
+                        k[lane] = f64::from(kernel[ky * 5 + kx]);
+                    }
+                }
+            }
+            // G g: `[i][kx][lane]`.
+            let mut gg = [[[0.0f64; PANEL]; 5]; ALPHA];
+            for (gg, gs) in gg.iter_mut().zip(&gs) {
+                for (&coefficient, row) in gs.iter().zip(&kernels) {
+                    for (out, k) in gg.iter_mut().zip(row) {
+                        for (o, k) in out.iter_mut().zip(k) {
+                            *o += coefficient * k;
+                        }
+                    }
+                }
+            }
+            // (G g) G^T: `[i][j][lane]`.
+            for (i, gg) in gg.iter().enumerate() {
+                for (j, gs) in gs.iter().enumerate() {
+                    let mut sum = [0.0f64; PANEL];
+                    for (&coefficient, k) in gs.iter().zip(gg) {
+                        for (s, k) in sum.iter_mut().zip(k) {
+                            *s += coefficient * k;
+                        }
+                    }
+                    v[(i * ALPHA + j) * g.c + ci] = sum.map(|s| s as f32);
+                }
+            }
+        }
+    });
+    v
+}
+
+/// `sum over j of coefficients[j] * x[j]`, the zero coefficients skipped at compile time
+/// (the coefficients are constants).
+#[inline(always)]
+fn combine<L: Lanes>(lanes: L, coefficients: &[f32; ALPHA], x: &[L::V; ALPHA]) -> L::V {
+    let mut acc = lanes.zero();
+    for (&c, &x) in coefficients.iter().zip(x) {
+        if c != 0.0 {
+            acc = lanes.fma(acc, c, x);
+        }
+    }
+    acc
+}
+
+/// `B^T d B` of every tile of one image: `[tile][point][ci]`, tiles row by row (padded
+/// to whole register tiles with zeros), written in order (a cleared buffer would cost a
+/// pass over memory).
+struct InputTransform<'a> {
+    lay: &'a Layout,
+    /// The padded input image.
+    xp: &'a [f32],
+    /// Tiles, padded to a multiple of [`MR`].
+    tiles: usize,
+}
+
+impl WithLanes for InputTransform<'_> {
+    type Output = Vec<f32>;
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) -> Vec<f32> {
+        let (lay, c) = (self.lay, self.lay.g.c);
+        let (ph, pw) = lay.g.pooled();
+        let mut u = Vec::with_capacity(self.tiles * POINTS * c);
+        let mut tile_u = vec![0.0f32; POINTS * c];
+        for ty in 0..ph {
+            for tx in 0..pw {
+                let corner = lay.window(2 * ty, 2 * tx);
+                for lane0 in (0..c).step_by(8) {
+                    // B^T d, column by column of d: t[i][s] = sum over r of BT[i][r] d[r][s].
+                    let mut t = [[lanes.zero(); ALPHA]; ALPHA];
+                    for s in 0..ALPHA {
+                        let column: [L::V; ALPHA] = std::array::from_fn(|r| {
+                            let (x, _) = self.xp[corner + r * lay.row + s * c + lane0..][..8].as_chunks::<8>();
+                            lanes.load(&x[0])
+                        });
+                        for (i, row) in BT.iter().enumerate() {
+                            t[i][s] = combine(lanes, row, &column);
+                        }
+                    }
+                    // (B^T d) B: u[i][j] = sum over s of t[i][s] BT[j][s].
+                    for (i, t) in t.iter().enumerate() {
+                        for (j, row) in BT.iter().enumerate() {
+                            let value = lanes.store(combine(lanes, row, t));
+                            tile_u[(i * ALPHA + j) * c + lane0..][..8].copy_from_slice(&value);
+                        }
+                    }
+                }
+                u.extend_from_slice(&tile_u);
+            }
+        }
+        u.resize(self.tiles * POINTS * c, 0.0);
+        u
+    }
+}
+
+/// One image and one panel of 16 output channels: the 36 products, the output transform,
+/// then bias, ReLU and pooling.
+struct PanelProducts<'a> {
+    lay: &'a Layout,
+    tiles: usize,
+    /// The image's transformed input `[tile][point][ci]`.
+    u: &'a [f32],
+    /// The panel's transformed weights `[point][ci]`.
+    v: &'a [[f32; PANEL]],
+    bias: &'a [f32],
+    /// The panel's output planes `[channels, h/2, w/2]` (up to 16 channels).
+    out: &'a mut [f32],
+    winners: &'a mut [u8],
+}
+
+impl WithLanes for PanelProducts<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let g = self.lay.g;
+        let c = g.c;
+        let (ph, pw) = g.pooled();
+        let plane = ph * pw;
+        let channels = self.out.len() / plane;
+        let bias: [F8; 2] = [bias8(&self.bias[..8]), bias8(&self.bias[8..])];
+        // The products of one register tile's worth of tiles, `[point][tile]` rows of 16
+        // channels (11.5 KB, reused).
+        let mut products = vec![[[0.0f32; 8]; 2]; POINTS * MR];
+        for first in (0..self.tiles).step_by(MR) {
+            for (p, products) in products.chunks_exact_mut(MR).enumerate() {
+                let rows: [&[f32]; MR] = std::array::from_fn(|i| &self.u[((first + i) * POINTS + p) * c..][..c]);
+                let sums = product_tile(lanes, rows, &self.v[p * c..][..c]);
+                for (m, sums) in products.iter_mut().zip(sums) {
+                    *m = sums.map(|s| lanes.store(s));
+                }
+            }
+            for i in 0..MR.min(plane - first) {
+                let tile = first + i;
+                let (ty, tx) = (tile / pw, tile % pw);
+                // A^T M A for each half of the panel: the window's four convolution sums.
+                let mut sums = [[[0.0f32; 8]; 2]; 4];
+                for half in 0..2 {
+                    let point = |p: usize| lanes.load(&products[p * MR + i][half]);
+                    // s[i][col] = sum over r of AT[i][r] M[r][col].
+                    let mut s = [[lanes.zero(); ALPHA]; 2];
+                    for col in 0..ALPHA {
+                        let column: [L::V; ALPHA] = std::array::from_fn(|r| point(r * ALPHA + col));
+                        for (i, row) in AT.iter().enumerate() {
+                            s[i][col] = combine(lanes, row, &column);
+                        }
+                    }
+                    for (i, s) in s.iter().enumerate() {
+                        for (j, row) in AT.iter().enumerate() {
+                            sums[i * 2 + j][half] = lanes.store(combine(lanes, row, s));
+                        }
+                    }
+                }
+                pool_window(sums, &bias, channels, |oc, value, winner| {
+                    let index = (oc * ph + ty) * pw + tx;
+                    self.out[index] = value;
+                    self.winners[index] = winner;
+                });
+            }
+        }
+    }
+}
+
+/// `U_p [MR tiles, c] . V_p [c, 16]` in `MR x 2` registers.
+#[inline(always)]
+fn product_tile<L: Lanes>(lanes: L, u: [&[f32]; MR], v: &[[f32; PANEL]]) -> [[L::V; 2]; MR] {
+    let mut acc = [[lanes.zero(); 2]; MR];
+    let [u0, u1, u2, u3, u4] = u;
+    // Zipped, so that no index is bounds-checked in the loop.
+    for (((((&a0, &a1), &a2), &a3), &a4), v) in u0.iter().zip(u1).zip(u2).zip(u3).zip(u4).zip(v) {
+        let (v, _) = v.as_chunks::<8>();
+        let (v0, v1) = (lanes.load(&v[0]), lanes.load(&v[1]));
+        for (i, a) in [a0, a1, a2, a3, a4].into_iter().enumerate() {
+            acc[i][0] = lanes.fma(acc[i][0], a, v0);
+            acc[i][1] = lanes.fma(acc[i][1], a, v1);
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::layout::pad_nhwc;
+    use super::*;
+
+    /// The transforms compute a correlation: for every position of a 1 at the input and
+    /// the kernel, `A^T [(G g) * (B^T d)]` equals `y_i = sum over j of d[i + j] g[j]`.
+    #[test]
+    fn transforms_compute_a_correlation() {
+        for di in 0..ALPHA {
+            for gj in 0..5 {
+                let gg: Vec<f64> = (0..ALPHA).map(|i| G[i][gj] / BT_SCALE[i]).collect();
+                let bd: Vec<f64> = (0..ALPHA).map(|i| f64::from(BT[i][di])).collect();
+                for (out, at) in AT.iter().enumerate() {
+                    let y: f64 = (0..ALPHA).map(|p| f64::from(at[p]) * gg[p] * bd[p]).sum();
+                    let expected = if di == out + gj { 1.0 } else { 0.0 };
+                    assert!((y - expected).abs() < 1e-12, "d[{di}] g[{gj}] -> y[{out}] = {y}");
+                }
+            }
+        }
+    }
+
+    /// Against a direct convolution in f64, on shapes with odd sides, a partial panel
+    /// and several panels: every output within 1e-4, and every winner where the window's
+    /// two largest sums (and its maximum and zero) are more than 1e-3 apart. The portable
+    /// and dispatched kernels give the same outputs.
+    #[test]
+    fn winograd_matches_a_direct_convolution() {
+        for g in [
+            Geometry { b: 2, c: 8, h: 7, w: 9, o: 3, k: 5 },
+            Geometry { b: 3, c: 32, h: 14, w: 14, o: 64, k: 5 },
+            Geometry { b: 1, c: 16, h: 6, w: 5, o: 20, k: 5 },
+        ] {
+            let lay = Layout::new(g);
+            let value = |i: usize| ((i * 7919 + 13) % 2000) as f32 / 1000.0 - 1.0;
+            let x: Vec<f32> = (0..g.b * g.c * g.h * g.w).map(value).collect();
+            let weight: Vec<f32> = (0..g.o * g.c * 25).map(|i| value(i * 3 + 5) * 0.1).collect();
+            let bias: Vec<f32> = (0..g.o).map(|i| value(i + 17) * 0.1).collect();
+            let xp = pad_nhwc(&lay, &x);
+            let (out, winners) = forward_with(&lay, &xp, &weight, &bias, false);
+            let (portable, _) = forward_with(&lay, &xp, &weight, &bias, true);
+            assert!(out.iter().zip(&portable).all(|(a, b)| (a - b).abs() <= 1e-5), "{g:?}: portable");
+            let conv = |bi: usize, oc: usize, yy: usize, xx: usize| -> f64 {
+                let mut sum = f64::from(bias[oc]);
+                for ci in 0..g.c {
+                    for ky in 0..5 {
+                        for kx in 0..5 {
+                            let (sy, sx) = ((yy + ky) as isize - 2, (xx + kx) as isize - 2);
+                            if sy >= 0 && sx >= 0 && (sy as usize) < g.h && (sx as usize) < g.w {
+                                let xv = x[((bi * g.c + ci) * g.h + sy as usize) * g.w + sx as usize];
+                                sum += f64::from(xv) * f64::from(weight[((oc * g.c + ci) * 5 + ky) * 5 + kx]);
+                            }
+                        }
+                    }
+                }
+                sum
+            };
+            let (ph, pw) = g.pooled();
+            let mut checked = 0;
+            for bi in 0..g.b {
+                for oc in 0..g.o {
+                    for py in 0..ph {
+                        for px in 0..pw {
+                            let four: Vec<f64> = (0..4).map(|q| conv(bi, oc, 2 * py + q / 2, 2 * px + q % 2)).collect();
+                            let best = (0..4).fold(0, |b, q| if four[q] > four[b] { q } else { b });
+                            let expected = four[best].max(0.0);
+                            let index = ((bi * g.o + oc) * ph + py) * pw + px;
+                            assert!((f64::from(out[index]) - expected).abs() < 1e-4, "{g:?} {index}: {} vs {expected}", out[index]);
+                            let second = (0..4).filter(|&q| q != best).map(|q| four[q]).fold(f64::MIN, f64::max);
+                            if four[best] - second > 1e-3 && four[best].abs() > 1e-3 {
+                                let want = if four[best] > 0.0 { best as u8 } else { NONE };
+                                assert_eq!(winners[index], want, "{g:?} {index}");
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(checked * 10 > out.len() * 9, "{g:?}: only {checked} winners checked");
+        }
+    }
+}
+
