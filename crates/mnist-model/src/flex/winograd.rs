@@ -35,7 +35,9 @@ const MR: usize = 5;
 /// Output channels per panel: two vectors.
 const PANEL: usize = 16;
 
-/// `B^T`, each row scaled by [`BT_SCALE`] to integers.
+/// `B^T`, each row scaled by [`BT_SCALE`] to integers. The kernels apply it (and `A^T`)
+/// through [`bt`] and [`at`], which the tests hold to these matrices.
+#[cfg(test)]
 const BT: [[f32; ALPHA]; ALPHA] = [
     [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
     [0.0, 4.0, 4.0, -1.0, -1.0, 0.0],
@@ -44,7 +46,7 @@ const BT: [[f32; ALPHA]; ALPHA] = [
     [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
     [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
 ];
-/// What [`BT`]'s rows were multiplied by; [`G`]'s rows are divided by the same.
+/// What `B^T`'s rows were multiplied by; [`G`]'s rows are divided by the same.
 const BT_SCALE: [f64; ALPHA] = [4.0, 6.0, 6.0, 24.0, 24.0, 1.0];
 /// `G` before that division: the kernel polynomial at 0, 1, -1, 2, -2, and its leading
 /// coefficient (the point at infinity).
@@ -57,6 +59,7 @@ const G: [[f64; 5]; ALPHA] = [
     [0.0, 0.0, 0.0, 0.0, 1.0],
 ];
 /// `A^T`: from the six points back to two outputs.
+#[cfg(test)]
 const AT: [[f32; ALPHA]; 2] = [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, 2.0, -2.0, 1.0]];
 
 /// Whether the block's forward pass takes this path.
@@ -158,17 +161,25 @@ fn transform_weights(g: Geometry, weight: &[f32]) -> Vec<[f32; PANEL]> {
     v
 }
 
-/// `sum over j of coefficients[j] * x[j]`, the zero coefficients skipped at compile time
-/// (the coefficients are constants).
+/// `B^T d` for six vectors `d` (`B^T` scaled as in `BT`), with the sums its rows share computed once (15
+/// operations instead of 22 multiply-adds).
 #[inline(always)]
-fn combine<L: Lanes>(lanes: L, coefficients: &[f32; ALPHA], x: &[L::V; ALPHA]) -> L::V {
-    let mut acc = lanes.zero();
-    for (&c, &x) in coefficients.iter().zip(x) {
-        if c != 0.0 {
-            acc = lanes.fma(acc, c, x);
-        }
-    }
-    acc
+fn bt<L: Lanes>(l: L, [d0, d1, d2, d3, d4, d5]: [L::V; ALPHA]) -> [L::V; ALPHA] {
+    let (m21, m34, m31, m42) = (l.sub(d2, d1), l.sub(d3, d4), l.sub(d3, d1), l.sub(d4, d2));
+    [
+        l.fma(l.fma(d4, 4.0, d0), -5.0, d2),
+        l.sub(l.mul(4.0, l.add(d1, d2)), l.add(d3, d4)),
+        l.fma(m34, 4.0, m21),
+        l.fma(m42, 2.0, m31),
+        l.fma(m42, -2.0, m31),
+        l.fma(l.fma(d5, 4.0, d1), -5.0, d3),
+    ]
+}
+
+/// `A^T m` for six vectors `m`: the two outputs.
+#[inline(always)]
+fn at<L: Lanes>(l: L, [m0, m1, m2, m3, m4, m5]: [L::V; ALPHA]) -> [L::V; 2] {
+    [l.add(l.add(m0, l.add(m1, m2)), l.add(m3, m4)), l.fma(l.add(l.sub(m1, m2), m5), 2.0, l.sub(m3, m4))]
 }
 
 /// `B^T d B` of every tile of one image: `[tile][point][ci]`, tiles row by row (padded
@@ -195,22 +206,26 @@ impl WithLanes for InputTransform<'_> {
             for tx in 0..pw {
                 let corner = lay.window(2 * ty, 2 * tx);
                 for lane0 in (0..c).step_by(8) {
-                    // B^T d, column by column of d: t[i][s] = sum over r of BT[i][r] d[r][s].
+                    // B^T d, column by column: t[s][i] = (B^T d)[i][s]. Plain loops: closures
+                    // (`array::from_fn`, `map`) are not compiled for AVX2 and cost a call
+                    // per vector operation.
                     let mut t = [[lanes.zero(); ALPHA]; ALPHA];
-                    for s in 0..ALPHA {
-                        let column: [L::V; ALPHA] = std::array::from_fn(|r| {
+                    for (s, t) in t.iter_mut().enumerate() {
+                        let mut column = [lanes.zero(); ALPHA];
+                        for (r, d) in column.iter_mut().enumerate() {
                             let (x, _) = self.xp[corner + r * lay.row + s * c + lane0..][..8].as_chunks::<8>();
-                            lanes.load(&x[0])
-                        });
-                        for (i, row) in BT.iter().enumerate() {
-                            t[i][s] = combine(lanes, row, &column);
+                            *d = lanes.load(&x[0]);
                         }
+                        *t = bt(lanes, column);
                     }
-                    // (B^T d) B: u[i][j] = sum over s of t[i][s] BT[j][s].
-                    for (i, t) in t.iter().enumerate() {
-                        for (j, row) in BT.iter().enumerate() {
-                            let value = lanes.store(combine(lanes, row, t));
-                            tile_u[(i * ALPHA + j) * c + lane0..][..8].copy_from_slice(&value);
+                    // (B^T d) B, row by row: u[i] = B^T (row i of B^T d).
+                    for i in 0..ALPHA {
+                        let mut row = [lanes.zero(); ALPHA];
+                        for (r, t) in row.iter_mut().zip(&t) {
+                            *r = t[i];
+                        }
+                        for (j, value) in bt(lanes, row).into_iter().enumerate() {
+                            tile_u[(i * ALPHA + j) * c + lane0..][..8].copy_from_slice(&lanes.store(value));
                         }
                     }
                 }
@@ -248,35 +263,43 @@ impl WithLanes for PanelProducts<'_> {
         let plane = ph * pw;
         let channels = self.out.len() / plane;
         let bias: [F8; 2] = [bias8(&self.bias[..8]), bias8(&self.bias[8..])];
-        // The products of one register tile's worth of tiles, `[point][tile]` rows of 16
-        // channels (11.5 KB, reused).
-        let mut products = vec![[[0.0f32; 8]; 2]; POINTS * MR];
-        for first in (0..self.tiles).step_by(MR) {
-            for (p, products) in products.chunks_exact_mut(MR).enumerate() {
+        // The products, `[point][tile]` rows of 16 channels, point by point (so that the
+        // point's 2 KB of weights stay in L1), appended in order rather than into a
+        // cleared buffer.
+        let mut products: Vec<[F8; 2]> = Vec::with_capacity(POINTS * self.tiles);
+        for p in 0..POINTS {
+            let v = &self.v[p * c..][..c];
+            for first in (0..self.tiles).step_by(MR) {
                 let rows: [&[f32]; MR] = std::array::from_fn(|i| &self.u[((first + i) * POINTS + p) * c..][..c]);
-                let sums = product_tile(lanes, rows, &self.v[p * c..][..c]);
-                for (m, sums) in products.iter_mut().zip(sums) {
-                    *m = sums.map(|s| lanes.store(s));
+                let sums = product_tile(lanes, rows, v);
+                for s in sums {
+                    products.push([lanes.store(s[0]), lanes.store(s[1])]);
                 }
             }
-            for i in 0..MR.min(plane - first) {
-                let tile = first + i;
-                let (ty, tx) = (tile / pw, tile % pw);
+        }
+        let tiles = self.tiles;
+        for ty in 0..ph {
+            for tx in 0..pw {
+                let tile = ty * pw + tx;
                 // A^T M A for each half of the panel: the window's four convolution sums.
                 let mut sums = [[[0.0f32; 8]; 2]; 4];
                 for half in 0..2 {
-                    let point = |p: usize| lanes.load(&products[p * MR + i][half]);
-                    // s[i][col] = sum over r of AT[i][r] M[r][col].
-                    let mut s = [[lanes.zero(); ALPHA]; 2];
-                    for col in 0..ALPHA {
-                        let column: [L::V; ALPHA] = std::array::from_fn(|r| point(r * ALPHA + col));
-                        for (i, row) in AT.iter().enumerate() {
-                            s[i][col] = combine(lanes, row, &column);
+                    // A^T M, column by column, then (A^T M) A row by row.
+                    let mut s = [[lanes.zero(); 2]; ALPHA];
+                    for (col, s) in s.iter_mut().enumerate() {
+                        let mut column = [lanes.zero(); ALPHA];
+                        for (r, m) in column.iter_mut().enumerate() {
+                            *m = lanes.load(&products[(r * ALPHA + col) * tiles + tile][half]);
                         }
+                        *s = at(lanes, column);
                     }
-                    for (i, s) in s.iter().enumerate() {
-                        for (j, row) in AT.iter().enumerate() {
-                            sums[i * 2 + j][half] = lanes.store(combine(lanes, row, s));
+                    for row in 0..2 {
+                        let mut values = [lanes.zero(); ALPHA];
+                        for (v, s) in values.iter_mut().zip(&s) {
+                            *v = s[row];
+                        }
+                        for (j, value) in at(lanes, values).into_iter().enumerate() {
+                            sums[row * 2 + j][half] = lanes.store(value);
                         }
                     }
                 }
@@ -325,6 +348,23 @@ mod tests {
                     let expected = if di == out + gj { 1.0 } else { 0.0 };
                     assert!((y - expected).abs() < 1e-12, "d[{di}] g[{gj}] -> y[{out}] = {y}");
                 }
+            }
+        }
+    }
+
+    /// [`bt`] and [`at`] apply `BT` and `AT`: column by column, on unit vectors.
+    #[test]
+    fn transforms_apply_the_matrices() {
+        let lanes = Portable;
+        for j in 0..ALPHA {
+            let unit: [F8; ALPHA] = std::array::from_fn(|r| [if r == j { 1.0 } else { 0.0 }; 8]);
+            let column = bt(lanes, unit);
+            for i in 0..ALPHA {
+                assert_eq!(column[i], [BT[i][j]; 8], "BT[{i}][{j}]");
+            }
+            let column = at(lanes, unit);
+            for i in 0..2 {
+                assert_eq!(column[i], [AT[i][j]; 8], "AT[{i}][{j}]");
             }
         }
     }
