@@ -44,7 +44,7 @@ mod flex;
 /// kernels shared with mnist-train's optimizer.
 #[cfg(feature = "flex")]
 pub mod flex_host {
-    pub use crate::flex::{cast, conv_relu_pool, from_vec, is_dense, linear, prim_to_vec, to_vec};
+    pub use crate::flex::{cast, conv_relu_pool, from_vec, is_dense, linear, prim_to_vec, recycle, to_vec};
 }
 mod model;
 pub mod weights;

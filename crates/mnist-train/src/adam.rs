@@ -83,7 +83,7 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
 mod flex {
     use burn::tensor::{DType, TensorPrimitive};
     use burn_flex::{Flex, FlexTensor};
-    use mnist_model::flex_host::{cast, from_vec, is_dense, prim_to_vec};
+    use mnist_model::flex_host::{cast, from_vec, is_dense, prim_to_vec, recycle};
     use rayon::prelude::*;
 
     use super::*;
@@ -126,6 +126,8 @@ mod flex {
             // In place in the tensors' own buffers (copied first only where one is shared).
             let (p_slice, m_slice, v_slice) = (&mut p.storage_mut::<f32>()[..n], &mut m.storage_mut::<f32>()[..n], &mut v.storage_mut::<f32>()[..n]);
             update(adam, f, p_slice, &g.storage::<f32>()[..n], m_slice, v_slice);
+            // The gradient's last read: its buffer can hold the next step's (fc1's, 13 MB).
+            recycle(g);
         } else {
             let (mut pv, gv, mut mv, mut vv) = (prim_to_vec::<D>(p), prim_to_vec::<D>(g), prim_to_vec::<D>(m), prim_to_vec::<D>(v));
             update(adam, f, &mut pv, &gv, &mut mv, &mut vv);

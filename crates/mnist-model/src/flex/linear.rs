@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::lanes::{F8, Lanes, WithLanes, dispatch};
 use super::layout::zeroed;
-use super::{Ad, cast, float, from_vec, values};
+use super::{Ad, cast, float, from_vec, spare, values};
 
 /// Columns of `dW` per register tile: two vectors.
 const PANEL: usize = 16;
@@ -83,14 +83,29 @@ impl Backward<Flex, 3> for Linear {
         }
         if let Some(node) = node_weight {
             let ([n, i], [_, j]) = (inner::<2>(&x).dims(), g.dims());
-            let dw = weight_grad(n, i, j, &values::<2>(&x), &values::<2>(&grad));
-            grads.register::<Flex>(node.id, from_vec(dw, [i, j]));
+            let (x, grad) = (values::<2>(&x), values::<2>(&grad));
+            // Into a recycled buffer (see `recycle`) when there is one: every value is written.
+            let dw = match spare(&[i, j]) {
+                Some(mut dw) => {
+                    weight_grad_into(n, i, j, &x, &grad, &mut dw.storage_mut::<f32>()[..i * j]);
+                    dw
+                }
+                None => from_vec(weight_grad(n, i, j, &x, &grad), [i, j]),
+            };
+            grads.register::<Flex>(node.id, dw);
         }
     }
 }
 
 /// `x^T g`: `x [n, i]`, `g [n, j]` -> `[i, j]`.
 pub(crate) fn weight_grad(n: usize, i: usize, j: usize, x: &[f32], g: &[f32]) -> Vec<f32> {
+    let mut dw = zeroed(i * j);
+    weight_grad_into(n, i, j, x, g, &mut dw);
+    dw
+}
+
+/// `x^T g` written over `dw: [i, j]` (every value).
+fn weight_grad_into(n: usize, i: usize, j: usize, x: &[f32], g: &[f32], dw: &mut [f32]) {
     // x transposed, `[i, n]`, so that a tile's rows are contiguous runs of the batch.
     let mut xt = vec![0.0f32; i * n];
     xt.par_chunks_mut(n * TASK_ROWS).enumerate().for_each(|(task, rows)| {
@@ -108,15 +123,14 @@ pub(crate) fn weight_grad(n: usize, i: usize, j: usize, x: &[f32], g: &[f32]) ->
             packed[((col / PANEL) * n + b) * PANEL + col % PANEL] = v;
         }
     }
-    let mut dw = zeroed(i * j);
     if n == 0 || j == 0 {
-        return dw;
+        dw.fill(0.0);
+        return;
     }
     dw.par_chunks_mut(TASK_ROWS * j).enumerate().for_each(|(task, out)| {
         let rows = out.len() / j;
         dispatch(Rows { n, j, xt: &xt[task * TASK_ROWS * n..][..rows * n], packed: &packed, out });
     });
-    dw
 }
 
 /// Some rows of `x^T g`.
@@ -175,7 +189,40 @@ fn tile<L: Lanes>(lanes: L, xr: [&[f32]; MR], g: &[[f32; PANEL]]) -> [[F8; 2]; M
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::TensorData;
+
+    use super::super::recycle;
     use super::*;
+
+    /// A buffer handed back with [`recycle`] becomes the next weight gradient of its shape,
+    /// every stale value overwritten; small or shared buffers are not kept.
+    #[test]
+    fn a_recycled_buffer_is_overwritten_by_the_weight_gradient() {
+        // 512 x 520 floats: just over 1 MiB.
+        let (n, i, j) = (3, 512, 520);
+        recycle(from_vec(vec![f32::NAN; i * j], [i, j]));
+        let kept = spare(&[i, j]).expect("a dense, unique 1 MiB buffer is kept");
+        recycle(kept);
+        recycle(from_vec(vec![0.0; 16], [4, 4]));
+        assert!(spare(&[4, 4]).is_none(), "a small buffer is not kept");
+        let shared = from_vec(vec![0.0; i * j], [j, i]);
+        recycle(shared.clone());
+        assert!(spare(&[j, i]).is_none(), "a shared buffer is not kept");
+
+        let device = Default::default();
+        let xs: Vec<f32> = (0..n * i).map(|v| ((v * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let gs: Vec<f32> = (0..n * j).map(|v| ((v * 53 % 97) as f32 - 48.0) / 30.0).collect();
+        let x = Tensor::<Ad, 2>::from_data(TensorData::new(xs.clone(), [n, i]), &device);
+        let weight = Tensor::<Ad, 2>::zeros([i, j], &device).require_grad();
+        let bias = Tensor::<Ad, 1>::zeros([j], &device).require_grad();
+        let y = linear(x, weight.clone(), bias).unwrap_or_else(|_| panic!("flex linear"));
+        let mix = Tensor::<Ad, 2>::from_data(TensorData::new(gs.clone(), [n, j]), &device);
+        let grads = (y * mix).sum().backward();
+        let dw = weight.grad(&grads).expect("dw").into_data().to_vec::<f32>().expect("f32");
+        assert!(spare(&[i, j]).is_none(), "the recycled buffer was taken");
+        let expect = weight_grad(n, i, j, &xs, &gs);
+        assert!(dw.iter().zip(&expect).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())));
+    }
 
     #[test]
     fn weight_grad_is_x_transposed_times_g() {
