@@ -169,8 +169,7 @@ pub fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTen
 /// reader of a gradient) for the next gradient of the same shape. fc1's weight gradient is
 /// 13 MB a step: allocated afresh, the allocator got it from the kernel, which cleared it
 /// page by page (8% of a training step's samples), and then it was cleared once more before
-/// the kernel overwrote every value. At most [`SPARE_BUFFERS`] are kept, so the cache holds
-/// at most two such buffers.
+/// the kernel overwrote every value. At most [`SPARE_BUFFERS`] are kept.
 static SPARE: Mutex<Vec<FloatTensor<Flex>>> = Mutex::new(Vec::new());
 /// Most buffers [`SPARE`] keeps.
 const SPARE_BUFFERS: usize = 2;
@@ -178,15 +177,16 @@ const SPARE_BUFFERS: usize = 2;
 const SPARE_MIN_BYTES: usize = 1 << 20;
 
 /// Hands `t` back for reuse as the next gradient of its shape. Kept only when it is f32,
-/// dense, uniquely owned and at least 1 MiB (and fewer than two are kept already);
-/// dropped otherwise.
+/// dense, uniquely owned and at least 1 MiB, in place of the oldest kept buffer when
+/// [`SPARE_BUFFERS`] are kept already (one nobody took); dropped otherwise.
 pub fn recycle(t: FloatTensor<Flex>) {
     let worth = t.dtype() == DType::F32 && t.is_unique() && is_dense(&t) && t.layout().num_elements() * 4 >= SPARE_MIN_BYTES;
     if worth {
         let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(t);
+        if spare.len() == SPARE_BUFFERS {
+            spare.remove(0);
         }
+        spare.push(t);
     }
 }
 

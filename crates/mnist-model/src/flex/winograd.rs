@@ -64,7 +64,7 @@ const AT: [[f32; ALPHA]; 2] = [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, 
 
 /// Whether the block's forward pass takes this path.
 pub(crate) fn applies(g: Geometry) -> bool {
-    g.k == 5 && g.c > 0 && g.c % 8 == 0
+    g.k == 5 && g.c > 0 && g.c.is_multiple_of(8)
 }
 
 /// The block's output `[b, o, h/2, w/2]` and winners (as [`super::forward::forward`]) from
@@ -161,8 +161,8 @@ fn transform_weights(g: Geometry, weight: &[f32]) -> Vec<[f32; PANEL]> {
     v
 }
 
-/// `B^T d` for six vectors `d` (`B^T` scaled as in `BT`), with the sums its rows share computed once (15
-/// operations instead of 22 multiply-adds).
+/// `B^T d` for six vectors `d` (`B^T` scaled as in `BT`), with the sums its rows share
+/// computed once (15 operations instead of 22 multiply-adds).
 #[inline(always)]
 fn bt<L: Lanes>(l: L, [d0, d1, d2, d3, d4, d5]: [L::V; ALPHA]) -> [L::V; ALPHA] {
     let (m21, m34, m31, m42) = (l.sub(d2, d1), l.sub(d3, d4), l.sub(d3, d1), l.sub(d4, d2));
@@ -338,6 +338,7 @@ mod tests {
     /// The transforms compute a correlation: for every position of a 1 at the input and
     /// the kernel, `A^T [(G g) * (B^T d)]` equals `y_i = sum over j of d[i + j] g[j]`.
     #[test]
+    #[allow(clippy::needless_range_loop, reason = "di and gj are matrix coordinates")]
     fn transforms_compute_a_correlation() {
         for di in 0..ALPHA {
             for gj in 0..5 {
