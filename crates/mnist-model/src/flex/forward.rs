@@ -14,17 +14,16 @@
 
 use rayon::prelude::*;
 
-use super::lanes::{F8, Lanes, WithLanes, dispatch};
+use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, tile_update};
 use super::layout::{Layout, pad_nhwc};
 use super::winograd;
 use super::{Geometry, NONE};
 
-/// Output channels per panel: two vectors.
-const PANEL: usize = 16;
+/// Output channels per panel: the columns of the register tile.
+const PANEL: usize = TILE_COLUMNS;
 
-/// Pixels per register tile: `MR x 2` vectors of sums (10 of AVX2's 16 registers; at 6
-/// the compiler spilled sums to the stack inside the loop).
-const MR: usize = 5;
+/// Pixels per register tile.
+const MR: usize = TILE_ROWS;
 
 /// The block's output `[b, o, h/2, w/2]`, each window's winner (0..4 in the order
 /// top-left, top-right, bottom-left, bottom-right, or [`NONE`] when ReLU zeroed it), and
@@ -52,8 +51,7 @@ pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (
             }
         }
     }
-    let mut bias16 = vec![0.0f32; panels * PANEL];
-    bias16[..g.o].copy_from_slice(bias);
+    let bias16 = panel_bias(bias);
     let (ph, pw) = g.pooled();
     let plane = ph * pw;
     let mut out = vec![0.0f32; g.b * g.o * plane];
@@ -157,32 +155,25 @@ pub(super) fn pool_window(sums: [[F8; 2]; 4], bias: &[F8; 2], channels: usize, m
 
 /// Convolution outputs of [`MR`] pixels (their windows' top-left corners in the padded
 /// image) for one panel of 16 channels: `MR x 2` vectors summed in registers over the
-/// `k * k * c` window.
+/// `k * k * c` window, kernel row by kernel row.
 #[inline(always)]
 fn conv_tile<L: Lanes>(lanes: L, lay: &Layout, xp: &[f32], weights: &[[f32; PANEL]], corners: [usize; MR]) -> [[F8; 2]; MR] {
     let run = lay.g.k * lay.g.c;
     let mut acc = [[lanes.zero(); 2]; MR];
     for ky in 0..lay.g.k {
-        let [r0, r1, r2, r3, r4] = corners.map(|c| &xp[c + ky * lay.row..][..run]);
-        let w = &weights[ky * run..][..run];
-        // Zipped, so that no index is bounds-checked in the loop.
-        for (((((&a0, &a1), &a2), &a3), &a4), w) in r0.iter().zip(r1).zip(r2).zip(r3).zip(r4).zip(w) {
-            let (w0, w1) = halves(lanes, w);
-            for (i, a) in [a0, a1, a2, a3, a4].into_iter().enumerate() {
-                acc[i][0] = lanes.fma(acc[i][0], a, w0);
-                acc[i][1] = lanes.fma(acc[i][1], a, w1);
-            }
-        }
+        let rows = corners.map(|c| &xp[c + ky * lay.row..][..run]);
+        tile_update(lanes, &mut acc, rows, &weights[ky * run..][..run]);
     }
     acc.map(|[a, b]| [lanes.store(a), lanes.store(b)])
 }
 
-pub(super) fn bias8(bias: &[f32]) -> F8 {
-    std::array::from_fn(|l| bias[l])
+/// `bias` padded with zeros to whole panels of 16 channels.
+pub(super) fn panel_bias(bias: &[f32]) -> Vec<f32> {
+    let mut padded = vec![0.0f32; bias.len().div_ceil(PANEL) * PANEL];
+    padded[..bias.len()].copy_from_slice(bias);
+    padded
 }
 
-#[inline(always)]
-fn halves<L: Lanes>(lanes: L, w: &[f32; PANEL]) -> (L::V, L::V) {
-    let (w, _) = w.as_chunks::<8>();
-    (lanes.load(&w[0]), lanes.load(&w[1]))
+pub(super) fn bias8(bias: &[f32]) -> F8 {
+    std::array::from_fn(|l| bias[l])
 }

@@ -99,6 +99,37 @@ impl Lanes for pulp::x86::V3 {
     }
 }
 
+/// Rows of the register tile [`tile_update`] sums: five (10 of AVX2's 16 registers; at 6
+/// the compiler spilled sums to the stack inside the loop).
+pub(crate) const TILE_ROWS: usize = 5;
+/// Columns of that tile: two vectors.
+pub(crate) const TILE_COLUMNS: usize = 16;
+
+/// `acc[r] += sum over k of rows[r][k] * panel[k]` for [`TILE_ROWS`] rows and a panel of
+/// [`TILE_COLUMNS`] columns, the sums in `TILE_ROWS x 2` registers: each step broadcasts one
+/// value of each row and multiplies it by two vectors of the panel (10 fused multiply-adds
+/// per 7 loads). The inner kernel of the direct forward (windows x packed weights), the
+/// Winograd products (transformed tiles x transformed weights) and the fully connected
+/// weight gradient (rows of `x^T` x panels of `g`).
+#[inline(always)]
+pub(crate) fn tile_update<L: Lanes>(
+    lanes: L,
+    acc: &mut [[L::V; 2]; TILE_ROWS],
+    rows: [&[f32]; TILE_ROWS],
+    panel: &[[f32; TILE_COLUMNS]],
+) {
+    let [r0, r1, r2, r3, r4] = rows;
+    // Zipped, so that no index is bounds-checked in the loop.
+    for (((((&a0, &a1), &a2), &a3), &a4), w) in r0.iter().zip(r1).zip(r2).zip(r3).zip(r4).zip(panel) {
+        let (w, _) = w.as_chunks::<8>();
+        let (w0, w1) = (lanes.load(&w[0]), lanes.load(&w[1]));
+        for (i, a) in [a0, a1, a2, a3, a4].into_iter().enumerate() {
+            acc[i][0] = lanes.fma(acc[i][0], a, w0);
+            acc[i][1] = lanes.fma(acc[i][1], a, w1);
+        }
+    }
+}
+
 /// A kernel generic over its lane arithmetic.
 pub(crate) trait WithLanes {
     /// What the kernel returns.

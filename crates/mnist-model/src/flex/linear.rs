@@ -20,14 +20,14 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::Flex;
 use rayon::prelude::*;
 
-use super::lanes::{F8, Lanes, WithLanes, dispatch};
+use super::lanes::{Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, tile_update};
 use super::layout::zeroed;
 use super::{Ad, cast, float, from_vec, spare, values};
 
-/// Columns of `dW` per register tile: two vectors.
-const PANEL: usize = 16;
+/// Columns of `dW` per register tile.
+const PANEL: usize = TILE_COLUMNS;
 /// Rows of `dW` per register tile.
-const MR: usize = 5;
+const MR: usize = TILE_ROWS;
 /// Rows of `dW` per parallel task.
 const TASK_ROWS: usize = 8 * MR;
 
@@ -157,9 +157,12 @@ impl WithLanes for Rows<'_> {
             // The last tile repeats the last row where it runs past it.
             let xr: [&[f32]; MR] = std::array::from_fn(|r| &self.xt[(first + r).min(rows - 1) * n..][..n]);
             for (panel, g) in packed.chunks_exact(n).enumerate() {
-                let sums = tile(lanes, xr, g);
+                // `MR x 16` sums over the batch: `sum over b of xr[r][b] * g[b][c]`.
+                let mut sums = [[lanes.zero(); 2]; MR];
+                tile_update(lanes, &mut sums, xr, g);
                 let columns = PANEL.min(j - panel * PANEL);
                 for (r, sum) in sums.iter().enumerate().take(rows - first) {
+                    let sum = [lanes.store(sum[0]), lanes.store(sum[1])];
                     let row = &mut self.out[(first + r) * j + panel * PANEL..][..columns];
                     for (c, v) in row.iter_mut().enumerate() {
                         *v = sum[c / 8][c % 8];
@@ -168,23 +171,6 @@ impl WithLanes for Rows<'_> {
             }
         }
     }
-}
-
-/// `MR x 16` sums over the batch: `sum over b of xr[r][b] * g[b][c]`.
-#[inline(always)]
-fn tile<L: Lanes>(lanes: L, xr: [&[f32]; MR], g: &[[f32; PANEL]]) -> [[F8; 2]; MR] {
-    let mut acc = [[lanes.zero(); 2]; MR];
-    let [r0, r1, r2, r3, r4] = xr;
-    // Zipped, so that no index is bounds-checked in the loop.
-    for (((((&a0, &a1), &a2), &a3), &a4), g) in r0.iter().zip(r1).zip(r2).zip(r3).zip(r4).zip(g) {
-        let (g, _) = g.as_chunks::<8>();
-        let (g0, g1) = (lanes.load(&g[0]), lanes.load(&g[1]));
-        for (r, a) in [a0, a1, a2, a3, a4].into_iter().enumerate() {
-            acc[r][0] = lanes.fma(acc[r][0], a, g0);
-            acc[r][1] = lanes.fma(acc[r][1], a, g1);
-        }
-    }
-    acc.map(|[a, b]| [lanes.store(a), lanes.store(b)])
 }
 
 #[cfg(test)]

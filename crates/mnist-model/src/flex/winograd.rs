@@ -21,8 +21,8 @@
 
 use rayon::prelude::*;
 
-use super::forward::{bias8, pool_window};
-use super::lanes::{F8, Lanes, Portable, WithLanes, dispatch};
+use super::forward::{bias8, panel_bias, pool_window};
+use super::lanes::{F8, Lanes, Portable, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, tile_update};
 use super::layout::Layout;
 use super::{Geometry, NONE};
 
@@ -31,9 +31,9 @@ const ALPHA: usize = 6;
 /// Points of the transform: entries of a transformed tile.
 const POINTS: usize = ALPHA * ALPHA;
 /// Tiles per register tile of the products.
-const MR: usize = 5;
-/// Output channels per panel: two vectors.
-const PANEL: usize = 16;
+const MR: usize = TILE_ROWS;
+/// Output channels per panel: the columns of the register tile.
+const PANEL: usize = TILE_COLUMNS;
 
 /// `B^T`, each row scaled by [`BT_SCALE`] to integers. The kernels apply it (and `A^T`)
 /// through [`bt`] and [`at`], which the tests hold to these matrices.
@@ -83,10 +83,8 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], portable
     let (ph, pw) = g.pooled();
     let plane = ph * pw;
     let tiles = plane.div_ceil(MR) * MR;
-    let panels = g.o.div_ceil(PANEL);
     let v = transform_weights(g, weight);
-    let mut bias16 = vec![0.0f32; panels * PANEL];
-    bias16[..g.o].copy_from_slice(bias);
+    let bias16 = panel_bias(bias);
     let mut out = vec![0.0f32; g.b * g.o * plane];
     let mut winners = vec![NONE; out.len()];
     if plane == 0 {
@@ -271,7 +269,8 @@ impl WithLanes for PanelProducts<'_> {
             let v = &self.v[p * c..][..c];
             for first in (0..self.tiles).step_by(MR) {
                 let rows: [&[f32]; MR] = std::array::from_fn(|i| &self.u[((first + i) * POINTS + p) * c..][..c]);
-                let sums = product_tile(lanes, rows, v);
+                let mut sums = [[lanes.zero(); 2]; MR];
+                tile_update(lanes, &mut sums, rows, v);
                 for s in sums {
                     products.push([lanes.store(s[0]), lanes.store(s[1])]);
                 }
@@ -311,23 +310,6 @@ impl WithLanes for PanelProducts<'_> {
             }
         }
     }
-}
-
-/// `U_p [MR tiles, c] . V_p [c, 16]` in `MR x 2` registers.
-#[inline(always)]
-fn product_tile<L: Lanes>(lanes: L, u: [&[f32]; MR], v: &[[f32; PANEL]]) -> [[L::V; 2]; MR] {
-    let mut acc = [[lanes.zero(); 2]; MR];
-    let [u0, u1, u2, u3, u4] = u;
-    // Zipped, so that no index is bounds-checked in the loop.
-    for (((((&a0, &a1), &a2), &a3), &a4), v) in u0.iter().zip(u1).zip(u2).zip(u3).zip(u4).zip(v) {
-        let (v, _) = v.as_chunks::<8>();
-        let (v0, v1) = (lanes.load(&v[0]), lanes.load(&v[1]));
-        for (i, a) in [a0, a1, a2, a3, a4].into_iter().enumerate() {
-            acc[i][0] = lanes.fma(acc[i][0], a, v0);
-            acc[i][1] = lanes.fma(acc[i][1], a, v1);
-        }
-    }
-    acc
 }
 
 #[cfg(test)]
