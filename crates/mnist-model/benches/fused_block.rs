@@ -1,13 +1,15 @@
 //! The fused convolution block on burn-flex (`mnist_model::flex_host::conv_relu_pool`) at
 //! the seed network's two shapes, batch 50: forward alone (inference), and forward +
-//! backward as training runs it (conv1's input needs no gradient, conv2's does).
+//! backward as training runs it (conv1's input needs no gradient, conv2's does); and fc1
+//! (`mnist_model::flex_host::linear`, `[50, 3136] x [3136, 1024]`) forward + backward against
+//! Burn's `Linear` on the same backend.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use burn_autodiff::Autodiff;
 use burn::tensor::{Distribution, Tensor};
 use burn_flex::Flex;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mnist_model::flex_host::conv_relu_pool;
+use mnist_model::flex_host::{conv_relu_pool, linear};
 
 type Ad = Autodiff<Flex>;
 
@@ -46,5 +48,33 @@ fn fused_block(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fused_block);
+fn fc1(c: &mut Criterion) {
+    let device = Default::default();
+    let mut group = c.benchmark_group("fc1 (flex, batch 50)");
+    group.sample_size(20).throughput(Throughput::Elements(50));
+    let x = Tensor::<Flex, 2>::random([50, 3136], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<Flex, 2>::random([3136, 1024], Distribution::Normal(0.0, 0.1), &device);
+    let b = Tensor::<Flex, 1>::random([1024], Distribution::Normal(0.0, 0.1), &device);
+    let mix = Tensor::<Ad, 2>::random([50, 1024], Distribution::Normal(0.0, 1.0), &device);
+    for own in [true, false] {
+        let name = if own { "forward + backward" } else { "forward + backward, Burn's matmuls" };
+        group.bench_function(name, |bench| {
+            bench.iter(|| {
+                let xa = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
+                let wa = Tensor::<Ad, 2>::from_inner(w.clone()).require_grad();
+                let ba = Tensor::<Ad, 1>::from_inner(b.clone()).require_grad();
+                let y = if own {
+                    linear(xa.clone(), wa.clone(), ba).unwrap_or_else(|_| panic!("flex linear"))
+                } else {
+                    xa.clone().matmul(wa.clone()) + ba.unsqueeze::<2>()
+                };
+                let grads = (y * mix.clone()).sum().backward();
+                (xa.grad(&grads).map(|g| g.into_primitive()), wa.grad(&grads).map(|g| g.into_primitive()))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fused_block, fc1);
 criterion_main!(benches);

@@ -22,6 +22,8 @@ pub(crate) trait Lanes: Copy {
     fn store(self, v: Self::V) -> F8;
     /// `acc + a * x`, lane by lane (fused where the CPU can).
     fn fma(self, acc: Self::V, a: f32, x: Self::V) -> Self::V;
+    /// `acc + x * y`, lane by lane (fused where the CPU can).
+    fn mul_add(self, acc: Self::V, x: Self::V, y: Self::V) -> Self::V;
     /// `x + y`, lane by lane.
     fn add(self, x: Self::V, y: Self::V) -> Self::V;
     /// `x - y`, lane by lane.
@@ -51,6 +53,10 @@ impl Lanes for Portable {
     #[inline(always)]
     fn fma(self, acc: F8, a: f32, x: F8) -> F8 {
         std::array::from_fn(|l| acc[l] + a * x[l])
+    }
+    #[inline(always)]
+    fn mul_add(self, acc: F8, x: F8, y: F8) -> F8 {
+        std::array::from_fn(|l| acc[l] + x[l] * y[l])
     }
     #[inline(always)]
     fn add(self, x: F8, y: F8) -> F8 {
@@ -84,6 +90,10 @@ impl Lanes for pulp::x86::V3 {
     #[inline(always)]
     fn fma(self, acc: pulp::f32x8, a: f32, x: pulp::f32x8) -> pulp::f32x8 {
         self.mul_add_f32x8(self.splat_f32x8(a), x, acc)
+    }
+    #[inline(always)]
+    fn mul_add(self, acc: pulp::f32x8, x: pulp::f32x8, y: pulp::f32x8) -> pulp::f32x8 {
+        self.mul_add_f32x8(x, y, acc)
     }
     #[inline(always)]
     fn add(self, x: pulp::f32x8, y: pulp::f32x8) -> pulp::f32x8 {

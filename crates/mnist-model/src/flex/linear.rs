@@ -1,14 +1,19 @@
-//! A fully connected layer, `y = x W + b`, for `Autodiff<Flex>` with its own weight
-//! gradient.
+//! A fully connected layer, `y = x W + b`, for `Autodiff<Flex>` with its own backward
+//! kernels.
 //!
 //! burn-flex allocates every matrix product's output zeroed and then copies it once more
 //! to re-align it (`FlexTensor::empty`), on one thread; for fc1's weight gradient,
 //! `[3136, 1024]` = 13 MB a step, that allocation, its page faults and the copy took about
-//! a tenth of a training step. Here the forward pass, the input gradient (`g W^T`) and the
-//! bias gradient stay Burn's operations on small outputs, and the weight gradient
-//! `dW = x^T g` (an inner dimension of only the batch) is a register-tiled kernel writing
-//! into a vector that becomes the gradient tensor without a copy: 5 rows x 16 columns of
-//! `dW` in 10 vector registers, the batch as the inner loop.
+//! a tenth of a training step. Here the forward pass and the bias gradient stay Burn's
+//! operations, and
+//!
+//! - the weight gradient `dW = x^T g` (an inner dimension of only the batch) is a
+//!   register-tiled kernel writing into a vector that becomes the gradient tensor without
+//!   a copy: 5 rows x 16 columns of `dW` in 10 vector registers, the batch as the inner
+//!   loop;
+//! - the input gradient `dx = g W^T` is a dot product of a row of `g` with a row of `W`
+//!   per value, both contiguous in memory, so the weight is read where it lies; a matrix
+//!   product routine first packs all 13 MB of it into panels of `W^T`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -75,7 +80,9 @@ impl Backward<Flex, 3> for Linear {
         let (x, weight) = ops.state;
         let g = inner::<2>(&grad);
         if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, float(g.clone().matmul(inner::<2>(&weight).transpose())));
+            let ([n, j], [i, _]) = (g.dims(), inner::<2>(&weight).dims());
+            let dx = input_grad(n, i, j, &values::<2>(&grad), &values::<2>(&weight));
+            grads.register::<Flex>(node.id, from_vec(dx, [n, i]));
         }
         if let Some(node) = node_bias {
             let [_, j] = g.dims();
@@ -95,6 +102,118 @@ impl Backward<Flex, 3> for Linear {
             grads.register::<Flex>(node.id, dw);
         }
     }
+}
+
+/// Weight rows (input-gradient columns) per parallel task of [`input_grad`]: 32 rows of
+/// fc1's weight are 128 KB, which stay in L2 while every block of images passes over them.
+const DOT_TASK_ROWS: usize = 32;
+/// Images per register tile of [`input_grad`].
+const DOT_IMAGES: usize = 5;
+/// Weight rows per register tile of [`input_grad`].
+const DOT_ROWS: usize = 2;
+/// Floats between the end of one row of `g` and the start of the next in [`input_grad`].
+const G_PAD: usize = 16;
+
+/// `g W^T`: `g [n, j]`, `weight [i, j]` -> `[n, i]`. Each value is the dot product of a row
+/// of `g` with a row of the weight, both contiguous, so nothing is packed (a matrix
+/// product routine packs the 13 MB weight into panels first): tiles of 5 images x 2
+/// weight rows sum `8`-lane partial products in 10 registers over the whole row, then add
+/// their lanes.
+pub(crate) fn input_grad(n: usize, i: usize, j: usize, g: &[f32], weight: &[f32]) -> Vec<f32> {
+    if n == 0 || i == 0 || j == 0 {
+        return vec![0.0; n * i];
+    }
+    // `g`'s rows 64 bytes further apart than `j` floats: fc1's are 4 KB long, and rows a
+    // multiple of 4 KB apart fall in the same L1 set, where the five a tile reads evicted
+    // each other (the kernel ran at 40% of its speed).
+    let stride = j + G_PAD;
+    let mut padded = vec![0.0f32; n * stride];
+    for (to, from) in padded.chunks_exact_mut(stride).zip(g.chunks_exact(j)) {
+        to[..j].copy_from_slice(from);
+    }
+    // `[i, n]` first, so that each task writes one contiguous run.
+    let mut dxt = vec![0.0f32; i * n];
+    dxt.par_chunks_mut(DOT_TASK_ROWS * n).enumerate().for_each(|(task, out)| {
+        let rows = out.len() / n;
+        dispatch(Dots { n, j, stride, g: &padded, weight: &weight[task * DOT_TASK_ROWS * j..][..rows * j], out });
+    });
+    let mut dx = vec![0.0f32; n * i];
+    dx.par_chunks_mut(i).enumerate().for_each(|(b, row)| {
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = dxt[r * n + b];
+        }
+    });
+    dx
+}
+
+/// Some columns of `g W^T`, transposed.
+struct Dots<'a> {
+    n: usize,
+    j: usize,
+    /// Distance between rows of `g`, at least `j`.
+    stride: usize,
+    /// `[n, stride]`, the first `j` of each row used.
+    g: &'a [f32],
+    /// Some rows of the weight, `[rows, j]`.
+    weight: &'a [f32],
+    /// `[rows, n]`.
+    out: &'a mut [f32],
+}
+
+impl WithLanes for Dots<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let (n, j, stride) = (self.n, self.j, self.stride);
+        let rows = self.out.len() / n;
+        // Images outer: a block's rows of `g` stay in L1 while the weight rows pass by.
+        for first in (0..n).step_by(DOT_IMAGES) {
+            // The last tile repeats the last image (or weight row) where it runs past it.
+            let images: [&[f32]; DOT_IMAGES] = std::array::from_fn(|r| &self.g[(first + r).min(n - 1) * stride..][..j]);
+            for top in (0..rows).step_by(DOT_ROWS) {
+                let w: [&[f32]; DOT_ROWS] = std::array::from_fn(|c| &self.weight[(top + c).min(rows - 1) * j..][..j]);
+                let sums = dot_tile(lanes, images, w);
+                for (c, column) in self.out[top * n..].chunks_mut(n).take(DOT_ROWS.min(rows - top)).enumerate() {
+                    for (r, sum) in sums.iter().enumerate().take(n - first) {
+                        column[first + r] = sum[c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 10 dot products of 5 rows of `g` with 2 weight rows (all of one length).
+#[inline(always)]
+fn dot_tile<L: Lanes>(lanes: L, g: [&[f32]; DOT_IMAGES], w: [&[f32]; DOT_ROWS]) -> [[f32; DOT_ROWS]; DOT_IMAGES] {
+    let [g0, g1, g2, g3, g4] = g;
+    let [w0, w1] = w;
+    let mut acc = [[lanes.zero(); DOT_ROWS]; DOT_IMAGES];
+    // Zipped, so that no index is bounds-checked in the loop.
+    let vectors = g0.as_chunks::<8>().0.iter().zip(g1.as_chunks::<8>().0).zip(g2.as_chunks::<8>().0);
+    let vectors = vectors.zip(g3.as_chunks::<8>().0).zip(g4.as_chunks::<8>().0);
+    for ((((((a0, a1), a2), a3), a4), x0), x1) in vectors.zip(w0.as_chunks::<8>().0).zip(w1.as_chunks::<8>().0) {
+        let (x0, x1) = (lanes.load(x0), lanes.load(x1));
+        for (r, a) in [a0, a1, a2, a3, a4].into_iter().enumerate() {
+            let a = lanes.load(a);
+            acc[r][0] = lanes.mul_add(acc[r][0], a, x0);
+            acc[r][1] = lanes.mul_add(acc[r][1], a, x1);
+        }
+    }
+    let tail = g0.len() / 8 * 8;
+    let mut sums = [[0.0f32; DOT_ROWS]; DOT_IMAGES];
+    for r in 0..DOT_IMAGES {
+        for c in 0..DOT_ROWS {
+            let v = lanes.store(acc[r][c]);
+            let mut sum = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+            for k in tail..g0.len() {
+                sum += g[r][k] * w[c][k];
+            }
+            sums[r][c] = sum;
+        }
+    }
+    sums
 }
 
 /// `x^T g`: `x [n, i]`, `g [n, j]` -> `[i, j]`.
@@ -208,6 +327,24 @@ mod tests {
         assert!(spare(&[i, j]).is_none(), "the recycled buffer was taken");
         let expect = weight_grad(n, i, j, &xs, &gs);
         assert!(dw.iter().zip(&expect).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())));
+    }
+
+    #[test]
+    fn input_grad_is_g_times_weight_transposed() {
+        // Images not a multiple of 5, weight rows not of 2 or of a task, row length not of 8.
+        for (n, i, j) in [(3, 7, 10), (50, 83, 33), (1, 1, 1), (7, 65, 16), (6, 3, 0)] {
+            let g: Vec<f32> = (0..n * j).map(|v| ((v * 53 % 97) as f32 - 48.0) / 30.0).collect();
+            let w: Vec<f32> = (0..i * j).map(|v| ((v * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            let dx = input_grad(n, i, j, &g, &w);
+            assert_eq!(dx.len(), n * i);
+            for b in 0..n {
+                for r in 0..i {
+                    let expect: f32 = (0..j).map(|c| g[b * j + c] * w[r * j + c]).sum();
+                    let got = dx[b * i + r];
+                    assert!((got - expect).abs() <= 1e-4 * (1.0 + expect.abs()), "{:?} [{b},{r}]: {got} vs {expect}", (n, i, j));
+                }
+            }
+        }
     }
 
     #[test]
