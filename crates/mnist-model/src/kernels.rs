@@ -7,7 +7,7 @@
 //! operation with its own backward pass ([`crate::flex`]): a direct convolution in register
 //! tiles over zero-padded channels-last images, with the bias, ReLU and pooling applied to
 //! the tiles, and a sparse backward through the pooling winners. The fully connected
-//! layers on `Autodiff<Flex>` compute their weight gradient with a kernel of their own.
+//! layers on `Autodiff<Flex>` compute their matrix products with kernels of their own.
 //! Every other backend uses Burn's own operations. [`Kernels::Im2col`] computes the block with Burn
 //! tensor operations as im2col + matmul on any backend, for GPUs whose matrix product is
 //! tuned further than their convolution. All give the same results up to float rounding
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
     /// The fastest available: the fused CPU kernels on burn-flex (when this crate is built
-    /// with the `flex` feature; with autodiff, the fully connected layers' weight gradient
+    /// with the `flex` feature; with autodiff, the fully connected layers' matrix products
     /// too), the backend's own operations elsewhere.
     #[default]
     Fastest,
@@ -94,8 +94,8 @@ pub(crate) fn conv_relu_pool<B: Backend>(
 }
 
 /// `linear.forward(x)`: `x: [n, in]` -> `[n, out]`. On `Autodiff<Flex>` (with
-/// [`Kernels::Fastest`]) the weight gradient is mnist-model's own kernel
-/// ([`crate::flex_host::linear`]); the values are the same.
+/// [`Kernels::Fastest`]) the product and both gradients are mnist-model's own kernels
+/// ([`crate::flex_host::linear`]); the values are the same up to float rounding.
 pub(crate) fn linear<B: Backend>(kernels: Kernels, layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
     let x = match (kernels, &layer.bias) {
