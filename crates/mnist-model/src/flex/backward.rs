@@ -140,6 +140,8 @@ struct Lists {
     /// weights, gradient).
     by_pixel: Vec<(usize, f32)>,
     pixel_len: Vec<usize>,
+    /// The image's output gradient, zero where the window has no winner.
+    masked: Vec<f32>,
 }
 
 impl Lists {
@@ -151,6 +153,7 @@ impl Lists {
             channel_len: vec![0; g.o],
             by_pixel: vec![(0, 0.0); g.h * g.w * g.o],
             pixel_len: vec![0; g.h * g.w],
+            masked: vec![0.0; g.o * ph * pw],
         }
     }
 
@@ -163,10 +166,19 @@ impl Lists {
     fn fill(&mut self, lay: &Layout, winners: &[u8], grad: &[f32], db: &mut [f32], by_pixel: bool) {
         let g = lay.g;
         let (ph, pw) = g.pooled();
+        // The gradient of windows without a winner zeroed first, in a pass of its own that
+        // compiles to vector selects: in the loops below the compiler turned any such
+        // select into a branch on the winner, which is random, and the mispredictions made
+        // the lists a twentieth of a training step.
+        for ((m, &winner), &gv) in self.masked.iter_mut().zip(winners).zip(grad) {
+            *m = if winner == NONE { 0.0 } else { gv };
+        }
+        let masked = &self.masked;
         let entry = |at: usize| {
-            let (winner, gv) = (winners[at], grad[at]);
-            let keep = winner != NONE && gv != 0.0;
-            (keep, if keep { gv } else { 0.0 }, winner & 3)
+            let gv = masked[at];
+            // Not +0.0 or -0.0.
+            let keep = gv.to_bits() << 1 != 0;
+            (keep, gv, winners[at] & 3)
         };
         for (oc, db) in db.iter_mut().enumerate() {
             let mut n = 0;
@@ -280,9 +292,34 @@ impl ImageKernel<'_> {
 /// `out += sum over (offset, g) in list of g * src[offset + base..][..T * 8]`, the sum held
 /// in `T` registers: the weight gradient's tiles (`src` the padded input, one offset per
 /// window) and the input gradient's (`src` the packed weights, one offset per channel).
+///
+/// A tile of one or two vectors (conv1's kernel rows) keeps four sums of each, over every
+/// fourth entry, added at the end: with one chain of fused multiply-adds, each waited for
+/// the last (four cycles) where the units can start two a cycle.
 #[inline(always)]
 fn sum_tile<L: Lanes, const T: usize>(lanes: L, src: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) {
     let mut acc = [lanes.zero(); T];
+    let list = if T <= 2 {
+        let mut more = [[lanes.zero(); T]; 3];
+        let (quads, rest) = list.as_chunks::<4>();
+        for quad in quads {
+            for (q, &(offset, gv)) in quad.iter().enumerate() {
+                let (x, _) = src[offset + base..][..T * 8].as_chunks::<8>();
+                let sums = if q == 0 { &mut acc } else { &mut more[q - 1] };
+                for t in 0..T {
+                    sums[t] = lanes.fma(sums[t], gv, lanes.load(&x[t]));
+                }
+            }
+        }
+        for sums in more {
+            for t in 0..T {
+                acc[t] = lanes.add(acc[t], sums[t]);
+            }
+        }
+        rest
+    } else {
+        list
+    };
     for &(offset, gv) in list {
         let (x, _) = src[offset + base..][..T * 8].as_chunks::<8>();
         for t in 0..T {

@@ -136,20 +136,24 @@ impl WithLanes for Panel<'_> {
 #[inline(always)]
 pub(super) fn pool_window(sums: [[F8; 2]; 4], bias: &[F8; 2], channels: usize, mut put: impl FnMut(usize, f32, u8)) {
     let [a, b, c, d] = sums;
+    // All 16 lanes first, in a loop without calls or early exits, so that it vectorises;
+    // then the outputs of the panel's real channels.
+    let mut values = [0.0f32; 16];
+    let mut winners = [NONE; 16];
     for v in 0..2 {
         for l in 0..8 {
-            let oc = v * 8 + l;
-            if oc >= channels {
-                return;
-            }
             let (a, b, c, d) = (a[v][l], b[v][l], c[v][l], d[v][l]);
             let (upper, upper_at) = if b > a { (b, 1u8) } else { (a, 0) };
             let (lower, lower_at) = if d > c { (d, 3u8) } else { (c, 2) };
             let (best, at) = if lower > upper { (lower, lower_at) } else { (upper, upper_at) };
             let value = best + bias[v][l];
             let positive = value > 0.0;
-            put(oc, if positive { value } else { 0.0 }, if positive { at } else { NONE });
+            values[v * 8 + l] = if positive { value } else { 0.0 };
+            winners[v * 8 + l] = if positive { at } else { NONE };
         }
+    }
+    for (oc, (&value, &winner)) in values.iter().zip(&winners).enumerate().take(channels) {
+        put(oc, value, winner);
     }
 }
 

@@ -369,19 +369,27 @@ impl WithLanes for Rows<'_> {
         let (n, j) = (self.n, self.j);
         let rows = self.out.len() / j;
         let (packed, _) = self.packed.as_chunks::<PANEL>();
-        for first in (0..rows).step_by(MR) {
-            // The last tile repeats the last row where it runs past it.
-            let xr: [&[f32]; MR] = std::array::from_fn(|r| &self.xt[(first + r).min(rows - 1) * n..][..n]);
-            for (panel, g) in packed.chunks_exact(n).enumerate() {
+        // Panels outer: a panel of `g` (`n` x 64 bytes) and the task's rows of `x^T` stay in
+        // L1 while the tiles run (with the panels inner, every tile read all of `g` from L2).
+        for (panel, g) in packed.chunks_exact(n).enumerate() {
+            let columns = PANEL.min(j - panel * PANEL);
+            for first in (0..rows).step_by(MR) {
+                // The last tile repeats the last row where it runs past it.
+                let xr: [&[f32]; MR] = std::array::from_fn(|r| &self.xt[(first + r).min(rows - 1) * n..][..n]);
                 // `MR x 16` sums over the batch: `sum over b of xr[r][b] * g[b][c]`.
                 let mut sums = [[lanes.zero(); 2]; MR];
                 tile_update(lanes, &mut sums, xr, g);
-                let columns = PANEL.min(j - panel * PANEL);
                 for (r, sum) in sums.iter().enumerate().take(rows - first) {
-                    let sum = [lanes.store(sum[0]), lanes.store(sum[1])];
                     let row = &mut self.out[(first + r) * j + panel * PANEL..][..columns];
-                    for (c, v) in row.iter_mut().enumerate() {
-                        *v = sum[c / 8][c % 8];
+                    let sum = [lanes.store(sum[0]), lanes.store(sum[1])];
+                    if let Ok(row) = <&mut [f32; PANEL]>::try_from(&mut *row) {
+                        let (halves, _) = row.as_chunks_mut::<8>();
+                        halves[0] = sum[0];
+                        halves[1] = sum[1];
+                    } else {
+                        for (c, v) in row.iter_mut().enumerate() {
+                            *v = sum[c / 8][c % 8];
+                        }
                     }
                 }
             }
