@@ -16,7 +16,10 @@
 //!   allocates every product's output zeroed and copies it once more to re-align it
 //!   (`FlexTensor::empty`), on one thread: for this 13 MB output about a tenth of a step.
 //!
-//! The bias gradient stays Burn's operation.
+//! The forward pass and the input gradient keep a block of images in cache while the weight
+//! streams past, which suits small batches (the seed's 50); above 64 images they are
+//! burn-flex's matrix products, which pack the weight once for many images. The bias
+//! gradient stays Burn's operation.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -61,8 +64,11 @@ fn inner<const D: usize>(p: &FloatTensor<Flex>) -> Tensor<Flex, D> {
 fn autodiff(x: Tensor<Ad, 2>, weight: Tensor<Ad, 2>, bias: Tensor<Ad, 1>) -> Tensor<Ad, 2> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
     let ([n, i], [_, j]) = (inner::<2>(&x.primitive).dims(), inner::<2>(&weight.primitive).dims());
-    let y = forward(n, i, j, &values::<2>(&x.primitive), &values::<2>(&weight.primitive), &values::<1>(&bias.primitive));
-    let y = from_vec(y, [n, j]);
+    let y = if n <= SMALL_BATCH {
+        from_vec(forward(n, i, j, &values::<2>(&x.primitive), &values::<2>(&weight.primitive), &values::<1>(&bias.primitive)), [n, j])
+    } else {
+        float(inner::<2>(&x.primitive).matmul(inner(&weight.primitive)) + inner::<1>(&bias.primitive).unsqueeze::<2>())
+    };
     let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
     let y = match Linear.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive), y),
@@ -85,8 +91,12 @@ impl Backward<Flex, 3> for Linear {
         let g = inner::<2>(&grad);
         if let Some(node) = node_x {
             let ([n, j], [i, _]) = (g.dims(), inner::<2>(&weight).dims());
-            let dx = input_grad(n, i, j, &values::<2>(&grad), &values::<2>(&weight));
-            grads.register::<Flex>(node.id, from_vec(dx, [n, i]));
+            let dx = if n <= SMALL_BATCH {
+                from_vec(input_grad(n, i, j, &values::<2>(&grad), &values::<2>(&weight)), [n, i])
+            } else {
+                float(g.clone().matmul(inner::<2>(&weight).transpose()))
+            };
+            grads.register::<Flex>(node.id, dx);
         }
         if let Some(node) = node_bias {
             let [_, j] = g.dims();
@@ -107,6 +117,13 @@ impl Backward<Flex, 3> for Linear {
         }
     }
 }
+
+/// Largest batch for which the forward pass and the input gradient use [`forward`] and
+/// [`input_grad`]: each keeps a block of images' running sums (or gradient rows) in cache
+/// while the weight streams past, which suits the seed's batch of 50; for larger batches
+/// those blocks outgrow the caches, and burn-flex's matrix product (packing the weight
+/// once for many images) is the better routine.
+const SMALL_BATCH: usize = 64;
 
 /// Weight rows [`forward`] packs at a time: 64 rows of fc1's weight are 256 KB, contiguous,
 /// and one panel of them (64 rows x 16 columns) 4 KB.
@@ -432,6 +449,36 @@ mod tests {
         assert!(spare(&[i, j]).is_none(), "the recycled buffer was taken");
         let expect = weight_grad(n, i, j, &xs, &gs);
         assert!(dw.iter().zip(&expect).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())));
+    }
+
+    /// The op against Burn's `matmul` + bias on `Autodiff<Flex>`, output and every gradient,
+    /// with a batch that takes the own kernels and one that takes burn-flex's products.
+    #[test]
+    fn linear_matches_burn_for_small_and_large_batches() {
+        use burn::tensor::Distribution;
+        let device = Default::default();
+        for n in [7, SMALL_BATCH + 6] {
+            let (i, j) = (83, 37);
+            let x = Tensor::<Ad, 2>::random([n, i], Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let w = Tensor::<Ad, 2>::random([i, j], Distribution::Normal(0.0, 0.1), &device).require_grad();
+            let b = Tensor::<Ad, 1>::random([j], Distribution::Normal(0.0, 0.1), &device).require_grad();
+            let mix = Tensor::<Ad, 2>::random([n, j], Distribution::Normal(0.0, 1.0), &device);
+            let ours = linear(x.clone(), w.clone(), b.clone()).unwrap_or_else(|_| panic!("flex linear"));
+            let reference = x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>();
+            let values = |t: Tensor<Ad, 2>| t.into_data().to_vec::<f32>().expect("f32");
+            let close = |a: &[f32], r: &[f32]| a.iter().zip(r).all(|(a, r)| (a - r).abs() <= 1e-4 * (1.0 + r.abs()));
+            assert!(close(&values(ours.clone()), &values(reference.clone())), "forward, batch {n}");
+            let (g1, g2) = ((ours * mix.clone()).sum().backward(), (reference * mix).sum().backward());
+            for (name, a, r) in [
+                ("dx", x.grad(&g1), x.grad(&g2)),
+                ("dw", w.grad(&g1), w.grad(&g2)),
+            ] {
+                let (a, r) = (a.expect("grad").into_data().to_vec::<f32>().expect("f32"), r.expect("grad").into_data().to_vec::<f32>().expect("f32"));
+                assert!(close(&a, &r), "{name}, batch {n}");
+            }
+            let (a, r) = (b.grad(&g1).expect("db"), b.grad(&g2).expect("db"));
+            assert!(close(&a.into_data().to_vec::<f32>().expect("f32"), &r.into_data().to_vec::<f32>().expect("f32")), "db, batch {n}");
+        }
     }
 
     #[test]
