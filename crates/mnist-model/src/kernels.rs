@@ -95,7 +95,8 @@ pub(crate) fn conv_relu_pool<B: Backend>(
 
 /// `linear.forward(x)`: `x: [n, in]` -> `[n, out]`. On `Autodiff<Flex>` (with
 /// [`Kernels::Fastest`]) the product and both gradients are mnist-model's own kernels
-/// ([`crate::flex_host::linear`]); the values are the same up to float rounding.
+/// ([`crate::flex_host::linear`]), and on burn-flex without autodiff the product for
+/// batches of up to 64; the values are the same up to float rounding.
 pub(crate) fn linear<B: Backend>(kernels: Kernels, layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
     let x = match (kernels, &layer.bias) {

@@ -42,19 +42,36 @@ const MR: usize = TILE_ROWS;
 /// Rows of `dW` per parallel task.
 const TASK_ROWS: usize = 8 * MR;
 
-/// `x [n, i] . weight [i, j] + bias [j]` when `B` is `Autodiff<Flex>` with f32 tensors;
-/// otherwise hands `x` back untouched.
+/// `x [n, i] . weight [i, j] + bias [j]` when `B` is `Autodiff<Flex>` (or, for batches of at
+/// most 64, burn-flex without autodiff) with f32 tensors; otherwise hands `x` back
+/// untouched.
 pub fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Tensor<B, 1>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
-    let [_, i] = x.dims();
+    let [n, i] = x.dims();
     let [wi, j] = weight.dims();
     if wi != i || bias.dims() != [j] || [x.dtype(), weight.dtype(), bias.dtype()] != [DType::F32; 3] {
         return Err(x);
     }
-    let x = cast::<Tensor<B, 2>, Tensor<Ad, 2>>(x)?;
-    let (Ok(weight), Ok(bias)) = (cast::<_, Tensor<Ad, 2>>(weight), cast::<_, Tensor<Ad, 1>>(bias)) else {
+    let x = match cast::<Tensor<B, 2>, Tensor<Ad, 2>>(x) {
+        Ok(x) => {
+            let (Ok(weight), Ok(bias)) = (cast::<_, Tensor<Ad, 2>>(weight), cast::<_, Tensor<Ad, 1>>(bias)) else {
+                unreachable!("x, weight and bias share the backend B");
+            };
+            return Ok(cast(autodiff(x, weight, bias)).unwrap_or_else(|_| unreachable!("B is Autodiff<Flex>")));
+        }
+        Err(x) => x,
+    };
+    if n > SMALL_BATCH {
+        return Err(x);
+    }
+    // Inference: one image's prediction reads all of fc1's weight, on every core here.
+    let x = cast::<Tensor<B, 2>, Tensor<Flex, 2>>(x)?;
+    let (Ok(weight), Ok(bias)) = (cast::<_, Tensor<Flex, 2>>(weight), cast::<_, Tensor<Flex, 1>>(bias)) else {
         unreachable!("x, weight and bias share the backend B");
     };
-    Ok(cast(autodiff(x, weight, bias)).unwrap_or_else(|_| unreachable!("B is Autodiff<Flex>")))
+    let (x, weight, bias) = (float(x), float(weight), float(bias));
+    let y = forward(n, i, j, &values::<2>(&x), &values::<2>(&weight), &values::<1>(&bias));
+    let y = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(from_vec(y, [n, j])));
+    Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
 }
 
 fn inner<const D: usize>(p: &FloatTensor<Flex>) -> Tensor<Flex, D> {
@@ -449,6 +466,25 @@ mod tests {
         assert!(spare(&[i, j]).is_none(), "the recycled buffer was taken");
         let expect = weight_grad(n, i, j, &xs, &gs);
         assert!(dw.iter().zip(&expect).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())));
+    }
+
+    /// Without autodiff (inference) the op computes the same as Burn's `matmul` + bias, and
+    /// hands large batches back.
+    #[test]
+    fn inference_linear_matches_burn_and_leaves_large_batches() {
+        use burn::tensor::Distribution;
+        let device = Default::default();
+        for n in [1, 5, SMALL_BATCH] {
+            let x = Tensor::<Flex, 2>::random([n, 83], Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<Flex, 2>::random([83, 37], Distribution::Normal(0.0, 0.1), &device);
+            let b = Tensor::<Flex, 1>::random([37], Distribution::Normal(0.0, 0.1), &device);
+            let ours = linear(x.clone(), w.clone(), b.clone()).unwrap_or_else(|_| panic!("flex linear"));
+            let reference = x.matmul(w) + b.unsqueeze::<2>();
+            let (a, r) = (ours.into_data().to_vec::<f32>().expect("f32"), reference.into_data().to_vec::<f32>().expect("f32"));
+            assert!(a.iter().zip(&r).all(|(a, r)| (a - r).abs() <= 1e-4 * (1.0 + r.abs())), "batch {n}");
+        }
+        let x = Tensor::<Flex, 2>::zeros([SMALL_BATCH + 1, 3], &device);
+        assert!(linear(x, Tensor::zeros([3, 2], &device), Tensor::zeros([2], &device)).is_err());
     }
 
     /// The op against Burn's `matmul` + bias on `Autodiff<Flex>`, output and every gradient,
