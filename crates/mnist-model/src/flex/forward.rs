@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, tile_update};
+use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, tile_update};
 use super::layout::{Layout, pad_nhwc};
 use super::winograd;
 use super::{Geometry, NONE};
@@ -113,7 +113,18 @@ impl WithLanes for Panel<'_> {
         for py in 0..ph {
             let down = 2 * py * lay.row;
             for (sums, corners) in sums.chunks_mut(MR).zip(corners) {
-                let tile = conv_tile(lanes, lay, self.xp, weights, corners.map(|c| c + down));
+                let mut corners = *corners;
+                for corner in &mut corners {
+                    *corner += down;
+                }
+                // One input channel and a 5x5 kernel (the seed's conv1): kernel rows of 5
+                // floats, where the loops' set-up cost as much as their arithmetic unless
+                // their length is known when compiling.
+                let tile = if g.c == 1 && g.k == 5 {
+                    conv_tile::<L, 5>(lanes, lay, self.xp, weights, corners)
+                } else {
+                    conv_tile::<L, 0>(lanes, lay, self.xp, weights, corners)
+                };
                 let n = sums.len();
                 sums.copy_from_slice(&tile[..n]);
             }
@@ -159,16 +170,22 @@ pub(super) fn pool_window(sums: [[F8; 2]; 4], bias: &[F8; 2], channels: usize, m
 
 /// Convolution outputs of [`MR`] pixels (their windows' top-left corners in the padded
 /// image) for one panel of 16 channels: `MR x 2` vectors summed in registers over the
-/// `k * k * c` window, kernel row by kernel row.
+/// `k * k * c` window, kernel row by kernel row. `K` is 0, or the kernel side when the
+/// input has one channel (then every length is known when compiling).
 #[inline(always)]
-fn conv_tile<L: Lanes>(lanes: L, lay: &Layout, xp: &[f32], weights: &[[f32; PANEL]], corners: [usize; MR]) -> [[F8; 2]; MR] {
-    let run = lay.g.k * lay.g.c;
+fn conv_tile<L: Lanes, const K: usize>(lanes: L, lay: &Layout, xp: &[f32], weights: &[[f32; PANEL]], corners: [usize; MR]) -> [[F8; 2]; MR] {
+    let (k, run) = if K == 0 { (lay.g.k, lay.g.k * lay.g.c) } else { (K, K) };
     let mut acc = [[lanes.zero(); 2]; MR];
-    for ky in 0..lay.g.k {
-        let rows = corners.map(|c| &xp[c + ky * lay.row..][..run]);
+    for ky in 0..k {
+        let rows = runs(xp, corners, ky * lay.row, run);
         tile_update(lanes, &mut acc, rows, &weights[ky * run..][..run]);
     }
-    acc.map(|[a, b]| [lanes.store(a), lanes.store(b)])
+    // A loop, not `map`: the vector stores stay in the kernel's AVX2 context.
+    let mut sums = [[[0.0; 8]; 2]; MR];
+    for (sum, [a, b]) in sums.iter_mut().zip(acc) {
+        *sum = [lanes.store(a), lanes.store(b)];
+    }
+    sums
 }
 
 /// `bias` padded with zeros to whole panels of 16 channels.

@@ -31,7 +31,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::Flex;
 use rayon::prelude::*;
 
-use super::lanes::{Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, tile_update};
+use super::lanes::{Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, starts, tile_update};
 use super::layout::zeroed;
 use super::{Ad, cast, float, from_vec, spare, values};
 
@@ -216,7 +216,7 @@ impl WithLanes for Depth<'_> {
                 let panel = &panel[..depth];
                 for top in (0..n).step_by(MR) {
                     // The last tile repeats the last image where it runs past it.
-                    let rows: [&[f32]; MR] = std::array::from_fn(|r| &self.x[(top + r).min(n - 1) * i + start..][..depth]);
+                    let rows = runs(self.x, starts::<MR>(top, n - 1, i), start, depth);
                     let mut acc = [[lanes.zero(); 2]; MR];
                     for (r, acc) in acc.iter_mut().enumerate().take(n - top) {
                         let (sum, _) = sums[(top + r) * width + p * PANEL..][..PANEL].as_chunks::<8>();
@@ -301,9 +301,9 @@ impl WithLanes for Dots<'_> {
         // Images outer: a block's rows of `g` stay in L1 while the weight rows pass by.
         for first in (0..n).step_by(DOT_IMAGES) {
             // The last tile repeats the last image (or weight row) where it runs past it.
-            let images: [&[f32]; DOT_IMAGES] = std::array::from_fn(|r| &self.g[(first + r).min(n - 1) * stride..][..j]);
+            let images = runs(self.g, starts::<DOT_IMAGES>(first, n - 1, stride), 0, j);
             for top in (0..rows).step_by(DOT_ROWS) {
-                let w: [&[f32]; DOT_ROWS] = std::array::from_fn(|c| &self.weight[(top + c).min(rows - 1) * j..][..j]);
+                let w = runs(self.weight, starts::<DOT_ROWS>(top, rows - 1, j), 0, j);
                 let sums = dot_tile(lanes, images, w);
                 for (c, column) in self.out[top * n..].chunks_mut(n).take(DOT_ROWS.min(rows - top)).enumerate() {
                     for (r, sum) in sums.iter().enumerate().take(n - first) {
@@ -409,7 +409,7 @@ impl WithLanes for Rows<'_> {
             let columns = PANEL.min(j - panel * PANEL);
             for first in (0..rows).step_by(MR) {
                 // The last tile repeats the last row where it runs past it.
-                let xr: [&[f32]; MR] = std::array::from_fn(|r| &self.xt[(first + r).min(rows - 1) * n..][..n]);
+                let xr = runs(self.xt, starts::<MR>(first, rows - 1, n), 0, n);
                 // `MR x 16` sums over the batch: `sum over b of xr[r][b] * g[b][c]`.
                 let mut sums = [[lanes.zero(); 2]; MR];
                 tile_update(lanes, &mut sums, xr, g);

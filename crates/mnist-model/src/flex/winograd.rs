@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 
 use super::forward::{bias8, panel_bias, pool_window};
-use super::lanes::{F8, Lanes, Portable, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, tile_update};
+use super::lanes::{F8, Lanes, Portable, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, starts, tile_update};
 use super::layout::Layout;
 use super::{Geometry, NONE};
 
@@ -268,7 +268,7 @@ impl WithLanes for PanelProducts<'_> {
         for p in 0..POINTS {
             let v = &self.v[p * c..][..c];
             for first in (0..self.tiles).step_by(MR) {
-                let rows: [&[f32]; MR] = std::array::from_fn(|i| &self.u[((first + i) * POINTS + p) * c..][..c]);
+                let rows = runs(self.u, starts::<MR>(first, usize::MAX, POINTS * c), p * c, c);
                 let mut sums = [[lanes.zero(); 2]; MR];
                 tile_update(lanes, &mut sums, rows, v);
                 for s in sums {
