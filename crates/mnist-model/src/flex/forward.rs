@@ -118,8 +118,8 @@ impl WithLanes for Panel<'_> {
                     *corner += down;
                 }
                 // One input channel and a 5x5 kernel (the seed's conv1): kernel rows of 5
-                // floats, where the loops' set-up cost as much as their arithmetic unless
-                // their length is known when compiling.
+                // floats, whose loops unroll when their length is known when compiling
+                // (conv1's forward on one thread 3.0-3.6 -> 2.9-3.1 ms, alternating).
                 let tile = if g.c == 1 && g.k == 5 {
                     conv_tile::<L, 5>(lanes, lay, self.xp, weights, corners)
                 } else {

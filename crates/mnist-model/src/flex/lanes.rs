@@ -152,8 +152,8 @@ pub(crate) fn runs<const N: usize>(src: &[f32], starts: [usize; N], offset: usiz
     out
 }
 
-/// `[first, first + step, ...]`, each capped at `last`: the starts of a tile's rows, the
-/// last tile repeating the last row where it runs past it.
+/// `[first * step, (first + 1) * step, ...]`, each row number capped at `last`: where a
+/// tile's rows start, the last tile repeating the last row where it runs past it.
 #[inline(always)]
 pub(crate) fn starts<const N: usize>(first: usize, last: usize, step: usize) -> [usize; N] {
     let mut out = [0; N];

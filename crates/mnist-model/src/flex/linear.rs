@@ -256,7 +256,7 @@ pub(crate) fn input_grad(n: usize, i: usize, j: usize, g: &[f32], weight: &[f32]
     }
     // `g`'s rows 64 bytes further apart than `j` floats: fc1's are 4 KB long, and rows a
     // multiple of 4 KB apart fall in the same L1 set, where the five a tile reads evicted
-    // each other (the kernel ran at 40% of its speed).
+    // each other (the whole input gradient took 5.5 ms instead of 4.3).
     let stride = j + G_PAD;
     let mut padded = vec![0.0f32; n * stride];
     for (to, from) in padded.chunks_exact_mut(stride).zip(g.chunks_exact(j)) {
