@@ -358,7 +358,7 @@ mod tests {
             let lay = Layout::new(g);
             let (ph, pw) = g.pooled();
             // Deterministic values in [-1, 1) and winners with some NONE.
-            let value = |i: usize| ((i * 7919 + 13) % 2000) as f32 / 1000.0 - 1.0;
+            let value = super::super::test_value;
             let x: Vec<f32> = (0..g.c * g.h * g.w).map(value).collect();
             let weight: Vec<f32> = (0..g.o * g.c * g.k * g.k).map(|i| value(i + 5)).collect();
             let winners: Vec<u8> = (0..g.o * ph * pw).map(|i| (i % 5) as u8).collect();

@@ -438,6 +438,16 @@ mod tests {
     use super::super::recycle;
     use super::*;
 
+    /// `len` deterministic values in about [-2, 2].
+    fn values_a(len: usize) -> Vec<f32> {
+        (0..len).map(|v| ((v * 37 % 101) as f32 - 50.0) / 25.0).collect()
+    }
+
+    /// `len` deterministic values in about [-1.6, 1.6], another sequence than [`values_a`].
+    fn values_b(len: usize) -> Vec<f32> {
+        (0..len).map(|v| ((v * 53 % 97) as f32 - 48.0) / 30.0).collect()
+    }
+
     /// A buffer handed back with [`recycle`] becomes the next weight gradient of its shape,
     /// every stale value overwritten; small or shared buffers are not kept.
     #[test]
@@ -454,8 +464,8 @@ mod tests {
         assert!(spare(&[j, i]).is_none(), "a shared buffer is not kept");
 
         let device = Default::default();
-        let xs: Vec<f32> = (0..n * i).map(|v| ((v * 37 % 101) as f32 - 50.0) / 25.0).collect();
-        let gs: Vec<f32> = (0..n * j).map(|v| ((v * 53 % 97) as f32 - 48.0) / 30.0).collect();
+        let xs = values_a(n * i);
+        let gs = values_b(n * j);
         let x = Tensor::<Ad, 2>::from_data(TensorData::new(xs.clone(), [n, i]), &device);
         let weight = Tensor::<Ad, 2>::zeros([i, j], &device).require_grad();
         let bias = Tensor::<Ad, 1>::zeros([j], &device).require_grad();
@@ -521,8 +531,8 @@ mod tests {
     fn forward_is_x_times_weight_plus_bias() {
         // Images not a multiple of 5, rows not of the depth, columns not of 16 or of a task.
         for (n, i, j) in [(3, 7, 10), (50, 300, 83), (1, 1, 1), (7, 129, 64), (6, 0, 5), (0, 4, 3), (2, 3, 0)] {
-            let x: Vec<f32> = (0..n * i).map(|v| ((v * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let w: Vec<f32> = (0..i * j).map(|v| ((v * 53 % 97) as f32 - 48.0) / 30.0).collect();
+            let x = values_a(n * i);
+            let w = values_b(i * j);
             let bias: Vec<f32> = (0..j).map(|v| v as f32 / 7.0 - 1.0).collect();
             let y = forward(n, i, j, &x, &w, &bias);
             assert_eq!(y.len(), n * j);
@@ -540,8 +550,8 @@ mod tests {
     fn input_grad_is_g_times_weight_transposed() {
         // Images not a multiple of 5, weight rows not of 2 or of a task, row length not of 8.
         for (n, i, j) in [(3, 7, 10), (50, 83, 33), (1, 1, 1), (7, 65, 16), (6, 3, 0)] {
-            let g: Vec<f32> = (0..n * j).map(|v| ((v * 53 % 97) as f32 - 48.0) / 30.0).collect();
-            let w: Vec<f32> = (0..i * j).map(|v| ((v * 37 % 101) as f32 - 50.0) / 25.0).collect();
+            let g = values_b(n * j);
+            let w = values_a(i * j);
             let dx = input_grad(n, i, j, &g, &w);
             assert_eq!(dx.len(), n * i);
             for b in 0..n {
@@ -558,8 +568,8 @@ mod tests {
     fn weight_grad_is_x_transposed_times_g() {
         // Shapes with remainders: rows not a multiple of 5 or of a task, columns not of 16.
         for (n, i, j) in [(3, 7, 10), (50, 83, 33), (1, 1, 1), (4, 41, 16)] {
-            let x: Vec<f32> = (0..n * i).map(|v| ((v * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let g: Vec<f32> = (0..n * j).map(|v| ((v * 53 % 97) as f32 - 48.0) / 30.0).collect();
+            let x = values_a(n * i);
+            let g = values_b(n * j);
             let dw = weight_grad(n, i, j, &x, &g);
             for r in 0..i {
                 for c in 0..j {

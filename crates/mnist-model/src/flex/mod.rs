@@ -255,6 +255,12 @@ fn autodiff(g: Geometry, x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, bias: Tensor<A
     Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
+/// A deterministic test value in [-1, 1) for index `i`, shared by the kernels' unit tests.
+#[cfg(test)]
+fn test_value(i: usize) -> f32 {
+    ((i * 7919 + 13) % 2000) as f32 / 1000.0 - 1.0
+}
+
 #[cfg(test)]
 mod tests {
     use burn::nn::PaddingConfig2d;

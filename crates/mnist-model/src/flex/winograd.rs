@@ -364,7 +364,7 @@ mod tests {
             Geometry { b: 1, c: 16, h: 6, w: 5, o: 20, k: 5 },
         ] {
             let lay = Layout::new(g);
-            let value = |i: usize| ((i * 7919 + 13) % 2000) as f32 / 1000.0 - 1.0;
+            let value = super::super::test_value;
             let x: Vec<f32> = (0..g.b * g.c * g.h * g.w).map(value).collect();
             let weight: Vec<f32> = (0..g.o * g.c * 25).map(|i| value(i * 3 + 5) * 0.1).collect();
             let bias: Vec<f32> = (0..g.o).map(|i| value(i + 17) * 0.1).collect();
