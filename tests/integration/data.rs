@@ -110,9 +110,39 @@ fn gz_name_on_a_plain_file_is_read_by_content() {
     let raw = images(2);
     let path = write(dir.path(), "raw-idx3-ubyte.gz", &raw);
     assert_eq!(idx::read_images(&path).unwrap().len(), 2 * 784);
-    // And a plain file of garbage named .gz is reported as what it is: bad magic.
+    // And a plain file of text named .gz is reported as what it is.
     let err = parse_images("garbage-idx3-ubyte.gz", b"hello, this is text not idx");
-    assert!(matches!(err, Error::BadMagic { .. }), "{err}");
+    assert!(matches!(err, Error::NotIdx { looks_like: "a text file", .. }), "{err}");
+    // Binary garbage: a bad magic.
+    let err = parse_images("garbage-idx3-ubyte.gz", &[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 1]);
+    assert!(matches!(err, Error::BadMagic { found: 0xdead_beef, .. }), "{err}");
+}
+
+#[test]
+fn a_web_page_saved_under_a_gz_name_says_so() {
+    let page = b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head></html>\n";
+    for (name, bytes) in [("train-images-idx3-ubyte.gz", page.to_vec()), ("t10k-images-idx3-ubyte.gz", gzip(page))] {
+        let err = parse_images(name, &bytes);
+        assert!(matches!(err, Error::NotIdx { looks_like, .. } if looks_like.starts_with("an HTML page")), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("this looks like an HTML page") && msg.contains("not an IDX images file") && msg.contains("expected a gzip-compressed or raw IDX file (magic 0x00000803)"), "{msg}");
+    }
+}
+
+#[test]
+fn gzip_padded_to_a_block_or_in_members_loads() {
+    let raw = images(3);
+    let mut padded = gzip(&raw);
+    padded.resize(10240, 0);
+    let members = [gzip(&raw[..500]), gzip(&raw[500..])].concat();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [("padded-idx3-ubyte.gz", padded.clone()), ("members-idx3-ubyte.gz", members)] {
+        let path = write(dir.path(), name, &bytes);
+        assert_eq!(idx::read_images(&path).unwrap(), &raw[16..], "{name}");
+    }
+    padded.push(b'x');
+    let err = parse_images("junk-idx3-ubyte.gz", &padded);
+    assert!(matches!(err, Error::GzipTrailingData { .. }), "{err}");
 }
 
 #[test]
@@ -161,6 +191,34 @@ fn the_explicit_choice_of_mnist_never_falls_back() {
     assert_eq!(loaded.dataset.kind, DatasetKind::Sample);
     let notice = loaded.notice.unwrap();
     assert!(notice.contains("bundled sample") && notice.contains("--data-dir"), "{notice}");
+}
+
+#[test]
+fn auto_falls_back_to_the_sample_and_says_which_cached_file_is_broken() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("mnist");
+    std::fs::create_dir(&cache).unwrap();
+    for f in &FILES {
+        let bytes = match (f.kind, f.split) {
+            (mnist_data::IdxKind::Images, _) => images(2),
+            (mnist_data::IdxKind::Labels, "train") => encode_labels(&[0, 1]),
+            // Claims 2 labels, holds 1: a download cut short.
+            (mnist_data::IdxKind::Labels, _) => encode_labels(&[0, 1])[..9].to_vec(),
+        };
+        write(&cache, &format!("{}.gz", f.name), &gzip(&bytes));
+    }
+    let locator = Locator {
+        cache_root: Some(root.path().to_path_buf()),
+        ..Locator::offline(None)
+    };
+    let loaded = locator.load_choice(mnist_data::DatasetChoice::Auto).unwrap();
+    assert_eq!(loaded.dataset.kind, DatasetKind::Sample);
+    let notice = loaded.notice.unwrap();
+    let broken = cache.join("t10k-labels-idx1-ubyte.gz");
+    assert!(notice.contains(&format!("{}: the header claims 2 labels", broken.display())), "{notice}");
+    assert!(notice.contains("download: disabled"), "{notice}");
+    assert!(notice.contains("bundled sample") && notice.contains("--data-dir") && notice.contains(&cache.display().to_string()), "{notice}");
+    assert!(notice.lines().count() <= 4, "{notice}");
 }
 
 #[test]

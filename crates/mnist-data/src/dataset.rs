@@ -101,12 +101,54 @@ pub const FILES: [FileSpec; 4] = [
     FileSpec { name: "t10k-labels-idx1-ubyte", split: "test", kind: crate::IdxKind::Labels },
 ];
 
-/// The path of `file` inside `dir`: `NAME.gz` if present, else `NAME`, else `None`.
+impl FileSpec {
+    /// The names the file is found under, in order of preference: `NAME.gz`, `NAME`, then
+    /// the same with a dot before `idx` (`train-images.idx3-ubyte`, as some mirrors and
+    /// Kaggle name them).
+    pub fn accepted_names(&self) -> [String; 4] {
+        let dotted = self.name.replacen("-idx", ".idx", 1);
+        [format!("{}.gz", self.name), self.name.to_string(), format!("{dotted}.gz"), dotted]
+    }
+
+    /// Entries of `dir` that look like this file under a name or format that is not read:
+    /// `train-images-idx3-ubyte.zip`, `train-images-idx3-ubyte (1).gz`,
+    /// `emnist-digits-train-images-idx3-ubyte`, a directory `train-images-idx3-ubyte/`.
+    /// Sorted; empty when `dir` cannot be listed.
+    pub(crate) fn near_misses(&self, dir: &Path) -> Vec<String> {
+        let splits: &[&str] = if self.split == "train" { &["train"] } else { &["t10k", "test"] };
+        let keys: Vec<String> = splits.iter().map(|split| format!("{split}{}", self.kind)).collect();
+        let mut found: Vec<String> = entries(dir)
+            .filter(|(name, _)| {
+                let squashed: String = name.to_lowercase().chars().filter(|c| !matches!(c, '-' | '_' | '.' | ' ')).collect();
+                keys.iter().any(|key| squashed.contains(key.as_str()))
+            })
+            .map(|(name, path)| if path.is_dir() { format!("{name}/") } else { name })
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+/// The path of `file` inside `dir`: the first of [`FileSpec::accepted_names`] that is a
+/// file there, matched exactly or else regardless of letter case; `None` if none is.
 pub fn find_file(dir: &Path, file: &FileSpec) -> Option<PathBuf> {
-    [format!("{}.gz", file.name), file.name.to_string()]
+    let names = file.accepted_names();
+    names.iter().map(|name| dir.join(name)).find(|path| path.is_file()).or_else(|| {
+        entries(dir)
+            .filter_map(|(name, path)| Some((names.iter().position(|n| n.eq_ignore_ascii_case(&name))?, path)))
+            .filter(|(_, path)| path.is_file())
+            .min()
+            .map(|(_, path)| path)
+    })
+}
+
+/// The entries of `dir` (name, path); none when it cannot be listed.
+fn entries(dir: &Path) -> impl Iterator<Item = (String, PathBuf)> {
+    std::fs::read_dir(dir)
         .into_iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
+        .flatten()
+        .flatten()
+        .map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.path()))
 }
 
 /// Images and their labels.
@@ -219,10 +261,11 @@ impl Dataset {
     pub fn load_dir(kind: DatasetKind, dir: &Path) -> Result<Self> {
         let mut paths = Vec::with_capacity(4);
         for file in &FILES {
-            paths.push(find_file(dir, file).ok_or(Error::MissingFile {
+            paths.push(find_file(dir, file).ok_or_else(|| Error::MissingFile {
                 dir: dir.to_path_buf(),
                 file: file.name,
                 dataset: kind.name(),
+                near_misses: file.near_misses(dir),
             })?);
         }
         let train = Split::read(&paths[0], &paths[1])?;
@@ -275,4 +318,60 @@ impl Dataset {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idx::{encode_images, encode_labels, gzip};
+
+    fn touch(dir: &Path, name: &str, bytes: &[u8]) {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+
+    #[test]
+    fn dotted_and_differently_cased_names_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        // Kaggle's names: a dot before idx, raw; one in capitals and gzip-compressed.
+        let names = ["train-images.idx3-ubyte", "train-labels.idx1-ubyte", "T10K-IMAGES.IDX3-UBYTE.GZ", "t10k-labels-idx1-ubyte"];
+        for (file, name) in FILES.iter().zip(names) {
+            let bytes = match file.kind {
+                crate::IdxKind::Images => encode_images(&[7; 3 * PIXELS]),
+                crate::IdxKind::Labels => encode_labels(&[1, 2, 3]),
+            };
+            touch(dir.path(), name, &if name.ends_with("GZ") { gzip(&bytes) } else { bytes });
+            assert_eq!(find_file(dir.path(), file), Some(dir.path().join(name)), "{name}");
+        }
+        // All four are read: what stops the load is the size of the splits.
+        let err = Dataset::load_dir(DatasetKind::Mnist, dir.path()).unwrap_err();
+        assert!(matches!(err, Error::UnexpectedCount { found: 3, expected: 60_000, .. }), "{err}");
+        // The canonical name wins over a variant.
+        touch(dir.path(), "train-images-idx3-ubyte.gz", &gzip(&encode_images(&[])));
+        assert_eq!(find_file(dir.path(), &FILES[0]), Some(dir.path().join("train-images-idx3-ubyte.gz")));
+    }
+
+    #[test]
+    fn a_missing_file_names_the_near_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["train-images-idx3-ubyte.zip", "train-images-idx3-ubyte (1).gz", "emnist-digits-train-images-idx3-ubyte", "README.txt", "train-labels-idx1-ubyte.gz"] {
+            touch(dir.path(), name, b"x");
+        }
+        std::fs::create_dir(dir.path().join("train-images-idx3-ubyte")).unwrap();
+        let err = Dataset::load_dir(DatasetKind::Mnist, dir.path()).unwrap_err();
+        let Error::MissingFile { file, near_misses, .. } = &err else { panic!("{err}") };
+        assert_eq!(*file, "train-images-idx3-ubyte");
+        assert_eq!(near_misses, &["emnist-digits-train-images-idx3-ubyte", "train-images-idx3-ubyte (1).gz", "train-images-idx3-ubyte.zip", "train-images-idx3-ubyte/"]);
+        let msg = err.to_string();
+        assert!(msg.contains("missing train-images-idx3-ubyte (or train-images-idx3-ubyte.gz); found emnist-digits-train-images-idx3-ubyte, train-images-idx3-ubyte (1).gz, train-images-idx3-ubyte.zip, train-images-idx3-ubyte/, which are not names or formats this program reads"), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()) && msg.contains("gzip-compressed or raw"), "{msg}");
+
+        // Test files: `t10k` or `test`, images apart from labels.
+        touch(dir.path(), "test-labels.zip", b"x");
+        assert_eq!(FILES[3].near_misses(dir.path()), ["test-labels.zip"]);
+        assert!(FILES[2].near_misses(dir.path()).is_empty());
+        // Nothing to list: the plain message.
+        let empty = tempfile::tempdir().unwrap();
+        let err = Dataset::load_dir(DatasetKind::Fashion, empty.path()).unwrap_err();
+        assert!(matches!(&err, Error::MissingFile { near_misses, .. } if near_misses.is_empty()), "{err}");
+    }
 }

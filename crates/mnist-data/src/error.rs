@@ -32,6 +32,14 @@ pub enum Error {
         /// The decompressor's error.
         source: std::io::Error,
     },
+    /// Bytes after the last gzip member that are neither another member nor zero padding.
+    #[error("{}: {bytes} bytes of trailing data after the gzip stream that are not zero padding; expected only further gzip members or zero bytes there", path.display())]
+    GzipTrailingData {
+        /// The file.
+        path: PathBuf,
+        /// Bytes from the end of the last member to the end of the file.
+        bytes: u64,
+    },
     /// The file holds no bytes at all.
     #[error("{}: the file is empty; expected an IDX {kind} file", path.display())]
     Empty {
@@ -53,7 +61,7 @@ pub enum Error {
         expected: usize,
     },
     /// The magic number is not the one of the expected IDX kind.
-    #[error("{}: bad magic number 0x{found:08x}, expected 0x{expected:08x} (IDX {kind})", path.display())]
+    #[error("{}: bad magic number 0x{found:08x}{}, expected 0x{expected:08x} (IDX {kind})", path.display(), magic_note(*found))]
     BadMagic {
         /// The file.
         path: PathBuf,
@@ -63,6 +71,18 @@ pub enum Error {
         found: u32,
         /// The magic of `kind`.
         expected: u32,
+    },
+    /// The file is recognisably something other than IDX: a web page, an archive, text...
+    #[error("{}: {}this looks like {looks_like}, not an IDX {kind} file; expected a gzip-compressed or raw IDX file (magic 0x{:08x})", path.display(), if *compressed { "once decompressed, " } else { "" }, kind.magic())]
+    NotIdx {
+        /// The file.
+        path: PathBuf,
+        /// `images` or `labels`, the kind expected.
+        kind: IdxKind,
+        /// What the content looks like, e.g. `an HTML page (...)`.
+        looks_like: &'static str,
+        /// Whether that is the content inside a gzip stream.
+        compressed: bool,
     },
     /// Images that are not 28x28.
     #[error("{}: images are {rows}x{cols}, expected 28x28", path.display())]
@@ -148,8 +168,8 @@ pub enum Error {
         /// The cache directory to put them in.
         cache: String,
     },
-    /// An explicitly given directory does not hold the dataset.
-    #[error("{}: missing {file} (or {file}.gz); expected the four {dataset} IDX files there", dir.display())]
+    /// A directory does not hold one of the files of the dataset.
+    #[error("{}: missing {file} (or {file}.gz){}; expected the four {dataset} IDX files there, gzip-compressed or raw (`.idx` for `-idx` and any letter case also do)", dir.display(), near_miss_note(near_misses))]
     MissingFile {
         /// The directory.
         dir: PathBuf,
@@ -157,6 +177,9 @@ pub enum Error {
         file: &'static str,
         /// Dataset name.
         dataset: &'static str,
+        /// Names in the directory that look like the file but are not read (`NAME.zip`,
+        /// `NAME (1).gz`, a directory `NAME/`), sorted.
+        near_misses: Vec<String>,
     },
     /// Every mirror failed for one file.
     #[error("could not download {file}:\n{attempts}")]
@@ -198,6 +221,27 @@ impl std::fmt::Display for IdxKind {
             IdxKind::Labels => "labels",
         })
     }
+}
+
+/// Names the IDX kind of a magic number that is the other kind's, for [`Error::BadMagic`].
+fn magic_note(found: u32) -> &'static str {
+    match found {
+        crate::idx::IMAGES_MAGIC => " (that of an IDX images file)",
+        crate::idx::LABELS_MAGIC => " (that of an IDX labels file)",
+        _ => "",
+    }
+}
+
+/// The near misses of [`Error::MissingFile`], at most four of them named.
+fn near_miss_note(names: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let (which, list) = match names.len() {
+        0 => return String::new(),
+        1 => ("which is not a name or format this program reads", names[0].clone()),
+        n if n <= SHOWN => ("which are not names or formats this program reads", names.join(", ")),
+        n => ("which are not names or formats this program reads", format!("{} and {} more", names[..SHOWN].join(", "), n - SHOWN)),
+    };
+    format!("; found {list}, {which}")
 }
 
 /// `Result` with [`Error`].
