@@ -121,8 +121,10 @@ fn bad_input_gets_clear_errors_and_writes_nothing() {
         assert!(err.contains(needle) && err.contains("bad.json"), "{json}: {err}");
         assert!(!out.exists(), "{json}: output directory created");
     }
-    let err = err_of(&["train", "--dataset", "sample", "--steps", "0", "--out", &s(&p("never"))]);
-    assert!(err.contains("steps must be at least 1"), "{err}");
+    for steps in ["0", "-5", "ten"] {
+        let err = err_of(&["train", "--dataset", "sample", "--steps", steps, "--out", &s(&p("never"))]);
+        assert!(err.contains("--steps") && err.contains("must be a positive integer"), "{steps}: {err}");
+    }
 
     // An output directory that cannot be created.
     std::fs::write(p("file"), "x").unwrap();

@@ -153,22 +153,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// Builds `mnist` with only `backend` and copies it to `<out>/mnist-<backend>` (each build
 /// overwrites target/release/mnist).
 fn build_mnist(backend: &str, out_dir: &Path) -> Result<PathBuf> {
-    eprintln!("building mnist with {backend} (release)");
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--package", "mnist-cli", "--bin", "mnist", "--message-format=json-render-diagnostics"])
-        .args(["--no-default-features", "--features", backend])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("cannot run cargo build")?;
-    if !output.status.success() {
-        bail!("cargo build of mnist with {backend} failed");
-    }
-    let built = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "mnist")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo build did not report the mnist executable")?;
+    let built = crate::cli::build(backend)?;
     let copy = out_dir.join(format!("mnist-{backend}"));
     std::fs::copy(&built, &copy).with_context(|| format!("cannot copy {} to {}", built.display(), copy.display()))?;
     Ok(copy)

@@ -1,28 +1,52 @@
 //! `cargo xtask train | eval | predict`: builds the `mnist` binary in release with only
 //! the backend asked for (`--backend`, default flex) and runs it with the same arguments.
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
 const BACKENDS: [&str; 3] = ["flex", "ndarray", "wgpu"];
 
-/// Runs `mnist <command> <args>` built with the backend named in `args`.
+/// Runs `mnist <command> <args>` built with the backend named in `args`. Cargo's own
+/// progress is shown while it builds (the first build of Burn takes several minutes);
+/// `mnist` then runs with `MNIST_RS_COMMAND=cargo xtask`, so the hints it prints name the
+/// command the user typed.
 pub fn run(command: &str, args: &[String]) -> Result<()> {
     let backend = backend_of(args)?;
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["run", "--release", "--quiet", "--package", "mnist-cli", "--bin", "mnist"])
-        .args(["--no-default-features", "--features", backend])
-        .arg("--")
+    let binary = build(backend)?;
+    let status = Command::new(&binary)
         .arg(command)
         .args(args)
+        .env("MNIST_RS_COMMAND", "cargo xtask")
         .status()
-        .context("cannot run cargo")?;
+        .with_context(|| format!("cannot run {}", binary.display()))?;
     if !status.success() {
         // mnist has printed its error; pass its exit code on.
         std::process::exit(status.code().unwrap_or(1));
     }
     Ok(())
+}
+
+/// Builds `mnist` in release with only `backend`'s feature and returns its path.
+pub fn build(backend: &str) -> Result<PathBuf> {
+    eprintln!("building mnist with the {backend} backend (release; the first build takes several minutes)");
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--package", "mnist-cli", "--bin", "mnist"])
+        .args(["--no-default-features", "--features", backend])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !output.status.success() {
+        bail!("building mnist failed (cargo's messages are above)");
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "mnist")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo built mnist but did not say where the binary is")
 }
 
 /// The value of `--backend X` or `--backend=X`, default `flex`.
@@ -37,6 +61,7 @@ fn backend_of(args: &[String]) -> Result<&'static str> {
     }
     match value {
         None => Ok("flex"),
+        Some("") => bail!("--backend needs a value; expected one of: {}", BACKENDS.join(", ")),
         Some(v) => match BACKENDS.iter().find(|b| **b == v) {
             Some(b) => Ok(b),
             None => bail!("unknown backend {v:?}; expected one of: {}", BACKENDS.join(", ")),
@@ -58,6 +83,7 @@ mod tests {
         assert_eq!(backend_of(&args(&["--backend", "wgpu"])).unwrap(), "wgpu");
         assert_eq!(backend_of(&args(&["--backend=ndarray", "x"])).unwrap(), "ndarray");
         assert!(backend_of(&args(&["--backend", "cuda"])).unwrap_err().to_string().contains("cuda"));
-        assert!(backend_of(&args(&["--backend"])).is_err());
+        assert!(backend_of(&args(&["--backend"])).unwrap_err().to_string().contains("--backend needs a value"));
+        assert!(backend_of(&args(&["--backend="])).unwrap_err().to_string().contains("--backend needs a value"));
     }
 }

@@ -4,7 +4,9 @@ mod bench;
 mod cli;
 mod make_sample;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -52,14 +54,23 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
+/// Runs the task; an error is one `error: ...` line (its causes after colons, never a
+/// backtrace) and exit status 2, as clap does for a mistake on the command line.
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.task {
+    let result: Result<()> = match cli.task {
         Task::Train { args } => cli::run("train", &args),
         Task::Eval { args } => cli::run("eval", &args),
         Task::Predict { args } => cli::run("predict", &args),
         Task::Bench(args) => bench::run(args),
         Task::MakeSample { tarball, out } => make_sample::run(&tarball, &root().join(out)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

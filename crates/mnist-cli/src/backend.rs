@@ -75,6 +75,17 @@ pub fn dispatch<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
     }
 }
 
+/// Sets up `kind`'s device, so that a missing GPU adapter is reported before a run is
+/// announced; nothing to do for the CPU backends.
+pub fn prepare(kind: BackendKind) -> Result<()> {
+    match kind {
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => wgpu_device().map(|_| ()),
+        other if !other.compiled() => Err(not_compiled(other, &BackendKind::available())),
+        _ => Ok(()),
+    }
+}
+
 /// The error for a backend this binary was built without, naming what it has and how to
 /// get the one asked for.
 fn not_compiled(kind: BackendKind, available: &[BackendKind]) -> anyhow::Error {
@@ -122,7 +133,7 @@ fn wgpu_device() -> Result<burn_wgpu::WgpuDevice> {
     };
     let driver = [info.driver.as_str(), info.driver_info.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
     let name = format!("{} ({:?}{}{})", info.name, info.backend, if driver.is_empty() { "" } else { ", " }, driver);
-    eprintln!("wgpu adapter: {name}");
+    crate::output::note!("wgpu adapter: {name}");
     let _ = ADAPTER.set(name);
     Ok(device)
 }

@@ -52,7 +52,7 @@ pub fn bench(args: BenchArgs) -> Result<Status> {
     }
     let data = Locator::offline(None).load(DatasetKind::Sample).context("cannot load the bundled sample")?;
     let measurement = dispatch(backend, BenchJob { args: &args, train: &data.train, test: &data.test })?;
-    println!("{}", serde_json::to_string(&measurement)?);
+    crate::output::say!("{}", serde_json::to_string(&measurement)?);
     Ok(Status::Success)
 }
 

@@ -1,7 +1,7 @@
 //! `mnist train`, `mnist eval` and `mnist predict` (`mnist bench` is in bench.rs).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result, bail};
@@ -12,7 +12,8 @@ use mnist_model::weights;
 use mnist_train::{Outcome, ProgressMode, Report, TrainConfig, TrainOptions, checkpoint, files};
 
 use crate::backend::{BackendKind, Job, dispatch};
-use crate::{EvalArgs, PredictArgs, Status, TrainArgs};
+use crate::output::{note, say, stdout_closed};
+use crate::{EvalArgs, KernelsArg, PredictArgs, Status, TrainArgs};
 
 /// Where runs go when `--out` is not given.
 pub const ARTIFACTS: &str = "artifacts";
@@ -49,9 +50,11 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     };
     let loaded = Locator::from_env(args.data.data_dir.clone()).load_choice(choice)?;
     if let Some(notice) = &loaded.notice {
-        eprintln!("note: {notice}");
+        note!("note: {notice}");
     }
     let dataset = loaded.dataset;
+    // Before announcing the run: a GPU backend without an adapter fails here.
+    crate::backend::prepare(backend)?;
     let out = if out.as_os_str().is_empty() {
         Path::new(ARTIFACTS).join(format!("{}-{}", dataset.kind, utc_stamp()))
     } else {
@@ -64,7 +67,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     options.stop = Some(stop_flag());
     options.git_commit = git_commit();
     options.kernels = args.kernels.into();
-    println!(
+    say!(
         "training on {} ({}: {} train / {} test images) with {} for {} steps of {}; artifacts in {}",
         dataset.kind,
         dataset.origin,
@@ -78,8 +81,8 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     let outcome = dispatch(backend, TrainJob { config: &config, dataset: &dataset, options: &options })?;
     match outcome {
         Outcome::Finished(report) => {
-            println!("{}", report.test.table(dataset.class_names()));
-            println!(
+            say!("{}", report.test.table(dataset.class_names()));
+            say!(
                 "test accuracy {:.4}; {:.0} training images/s; wrote {}",
                 report.test.accuracy,
                 report.train_images_per_sec,
@@ -88,12 +91,53 @@ pub fn train(args: TrainArgs) -> Result<Status> {
             Ok(Status::Success)
         }
         Outcome::Interrupted { step } => {
-            eprintln!(
-                "interrupted after {step} steps; checkpoint saved. Resume with: mnist train --resume --out {}",
-                out.display()
-            );
+            note!("interrupted after {step} steps; checkpoint saved. Resume with: {}", resume_command(&args, &out));
             Ok(Status::Interrupted)
         }
+        Outcome::OutputClosed { step, error } => {
+            note!(
+                "standard output was closed ({error}): stopped after {step} steps; checkpoint saved. Resume with: {}",
+                resume_command(&args, &out)
+            );
+            Ok(Status::OutputClosed)
+        }
+    }
+}
+
+/// Environment variable naming the command the user typed to run `mnist` (`cargo xtask`
+/// sets it), for the hints this program prints; `mnist` when unset.
+pub const COMMAND_ENV: &str = "MNIST_RS_COMMAND";
+
+/// The command that resumes the run in `out`, in the form the user started it: `mnist
+/// train` or, through `cargo xtask`, `cargo xtask train`, with the options a resume needs
+/// again (the rest is in the run's config.json).
+fn resume_command(args: &TrainArgs, out: &Path) -> String {
+    let program = std::env::var(COMMAND_ENV).ok().filter(|c| !c.trim().is_empty()).unwrap_or_else(|| "mnist".into());
+    let mut words = vec![program, "train".to_string()];
+    if let Some(backend) = args.backend {
+        words.extend(["--backend".into(), backend.name().into()]);
+    }
+    if let Some(dir) = &args.data.data_dir {
+        words.extend(["--data-dir".into(), shell_quote(&dir.display().to_string())]);
+    }
+    if args.kernels != KernelsArg::Fastest {
+        let name = match args.kernels {
+            KernelsArg::Fastest => "fastest",
+            KernelsArg::Burn => "burn",
+            KernelsArg::Im2col => "im2col",
+        };
+        words.extend(["--kernels".into(), name.into()]);
+    }
+    words.extend(["--resume".into(), "--out".into(), shell_quote(&out.display().to_string())]);
+    words.join(" ")
+}
+
+/// `word` quoted for a POSIX shell when it holds anything but plain characters.
+fn shell_quote(word: &str) -> String {
+    if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -118,6 +162,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
         Some(dir) => dir.clone(),
         None => newest_run(Path::new(ARTIFACTS), weights::WEIGHTS_FILE)?,
     };
+    check_model_dir(&model_dir)?;
     let trained_on = read_report(&model_dir).map(|r| r.dataset);
     let choice = match (&args.data.dataset, &trained_on) {
         (Some(name), _) => name.parse::<DatasetChoice>()?,
@@ -126,16 +171,35 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     };
     let loaded = Locator::from_env(args.data.data_dir.clone()).load_choice(choice)?;
     if let Some(notice) = &loaded.notice {
-        eprintln!("note: {notice}");
+        note!("note: {notice}");
     }
     let dataset = loaded.dataset;
     let evaluation = dispatch(backend, EvalJob { dir: &model_dir, split: &dataset.test })?;
-    println!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
-    println!("{}", evaluation.table(dataset.class_names()));
+    // A closed standard output (`| head`) ends the printing quietly; eval.json is
+    // written all the same.
+    say!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
+    say!("{}", evaluation.table(dataset.class_names()));
     let json = args.json.unwrap_or_else(|| model_dir.join("eval.json"));
     mnist_model::json::write(&json, &evaluation)?;
-    println!("wrote {}", json.display());
+    say!("wrote {}", json.display());
     Ok(Status::Success)
+}
+
+/// Checks, before any dataset is looked for, that `dir` holds a trained model: a
+/// readable `model.json` and a `model.mpk`.
+fn check_model_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!(
+            "{}: no such directory; expected a trained model's artifact directory (train one with `cargo xtask train`)",
+            dir.display()
+        );
+    }
+    weights::read_manifest(dir).with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    let mpk = dir.join(weights::WEIGHTS_FILE);
+    if !mpk.is_file() {
+        bail!("{}: missing; expected the weights of a finished run in {}", mpk.display(), dir.display());
+    }
+    Ok(())
 }
 
 struct EvalJob<'a> {
@@ -158,6 +222,7 @@ pub fn predict(args: PredictArgs) -> Result<Status> {
         Some(dir) => dir.clone(),
         None => newest_run(Path::new(ARTIFACTS), weights::WEIGHTS_FILE)?,
     };
+    check_model_dir(&model_dir)?;
     let classes = read_report(&model_dir)
         .and_then(|r| r.dataset.parse::<DatasetKind>().ok())
         .unwrap_or(DatasetKind::Mnist)
@@ -179,7 +244,7 @@ impl Job for PredictJob<'_> {
         let mut failed = 0;
         for file in self.files {
             match classifier.predict_file(file) {
-                Ok(p) if self.json => println!(
+                Ok(p) if self.json => say!(
                     "{}",
                     serde_json::json!({
                         "file": file,
@@ -189,11 +254,16 @@ impl Job for PredictJob<'_> {
                         "probabilities": p.probabilities,
                     })
                 ),
-                Ok(p) => println!("{}: {} (probability {:.4})", file.display(), self.classes[p.digit], p.confidence()),
+                Ok(p) => say!("{}: {} (probability {:.4})", file.display(), self.classes[p.digit], p.confidence()),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    note!("error: {e}");
                     failed += 1;
+                    true
                 }
+            };
+            if stdout_closed() {
+                // Nobody reads the answers any more (`| head -1`): stop quietly.
+                return Ok(Status::Success);
             }
         }
         if failed == self.files.len() {
@@ -228,25 +298,61 @@ fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
         .with_context(|| format!("no run in {} holds {marker}. Train one with `cargo xtask train`, or pass --model/--out", root.display()))
 }
 
-/// The process-wide stop flag, set by the first Ctrl-C; a second Ctrl-C exits at once.
+/// The signal that stopped training (`SIGINT`, `SIGTERM`, `SIGHUP`), 0 when none did.
+static STOP_SIGNAL: AtomicUsize = AtomicUsize::new(0);
+
+/// The exit status of a run stopped by a signal: 128 + the signal's number, as a shell
+/// reports a process killed by it (130 for Ctrl-C, 143 for SIGTERM).
+pub fn interrupted_exit_code() -> u8 {
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => 130,
+        signal => u8::try_from(128 + signal).unwrap_or(130),
+    }
+}
+
+/// The process-wide stop flag, set by the first Ctrl-C, SIGTERM or SIGHUP: training
+/// saves a checkpoint after the current step and exits. A second signal exits at once.
 fn stop_flag() -> Arc<AtomicBool> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     FLAG.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
-        let handler_flag = flag.clone();
-        let installed = ctrlc::set_handler(move || {
-            if handler_flag.swap(true, Ordering::SeqCst) {
-                eprintln!("second interrupt: exiting without a checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!("interrupt: saving a checkpoint after this step (Ctrl-C again to quit at once)");
-        });
-        if let Err(e) = installed {
-            eprintln!("warning: Ctrl-C will not save a checkpoint: {e}");
+        if let Err(e) = install_stop_handlers(&flag) {
+            note!("warning: Ctrl-C and SIGTERM will not save a checkpoint: {e}");
         }
+        // Say at once that the signal was seen; the step in flight may take a while.
+        let watched = flag.clone();
+        std::thread::spawn(move || {
+            while !watched.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            note!("interrupt: saving a checkpoint after this step (interrupt again to quit at once)");
+        });
         flag
     })
     .clone()
+}
+
+#[cfg(unix)]
+fn install_stop_handlers(flag: &Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        // The order matters: the exit is armed by the flag the first signal sets.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, flag.clone())?;
+        signal_hook::flag::register_usize(signal, &STOP_SIGNAL, signal as usize)?;
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn install_stop_handlers(flag: &Arc<AtomicBool>) -> std::io::Result<()> {
+    let handler_flag = flag.clone();
+    ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .map_err(std::io::Error::other)
 }
 
 /// `git rev-parse HEAD` of the current directory, with `-dirty` when there are changes.

@@ -7,6 +7,7 @@
 mod backend;
 mod bench;
 mod commands;
+mod output;
 
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use backend::BackendKind;
 pub use bench::Measurement;
+pub use commands::COMMAND_ENV;
 
 /// Command-line interface.
 #[derive(Debug, Parser)]
@@ -64,10 +66,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Override the number of steps.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = positive::<u64>)]
     pub steps: Option<u64>,
     /// Override the seed.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = non_negative::<u64>)]
     pub seed: Option<u64>,
     /// Artifact directory (default: artifacts/<dataset>-<UTC time>).
     #[arg(long)]
@@ -127,13 +129,13 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
     /// Batch size (training and evaluation).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, allow_hyphen_values = true, value_parser = positive::<usize>)]
     pub batch: usize,
     /// Timed repetitions (steps, passes over 10,000 images, or predictions).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_hyphen_values = true, value_parser = positive::<usize>)]
     pub repeats: usize,
     /// Untimed repetitions first (compilation, caches, allocator).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_hyphen_values = true, value_parser = non_negative::<usize>)]
     pub warmup: usize,
     /// Convolution kernels: the fastest for the backend, or Burn's own operations.
     #[arg(long, value_enum, default_value_t = KernelsArg::Fastest)]
@@ -172,15 +174,50 @@ impl From<KernelsArg> for mnist_model::Kernels {
     }
 }
 
+/// An integer of at least 1, for `--steps` and the like: `-5`, `0` or `ten` get a message
+/// saying what is expected.
+fn positive<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if n >= 1 => u128::try_from(n).ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| format!("{n} is too large")),
+        Ok(n) => Err(format!("must be a positive integer (1 or more), got {n}")),
+        Err(_) => Err(format!("must be a positive integer (1 or more), got {text:?}")),
+    }
+}
+
+/// An integer of at least 0, for `--seed` and `--warmup`.
+fn non_negative<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<i128>() {
+        Ok(n) if n >= 0 => u128::try_from(n).ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| format!("{n} is too large")),
+        Ok(n) => Err(format!("must be a non-negative integer (0 or more), got {n}")),
+        Err(_) => Err(format!("must be a non-negative integer (0 or more), got {text:?}")),
+    }
+}
+
 /// How a command ended, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Done.
     Success,
-    /// Training was interrupted (Ctrl-C) after saving a checkpoint.
+    /// Training was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP) after saving a checkpoint.
     Interrupted,
+    /// Training stopped after saving a checkpoint because standard output was closed.
+    OutputClosed,
     /// Some inputs failed (e.g. an unreadable image among several); each was reported.
     PartialFailure,
+}
+
+impl Status {
+    /// The process exit status: 0, 1 for a partial failure, 128 + the signal's number
+    /// for a signal (130 for Ctrl-C, 143 for SIGTERM), 141 (128 + SIGPIPE) for a closed
+    /// standard output.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Status::Success => 0,
+            Status::PartialFailure => 1,
+            Status::Interrupted => commands::interrupted_exit_code(),
+            Status::OutputClosed => 141,
+        }
+    }
 }
 
 /// Runs a parsed command line.

@@ -1,9 +1,10 @@
 //! `mnist`: train, evaluate and predict with the Deep MNIST for Experts network.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mnist_cli::{Cli, Status, run};
+use mnist_cli::{Cli, run};
 
 // burn-flex allocates and frees tens of megabytes per training step; with glibc's
 // allocator those pages go back to the kernel and fault in again each time (about 30%
@@ -13,11 +14,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(Status::Success) => ExitCode::SUCCESS,
-        Ok(Status::PartialFailure) => ExitCode::from(1),
-        Ok(Status::Interrupted) => ExitCode::from(130),
+        Ok(status) => ExitCode::from(status.exit_code()),
         Err(e) => {
-            eprintln!("error: {}", message(&e));
+            // Standard error may be a closed pipe too: nothing is left to tell then.
+            let _ = writeln!(std::io::stderr(), "error: {}", message(&e));
             ExitCode::from(1)
         }
     }

@@ -42,4 +42,7 @@ pub use order::{Sampler, epoch_order};
 pub use dataset::{Dataset, DatasetKind, FILES, FileSpec, Split, find_file};
 pub use error::{Error, IdxKind, Result};
 pub use idx::{PIXELS, SIDE};
+
+/// Number of classes of every dataset here (labels `0..=9`).
+pub const CLASSES: usize = 10;
 pub use source::{DATA_DIR_ENV, DEBIAN_FASHION_DIR, DatasetChoice, Loaded, Locator, default_cache_root};

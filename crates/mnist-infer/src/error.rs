@@ -43,13 +43,15 @@ pub enum Error {
         /// Largest side accepted.
         max_side: u32,
     },
-    /// The image has no pixels, or no ink distinguishable from the background.
+    /// The image has no pixels, no ink distinguishable from the background, or "ink" that
+    /// cannot be a digit (a few pixels, or most of the image).
     #[error("{}: {what}; expected a dark digit on a light background or a light digit on a dark one", path.display())]
     Blank {
         /// The file.
         path: PathBuf,
-        /// `empty image` or `no ink found`.
-        what: &'static str,
+        /// What was found instead of a digit: `empty image`, `no ink found`, specks, or
+        /// ink covering most of the image.
+        what: String,
     },
 }
 

@@ -2,10 +2,32 @@
 //!
 //! MNIST digits are white ink on black, size-normalised to fit a 20x20 box with their
 //! aspect ratio kept, and placed in a 28x28 image so that their centre of mass is at the
-//! centre. [`preprocess`] does the same to a photo or scan: grayscale (EXIF orientation
-//! applied, transparency composited on white), inverted when the background is light,
-//! background levelled to 0, cropped to the ink's bounding box, scaled so the longer side
-//! is 20 pixels, and centred by centre of mass.
+//! centre. [`preprocess`] does the same to a photo or scan, in these steps:
+//!
+//! 1. **Grayscale** in `[0, 1]`: EXIF orientation applied, transparency composited on
+//!    white, and 16-bit images levelled to the bit depth their values really use (a 12-bit
+//!    scan stored in a 16-bit PNG spans `0..=4095`, not `0..=65535`). Large images are
+//!    averaged down to at most [`WORK_SIDE`] pixels on their longer side.
+//! 2. **The sheet**: when the border is dark but a large light region covers the centre
+//!    with dark marks inside it (a sheet of paper photographed on a desk), the image is cut
+//!    to that region and whatever lies outside it is painted the sheet's colour.
+//! 3. **Polarity**: the background is whichever end of the image's own range the border
+//!    sits at (its median above or below Otsu's threshold of the image), so a dark digit
+//!    on a grey page of 127 and of 128 are read alike; the image is inverted when the
+//!    background is the light end.
+//! 4. **Background removal**: the background is estimated over a coarse grid of blocks
+//!    (the 25th percentile of each block, the median of its 3x3 neighbourhood,
+//!    interpolated bilinearly) and subtracted, so lighting that varies across the page
+//!    does not turn into ink; the noise level is the background's median absolute
+//!    deviation.
+//! 5. **Ink**: pixels above a threshold (a quarter of the strongest ink, and at least
+//!    three noise deviations) in 8-connected components; specks much smaller than the
+//!    largest component are dropped, and faint pixels touching what is kept (down to
+//!    [`FAINT`] of the strongest ink) are added to it, as Canny's hysteresis does. An image whose ink is a few pixels, or covers most
+//!    of the image, or stands out from the background by less than [`MIN_CONTRAST`], is
+//!    refused with an error saying which.
+//! 6. **MNIST's normalisation**: cropped to the ink's bounding box, scaled so the longer
+//!    side is 20 pixels, and centred by centre of mass in 28x28.
 
 use std::io::{BufReader, Cursor};
 use std::path::Path;
@@ -23,9 +45,19 @@ pub const BOX: u32 = 20;
 pub const MAX_SIDE: u32 = 10_000;
 /// Largest decoder allocation accepted, in bytes.
 pub const MAX_ALLOC: u64 = 512 << 20;
-
-/// Levelled intensity (0..=255) above which a pixel counts as ink for the bounding box.
-const INK_THRESHOLD: u8 = 32;
+/// Longer side, in pixels, that larger images are averaged down to before the analysis
+/// (the digit ends up 20 pixels tall; this keeps strokes of a few pixels' width).
+pub const WORK_SIDE: u32 = 800;
+/// Least difference between ink and background, as a fraction of the full intensity
+/// range, for the image to count as having ink at all.
+pub const MIN_CONTRAST: f32 = 0.08;
+/// Fewest ink pixels (at the working size) that can make a digit.
+pub const MIN_INK_PIXELS: usize = 12;
+/// Faintest part of a stroke kept, as a fraction of the strongest ink, when it touches
+/// the stroke's strong part.
+pub const FAINT: f32 = 0.03;
+/// Largest fraction of the image that ink may cover.
+pub const MAX_INK_FRACTION: f32 = 0.5;
 
 /// Reads and preprocesses an image file into 784 MNIST-style bytes.
 pub fn preprocess_file(path: &Path) -> Result<[u8; SIDE * SIDE]> {
@@ -72,23 +104,26 @@ fn decode(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
     Ok(image)
 }
 
-/// Preprocesses a decoded image into 784 MNIST-style bytes (0 = background).
+/// Preprocesses a decoded image into 784 MNIST-style bytes (0 = background, 255 = ink).
+///
+/// # Errors
+/// [`Error::Blank`] naming `name` when the image is empty, has no ink distinguishable
+/// from its background, or its "ink" is a few pixels or covers most of the image.
 pub fn preprocess(image: &DynamicImage, name: &Path) -> Result<[u8; SIDE * SIDE]> {
-    if image.width() == 0 || image.height() == 0 {
-        return Err(Error::Blank {
-            path: name.to_path_buf(),
-            what: "empty image",
-        });
-    }
-    let gray = grayscale_on_white(image);
-    let ink = level(&gray);
-    let Some((x0, y0, x1, y1)) = bounding_box(&ink) else {
-        return Err(Error::Blank {
-            path: name.to_path_buf(),
-            what: "no ink found",
-        });
+    let blank = |what: String| Error::Blank {
+        path: name.to_path_buf(),
+        what,
     };
-    let crop = imageops::crop_imm(&ink, x0, y0, x1 - x0 + 1, y1 - y0 + 1).to_image();
+    if image.width() == 0 || image.height() == 0 {
+        return Err(blank("empty image".into()));
+    }
+    let gray = Plane::grayscale(image).shrunk_to(WORK_SIDE);
+    let gray = gray.sheet().unwrap_or(gray);
+    let ink = extract_ink(&gray).map_err(blank)?;
+    let (x0, y0, x1, y1) = ink.bbox;
+    let crop = GrayImage::from_fn(x1 - x0 + 1, y1 - y0 + 1, |x, y| {
+        Luma([(ink.levels.at(x0 + x, y0 + y) * 255.0).round() as u8])
+    });
     let (w, h) = crop.dimensions();
     let scale = BOX as f64 / f64::from(w.max(h));
     let (nw, nh) = (
@@ -99,51 +134,380 @@ pub fn preprocess(image: &DynamicImage, name: &Path) -> Result<[u8; SIDE * SIDE]
     Ok(place_by_centre_of_mass(&scaled))
 }
 
-/// Luminance with transparency composited on white.
-fn grayscale_on_white(image: &DynamicImage) -> GrayImage {
-    let la = image.to_luma_alpha8();
-    GrayImage::from_fn(la.width(), la.height(), |x, y| {
-        let [l, a] = la.get_pixel(x, y).0;
-        let a = f32::from(a) / 255.0;
-        Luma([(f32::from(l) * a + 255.0 * (1.0 - a)).round() as u8])
-    })
+/// A single-channel image of `f32` values, row-major.
+#[derive(Debug, Clone, PartialEq)]
+struct Plane {
+    w: u32,
+    h: u32,
+    v: Vec<f32>,
 }
 
-/// Ink intensity, 0 = background: inverted when the border (the background) is light,
-/// then stretched so the background level becomes 0 and the strongest ink 255.
-fn level(gray: &GrayImage) -> GrayImage {
-    let (w, h) = gray.dimensions();
-    let mut border: Vec<u8> = Vec::with_capacity(2 * (w + h) as usize);
-    for x in 0..w {
-        border.push(gray.get_pixel(x, 0).0[0]);
-        border.push(gray.get_pixel(x, h - 1).0[0]);
-    }
-    for y in 0..h {
-        border.push(gray.get_pixel(0, y).0[0]);
-        border.push(gray.get_pixel(w - 1, y).0[0]);
-    }
-    border.sort_unstable();
-    let background = border[border.len() / 2];
-    let invert = background > 127;
-    let ink = |v: u8| if invert { 255 - v } else { v };
-    let bg = ink(background);
-    let peak = gray.pixels().map(|p| ink(p.0[0])).max().unwrap_or(0);
-    let range = f32::from(peak.saturating_sub(bg)).max(1.0);
-    GrayImage::from_fn(w, h, |x, y| {
-        let v = ink(gray.get_pixel(x, y).0[0]).saturating_sub(bg);
-        Luma([(f32::from(v) * 255.0 / range).round().min(255.0) as u8])
-    })
-}
-
-fn bounding_box(ink: &GrayImage) -> Option<(u32, u32, u32, u32)> {
-    let mut bbox: Option<(u32, u32, u32, u32)> = None;
-    for (x, y, p) in ink.enumerate_pixels() {
-        if p.0[0] > INK_THRESHOLD {
-            bbox = Some(match bbox {
-                None => (x, y, x, y),
-                Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x), y1.max(y)),
-            });
+impl Plane {
+    fn new(w: u32, h: u32, f: impl Fn(u32, u32) -> f32) -> Plane {
+        let mut v = Vec::with_capacity(w as usize * h as usize);
+        for y in 0..h {
+            for x in 0..w {
+                v.push(f(x, y));
+            }
         }
+        Plane { w, h, v }
+    }
+
+    fn at(&self, x: u32, y: u32) -> f32 {
+        self.v[y as usize * self.w as usize + x as usize]
+    }
+
+    /// Luminance in `[0, 1]`, transparency composited on white. A 16-bit (or float) image
+    /// is levelled to the bit depth its values use, at least 8: a 12-bit scan stored in a
+    /// 16-bit PNG has its white at 4095.
+    fn grayscale(image: &DynamicImage) -> Plane {
+        let la = image.to_luma_alpha16();
+        let full = if image.color().bytes_per_pixel() / image.color().channel_count() >= 2 {
+            let max = la.pixels().map(|p| p.0[0]).max().unwrap_or(0);
+            let bits = (16 - max.leading_zeros()).max(8);
+            ((1u32 << bits) - 1) as f32
+        } else {
+            f32::from(u16::MAX)
+        };
+        Plane::new(la.width(), la.height(), |x, y| {
+            let [l, a] = la.get_pixel(x, y).0;
+            let a = f32::from(a) / f32::from(u16::MAX);
+            (f32::from(l) / full).min(1.0) * a + (1.0 - a)
+        })
+    }
+
+    /// Averages blocks of whole pixels so the longer side is at most `side`.
+    fn shrunk_to(self, side: u32) -> Plane {
+        let f = self.w.max(self.h).div_ceil(side);
+        if f <= 1 {
+            return self;
+        }
+        let (w, h) = (self.w.div_ceil(f), self.h.div_ceil(f));
+        Plane::new(w, h, |bx, by| {
+            let (mut sum, mut n) = (0.0, 0u32);
+            for y in by * f..((by + 1) * f).min(self.h) {
+                for x in bx * f..((bx + 1) * f).min(self.w) {
+                    sum += self.at(x, y);
+                    n += 1;
+                }
+            }
+            sum / n as f32
+        })
+    }
+
+    /// The values along the image's border.
+    fn border(&self) -> Vec<f32> {
+        let (w, h) = (self.w, self.h);
+        let mut out = Vec::with_capacity(2 * (w + h) as usize);
+        for x in 0..w {
+            out.push(self.at(x, 0));
+            out.push(self.at(x, h - 1));
+        }
+        for y in 0..h {
+            out.push(self.at(0, y));
+            out.push(self.at(w - 1, y));
+        }
+        out
+    }
+
+    /// A light sheet photographed on a dark surface: when the border is darker than
+    /// Otsu's threshold and the largest light 4-connected region reaching the central
+    /// third covers at least 45% of the image and, filled in, at least 60% of its bounding
+    /// box, and holds dark marks, the image cut to that region's bounding box with
+    /// everything outside the filled region painted the region's median colour. `None`
+    /// otherwise.
+    fn sheet(&self) -> Option<Plane> {
+        let threshold = otsu(&self.v);
+        if percentile(&mut self.border(), 0.5) > threshold {
+            return None; // the border is light already: no sheet to find
+        }
+        let light: Vec<bool> = self.v.iter().map(|&v| v > threshold).collect();
+        let (labels, sizes) = components(self.w, self.h, &light, false);
+        let (w, h) = (self.w as usize, self.h as usize);
+        let mut best: Option<u32> = None;
+        for y in h / 3..(2 * h).div_ceil(3) {
+            for x in w / 3..(2 * w).div_ceil(3) {
+                let label = labels[y * w + x];
+                if label != 0 && best.is_none_or(|b| sizes[label as usize] > sizes[b as usize]) {
+                    best = Some(label);
+                }
+            }
+        }
+        let label = best?;
+        let area = sizes[label as usize];
+        if (area as f32) < 0.45 * (w * h) as f32 {
+            return None;
+        }
+        let region: Vec<bool> = labels.iter().map(|&l| l == label).collect();
+        let (x0, y0, x1, y1) = bounding_box(self.w, &region)?;
+        // The region filled in: what lies between its pixels both along its row and
+        // along its column (its holes, and marks cutting into its edges).
+        let (mut rows, mut cols) = (vec![(u32::MAX, 0); h], vec![(u32::MAX, 0); w]);
+        for (i, _) in region.iter().enumerate().filter(|(_, r)| **r) {
+            let (x, y) = ((i % w) as u32, (i / w) as u32);
+            let (row, col) = (&mut rows[y as usize], &mut cols[x as usize]);
+            *row = (row.0.min(x), row.1.max(x));
+            *col = (col.0.min(y), col.1.max(y));
+        }
+        let filled = |x: u32, y: u32| {
+            let (row, col) = (rows[y as usize], cols[x as usize]);
+            (row.0..=row.1).contains(&x) && (col.0..=col.1).contains(&y)
+        };
+        let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
+        let filled_area = (y0..=y1).flat_map(|y| (x0..=x1).map(move |x| (x, y))).filter(|&(x, y)| filled(x, y)).count();
+        if filled_area == area || (filled_area as f32) < 0.6 * (bw * bh) as f32 {
+            return None; // no marks on it, or not sheet-shaped
+        }
+        let mut colour: Vec<f32> = (0..self.v.len()).filter(|&i| region[i]).map(|i| self.v[i]).collect();
+        let colour = percentile(&mut colour, 0.5);
+        Some(Plane::new(bw, bh, |x, y| if filled(x0 + x, y0 + y) { self.at(x0 + x, y0 + y) } else { colour }))
+    }
+}
+
+/// The ink of an image: intensities in `[0, 1]` (0 = background) and its bounding box.
+struct Ink {
+    levels: Plane,
+    bbox: (u32, u32, u32, u32),
+}
+
+/// Steps 3 to 5 of the module's list; the error says why no digit was found.
+fn extract_ink(gray: &Plane) -> std::result::Result<Ink, String> {
+    let (w, h) = (gray.w, gray.h);
+    let invert = light_background(gray);
+    let ink = Plane {
+        w,
+        h,
+        v: gray.v.iter().map(|&v| if invert { 1.0 - v } else { v }).collect(),
+    };
+    let background = background(&ink);
+    let diff: Vec<f32> = ink.v.iter().zip(&background.v).map(|(i, b)| i - b).collect();
+    let sigma = noise_deviation(&diff);
+    let peak = diff.iter().copied().fold(0.0f32, f32::max);
+    if peak < MIN_CONTRAST.max(5.0 * sigma) {
+        return Err("no ink found".into());
+    }
+    let threshold = (0.25 * peak).max(3.0 * sigma);
+    let mask: Vec<bool> = diff.iter().map(|&d| d > threshold).collect();
+    let (labels, sizes) = components(w, h, &mask, true);
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let keep: Vec<bool> = sizes.iter().map(|&s| s > 0 && s >= 3.max(largest / 12)).collect();
+    let kept: Vec<bool> = labels.iter().map(|&l| l != 0 && keep[l as usize]).collect();
+    let count = kept.iter().filter(|&&k| k).count();
+    if largest < MIN_INK_PIXELS {
+        let pixels = if largest == 1 { "1 pixel".to_string() } else { format!("{largest} pixels") };
+        return Err(format!("the ink is only specks (the largest mark is {pixels}), too small to be a digit"));
+    }
+    if count as f32 > MAX_INK_FRACTION * (w * h) as f32 {
+        return Err(format!(
+            "the ink covers {:.0}% of the image; expected a digit on a plain background",
+            100.0 * count as f32 / (w * h) as f32
+        ));
+    }
+    // Hysteresis (as in Canny's edge detector): the faint parts of a stroke that touch
+    // its strong parts belong to it (a pen lifting, a light scan), noise apart from them
+    // does not.
+    let faint = (3.0 * sigma).max(FAINT * peak);
+    let ink = grow(w, h, &kept, |i| diff[i] > faint);
+    let bbox = bounding_box(w, &ink).ok_or("no ink found")?;
+    // Strokes as in MNIST: their cores saturate, their edges stay soft; background and
+    // specks are 0.
+    let mut strokes: Vec<f32> = diff.iter().zip(&kept).filter(|(_, k)| **k).map(|(d, _)| *d).collect();
+    let strong = percentile(&mut strokes, 0.75).max(threshold);
+    let floor = 0.5 * faint;
+    let near = dilate(w, h, &ink);
+    let levels = Plane::new(w, h, |x, y| {
+        let i = (y * w + x) as usize;
+        if near[i] { ((diff[i] - floor) / (strong - floor)).clamp(0.0, 1.0) } else { 0.0 }
+    });
+    Ok(Ink { levels, bbox })
+}
+
+/// Whether the background is the light end of the image: the border (its median) sits
+/// above Otsu's threshold of the image's own values, the level that best splits them in
+/// two. A dark digit on grey 127 and on grey 128, one dark dot on white, and a dark digit
+/// on a page lit brighter in its middle are all dark ink on a light background.
+fn light_background(gray: &Plane) -> bool {
+    percentile(&mut gray.border(), 0.5) > otsu(&gray.v)
+}
+
+/// The noise's standard deviation in `diff` (an image less its background), estimated
+/// robustly as 1.4826 times the median absolute deviation (the factor makes it the
+/// standard deviation for Gaussian noise).
+fn noise_deviation(diff: &[f32]) -> f32 {
+    let mut scratch = diff.to_vec();
+    let centre = percentile(&mut scratch, 0.5);
+    let mut deviations: Vec<f32> = diff.iter().map(|d| (d - centre).abs()).collect();
+    1.4826 * percentile(&mut deviations, 0.5)
+}
+
+/// The background of `ink` (ink high, background low), varying slowly across the image:
+/// the 25th percentile of each block of a grid about 8 blocks across, then the median of
+/// each 3x3 neighbourhood of blocks (a block filled by a stroke takes its neighbours'
+/// value, and a steady gradient keeps its own), interpolated bilinearly between block
+/// centres.
+fn background(ink: &Plane) -> Plane {
+    let (w, h) = (ink.w, ink.h);
+    let size = w.max(h).div_ceil(8).max(4);
+    let (gw, gh) = (w.div_ceil(size), h.div_ceil(size));
+    let mut grid = Vec::with_capacity((gw * gh) as usize);
+    let mut block = Vec::new();
+    for by in 0..gh {
+        for bx in 0..gw {
+            block.clear();
+            for y in by * size..((by + 1) * size).min(h) {
+                for x in bx * size..((bx + 1) * size).min(w) {
+                    block.push(ink.at(x, y));
+                }
+            }
+            grid.push(percentile(&mut block, 0.25));
+        }
+    }
+    let grid = Plane::new(gw, gh, |bx, by| {
+        let mut neighbours = Vec::with_capacity(9);
+        for y in by.saturating_sub(1)..(by + 2).min(gh) {
+            for x in bx.saturating_sub(1)..(bx + 2).min(gw) {
+                neighbours.push(grid[(y * gw + x) as usize]);
+            }
+        }
+        percentile(&mut neighbours, 0.5)
+    });
+    // Block centres at ((b + 0.5) * size); clamped beyond the outer centres.
+    let coordinate = |p: u32, blocks: u32| {
+        let g = ((p as f32 + 0.5) / size as f32 - 0.5).clamp(0.0, (blocks - 1) as f32);
+        let i = (g.floor() as u32).min(blocks.saturating_sub(2));
+        (i, (i + 1).min(blocks - 1), g - i as f32)
+    };
+    Plane::new(w, h, |x, y| {
+        let (x0, x1, fx) = coordinate(x, gw);
+        let (y0, y1, fy) = coordinate(y, gh);
+        let top = grid.at(x0, y0) * (1.0 - fx) + grid.at(x1, y0) * fx;
+        let bottom = grid.at(x0, y1) * (1.0 - fx) + grid.at(x1, y1) * fx;
+        top * (1.0 - fy) + bottom * fy
+    })
+}
+
+/// The `q`-quantile (`0..=1`) of `values` (reordered in place); 0 when empty.
+fn percentile(values: &mut [f32], q: f64) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let k = ((values.len() - 1) as f64 * q).round() as usize;
+    *values.select_nth_unstable_by(k, f32::total_cmp).1
+}
+
+/// Otsu's threshold of values in `[0, 1]` (256 bins): the level that best separates
+/// them into two classes (Otsu 1979, maximal between-class variance).
+fn otsu(values: &[f32]) -> f32 {
+    let mut hist = [0u64; 256];
+    for &v in values {
+        hist[(v.clamp(0.0, 1.0) * 255.0).round() as usize] += 1;
+    }
+    let total = values.len() as f64;
+    let sum: f64 = hist.iter().enumerate().map(|(i, &n)| i as f64 * n as f64).sum();
+    let (mut below, mut below_sum, mut best, mut level) = (0.0, 0.0, -1.0, 0usize);
+    for (i, &n) in hist.iter().enumerate() {
+        below += n as f64;
+        below_sum += i as f64 * n as f64;
+        let above = total - below;
+        if below == 0.0 || above == 0.0 {
+            continue;
+        }
+        let diff = below_sum / below - (sum - below_sum) / above;
+        let between = below * above * diff * diff;
+        if between > best {
+            (best, level) = (between, i);
+        }
+    }
+    (level as f32 + 0.5) / 255.0
+}
+
+/// Connected components of the `true` pixels of a `w` x `h` mask, 8-connected when
+/// `diagonal`, else 4-connected: a label per pixel (0 = not in the mask, else `1..`)
+/// and the size of each label (index 0 unused).
+fn components(w: u32, h: u32, mask: &[bool], diagonal: bool) -> (Vec<u32>, Vec<usize>) {
+    let (w, h) = (w as i64, h as i64);
+    let mut labels = vec![0u32; mask.len()];
+    let mut sizes = vec![0usize];
+    let mut stack = Vec::new();
+    for start in 0..mask.len() {
+        if !mask[start] || labels[start] != 0 {
+            continue;
+        }
+        let label = sizes.len() as u32;
+        let mut size = 0;
+        labels[start] = label;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            size += 1;
+            let (x, y) = (i as i64 % w, i as i64 / w);
+            for (dx, dy) in [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)]
+                .into_iter()
+                .take(if diagonal { 8 } else { 4 })
+            {
+                let (nx, ny) = (x + dx, y + dy);
+                if (0..w).contains(&nx) && (0..h).contains(&ny) {
+                    let j = (ny * w + nx) as usize;
+                    if mask[j] && labels[j] == 0 {
+                        labels[j] = label;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        sizes.push(size);
+    }
+    (labels, sizes)
+}
+
+/// `mask` grown, 8-connectedly, into every pixel `i` for which `admit(i)` holds.
+fn grow(w: u32, h: u32, mask: &[bool], admit: impl Fn(usize) -> bool) -> Vec<bool> {
+    let (w, h) = (w as i64, h as i64);
+    let mut out = mask.to_vec();
+    let mut stack: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
+    while let Some(i) = stack.pop() {
+        let (x, y) = (i as i64 % w, i as i64 / w);
+        for (dx, dy) in [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)] {
+            let (nx, ny) = (x + dx, y + dy);
+            if (0..w).contains(&nx) && (0..h).contains(&ny) {
+                let j = (ny * w + nx) as usize;
+                if !out[j] && admit(j) {
+                    out[j] = true;
+                    stack.push(j);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The mask grown by one pixel in every direction (3x3).
+fn dilate(w: u32, h: u32, mask: &[bool]) -> Vec<bool> {
+    let (w, h) = (w as usize, h as usize);
+    let mut out = vec![false; mask.len()];
+    for y in 0..h {
+        for x in 0..w {
+            if mask[y * w + x] {
+                for oy in y.saturating_sub(1)..(y + 2).min(h) {
+                    for ox in x.saturating_sub(1)..(x + 2).min(w) {
+                        out[oy * w + ox] = true;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The bounding box `(x0, y0, x1, y1)`, inclusive, of the `true` pixels of a mask of
+/// width `w`; `None` when there are none.
+fn bounding_box(w: u32, mask: &[bool]) -> Option<(u32, u32, u32, u32)> {
+    let mut bbox: Option<(u32, u32, u32, u32)> = None;
+    for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
+        let (x, y) = (i as u32 % w, i as u32 / w);
+        bbox = Some(match bbox {
+            None => (x, y, x, y),
+            Some((x0, y0, x1, y1)) => (x0.min(x), y0.min(y), x1.max(x), y1.max(y)),
+        });
     }
     bbox
 }
@@ -231,6 +595,162 @@ mod tests {
         eprintln!("mean distance: moved {moved_mean:.3}, original {orig_mean:.3}");
         assert!(moved_mean < 0.15, "{moved_mean}");
         assert!(orig_mean < 0.25, "{orig_mean}");
+    }
+
+    /// A deterministic generator of values in `[-1, 1)` (xorshift), for noise.
+    fn noise(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+    }
+
+    /// A sample digit as a photo of a page: scaled 8x (224 pixels) at `(dx, dy)` on a
+    /// 300-pixel canvas whose paper has level `paper(x, y)` (0..=255), ink of level `ink`,
+    /// plus noise of amplitude `noise_amp`.
+    fn photo(pixels: &[u8; 784], dx: u32, dy: u32, ink: f32, paper: impl Fn(u32, u32) -> f32, noise_amp: f32, seed: u64) -> GrayImage {
+        let small = GrayImage::from_fn(28, 28, |x, y| Luma([pixels[(y * 28 + x) as usize]]));
+        let big = imageops::resize(&small, 224, 224, FilterType::Triangle);
+        let mut rand = noise(seed);
+        GrayImage::from_fn(300, 300, |x, y| {
+            let a = if (dx..dx + 224).contains(&x) && (dy..dy + 224).contains(&y) {
+                f32::from(big.get_pixel(x - dx, y - dy).0[0]) / 255.0
+            } else {
+                0.0
+            };
+            let v = paper(x, y) * (1.0 - a) + ink * a + noise_amp * rand();
+            Luma([v.round().clamp(0.0, 255.0) as u8])
+        })
+    }
+
+    fn sample() -> mnist_data::Dataset {
+        mnist_data::Locator::offline(None).load(mnist_data::DatasetKind::Sample).unwrap()
+    }
+
+    /// The preprocessing of sample digit `i` as MNIST has it (light on black, 28x28).
+    fn reference(data: &mnist_data::Dataset, i: usize) -> [u8; 784] {
+        preprocess(&render(data.test.image(i), 1, 28, 0, 0, false), Path::new("reference")).unwrap()
+    }
+
+    /// Preprocesses each of 20 sample digits drawn by `draw` and holds it to the reference:
+    /// every distance under 0.3, the mean under 0.15.
+    fn assert_like_reference(what: &str, draw: impl Fn(&[u8; 784], usize) -> DynamicImage) {
+        let data = sample();
+        let mut sum = 0.0;
+        for i in 0..20 {
+            let got = preprocess(&draw(data.test.image(i), i), Path::new(what)).unwrap_or_else(|e| panic!("{what}, digit {i}: {e}"));
+            let d = distance(&reference(&data, i), &got);
+            assert!(d < 0.3, "{what}, digit {i}: relative L1 distance {d}");
+            sum += d;
+        }
+        assert!(sum / 20.0 < 0.15, "{what}: mean distance {}", sum / 20.0);
+    }
+
+    #[test]
+    fn dark_ink_on_grey_is_found_on_either_side_of_mid_grey() {
+        for (paper, ink, noise_amp) in [(127.0, 10.0, 0.0), (128.0, 10.0, 0.0), (100.0, 10.0, 12.0), (90.0, 30.0, 8.0), (160.0, 40.0, 10.0), (200.0, 60.0, 0.0), (255.0, 0.0, 0.0)] {
+            assert_like_reference(&format!("ink {ink} on {paper}, noise {noise_amp}"), |digit, i| {
+                DynamicImage::ImageLuma8(photo(digit, 30, 40, ink, |_, _| paper, noise_amp, i as u64))
+            });
+        }
+        // Light ink on a dark page, noisy.
+        assert_like_reference("ink 230 on 60", |digit, i| DynamicImage::ImageLuma8(photo(digit, 40, 30, 230.0, |_, _| 60.0, 10.0, i as u64)));
+    }
+
+    #[test]
+    fn uneven_lighting_is_removed_in_every_direction() {
+        let ramps: [(&str, fn(u32, u32) -> f32); 6] = [
+            ("left to right", |x, _| 140.0 + 30.0 * x as f32 / 299.0),
+            ("right to left", |x, _| 170.0 - 30.0 * x as f32 / 299.0),
+            ("top to bottom", |_, y| 140.0 + 30.0 * y as f32 / 299.0),
+            ("bottom to top", |_, y| 170.0 - 30.0 * y as f32 / 299.0),
+            ("diagonal", |x, y| 140.0 + 30.0 * (x + y) as f32 / 598.0),
+            ("lit centre", |x, y| 170.0 - 30.0 * ((x as f32 - 150.0).hypot(y as f32 - 150.0) / 212.0)),
+        ];
+        for (name, paper) in ramps {
+            assert_like_reference(name, |digit, i| DynamicImage::ImageLuma8(photo(digit, 38, 38, 60.0, paper, 3.0, i as u64)));
+        }
+    }
+
+    #[test]
+    fn a_sheet_on_a_dark_desk_is_found() {
+        for (desk, left, top, right, bottom) in [(35.0, 20, 20, 20, 20), (20.0, 36, 10, 5, 30), (50.0, 5, 33, 30, 8)] {
+            let paper = move |x: u32, y: u32| if x < left || y < top || x >= 300 - right || y >= 300 - bottom { desk } else { 235.0 };
+            assert_like_reference(&format!("sheet on a desk of {desk}"), |digit, i| {
+                DynamicImage::ImageLuma8(photo(digit, 38, 38, 30.0, paper, 4.0, i as u64))
+            });
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_images_are_levelled_to_the_bits_they_use() {
+        for bits in [10u32, 12, 14, 16] {
+            let full = ((1u32 << bits) - 1) as f32;
+            assert_like_reference(&format!("{bits}-bit data in 16 bits"), |digit, i| {
+                let page = photo(digit, 38, 38, 20.0, |_, _| 220.0, 0.0, i as u64);
+                let deep = image::ImageBuffer::from_fn(300, 300, |x, y| Luma([(f32::from(page.get_pixel(x, y).0[0]) / 255.0 * full).round() as u16]));
+                DynamicImage::ImageLuma16(deep)
+            });
+        }
+    }
+
+    #[test]
+    fn flat_pages_noise_and_specks_are_refused() {
+        let mut rand = noise(7);
+        let noisy = GrayImage::from_fn(200, 200, |_, _| Luma([(128.0 + 40.0 * rand()).round() as u8]));
+        let mut dots = GrayImage::from_pixel(64, 64, Luma([255]));
+        dots.put_pixel(30, 30, Luma([0]));
+        let one_dot = dots.clone();
+        for (x, y) in [(5, 9), (50, 12), (20, 55)] {
+            dots.put_pixel(x, y, Luma([0]));
+        }
+        let mut rand = noise(9);
+        let speckled = GrayImage::from_fn(100, 100, |x, y| {
+            let inside = (3..97).contains(&x) && (3..97).contains(&y);
+            Luma([if inside && rand() > -0.2 { 20 } else { 230 }])
+        });
+        for (name, image, needle) in [
+            ("flat grey", GrayImage::from_pixel(50, 40, Luma([128])), "no ink found"),
+            ("white", GrayImage::from_pixel(50, 40, Luma([255])), "no ink found"),
+            ("noise", noisy, "no ink found"),
+            ("one dot", one_dot, "the largest mark is 1 pixel"),
+            ("four dots", dots, "specks"),
+            ("speckled", speckled, "covers"),
+        ] {
+            let err = preprocess(&DynamicImage::ImageLuma8(image), Path::new(name)).unwrap_err();
+            assert!(matches!(err, Error::Blank { .. }), "{name}: {err}");
+            assert!(err.to_string().contains(needle) && err.to_string().contains(name), "{name}: {err}");
+        }
+    }
+
+    fn case(name: &str) -> DynamicImage {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/cases/images").join(name);
+        image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn the_reported_cases_preprocess_alike() {
+        let get = |name: &str| preprocess(&case(name), Path::new(name)).unwrap_or_else(|e| panic!("{e}"));
+        let (bg127, bg128) = (get("repro_seven_bg127.png"), get("repro_seven_bg128.png"));
+        let (paper, desk) = (get("repro_seven_paper.png"), get("repro_seven_paper_on_desk.png"));
+        for (a, b, what) in [(&bg127, &bg128, "grey 127 and 128"), (&paper, &desk, "sheet with and without the desk"), (&bg128, &paper, "grey page and sheet")] {
+            let d = distance(a, b);
+            assert!(d < 0.15, "{what}: relative L1 distance {d}");
+        }
+        // The 12-bit scan: a real digit's worth of ink, like the same data at 8 bits.
+        let deep = case("d00_L0_gray16_12bit.png");
+        let got = get("d00_L0_gray16_12bit.png");
+        assert!(got.iter().filter(|&&v| v > 128).count() > 40, "12-bit scan: too little ink");
+        let eight = DynamicImage::ImageLuma8(GrayImage::from_fn(deep.width(), deep.height(), |x, y| {
+            Luma([(f32::from(deep.to_luma16().get_pixel(x, y).0[0]) / 4095.0 * 255.0).round().min(255.0) as u8])
+        }));
+        let d = distance(&got, &preprocess(&eight, Path::new("8-bit")).unwrap());
+        assert!(d < 0.1, "12-bit scan vs its 8-bit version: {d}");
+        let err = preprocess(&case("x_single_dot.png"), Path::new("x_single_dot.png")).unwrap_err();
+        assert!(err.to_string().contains("too small to be a digit"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,27 @@ pub enum Error {
         /// What is wrong, naming the field.
         message: String,
     },
+    /// A file's SHA-256 differs from the one recorded when it was written.
+    #[error("{} is damaged or truncated (checksum mismatch: {recorded_in} records SHA-256 {expected}, the file's is {found}); retrain or restore it", path.display())]
+    Checksum {
+        /// The damaged file.
+        path: PathBuf,
+        /// Where the expected digest is recorded (`model.json`, the checkpoint's header).
+        recorded_in: String,
+        /// The digest recorded, hex.
+        expected: String,
+        /// The digest of the file as it is, hex.
+        found: String,
+    },
+    /// Weights holding NaN or infinite values (a run that diverged): never saved, loaded,
+    /// evaluated or used to predict.
+    #[error("{}: tensor `{tensor}` holds NaN or infinite values (the training diverged); such weights are never saved or used: retrain with a smaller learning rate", path.display())]
+    NonFinite {
+        /// The file being written or read.
+        path: PathBuf,
+        /// The first tensor with a non-finite value, e.g. `fc1.weight`.
+        tensor: String,
+    },
     /// A tensor is absent from the weight file.
     #[error("{}: missing tensor `{tensor}` (expected shape {expected:?})", path.display())]
     MissingTensor {

@@ -27,6 +27,11 @@ pub fn read_strict<T: Serialize + DeserializeOwned>(path: &Path, template: &T) -
 /// Parses `text` as a `T` with the checks of [`read_strict`]; the error is a message.
 pub fn from_str_strict<T: Serialize + DeserializeOwned>(text: &str, template: &T) -> std::result::Result<T, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    from_value_strict(value, template)
+}
+
+/// [`from_str_strict`] of a JSON value already parsed.
+pub fn from_value_strict<T: Serialize + DeserializeOwned>(value: Value, template: &T) -> std::result::Result<T, String> {
     let known = serde_json::to_value(template).map_err(|e| e.to_string())?;
     check_keys(&value, &known, "")?;
     let mut merged = known;

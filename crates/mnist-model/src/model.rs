@@ -208,6 +208,11 @@ impl<B: Backend> Cnn<B> {
         relu(kernels::linear(self.kernels, &self.fc1, x))
     }
 
+    /// Number of classes the network scores (the width of its logits; 10 in the seed).
+    pub fn classes(&self) -> usize {
+        self.fc2.weight.dims()[1]
+    }
+
     /// Returns the model computing its convolution blocks with `kernels`.
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.kernels = kernels;

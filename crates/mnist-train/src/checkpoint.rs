@@ -1,9 +1,12 @@
 //! Checkpoints: network, optimizer state, step and the seed that fixes the data order and
 //! dropout masks, in one file written atomically.
 //!
-//! Layout: the magic `MNISTRS-CKPT-v1\n`, then three sections, each a little-endian `u64`
-//! length followed by its bytes: the [`CheckpointState`] as JSON, the network's Burn record
-//! and the optimizer's Burn record (named MessagePack, full precision).
+//! Layout: the magic `MNISTRS-CKPT-v2\n`, the SHA-256 of everything after it (32 bytes),
+//! then three sections, each a little-endian `u64` length followed by its bytes: the
+//! [`CheckpointState`] as JSON, the network's Burn record and the optimizer's Burn record
+//! (named MessagePack, full precision). Reading verifies the digest first, so a damaged or
+//! truncated checkpoint is named as such and never resumed from; version 1 files (no
+//! digest) are still read. A network holding NaN or infinity is never written or resumed.
 
 use std::path::Path;
 
@@ -13,11 +16,15 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use mnist_model::Cnn;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 16] = b"MNISTRS-CKPT-v1\n";
+const MAGIC: &[u8; 16] = b"MNISTRS-CKPT-v2\n";
+/// The first layout: no digest.
+const MAGIC_V1: &[u8; 16] = b"MNISTRS-CKPT-v1\n";
+const DIGEST_LEN: usize = 32;
 
 /// What a checkpoint says besides the tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,11 +42,16 @@ pub struct CheckpointState {
 }
 
 /// Writes a checkpoint atomically.
+///
+/// # Errors
+/// [`mnist_model::Error::NonFinite`] (and nothing written) when the network holds NaN or
+/// infinity.
 pub fn save<B, O>(path: &Path, state: &CheckpointState, model: &Cnn<B>, optim: &O) -> Result<()>
 where
     B: AutodiffBackend,
     O: Optimizer<Cnn<B>, B>,
 {
+    mnist_model::weights::check_finite(model, path)?;
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
     let record_err = |e: burn::record::RecorderError| Error::Checkpoint {
         path: path.to_path_buf(),
@@ -48,12 +60,16 @@ where
     let model_bytes = recorder.record(model.clone().into_record(), ()).map_err(record_err)?;
     let optim_bytes = recorder.record(optim.to_record(), ()).map_err(record_err)?;
     let state_bytes = serde_json::to_vec(state).expect("state serialises");
-    let mut out = Vec::with_capacity(MAGIC.len() + 24 + state_bytes.len() + model_bytes.len() + optim_bytes.len());
+    let header = MAGIC.len() + DIGEST_LEN;
+    let mut out = Vec::with_capacity(header + 24 + state_bytes.len() + model_bytes.len() + optim_bytes.len());
     out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[0; DIGEST_LEN]);
     for section in [&state_bytes, &model_bytes, &optim_bytes] {
         out.extend_from_slice(&(section.len() as u64).to_le_bytes());
         out.extend_from_slice(section);
     }
+    let digest = Sha256::digest(&out[header..]);
+    out[MAGIC.len()..header].copy_from_slice(&digest);
     mnist_model::weights::write_atomic(path, &out)?;
     Ok(())
 }
@@ -83,12 +99,13 @@ where
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
     let corrupt = |what: &str, e: burn::record::RecorderError| Error::Checkpoint {
         path: path.to_path_buf(),
-        message: format!("corrupt {what} section: {e}"),
+        message: format!("corrupt {what} section: {}", mnist_model::weights::record_error(path, &e)),
     };
     let model_record = Recorder::<B>::load(&recorder, model_bytes.to_vec(), device).map_err(|e| corrupt("network", e))?;
     let optim_record = Recorder::<B>::load(&recorder, optim_bytes.to_vec(), device).map_err(|e| corrupt("optimizer", e))?;
     let model = model.load_record(model_record);
     mnist_model::weights::check_shapes(&state.config.model, &model, path)?;
+    mnist_model::weights::check_finite(&model, path)?;
     Ok((state, model, optim.load_record(optim_record)))
 }
 
@@ -99,14 +116,27 @@ fn parse_state(bytes: &[u8], path: &Path) -> Result<CheckpointState> {
     })
 }
 
-fn sections<'a>(bytes: &'a [u8], path: &Path) -> Result<[&'a [u8]; 3]> {
+pub(crate) fn sections<'a>(bytes: &'a [u8], path: &Path) -> Result<[&'a [u8]; 3]> {
     let corrupt = |message: String| Error::Checkpoint {
         path: path.to_path_buf(),
         message,
     };
-    let mut rest = bytes
-        .strip_prefix(MAGIC.as_slice())
-        .ok_or_else(|| corrupt("not an mnist-rs checkpoint (bad magic)".into()))?;
+    let mut rest = if let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) {
+        if rest.len() < DIGEST_LEN {
+            return Err(corrupt("truncated inside its header".into()));
+        }
+        let (digest, rest) = rest.split_at(DIGEST_LEN);
+        if Sha256::digest(rest).as_slice() != digest {
+            return Err(corrupt(
+                "the file is damaged or truncated (checksum mismatch: its content does not match the SHA-256 in its header); resume from a copy, or start the run again".into(),
+            ));
+        }
+        rest
+    } else {
+        bytes
+            .strip_prefix(MAGIC_V1.as_slice())
+            .ok_or_else(|| corrupt("not an mnist-rs checkpoint (bad magic)".into()))?
+    };
     let mut out = [&[][..]; 3];
     for (i, slot) in out.iter_mut().enumerate() {
         if rest.len() < 8 {

@@ -73,6 +73,14 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
         self.model.validate().map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        if self.model.classes != mnist_data::CLASSES {
+            return bad(format!(
+                "model.classes must be {} (every dataset here has {} classes, labels 0..=9), got {}",
+                mnist_data::CLASSES,
+                mnist_data::CLASSES,
+                self.model.classes
+            ));
+        }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return bad(format!("learning_rate must be a positive number, got {}", self.learning_rate));
         }
@@ -112,6 +120,8 @@ mod tests {
             (TrainConfig::new().with_steps(0), "steps"),
             (TrainConfig::new().with_beta2(1.0), "beta2"),
             (TrainConfig::new().with_model(CnnConfig::new().with_dropout(1.5)), "dropout"),
+            (TrainConfig::new().with_model(CnnConfig::new().with_classes(5)), "model.classes must be 10"),
+            (TrainConfig::new().with_model(CnnConfig::new().with_classes(12)), "model.classes must be 10"),
         ] {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");

@@ -53,8 +53,9 @@ pub enum Error {
         /// What plotters said.
         message: String,
     },
-    /// The loss became NaN or infinite.
-    #[error("training diverged at step {step}: loss is {loss}")]
+    /// The loss became NaN or infinite. No checkpoint is written from then on; the last
+    /// one written (if any) holds finite weights from before.
+    #[error("training diverged at step {step}: the loss is {loss}. Nothing from this step on was saved; lower the learning rate and train again (a checkpoint written before step {step}, if any, holds finite weights)")]
     Diverged {
         /// The step.
         step: u64,

@@ -35,6 +35,13 @@ pub fn evaluate<B: Backend>(model: &Cnn<B>, split: &Split, batch_size: usize, de
     if split.is_empty() {
         return Err(Error::InvalidConfig("cannot evaluate on an empty split".into()));
     }
+    if model.classes() != mnist_data::CLASSES {
+        return Err(Error::InvalidConfig(format!(
+            "the network scores {} classes but the dataset has {} (labels 0..=9)",
+            model.classes(),
+            mnist_data::CLASSES
+        )));
+    }
     let start = Instant::now();
     let loss_fn = CrossEntropyLossConfig::new().init::<B>(device);
     let mut confusion = vec![vec![0u64; 10]; 10];

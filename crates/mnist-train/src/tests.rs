@@ -45,7 +45,7 @@ fn params(dir: &std::path::Path) -> Vec<f32> {
 fn finished(outcome: Outcome) -> Report {
     match outcome {
         Outcome::Finished(r) => *r,
-        Outcome::Interrupted { step } => panic!("interrupted at {step}"),
+        Outcome::Interrupted { step } | Outcome::OutputClosed { step, .. } => panic!("stopped at {step}"),
     }
 }
 
@@ -121,7 +121,7 @@ fn a_stop_request_checkpoints_and_resume_finishes() {
     o.stop = Some(Arc::new(AtomicBool::new(true)));
     match train::<B>(&tiny(100), &data, &o, &Default::default()).unwrap() {
         Outcome::Interrupted { step } => assert_eq!(step, 0),
-        Outcome::Finished(_) => panic!("should have stopped"),
+        other => panic!("should have been interrupted: {other:?}"),
     }
     assert_eq!(checkpoint::read_state(&dir.path().join(files::CHECKPOINT)).unwrap().step, 0);
     assert!(!dir.path().join(files::REPORT).exists());
@@ -157,4 +157,119 @@ fn bad_output_directories_and_checkpoints_are_clear_errors() {
     resume.resume = true;
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();
     assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+#[test]
+fn divergence_is_named_at_its_step_and_nothing_non_finite_is_saved() {
+    // The reported case: learning rate 1e30, a log line every million steps, a checkpoint
+    // every 10 (../tests/cases/configs/huge_lr_rarelog.json, on a small network).
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(40).with_learning_rate(1e30).with_log_every(1_000_000).with_checkpoint_every(10);
+    let err = train::<B>(&config, &data, &options(dir.path()), &Default::default()).unwrap_err();
+    let Error::Diverged { step, loss } = err else { panic!("expected a divergence: {err}") };
+    assert!(step < 10 && !loss.is_finite(), "step {step}, loss {loss}");
+    assert!(err_text(&Error::Diverged { step, loss }).contains(&format!("diverged at step {step}")));
+    for f in [files::CHECKPOINT, files::REPORT, weights::WEIGHTS_FILE, weights::CONFIG_FILE] {
+        assert!(!dir.path().join(f).exists(), "{f} written for a diverged run");
+    }
+}
+
+fn err_text(e: &Error) -> String {
+    e.to_string()
+}
+
+#[test]
+fn damaged_checkpoints_are_refused_by_their_checksum() {
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    finished(train::<B>(&tiny(20), &data, &options(dir.path()), &Default::default()).unwrap());
+    let path = dir.path().join(files::CHECKPOINT);
+    let good = std::fs::read(&path).unwrap();
+    let mut resume = options(dir.path());
+    resume.resume = true;
+    let mut flipped = good.clone();
+    for i in 0..64 {
+        let at = flipped.len() / 2 + i * 97;
+        flipped[at] ^= 0x5a;
+    }
+    for (what, bytes) in [("flipped bytes", flipped), ("truncated", good[..good.len() - 1000].to_vec())] {
+        std::fs::write(&path, &bytes).unwrap();
+        let err = train::<B>(&tiny(30), &data, &resume, &Default::default()).unwrap_err().to_string();
+        assert!(err.contains("damaged or truncated (checksum mismatch"), "{what}: {err}");
+        let err = checkpoint::read_state(&path).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{what}: {err}");
+    }
+    std::fs::write(&path, &good).unwrap();
+    finished(train::<B>(&tiny(30), &data, &resume, &Default::default()).unwrap());
+}
+
+#[test]
+fn a_checkpoint_holding_non_finite_weights_is_not_resumed() {
+    use burn::module::{Module, Param};
+    use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    finished(train::<B>(&tiny(20), &data, &options(dir.path()), &Default::default()).unwrap());
+    let path = dir.path().join(files::CHECKPOINT);
+    // A version-1 checkpoint (no digest), as earlier versions wrote after a divergence:
+    // the real state and optimizer sections, a network whose fc1 bias is NaN.
+    let bytes = std::fs::read(&path).unwrap();
+    let [state, _, optim] = checkpoint::sections(&bytes, &path).unwrap();
+    let mut model = tiny(20).model.init::<Flex>(7, &Default::default()).unwrap();
+    let bias = model.fc1.bias.take().unwrap().val();
+    model.fc1.bias = Some(Param::from_tensor(bias.clone() / bias.zeros_like()));
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+    let network = recorder.record(model.into_record(), ()).unwrap();
+    let mut v1 = b"MNISTRS-CKPT-v1\n".to_vec();
+    for section in [state, &network[..], optim] {
+        v1.extend_from_slice(&(section.len() as u64).to_le_bytes());
+        v1.extend_from_slice(section);
+    }
+    std::fs::write(&path, &v1).unwrap();
+    let mut resume = options(dir.path());
+    resume.resume = true;
+    let err = train::<B>(&tiny(30), &data, &resume, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("fc1.bias") && err.contains("NaN or infinite"), "{err}");
+}
+
+#[test]
+fn stale_temporary_files_are_removed_and_nothing_else() {
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    let stale = [".tmp-a1B2c3", ".tmp-ZZZZZZ.png"];
+    let kept = [".tmp-abc", ".tmp-abcdefg", ".tmp-a1B2c3.json", "notes.tmp", ".tmp-x-y-z1"];
+    for name in stale.iter().chain(&kept) {
+        std::fs::write(dir.path().join(name), b"left over").unwrap();
+    }
+    std::fs::create_dir(dir.path().join(".tmp-dir123")).unwrap();
+    finished(train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap());
+    for name in stale {
+        assert!(!dir.path().join(name).exists(), "{name} kept");
+    }
+    for name in kept.iter().chain(&[".tmp-dir123"]) {
+        assert!(dir.path().join(name).exists(), "{name} removed");
+    }
+    // On resume too.
+    std::fs::write(dir.path().join(stale[0]), b"left over").unwrap();
+    let mut resume = options(dir.path());
+    resume.resume = true;
+    finished(train::<B>(&tiny(12), &data, &resume, &Default::default()).unwrap());
+    assert!(!dir.path().join(stale[0]).exists());
+}
+
+#[test]
+fn a_network_with_other_than_ten_classes_is_refused_before_training() {
+    // ../tests/cases/configs/classes5.json and classes12_init.json.
+    for classes in [5, 12] {
+        let config = tiny(5).with_model(CnnConfig::new().with_classes(classes));
+        let dir = tempfile::tempdir().unwrap();
+        let err = train::<B>(&config, &sample(), &options(dir.path()), &Default::default()).unwrap_err().to_string();
+        assert!(err.contains("model.classes must be 10") && err.contains(&classes.to_string()), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "files written");
+        // Evaluation refuses such a network too, instead of folding classes together.
+        let model = CnnConfig::new().with_classes(classes).init::<Flex>(0, &Default::default()).unwrap();
+        let err = evaluate(&model, &sample().test, 100, &Default::default()).unwrap_err().to_string();
+        assert!(err.contains(&format!("scores {classes} classes")), "{err}");
+    }
 }

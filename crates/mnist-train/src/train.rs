@@ -1,6 +1,6 @@
 //! The training loop and the artifact directory it fills.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,6 +133,14 @@ pub enum Outcome {
         /// Steps completed.
         step: u64,
     },
+    /// Stopped early because the progress lines could not be written (standard output
+    /// closed, as by `mnist train | head`); a checkpoint holds `step`.
+    OutputClosed {
+        /// Steps completed.
+        step: u64,
+        /// The write error.
+        error: String,
+    },
 }
 
 /// Trains a network as `config` says on `dataset`, writing the artifact directory:
@@ -175,6 +183,7 @@ pub fn train<B: AutodiffBackend>(
 
     let mut sampler = Sampler::new(dataset.train.len(), config.batch_size, config.seed)?;
     let progress = Progress::new(options.progress, state.step, config.steps);
+    let mut losses = LossWatch::<B>::default();
     let session_start = Instant::now();
     let first_step = state.step;
     // Training time of earlier sessions of this run (resume), plus this session's.
@@ -182,12 +191,16 @@ pub fn train<B: AutodiffBackend>(
     let total_seconds = || prior_seconds + session_start.elapsed().as_secs_f64();
 
     for step in state.step..config.steps {
-        if options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+        if options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) || progress.write_error().is_some() {
+            losses.check()?;
             state.step = step;
             state.train_seconds = total_seconds();
             checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
             progress.finish();
-            return Ok(Outcome::Interrupted { step });
+            return Ok(match progress.write_error() {
+                Some(error) => Outcome::OutputClosed { step, error },
+                None => Outcome::Interrupted { step },
+            });
         }
         let batch = dataset.train.batch::<B>(sampler.indices(step), device)?;
         let log = step % config.log_every == 0 || step + 1 == config.steps;
@@ -198,11 +211,10 @@ pub fn train<B: AutodiffBackend>(
         let loss;
         (model, loss) = train_step(model, &mut optim, batch.images, batch.labels, mask, config.learning_rate);
 
+        losses.push(step, &loss);
         if let Some(train_accuracy) = train_accuracy {
+            losses.check()?;
             let loss = loss.into_scalar().elem::<f64>();
-            if !loss.is_finite() {
-                return Err(Error::Diverged { step, loss: loss as f32 });
-            }
             let elapsed = session_start.elapsed().as_secs_f64();
             let row = MetricRow {
                 step,
@@ -216,13 +228,18 @@ pub fn train<B: AutodiffBackend>(
         }
         progress.tick(step + 1);
         let done = step + 1;
-        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps {
+        let checkpoint = config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps;
+        if checkpoint || losses.pending() >= LossWatch::<B>::MAX_PENDING {
+            losses.check()?;
+        }
+        if checkpoint {
             state.step = done;
             state.train_seconds = total_seconds();
             checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
         }
     }
     progress.finish();
+    losses.check()?;
     let train_seconds = total_seconds();
     let trained_here = config.steps - first_step;
     state.step = config.steps;
@@ -252,6 +269,53 @@ pub fn train<B: AutodiffBackend>(
     };
     mnist_model::json::write(&dir.join(files::REPORT), &report)?;
     Ok(Outcome::Finished(Box::new(report)))
+}
+
+/// The losses of the steps since the last check, left on the device: checking reads them
+/// all back at once (one wait for the device), so the loop checks at every log line,
+/// before every checkpoint and at least every [`Self::MAX_PENDING`] steps, and names the
+/// first step whose loss was NaN or infinite.
+struct LossWatch<B: AutodiffBackend> {
+    first_step: u64,
+    losses: Vec<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> Default for LossWatch<B> {
+    fn default() -> Self {
+        LossWatch { first_step: 0, losses: Vec::new() }
+    }
+}
+
+impl<B: AutodiffBackend> LossWatch<B> {
+    /// Steps between two checks at most.
+    const MAX_PENDING: usize = 100;
+
+    fn push(&mut self, step: u64, loss: &Tensor<B, 1>) {
+        if self.losses.is_empty() {
+            self.first_step = step;
+        }
+        self.losses.push(loss.clone().inner());
+    }
+
+    fn pending(&self) -> usize {
+        self.losses.len()
+    }
+
+    /// [`Error::Diverged`] naming the first step whose loss was not finite.
+    fn check(&mut self) -> Result<()> {
+        if self.losses.is_empty() {
+            return Ok(());
+        }
+        let losses = Tensor::cat(std::mem::take(&mut self.losses), 0).into_data();
+        let first_bad = losses.iter::<f64>().enumerate().find(|(_, l)| !l.is_finite());
+        match first_bad {
+            None => Ok(()),
+            Some((i, loss)) => Err(Error::Diverged {
+                step: self.first_step + i as u64,
+                loss: loss as f32,
+            }),
+        }
+    }
 }
 
 /// The optimizer of a run: Adam with the config's betas and epsilon (the seed: TensorFlow's
@@ -299,11 +363,20 @@ fn batch_accuracy<B: Backend>(model: &Cnn<B>, images: burn::tensor::Tensor<B, 4>
     correct as f64 / n as f64
 }
 
+/// The suffixes of the temporary files this program writes in an artifact directory
+/// (JSON, weights, checkpoints and metrics have none; the plot is `.png`).
+const TEMP_SUFFIXES: [&str; 2] = ["", ".png"];
+
 fn prepare_dir(dir: &Path, resume: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
         source,
     })?;
+    // Left by a process killed while writing (SIGKILL, power loss): never renamed, so
+    // never read, only taking space.
+    for stale in weights::remove_stale_temps(dir, &TEMP_SUFFIXES)? {
+        let _ = writeln!(std::io::stderr(), "removed a stale temporary file: {}", stale.display());
+    }
     // Fail now, not after hours of training, when the directory is not writable.
     tempfile::tempfile_in(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
@@ -349,6 +422,8 @@ fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) 
 struct Progress {
     mode: ProgressMode,
     bar: Option<indicatif::ProgressBar>,
+    /// Set when a line could not be written to standard output (closed pipe, full disk).
+    write_error: std::cell::RefCell<Option<String>>,
 }
 
 impl Progress {
@@ -362,16 +437,28 @@ impl Progress {
             bar.set_position(start);
             bar
         });
-        Progress { mode, bar }
+        Progress { mode, bar, write_error: Default::default() }
+    }
+
+    fn write_error(&self) -> Option<String> {
+        self.write_error.borrow().clone()
     }
 
     fn log(&self, row: &MetricRow) {
         match (&self.bar, self.mode) {
             (Some(bar), _) => bar.set_message(format!("loss {:.4}  training accuracy {:.4}", row.loss, row.train_accuracy)),
-            (None, ProgressMode::Lines) => println!(
-                "step {}, training accuracy {:.4}, loss {:.4}, {:.0} images/s",
-                row.step, row.train_accuracy, row.loss, row.images_per_sec
-            ),
+            (None, ProgressMode::Lines) => {
+                let mut out = std::io::stdout().lock();
+                let written = writeln!(
+                    out,
+                    "step {}, training accuracy {:.4}, loss {:.4}, {:.0} images/s",
+                    row.step, row.train_accuracy, row.loss, row.images_per_sec
+                )
+                .and_then(|()| out.flush());
+                if let Err(e) = written {
+                    self.write_error.borrow_mut().get_or_insert(e.to_string());
+                }
+            }
             _ => {}
         }
     }

@@ -1,0 +1,47 @@
+//! Printing that a closed pipe cannot turn into a panic.
+//!
+//! `println!` panics when standard output is gone (`mnist predict ... | head -1` closes it
+//! after one line): [`say!`] writes a line and remembers the first failure instead, after
+//! which it writes nothing more, and [`note!`] writes to standard error and ignores a
+//! failure. Commands ask [`stdout_closed`] to stop early and quietly.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line to standard output; `false` once standard output cannot be written.
+pub fn say_line(args: std::fmt::Arguments<'_>) -> bool {
+    if CLOSED.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush());
+    if written.is_err() {
+        CLOSED.store(true, Ordering::Relaxed);
+    }
+    written.is_ok()
+}
+
+/// Writes one line to standard error, ignoring a failure (there is nowhere left to say it).
+pub fn note_line(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
+/// Whether a write to standard output has failed (a closed pipe, a full disk).
+pub fn stdout_closed() -> bool {
+    CLOSED.load(Ordering::Relaxed)
+}
+
+/// `println!` that returns `false` instead of panicking when standard output is closed.
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::output::say_line(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that ignores a closed standard error.
+macro_rules! note {
+    ($($arg:tt)*) => { $crate::output::note_line(format_args!($($arg)*)) };
+}
+
+pub(crate) use {note, say};

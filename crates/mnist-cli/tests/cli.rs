@@ -1,0 +1,286 @@
+//! The `mnist` binary as a process: exit statuses, signals, closed pipes, and a sweep of
+//! bad inputs none of which may end in a panic (exit status 101). These need the real
+//! executable (`CARGO_BIN_EXE_mnist`), which cargo builds only for this package's own
+//! integration tests; everything else is tested in the workspace's `tests/` binary.
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burn_flex::Flex;
+use mnist_model::{CnnConfig, weights};
+
+fn mnist() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mnist"));
+    cmd.env_remove("MNIST_RS_COMMAND").env("MNIST_DATA_DIR", "").stdin(Stdio::null());
+    cmd
+}
+
+fn cases() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/cases")
+}
+
+/// A small network and short steps, so a run takes seconds.
+fn tiny(steps: u64, log_every: u64) -> String {
+    format!(
+        r#"{{"dataset": "sample", "model": {{"conv1_channels": 4, "conv2_channels": 8, "hidden": 32}}, "batch_size": 16, "steps": {steps}, "log_every": {log_every}, "checkpoint_every": 0, "learning_rate": 0.001}}"#
+    )
+}
+
+/// An untrained seed network saved as an artifact directory, for predict and eval.
+fn model_dir(root: &Path) -> PathBuf {
+    let dir = root.join("model");
+    let config = CnnConfig::new();
+    weights::save_dir(&config.init::<Flex>(1, &Default::default()).unwrap(), &config, &dir).unwrap();
+    dir
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the process ended by itself, without a panic, and returns its stderr.
+fn no_panic(what: &str, out: &Output) -> String {
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "{what}: exit 101\n{stderr}");
+    assert!(out.status.code().is_some(), "{what}: killed by a signal\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{what}: panic\n{stderr}");
+    stderr
+}
+
+#[test]
+fn no_bad_input_ends_in_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let write = |name: &str, bytes: &[u8]| {
+        let path = root.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let m = model.to_str().unwrap().to_string();
+
+    // Damaged artifact directories: flipped and truncated weights, NaN weights, a bad
+    // manifest.
+    let damaged = |name: &str, edit: &dyn Fn(&Path)| {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["model.json", "model.mpk", "model.safetensors"] {
+            std::fs::copy(model.join(f), dir.join(f)).unwrap();
+        }
+        edit(&dir);
+        dir.to_str().unwrap().to_string()
+    };
+    let flipped = damaged("flipped", &|d| {
+        let mut b = std::fs::read(d.join("model.mpk")).unwrap();
+        let n = b.len();
+        for i in 0..64 {
+            b[n / 2 + i * 101] ^= 0xa5;
+        }
+        std::fs::write(d.join("model.mpk"), b).unwrap();
+    });
+    let truncated = damaged("truncated", &|d| {
+        let b = std::fs::read(d.join("model.mpk")).unwrap();
+        std::fs::write(d.join("model.mpk"), &b[..b.len() / 3]).unwrap();
+    });
+    let bad_manifest = damaged("manifest", &|d| std::fs::write(d.join("model.json"), r#"{"classes": 12}"#).unwrap());
+    let garbage = damaged("garbage", &|d| {
+        std::fs::write(d.join("model.json"), "{}").unwrap();
+        std::fs::write(d.join("model.mpk"), "garbage").unwrap();
+    });
+
+    let html = write("index.html.gz", b"<!DOCTYPE html><html><body>Not Found</body></html>");
+    let data_dir = root.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    for f in ["train-images.idx3-ubyte", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+        std::fs::copy(&html, data_dir.join(f)).unwrap();
+    }
+    let d = data_dir.to_str().unwrap().to_string();
+    let empty = write("empty.png", b"");
+    let text_file = write("notes.png", b"a shopping list");
+    let mut huge = Vec::new();
+    image::GrayImage::from_pixel(1, 1, image::Luma([0])).write_to(&mut std::io::Cursor::new(&mut huge), image::ImageFormat::Png).unwrap();
+    huge[16..24].copy_from_slice(&[0, 0, 0x4e, 0x20, 0, 0, 0x4e, 0x20]);
+    let huge = write("huge.png", &huge);
+    let flat = root.join("flat.png");
+    image::GrayImage::from_pixel(64, 64, image::Luma([128])).save(&flat).unwrap();
+    let flat = flat.to_str().unwrap().to_string();
+    let bad_json = write("bad.json", b"{ not json");
+    let unknown_field = write("unknown.json", br#"{"stpes": 10}"#);
+    let nan_lr = write("nan.json", br#"{"learning_rate": "NaN"}"#);
+    let no_checkpoint = root.join("no-checkpoint");
+    std::fs::create_dir_all(&no_checkpoint).unwrap();
+    let bad_checkpoint = root.join("bad-checkpoint");
+    std::fs::create_dir_all(&bad_checkpoint).unwrap();
+    std::fs::write(bad_checkpoint.join("checkpoint.bin"), b"MNISTRS-CKPT-v2\n\x01\x02").unwrap();
+    let case = |p: &str| cases().join(p).to_str().unwrap().to_string();
+    let out = |name: &str| root.join("runs").join(name).to_str().unwrap().to_string();
+
+    let mut runs: Vec<Vec<String>> = vec![
+        vec!["train".into(), "--steps".into(), "-5".into()],
+        vec!["train".into(), "--steps".into(), "0".into()],
+        vec!["train".into(), "--seed".into(), "-1".into()],
+        vec!["train".into(), "--backend".into(), "cuda".into()],
+        vec!["train".into(), "--backend".into(), "".into()],
+        vec!["train".into(), "--dataset".into(), "cifar".into(), "--out".into(), out("cifar")],
+        vec!["train".into(), "--config".into(), "/nonexistent.json".into()],
+        vec!["train".into(), "--config".into(), bad_json.clone(), "--out".into(), out("json")],
+        vec!["train".into(), "--config".into(), unknown_field, "--out".into(), out("unknown")],
+        vec!["train".into(), "--config".into(), nan_lr, "--out".into(), out("nan")],
+        vec!["train".into(), "--dataset".into(), "mnist".into(), "--data-dir".into(), d.clone(), "--out".into(), out("html")],
+        vec!["train".into(), "--dataset".into(), "mnist".into(), "--data-dir".into(), "/nonexistent".into(), "--out".into(), out("nodir")],
+        vec!["train".into(), "--resume".into(), "--out".into(), no_checkpoint.to_str().unwrap().into()],
+        vec!["train".into(), "--resume".into(), "--out".into(), bad_checkpoint.to_str().unwrap().into()],
+        vec!["train".into(), "--resume".into(), "--out".into(), "/nonexistent".into()],
+        vec!["eval".into(), "--model".into(), "/nonexistent".into()],
+        vec!["eval".into(), "--model".into(), m.clone(), "--dataset".into(), "mnist".into(), "--data-dir".into(), d],
+        vec!["bench".into(), "train".into(), "--batch".into(), "0".into()],
+        vec!["bench".into(), "latency".into(), "--repeats".into(), "0".into()],
+        vec!["predict".into()],
+        vec!["predict".into(), "--model".into(), "/nonexistent".into(), flat.clone()],
+        vec!["predict".into(), "--model".into(), m.clone(), "/nonexistent.png".into(), empty, text_file, huge, flat, html],
+    ];
+    for config in ["classes5.json", "classes12_init.json", "huge_lr_rarelog.json"] {
+        runs.push(vec!["train".into(), "--config".into(), case(&format!("configs/{config}")), "--out".into(), out(config), "--plain".into()]);
+    }
+    for dir in [flipped, truncated, bad_manifest, garbage] {
+        runs.push(vec!["eval".into(), "--model".into(), dir.clone(), "--dataset".into(), "sample".into()]);
+        runs.push(vec!["predict".into(), "--model".into(), dir, case("images/repro_seven_bg128.png")]);
+    }
+    let images: Vec<String> = std::fs::read_dir(cases().join("images")).unwrap().map(|e| e.unwrap().path().to_str().unwrap().to_string()).collect();
+    runs.push([vec!["predict".to_string(), "--model".into(), m.clone(), "--json".into()], images].concat());
+
+    for args in &runs {
+        let what = format!("mnist {}", args.join(" "));
+        let output = mnist().args(args).output().unwrap();
+        let stderr = no_panic(&what, &output);
+        let status = output.status.code().unwrap();
+        if args[0] == "predict" && args.len() > 4 && args.iter().any(|a| a.ends_with("repro_seven_bg128.png")) && status == 0 {
+            continue; // the sweep of good and bad images: some are digits
+        }
+        assert_ne!(status, 0, "{what}: succeeded\n{stderr}");
+        assert!(stderr.contains("error"), "{what}: no error line\n{stderr}");
+        assert!(!stderr.contains("stack backtrace"), "{what}: backtrace\n{stderr}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_predict_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path());
+    let image = cases().join("images/repro_seven_bg128.png");
+    // More output than a pipe buffers (64 KiB), so writes fail after the reader goes.
+    let files = vec![image.to_str().unwrap().to_string(); 600];
+    let mut child = mnist()
+        .args(["predict", "--json", "--model", model.to_str().unwrap()])
+        .args(&files)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap(); // `| head -1`
+    let output = child.wait_with_output().unwrap();
+    let stderr = no_panic("predict | head -1", &output);
+    assert!(first.contains("\"class\""), "{first}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn a_closed_stdout_stops_training_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("tiny.json");
+    std::fs::write(&config, tiny(100_000, 1)).unwrap();
+    let out = tmp.path().join("run");
+    let mut child = mnist()
+        .args(["train", "--plain", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    lines.read_line(&mut first).unwrap(); // `| head -2`
+    lines.read_line(&mut first).unwrap();
+    drop(lines);
+    let output = child.wait_with_output().unwrap();
+    let stderr = no_panic("train | head -2", &output);
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+    assert!(stderr.contains("standard output was closed") && stderr.contains("checkpoint saved"), "{stderr}");
+    assert!(stderr.contains(&format!("mnist train --resume --out {}", out.display())), "{stderr}");
+    assert!(out.join("checkpoint.bin").is_file());
+}
+
+/// Starts a long tiny run, waits for its first progress line, sends `signal`.
+fn signalled_run(signal: &str, root: &Path, command: Option<&str>) -> (Output, PathBuf) {
+    let config = root.join(format!("{signal}.json"));
+    std::fs::write(&config, tiny(100_000, 10)).unwrap();
+    let out = root.join(format!("run-{signal}"));
+    let mut cmd = mnist();
+    if let Some(command) = command {
+        cmd.env("MNIST_RS_COMMAND", command);
+    }
+    let mut child = cmd
+        .args(["train", "--plain", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut line = String::new();
+    while !line.starts_with("step 10,") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "training ended early");
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress line");
+    }
+    let killed = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    (child.wait_with_output().unwrap(), out)
+}
+
+#[test]
+#[cfg(unix)]
+fn sigterm_and_sigint_save_a_checkpoint_and_name_the_command_to_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (signal, code, command) in [("TERM", 143, None), ("INT", 130, Some("cargo xtask"))] {
+        let (output, out) = signalled_run(signal, tmp.path(), command);
+        let stderr = no_panic(signal, &output);
+        assert_eq!(output.status.code(), Some(code), "SIG{signal}: {stderr}");
+        assert!(stderr.contains("checkpoint saved"), "SIG{signal}: {stderr}");
+        let hint = format!("{} train --backend flex --resume --out {}", command.unwrap_or("mnist"), out.display());
+        assert!(stderr.contains(&hint), "SIG{signal}: expected `{hint}` in\n{stderr}");
+        let state: serde_json::Value = {
+            let bytes = std::fs::read(out.join("checkpoint.bin")).unwrap();
+            assert!(bytes.len() > 100);
+            let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+            serde_json::from_str(log.lines().last().unwrap()).unwrap()
+        };
+        assert!(state["step"].as_u64().unwrap() >= 10);
+    }
+    // The hint works: resume to a few steps further and finish.
+    let out = tmp.path().join("run-TERM");
+    let output = mnist().args(["train", "--resume", "--out", out.to_str().unwrap(), "--steps", "40"]).output().unwrap();
+    let stderr = no_panic("resume", &output);
+    assert!(output.status.success() || text(&output.stderr).contains("beyond the 40 steps"), "{stderr}");
+}
+
+#[test]
+fn numbers_on_the_command_line_say_what_they_must_be() {
+    for (args, needle) in [
+        (vec!["train", "--steps", "-5"], "must be a positive integer (1 or more), got -5"),
+        (vec!["train", "--steps", "ten"], "must be a positive integer (1 or more), got \"ten\""),
+        (vec!["train", "--seed", "-1"], "must be a non-negative integer"),
+        (vec!["bench", "train", "--batch", "0"], "must be a positive integer"),
+    ] {
+        let output = mnist().args(&args).output().unwrap();
+        let stderr = no_panic(&args.join(" "), &output);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

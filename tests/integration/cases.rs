@@ -1,0 +1,92 @@
+//! The reported cases under `tests/cases/` (see its README) through the `mnist` command
+//! and the library: each gets the right answer or a clear error.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use mnist_cli::{Cli, Status, run};
+
+fn mnist(args: &[&str]) -> anyhow::Result<Status> {
+    let cli = Cli::try_parse_from(std::iter::once("mnist").chain(args.iter().copied()))?;
+    run(cli)
+}
+
+fn case(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cases").join(path)
+}
+
+#[test]
+fn the_reported_images_get_the_right_digit_and_damaged_weights_are_refused() {
+    // The model the cases were reported against: configs/quick.json on the bundled sample
+    // (1,500 steps, about 97.5% on its test split).
+    let dir = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/quick.json");
+    let run_dir = dir.path().join("run");
+    let r = run_dir.to_str().unwrap();
+    assert_eq!(mnist(&["train", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", r, "--plain"]).unwrap(), Status::Success);
+
+    let classifier = mnist_infer::Classifier::<burn_flex::Flex>::load(&run_dir, &Default::default()).unwrap();
+    for (file, digit) in [
+        ("repro_seven_bg127.png", 7),
+        ("repro_seven_bg128.png", 7),
+        ("d00_L0_gray16_12bit.png", 0),
+        ("repro_seven_paper.png", 7),
+        ("repro_seven_paper_on_desk.png", 7),
+    ] {
+        let p = classifier.predict_file(&case("images").join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(p.digit, digit, "{file}: {:?}", p.probabilities);
+    }
+    let err = classifier.predict_file(&case("images/x_single_dot.png")).unwrap_err().to_string();
+    assert!(err.contains("x_single_dot.png") && err.contains("too small to be a digit"), "{err}");
+
+    // Damaged weights: flipped bytes and a truncated file are named as such, never read.
+    let mpk = run_dir.join("model.mpk");
+    let good = std::fs::read(&mpk).unwrap();
+    let mut flipped = good.clone();
+    for i in 0..64 {
+        let at = good.len() / 3 + i * 4099;
+        flipped[at] ^= 0xff;
+    }
+    for (what, bytes) in [("flipped", flipped), ("truncated", good[..good.len() / 2].to_vec())] {
+        std::fs::write(&mpk, bytes).unwrap();
+        for command in ["eval", "predict"] {
+            let mut args = vec![command, "--model", r];
+            let image = case("images/repro_seven_bg128.png");
+            if command == "predict" {
+                args.push(image.to_str().unwrap());
+            }
+            let err = format!("{:#}", mnist(&args).unwrap_err());
+            assert!(err.contains("model.mpk is damaged or truncated (checksum mismatch"), "{what}, {command}: {err}");
+            assert!(!err.contains("backward-compat"), "{err}");
+        }
+    }
+    std::fs::write(&mpk, &good).unwrap();
+    assert_eq!(mnist(&["eval", "--model", r]).unwrap(), Status::Success);
+}
+
+#[test]
+fn a_class_count_other_than_ten_is_refused_when_the_config_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, classes) in [("classes5.json", "5"), ("classes12_init.json", "12")] {
+        let out = dir.path().join(file);
+        let config = case("configs").join(file);
+        let err = format!("{:#}", mnist(&["train", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()]).unwrap_err());
+        assert!(err.contains(file) && err.contains("model.classes must be 10") && err.contains(classes), "{err}");
+        assert!(!out.exists(), "{file}: a run directory was created");
+    }
+}
+
+#[test]
+fn a_diverging_run_stops_at_its_step_and_saves_nothing() {
+    // Learning rate 1e30, logging every million steps, checkpoints every 10.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let config = case("configs/huge_lr_rarelog.json");
+    let err = format!("{:#}", mnist(&["train", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--plain"]).unwrap_err());
+    assert!(err.contains("training diverged at step") && err.contains("lower the learning rate"), "{err}");
+    for f in ["checkpoint.bin", "model.mpk", "model.json", "report.json"] {
+        assert!(!out.join(f).exists(), "{f} written for a diverged run");
+    }
+    let err = format!("{:#}", mnist(&["train", "--resume", "--out", out.to_str().unwrap(), "--steps", "30"]).unwrap_err());
+    assert!(err.contains("no checkpoint to resume from"), "{err}");
+}
