@@ -10,6 +10,7 @@
 //! the criterion micro-benchmarks instead.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -132,7 +133,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
-    println!("{}", table(&results));
+    // A closed pipe (`| head`) is not worth a panic; the JSON below is written anyway.
+    let _ = writeln!(std::io::stdout(), "{}", table(&results));
     let report = json!({
         "machine": machine(),
         "date_utc": date(),

@@ -7,7 +7,7 @@
 //! (8,000) the train split. Both are shuffled with a fixed seed, so the output is the
 //! same byte for byte on every run.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -43,7 +43,7 @@ pub fn run(tarball: &Path, out: &Path) -> Result<()> {
         write_atomic(&out.join(format!("{name}-images-idx3-ubyte.gz")), &idx::gzip(&idx::encode_images(&pixels)))?;
         write_atomic(&out.join(format!("{name}-labels-idx1-ubyte.gz")), &idx::gzip(&idx::encode_labels(&labels)))?;
     }
-    println!("wrote {} train and {} test digits to {}", train.len(), test.len(), out.display());
+    let _ = writeln!(std::io::stdout(), "wrote {} train and {} test digits to {}", train.len(), test.len(), out.display());
     Ok(())
 }
 

@@ -121,6 +121,7 @@ impl Downloader {
             path: dir.to_path_buf(),
             source,
         })?;
+        remove_stale_downloads(dir, STALE_AFTER);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(self.timeout))
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -148,7 +149,7 @@ impl Downloader {
         let total = response.body().content_length();
         let dir = dest.parent().unwrap_or(Path::new("."));
         let mut builder = tempfile::Builder::new();
-        builder.prefix(".download-");
+        builder.prefix(DOWNLOAD_PREFIX).rand_bytes(DOWNLOAD_RANDOM);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -200,6 +201,38 @@ impl Downloader {
         );
         bar.set_message(format!("downloading {name}.gz"));
         Some(bar)
+    }
+}
+
+/// Prefix of a download in progress (then renamed to its name once verified).
+const DOWNLOAD_PREFIX: &str = ".download-";
+/// Random characters after the prefix.
+const DOWNLOAD_RANDOM: usize = 6;
+/// Age after which a download's temporary file is taken to be left by a killed process: a
+/// live download writes to its file continuously.
+const STALE_AFTER: Duration = Duration::from_secs(600);
+
+/// Removes from `dir` (a cache directory that several processes may share) the
+/// temporary files of downloads that were killed before their rename: files named
+/// `.download-` and six letters or digits, not written to for `older_than`. Failures
+/// are ignored: the cache works with them there.
+fn remove_stale_downloads(dir: &Path, older_than: Duration) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let own = name.to_str().and_then(|n| n.strip_prefix(DOWNLOAD_PREFIX)).is_some_and(|random| {
+            random.len() == DOWNLOAD_RANDOM && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        });
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= older_than);
+        if own && stale {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -346,6 +379,20 @@ mod tests {
         assert_eq!(fs::read(&dest).unwrap(), gz);
         // A verified copy is not fetched again: a downloader with no mirror still succeeds.
         Downloader::new(vec![]).progress(false).fetch(&file, dir.path()).unwrap();
+    }
+
+    #[test]
+    fn stale_downloads_are_removed_and_live_ones_and_other_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [".download-a1B2c3", ".download-abc", "train-images-idx3-ubyte.gz", ".download-a1B2c3.gz"] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_stale_downloads(dir.path(), Duration::from_secs(3600));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 4, "a fresh download was removed");
+        remove_stale_downloads(dir.path(), Duration::ZERO);
+        let mut left: Vec<String> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [".download-a1B2c3.gz", ".download-abc", "train-images-idx3-ubyte.gz"]);
     }
 
     #[test]

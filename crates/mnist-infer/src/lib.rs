@@ -83,8 +83,11 @@ impl<B: Backend> Classifier<B> {
     }
 
     fn new(model: Cnn<B>, config: CnnConfig, device: &B::Device) -> std::result::Result<Self, String> {
-        if config.classes != 10 {
-            return Err(format!("the network has {} classes, expected 10", config.classes));
+        if config.classes != 10 || model.classes() != 10 {
+            return Err(format!("the network has {} classes, expected 10", model.classes()));
+        }
+        if let Some(tensor) = weights::first_non_finite(&model) {
+            return Err(format!("tensor `{tensor}` holds NaN or infinite values (the training diverged); retrain with a smaller learning rate"));
         }
         Ok(Classifier {
             model,

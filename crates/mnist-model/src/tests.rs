@@ -229,3 +229,99 @@ fn assert_kernels_match_burn(kernels: Kernels) {
         assert!(d <= 1e-4, "tensor {i}: max difference {d}");
     }
 }
+
+#[test]
+fn artifact_directories_record_and_verify_the_weights_checksums() {
+    let device = Default::default();
+    let config = CnnConfig::new();
+    let model = config.init::<Flex>(5, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    weights::save_dir(&model, &config, dir.path()).unwrap();
+    let (read, checksums) = weights::read_manifest(dir.path()).unwrap();
+    assert_eq!(read, config);
+    for file in [weights::WEIGHTS_FILE, weights::SAFETENSORS_FILE] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap();
+        assert_eq!(checksums[file], weights::sha256_hex(&bytes), "{file}");
+    }
+    weights::load_dir::<Flex>(dir.path(), &device).unwrap();
+
+    // Flipped bytes and a truncated file: named as damaged, never decoded.
+    let mpk = dir.path().join(weights::WEIGHTS_FILE);
+    let good = std::fs::read(&mpk).unwrap();
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 1;
+    for bytes in [flipped, good[..good.len() - 1].to_vec(), Vec::new()] {
+        std::fs::write(&mpk, &bytes).unwrap();
+        let err = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err();
+        assert!(matches!(err, Error::Checksum { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("model.mpk is damaged or truncated (checksum mismatch") && msg.contains("retrain or restore it"), "{msg}");
+    }
+
+    // A manifest from before checksums loads (nothing to verify); a malformed one is named.
+    std::fs::write(&mpk, &good).unwrap();
+    let manifest = dir.path().join(weights::CONFIG_FILE);
+    json::write(&manifest, &config).unwrap();
+    weights::load_dir::<Flex>(dir.path(), &device).unwrap();
+    // Without a checksum, a truncated file is a decoding error without Burn's advice about
+    // old record formats, which does not apply.
+    std::fs::write(&mpk, &good[..good.len() / 2]).unwrap();
+    let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+    assert!(msg.contains("damaged, truncated or not written by mnist-rs") && !msg.contains("backward-compat"), "{msg}");
+    std::fs::write(&manifest, r#"{"sha256": {"model.mpk": "1234"}}"#).unwrap();
+    let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+    assert!(msg.contains("model.json") && msg.contains("64 hex digits"), "{msg}");
+    std::fs::write(&manifest, r#"{"sha256": {}, "colour": 1}"#).unwrap();
+    let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+    assert!(msg.contains("unknown field `colour`"), "{msg}");
+}
+
+#[test]
+fn non_finite_weights_are_never_written_or_loaded() {
+    use burn::module::Param;
+    use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+    let device = Default::default();
+    let config = CnnConfig::new();
+    let mut model = config.init::<Flex>(5, &device).unwrap();
+    assert_eq!(weights::first_non_finite(&model), None);
+    let w = model.fc2.weight.val();
+    model.fc2.weight = Param::from_tensor(w.clone().slice_assign([3..4, 2..3], Tensor::full([1, 1], f32::INFINITY, &device)));
+    assert_eq!(weights::first_non_finite(&model).as_deref(), Some("fc2.weight"));
+    let dir = tempfile::tempdir().unwrap();
+    for err in [
+        weights::save_dir(&model, &config, dir.path()).unwrap_err(),
+        weights::save(&model, &dir.path().join("m.mpk")).unwrap_err(),
+        weights::export_safetensors(&model, &dir.path().join("m.safetensors")).unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::NonFinite { ref tensor, .. } if tensor == "fc2.weight"), "{err}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a file was written");
+
+    // A file written by other means (an earlier version, another program) is refused.
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder.record(model.clone().into_record(), ()).unwrap();
+    let path = dir.path().join("nan.mpk");
+    std::fs::write(&path, bytes).unwrap();
+    let err = weights::load::<Flex>(&config, &path, &device).unwrap_err();
+    assert!(err.to_string().contains("nan.mpk: tensor `fc2.weight` holds NaN or infinite values"), "{err}");
+}
+
+#[test]
+fn only_this_programs_stale_temporary_files_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = weights::temp_file_in(dir.path(), ".png").unwrap();
+    let name = live.path().file_name().unwrap().to_str().unwrap().to_string();
+    assert!(weights::is_own_temp(&name, ".png"), "{name}");
+    for name in [".tmp-Ab12Cd", ".tmp-Ab12Cd.zip", ".tmp-short", "x.tmp-Ab12Cd", "model.mpk"] {
+        std::fs::write(dir.path().join(name), b"x").unwrap();
+    }
+    let removed = weights::remove_stale_temps(dir.path(), &["", ".png"]).unwrap();
+    let mut removed: Vec<String> = removed.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
+    removed.sort();
+    let mut expected = vec![".tmp-Ab12Cd".to_string(), name];
+    expected.sort();
+    assert_eq!(removed, expected);
+    for kept in [".tmp-Ab12Cd.zip", ".tmp-short", "x.tmp-Ab12Cd", "model.mpk"] {
+        assert!(dir.path().join(kept).exists(), "{kept}");
+    }
+}

@@ -69,7 +69,11 @@ fn decode<B: Backend>(config: &CnnConfig, bytes: Vec<u8>, path: &Path, device: &
 /// left out.
 pub fn record_error(path: &Path, e: &burn::record::RecorderError) -> Error {
     let text = e.to_string();
-    let cause = text.split("\nThe internal data format has changed").next().unwrap_or_default().trim();
+    let cut = text.find("The internal data format has changed").unwrap_or(text.len());
+    let cause = text[..cut].trim_end();
+    // Burn quotes its decoder's error (a newline escaped inside it) as `Unknown("...`.
+    let cause = cause.strip_suffix("\\n").unwrap_or(cause).trim_end();
+    let cause = cause.strip_prefix("Unknown(\"").unwrap_or(cause);
     Error::Format {
         path: path.to_path_buf(),
         format: RECORD,

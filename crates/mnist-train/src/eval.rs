@@ -35,6 +35,11 @@ pub fn evaluate<B: Backend>(model: &Cnn<B>, split: &Split, batch_size: usize, de
     if split.is_empty() {
         return Err(Error::InvalidConfig("cannot evaluate on an empty split".into()));
     }
+    if let Some(tensor) = mnist_model::weights::first_non_finite(model) {
+        return Err(Error::InvalidConfig(format!(
+            "cannot evaluate a network whose tensor `{tensor}` holds NaN or infinite values (the training diverged)"
+        )));
+    }
     if model.classes() != mnist_data::CLASSES {
         return Err(Error::InvalidConfig(format!(
             "the network scores {} classes but the dataset has {} (labels 0..=9)",
