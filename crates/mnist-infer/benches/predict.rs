@@ -32,9 +32,26 @@ fn predict(c: &mut Criterion) {
     group.finish();
 }
 
+/// Preprocessing of image files, as `mnist predict` does before classifying: a 280x280
+/// grey page from the reported cases, and a 4000x3000 photo-sized page (averaged down to
+/// 800 pixels first).
+fn preprocess(c: &mut Criterion) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/cases/images/repro_seven_bg128.png");
+    let small = std::fs::read(&path).expect("the case image");
+    let page = image::open(&path).expect("a PNG").to_luma8();
+    let big = image::imageops::resize(&page, 4000, 3000, image::imageops::FilterType::Triangle);
+    let mut photo = Vec::new();
+    big.write_to(&mut std::io::Cursor::new(&mut photo), image::ImageFormat::Png).expect("encodes");
+    let mut group = c.benchmark_group("preprocess");
+    for (name, bytes) in [("280x280 PNG", &small), ("4000x3000 PNG", &photo)] {
+        group.bench_function(name, |b| b.iter(|| mnist_infer::preprocess::preprocess_bytes(bytes, name.as_ref()).expect("a digit")));
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = predict
+    targets = predict, preprocess
 }
 criterion_main!(benches);
