@@ -81,6 +81,9 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     let outcome = dispatch(backend, TrainJob { config: &config, dataset: &dataset, options: &options })?;
     match outcome {
         Outcome::Finished(report) => {
+            if options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                note!("the interrupt came after the last step: the run was finished and saved");
+            }
             say!("{}", report.test.table(dataset.class_names()));
             say!(
                 "test accuracy {:.4}; {:.0} training images/s; wrote {}",
@@ -91,17 +94,23 @@ pub fn train(args: TrainArgs) -> Result<Status> {
             Ok(Status::Success)
         }
         Outcome::Interrupted { step } => {
-            note!("interrupted after {step} steps; checkpoint saved. Resume with: {}", resume_command(&args, &out));
+            note!("interrupted after {}; checkpoint saved. Resume with: {}", steps(step), resume_command(&args, &out));
             Ok(Status::Interrupted)
         }
         Outcome::OutputClosed { step, error } => {
             note!(
-                "standard output was closed ({error}): stopped after {step} steps; checkpoint saved. Resume with: {}",
+                "standard output was closed ({error}): stopped after {}; checkpoint saved. Resume with: {}",
+                steps(step),
                 resume_command(&args, &out)
             );
             Ok(Status::OutputClosed)
         }
     }
+}
+
+/// `1 step`, `2 steps`.
+fn steps(n: u64) -> String {
+    if n == 1 { "1 step".into() } else { format!("{n} steps") }
 }
 
 /// Environment variable naming the command the user typed to run `mnist` (`cargo xtask`
@@ -112,7 +121,14 @@ pub const COMMAND_ENV: &str = "MNIST_RS_COMMAND";
 /// train` or, through `cargo xtask`, `cargo xtask train`, with the options a resume needs
 /// again (the rest is in the run's config.json).
 fn resume_command(args: &TrainArgs, out: &Path) -> String {
-    let program = std::env::var(COMMAND_ENV).ok().filter(|c| !c.trim().is_empty()).unwrap_or_else(|| "mnist".into());
+    // The program as it was called (`./mnist`, `target/release/mnist`) when that is this
+    // binary; `mnist` otherwise (a library caller, a test).
+    let called_as = std::env::args().next().filter(|a| Path::new(a).file_stem().is_some_and(|s| s == "mnist"));
+    let program = std::env::var(COMMAND_ENV)
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| called_as.map(|a| shell_quote(&a)))
+        .unwrap_or_else(|| "mnist".into());
     let mut words = vec![program, "train".to_string()];
     if let Some(backend) = args.backend {
         words.extend(["--backend".into(), backend.name().into()]);

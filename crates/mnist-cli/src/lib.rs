@@ -177,19 +177,19 @@ impl From<KernelsArg> for mnist_model::Kernels {
 /// An integer of at least 1, for `--steps` and the like: `-5`, `0` or `ten` get a message
 /// saying what is expected.
 fn positive<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
-    match text.trim().parse::<i128>() {
-        Ok(n) if n >= 1 => u128::try_from(n).ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| format!("{n} is too large")),
-        Ok(n) => Err(format!("must be a positive integer (1 or more), got {n}")),
-        Err(_) => Err(format!("must be a positive integer (1 or more), got {text:?}")),
-    }
+    at_least(text, 1, "a positive integer (1 or more)")
 }
 
 /// An integer of at least 0, for `--seed` and `--warmup`.
 fn non_negative<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
+    at_least(text, 0, "a non-negative integer (0 or more)")
+}
+
+fn at_least<T: TryFrom<u128>>(text: &str, least: i128, what: &str) -> Result<T, String> {
     match text.trim().parse::<i128>() {
-        Ok(n) if n >= 0 => u128::try_from(n).ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| format!("{n} is too large")),
-        Ok(n) => Err(format!("must be a non-negative integer (0 or more), got {n}")),
-        Err(_) => Err(format!("must be a non-negative integer (0 or more), got {text:?}")),
+        Ok(n) if n >= least => u128::try_from(n).ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| format!("{n} is too large")),
+        Ok(n) => Err(format!("must be {what}, got {n}")),
+        Err(_) => Err(format!("must be {what}, got {text:?}")),
     }
 }
 

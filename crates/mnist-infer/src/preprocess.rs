@@ -21,11 +21,13 @@
 //!    does not turn into ink; the noise level is the background's median absolute
 //!    deviation.
 //! 5. **Ink**: pixels above a threshold (a quarter of the strongest ink, and at least
-//!    three noise deviations) in 8-connected components; specks much smaller than the
-//!    largest component are dropped, and faint pixels touching what is kept (down to
-//!    [`FAINT`] of the strongest ink) are added to it, as Canny's hysteresis does. An image whose ink is a few pixels, or covers most
-//!    of the image, or stands out from the background by less than [`MIN_CONTRAST`], is
-//!    refused with an error saying which.
+//!    three noise deviations) in 8-connected components; marks along most of an edge (a
+//!    frame, the desk, a shadow's edge) and specks much smaller than the largest component
+//!    are dropped, and faint pixels touching what is kept (down to [`FAINT`] of the
+//!    strongest ink) are added to it, as Canny's hysteresis does. An image whose ink is a
+//!    few pixels, a solid blob, or covers most of the image, or that stands out from the
+//!    background by less than [`MIN_CONTRAST`] or than its noise, is refused with an
+//!    error saying which.
 //! 6. **MNIST's normalisation**: cropped to the ink's bounding box, scaled so the longer
 //!    side is 20 pixels, and centred by centre of mass in 28x28.
 
@@ -56,8 +58,11 @@ pub const MIN_INK_PIXELS: usize = 12;
 /// Faintest part of a stroke kept, as a fraction of the strongest ink, when it touches
 /// the stroke's strong part.
 pub const FAINT: f32 = 0.03;
+/// Largest fraction of its bounding box that a digit's ink fills (unless it is a long
+/// bar, a 1): more is a blob, not strokes.
+pub const MAX_BOX_FILL: f32 = 0.75;
 /// Largest fraction of the image that ink may cover.
-pub const MAX_INK_FRACTION: f32 = 0.5;
+pub const MAX_INK_FRACTION: f32 = 0.4;
 
 /// Reads and preprocesses an image file into 784 MNIST-style bytes.
 pub fn preprocess_file(path: &Path) -> Result<[u8; SIDE * SIDE]> {
@@ -156,13 +161,24 @@ impl Plane {
     }
 
     /// Luminance in `[0, 1]`, transparency composited on white. A 16-bit (or float) image
-    /// is levelled to the bit depth its values use, at least 8: a 12-bit scan stored in a
-    /// 16-bit PNG has its white at 4095.
+    /// is levelled to the bit depth its values use (all but 0.1% of them), at least 8: a
+    /// 12-bit scan stored in a 16-bit PNG has its white at 4095, even with a hot pixel.
     fn grayscale(image: &DynamicImage) -> Plane {
         let la = image.to_luma_alpha16();
         let full = if image.color().bytes_per_pixel() / image.color().channel_count() >= 2 {
-            let max = la.pixels().map(|p| p.0[0]).max().unwrap_or(0);
-            let bits = (16 - max.leading_zeros()).max(8);
+            // Pixels by the bits their value needs; the depth is the least that holds all
+            // but 0.1% of them, so a few hot pixels do not decide it (they clip to white).
+            let mut by_bits = [0u64; 17];
+            for p in la.pixels() {
+                by_bits[(16 - p.0[0].leading_zeros()) as usize] += 1;
+            }
+            let allowed = la.pixels().len() as u64 / 1000;
+            let mut above = 0;
+            let mut bits = 16;
+            while bits > 8 && above + by_bits[bits] <= allowed {
+                above += by_bits[bits];
+                bits -= 1;
+            }
             ((1u32 << bits) - 1) as f32
         } else {
             f32::from(u16::MAX)
@@ -209,11 +225,11 @@ impl Plane {
     }
 
     /// A light sheet photographed on a dark surface: when the border is darker than
-    /// Otsu's threshold and the largest light 4-connected region reaching the central
-    /// third covers at least 45% of the image and, filled in, at least 60% of its bounding
-    /// box, and holds dark marks, the image cut to that region's bounding box with
-    /// everything outside the filled region painted the region's median colour. `None`
-    /// otherwise.
+    /// Otsu's threshold and the largest light 4-connected region holds dark marks and
+    /// covers either at least 45% of the image and, filled in, 60% of its bounding box,
+    /// or at least 8% of the image and, filled in, 85% of its bounding box with the marks
+    /// at most 30% of it, the image cut to that region's bounding box with everything
+    /// outside the filled region painted the region's median colour. `None` otherwise.
     fn sheet(&self) -> Option<Plane> {
         let threshold = otsu(&self.v);
         if percentile(&mut self.border(), 0.5) > threshold {
@@ -222,18 +238,11 @@ impl Plane {
         let light: Vec<bool> = self.v.iter().map(|&v| v > threshold).collect();
         let (labels, sizes) = components(self.w, self.h, &light, false);
         let (w, h) = (self.w as usize, self.h as usize);
-        let mut best: Option<u32> = None;
-        for y in h / 3..(2 * h).div_ceil(3) {
-            for x in w / 3..(2 * w).div_ceil(3) {
-                let label = labels[y * w + x];
-                if label != 0 && best.is_none_or(|b| sizes[label as usize] > sizes[b as usize]) {
-                    best = Some(label);
-                }
-            }
-        }
-        let label = best?;
+        // The largest light region, wherever it lies (a sheet need not be centred).
+        let label = (1..sizes.len()).max_by_key(|&l| sizes[l])? as u32;
         let area = sizes[label as usize];
-        if (area as f32) < 0.45 * (w * h) as f32 {
+        let large = area as f32 >= 0.45 * (w * h) as f32;
+        if !large && (area as f32) < 0.08 * (w * h) as f32 {
             return None;
         }
         let region: Vec<bool> = labels.iter().map(|&l| l == label).collect();
@@ -253,7 +262,12 @@ impl Plane {
         };
         let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
         let filled_area = (y0..=y1).flat_map(|y| (x0..=x1).map(move |x| (x, y))).filter(|&(x, y)| filled(x, y)).count();
-        if filled_area == area || (filled_area as f32) < 0.6 * (bw * bh) as f32 {
+        // A sheet covering much of the photo may be tilted; a smaller one must look like a
+        // sheet and not like a light digit with a hole (a bold 0 is an ellipse, 79% of
+        // its box, with a large hole).
+        let (box_fill, solidity) = (filled_area as f32 / (bw * bh) as f32, area as f32 / filled_area as f32);
+        let sheet_shaped = if large { box_fill >= 0.6 } else { box_fill >= 0.85 && solidity >= 0.7 };
+        if filled_area == area || !sheet_shaped {
             return None; // no marks on it, or not sheet-shaped
         }
         let mut colour: Vec<f32> = (0..self.v.len()).filter(|&i| region[i]).map(|i| self.v[i]).collect();
@@ -277,15 +291,50 @@ fn extract_ink(gray: &Plane) -> std::result::Result<Ink, String> {
         h,
         v: gray.v.iter().map(|&v| if invert { 1.0 - v } else { v }).collect(),
     };
+    // Ink covering most of the image is not a digit on a background (and the background
+    // estimate below would absorb it). Judged on 4x4 block averages, where pixel noise
+    // has faded and large regions have not.
+    let coarse = ink.clone().shrunk_to((w.max(h) / 4).max(1));
+    let split = otsu(&coarse.v);
+    let (mut inked, mut ink_sum, mut rest_sum) = (0usize, 0.0f64, 0.0f64);
+    for &v in &coarse.v {
+        if v > split {
+            (inked, ink_sum) = (inked + 1, ink_sum + f64::from(v));
+        } else {
+            rest_sum += f64::from(v);
+        }
+    }
+    let rest = coarse.v.len() - inked;
+    let contrast = if inked == 0 || rest == 0 { 0.0 } else { ink_sum / inked as f64 - rest_sum / rest as f64 };
+    if inked as f32 > MAX_INK_FRACTION * coarse.v.len() as f32 && contrast > f64::from(MIN_CONTRAST) {
+        return Err(covers(inked, coarse.v.len() as u32));
+    }
     let background = background(&ink);
     let diff: Vec<f32> = ink.v.iter().zip(&background.v).map(|(i, b)| i - b).collect();
     let sigma = noise_deviation(&diff);
     let peak = diff.iter().copied().fold(0.0f32, f32::max);
-    if peak < MIN_CONTRAST.max(5.0 * sigma) {
+    if peak < MIN_CONTRAST {
         return Err("no ink found".into());
     }
+    if peak < 5.0 * sigma {
+        return Err(format!(
+            "the image is too noisy: nothing stands out from the background's noise (deviation {:.0}% of the intensity range)",
+            100.0 * sigma
+        ));
+    }
     let threshold = (0.25 * peak).max(3.0 * sigma);
-    let mask: Vec<bool> = diff.iter().map(|&d| d > threshold).collect();
+    let mut mask: Vec<bool> = diff.iter().map(|&d| d > threshold).collect();
+    let (labels, sizes) = components(w, h, &mask, true);
+    // Marks along most of an edge are a frame, the desk or a shadow's edge, not a digit.
+    let along_edges = along_edges(w, h, &labels, sizes.len());
+    if along_edges.iter().any(|&e| e) {
+        for (m, &l) in mask.iter_mut().zip(&labels) {
+            *m = *m && !along_edges[l as usize];
+        }
+        if !mask.iter().any(|&m| m) {
+            return Err("the only marks run along the image's edges (a frame, a desk or a shadow), no digit inside them".into());
+        }
+    }
     let (labels, sizes) = components(w, h, &mask, true);
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let keep: Vec<bool> = sizes.iter().map(|&s| s > 0 && s >= 3.max(largest / 12)).collect();
@@ -296,10 +345,7 @@ fn extract_ink(gray: &Plane) -> std::result::Result<Ink, String> {
         return Err(format!("the ink is only specks (the largest mark is {pixels}), too small to be a digit"));
     }
     if count as f32 > MAX_INK_FRACTION * (w * h) as f32 {
-        return Err(format!(
-            "the ink covers {:.0}% of the image; expected a digit on a plain background",
-            100.0 * count as f32 / (w * h) as f32
-        ));
+        return Err(covers(count, w * h));
     }
     // Hysteresis (as in Canny's edge detector): the faint parts of a stroke that touch
     // its strong parts belong to it (a pen lifting, a light scan), noise apart from them
@@ -307,6 +353,13 @@ fn extract_ink(gray: &Plane) -> std::result::Result<Ink, String> {
     let faint = (3.0 * sigma).max(FAINT * peak);
     let ink = grow(w, h, &kept, |i| diff[i] > faint);
     let bbox = bounding_box(w, &ink).ok_or("no ink found")?;
+    // A solid blob (a dot, a filled square) is not strokes: digits fill at most about
+    // half of their box, or are long thin bars (a 1).
+    let (bw, bh) = (bbox.2 - bbox.0 + 1, bbox.3 - bbox.1 + 1);
+    let fill = ink.iter().filter(|&&i| i).count() as f32 / (bw * bh) as f32;
+    if fill > MAX_BOX_FILL && bw.max(bh) < 3 * bw.min(bh) {
+        return Err(format!("the ink is a solid blob ({:.0}% of its box), not a digit's strokes", 100.0 * fill));
+    }
     // Strokes as in MNIST: their cores saturate, their edges stay soft; background and
     // specks are 0.
     let mut strokes: Vec<f32> = diff.iter().zip(&kept).filter(|(_, k)| **k).map(|(d, _)| *d).collect();
@@ -318,6 +371,31 @@ fn extract_ink(gray: &Plane) -> std::result::Result<Ink, String> {
         if near[i] { ((diff[i] - floor) / (strong - floor)).clamp(0.0, 1.0) } else { 0.0 }
     });
     Ok(Ink { levels, bbox })
+}
+
+fn covers(inked: usize, pixels: u32) -> String {
+    format!("the ink covers {:.0}% of the image; expected a digit on a plain background", 100.0 * inked as f32 / pixels as f32)
+}
+
+/// For each component label (`labels` as [`components`] gives them), whether it lies
+/// along most of one of the image's edges: it touches the edge over at least half of
+/// the edge's length.
+fn along_edges(w: u32, h: u32, labels: &[u32], count: usize) -> Vec<bool> {
+    let (w, h) = (w as usize, h as usize);
+    let mut touches = vec![[0usize; 4]; count];
+    for x in 0..w {
+        touches[labels[x] as usize][0] += 1;
+        touches[labels[(h - 1) * w + x] as usize][1] += 1;
+    }
+    for y in 0..h {
+        touches[labels[y * w] as usize][2] += 1;
+        touches[labels[y * w + w - 1] as usize][3] += 1;
+    }
+    let mut out: Vec<bool> = touches.iter().map(|t| 2 * t[0].max(t[1]) >= w || 2 * t[2].max(t[3]) >= h).collect();
+    if let Some(background) = out.first_mut() {
+        *background = false; // label 0: not ink
+    }
+    out
 }
 
 /// Whether the background is the light end of the image: the border (its median) sits
@@ -370,7 +448,10 @@ fn background(ink: &Plane) -> Plane {
                 neighbours.push(grid[(y * gw + x) as usize]);
             }
         }
-        percentile(&mut neighbours, 0.5)
+        // The lower median: along the image's edge a neighbourhood has 6 blocks, and a
+        // tie between ink and background goes to the background.
+        let k = (neighbours.len() - 1) / 2;
+        *neighbours.select_nth_unstable_by(k, f32::total_cmp).1
     });
     // Block centres at ((b + 0.5) * size); clamped beyond the outer centres. The
     // coordinates are computed once per column and per row.
@@ -693,7 +774,31 @@ mod tests {
     }
 
     #[test]
+    fn small_sheets_anywhere_and_strips_along_an_edge_leave_the_digit() {
+        // A sheet of 45% of the photo's side (about 20% of its area), in a corner.
+        let small_sheet = |x: u32, y: u32| if x >= 130 && y >= 130 && x < 295 && y < 295 { 235.0 } else { 40.0 };
+        assert_like_reference("small sheet in a corner", |digit, i| {
+            let page = photo(digit, 38, 38, 20.0, |_, _| 235.0, 0.0, i as u64);
+            let small = imageops::resize(&page, 150, 150, FilterType::Triangle);
+            DynamicImage::ImageLuma8(GrayImage::from_fn(300, 300, |x, y| {
+                if (140..290).contains(&x) && (140..290).contains(&y) { *small.get_pixel(x - 140, y - 140) } else { Luma([small_sheet(x, y) as u8]) }
+            }))
+        });
+        // A dark strip (the desk, a shadow) along one side of a white page.
+        assert_like_reference("dark strip on the left", |digit, i| {
+            DynamicImage::ImageLuma8(photo(digit, 50, 38, 20.0, |x, _| if x < 30 { 60.0 } else { 240.0 }, 2.0, i as u64))
+        });
+    }
+
+    #[test]
     fn sixteen_bit_images_are_levelled_to_the_bits_they_use() {
+        // A stuck pixel at full 16-bit white does not decide the depth of 12-bit data.
+        assert_like_reference("12-bit data with a hot pixel", |digit, i| {
+            let page = photo(digit, 38, 38, 20.0, |_, _| 220.0, 0.0, i as u64);
+            let mut deep = image::ImageBuffer::from_fn(300, 300, |x, y| Luma([(f32::from(page.get_pixel(x, y).0[0]) / 255.0 * 4095.0).round() as u16]));
+            deep.put_pixel(3, 290, Luma([u16::MAX]));
+            DynamicImage::ImageLuma16(deep)
+        });
         for bits in [10u32, 12, 14, 16] {
             let full = ((1u32 << bits) - 1) as f32;
             assert_like_reference(&format!("{bits}-bit data in 16 bits"), |digit, i| {
@@ -719,15 +824,22 @@ mod tests {
             let inside = (3..97).contains(&x) && (3..97).contains(&y);
             Luma([if inside && rand() > -0.2 { 20 } else { 230 }])
         });
+        let shape = |f: &dyn Fn(u32, u32) -> bool| GrayImage::from_fn(200, 200, |x, y| Luma([if f(x, y) { 0 } else { 255 }]));
         for (name, image, needle) in [
+            ("small square", shape(&|x, y| (100..104).contains(&x) && (90..94).contains(&y)), "solid blob"),
+            ("square", shape(&|x, y| (60..100).contains(&x) && (70..110).contains(&y)), "solid blob"),
+            ("disc", shape(&|x, y| (x as f32 - 80.0).hypot(y as f32 - 120.0) < 6.0), "solid blob"),
+            ("large square", shape(&|x, y| (20..180).contains(&x) && (20..180).contains(&y)), "covers"),
+            ("half and half", shape(&|x, _| x < 100), "covers"),
+            ("dark strip on white", shape(&|x, _| x < 25), "along the image's edges"),
             ("flat grey", GrayImage::from_pixel(50, 40, Luma([128])), "no ink found"),
             ("white", GrayImage::from_pixel(50, 40, Luma([255])), "no ink found"),
-            ("noise", noisy, "no ink found"),
+            ("noise", noisy, "too noisy"),
             ("one dot", one_dot, "the largest mark is 1 pixel"),
             ("four dots", dots, "specks"),
             ("speckled", speckled, "covers"),
         ] {
-            let err = preprocess(&DynamicImage::ImageLuma8(image), Path::new(name)).unwrap_err();
+            let Err(err) = preprocess(&DynamicImage::ImageLuma8(image), Path::new(name)) else { panic!("{name}: answered") };
             assert!(matches!(err, Error::Blank { .. }), "{name}: {err}");
             assert!(err.to_string().contains(needle) && err.to_string().contains(name), "{name}: {err}");
         }

@@ -271,7 +271,18 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
     std::fs::write(&manifest, r#"{"sha256": {"model.mpk": "1234"}}"#).unwrap();
     let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
     assert!(msg.contains("model.json") && msg.contains("64 hex digits"), "{msg}");
-    std::fs::write(&manifest, r#"{"sha256": {}, "colour": 1}"#).unwrap();
+    // A damaged key (one bit: model.mpk -> model.mpj) or an emptied map does not switch
+    // verification off.
+    let digest = "0".repeat(64);
+    for (json, needle) in [
+        (format!(r#"{{"sha256": {{"model.mpj": "{digest}", "model.safetensors": "{digest}"}}}}"#), "unknown file `model.mpj`"),
+        (r#"{"sha256": {}}"#.to_string(), "records no digest for model.mpk"),
+    ] {
+        std::fs::write(&manifest, json).unwrap();
+        let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+        assert!(msg.contains(needle), "{msg}");
+    }
+    std::fs::write(&manifest, r#"{"colour": 1}"#).unwrap();
     let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
     assert!(msg.contains("unknown field `colour`"), "{msg}");
 }

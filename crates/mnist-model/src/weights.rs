@@ -359,11 +359,23 @@ pub fn read_manifest(dir: &Path) -> Result<(CnnConfig, BTreeMap<String, String>)
     })?;
     let mut value: Value = serde_json::from_str(&text).map_err(|e| json_err(format!("not valid JSON: {e}")))?;
     let checksums = match value.as_object_mut().and_then(|fields| fields.remove(CHECKSUMS_KEY)) {
+        // Written before checksums were recorded: nothing to verify.
         None => BTreeMap::new(),
-        Some(digests) => serde_json::from_value::<BTreeMap<String, String>>(digests)
-            .ok()
-            .filter(|d| d.values().all(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())))
-            .ok_or_else(|| json_err(format!("`{CHECKSUMS_KEY}` must map file names to SHA-256 digests (64 hex digits)")))?,
+        Some(digests) => {
+            let digests = serde_json::from_value::<BTreeMap<String, String>>(digests)
+                .ok()
+                .filter(|d| d.values().all(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())))
+                .ok_or_else(|| json_err(format!("`{CHECKSUMS_KEY}` must map file names to SHA-256 digests (64 hex digits)")))?;
+            // All or nothing: a damaged key must not switch verification off.
+            let known = [WEIGHTS_FILE, SAFETENSORS_FILE];
+            if let Some(unknown) = digests.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(json_err(format!("`{CHECKSUMS_KEY}` names an unknown file `{unknown}`; expected {}", known.join(" and "))));
+            }
+            if let Some(missing) = known.iter().find(|k| !digests.contains_key(**k)) {
+                return Err(json_err(format!("`{CHECKSUMS_KEY}` records no digest for {missing}; model.json is damaged: retrain or restore it")));
+            }
+            digests
+        }
     };
     let config: CnnConfig = crate::json::from_value_strict(value, &CnnConfig::new()).map_err(json_err)?;
     config.validate().map_err(|e| json_err(e.to_string()))?;

@@ -121,6 +121,7 @@ pub(crate) fn sections<'a>(bytes: &'a [u8], path: &Path) -> Result<[&'a [u8]; 3]
         path: path.to_path_buf(),
         message,
     };
+    let damaged = |what: String| corrupt(format!("the file is damaged or truncated ({what})"));
     let mut rest = if let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) {
         if rest.len() < DIGEST_LEN {
             return Err(corrupt("truncated inside its header".into()));
@@ -140,19 +141,19 @@ pub(crate) fn sections<'a>(bytes: &'a [u8], path: &Path) -> Result<[&'a [u8]; 3]
     let mut out = [&[][..]; 3];
     for (i, slot) in out.iter_mut().enumerate() {
         if rest.len() < 8 {
-            return Err(corrupt(format!("truncated before section {}", i + 1)));
+            return Err(damaged(format!("truncated before section {}", i + 1)));
         }
         let (len, tail) = rest.split_at(8);
         let len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
         if len > tail.len() as u64 {
-            return Err(corrupt(format!("section {} claims {len} bytes, {} remain", i + 1, tail.len())));
+            return Err(damaged(format!("section {} claims {len} bytes, {} remain", i + 1, tail.len())));
         }
         let (section, tail) = tail.split_at(len as usize);
         *slot = section;
         rest = tail;
     }
     if !rest.is_empty() {
-        return Err(corrupt(format!("{} trailing bytes", rest.len())));
+        return Err(damaged(format!("{} trailing bytes", rest.len())));
     }
     Ok(out)
 }

@@ -81,8 +81,12 @@ impl TrainConfig {
                 self.model.classes
             ));
         }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return bad(format!("learning_rate must be a positive number, got {}", self.learning_rate));
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate <= f64::from(f32::MAX)) {
+            return bad(format!(
+                "learning_rate must be a positive number of at most {:e} (it is applied in f32), got {}",
+                f32::MAX,
+                self.learning_rate
+            ));
         }
         for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&v) {
@@ -117,6 +121,7 @@ mod tests {
         for (config, needle) in [
             (TrainConfig::new().with_batch_size(0), "batch_size"),
             (TrainConfig::new().with_learning_rate(-1e-4), "learning_rate"),
+            (TrainConfig::new().with_learning_rate(1e39), "at most 3.4028235e38 (it is applied in f32)"),
             (TrainConfig::new().with_steps(0), "steps"),
             (TrainConfig::new().with_beta2(1.0), "beta2"),
             (TrainConfig::new().with_model(CnnConfig::new().with_dropout(1.5)), "dropout"),

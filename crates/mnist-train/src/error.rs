@@ -45,6 +45,21 @@ pub enum Error {
         /// The artifact directory.
         path: PathBuf,
     },
+    /// A parameter became NaN or infinite while the loss was still finite.
+    #[error("training diverged by step {step}: tensor `{tensor}` holds NaN or infinite values (the loss was still finite). Nothing from this point on was saved; lower the learning rate and train again")]
+    DivergedWeights {
+        /// Steps completed when it was found.
+        step: u64,
+        /// The first parameter holding a non-finite value.
+        tensor: String,
+    },
+    /// Another process is training in the artifact directory (it holds the directory's
+    /// lock).
+    #[error("{} is in use: another mnist process is training there; wait for it to finish or stop it (Ctrl-C saves a checkpoint), or choose another --out", path.display())]
+    RunInUse {
+        /// The artifact directory.
+        path: PathBuf,
+    },
     /// Drawing the plot failed.
     #[error("cannot draw {}: {message}", path.display())]
     Plot {

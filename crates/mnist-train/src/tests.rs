@@ -273,3 +273,26 @@ fn a_network_with_other_than_ten_classes_is_refused_before_training() {
         assert!(err.contains(&format!("scores {classes} classes")), "{err}");
     }
 }
+
+#[test]
+fn a_directory_another_process_trains_in_is_left_alone() {
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    // Another process's lock and its checkpoint being written.
+    let lock = std::fs::File::create(dir.path().join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let in_flight = dir.path().join(".tmp-Ab3dE6");
+    std::fs::write(&in_flight, b"half a checkpoint").unwrap();
+    let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::RunInUse { .. }) && err.to_string().contains("another mnist process is training there"), "{err}");
+    assert!(in_flight.exists(), "a live process's temporary file was removed");
+    drop(lock);
+    finished(train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap());
+    assert!(!in_flight.exists());
+
+    // A finished run is not trained again (nor its report overwritten) by a plain resume.
+    let mut resume = options(dir.path());
+    resume.resume = true;
+    let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("already finished (10 steps"), "{err}");
+}

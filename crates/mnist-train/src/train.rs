@@ -157,7 +157,7 @@ pub fn train<B: AutodiffBackend>(
     let dir = &options.out_dir;
     let checkpoint_path = dir.join(files::CHECKPOINT);
     let dataset_sha256 = dataset.sha256();
-    prepare_dir(dir, options.resume)?;
+    let _lock = prepare_dir(dir, options.resume)?;
 
     let mut model = config.model.init::<B>(config.seed, device)?.with_kernels(options.kernels);
     let mut optim = optimizer::<B>(config);
@@ -171,6 +171,12 @@ pub fn train<B: AutodiffBackend>(
     let mut metrics = if options.resume && checkpoint_path.is_file() {
         let (saved, m, o) = checkpoint::load(&checkpoint_path, model, optim, device)?;
         check_resumable(&saved, &state, &checkpoint_path)?;
+        if saved.step == config.steps && dir.join(files::REPORT).is_file() {
+            return Err(Error::Checkpoint {
+                path: checkpoint_path,
+                message: format!("the run is already finished ({} steps, see report.json); pass --steps with more to train it further", saved.step),
+            });
+        }
         (model, optim) = (m, o);
         state.step = saved.step;
         state.train_seconds = saved.train_seconds;
@@ -193,6 +199,7 @@ pub fn train<B: AutodiffBackend>(
     for step in state.step..config.steps {
         if options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) || progress.write_error().is_some() {
             losses.check()?;
+            check_weights(&model, step)?;
             state.step = step;
             state.train_seconds = total_seconds();
             checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
@@ -231,6 +238,7 @@ pub fn train<B: AutodiffBackend>(
         let checkpoint = config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps;
         if checkpoint || losses.pending() >= LossWatch::<B>::MAX_PENDING {
             losses.check()?;
+            check_weights(&model, done)?;
         }
         if checkpoint {
             state.step = done;
@@ -240,6 +248,7 @@ pub fn train<B: AutodiffBackend>(
     }
     progress.finish();
     losses.check()?;
+    check_weights(&model, config.steps)?;
     let train_seconds = total_seconds();
     let trained_here = config.steps - first_step;
     state.step = config.steps;
@@ -255,8 +264,13 @@ pub fn train<B: AutodiffBackend>(
         steps: config.steps,
         batch_size: config.batch_size,
         train_seconds,
-        // Of this session alone when the run was resumed.
-        train_images_per_sec: trained_here as f64 * config.batch_size as f64 / (train_seconds - prior_seconds).max(1e-9),
+        // Of this session alone when the run was resumed (of the whole run when this
+        // session only finished its evaluation).
+        train_images_per_sec: if trained_here > 0 {
+            trained_here as f64 * config.batch_size as f64 / (train_seconds - prior_seconds).max(1e-9)
+        } else {
+            config.steps as f64 * config.batch_size as f64 / train_seconds.max(1e-9)
+        },
         backend: options.backend.clone(),
         device: match &options.adapter {
             Some(adapter) => format!("{} on {adapter}", <B::InnerBackend as Backend>::name(device)),
@@ -318,6 +332,17 @@ impl<B: AutodiffBackend> LossWatch<B> {
     }
 }
 
+/// [`Error::DivergedWeights`] when a parameter holds NaN or infinity after `step` steps:
+/// ReLU can hide such weights from the loss for a while (a dead unit's NaN weight never
+/// reaches the logits), so the loop checks the parameters themselves before every
+/// checkpoint and every [`LossWatch::MAX_PENDING`] steps.
+fn check_weights<B: Backend>(model: &Cnn<B>, step: u64) -> Result<()> {
+    match weights::first_non_finite(model) {
+        None => Ok(()),
+        Some(tensor) => Err(Error::DivergedWeights { step, tensor }),
+    }
+}
+
 /// The optimizer of a run: Adam with the config's betas and epsilon (the seed: TensorFlow's
 /// defaults, 0.9, 0.999 and 1e-8), as [`FusedAdam`]: Burn's formula and state record,
 /// one fused pass per parameter on burn-flex.
@@ -367,21 +392,15 @@ fn batch_accuracy<B: Backend>(model: &Cnn<B>, images: burn::tensor::Tensor<B, 4>
 /// (JSON, weights, checkpoints and metrics have none; the plot is `.png`).
 const TEMP_SUFFIXES: [&str; 2] = ["", ".png"];
 
-fn prepare_dir(dir: &Path, resume: bool) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    // Left by a process killed while writing (SIGKILL, power loss): never renamed, so
-    // never read, only taking space.
-    for stale in weights::remove_stale_temps(dir, &TEMP_SUFFIXES)? {
-        let _ = writeln!(std::io::stderr(), "removed a stale temporary file: {}", stale.display());
-    }
-    // Fail now, not after hours of training, when the directory is not writable.
-    tempfile::tempfile_in(dir).map_err(|source| Error::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+/// The lock file of an artifact directory: held, exclusively, by the process training in it.
+const LOCK: &str = ".lock";
+
+/// Makes `dir` ready for a run (or for resuming it) and locks it for this process: the
+/// returned file holds an exclusive lock until it is dropped, so a second `mnist train`
+/// into the same directory is refused instead of writing over the first. Only then are
+/// stale temporary files removed: with the lock held, no other process can be writing
+/// them.
+fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
     let has_run = [files::CHECKPOINT, files::REPORT, files::METRICS].iter().any(|f| dir.join(f).exists());
     if resume {
         if !dir.join(files::CHECKPOINT).is_file() {
@@ -393,7 +412,38 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<()> {
     } else if has_run {
         return Err(Error::RunExists { path: dir.to_path_buf() });
     }
-    Ok(())
+    let write_err = |source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(write_err)?;
+    // Fail now, not after hours of training, when the directory is not writable.
+    tempfile::tempfile_in(dir).map_err(write_err)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))
+        .map_err(|source| Error::Write {
+            path: dir.join(LOCK),
+            source,
+        })?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(Error::RunInUse { path: dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(Error::Write {
+                path: dir.join(LOCK),
+                source,
+            });
+        }
+    }
+    // Left by a process killed while writing (SIGKILL, power loss): never renamed, so
+    // never read, only taking space.
+    for stale in weights::remove_stale_temps(dir, &TEMP_SUFFIXES)? {
+        let _ = writeln!(std::io::stderr(), "removed a stale temporary file: {}", stale.display());
+    }
+    Ok(lock)
 }
 
 fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) -> Result<()> {
@@ -415,6 +465,7 @@ fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) 
     if saved.step > now.config.steps {
         return err(format!("it is at step {}, beyond the {} steps asked for", saved.step, now.config.steps));
     }
+
     Ok(())
 }
 
