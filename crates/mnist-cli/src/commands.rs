@@ -136,13 +136,10 @@ fn resume_command(args: &TrainArgs, out: &Path) -> String {
     if let Some(dir) = &args.data.data_dir {
         words.extend(["--data-dir".into(), shell_quote(&dir.display().to_string())]);
     }
-    if args.kernels != KernelsArg::Fastest {
-        let name = match args.kernels {
-            KernelsArg::Fastest => "fastest",
-            KernelsArg::Burn => "burn",
-            KernelsArg::Im2col => "im2col",
-        };
-        words.extend(["--kernels".into(), name.into()]);
+    if args.kernels != KernelsArg::Fastest
+        && let Some(name) = clap::ValueEnum::to_possible_value(&args.kernels)
+    {
+        words.extend(["--kernels".into(), name.get_name().to_string()]);
     }
     words.extend(["--resume".into(), "--out".into(), shell_quote(&out.display().to_string())]);
     words.join(" ")
@@ -208,6 +205,13 @@ fn check_model_dir(dir: &Path) -> Result<()> {
         bail!(
             "{}: no such directory; expected a trained model's artifact directory (train one with `cargo xtask train`)",
             dir.display()
+        );
+    }
+    if !dir.join(weights::CONFIG_FILE).exists() && dir.join(files::CHECKPOINT).is_file() {
+        bail!(
+            "{} holds an unfinished run (a checkpoint, no model yet); finish it with `mnist train --resume --out {}`",
+            dir.display(),
+            shell_quote(&dir.display().to_string())
         );
     }
     weights::read_manifest(dir).with_context(|| format!("cannot load the model in {}", dir.display()))?;

@@ -336,3 +336,4 @@ fn only_this_programs_stale_temporary_files_are_removed() {
         assert!(dir.path().join(kept).exists(), "{kept}");
     }
 }
+

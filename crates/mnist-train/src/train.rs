@@ -431,6 +431,12 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Err(Error::RunInUse { path: dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            // Some network file systems have no locks: train unguarded, and leave any
+            // temporary files alone (another process might be writing them).
+            let _ = writeln!(std::io::stderr(), "warning: {} cannot be locked here ({e}); do not train into it twice at once", dir.display());
+            return Ok(lock);
+        }
         Err(std::fs::TryLockError::Error(source)) => {
             return Err(Error::Write {
                 path: dir.join(LOCK),
