@@ -237,7 +237,8 @@ fn signalled_run(signal: &str, root: &Path, command: Option<&str>) -> (Output, P
         assert!(stdout.read_line(&mut line).unwrap() > 0, "training ended early");
         assert!(start.elapsed() < Duration::from_secs(120), "no progress line");
     }
-    let killed = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+    // The shell's own `kill` (no procps needed).
+    let killed = Command::new("sh").args(["-c", &format!("kill -{signal} {}", child.id())]).status().unwrap();
     assert!(killed.success());
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
