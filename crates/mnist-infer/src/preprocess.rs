@@ -192,13 +192,15 @@ impl Plane {
         // Transparency shows the page behind the strokes: white, unless the strokes
         // themselves are light (white ink drawn on a transparent canvas), then black.
         let (mut opaque, mut light, mut clear) = (0u64, 0u64, 0u64);
-        for p in la.pixels() {
-            let [l, a] = p.0;
-            if a >= u16::MAX / 2 {
-                opaque += 1;
-                light += u64::from(f32::from(l) / full > 0.5);
-            } else {
-                clear += 1;
+        if image.color().has_alpha() {
+            for p in la.pixels() {
+                let [l, a] = p.0;
+                if a >= u16::MAX / 2 {
+                    opaque += 1;
+                    light += u64::from(f32::from(l) / full > 0.5);
+                } else {
+                    clear += 1;
+                }
             }
         }
         let behind = if clear > 0 && 2 * light > opaque { 0.0 } else { 1.0 };
