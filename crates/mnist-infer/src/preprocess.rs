@@ -5,8 +5,9 @@
 //! centre. [`preprocess`] does the same to a photo or scan, in these steps:
 //!
 //! 1. **Grayscale** in `[0, 1]`: EXIF orientation applied, transparency composited on
-//!    white (on black behind light strokes), and 16-bit images levelled to the bit depth their values really use (a 12-bit
-//!    scan stored in a 16-bit PNG spans `0..=4095`, not `0..=65535`). Large images are
+//!    white (on black behind light strokes), and 16-bit images levelled to the bit depth
+//!    their values really use (a 12-bit scan stored in a 16-bit PNG spans `0..=4095`, not
+//!    `0..=65535`). Large images are
 //!    averaged down to at most [`WORK_SIDE`] pixels on their longer side.
 //! 2. **The sheet**: when the border is dark but a large light region, or a smaller one
 //!    shaped like a sheet, has dark marks inside it (a sheet of paper photographed on a
@@ -118,7 +119,8 @@ fn decode(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
 ///
 /// # Errors
 /// [`Error::Blank`] naming `name` when the image is empty, has no ink distinguishable
-/// from its background, or its "ink" is a few pixels or covers most of the image.
+/// from its background or its noise, or its "ink" is a few pixels, a solid blob, marks
+/// along its edges only, or covers most of the image.
 pub fn preprocess(image: &DynamicImage, name: &Path) -> Result<[u8; SIDE * SIDE]> {
     let blank = |what: String| Error::Blank {
         path: name.to_path_buf(),
@@ -128,8 +130,15 @@ pub fn preprocess(image: &DynamicImage, name: &Path) -> Result<[u8; SIDE * SIDE]
         return Err(blank("empty image".into()));
     }
     let gray = Plane::grayscale(image).shrunk_to(WORK_SIDE);
-    let gray = gray.sheet().unwrap_or(gray);
-    let ink = extract_ink(&gray).map_err(blank)?;
+    let split = otsu(&gray.v);
+    let (gray, split) = match gray.sheet(split) {
+        Some(sheet) => {
+            let split = otsu(&sheet.v);
+            (sheet, split)
+        }
+        None => (gray, split),
+    };
+    let ink = extract_ink(&gray, split).map_err(blank)?;
     let (x0, y0, x1, y1) = ink.bbox;
     let crop = GrayImage::from_fn(x1 - x0 + 1, y1 - y0 + 1, |x, y| Luma([(ink.levels.at(x0 + x, y0 + y) * 255.0 + 0.5) as u8]));
     let (w, h) = crop.dimensions();
@@ -271,14 +280,13 @@ impl Plane {
     }
 
     /// A light sheet photographed on a dark surface: when the border is darker than
-    /// Otsu's threshold and the largest light 4-connected region holds dark marks and
+    /// `threshold` (Otsu's, of this image) and the largest light 4-connected region holds dark marks and
     /// covers either at least 45% of the image and, filled in, 60% of its bounding box,
     /// or at least 3% of the image and, filled in, 85% of its bounding box with the marks
     /// at most 30% of it, the image cut to that region's bounding box with everything
     /// outside the filled region painted the region's median colour. `None` otherwise.
-    fn sheet(&self) -> Option<Plane> {
-        let threshold = otsu(&self.v);
-        if percentile(&mut self.border(), 0.5) > threshold {
+    fn sheet(&self, threshold: f32) -> Option<Plane> {
+        if light_background(self, threshold) {
             return None; // the border is light already: no sheet to find
         }
         let light: Vec<bool> = self.v.iter().map(|&v| v > threshold).collect();
@@ -329,9 +337,9 @@ struct Ink {
 }
 
 /// Steps 3 to 5 of the module's list; the error says why no digit was found.
-fn extract_ink(gray: &Plane) -> std::result::Result<Ink, String> {
+fn extract_ink(gray: &Plane, split: f32) -> std::result::Result<Ink, String> {
     let (w, h) = (gray.w, gray.h);
-    let invert = light_background(gray);
+    let invert = light_background(gray, split);
     let ink = Plane {
         w,
         h,
@@ -382,19 +390,19 @@ fn extract_ink(gray: &Plane) -> std::result::Result<Ink, String> {
         ));
     }
     let threshold = (0.25 * peak).max(3.0 * sigma);
-    let mut mask: Vec<bool> = diff.iter().map(|&d| d > threshold).collect();
-    let (labels, sizes) = components(w, h, &mask, true);
-    // Marks along most of an edge are a frame, the desk or a shadow's edge, not a digit.
-    let along_edges = along_edges(w, h, &labels, sizes.len());
-    if along_edges.iter().any(|&e| e) {
-        for (m, &l) in mask.iter_mut().zip(&labels) {
-            *m = *m && !along_edges[l as usize];
-        }
-        if !mask.iter().any(|&m| m) {
-            return Err("the only marks run along the image's edges (a frame, a desk or a shadow), no digit inside them".into());
+    let mask: Vec<bool> = diff.iter().map(|&d| d > threshold).collect();
+    let (labels, mut sizes) = components(w, h, &mask, true);
+    // Marks along most of an edge are a frame, the desk or a shadow's edge, not a digit:
+    // their components are left out (size 0).
+    let along = along_edges(w, h, &labels, sizes.len());
+    for (size, along) in sizes.iter_mut().zip(along) {
+        if along {
+            *size = 0;
         }
     }
-    let (labels, sizes) = components(w, h, &mask, true);
+    if sizes.iter().all(|&s| s == 0) {
+        return Err("the only marks run along the image's edges (a frame, a desk or a shadow), no digit inside them".into());
+    }
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let keep: Vec<bool> = sizes.iter().map(|&s| s > 0 && s >= 3.max(largest / 12)).collect();
     let kept: Vec<bool> = labels.iter().map(|&l| l != 0 && keep[l as usize]).collect();
@@ -461,11 +469,11 @@ fn along_edges(w: u32, h: u32, labels: &[u32], count: usize) -> Vec<bool> {
 }
 
 /// Whether the background is the light end of the image: the border (its median) sits
-/// above Otsu's threshold of the image's own values, the level that best splits them in
-/// two. A dark digit on grey 127 and on grey 128, one dark dot on white, and a dark digit
+/// above `split`, Otsu's threshold of the image's own values (the level that best splits
+/// them in two). A dark digit on grey 127 and on grey 128, one dark dot on white, and a dark digit
 /// on a page lit brighter in its middle are all dark ink on a light background.
-fn light_background(gray: &Plane) -> bool {
-    percentile(&mut gray.border(), 0.5) > otsu(&gray.v)
+fn light_background(gray: &Plane, split: f32) -> bool {
+    percentile(&mut gray.border(), 0.5) > split
 }
 
 /// The noise's standard deviation in `diff` (an image less its background), estimated
@@ -574,7 +582,6 @@ fn otsu(values: &[f32]) -> f32 {
 /// `diagonal`, else 4-connected: a label per pixel (0 = not in the mask, else `1..`)
 /// and the size of each label (index 0 unused).
 fn components(w: u32, h: u32, mask: &[bool], diagonal: bool) -> (Vec<u32>, Vec<usize>) {
-    let (w, h) = (w as i64, h as i64);
     let mut labels = vec![0u32; mask.len()];
     let mut sizes = vec![0usize];
     let mut stack = Vec::new();
@@ -588,18 +595,10 @@ fn components(w: u32, h: u32, mask: &[bool], diagonal: bool) -> (Vec<u32>, Vec<u
         stack.push(start);
         while let Some(i) = stack.pop() {
             size += 1;
-            let (x, y) = (i as i64 % w, i as i64 / w);
-            for (dx, dy) in [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)]
-                .into_iter()
-                .take(if diagonal { 8 } else { 4 })
-            {
-                let (nx, ny) = (x + dx, y + dy);
-                if (0..w).contains(&nx) && (0..h).contains(&ny) {
-                    let j = (ny * w + nx) as usize;
-                    if mask[j] && labels[j] == 0 {
-                        labels[j] = label;
-                        stack.push(j);
-                    }
+            for j in neighbours(w, h, i, diagonal) {
+                if mask[j] && labels[j] == 0 {
+                    labels[j] = label;
+                    stack.push(j);
                 }
             }
         }
@@ -608,21 +607,28 @@ fn components(w: u32, h: u32, mask: &[bool], diagonal: bool) -> (Vec<u32>, Vec<u
     (labels, sizes)
 }
 
+/// The indices of pixel `i`'s neighbours inside a `w` x `h` image: the 4 that share a
+/// side, and the 4 diagonal ones when `diagonal`.
+fn neighbours(w: u32, h: u32, i: usize, diagonal: bool) -> impl Iterator<Item = usize> {
+    let (w, h) = (i64::from(w), i64::from(h));
+    let (x, y) = (i as i64 % w, i as i64 / w);
+    [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)]
+        .into_iter()
+        .take(if diagonal { 8 } else { 4 })
+        .map(move |(dx, dy)| (x + dx, y + dy))
+        .filter(move |&(nx, ny)| (0..w).contains(&nx) && (0..h).contains(&ny))
+        .map(move |(nx, ny)| (ny * w + nx) as usize)
+}
+
 /// `mask` grown, 8-connectedly, into every pixel `i` for which `admit(i)` holds.
 fn grow(w: u32, h: u32, mask: &[bool], admit: impl Fn(usize) -> bool) -> Vec<bool> {
-    let (w, h) = (w as i64, h as i64);
     let mut out = mask.to_vec();
     let mut stack: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
     while let Some(i) = stack.pop() {
-        let (x, y) = (i as i64 % w, i as i64 / w);
-        for (dx, dy) in [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, -1), (-1, 1), (1, 1)] {
-            let (nx, ny) = (x + dx, y + dy);
-            if (0..w).contains(&nx) && (0..h).contains(&ny) {
-                let j = (ny * w + nx) as usize;
-                if !out[j] && admit(j) {
-                    out[j] = true;
-                    stack.push(j);
-                }
+        for j in neighbours(w, h, i, true) {
+            if !out[j] && admit(j) {
+                out[j] = true;
+                stack.push(j);
             }
         }
     }
