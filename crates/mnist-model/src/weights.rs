@@ -30,12 +30,12 @@ const SAFETENSORS: &str = "safetensors";
 /// # Errors
 /// [`Error::NonFinite`] (and nothing written) when a tensor holds NaN or infinity.
 pub fn save<B: Backend>(model: &Cnn<B>, path: &Path) -> Result<()> {
+    check_finite(model, path)?;
     save_bytes(model, path).map(|_| ())
 }
 
-/// [`save`], returning the bytes written.
+/// [`save`] of weights already checked to be finite, returning the bytes written.
 fn save_bytes<B: Backend>(model: &Cnn<B>, path: &Path) -> Result<Vec<u8>> {
-    check_finite(model, path)?;
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
     let bytes = recorder
         .record(model.clone().into_record(), ())
@@ -130,11 +130,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Exports the weights as safetensors in PyTorch's layout (linear weights `[out, in]`),
 /// tensor names `conv1.weight`, `conv1.bias`, ..., `fc2.bias`.
 pub fn export_safetensors<B: Backend>(model: &Cnn<B>, path: &Path) -> Result<()> {
+    check_finite(model, path)?;
     export_safetensors_bytes(model, path).map(|_| ())
 }
 
+/// [`export_safetensors`] of weights already checked to be finite, returning the bytes
+/// written.
 fn export_safetensors_bytes<B: Backend>(model: &Cnn<B>, path: &Path) -> Result<Vec<u8>> {
-    check_finite(model, path)?;
     let format_err = |message: String| Error::Format {
         path: path.to_path_buf(),
         format: SAFETENSORS,

@@ -220,8 +220,8 @@ pub fn train<B: AutodiffBackend>(
 
         losses.push(step, &loss);
         if let Some(train_accuracy) = train_accuracy {
-            losses.check()?;
-            let loss = loss.into_scalar().elem::<f64>();
+            // One read from the device for the pending losses, this step's among them.
+            let loss = losses.check()?.unwrap_or(f64::NAN);
             let elapsed = session_start.elapsed().as_secs_f64();
             let row = MetricRow {
                 step,
@@ -315,20 +315,24 @@ impl<B: AutodiffBackend> LossWatch<B> {
         self.losses.len()
     }
 
-    /// [`Error::Diverged`] naming the first step whose loss was not finite.
-    fn check(&mut self) -> Result<()> {
+    /// [`Error::Diverged`] naming the first step whose loss was not finite; otherwise the
+    /// loss of the latest step pushed (`None` when none was pending).
+    fn check(&mut self) -> Result<Option<f64>> {
         if self.losses.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let losses = Tensor::cat(std::mem::take(&mut self.losses), 0).into_data();
-        let first_bad = losses.iter::<f64>().enumerate().find(|(_, l)| !l.is_finite());
-        match first_bad {
-            None => Ok(()),
-            Some((i, loss)) => Err(Error::Diverged {
-                step: self.first_step + i as u64,
-                loss: loss as f32,
-            }),
+        let mut latest = None;
+        for (i, loss) in losses.iter::<f64>().enumerate() {
+            if !loss.is_finite() {
+                return Err(Error::Diverged {
+                    step: self.first_step + i as u64,
+                    loss: loss as f32,
+                });
+            }
+            latest = Some(loss);
         }
+        Ok(latest)
     }
 }
 
