@@ -10,7 +10,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use mnist_data::{DatasetKind, Locator};
-use mnist_model::{Cnn, CnnConfig, dropout_mask, weights};
+use mnist_model::artifact::{self, Manifest};
+use mnist_model::{Cnn, CnnConfig, dropout_mask, input};
 use rand::SeedableRng;
 
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -61,10 +62,10 @@ pub fn one_step<B: AutodiffBackend>(device: &B::Device) -> Step {
     let data = Locator::offline(None).load(DatasetKind::Sample).unwrap();
     let config = CnnConfig::new();
     let model = config.init::<B>(5, device).unwrap();
-    let batch = data.train.batch::<B>(&(0..16).collect::<Vec<_>>(), device).unwrap();
+    let batch = data.train.gather(&(0..16).collect::<Vec<_>>()).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     let mask = dropout_mask::<B>(16, config.hidden, config.dropout, &mut rng, device);
-    let loss = CrossEntropyLossConfig::new().init(device).forward(model.forward_train(batch.images, mask), batch.labels);
+    let loss = CrossEntropyLossConfig::new().init(device).forward(model.forward_train(input::images::<B>(&batch.pixels, device), mask), input::labels::<B>(&batch.labels, device));
     let raw = loss.backward();
     let grads_flat = grads(&model, &raw);
     let grads = GradientsParams::from_grads(raw, &model);
@@ -109,12 +110,12 @@ fn weights_saved_on_one_backend_predict_identically_on_another() {
     let config = CnnConfig::new();
     let dir = tempfile::tempdir().unwrap();
     let flex = config.init::<Flex>(21, &Default::default()).unwrap();
-    weights::save_dir(&flex, &config, dir.path()).unwrap();
-    let (_, nd) = weights::load_dir::<NdArray>(dir.path(), &Default::default()).unwrap();
+    artifact::save_dir(&flex, &Manifest::from_config(config.clone()), dir.path()).unwrap();
+    let (_, nd) = artifact::load_dir::<NdArray>(dir.path(), &Default::default()).unwrap();
     assert_eq!(flex.num_params(), nd.num_params());
     let pixels = &data.test.images()[..64 * 784];
-    let a = flex.forward(mnist_data::images_to_tensor::<Flex>(pixels, &Default::default()));
-    let b = nd.forward(mnist_data::images_to_tensor::<NdArray>(pixels, &Default::default()));
+    let a = flex.forward(mnist_model::input::images::<Flex>(pixels, &Default::default()));
+    let b = nd.forward(mnist_model::input::images::<NdArray>(pixels, &Default::default()));
     let d = max_diff(&a.into_data().to_vec::<f32>().unwrap(), &b.into_data().to_vec::<f32>().unwrap());
     assert!(d <= 1e-4, "max logit difference {d}");
 }

@@ -11,7 +11,8 @@ use burn::tensor::Tensor;
 use burn_flex::Flex;
 use burn_wgpu::{Wgpu, WgpuDevice};
 use mnist_data::{DatasetKind, Locator};
-use mnist_model::{CnnConfig, weights};
+use mnist_model::CnnConfig;
+use mnist_model::artifact::{self, Manifest};
 
 use crate::backends::{assert_same_step, max_diff, one_step};
 
@@ -35,11 +36,11 @@ fn wgpu_loads_flex_weights_and_gives_the_same_logits() {
     let config = CnnConfig::new();
     let dir = tempfile::tempdir().unwrap();
     let flex = config.init::<Flex>(21, &Default::default()).unwrap();
-    weights::save_dir(&flex, &config, dir.path()).unwrap();
-    let (_, gpu) = weights::load_dir::<Wgpu>(dir.path(), &device).unwrap();
+    artifact::save_dir(&flex, &Manifest::from_config(config.clone()), dir.path()).unwrap();
+    let (_, gpu) = artifact::load_dir::<Wgpu>(dir.path(), &device).unwrap();
     let pixels = &data.test.images()[..8 * 784];
-    let a = flex.forward(mnist_data::images_to_tensor::<Flex>(pixels, &Default::default()));
-    let b = gpu.forward(mnist_data::images_to_tensor::<Wgpu>(pixels, &device));
+    let a = flex.forward(mnist_model::input::images::<Flex>(pixels, &Default::default()));
+    let b = gpu.forward(mnist_model::input::images::<Wgpu>(pixels, &device));
     let d = max_diff(&a.into_data().to_vec::<f32>().unwrap(), &b.into_data().to_vec::<f32>().unwrap());
     assert!(d <= 1e-4, "max logit difference {d}");
 }

@@ -1,6 +1,6 @@
 """What the peer scripts share: their command line, the timing loop, and the JSON line
 they print, with the same fields as `mnist bench`."""
-import argparse, json, resource, time
+import argparse, json, resource, statistics, time
 
 
 def arguments(extra=None):
@@ -40,7 +40,8 @@ def report(a, runs, eval_images, sync=lambda: None, **fields):
             sync()
             if i >= a.warmup:
                 times.append(time.perf_counter() - t)
-    median = sorted(times)[len(times) // 2]
+    # The mean of the middle two for an even count, as mnist_bench::median.
+    median = statistics.median(times)
     images_per_rep = {"train": a.batch, "eval": eval_images, "latency": 1}[a.measure]
     print(json.dumps({
         **{k: v() if callable(v) else v for k, v in fields.items()},

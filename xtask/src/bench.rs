@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use mnist_bench::{Measurement, PeerMeasurement, median};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::root;
 
@@ -105,7 +107,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
-    let mut results: Vec<Value> = Vec::new();
+    let mut results: Vec<Record> = Vec::new();
     for round in 1..=rounds {
         for (backend, binary) in &binaries {
             let mut runs: Vec<(Plan, &str)> = plan(backend, args.quick).into_iter().map(|p| (p, "fastest")).collect();
@@ -118,8 +120,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let mut cmd = Command::new(binary);
                 cmd.args(["bench", measure, "--backend", backend, "--kernels", kernels]);
                 cmd.args(["--batch", &batch.to_string(), "--repeats", &repeats.to_string(), "--warmup", &warmup.to_string()]);
-                let what = json!({"system": "mnist-rs", "backend": backend, "measure": measure, "batch": batch, "kernels": kernels, "round": round});
-                results.push(measure_with(cmd, what));
+                let asked = Asked { system: "mnist-rs".into(), backend: Some(backend.to_string()), kernels: Some(kernels.into()), measure: measure.into(), batch };
+                results.push(Record::take(round, asked, cmd, Outcome::Ours));
             }
         }
         for (system, script, python) in &peers {
@@ -128,28 +130,142 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let mut cmd = Command::new(python);
                 cmd.arg(root().join("xtask").join("peers").join(script)).arg(measure);
                 cmd.args(["--batch", &batch.to_string(), "--repeats", &repeats.to_string(), "--warmup", &warmup.to_string()]);
-                results.push(measure_with(cmd, json!({"system": system, "measure": measure, "batch": batch, "round": round})));
+                let asked = Asked { system: system.to_string(), backend: None, kernels: None, measure: measure.into(), batch };
+                results.push(Record::take(round, asked, cmd, Outcome::Peer));
             }
         }
     }
 
     // A closed pipe (`| head`) is not worth a panic; the JSON below is written anyway.
     let _ = writeln!(std::io::stdout(), "{}", table(&results));
-    let report = json!({
-        "machine": machine(),
-        "date_utc": date(),
-        "git_commit": git(&["rev-parse", "HEAD"]),
-        "git_dirty": git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
-        "rounds": rounds,
-        "results": results,
-    });
+    let report = Report {
+        machine: Machine::here(),
+        date_utc: date(),
+        git_commit: git(&["rev-parse", "HEAD"]),
+        git_dirty: git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        rounds,
+        results,
+    };
     let path = out_dir.join("bench.json");
-    let text = serde_json::to_string_pretty(&report)?;
-    let tmp = out_dir.join(".bench.json.tmp");
-    std::fs::write(&tmp, text + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    let text = serde_json::to_string_pretty(&report)? + "\n";
+    mnist_fs::write_atomic(&path, text.as_bytes())?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// What `cargo xtask bench` writes to bench.json: the machine, the code, and every
+/// measurement of every round.
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: Machine,
+    date_utc: Option<String>,
+    git_commit: Option<String>,
+    git_dirty: Option<bool>,
+    rounds: u32,
+    results: Vec<Record>,
+}
+
+/// One measurement that was asked for: which system, on what, which figure.
+#[derive(Debug, Serialize)]
+struct Asked {
+    system: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernels: Option<String>,
+    measure: String,
+    batch: usize,
+}
+
+/// What a measurement gave: mnist-rs's record or a peer's, or why there is none.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Outcome {
+    Ours(Measurement),
+    Peer(PeerMeasurement),
+    /// What was asked and why it gave no figures.
+    Failed {
+        #[serde(flatten)]
+        asked: Asked,
+        error: String,
+    },
+}
+
+/// One measurement of one round, as written to bench.json: the record the process printed
+/// (or, for a failure, what was asked and the error), with its round.
+#[derive(Debug, Serialize)]
+struct Record {
+    #[serde(flatten)]
+    outcome: Outcome,
+    round: u32,
+}
+
+/// What the table needs of a record, whichever system took it.
+struct Figures<'a> {
+    system: &'a str,
+    backend: Option<&'a str>,
+    kernels: Option<&'a str>,
+    measure: &'a str,
+    batch: usize,
+    /// `None` for a failed measurement.
+    values: Option<Values>,
+}
+
+/// A measurement's figures.
+#[derive(Debug, Clone, Copy)]
+struct Values {
+    images_per_sec: f64,
+    median_ms: f64,
+    peak_rss_mib: Option<f64>,
+}
+
+impl Record {
+    /// Runs `cmd` and reads the measurement it prints into `T` (wrapped by `wrap`); a
+    /// failure becomes a record with the `error`, so one broken system does not lose the
+    /// others.
+    fn take<T: DeserializeOwned>(round: u32, asked: Asked, cmd: Command, wrap: fn(T) -> Outcome) -> Record {
+        let outcome = match measure_with::<T>(cmd) {
+            Ok(m) => wrap(m),
+            Err(error) => {
+                eprintln!("  failed: {error}");
+                Outcome::Failed { asked, error }
+            }
+        };
+        let record = Record { outcome, round };
+        if let Some(v) = record.figures().values {
+            eprintln!("  {:.1} images/s, median {:.2} ms", v.images_per_sec, v.median_ms);
+        }
+        record
+    }
+
+    fn figures(&self) -> Figures<'_> {
+        match &self.outcome {
+            Outcome::Ours(m) => Figures {
+                system: &m.system,
+                backend: Some(&m.backend),
+                kernels: Some(&m.kernels),
+                measure: &m.measure,
+                batch: m.batch,
+                values: Some(Values { images_per_sec: m.images_per_sec, median_ms: m.median_ms, peak_rss_mib: m.peak_rss_mib }),
+            },
+            Outcome::Peer(p) => Figures {
+                system: &p.system,
+                backend: Some(&p.backend),
+                kernels: Some(&p.kernels),
+                measure: &p.measure,
+                batch: p.batch,
+                values: Some(Values { images_per_sec: p.images_per_sec, median_ms: p.median_ms, peak_rss_mib: p.peak_rss_mib }),
+            },
+            Outcome::Failed { asked, .. } => Figures {
+                system: &asked.system,
+                backend: asked.backend.as_deref(),
+                kernels: asked.kernels.as_deref(),
+                measure: &asked.measure,
+                batch: asked.batch,
+                values: None,
+            },
+        }
+    }
 }
 
 /// Builds `mnist` with only `backend` and copies it to `<out>/mnist-<backend>` (each build
@@ -161,38 +277,23 @@ fn build_mnist(backend: &str, out_dir: &Path) -> Result<PathBuf> {
     Ok(copy)
 }
 
-/// Runs one measurement; its last stdout line is the JSON result. A failure becomes a
-/// result with an `error`, so one broken system does not lose the others.
-fn measure_with(mut cmd: Command, what: Value) -> Value {
-    let failed = |message: String| {
-        eprintln!("  failed: {message}");
-        let mut v = what.clone();
-        v["error"] = Value::String(message);
-        v
-    };
-    let output = match cmd.stderr(std::process::Stdio::piped()).output() {
-        Ok(o) => o,
-        Err(e) => return failed(format!("cannot start {:?}: {e}", cmd.get_program())),
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
+/// Runs one measurement and reads the last line of its standard output as a `T`. The
+/// error of a measurement that did not start, failed or printed no `T` names the command.
+fn measure_with<T: DeserializeOwned>(mut cmd: Command) -> Result<T, String> {
+    let shown = shown(&cmd);
+    let output = cmd.stderr(std::process::Stdio::piped()).output().map_err(|e| format!("cannot start {shown}: {e}"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-        return failed(format!("exit {}: {}", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+        return Err(format!("{shown} failed ({}): {}", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
     }
-    match stdout.lines().last().map(serde_json::from_str::<Value>) {
-        Some(Ok(mut v)) => {
-            eprintln!("  {:.1} images/s, median {:.2} ms", v["images_per_sec"].as_f64().unwrap_or(f64::NAN), v["median_ms"].as_f64().unwrap_or(f64::NAN));
-            // What was asked (the round, at least) where the result does not say it.
-            if let (Some(fields), Some(asked)) = (v.as_object_mut(), what.as_object()) {
-                for (key, value) in asked {
-                    fields.entry(key.clone()).or_insert_with(|| value.clone());
-                }
-            }
-            v
-        }
-        _ => failed(format!("no JSON result in its output: {stdout:?}")),
-    }
+    mnist_bench::from_output(&String::from_utf8_lossy(&output.stdout)).map_err(|e| format!("{shown}: {e}"))
+}
+
+/// The command line, as a user would type it (for messages).
+fn shown(cmd: &Command) -> String {
+    let words: Vec<String> = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|w| w.to_string_lossy().into_owned()).collect();
+    format!("`{}`", words.join(" "))
 }
 
 fn python_has(python: &Path, module: &str) -> bool {
@@ -204,80 +305,138 @@ fn python_has(python: &Path, module: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A row of the table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Row {
+    /// Training throughput at a batch size.
+    Train(usize),
+    /// Evaluation throughput.
+    Eval,
+    /// One image's latency.
+    Latency,
+    /// A measure this table does not know.
+    Other,
+    /// Each system's peak memory, the largest of its measurements in a round.
+    Memory,
+}
+
+impl Row {
+    fn of(figures: &Figures<'_>) -> Row {
+        match figures.measure {
+            "train" => Row::Train(figures.batch),
+            "eval" => Row::Eval,
+            "latency" => Row::Latency,
+            _ => Row::Other,
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Row::Train(batch) => format!("train, batch {batch}, images/s"),
+            Row::Eval => "eval 10,000 images, images/s".to_string(),
+            Row::Latency => "one image, median ms".to_string(),
+            Row::Other => "?".to_string(),
+            Row::Memory => "peak memory, MiB".to_string(),
+        }
+    }
+
+    /// The row's figure of a measurement (its memory is not one: see `Memory`).
+    fn figure(&self, v: Values) -> f64 {
+        if *self == Row::Latency { v.median_ms } else { v.images_per_sec }
+    }
+
+    /// Time and memory: lower is better. Throughput: higher.
+    fn lower_is_better(&self) -> bool {
+        matches!(self, Row::Latency | Row::Memory)
+    }
+}
+
+/// A column of the table: an mnist-rs backend (with its own kernels or Burn's
+/// convolution), or a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Column {
+    Ours { backend: String, burn_conv: bool },
+    Peer(String),
+}
+
+impl Column {
+    fn of(f: &Figures<'_>) -> Column {
+        match (f.system, f.backend) {
+            ("mnist-rs", Some(backend)) => Column::Ours { backend: backend.to_string(), burn_conv: f.kernels == Some("burn") },
+            (system, _) => Column::Peer(system.to_string()),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Column::Ours { backend, burn_conv: false } => format!("mnist-rs {backend}"),
+            Column::Ours { backend, burn_conv: true } => format!("mnist-rs {backend} (Burn conv)"),
+            Column::Peer(system) => system.clone(),
+        }
+    }
+}
+
 /// The table: one row per measurement, one column per system (the median over the
 /// rounds), then each mnist-rs backend's ratio to each peer (the median of the rounds'
 /// ratios, each from two measurements of the same round).
-fn table(results: &[Value]) -> String {
-    let label = |v: &Value| -> String {
-        let system = v["system"].as_str().unwrap_or("?");
-        match (system, v["backend"].as_str(), v["kernels"].as_str()) {
-            ("mnist-rs", Some(b), Some("burn")) => format!("mnist-rs {b} (Burn conv)"),
-            ("mnist-rs", Some(b), _) => format!("mnist-rs {b}"),
-            _ => system.to_string(),
-        }
-    };
-    let row_of = |v: &Value| match v["measure"].as_str() {
-        Some("train") => format!("train, batch {}, images/s", v["batch"]),
-        Some("eval") => "eval 10,000 images, images/s".to_string(),
-        Some("latency") => "one image, median ms".to_string(),
-        _ => "?".to_string(),
-    };
-    const MEMORY: &str = "peak memory, MiB";
-    let mut columns: Vec<String> = Vec::new();
-    let mut rows: Vec<String> = Vec::new();
-    // (row, column) -> round -> figure.
-    let mut cells: BTreeMap<(String, String), BTreeMap<u64, f64>> = BTreeMap::new();
-    for v in results {
-        let (c, r) = (label(v), row_of(v));
-        if !columns.contains(&c) {
-            columns.push(c.clone());
-        }
+fn table(results: &[Record]) -> String {
+    let mut columns: Vec<Column> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
+    // (row, column index) -> round -> figure.
+    let mut cells: BTreeMap<(Row, usize), BTreeMap<u32, f64>> = BTreeMap::new();
+    for record in results {
+        let f = record.figures();
+        let (c, r) = (Column::of(&f), Row::of(&f));
+        let c = columns.iter().position(|x| *x == c).unwrap_or_else(|| {
+            columns.push(c);
+            columns.len() - 1
+        });
         if !rows.contains(&r) {
             rows.push(r.clone());
         }
-        if v.get("error").is_some() {
-            continue;
-        }
-        let round = v["round"].as_u64().unwrap_or(1);
-        let figure = if r.starts_with("one image") { v["median_ms"].as_f64() } else { v["images_per_sec"].as_f64() };
-        if let Some(x) = figure {
-            cells.entry((r.clone(), c.clone())).or_default().insert(round, x);
-        }
+        let Some(values) = f.values else { continue };
+        cells.entry((r.clone(), c)).or_default().insert(record.round, r.figure(values));
         // Per round, the largest of the system's measurements.
-        if let Some(m) = v["peak_rss_mib"].as_f64() {
-            let peak = cells.entry((MEMORY.to_string(), c.clone())).or_default().entry(round).or_insert(m);
+        if let Some(m) = values.peak_rss_mib {
+            let peak = cells.entry((Row::Memory, c)).or_default().entry(record.round).or_insert(m);
             *peak = peak.max(m);
         }
     }
-    let peers: Vec<&String> = columns.iter().filter(|c| !c.starts_with("mnist-rs")).collect();
-    let ours: Vec<&String> = columns.iter().filter(|c| c.starts_with("mnist-rs") && !c.ends_with("(Burn conv)")).collect();
+    // The ratios: each mnist-rs backend with its own kernels against each peer.
+    let peers: Vec<(usize, &String)> =
+        columns.iter().enumerate().filter_map(|(i, c)| if let Column::Peer(system) = c { Some((i, system)) } else { None }).collect();
+    let ours: Vec<(usize, &String)> = columns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| if let Column::Ours { backend, burn_conv: false } = c { Some((i, backend)) } else { None })
+        .collect();
     let mut header = vec!["".to_string()];
-    header.extend(columns.iter().cloned());
-    for o in &ours {
-        for p in &peers {
-            header.push(format!("{} / {p}", o.trim_start_matches("mnist-rs ")));
+    header.extend(columns.iter().map(Column::label));
+    for (_, backend) in &ours {
+        for (_, system) in &peers {
+            header.push(format!("{backend} / {system}"));
         }
     }
     let mut lines = vec![format!("| {} |", header.join(" | ")), format!("|{}", " --- |".repeat(header.len()))];
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.2}") });
-    for r in rows.iter().map(String::as_str).chain(std::iter::once(MEMORY)) {
-        let mut line = vec![r.to_string()];
-        let rounds = |c: &String| cells.get(&(r.to_string(), c.clone()));
-        for c in &columns {
-            line.push(fmt(rounds(c).and_then(|by_round| median(by_round.values().copied().collect()))));
+    rows.push(Row::Memory);
+    for r in &rows {
+        let mut line = vec![r.label()];
+        let rounds = |c: usize| cells.get(&(r.clone(), c));
+        for c in 0..columns.len() {
+            line.push(fmt(rounds(c).and_then(|by_round| median(&by_round.values().copied().collect::<Vec<_>>()))));
         }
-        for o in &ours {
-            for p in &peers {
+        for &(o, _) in &ours {
+            for &(p, _) in &peers {
                 // Higher is better for throughput; for latency and memory, peer / ours.
-                let lower_is_better = r.starts_with("one image") || r == MEMORY;
                 let ratios: Vec<f64> = match (rounds(o), rounds(p)) {
                     (Some(a), Some(b)) => a
                         .iter()
-                        .filter_map(|(round, a)| b.get(round).map(|b| if lower_is_better { b / a } else { a / b }))
+                        .filter_map(|(round, a)| b.get(round).map(|b| if r.lower_is_better() { b / a } else { a / b }))
                         .collect(),
                     _ => Vec::new(),
                 };
-                line.push(median(ratios).map_or("-".to_string(), |x| format!("{x:.2}x")));
+                line.push(median(&ratios).map_or("-".to_string(), |x| format!("{x:.2}x")));
             }
         }
         lines.push(format!("| {} |", line.join(" | ")));
@@ -293,29 +452,30 @@ fn table(results: &[Value]) -> String {
     lines.join("\n")
 }
 
-/// The median (the mean of the middle two for an even count); `None` when empty.
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(values[n / 2]),
-        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
-    }
+/// The machine the figures were taken on.
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpu: Option<String>,
+    cores: Option<usize>,
+    memory_gib: Option<f64>,
+    os: &'static str,
+    arch: &'static str,
 }
 
-fn machine() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(str::trim);
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok());
-    json!({
-        "cpu": cpu,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
-        "memory_gib": mem_kib.map(|k| (k / 1024.0 / 1024.0 * 10.0).round() / 10.0),
-        "os": std::env::consts::OS,
-        "arch": std::env::consts::ARCH,
-    })
+impl Machine {
+    fn here() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok());
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map(|n| n.get()).ok(),
+            memory_gib: mem_kib.map(|k| (k / 1024.0 / 1024.0 * 10.0).round() / 10.0),
+            os: std::env::consts::OS,
+            arch: std::env::consts::ARCH,
+        }
+    }
 }
 
 fn date() -> Option<String> {
@@ -345,14 +505,57 @@ fn criterion(args: &[String]) -> Result<()> {
 mod tests {
     use super::*;
 
+    fn ours(measure: &str, batch: usize, round: u32, images_per_sec: f64, median_ms: f64, peak: f64) -> Record {
+        let m = Measurement {
+            system: "mnist-rs".into(),
+            backend: "flex".into(),
+            device: "flex (Cpu)".into(),
+            kernels: "fastest".into(),
+            measure: measure.into(),
+            batch,
+            repeats: 10,
+            images_per_sec,
+            median_ms,
+            peak_rss_mib: Some(peak),
+            kernels_in_use: BTreeMap::new(),
+            commit: None,
+        };
+        Record { outcome: Outcome::Ours(m), round }
+    }
+
+    fn peer(system: &str, measure: &str, batch: usize, round: u32, images_per_sec: f64, median_ms: f64, peak: f64) -> Record {
+        let p = PeerMeasurement {
+            system: system.into(),
+            backend: "tf 2.21.0 cpu".into(),
+            device: "cpu, 2 cores".into(),
+            kernels: "tf.compat.v1 graph".into(),
+            measure: measure.into(),
+            batch,
+            repeats: 10,
+            images_per_sec,
+            median_ms,
+            peak_rss_mib: Some(peak),
+            peak_device_mib: None,
+        };
+        Record { outcome: Outcome::Peer(p), round }
+    }
+
+    fn asked_peer(system: &str, measure: &str, batch: usize) -> Asked {
+        Asked { system: system.into(), backend: None, kernels: None, measure: measure.into(), batch }
+    }
+
+    fn failed(system: &str, measure: &str, batch: usize, round: u32) -> Record {
+        Record { outcome: Outcome::Failed { asked: asked_peer(system, measure, batch), error: "exit 1".into() }, round }
+    }
+
     #[test]
     fn table_has_a_ratio_per_backend_and_peer() {
         let results = vec![
-            json!({"system": "mnist-rs", "backend": "flex", "kernels": "fastest", "measure": "train", "batch": 50, "images_per_sec": 900.0, "median_ms": 55.0, "peak_rss_mib": 200.0}),
-            json!({"system": "mnist-rs", "backend": "flex", "kernels": "fastest", "measure": "latency", "batch": 1, "images_per_sec": 1000.0, "median_ms": 1.0, "peak_rss_mib": 100.0}),
-            json!({"system": "tensorflow", "measure": "train", "batch": 50, "images_per_sec": 450.0, "median_ms": 111.0, "peak_rss_mib": 400.0}),
-            json!({"system": "tensorflow", "measure": "latency", "batch": 1, "images_per_sec": 500.0, "median_ms": 2.0, "peak_rss_mib": 300.0}),
-            json!({"system": "pytorch", "measure": "train", "batch": 50, "error": "exit 1"}),
+            ours("train", 50, 1, 900.0, 55.0, 200.0),
+            ours("latency", 1, 1, 1000.0, 1.0, 100.0),
+            peer("tensorflow", "train", 50, 1, 450.0, 111.0, 400.0),
+            peer("tensorflow", "latency", 1, 1, 500.0, 2.0, 300.0),
+            failed("pytorch", "train", 50, 1),
         ];
         let t = table(&results);
         let train = t.lines().find(|l| l.starts_with("| train, batch 50")).expect("train row");
@@ -367,8 +570,8 @@ mod tests {
     /// rounds' own ratios (not the ratio of the medians), a failed measurement left out.
     #[test]
     fn rounds_give_medians_and_median_ratios() {
-        let ours = |round: u64, ips: f64| json!({"system": "mnist-rs", "backend": "flex", "kernels": "fastest", "measure": "train", "batch": 50, "round": round, "images_per_sec": ips, "median_ms": 1.0, "peak_rss_mib": 200.0});
-        let tf = |round: u64, ips: f64| json!({"system": "tensorflow", "measure": "train", "batch": 50, "round": round, "images_per_sec": ips, "median_ms": 1.0, "peak_rss_mib": 400.0});
+        let ours = |round: u32, ips: f64| ours("train", 50, round, ips, 1.0, 200.0);
+        let tf = |round: u32, ips: f64| peer("tensorflow", "train", 50, round, ips, 1.0, 400.0);
         // The machine fast in round 1, slow in round 2, in between in round 3; round 4's
         // peer failed.
         let results = vec![
@@ -379,7 +582,7 @@ mod tests {
             ours(3, 900.0),
             tf(3, 400.0),
             ours(4, 100.0),
-            json!({"system": "tensorflow", "measure": "train", "batch": 50, "round": 4, "error": "exit 1"}),
+            failed("tensorflow", "train", 50, 4),
         ];
         let t = table(&results);
         let train = t.lines().find(|l| l.starts_with("| train, batch 50")).expect("train row");
@@ -389,22 +592,60 @@ mod tests {
         let memory = t.lines().find(|l| l.starts_with("| peak memory")).expect("memory row");
         assert!(memory.contains("| 200 | 400 | 2.00x |"), "{t}");
         assert!(t.contains("median over 4 rounds"), "{t}");
-        assert_eq!(median(vec![]), None);
-        assert_eq!(median(vec![3.0, 1.0]), Some(2.0));
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0]), Some(2.0));
     }
 
     /// A measurement's result keeps what was asked that it does not say itself (its round).
     #[test]
     fn results_carry_their_round() {
+        let line = r#"{"system": "mnist-rs", "backend": "flex", "device": "flex (Cpu)", "kernels": "fastest", "measure": "train", "batch": 50, "repeats": 5, "images_per_sec": 5.0, "median_ms": 200.0, "peak_rss_mib": null}"#;
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", r#"echo 'warming up'; echo '{"system": "mnist-rs", "measure": "train", "images_per_sec": 5.0}'"#]);
-        let v = measure_with(cmd, json!({"system": "ignored", "measure": "train", "round": 2}));
+        cmd.args(["-c", &format!("echo 'warming up'; echo '{line}'")]);
+        let asked = Asked { system: "ignored".into(), ..asked_peer("x", "train", 50) };
+        let v = serde_json::to_value(Record::take(2, asked, cmd, Outcome::Ours)).expect("serialises");
         assert_eq!(v["round"], 2, "{v}");
         assert_eq!(v["system"], "mnist-rs", "{v}");
         assert_eq!(v["images_per_sec"], 5.0, "{v}");
-        let failed = measure_with(Command::new("false"), json!({"system": "tensorflow", "round": 3}));
+        // The record is the line as printed, plus its round (and the fields the line did
+        // not have, at their defaults).
+        let mut keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected = [
+            "system", "backend", "device", "kernels", "measure", "batch", "repeats", "images_per_sec", "median_ms",
+            "peak_rss_mib", "kernels_in_use", "commit", "round",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{v}");
+        let failed = Record::take(3, asked_peer("tensorflow", "eval", 500), Command::new("false"), Outcome::Peer);
+        let failed = serde_json::to_value(failed).expect("serialises");
         assert_eq!(failed["round"], 3, "{failed}");
-        assert!(failed.get("error").is_some(), "{failed}");
+        assert_eq!(failed["system"], "tensorflow", "{failed}");
+        assert_eq!(failed["batch"], 500, "{failed}");
+        assert!(failed["error"].as_str().is_some_and(|e| e.contains("`false`")), "{failed}");
+    }
+
+    /// A line that is not the measurement the system prints is a failed measurement that
+    /// names the command and quotes the line, not a row of guessed figures.
+    #[test]
+    fn an_unreadable_line_is_a_failure_naming_the_command() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"echo '{"system": "mnist-rs", "images_per_sec": 5.0}'"#]);
+        let record = Record::take(1, asked_peer("mnist-rs", "train", 50), cmd, Outcome::Ours);
+        let Outcome::Failed { error, .. } = &record.outcome else { panic!("parsed: {record:?}") };
+        assert!(error.starts_with("`sh -c "), "{error}");
+        assert!(error.contains("missing field"), "{error}");
+        assert!(error.contains("images_per_sec"), "{error}");
+        assert!(record.figures().values.is_none());
+        let record = Record::take(1, asked_peer("pytorch", "train", 50), Command::new("true"), Outcome::Peer);
+        let Outcome::Failed { error, .. } = &record.outcome else { panic!("parsed: {record:?}") };
+        assert_eq!(error, "`true`: no output");
+        // A peer's line, read as a peer's record.
+        let line = r#"{"system": "pytorch", "backend": "torch 2.11.0 cpu eager", "device": "cpu", "kernels": "eager", "peak_device_mib": null, "measure": "latency", "batch": 1, "repeats": 20, "images_per_sec": 400.0, "median_ms": 2.5, "peak_rss_mib": 350.0}"#;
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("echo '{line}'")]);
+        let record = Record::take(1, asked_peer("pytorch", "latency", 1), cmd, Outcome::Peer);
+        assert!(matches!(&record.outcome, Outcome::Peer(p) if p.median_ms == 2.5), "{record:?}");
     }
 
     #[test]

@@ -40,8 +40,8 @@ pub fn run(tarball: &Path, out: &Path) -> Result<()> {
     for (name, split) in [("train", &train), ("t10k", &test)] {
         let pixels: Vec<u8> = split.iter().flat_map(|(d, _)| d.iter().copied()).collect();
         let labels: Vec<u8> = split.iter().map(|(_, l)| *l).collect();
-        write_atomic(&out.join(format!("{name}-images-idx3-ubyte.gz")), &idx::gzip(&idx::encode_images(&pixels)))?;
-        write_atomic(&out.join(format!("{name}-labels-idx1-ubyte.gz")), &idx::gzip(&idx::encode_labels(&labels)))?;
+        mnist_fs::write_atomic(&out.join(format!("{name}-images-idx3-ubyte.gz")), &idx::gzip(&idx::encode_images(&pixels)))?;
+        mnist_fs::write_atomic(&out.join(format!("{name}-labels-idx1-ubyte.gz")), &idx::gzip(&idx::encode_labels(&labels)))?;
     }
     let _ = writeln!(std::io::stdout(), "wrote {} train and {} test digits to {}", train.len(), test.len(), out.display());
     Ok(())
@@ -88,19 +88,6 @@ fn decode(text: &str) -> Result<Vec<Vec<u8>>> {
         bytes.push(b as u8);
     }
     Ok(bytes.chunks(idx::PIXELS).map(<[u8]>::to_vec).collect())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
 
 /// SplitMix64: a tiny, fixed generator, so the sample never changes with a crate version.

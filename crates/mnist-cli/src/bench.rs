@@ -9,38 +9,15 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use mnist_data::{DatasetKind, Locator, Split};
 use mnist_infer::{Classifier, Pixels};
-use mnist_model::{Cnn, CnnConfig, Kernels, dropout_mask};
+use mnist_model::artifact::Manifest;
+use mnist_model::{Cnn, CnnConfig, Kernels, dropout_mask, input};
 use mnist_train::{TrainConfig, optimizer, train_step};
-use serde::Serialize;
 
 use crate::backend::{BackendKind, Job, dispatch};
 use crate::{BenchArgs, Measure, Status};
 
-/// One measurement, as printed.
-#[derive(Debug, Serialize)]
-pub struct Measurement {
-    /// Always "mnist-rs".
-    pub system: &'static str,
-    /// Backend name.
-    pub backend: String,
-    /// Burn's name for the device, and the GPU adapter where there is one.
-    pub device: String,
-    /// Convolution kernels used ("fastest", "burn" or "im2col").
-    pub kernels: &'static str,
-    /// "train", "eval" or "latency".
-    pub measure: &'static str,
-    /// Batch size (1 for latency).
-    pub batch: usize,
-    /// Timed repetitions: training steps, evaluation passes or predictions.
-    pub repeats: usize,
-    /// Images per second (training or evaluation throughput; 1 / latency).
-    pub images_per_sec: f64,
-    /// Median time of one repetition, in milliseconds (training: the mean step of one
-    /// timed block, see `time_training`).
-    pub median_ms: f64,
-    /// Peak resident memory of the process, in MiB (Linux; absent elsewhere).
-    pub peak_rss_mib: Option<f64>,
-}
+/// One measurement, as printed (the record `cargo xtask bench` reads back).
+pub use mnist_bench::Measurement;
 
 pub fn bench(args: BenchArgs) -> Result<Status> {
     let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
@@ -69,30 +46,36 @@ impl Job for BenchJob<'_> {
         let args = self.args;
         let kernels = Kernels::from(args.kernels);
         let model = CnnConfig::new().init::<B>(1, device)?.with_kernels(kernels);
+        let in_use = match args.measure {
+            Measure::Train => mnist_train::kernels_in_use(&model),
+            Measure::Eval | Measure::Latency => model.valid().kernels_in_use(),
+        };
         let (measure, batch, times) = match args.measure {
             Measure::Train => ("train", args.batch, time_training(model, self.train, args, device)?),
             Measure::Eval => ("eval", args.batch, time_evaluation(&model.valid(), self.test, args, device)?),
             Measure::Latency => ("latency", 1, time_latency(model.valid(), self.test, args, device)?),
         };
-        let median = median(&times);
+        let median = mnist_bench::median(&times).unwrap_or(f64::NAN);
         let images = match args.measure {
             Measure::Eval => EVAL_IMAGES,
             _ => batch,
         };
         Ok(Measurement {
-            system: "mnist-rs",
+            system: "mnist-rs".to_string(),
             backend: backend.name().to_string(),
             device: match crate::backend::adapter() {
                 Some(adapter) => format!("{} on {adapter}", <B::InnerBackend as Backend>::name(device)),
                 None => format!("{} ({device:?})", <B::InnerBackend as Backend>::name(device)),
             },
-            kernels: kernels.name(),
-            measure,
+            kernels: kernels.name().to_string(),
+            measure: measure.to_string(),
             batch,
             repeats: args.repeats,
             images_per_sec: images as f64 / median.max(1e-12),
             median_ms: median * 1000.0,
             peak_rss_mib: peak_rss_mib(),
+            kernels_in_use: in_use.entries().into_iter().map(|(part, implementation)| (part.to_string(), implementation)).collect(),
+            commit: crate::BUILD_COMMIT.map(str::to_string),
         })
     }
 }
@@ -119,10 +102,11 @@ fn time_training<B: AutodiffBackend>(mut model: Cnn<B>, train: &Split, args: &Be
             sync(&model)?;
             start = Instant::now();
         }
-        let batch = train.batch::<B>(&indices, device)?;
+        let batch = train.gather(&indices)?;
+        let (images, labels) = (input::images::<B>(&batch.pixels, device), input::labels::<B>(&batch.labels, device));
         let mut rng = mnist_train::dropout_rng(config.seed, step as u64);
         let mask = dropout_mask::<B>(args.batch, config.model.hidden, config.model.dropout, &mut rng, device);
-        let (updated, _loss) = train_step(model, &mut optim, batch.images, batch.labels, mask, config.learning_rate);
+        let (updated, _loss) = train_step(model, &mut optim, images, labels, mask, config.learning_rate);
         model = updated;
     }
     sync(&model)?;
@@ -139,7 +123,7 @@ fn time_evaluation<B: Backend>(model: &Cnn<B>, test: &Split, args: &BenchArgs, d
     let mut times = Vec::with_capacity(args.repeats);
     for pass in 0..args.warmup.min(1) + args.repeats {
         let start = Instant::now();
-        mnist_train::evaluate(model, &split, args.batch, device)?;
+        mnist_infer::evaluate(model, &split, args.batch, device)?;
         if pass >= args.warmup.min(1) {
             times.push(start.elapsed().as_secs_f64());
         }
@@ -149,7 +133,7 @@ fn time_evaluation<B: Backend>(model: &Cnn<B>, test: &Split, args: &BenchArgs, d
 
 /// Seconds of each timed single-image prediction (a different image each time).
 fn time_latency<B: Backend>(model: Cnn<B>, test: &Split, args: &BenchArgs, device: &B::Device) -> Result<Vec<f64>> {
-    let classifier = Classifier::from_model(model, CnnConfig::new(), device)?;
+    let classifier = Classifier::from_model(model, Manifest::from_config(CnnConfig::new()), device)?;
     let images: Vec<Pixels> = (0..test.len().min(1000)).map(|i| *test.image(i)).collect();
     let mut times = Vec::with_capacity(args.repeats);
     for i in 0..args.warmup + args.repeats {
@@ -161,12 +145,6 @@ fn time_latency<B: Backend>(model: Cnn<B>, test: &Split, args: &BenchArgs, devic
         }
     }
     Ok(times)
-}
-
-fn median(times: &[f64]) -> f64 {
-    let mut sorted = times.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The process's peak resident set (VmHWM), from `/proc/self/status`.

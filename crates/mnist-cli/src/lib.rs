@@ -8,6 +8,7 @@ mod backend;
 mod bench;
 mod commands;
 mod output;
+mod train;
 
 use std::path::PathBuf;
 
@@ -16,7 +17,11 @@ use clap::{Args, Parser, Subcommand};
 
 pub use backend::BackendKind;
 pub use bench::Measurement;
-pub use commands::COMMAND_ENV;
+pub use train::COMMAND_ENV;
+
+/// The git commit this binary was built from (`-dirty` when tracked files differed from
+/// it at build time); `None` when it was not built from a git checkout.
+pub const BUILD_COMMIT: Option<&str> = option_env!("MNIST_RS_COMMIT");
 
 /// Command-line interface.
 #[derive(Debug, Parser)]
@@ -214,7 +219,7 @@ impl Status {
         match self {
             Status::Success => 0,
             Status::PartialFailure => 1,
-            Status::Interrupted => commands::interrupted_exit_code(),
+            Status::Interrupted => train::interrupted_exit_code(),
             Status::OutputClosed => 141,
         }
     }
@@ -223,7 +228,7 @@ impl Status {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<Status> {
     match cli.command {
-        Command::Train(args) => commands::train(args),
+        Command::Train(args) => train::train(args),
         Command::Eval(args) => commands::eval(args),
         Command::Predict(args) => commands::predict(args),
         Command::Bench(args) => bench::bench(args),

@@ -10,7 +10,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use burn_flex::Flex;
-use mnist_model::{CnnConfig, weights};
+use mnist_model::CnnConfig;
+use mnist_model::artifact::{self, Manifest};
 
 fn mnist() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mnist"));
@@ -33,7 +34,7 @@ fn tiny(steps: u64, log_every: u64) -> String {
 fn model_dir(root: &Path) -> PathBuf {
     let dir = root.join("model");
     let config = CnnConfig::new();
-    weights::save_dir(&config.init::<Flex>(1, &Default::default()).unwrap(), &config, &dir).unwrap();
+    artifact::save_dir(&config.init::<Flex>(1, &Default::default()).unwrap(), &Manifest::from_config(config.clone()), &dir).unwrap();
     dir
 }
 

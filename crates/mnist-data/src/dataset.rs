@@ -312,12 +312,8 @@ impl Dataset {
         for part in [&self.train.images, &self.train.labels, &self.test.images, &self.test.labels] {
             hasher.update(part);
         }
-        hex(&hasher.finalize())
+        mnist_fs::hex(&hasher.finalize())
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -11,9 +11,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
-use crate::dataset::{DatasetKind, FileSpec, FILES, hex};
+use crate::dataset::{DatasetKind, FileSpec, FILES};
 use crate::error::{Error, IdxKind, Result};
 use crate::idx;
 
@@ -148,15 +146,7 @@ impl Downloader {
         let mut response = agent.get(url).call().map_err(|e| e.to_string())?;
         let total = response.body().content_length();
         let dir = dest.parent().unwrap_or(Path::new("."));
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(DOWNLOAD_PREFIX).rand_bytes(DOWNLOAD_RANDOM);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            builder.permissions(fs::Permissions::from_mode(0o644));
-        }
-        let mut tmp = builder
-            .tempfile_in(dir)
+        let mut tmp = mnist_fs::temp_file_in(dir, DOWNLOAD_PREFIX, "")
             .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
         let bar = self.bar(total, &file.name);
         let mut reader = response.body_mut().with_config().limit(200 << 20).reader();
@@ -183,10 +173,8 @@ impl Downloader {
         {
             return Err(format!("truncated: received {received} of {total} bytes"));
         }
-        tmp.as_file().sync_all().map_err(|e| e.to_string())?;
         verify(tmp.path(), file).map_err(|e| e.to_string())?;
-        tmp.persist(dest).map_err(|e| format!("cannot move the download to {}: {}", dest.display(), e.error))?;
-        Ok(())
+        mnist_fs::commit(tmp, dest).map_err(|e| format!("cannot move the download to {}: {}", dest.display(), e.io()))
     }
 
     fn bar(&self, total: Option<u64>, name: &str) -> Option<indicatif::ProgressBar> {
@@ -206,34 +194,17 @@ impl Downloader {
 
 /// Prefix of a download in progress (then renamed to its name once verified).
 const DOWNLOAD_PREFIX: &str = ".download-";
-/// Random characters after the prefix.
-const DOWNLOAD_RANDOM: usize = 6;
 /// Age after which a download's temporary file is taken to be left by a killed process: a
 /// live download writes to its file continuously.
 const STALE_AFTER: Duration = Duration::from_secs(600);
 
 /// Removes from `dir` (a cache directory that several processes may share) the
 /// temporary files of downloads that were killed before their rename: files named
-/// `.download-` and six letters or digits, not written to for `older_than`. Failures
-/// are ignored: the cache works with them there.
+/// `.download-` and six letters or digits, not written to for `older_than` (a live
+/// download writes to its file continuously). Failures are ignored: the cache works with
+/// them there.
 fn remove_stale_downloads(dir: &Path, older_than: Duration) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let own = name.to_str().and_then(|n| n.strip_prefix(DOWNLOAD_PREFIX)).is_some_and(|random| {
-            random.len() == DOWNLOAD_RANDOM && random.bytes().all(|b| b.is_ascii_alphanumeric())
-        });
-        let stale = entry
-            .metadata()
-            .ok()
-            .filter(fs::Metadata::is_file)
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= older_than);
-        if own && stale {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
+    let _ = mnist_fs::remove_stale_temps(dir, DOWNLOAD_PREFIX, &[""], Some(older_than));
 }
 
 /// Checks that `path` is a good copy of `file`: the pinned SHA-256, or else content that
@@ -259,16 +230,8 @@ pub fn verify(path: &Path, file: &RemoteFile) -> Result<()> {
 
 /// SHA-256 of a file, as lower-case hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut f, &mut hasher).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(hex(&hasher.finalize()))
+    let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+    mnist_fs::sha256_reader(fs::File::open(path).map_err(io_err)?).map_err(io_err)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! MNIST and Fashion-MNIST for Burn: verified IDX parsing, dataset resolution, a
-//! download with mirrors and pinned digests, a bundled sample, and batches generic over
-//! the backend.
+//! MNIST and Fashion-MNIST: verified IDX parsing, dataset resolution, a download with
+//! mirrors and pinned digests, a bundled sample, and batches of bytes. Nothing here
+//! depends on Burn: the network's input contract (bytes to tensors) is the model's.
 //!
 //! With the default `sample` feature the crate embeds 10,000 real MNIST digits, so it
 //! works with no set-up and no network:
@@ -21,10 +21,10 @@
 //! Debian's `/usr/share/datasets/fashion-mnist` (Fashion-MNIST only), or downloaded into
 //! the cache (feature `download`). See [`Locator`].
 //!
-//! Batches for training are `[batch, 1, 28, 28]` `f32` images in `[0, 1]` and `Int`
-//! labels ([`Batch`]); [`Sampler`] gives a seeded, reproducible order per epoch.
+//! [`Split::gather`] collects the images of a training step ([`Batch`]: 784 bytes per
+//! image and the labels), [`Split::chunks`] slices a split for evaluation, and [`Sampler`]
+//! gives a seeded, reproducible order per epoch.
 
-#[cfg(feature = "burn")]
 mod batch;
 mod dataset;
 #[cfg(feature = "download")]
@@ -36,8 +36,7 @@ pub mod idx;
 mod sample;
 mod source;
 
-#[cfg(feature = "burn")]
-pub use batch::{Batch, images_to_tensor};
+pub use batch::Batch;
 pub use order::{Sampler, epoch_order};
 pub use dataset::{Dataset, DatasetKind, FILES, FileSpec, Split, find_file};
 pub use error::{Error, IdxKind, Result};

@@ -6,6 +6,7 @@ use burn_flex::Flex;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mnist_infer::{Classifier, Pixels};
 use mnist_model::CnnConfig;
+use mnist_model::artifact::Manifest;
 
 // As the `mnist` binary: see its main.rs.
 #[global_allocator]
@@ -15,7 +16,7 @@ fn predict(c: &mut Criterion) {
     let device = Default::default();
     let config = CnnConfig::new();
     let model = config.init::<Flex>(1, &device).expect("seed config is valid");
-    let classifier = Classifier::from_model(model, config, &device).expect("10 classes");
+    let classifier = Classifier::from_model(model, Manifest::from_config(config), &device).expect("10 classes");
     let data = mnist_data::Locator::offline(None)
         .load(mnist_data::DatasetKind::Sample)
         .expect("bundled sample");

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// What can go wrong loading a classifier or an image.
+/// What can go wrong loading a classifier or an image, or evaluating a network.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -17,6 +17,10 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// An evaluation that cannot run: an empty split, a batch size of 0, weights holding
+    /// NaN or infinity, a network of another number of classes than the dataset's.
+    #[error("{0}")]
+    Evaluation(String),
     /// The image file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {

@@ -2,37 +2,45 @@
 //!
 //! A [`Classifier`] loads an artifact directory (`model.json` + `model.mpk`, as written
 //! by training) and predicts from raw pixels or from image files, which are preprocessed
-//! the way MNIST was made (see [`preprocess`]).
+//! the way MNIST was made (see [`preprocess`]); [`evaluate`] measures a network on a
+//! split. Neither needs the training crate.
+//!
+//! On burn-flex (cargo feature `flex`, on by default) the network runs mnist-kernels'
+//! fused kernels; [`Classifier::kernels_in_use`] says which implementation runs.
 //!
 //! ```
 //! use burn_flex::Flex;
 //! use mnist_infer::Classifier;
-//! use mnist_model::{CnnConfig, weights};
+//! use mnist_model::CnnConfig;
+//! use mnist_model::artifact::{self, Manifest};
 //!
 //! # let dir = tempfile::tempdir().unwrap();
 //! # let config = CnnConfig::new();
-//! # weights::save_dir(&config.init::<Flex>(0, &Default::default())?, &config, dir.path())?;
+//! # let names = (0..10).map(|d| d.to_string()).collect();
+//! # artifact::save_dir(&config.init::<Flex>(0, &Default::default())?, &Manifest::new(config, "mnist", names), dir.path())?;
 //! let classifier = Classifier::<Flex>::load(dir.path(), &Default::default())?;
 //! let prediction = classifier.predict(&[0u8; 784]);
 //! assert!(prediction.digit < 10);
+//! println!("{} ({})", classifier.class_name(prediction.digit), classifier.kernels_in_use());
 //! let total: f32 = prediction.probabilities.iter().sum();
 //! assert!((total - 1.0).abs() < 1e-4);
 //! # Ok::<(), mnist_infer::Error>(())
 //! ```
 
 mod error;
+mod eval;
 pub mod preprocess;
 
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use mnist_model::{Cnn, CnnConfig, weights};
+use mnist_model::artifact::{self, Manifest};
+use mnist_model::{Cnn, CnnConfig, KernelsInUse, input, weights};
 use serde::Serialize;
 
 pub use error::{Error, Result};
-
-/// Pixels of one 28x28 image, row-major, 0 = background, 255 = ink.
-pub type Pixels = [u8; 784];
+pub use eval::{Evaluation, evaluate};
+pub use mnist_model::input::Pixels;
 
 /// The answer for one image.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -54,7 +62,7 @@ impl Prediction {
 #[derive(Debug)]
 pub struct Classifier<B: Backend> {
     model: Cnn<B>,
-    config: CnnConfig,
+    manifest: Manifest,
     device: B::Device,
 }
 
@@ -67,23 +75,23 @@ impl<B: Backend> Classifier<B> {
                 message: "not a directory; expected a trained model's artifact directory".into(),
             });
         }
-        let (config, model) = weights::load_dir::<B>(dir, device)?;
-        Self::new(model, config, device).map_err(|message| Error::Artifact {
+        let (manifest, model) = artifact::load_dir::<B>(dir, device)?;
+        Self::new(model, manifest, device).map_err(|message| Error::Artifact {
             path: dir.to_path_buf(),
             message,
         })
     }
 
-    /// Wraps a network already in memory.
-    pub fn from_model(model: Cnn<B>, config: CnnConfig, device: &B::Device) -> Result<Self> {
-        Self::new(model, config, device).map_err(|message| Error::Artifact {
+    /// Wraps a network already in memory, described by `manifest` (its class names).
+    pub fn from_model(model: Cnn<B>, manifest: Manifest, device: &B::Device) -> Result<Self> {
+        Self::new(model, manifest, device).map_err(|message| Error::Artifact {
             path: "<in memory>".into(),
             message,
         })
     }
 
-    fn new(model: Cnn<B>, config: CnnConfig, device: &B::Device) -> std::result::Result<Self, String> {
-        if config.classes != 10 || model.classes() != 10 {
+    fn new(model: Cnn<B>, manifest: Manifest, device: &B::Device) -> std::result::Result<Self, String> {
+        if manifest.config.classes != 10 || model.classes() != 10 {
             return Err(format!("the network has {} classes, expected 10", model.classes()));
         }
         if let Some(tensor) = weights::first_non_finite(&model) {
@@ -91,14 +99,29 @@ impl<B: Backend> Classifier<B> {
         }
         Ok(Classifier {
             model,
-            config,
+            manifest,
             device: device.clone(),
         })
     }
 
     /// The network's config.
     pub fn config(&self) -> &CnnConfig {
-        &self.config
+        &self.manifest.config
+    }
+
+    /// What `model.json` says of the network: config, dataset, class names.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The name of class `class` (`"7"`, or `"Sneaker"` for a Fashion-MNIST network).
+    pub fn class_name(&self, class: usize) -> String {
+        self.manifest.class_name(class)
+    }
+
+    /// Which implementation runs each part of the network on `B`.
+    pub fn kernels_in_use(&self) -> KernelsInUse {
+        self.model.kernels_in_use()
     }
 
     /// The network.
@@ -119,7 +142,7 @@ impl<B: Backend> Classifier<B> {
             return Vec::new();
         }
         let pixels: Vec<u8> = images.iter().flatten().copied().collect();
-        let input = mnist_data::images_to_tensor::<B>(&pixels, &self.device);
+        let input = input::images::<B>(&pixels, &self.device);
         let probs = self.model.probabilities(input).into_data();
         let probs = probs.convert::<f32>();
         let values = probs.as_slice::<f32>().expect("f32 after convert");

@@ -41,8 +41,8 @@ use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, Limits, Luma};
 
 use crate::error::{Error, Result};
 
-/// Side of the MNIST image.
-pub const SIDE: usize = 28;
+/// Side of the image the network takes (the model's input contract).
+pub use mnist_model::input::SIDE;
 /// Side of the box the digit is scaled into.
 pub const BOX: u32 = 20;
 /// Largest image side accepted.

@@ -90,3 +90,15 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<mnist_fs::Error> for Error {
+    fn from(e: mnist_fs::Error) -> Self {
+        match e {
+            mnist_fs::Error::Read { path, source } => Error::Read { path, source },
+            other => {
+                let (path, source) = other.into_parts();
+                Error::Write { path, source }
+            }
+        }
+    }
+}

@@ -9,7 +9,15 @@
 //!
 //! 3,274,634 parameters, initialised as the seed: weights from a truncated normal with
 //! standard deviation 0.1, biases 0.1. The same code runs on any backend (`B: Backend`),
-//! and trains on any autodiff backend.
+//! and trains on any autodiff backend. The convolution blocks and fully connected layers
+//! run through [`mnist_kernels`]' ops, which take its fused kernels on burn-flex (cargo
+//! feature `flex`, on by default) and Burn's operations elsewhere;
+//! [`Cnn::kernels_in_use`] says which.
+//!
+//! - [`input`]: the input contract (28x28 pixels, 0 = background, scaled to `[0, 1]`);
+//! - [`weights`]: weight files (Burn record, safetensors), each checked on load;
+//! - [`artifact`]: the artifact directory a training run fills and everything else reads
+//!   (file names, `model.json`, atomic writes, strict JSON).
 //!
 //! Build a model, save and load its weights, classify 784 bytes:
 //!
@@ -33,35 +41,22 @@
 //! # Ok::<(), mnist_model::Error>(())
 //! ```
 
+pub mod artifact;
 mod error;
-pub mod json;
-mod kernels;
-#[cfg(feature = "flex")]
-mod flex;
-
-/// The burn-flex operations (the fused convolution block, the fully connected layer with
-/// its own weight gradient) for direct use and benchmarks, and helpers for host-side
-/// kernels shared with mnist-train's optimizer.
-#[cfg(feature = "flex")]
-pub mod flex_host {
-    pub use crate::flex::{cast, conv_relu_pool, from_vec, is_dense, linear, prim_to_vec, recycle, to_vec};
-}
+pub mod input;
 mod model;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use kernels::Kernels;
-pub use model::{Cnn, CnnConfig, SIDE, dropout_mask};
+pub use mnist_kernels::{Implementation, Kernels, KernelsInUse};
+pub use model::{Cnn, CnnConfig, dropout_mask};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 
 /// Classifies one 28x28 image given as 784 bytes (row-major, 0 = background): the most
 /// probable class.
-pub fn classify<B: Backend>(model: &Cnn<B>, pixels: &[u8; SIDE * SIDE], device: &B::Device) -> usize {
-    let input: Vec<f32> = pixels.iter().map(|&p| f32::from(p) / 255.0).collect();
-    let images = Tensor::<B, 4>::from_data(TensorData::new(input, [1, 1, SIDE, SIDE]), device);
-    let class = model.forward(images).argmax(1).into_data();
+pub fn classify<B: Backend>(model: &Cnn<B>, pixels: &input::Pixels, device: &B::Device) -> usize {
+    let class = model.forward(input::images::<B>(pixels, device)).argmax(1).into_data();
     class.iter::<i64>().next().unwrap_or(0) as usize
 }
 

@@ -12,11 +12,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::error::{Error, Result};
-use crate::kernels::{self, Kernels};
+use mnist_kernels::{Kernels, KernelsInUse, conv_block, conv_block_implementation, linear, linear_implementation};
 
-/// Image side length the network expects.
-pub const SIDE: usize = 28;
+use crate::error::{Error, Result};
+use crate::input::SIDE;
 
 /// Sizes and initialisation of [`Cnn`]. The defaults are the seed network exactly.
 #[derive(Config, Debug, PartialEq)]
@@ -177,7 +176,8 @@ pub struct Cnn<B: Backend> {
     pub fc1: Linear<B>,
     /// Output layer, `[1024, 10]`.
     pub fc2: Linear<B>,
-    /// Which implementation computes the convolution blocks (not saved with the weights).
+    /// Which implementations compute the convolution blocks and fully connected layers
+    /// (not saved with the weights; see [`Cnn::kernels_in_use`]).
     #[module(skip)]
     pub kernels: Kernels,
 }
@@ -186,31 +186,45 @@ impl<B: Backend> Cnn<B> {
     /// Inference: logits `[batch, 10]` from images `[batch, 1, 28, 28]` in `[0, 1]`.
     /// No dropout.
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        kernels::linear(self.kernels, &self.fc2, self.hidden(images))
+        linear(self.kernels, &self.fc2, self.hidden(images))
     }
 
     /// Training: like [`forward`](Self::forward), with the hidden activations
     /// `[batch, 1024]` multiplied by `keep_mask` (`[batch, 1024]`, each entry 0 or
     /// `1 / keep`; see [`dropout_mask`]).
     pub fn forward_train(&self, images: Tensor<B, 4>, keep_mask: Tensor<B, 2>) -> Tensor<B, 2> {
-        kernels::linear(self.kernels, &self.fc2, self.hidden(images) * keep_mask)
+        linear(self.kernels, &self.fc2, self.hidden(images) * keep_mask)
     }
 
     /// Hidden activations `[batch, 1024]` after fc1 and ReLU.
     pub fn hidden(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         // [b, 1, 28, 28] -> [b, 32, 28, 28] -> [b, 32, 14, 14]
-        let x = kernels::conv_relu_pool(self.kernels, &self.conv1, &self.pool, images);
+        let x = conv_block(self.kernels, &self.conv1, &self.pool, images);
         // [b, 32, 14, 14] -> [b, 64, 14, 14] -> [b, 64, 7, 7]
-        let x = kernels::conv_relu_pool(self.kernels, &self.conv2, &self.pool, x);
+        let x = conv_block(self.kernels, &self.conv2, &self.pool, x);
         // [b, 64, 7, 7] -> [b, 3136] (channel-major, as PyTorch flattens NCHW)
         let x = x.flatten::<2>(1, 3);
         // [b, 3136] -> [b, 1024]
-        relu(kernels::linear(self.kernels, &self.fc1, x))
+        relu(linear(self.kernels, &self.fc1, x))
     }
 
     /// Number of classes the network scores (the width of its logits; 10 in the seed).
     pub fn classes(&self) -> usize {
         self.fc2.weight.dims()[1]
+    }
+
+    /// Which implementation computes the convolution blocks and the fully connected
+    /// layers on `B` with the model's [`Kernels`] choice: for example "convolution blocks:
+    /// fused flex kernels; fully connected: own flex kernels" on `Autodiff<Flex>`, "Burn's
+    /// operations" on a backend mnist-kernels has no kernels for.
+    pub fn kernels_in_use(&self) -> KernelsInUse {
+        KernelsInUse::new(
+            &[
+                conv_block_implementation(self.kernels, &self.conv1, &self.pool),
+                conv_block_implementation(self.kernels, &self.conv2, &self.pool),
+            ],
+            &[linear_implementation(self.kernels, &self.fc1), linear_implementation(self.kernels, &self.fc2)],
+        )
     }
 
     /// Returns the model computing its convolution blocks with `kernels`.

@@ -1,12 +1,14 @@
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::artifact::Manifest;
 use burn_flex::Flex;
 use burn_ndarray::NdArray;
 
 use super::*;
 
 fn logits<B: Backend>(model: &Cnn<B>, images: &[u8], device: &B::Device) -> Vec<f32> {
-    let images = mnist_data::images_to_tensor::<B>(images, device);
+    let images = crate::input::images::<B>(images, device);
     model.forward(images).into_data().to_vec::<f32>().expect("f32 logits")
 }
 
@@ -201,7 +203,7 @@ fn assert_kernels_match_burn(kernels: Kernels) {
     let fused = fused.with_kernels(kernels);
     let reference = fused.clone().with_kernels(Kernels::Burn);
     let n = 30;
-    let images = mnist_data::images_to_tensor::<Ad>(&real_digits(n), &device);
+    let images = crate::input::images::<Ad>(&real_digits(n), &device);
     let labels = Tensor::<Ad, 1, burn::tensor::Int>::from_data(
         TensorData::new((0..n as i64).map(|i| i % 10).collect::<Vec<_>>(), [n]),
         &device,
@@ -236,23 +238,25 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
     let config = CnnConfig::new();
     let model = config.init::<Flex>(5, &device).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    weights::save_dir(&model, &config, dir.path()).unwrap();
-    let (read, checksums) = weights::read_manifest(dir.path()).unwrap();
-    assert_eq!(read, config);
-    for file in [weights::WEIGHTS_FILE, weights::SAFETENSORS_FILE] {
+    let names: Vec<String> = (0..10).map(|c| format!("class {c}")).collect();
+    artifact::save_dir(&model, &Manifest::new(config.clone(), "sample", names.clone()), dir.path()).unwrap();
+    let read = artifact::read_manifest(dir.path()).unwrap();
+    assert_eq!((&read.config, read.dataset.as_deref(), read.class_names.as_ref()), (&config, Some("sample"), Some(&names)));
+    assert_eq!(read.class_name(3), "class 3");
+    for file in [artifact::WEIGHTS, artifact::SAFETENSORS] {
         let bytes = std::fs::read(dir.path().join(file)).unwrap();
-        assert_eq!(checksums[file], weights::sha256_hex(&bytes), "{file}");
+        assert_eq!(read.sha256[file], mnist_fs::sha256_hex(&bytes), "{file}");
     }
-    weights::load_dir::<Flex>(dir.path(), &device).unwrap();
+    artifact::load_dir::<Flex>(dir.path(), &device).unwrap();
 
     // Flipped bytes and a truncated file: named as damaged, never decoded.
-    let mpk = dir.path().join(weights::WEIGHTS_FILE);
+    let mpk = dir.path().join(artifact::WEIGHTS);
     let good = std::fs::read(&mpk).unwrap();
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 1;
     for bytes in [flipped, good[..good.len() - 1].to_vec(), Vec::new()] {
         std::fs::write(&mpk, &bytes).unwrap();
-        let err = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err();
+        let err = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err();
         assert!(matches!(err, Error::Checksum { .. }), "{err}");
         let msg = err.to_string();
         assert!(msg.contains("model.mpk is damaged or truncated (checksum mismatch") && msg.contains("retrain or restore it"), "{msg}");
@@ -260,16 +264,17 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
 
     // A manifest from before checksums loads (nothing to verify); a malformed one is named.
     std::fs::write(&mpk, &good).unwrap();
-    let manifest = dir.path().join(weights::CONFIG_FILE);
-    json::write(&manifest, &config).unwrap();
-    weights::load_dir::<Flex>(dir.path(), &device).unwrap();
+    let manifest = dir.path().join(artifact::MANIFEST);
+    artifact::json::write(&manifest, &config).unwrap();
+    let old = artifact::load_dir::<Flex>(dir.path(), &device).unwrap().0;
+    assert_eq!((old.dataset.as_deref(), old.class_names.as_ref(), old.class_name(7)), (None, None, "7".to_string()));
     // Without a checksum, a truncated file is a decoding error without Burn's advice about
     // old record formats, which does not apply.
     std::fs::write(&mpk, &good[..good.len() / 2]).unwrap();
-    let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+    let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
     assert!(msg.contains("damaged, truncated or not written by mnist-rs") && !msg.contains("backward-compat"), "{msg}");
     std::fs::write(&manifest, r#"{"sha256": {"model.mpk": "1234"}}"#).unwrap();
-    let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+    let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
     assert!(msg.contains("model.json") && msg.contains("64 hex digits"), "{msg}");
     // A damaged key (one bit: model.mpk -> model.mpj) or an emptied map does not switch
     // verification off.
@@ -279,12 +284,22 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
         (r#"{"sha256": {}}"#.to_string(), "records no digest for model.mpk"),
     ] {
         std::fs::write(&manifest, json).unwrap();
-        let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+        let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
         assert!(msg.contains(needle), "{msg}");
     }
-    std::fs::write(&manifest, r#"{"colour": 1}"#).unwrap();
-    let msg = weights::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
-    assert!(msg.contains("unknown field `colour`"), "{msg}");
+    for (json, needle) in [
+        (r#"{"colour": 1}"#, "unknown field `colour`"),
+        (r#"{"class_names": ["a", "b"]}"#, "lists 2 names for a network of 10 classes"),
+        (r#"{"class_names": "digits"}"#, "must be a list of names"),
+        (r#"{"dataset": 7}"#, "must be a dataset name"),
+    ] {
+        std::fs::write(&manifest, json).unwrap();
+        let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+        assert!(msg.contains(needle), "{json}: {msg}");
+    }
+    // Class names that do not fit the network are never written.
+    let err = artifact::save_dir(&model, &Manifest::new(config.clone(), "mnist", vec!["a".into()]), dir.path()).unwrap_err();
+    assert!(err.to_string().contains("lists 1 names for a network of 10 classes"), "{err}");
 }
 
 #[test]
@@ -300,7 +315,7 @@ fn non_finite_weights_are_never_written_or_loaded() {
     assert_eq!(weights::first_non_finite(&model).as_deref(), Some("fc2.weight"));
     let dir = tempfile::tempdir().unwrap();
     for err in [
-        weights::save_dir(&model, &config, dir.path()).unwrap_err(),
+        artifact::save_dir(&model, &Manifest::new(config.clone(), "mnist", (0..10).map(|c| c.to_string()).collect()), dir.path()).unwrap_err(),
         weights::save(&model, &dir.path().join("m.mpk")).unwrap_err(),
         weights::export_safetensors(&model, &dir.path().join("m.safetensors")).unwrap_err(),
     ] {
@@ -320,13 +335,13 @@ fn non_finite_weights_are_never_written_or_loaded() {
 #[test]
 fn only_this_programs_stale_temporary_files_are_removed() {
     let dir = tempfile::tempdir().unwrap();
-    let live = weights::temp_file_in(dir.path(), ".png").unwrap();
+    let live = artifact::temp_file_in(dir.path(), ".png").unwrap();
     let name = live.path().file_name().unwrap().to_str().unwrap().to_string();
-    assert!(weights::is_own_temp(&name, ".png"), "{name}");
+    assert!(mnist_fs::is_temp_name(&name, mnist_fs::TEMP_PREFIX, ".png"), "{name}");
     for name in [".tmp-Ab12Cd", ".tmp-Ab12Cd.zip", ".tmp-short", "x.tmp-Ab12Cd", "model.mpk"] {
         std::fs::write(dir.path().join(name), b"x").unwrap();
     }
-    let removed = weights::remove_stale_temps(dir.path(), &["", ".png"]).unwrap();
+    let removed = artifact::remove_stale_temps(dir.path()).unwrap();
     let mut removed: Vec<String> = removed.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
     removed.sort();
     let mut expected = vec![".tmp-Ab12Cd".to_string(), name];
@@ -337,3 +352,21 @@ fn only_this_programs_stale_temporary_files_are_removed() {
     }
 }
 
+
+/// The network says which implementation runs each part, as the dispatch decides it.
+#[test]
+fn the_network_says_which_kernels_it_runs() {
+    let flex = CnnConfig::new().init::<Flex>(1, &Default::default()).unwrap();
+    let expected = if cfg!(feature = "flex") {
+        "convolution blocks: fused flex kernels; fully connected: own flex kernels (batches of up to 64; burn-flex's matmul above)"
+    } else {
+        "convolution blocks: Burn's operations; fully connected: Burn's operations"
+    };
+    assert_eq!(flex.kernels_in_use().to_string(), expected);
+    let burn = "convolution blocks: Burn's operations; fully connected: Burn's operations";
+    assert_eq!(flex.with_kernels(Kernels::Burn).kernels_in_use().to_string(), burn);
+    let nd = CnnConfig::new().init::<NdArray>(1, &Default::default()).unwrap();
+    assert_eq!(nd.kernels_in_use().to_string(), burn);
+    let im2col = "convolution blocks: im2col + matmul (Burn tensor operations); fully connected: Burn's operations";
+    assert_eq!(nd.with_kernels(Kernels::Im2col).kernels_in_use().to_string(), im2col);
+}

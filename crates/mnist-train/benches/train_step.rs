@@ -9,7 +9,7 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn_flex::Flex;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mnist_data::Split;
-use mnist_model::{Cnn, CnnConfig, dropout_mask};
+use mnist_model::{Cnn, CnnConfig, dropout_mask, input};
 use rand::SeedableRng;
 
 type B = Autodiff<Flex>;
@@ -35,9 +35,10 @@ fn train_step(c: &mut Criterion) {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, &batch| {
             b.iter(|| {
-                let x = data.train.batch::<B>(&indices, &device).expect("in range");
+                let x = data.train.gather(&indices).expect("in range");
+                let (images, labels) = (input::images::<B>(&x.pixels, &device), input::labels::<B>(&x.labels, &device));
                 let mask = dropout_mask::<B>(batch, config.hidden, config.dropout, &mut rng, &device);
-                let loss = loss_fn.forward(model.forward_train(x.images, mask), x.labels);
+                let loss = loss_fn.forward(model.forward_train(images, mask), labels);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 model = optim.step(1e-4, model.clone(), grads);
                 // Wait for the update, as a training loop does at its next step.
@@ -57,7 +58,7 @@ fn train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("evaluate (flex)");
     group.sample_size(10).throughput(Throughput::Elements(10_000));
     group.bench_function("10k images, batch 500", |b| {
-        b.iter(|| mnist_train::evaluate(&model, &ten_k, 500, &device).expect("evaluates"))
+        b.iter(|| mnist_infer::evaluate(&model, &ten_k, 500, &device).expect("evaluates"))
     });
     group.finish();
 }

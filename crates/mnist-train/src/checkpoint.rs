@@ -70,7 +70,7 @@ where
     }
     let digest = Sha256::digest(&out[header..]);
     out[MAGIC.len()..header].copy_from_slice(&digest);
-    mnist_model::weights::write_atomic(path, &out)?;
+    mnist_model::artifact::write_atomic(path, &out)?;
     Ok(())
 }
 
@@ -110,10 +110,16 @@ where
 }
 
 fn parse_state(bytes: &[u8], path: &Path) -> Result<CheckpointState> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Checkpoint {
+    let corrupt = |e: serde_json::Error| Error::Checkpoint {
         path: path.to_path_buf(),
         message: format!("corrupt state section: {e}"),
-    })
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
+    // Checkpoints written before Adam's values moved under `adam` resume too.
+    if let Some(config) = value.get_mut("config") {
+        crate::config::migrate(config);
+    }
+    serde_json::from_value(value).map_err(corrupt)
 }
 
 pub(crate) fn sections<'a>(bytes: &'a [u8], path: &Path) -> Result<[&'a [u8]; 3]> {

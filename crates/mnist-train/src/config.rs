@@ -4,7 +4,9 @@ use std::path::Path;
 
 use burn::config::Config;
 use mnist_data::DatasetKind;
+use mnist_kernels::FusedAdamConfig;
 use mnist_model::CnnConfig;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -22,15 +24,10 @@ pub struct TrainConfig {
     /// Adam learning rate.
     #[config(default = 1e-4)]
     pub learning_rate: f64,
-    /// Adam beta 1.
-    #[config(default = 0.9)]
-    pub beta1: f32,
-    /// Adam beta 2.
-    #[config(default = 0.999)]
-    pub beta2: f32,
-    /// Adam epsilon (TensorFlow's default, 1e-8).
-    #[config(default = 1e-8)]
-    pub epsilon: f32,
+    /// Adam's `beta_1`, `beta_2` and `epsilon`, named as Burn's `AdamConfig` names them
+    /// (the seed: TensorFlow's defaults, 0.9, 0.999 and 1e-8).
+    #[config(default = "FusedAdamConfig::new()")]
+    pub adam: FusedAdamConfig,
     /// Images per training step.
     #[config(default = 50)]
     pub batch_size: usize,
@@ -61,7 +58,11 @@ impl TrainConfig {
     /// Reads a config file strictly: unknown fields and out-of-range values are errors
     /// naming the file and the field; absent fields take the seed's defaults.
     pub fn read(path: &Path) -> Result<Self> {
-        let config: TrainConfig = mnist_model::json::read_strict(path, &TrainConfig::new())?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let json_err = |message: String| mnist_model::Error::Json { path: path.to_path_buf(), message };
+        let mut value: Value = serde_json::from_str(&text).map_err(|e| json_err(format!("not valid JSON: {e}")))?;
+        migrate(&mut value);
+        let config: TrainConfig = mnist_model::artifact::json::from_value_strict(value, &TrainConfig::new()).map_err(json_err)?;
         config.validate().map_err(|e| match e {
             Error::InvalidConfig(msg) => Error::InvalidConfig(format!("{}: {msg}", path.display())),
             other => other,
@@ -88,13 +89,13 @@ impl TrainConfig {
                 self.learning_rate
             ));
         }
-        for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+        for (name, v) in [("adam.beta_1", self.adam.beta_1), ("adam.beta_2", self.adam.beta_2)] {
             if !(0.0..1.0).contains(&v) {
                 return bad(format!("{name} must be in [0, 1), got {v}"));
             }
         }
-        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            return bad(format!("epsilon must be positive, got {}", self.epsilon));
+        if !(self.adam.epsilon.is_finite() && self.adam.epsilon > 0.0) {
+            return bad(format!("adam.epsilon must be positive, got {}", self.adam.epsilon));
         }
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1, got 0".into());
@@ -112,6 +113,21 @@ impl TrainConfig {
     }
 }
 
+/// Rewrites a config written before Adam's values were grouped under `adam` with Burn's
+/// names (`beta1`, `beta2` and `epsilon` at the top level) into today's form, so the
+/// config.json and checkpoints of earlier runs still resume.
+pub(crate) fn migrate(value: &mut Value) {
+    let Some(fields) = value.as_object_mut() else { return };
+    for (old, new) in [("beta1", "beta_1"), ("beta2", "beta_2"), ("epsilon", "epsilon")] {
+        if let Some(v) = fields.remove(old) {
+            let adam = fields.entry("adam").or_insert_with(|| Value::Object(Default::default()));
+            if let Some(adam) = adam.as_object_mut() {
+                adam.entry(new).or_insert(v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +139,8 @@ mod tests {
             (TrainConfig::new().with_learning_rate(-1e-4), "learning_rate"),
             (TrainConfig::new().with_learning_rate(1e39), "at most 3.4028235e38 (it is applied in f32)"),
             (TrainConfig::new().with_steps(0), "steps"),
-            (TrainConfig::new().with_beta2(1.0), "beta2"),
+            (TrainConfig::new().with_adam(FusedAdamConfig::new().with_beta_2(1.0)), "adam.beta_2"),
+            (TrainConfig::new().with_adam(FusedAdamConfig::new().with_epsilon(0.0)), "adam.epsilon"),
             (TrainConfig::new().with_model(CnnConfig::new().with_dropout(1.5)), "dropout"),
             (TrainConfig::new().with_model(CnnConfig::new().with_classes(5)), "model.classes must be 10"),
             (TrainConfig::new().with_model(CnnConfig::new().with_classes(12)), "model.classes must be 10"),
@@ -147,6 +164,13 @@ mod tests {
         std::fs::write(&path, r#"{"model": {"dropuot": 0.1}}"#).unwrap();
         let err = TrainConfig::read(&path).unwrap_err().to_string();
         assert!(err.contains("unknown field `model.dropuot`"), "{err}");
+        // Written before Adam's values moved under `adam`: read as they were meant.
+        std::fs::write(&path, r#"{"beta1": 0.8, "beta2": 0.99, "epsilon": 1e-7, "steps": 3}"#).unwrap();
+        let c = TrainConfig::read(&path).unwrap();
+        assert_eq!((c.adam.beta_1, c.adam.beta_2, c.adam.epsilon, c.steps), (0.8, 0.99, 1e-7, 3));
+        std::fs::write(&path, r#"{"adam": {"beta1": 0.8}}"#).unwrap();
+        let err = TrainConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown field `adam.beta1`"), "{err}");
         std::fs::write(&path, r#"{"batch_size": 0}"#).unwrap();
         let err = TrainConfig::read(&path).unwrap_err().to_string();
         assert!(err.contains("c.json") && err.contains("batch_size"), "{err}");

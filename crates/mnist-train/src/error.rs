@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// What can go wrong while training or evaluating.
+/// What can go wrong while training.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -15,6 +15,9 @@ pub enum Error {
     /// The network, its config or its weights.
     #[error(transparent)]
     Model(#[from] mnist_model::Error),
+    /// The evaluation at the end of the run.
+    #[error(transparent)]
+    Evaluation(#[from] mnist_infer::Error),
     /// A file or directory could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {

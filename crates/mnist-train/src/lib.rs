@@ -1,8 +1,10 @@
-//! Training and evaluation of the mnist-rs network, generic over a Burn autodiff backend.
+//! Training of the mnist-rs network, generic over a Burn autodiff backend.
 //!
 //! [`train`] runs the seed recipe (or any [`TrainConfig`]) and fills an artifact
-//! directory — config, metrics, plot, checkpoint, weights and `report.json` — that
-//! [`mnist_infer`](https://docs.rs/mnist-infer) and `mnist eval` read back. Runs are
+//! directory ([`mnist_model::artifact`]) — config, metrics, plot, checkpoint, weights and
+//! `report.json` — that [`mnist_infer`] and `mnist eval` read back. The loop is our own,
+//! not burn-train's `Learner`: runs are counted in steps (the seed's 30,000), resume exactly
+//! mid-epoch, and checkpoint into one verified file. Runs are
 //! reproducible: the seed fixes the initial weights, the order of the examples and every
 //! dropout mask, so a fixed seed gives the same metrics on a CPU backend run after run, and
 //! a run resumed from a checkpoint ends where an uninterrupted one does.
@@ -20,20 +22,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod adam;
 pub mod checkpoint;
 mod config;
 mod error;
-mod eval;
 mod metrics;
 mod train;
 
-pub use adam::FusedAdam;
 pub use config::TrainConfig;
 pub use error::{Error, Result};
-pub use eval::{Evaluation, evaluate};
 pub use metrics::{MetricRow, MetricsLog, plot};
-pub use train::{Outcome, ProgressMode, Report, TrainOptions, dropout_rng, files, optimizer, train, train_step};
+pub use train::{Outcome, ProgressMode, Report, TrainOptions, dropout_rng, kernels_in_use, optimizer, train, train_step};
 
 #[cfg(test)]
 mod tests;

@@ -35,7 +35,7 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// A new, empty log at `path` (any old file is replaced).
     pub fn create(path: &Path) -> Result<Self> {
-        mnist_model::weights::write_atomic(path, b"")?;
+        mnist_model::artifact::write_atomic(path, b"")?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
             rows: Vec::new(),
@@ -67,7 +67,7 @@ impl MetricsLog {
             out.push_str(&serde_json::to_string(row).expect("rows serialise"));
             out.push('\n');
         }
-        mnist_model::weights::write_atomic(path, out.as_bytes())?;
+        mnist_model::artifact::write_atomic(path, out.as_bytes())?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
             rows,
@@ -115,27 +115,25 @@ fn font_available() -> bool {
     })
 }
 
-/// Draws loss and training accuracy against the step into a PNG (written atomically).
-/// Without a system font the curves are drawn without text.
+/// Width and height of the plot, in pixels.
+const PLOT_SIZE: (u32, u32) = (1000, 420);
+
+/// Draws loss and training accuracy against the step into a PNG, written atomically
+/// like every artifact. Without a system font the curves are drawn without text.
 pub fn plot(rows: &[MetricRow], path: &Path) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = mnist_model::weights::temp_file_in(dir, ".png").map_err(|source| Error::Write {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    draw(rows, tmp.path(), font_available()).map_err(|message| Error::Plot {
-        path: path.to_path_buf(),
-        message,
-    })?;
-    tmp.persist(path).map_err(|e| Error::Write {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
+    let plot_err = |message: String| Error::Plot { path: path.to_path_buf(), message };
+    let (w, h) = PLOT_SIZE;
+    let mut rgb = vec![0u8; 3 * w as usize * h as usize];
+    draw(rows, &mut rgb, font_available()).map_err(plot_err)?;
+    let image = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| plot_err("the drawing is not of the plot's size".into()))?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| plot_err(e.to_string()))?;
+    mnist_model::artifact::write_atomic(path, png.get_ref())?;
     Ok(())
 }
 
-fn draw(rows: &[MetricRow], path: &Path, text: bool) -> std::result::Result<(), String> {
-    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+fn draw(rows: &[MetricRow], rgb: &mut [u8], text: bool) -> std::result::Result<(), String> {
+    let root = BitMapBackend::with_buffer(rgb, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(500);
     let last = rows.last().map_or(1, |r| r.step.max(1));

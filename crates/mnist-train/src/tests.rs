@@ -4,7 +4,8 @@ use std::sync::atomic::AtomicBool;
 use burn::backend::Autodiff;
 use burn_flex::Flex;
 use mnist_data::{Dataset, DatasetKind, Locator};
-use mnist_model::{CnnConfig, weights};
+use mnist_model::CnnConfig;
+use mnist_model::artifact;
 
 use super::*;
 
@@ -33,7 +34,7 @@ fn options(dir: &std::path::Path) -> TrainOptions {
 }
 
 fn params(dir: &std::path::Path) -> Vec<f32> {
-    let (_, model) = weights::load_dir::<Flex>(dir, &Default::default()).unwrap();
+    let (_, model) = artifact::load_dir::<Flex>(dir, &Default::default()).unwrap();
     [model.conv1.weight.val(), model.conv2.weight.val()]
         .into_iter()
         .flat_map(|t| t.into_data().to_vec::<f32>().unwrap())
@@ -68,7 +69,7 @@ fn resumed_run_ends_where_an_uninterrupted_run_does() {
 
     // The metrics of the resumed run continue those of the first part, same values.
     let rows = |d: &std::path::Path| -> Vec<(u64, f64)> {
-        std::fs::read_to_string(d.join(files::METRICS))
+        std::fs::read_to_string(d.join(artifact::METRICS))
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str::<MetricRow>(l).unwrap())
@@ -90,13 +91,13 @@ fn a_fixed_seed_gives_identical_metrics_and_learns() {
     let run = || {
         let dir = tempfile::tempdir().unwrap();
         let report = finished(train::<B>(&tiny(300), &data, &options(dir.path()), &Default::default()).unwrap());
-        let metrics: Vec<(u64, f64, f64)> = std::fs::read_to_string(dir.path().join(files::METRICS))
+        let metrics: Vec<(u64, f64, f64)> = std::fs::read_to_string(dir.path().join(artifact::METRICS))
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str::<MetricRow>(l).unwrap())
             .map(|r| (r.step, r.loss, r.train_accuracy))
             .collect();
-        for f in [files::CONFIG, files::METRICS, files::PLOT, files::REPORT, files::CHECKPOINT, weights::CONFIG_FILE, weights::WEIGHTS_FILE, weights::SAFETENSORS_FILE] {
+        for f in [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::REPORT, artifact::CHECKPOINT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS] {
             assert!(dir.path().join(f).is_file(), "{f} missing");
         }
         (report, metrics)
@@ -111,6 +112,10 @@ fn a_fixed_seed_gives_identical_metrics_and_learns() {
     assert_eq!(r1.test.confusion.iter().flatten().sum::<u64>(), 2_000);
     assert_eq!(r1.dataset, "sample");
     assert_eq!(r1.dataset_sha256.len(), 64);
+    // The report says which kernels ran, as the dispatch decided them.
+    let kernels = r1.kernels.expect("recorded");
+    let expected = if cfg!(feature = "flex") { "fused Adam" } else { "Burn's Adam" };
+    assert_eq!(kernels.optimizer.as_deref(), Some(expected));
 }
 
 #[test]
@@ -123,8 +128,8 @@ fn a_stop_request_checkpoints_and_resume_finishes() {
         Outcome::Interrupted { step } => assert_eq!(step, 0),
         other => panic!("should have been interrupted: {other:?}"),
     }
-    assert_eq!(checkpoint::read_state(&dir.path().join(files::CHECKPOINT)).unwrap().step, 0);
-    assert!(!dir.path().join(files::REPORT).exists());
+    assert_eq!(checkpoint::read_state(&dir.path().join(artifact::CHECKPOINT)).unwrap().step, 0);
+    assert!(!dir.path().join(artifact::REPORT).exists());
 
     // Starting afresh over an existing run is refused; resuming works.
     let err = train::<B>(&tiny(100), &data, &options(dir.path()), &Default::default()).unwrap_err();
@@ -152,7 +157,7 @@ fn bad_output_directories_and_checkpoints_are_clear_errors() {
 
     let run = dir.path().join("corrupt");
     std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join(files::CHECKPOINT), b"MNISTRS-CKPT-v1\n\x05").unwrap();
+    std::fs::write(run.join(artifact::CHECKPOINT), b"MNISTRS-CKPT-v1\n\x05").unwrap();
     let mut resume = options(&run);
     resume.resume = true;
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();
@@ -170,7 +175,7 @@ fn divergence_is_named_at_its_step_and_nothing_non_finite_is_saved() {
     let Error::Diverged { step, loss } = err else { panic!("expected a divergence: {err}") };
     assert!(step < 10 && !loss.is_finite(), "step {step}, loss {loss}");
     assert!(err_text(&Error::Diverged { step, loss }).contains(&format!("diverged at step {step}")));
-    for f in [files::CHECKPOINT, files::REPORT, weights::WEIGHTS_FILE, weights::CONFIG_FILE] {
+    for f in [artifact::CHECKPOINT, artifact::REPORT, artifact::WEIGHTS, artifact::MANIFEST] {
         assert!(!dir.path().join(f).exists(), "{f} written for a diverged run");
     }
 }
@@ -184,7 +189,7 @@ fn damaged_checkpoints_are_refused_by_their_checksum() {
     let data = sample();
     let dir = tempfile::tempdir().unwrap();
     finished(train::<B>(&tiny(20), &data, &options(dir.path()), &Default::default()).unwrap());
-    let path = dir.path().join(files::CHECKPOINT);
+    let path = dir.path().join(artifact::CHECKPOINT);
     let good = std::fs::read(&path).unwrap();
     let mut resume = options(dir.path());
     resume.resume = true;
@@ -211,7 +216,7 @@ fn a_checkpoint_holding_non_finite_weights_is_not_resumed() {
     let data = sample();
     let dir = tempfile::tempdir().unwrap();
     finished(train::<B>(&tiny(20), &data, &options(dir.path()), &Default::default()).unwrap());
-    let path = dir.path().join(files::CHECKPOINT);
+    let path = dir.path().join(artifact::CHECKPOINT);
     // A version-1 checkpoint (no digest), as earlier versions wrote after a divergence:
     // the real state and optimizer sections, a network whose fc1 bias is NaN.
     let bytes = std::fs::read(&path).unwrap();
@@ -269,7 +274,7 @@ fn a_network_with_other_than_ten_classes_is_refused_before_training() {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "files written");
         // Evaluation refuses such a network too, instead of folding classes together.
         let model = CnnConfig::new().with_classes(classes).init::<Flex>(0, &Default::default()).unwrap();
-        let err = evaluate(&model, &sample().test, 100, &Default::default()).unwrap_err().to_string();
+        let err = mnist_infer::evaluate(&model, &sample().test, 100, &Default::default()).unwrap_err().to_string();
         assert!(err.contains(&format!("scores {classes} classes")), "{err}");
     }
 }

@@ -13,32 +13,18 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use mnist_data::{Dataset, Sampler};
-use mnist_model::{Cnn, Kernels, dropout_mask, weights};
+use mnist_infer::{Evaluation, evaluate};
+use mnist_kernels::FusedAdam;
+use mnist_model::artifact::{self, Manifest};
+use mnist_model::{Cnn, Kernels, KernelsInUse, dropout_mask, input, weights};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::adam::FusedAdam;
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::eval::{Evaluation, evaluate};
 use crate::metrics::{MetricRow, MetricsLog, plot};
-
-/// Files of an artifact directory, besides the network's own (`model.json`, `model.mpk`,
-/// `model.safetensors`).
-pub mod files {
-    /// The training config of the run.
-    pub const CONFIG: &str = "config.json";
-    /// One JSON line per logged step.
-    pub const METRICS: &str = "metrics.jsonl";
-    /// Loss and accuracy curves.
-    pub const PLOT: &str = "plot.png";
-    /// The final report.
-    pub const REPORT: &str = "report.json";
-    /// The latest checkpoint.
-    pub const CHECKPOINT: &str = "checkpoint.bin";
-}
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +57,8 @@ pub struct TrainOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Backend name for the report (e.g. `flex`, `wgpu`).
     pub backend: String,
-    /// Git commit of the code, for the report.
+    /// Git commit the program was built from, for the report (the `mnist` binary records
+    /// its own at build time).
     pub git_commit: Option<String>,
     /// The hardware behind the backend where Burn's device name does not say it (a GPU
     /// adapter's name), for the report.
@@ -119,8 +106,12 @@ pub struct Report {
     pub dataset_origin: String,
     /// SHA-256 of the dataset's decoded content.
     pub dataset_sha256: String,
-    /// Git commit of the code, when known.
+    /// Git commit the program was built from, when known.
     pub git_commit: Option<String>,
+    /// Which implementation ran each part: the convolution blocks, the fully connected
+    /// layers and the optimizer (absent in reports written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<KernelsInUse>,
 }
 
 /// How a run ended.
@@ -155,11 +146,12 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<Outcome> {
     config.validate()?;
     let dir = &options.out_dir;
-    let checkpoint_path = dir.join(files::CHECKPOINT);
+    let checkpoint_path = dir.join(artifact::CHECKPOINT);
     let dataset_sha256 = dataset.sha256();
     let _lock = prepare_dir(dir, options.resume)?;
 
     let mut model = config.model.init::<B>(config.seed, device)?.with_kernels(options.kernels);
+    let kernels = kernels_in_use(&model);
     let mut optim = optimizer::<B>(config);
     let mut state = CheckpointState {
         step: 0,
@@ -171,7 +163,7 @@ pub fn train<B: AutodiffBackend>(
     let mut metrics = if options.resume && checkpoint_path.is_file() {
         let (saved, m, o) = checkpoint::load(&checkpoint_path, model, optim, device)?;
         check_resumable(&saved, &state, &checkpoint_path)?;
-        if saved.step == config.steps && dir.join(files::REPORT).is_file() {
+        if saved.step == config.steps && dir.join(artifact::REPORT).is_file() {
             return Err(Error::Checkpoint {
                 path: checkpoint_path,
                 message: format!("the run is already finished ({} steps, see report.json); pass --steps with more to train it further", saved.step),
@@ -180,15 +172,16 @@ pub fn train<B: AutodiffBackend>(
         (model, optim) = (m, o);
         state.step = saved.step;
         state.train_seconds = saved.train_seconds;
-        MetricsLog::resume(&dir.join(files::METRICS), saved.step)?
+        MetricsLog::resume(&dir.join(artifact::METRICS), saved.step)?
     } else {
-        MetricsLog::create(&dir.join(files::METRICS))?
+        MetricsLog::create(&dir.join(artifact::METRICS))?
     };
     // Also on resume: `steps` may have changed, and a later resume reads this file.
-    mnist_model::json::write(&dir.join(files::CONFIG), config)?;
+    mnist_model::artifact::json::write(&dir.join(artifact::TRAIN_CONFIG), config)?;
 
     let mut sampler = Sampler::new(dataset.train.len(), config.batch_size, config.seed)?;
     let progress = Progress::new(options.progress, state.step, config.steps);
+    progress.say(&kernels.to_string());
     let mut losses = LossWatch::<B>::default();
     let session_start = Instant::now();
     let first_step = state.step;
@@ -209,14 +202,15 @@ pub fn train<B: AutodiffBackend>(
                 None => Outcome::Interrupted { step },
             });
         }
-        let batch = dataset.train.batch::<B>(sampler.indices(step), device)?;
+        let batch = dataset.train.gather(sampler.indices(step))?;
+        let (images, labels) = (input::images::<B>(&batch.pixels, device), input::labels::<B>(&batch.labels, device));
         let log = step % config.log_every == 0 || step + 1 == config.steps;
-        let train_accuracy = log.then(|| batch_accuracy(&model.valid(), batch.images.clone().inner(), &batch.labels.clone().inner()));
+        let train_accuracy = log.then(|| batch_accuracy(&model.valid(), images.clone().inner(), &labels.clone().inner()));
 
         let mut rng = dropout_rng(config.seed, step);
         let mask = dropout_mask::<B>(config.batch_size, config.model.hidden, config.model.dropout, &mut rng, device);
         let loss;
-        (model, loss) = train_step(model, &mut optim, batch.images, batch.labels, mask, config.learning_rate);
+        (model, loss) = train_step(model, &mut optim, images, labels, mask, config.learning_rate);
 
         losses.push(step, &loss);
         if let Some(train_accuracy) = train_accuracy {
@@ -257,8 +251,9 @@ pub fn train<B: AutodiffBackend>(
 
     let model = model.valid();
     let test = evaluate(&model, &dataset.test, config.eval_batch_size, device)?;
-    weights::save_dir(&model, &config.model, dir)?;
-    plot(metrics.rows(), &dir.join(files::PLOT))?;
+    let class_names = dataset.class_names().iter().map(|n| n.to_string()).collect();
+    artifact::save_dir(&model, &Manifest::new(config.model.clone(), dataset.kind.name(), class_names), dir)?;
+    plot(metrics.rows(), &dir.join(artifact::PLOT))?;
     let report = Report {
         test,
         steps: config.steps,
@@ -280,8 +275,9 @@ pub fn train<B: AutodiffBackend>(
         dataset_origin: dataset.origin.clone(),
         dataset_sha256,
         git_commit: options.git_commit.clone(),
+        kernels: Some(kernels),
     };
-    mnist_model::json::write(&dir.join(files::REPORT), &report)?;
+    mnist_model::artifact::json::write(&dir.join(artifact::REPORT), &report)?;
     Ok(Outcome::Finished(Box::new(report)))
 }
 
@@ -347,15 +343,18 @@ fn check_weights<B: Backend>(model: &Cnn<B>, step: u64) -> Result<()> {
     }
 }
 
-/// The optimizer of a run: Adam with the config's betas and epsilon (the seed: TensorFlow's
+/// The optimizer of a run: Adam with the config's values (the seed: TensorFlow's
 /// defaults, 0.9, 0.999 and 1e-8), as [`FusedAdam`]: Burn's formula and state record,
-/// one fused pass per parameter on burn-flex.
+/// one fused pass per parameter on burn-flex, Burn's `Adam` elsewhere.
 pub fn optimizer<B: AutodiffBackend>(config: &TrainConfig) -> impl Optimizer<Cnn<B>, B> + use<B> {
-    OptimizerAdaptor::<FusedAdam, Cnn<B>, B>::from(FusedAdam {
-        beta_1: config.beta1,
-        beta_2: config.beta2,
-        epsilon: config.epsilon,
-    })
+    OptimizerAdaptor::<FusedAdam, Cnn<B>, B>::from(config.adam.init())
+}
+
+/// Which implementation runs each part of training `model` on `B`: its convolution
+/// blocks and fully connected layers ([`Cnn::kernels_in_use`]) and the optimizer's update
+/// ([`FusedAdam::implementation`] on the backend the optimizer steps on).
+pub fn kernels_in_use<B: AutodiffBackend>(model: &Cnn<B>) -> KernelsInUse {
+    model.kernels_in_use().with_optimizer(FusedAdam::implementation::<B::InnerBackend>())
 }
 
 /// One optimisation step: the forward pass with the dropout `mask` (see
@@ -392,24 +391,17 @@ fn batch_accuracy<B: Backend>(model: &Cnn<B>, images: burn::tensor::Tensor<B, 4>
     correct as f64 / n as f64
 }
 
-/// The suffixes of the temporary files this program writes in an artifact directory
-/// (JSON, weights, checkpoints and metrics have none; the plot is `.png`).
-const TEMP_SUFFIXES: [&str; 2] = ["", ".png"];
-
-/// The lock file of an artifact directory: held, exclusively, by the process training in it.
-const LOCK: &str = ".lock";
-
 /// Makes `dir` ready for a run (or for resuming it) and locks it for this process: the
 /// returned file holds an exclusive lock until it is dropped, so a second `mnist train`
 /// into the same directory is refused instead of writing over the first. Only then are
 /// stale temporary files removed: with the lock held, no other process can be writing
 /// them.
 fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
-    let has_run = [files::CHECKPOINT, files::REPORT, files::METRICS].iter().any(|f| dir.join(f).exists());
+    let has_run = [artifact::CHECKPOINT, artifact::REPORT, artifact::METRICS].iter().any(|f| dir.join(f).exists());
     if resume {
-        if !dir.join(files::CHECKPOINT).is_file() {
+        if !dir.join(artifact::CHECKPOINT).is_file() {
             return Err(Error::Checkpoint {
-                path: dir.join(files::CHECKPOINT),
+                path: dir.join(artifact::CHECKPOINT),
                 message: "no checkpoint to resume from".into(),
             });
         }
@@ -422,14 +414,14 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
     };
     std::fs::create_dir_all(dir).map_err(write_err)?;
     // Fail now, not after hours of training, when the directory is not writable.
-    tempfile::tempfile_in(dir).map_err(write_err)?;
+    artifact::temp_file_in(dir, "").map_err(write_err)?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(LOCK))
+        .open(dir.join(artifact::LOCK))
         .map_err(|source| Error::Write {
-            path: dir.join(LOCK),
+            path: dir.join(artifact::LOCK),
             source,
         })?;
     match lock.try_lock() {
@@ -443,14 +435,14 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
         }
         Err(std::fs::TryLockError::Error(source)) => {
             return Err(Error::Write {
-                path: dir.join(LOCK),
+                path: dir.join(artifact::LOCK),
                 source,
             });
         }
     }
     // Left by a process killed while writing (SIGKILL, power loss): never renamed, so
     // never read, only taking space.
-    for stale in weights::remove_stale_temps(dir, &TEMP_SUFFIXES)? {
+    for stale in artifact::remove_stale_temps(dir)? {
         let _ = writeln!(std::io::stderr(), "removed a stale temporary file: {}", stale.display());
     }
     Ok(lock)
@@ -505,21 +497,29 @@ impl Progress {
         self.write_error.borrow().clone()
     }
 
+    /// A line of its own (above the bar, or as a plain line); nothing when quiet.
+    fn say(&self, line: &str) {
+        match (&self.bar, self.mode) {
+            (Some(bar), _) => bar.println(line),
+            (None, ProgressMode::Lines) => self.write_line(line),
+            _ => {}
+        }
+    }
+
+    fn write_line(&self, line: &str) {
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            self.write_error.borrow_mut().get_or_insert(e.to_string());
+        }
+    }
+
     fn log(&self, row: &MetricRow) {
         match (&self.bar, self.mode) {
             (Some(bar), _) => bar.set_message(format!("loss {:.4}  training accuracy {:.4}", row.loss, row.train_accuracy)),
-            (None, ProgressMode::Lines) => {
-                let mut out = std::io::stdout().lock();
-                let written = writeln!(
-                    out,
-                    "step {}, training accuracy {:.4}, loss {:.4}, {:.0} images/s",
-                    row.step, row.train_accuracy, row.loss, row.images_per_sec
-                )
-                .and_then(|()| out.flush());
-                if let Err(e) = written {
-                    self.write_error.borrow_mut().get_or_insert(e.to_string());
-                }
-            }
+            (None, ProgressMode::Lines) => self.write_line(&format!(
+                "step {}, training accuracy {:.4}, loss {:.4}, {:.0} images/s",
+                row.step, row.train_accuracy, row.loss, row.images_per_sec
+            )),
             _ => {}
         }
     }

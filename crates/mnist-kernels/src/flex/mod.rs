@@ -21,11 +21,14 @@
 //! Nothing here is `unsafe`: loops over slices, rayon for threads, and [`lanes`] (on
 //! `pulp`) to compile the hot loops for AVX2 + FMA when the CPU has them. The op plugs
 //! into `Autodiff<Flex>` through burn-autodiff's `Backward` trait and is reached from
-//! generic code by a `TypeId` check, so other backends never see it.
+//! generic code by a `TypeId` check (`crate::native`), so other backends never see it.
+//!
+//! [`pool`] keeps the large gradient buffers the optimizer hands back for the next
+//! step's gradient, and [`adam`] is the fused Adam update.
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -36,16 +39,19 @@ use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::Flex;
+pub(crate) mod adam;
 mod backward;
 mod forward;
 mod lanes;
 mod layout;
 mod linear;
+mod pool;
 mod winograd;
 
 use backward::backward;
 use forward::forward;
-pub use linear::linear;
+pub(crate) use linear::linear;
+use pool::spare;
 
 type Ad = Autodiff<Flex>;
 
@@ -85,7 +91,7 @@ impl Geometry {
 ///
 /// Runs when `B` is burn-flex (with or without autodiff) with f32 tensors of a supported
 /// shape; otherwise hands `x` back untouched.
-pub fn conv_relu_pool<B: Backend>(
+pub(crate) fn conv_relu_pool<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     bias: Tensor<B, 1>,
@@ -124,7 +130,7 @@ pub fn conv_relu_pool<B: Backend>(
 }
 
 /// Moves `value` to type `U` when it is one (`T` and `U` the same type), or hands it back.
-pub fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     let boxed: Box<dyn Any> = Box::new(value);
     match boxed.downcast::<U>() {
         Ok(u) => Ok(*u),
@@ -134,72 +140,39 @@ pub fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
 
 /// The values of an f32 Flex tensor, as a `Vec` (a copy: burn-flex's buffers are
 /// over-aligned, so Burn's `into_vec` copies them even when the tensor owns its buffer).
-pub fn to_vec<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
+pub(crate) fn to_vec<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().unwrap_or_else(|e| unreachable!("checked f32: {e:?}"))
 }
 
 /// Whether the tensor's stored values, from the start of its buffer, are its values in
 /// order (contiguous, no offset), so `storage()[..n]` may be read or written in place.
-pub fn is_dense(t: &FloatTensor<Flex>) -> bool {
+pub(crate) fn is_dense(t: &FloatTensor<Flex>) -> bool {
     let n = t.layout().num_elements();
     t.is_contiguous() && t.layout().start_offset() == 0 && t.storage::<f32>().len() >= n
 }
 
 /// The values of an f32 Flex primitive of rank `D`: its own buffer when dense, else a copy.
-fn values<const D: usize>(t: &FloatTensor<Flex>) -> Cow<'_, [f32]> {
+pub(crate) fn values<const D: usize>(t: &FloatTensor<Flex>) -> Cow<'_, [f32]> {
     let n = t.layout().num_elements();
     if is_dense(t) { Cow::Borrowed(&t.storage::<f32>()[..n]) } else { Cow::Owned(prim_to_vec::<D>(t.clone())) }
 }
 
 /// The values of an f32 Flex primitive of rank `D`.
-pub fn prim_to_vec<const D: usize>(p: FloatTensor<Flex>) -> Vec<f32> {
+pub(crate) fn prim_to_vec<const D: usize>(p: FloatTensor<Flex>) -> Vec<f32> {
     to_vec(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(p)))
 }
 
 /// An f32 Flex primitive of rank `D` holding `values` (no copy: the vector becomes its
 /// buffer).
-pub fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTensor<Flex> {
+pub(crate) fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FloatTensor<Flex> {
     match Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &Default::default()).into_primitive() {
         TensorPrimitive::Float(p) => p,
         TensorPrimitive::QFloat(_) => unreachable!("from_data of f32 values is a float tensor"),
     }
 }
 
-/// Large f32 buffers handed back after their last read (the optimizer's update is the last
-/// reader of a gradient) for the next gradient of the same shape. fc1's weight gradient is
-/// 13 MB a step: allocated afresh, the allocator got it from the kernel, which cleared it
-/// page by page (8% of a training step's samples), and then it was cleared once more before
-/// the kernel overwrote every value. At most [`SPARE_BUFFERS`] are kept.
-static SPARE: Mutex<Vec<FloatTensor<Flex>>> = Mutex::new(Vec::new());
-/// Most buffers [`SPARE`] keeps.
-const SPARE_BUFFERS: usize = 2;
-/// Smallest buffer worth keeping, in bytes (smaller ones the allocator recycles itself).
-const SPARE_MIN_BYTES: usize = 1 << 20;
-
-/// Hands `t` back for reuse as the next gradient of its shape. Kept only when it is f32,
-/// dense, uniquely owned and at least 1 MiB, in place of the oldest kept buffer when
-/// [`SPARE_BUFFERS`] are kept already (one nobody took); dropped otherwise.
-pub fn recycle(t: FloatTensor<Flex>) {
-    let worth = t.dtype() == DType::F32 && t.is_unique() && is_dense(&t) && t.layout().num_elements() * 4 >= SPARE_MIN_BYTES;
-    if worth {
-        let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-        if spare.len() == SPARE_BUFFERS {
-            spare.remove(0);
-        }
-        spare.push(t);
-    }
-}
-
-/// A recycled tensor of exactly `shape`, if one is kept; its values are stale, so the caller
-/// must overwrite all of them.
-fn spare(shape: &[usize]) -> Option<FloatTensor<Flex>> {
-    let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
-    let at = spare.iter().position(|t| t.layout().shape().as_slice() == shape)?;
-    Some(spare.swap_remove(at))
-}
-
 /// The float primitive of a tensor already checked to be f32 (so not quantized).
-fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     match t.into_primitive() {
         TensorPrimitive::Float(p) => p,
         TensorPrimitive::QFloat(_) => unreachable!("checked f32"),
@@ -276,7 +249,7 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
-    fn values<const D: usize>(t: Tensor<Ad, D>) -> Vec<f32> {
+    pub(crate) fn values<const D: usize>(t: Tensor<Ad, D>) -> Vec<f32> {
         t.into_data().to_vec::<f32>().expect("f32")
     }
 

@@ -45,7 +45,7 @@ const TASK_ROWS: usize = 8 * MR;
 /// `x [n, i] . weight [i, j] + bias [j]` when `B` is `Autodiff<Flex>` (or, for batches of at
 /// most 64, burn-flex without autodiff) with f32 tensors; otherwise hands `x` back
 /// untouched.
-pub fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Tensor<B, 1>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+pub(crate) fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Tensor<B, 1>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
     let [n, i] = x.dims();
     let [wi, j] = weight.dims();
     if wi != i || bias.dims() != [j] || [x.dtype(), weight.dtype(), bias.dtype()] != [DType::F32; 3] {
@@ -135,12 +135,12 @@ impl Backward<Flex, 3> for Linear {
     }
 }
 
-/// Largest batch for which the forward pass and the input gradient use [`forward`] and
-/// [`input_grad`]: each keeps a block of images' running sums (or gradient rows) in cache
-/// while the weight streams past, which suits the seed's batch of 50; for larger batches
-/// those blocks outgrow the caches, and burn-flex's matrix product (packing the weight
-/// once for many images) is the better routine.
-const SMALL_BATCH: usize = 64;
+// `SMALL_BATCH`: the largest batch for which the forward pass and the input gradient use [`forward`] and
+// [`input_grad`]: each keeps a block of images' running sums (or gradient rows) in cache
+// while the weight streams past, which suits the seed's batch of 50; for larger batches
+// those blocks outgrow the caches, and burn-flex's matrix product (packing the weight
+// once for many images) is the better routine.
+use crate::SMALL_BATCH;
 
 /// Weight rows [`forward`] packs at a time: 64 rows of fc1's weight are 256 KB, contiguous,
 /// and one panel of them (64 rows x 16 columns) 4 KB.
@@ -435,7 +435,7 @@ impl WithLanes for Rows<'_> {
 mod tests {
     use burn::tensor::TensorData;
 
-    use super::super::recycle;
+    use super::super::pool::recycle;
     use super::*;
 
     /// `len` deterministic values in about [-2, 2].

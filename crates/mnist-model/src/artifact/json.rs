@@ -1,5 +1,5 @@
 //! Strict JSON for configs: unknown fields are errors (a typo never passes silently),
-//! and files are written atomically.
+//! and files are written atomically ([`super::write_atomic`]).
 
 use std::path::Path;
 
@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::weights::write_atomic;
+use super::write_atomic;
 
 /// Reads `path` as a `T`. Every key of the file must exist in `template` serialised
 /// (nested objects are checked too), so an unknown or misspelt field is an error naming

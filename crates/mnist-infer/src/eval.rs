@@ -1,4 +1,4 @@
-//! Accuracy, loss, per-class accuracy and the confusion matrix on a split.
+//! Accuracy, loss, per-class accuracy and the confusion matrix of a network on a split.
 
 use std::time::Instant;
 
@@ -6,7 +6,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 use mnist_data::Split;
-use mnist_model::Cnn;
+use mnist_model::{Cnn, input};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -31,17 +31,21 @@ pub struct Evaluation {
 }
 
 /// Evaluates `model` on `split` in batches of `batch_size` (no dropout).
+///
+/// # Errors
+/// [`Error::Evaluation`] for an empty split, a batch size of 0, weights holding NaN or
+/// infinity, or a network that does not score the dataset's 10 classes.
 pub fn evaluate<B: Backend>(model: &Cnn<B>, split: &Split, batch_size: usize, device: &B::Device) -> Result<Evaluation> {
     if split.is_empty() {
-        return Err(Error::InvalidConfig("cannot evaluate on an empty split".into()));
+        return Err(Error::Evaluation("cannot evaluate on an empty split".into()));
     }
     if let Some(tensor) = mnist_model::weights::first_non_finite(model) {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::Evaluation(format!(
             "cannot evaluate a network whose tensor `{tensor}` holds NaN or infinite values (the training diverged)"
         )));
     }
     if model.classes() != mnist_data::CLASSES {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::Evaluation(format!(
             "the network scores {} classes but the dataset has {} (labels 0..=9)",
             model.classes(),
             mnist_data::CLASSES
@@ -52,10 +56,11 @@ pub fn evaluate<B: Backend>(model: &Cnn<B>, split: &Split, batch_size: usize, de
     let mut confusion = vec![vec![0u64; 10]; 10];
     let mut loss_sum = 0.0f64;
     let mut seen = 0usize;
-    for batch in split.batches::<B>(batch_size, device)? {
-        let n = batch.labels.dims()[0];
-        let logits = model.forward(batch.images);
-        let loss = loss_fn.forward(logits.clone(), batch.labels);
+    let chunks = split.chunks(batch_size).map_err(|e| Error::Evaluation(e.to_string()))?;
+    for (pixels, labels) in chunks {
+        let n = labels.len();
+        let logits = model.forward(input::images::<B>(pixels, device));
+        let loss = loss_fn.forward(logits.clone(), input::labels::<B>(labels, device));
         let predicted = logits.argmax(1).into_data();
         loss_sum += loss.into_scalar().elem::<f64>() * n as f64;
         for (i, p) in predicted.iter::<i64>().enumerate() {
@@ -87,13 +92,13 @@ pub fn evaluate<B: Backend>(model: &Cnn<B>, split: &Split, batch_size: usize, de
 
 impl Evaluation {
     /// A human-readable table: accuracy, loss, per-class accuracy and the confusion matrix.
-    pub fn table(&self, class_names: &[&str; 10]) -> String {
+    pub fn table(&self, class_names: &[String]) -> String {
         let mut out = format!(
             "test accuracy {:.4} ({} images), loss {:.4}\n\nper class:\n",
             self.accuracy, self.images, self.loss
         );
         for (c, acc) in self.per_class_accuracy.iter().enumerate() {
-            out.push_str(&format!("  {:>2} {:<12} {:.4}\n", c, class_names[c], acc));
+            out.push_str(&format!("  {:>2} {:<12} {:.4}\n", c, class_names.get(c).map_or("", String::as_str), acc));
         }
         out.push_str("\nconfusion (rows: true class, columns: predicted):\n      ");
         for c in 0..10 {

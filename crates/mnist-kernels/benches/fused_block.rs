@@ -1,7 +1,7 @@
-//! The fused convolution block on burn-flex (`mnist_model::flex_host::conv_relu_pool`) at
+//! The fused convolution block on burn-flex (`mnist_kernels::conv_relu_pool`) at
 //! the seed network's two shapes, batch 50: forward alone (inference), and forward +
 //! backward as training runs it (conv1's input needs no gradient, conv2's does); and fc1
-//! (`mnist_model::flex_host::linear`, `[50, 3136] x [3136, 1024]`) forward + backward against
+//! (`mnist_kernels::fully_connected`, `[50, 3136] x [3136, 1024]`) forward + backward against
 //! Burn's `Linear` on the same backend.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
@@ -9,7 +9,7 @@ use burn_autodiff::Autodiff;
 use burn::tensor::{Distribution, Tensor};
 use burn_flex::Flex;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mnist_model::flex_host::{conv_relu_pool, linear};
+use mnist_kernels::{Kernels, conv_relu_pool, fully_connected};
 
 type Ad = Autodiff<Flex>;
 
@@ -29,7 +29,7 @@ fn fused_block(c: &mut Criterion) {
         let mix = Tensor::<Ad, 4>::random([50, co, side / 2, side / 2], Distribution::Normal(0.0, 1.0), &device);
         group.bench_function(format!("{name} forward"), |bench| {
             bench.iter(|| {
-                let y = conv_relu_pool(x.clone(), w.clone(), b.clone()).unwrap_or_else(|_| panic!("fused"));
+                let y = conv_relu_pool(Kernels::Fastest, x.clone(), w.clone(), b.clone());
                 y.into_primitive()
             })
         });
@@ -39,7 +39,7 @@ fn fused_block(c: &mut Criterion) {
                 let xa = if want_dx { xa.require_grad() } else { xa };
                 let wa = Tensor::<Ad, 4>::from_inner(w.clone()).require_grad();
                 let ba = Tensor::<Ad, 1>::from_inner(b.clone()).require_grad();
-                let y = conv_relu_pool(xa, wa.clone(), ba).unwrap_or_else(|_| panic!("fused"));
+                let y = conv_relu_pool(Kernels::Fastest, xa, wa.clone(), ba);
                 let grads = (y * mix.clone()).sum().backward();
                 wa.grad(&grads).map(|g| g.into_primitive())
             })
@@ -64,7 +64,7 @@ fn fc1(c: &mut Criterion) {
                 let wa = Tensor::<Ad, 2>::from_inner(w.clone()).require_grad();
                 let ba = Tensor::<Ad, 1>::from_inner(b.clone()).require_grad();
                 let y = if own {
-                    linear(xa.clone(), wa.clone(), ba).unwrap_or_else(|_| panic!("flex linear"))
+                    fully_connected(Kernels::Fastest, xa.clone(), wa.clone(), ba)
                 } else {
                     xa.clone().matmul(wa.clone()) + ba.unsqueeze::<2>()
                 };

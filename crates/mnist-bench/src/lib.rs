@@ -1,0 +1,244 @@
+//! What a benchmark measurement is, for every mnist-rs crate that takes or reads one.
+//!
+//! `mnist bench` (crate mnist-cli) takes one measurement of the seed network and prints it
+//! as one JSON line, a [`Measurement`]; the peer scripts (`xtask/peers/*.py`, TensorFlow
+//! and PyTorch) print the same figures as a [`PeerMeasurement`]; `cargo xtask bench` runs
+//! each in its own process, reads its last line back into the same type with
+//! [`from_output`] and tabulates the figures. One type on both sides of the pipe, so a
+//! field renamed or added in one is renamed or added in the other.
+//!
+//! [`median`] is the one median of the workspace (of the repetitions of one measurement,
+//! and of the rounds of a whole run): the mean of the middle two for an even count.
+//!
+//! ```
+//! use mnist_bench::{Measurement, from_output, median};
+//!
+//! let line = r#"{"system": "mnist-rs", "backend": "flex", "device": "flex (Cpu)",
+//!     "kernels": "fastest", "measure": "train", "batch": 50, "repeats": 100,
+//!     "images_per_sec": 1450.0, "median_ms": 34.5, "peak_rss_mib": 221.0}"#;
+//! // A line from before `kernels_in_use` and `commit` existed still reads.
+//! let m: Measurement = from_output(&format!("warming up\n{}\n", line.replace('\n', "")))?;
+//! assert_eq!((m.measure.as_str(), m.batch, m.commit), ("train", 50, None));
+//! assert!(m.kernels_in_use.is_empty());
+//! assert_eq!(median(&[3.0, 1.0, 4.0, 2.0]), Some(2.5));
+//! # Ok::<(), mnist_bench::ParseError>(())
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// One measurement of `mnist bench`, as it prints it (one JSON line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Always "mnist-rs".
+    pub system: String,
+    /// Backend name.
+    pub backend: String,
+    /// Burn's name for the device, and the GPU adapter where there is one.
+    pub device: String,
+    /// Convolution kernels used ("fastest", "burn" or "im2col").
+    pub kernels: String,
+    /// "train", "eval" or "latency".
+    pub measure: String,
+    /// Batch size (1 for latency).
+    pub batch: usize,
+    /// Timed repetitions: training steps, evaluation passes or predictions.
+    pub repeats: usize,
+    /// Images per second (training or evaluation throughput; 1 / latency).
+    pub images_per_sec: f64,
+    /// Median time of one repetition, in milliseconds (training: the mean step of one
+    /// timed block of steps).
+    pub median_ms: f64,
+    /// Peak resident memory of the process, in MiB (Linux; absent elsewhere).
+    pub peak_rss_mib: Option<f64>,
+    /// Which implementation each operation took, by operation (for example
+    /// `"conv_blocks": "fused flex kernels"`, `"optimizer": "fused Adam"`); empty in lines
+    /// from before it was recorded.
+    #[serde(default)]
+    pub kernels_in_use: BTreeMap<String, String>,
+    /// The git commit the `mnist` binary was built from, where the build knew it.
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
+/// One measurement of a peer script (`xtask/peers/tf_seed.py`, `torch_seed.py`), as it
+/// prints it (one JSON line, written by `xtask/peers/harness.py`): the figures of a
+/// [`Measurement`], with the peer's own names for its backend, device and kernels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerMeasurement {
+    /// "tensorflow" or "pytorch".
+    pub system: String,
+    /// The framework, its version and device kind (for example "tf 2.21.0 cpu").
+    pub backend: String,
+    /// The device and its threads, or the GPU's name.
+    pub device: String,
+    /// How the network runs (for example "eager").
+    pub kernels: String,
+    /// "train", "eval" or "latency".
+    pub measure: String,
+    /// Batch size (1 for latency).
+    pub batch: usize,
+    /// Timed repetitions.
+    pub repeats: usize,
+    /// Images per second.
+    pub images_per_sec: f64,
+    /// Median time of one repetition, in milliseconds (training: the mean step of one
+    /// timed block of steps, as for [`Measurement::median_ms`]).
+    pub median_ms: f64,
+    /// Peak resident memory of the process, in MiB.
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
+    /// Peak memory allocated on the GPU, in MiB (PyTorch on CUDA only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_device_mib: Option<f64>,
+}
+
+/// Output that holds no measurement.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// Nothing but blank lines.
+    #[error("no output")]
+    Empty,
+    /// The last line is not the JSON of a measurement.
+    #[error("its last line is not a measurement ({source}): {line:?}")]
+    Invalid {
+        /// The line.
+        line: String,
+        /// What serde found wrong with it.
+        source: serde_json::Error,
+    },
+}
+
+/// The measurement in a process's standard output: its last non-blank line, as JSON (the
+/// lines before it are whatever the process said on the way).
+///
+/// # Errors
+/// [`ParseError::Empty`] when there is no line, [`ParseError::Invalid`] (quoting the line)
+/// when the last one is not a `T`.
+pub fn from_output<T: DeserializeOwned>(stdout: &str) -> Result<T, ParseError> {
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).ok_or(ParseError::Empty)?;
+    serde_json::from_str(line).map_err(|source| ParseError::Invalid { line: line.to_string(), source })
+}
+
+/// The median of `values`: the middle one for an odd count, the mean of the middle two for
+/// an even count; `None` when there are none. Ordered by [`f64::total_cmp`], so a NaN
+/// neither panics nor disturbs the order of the others (it sorts above every number).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_empty_and_unsorted() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[7.0]), Some(7.0));
+        assert_eq!(median(&[1.0, 2.0, 3.0]), Some(2.0));
+        assert_eq!(median(&[3.0, 1.0]), Some(2.0));
+        assert_eq!(median(&[1.0, 2.0, 3.0, 10.0]), Some(2.5));
+        assert_eq!(median(&[5.0, -1.0, 3.0, 9.0, 0.0]), Some(3.0));
+        assert_eq!(median(&[10.0, 3.0, 2.0, 1.0]), Some(2.5));
+        // The input is left as it was.
+        let values = [3.0, 1.0, 2.0];
+        assert_eq!(median(&values), Some(2.0));
+        assert_eq!(values, [3.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn median_with_nan_does_not_panic() {
+        // NaN sorts above every number: the others keep their order.
+        assert_eq!(median(&[f64::NAN, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[2.0, f64::NAN, 1.0, 0.0, 3.0]), Some(2.0));
+        assert!(median(&[f64::NAN]).is_some_and(f64::is_nan));
+    }
+
+    fn measurement() -> Measurement {
+        Measurement {
+            system: "mnist-rs".into(),
+            backend: "flex".into(),
+            device: "flex (Cpu)".into(),
+            kernels: "fastest".into(),
+            measure: "eval".into(),
+            batch: 500,
+            repeats: 3,
+            images_per_sec: 4648.5,
+            median_ms: 2151.2,
+            peak_rss_mib: Some(221.0),
+            kernels_in_use: BTreeMap::from([("conv_blocks".into(), "fused flex kernels".into())]),
+            commit: Some("468a27f".into()),
+        }
+    }
+
+    #[test]
+    fn a_measurement_reads_back_as_printed() {
+        let m = measurement();
+        let line = serde_json::to_string(&m).expect("serialises");
+        assert_eq!(from_output::<Measurement>(&format!("note\n{line}\n\n")).expect("parses"), m);
+        // The fields `mnist bench` printed before, by these names, plus the two new ones.
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        let mut keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected = [
+            "system", "backend", "device", "kernels", "measure", "batch", "repeats", "images_per_sec", "median_ms",
+            "peak_rss_mib", "kernels_in_use", "commit",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        // Absent memory is printed as null and read back as absent.
+        let m = Measurement { peak_rss_mib: None, ..measurement() };
+        let line = serde_json::to_string(&m).expect("serialises");
+        assert!(line.contains(r#""peak_rss_mib":null"#), "{line}");
+        assert_eq!(from_output::<Measurement>(&line).expect("parses"), m);
+    }
+
+    #[test]
+    fn peer_lines_parse() {
+        // As harness.py prints them: TensorFlow without peak_device_mib, PyTorch on a CPU
+        // with it null, integers where Python had them.
+        let tf = r#"{"system": "tensorflow", "backend": "tf 2.21.0 cpu", "device": "cpu, 2 cores, intra-op threads auto", "kernels": "tf.compat.v1 graph (the seed as written)", "measure": "latency", "batch": 1, "repeats": 200, "images_per_sec": 492.6, "median_ms": 2.03, "peak_rss_mib": 860}"#;
+        let p: PeerMeasurement = from_output(tf).expect("parses");
+        assert_eq!((p.system.as_str(), p.batch, p.peak_rss_mib, p.peak_device_mib), ("tensorflow", 1, Some(860.0), None));
+        let torch = r#"{"system": "pytorch", "backend": "torch 2.11.0 cuda eager", "device": "NVIDIA H200", "kernels": "eager", "peak_device_mib": 512.5, "measure": "train", "batch": 512, "repeats": 10, "images_per_sec": 258886.0, "median_ms": 1.98, "peak_rss_mib": 2048.0}"#;
+        let p: PeerMeasurement = from_output(torch).expect("parses");
+        assert_eq!(p.peak_device_mib, Some(512.5));
+        let cpu = torch.replace("512.5", "null");
+        assert_eq!(from_output::<PeerMeasurement>(&cpu).expect("parses").peak_device_mib, None);
+    }
+
+    /// Lines as printed on 2026-11-28 (bench/results/2026-11-28-h200/seed-run.log), before
+    /// `kernels_in_use` and `commit`, still read.
+    #[test]
+    fn recorded_lines_read() {
+        let ours = r#"{"system":"mnist-rs","backend":"wgpu","device":"fusion<cubecl<wgpu<wgsl>>> on NVIDIA H200 (Vulkan, NVIDIA 580.159.04)","kernels":"im2col","measure":"train","batch":50,"repeats":300,"images_per_sec":4828.4075114663965,"median_ms":10.355381123333334,"peak_rss_mib":297.4296875}"#;
+        let m: Measurement = from_output(ours).expect("parses");
+        assert_eq!((m.kernels.as_str(), m.repeats, m.images_per_sec), ("im2col", 300, 4828.4075114663965));
+        assert!(m.kernels_in_use.is_empty() && m.commit.is_none());
+        let peer = r#"{"system": "pytorch", "backend": "torch 2.11.0+cu130 cuda eager", "device": "NVIDIA H200", "kernels": "eager", "peak_device_mib": 173.42138671875, "measure": "eval", "batch": 500, "repeats": 10, "images_per_sec": 1011713.7226522485, "median_ms": 9.884218999999916, "peak_rss_mib": 1011.2578125}"#;
+        let p: PeerMeasurement = from_output(peer).expect("parses");
+        assert_eq!((p.measure.as_str(), p.batch, p.peak_device_mib), ("eval", 500, Some(173.42138671875)));
+    }
+
+    #[test]
+    fn output_without_a_measurement_is_an_error() {
+        assert!(matches!(from_output::<Measurement>(""), Err(ParseError::Empty)));
+        assert!(matches!(from_output::<Measurement>("\n  \n"), Err(ParseError::Empty)));
+        let e = from_output::<Measurement>("{\"system\": \"mnist-rs\"}").expect_err("fields missing");
+        assert!(matches!(e, ParseError::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains("missing field"), "{e}");
+        assert!(e.to_string().contains(r#"{\"system\": \"mnist-rs\"}"#), "{e}");
+        let e = from_output::<PeerMeasurement>("Traceback (most recent call last):").expect_err("not JSON");
+        assert!(e.to_string().contains("Traceback"), "{e}");
+    }
+}

@@ -1,0 +1,252 @@
+//! `mnist train`: a run into an artifact directory, stopped cleanly by signals, with the
+//! command that resumes it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use mnist_data::{DatasetChoice, Locator};
+use mnist_model::artifact;
+use mnist_train::{Outcome, ProgressMode, TrainConfig, TrainOptions, checkpoint};
+
+use crate::backend::{BackendKind, Job, dispatch};
+use crate::commands::{ARTIFACTS, newest_run, shell_quote};
+use crate::output::{note, say};
+use crate::{KernelsArg, Status, TrainArgs};
+
+pub fn train(args: TrainArgs) -> Result<Status> {
+    let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
+    let out = match (&args.out, args.resume) {
+        (Some(out), _) => out.clone(),
+        (None, true) => newest_run(Path::new(ARTIFACTS), artifact::CHECKPOINT)?,
+        (None, false) => PathBuf::new(), // named below, once the dataset is known
+    };
+    let mut config = match (&args.config, args.resume) {
+        (Some(path), _) => TrainConfig::read(path)?,
+        (None, true) => TrainConfig::read(&out.join(artifact::TRAIN_CONFIG))
+            .with_context(|| format!("cannot resume {}", out.display()))?,
+        (None, false) => TrainConfig::new(),
+    };
+    if let Some(steps) = args.steps {
+        config.steps = steps;
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    config.validate()?;
+
+    let choice = match (&args.data.dataset, config.dataset, args.resume) {
+        (Some(name), _, _) => name.parse::<DatasetChoice>()?,
+        (None, Some(kind), _) => DatasetChoice::Exactly(kind),
+        (None, None, true) => {
+            let state = checkpoint::read_state(&out.join(artifact::CHECKPOINT))?;
+            DatasetChoice::Exactly(state.dataset.parse()?)
+        }
+        (None, None, false) => DatasetChoice::Auto,
+    };
+    let loaded = Locator::from_env(args.data.data_dir.clone()).load_choice(choice)?;
+    if let Some(notice) = &loaded.notice {
+        note!("note: {notice}");
+    }
+    let dataset = loaded.dataset;
+    // Before announcing the run: a GPU backend without an adapter fails here.
+    crate::backend::prepare(backend)?;
+    let out = if out.as_os_str().is_empty() {
+        Path::new(ARTIFACTS).join(format!("{}-{}", dataset.kind, utc_stamp()))
+    } else {
+        out
+    };
+
+    let mut options = TrainOptions::new(&out, backend.name());
+    options.resume = args.resume;
+    options.progress = if args.plain { ProgressMode::Lines } else { ProgressMode::auto() };
+    options.stop = Some(stop_flag());
+    options.git_commit = crate::BUILD_COMMIT.map(str::to_string);
+    options.kernels = args.kernels.into();
+    say!(
+        "training on {} ({}: {} train / {} test images) with {} for {} steps of {}; artifacts in {}",
+        dataset.kind,
+        dataset.origin,
+        dataset.train.len(),
+        dataset.test.len(),
+        backend.name(),
+        config.steps,
+        config.batch_size,
+        out.display()
+    );
+    let outcome = dispatch(backend, TrainJob { config: &config, dataset: &dataset, options: &options })?;
+    match outcome {
+        Outcome::Finished(report) => {
+            if options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                note!("the interrupt came after the last step: the run was finished and saved");
+            }
+            say!("{}", report.test.table(&class_names(&dataset)));
+            say!(
+                "test accuracy {:.4}; {:.0} training images/s; wrote {}",
+                report.test.accuracy,
+                report.train_images_per_sec,
+                out.display()
+            );
+            Ok(Status::Success)
+        }
+        Outcome::Interrupted { step } => {
+            note!("interrupted after {}; checkpoint saved. Resume with: {}", steps(step), resume_command(&args, &out));
+            Ok(Status::Interrupted)
+        }
+        Outcome::OutputClosed { step, error } => {
+            note!(
+                "standard output was closed ({error}): stopped after {}; checkpoint saved. Resume with: {}",
+                steps(step),
+                resume_command(&args, &out)
+            );
+            Ok(Status::OutputClosed)
+        }
+    }
+}
+
+/// The dataset's class names, as the tables print them.
+fn class_names(dataset: &mnist_data::Dataset) -> Vec<String> {
+    dataset.class_names().iter().map(|n| n.to_string()).collect()
+}
+
+/// `1 step`, `2 steps`.
+fn steps(n: u64) -> String {
+    if n == 1 { "1 step".into() } else { format!("{n} steps") }
+}
+
+/// Environment variable naming the command the user typed to run `mnist` (`cargo xtask`
+/// sets it), for the hints this program prints; `mnist` when unset.
+pub const COMMAND_ENV: &str = "MNIST_RS_COMMAND";
+
+/// The command that resumes the run in `out`, in the form the user started it: `mnist
+/// train` or, through `cargo xtask`, `cargo xtask train`, with the options a resume needs
+/// again (the rest is in the run's config.json).
+fn resume_command(args: &TrainArgs, out: &Path) -> String {
+    // The program as it was called (`./mnist`, `target/release/mnist`) when that is this
+    // binary; `mnist` otherwise (a library caller, a test).
+    let called_as = std::env::args().next().filter(|a| Path::new(a).file_stem().is_some_and(|s| s == "mnist"));
+    let program = std::env::var(COMMAND_ENV)
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| called_as.map(|a| shell_quote(&a)))
+        .unwrap_or_else(|| "mnist".into());
+    let mut words = vec![program, "train".to_string()];
+    if let Some(backend) = args.backend {
+        words.extend(["--backend".into(), backend.name().into()]);
+    }
+    if let Some(dir) = &args.data.data_dir {
+        words.extend(["--data-dir".into(), shell_quote(&dir.display().to_string())]);
+    }
+    if args.kernels != KernelsArg::Fastest
+        && let Some(name) = clap::ValueEnum::to_possible_value(&args.kernels)
+    {
+        words.extend(["--kernels".into(), name.get_name().to_string()]);
+    }
+    words.extend(["--resume".into(), "--out".into(), shell_quote(&out.display().to_string())]);
+    words.join(" ")
+}
+
+struct TrainJob<'a> {
+    config: &'a TrainConfig,
+    dataset: &'a mnist_data::Dataset,
+    options: &'a TrainOptions,
+}
+
+impl Job for TrainJob<'_> {
+    type Output = Outcome;
+    fn run<B: AutodiffBackend>(self, device: &B::Device, _: BackendKind) -> Result<Outcome> {
+        // The GPU adapter is known once `dispatch` has set the device up.
+        let options = TrainOptions { adapter: crate::backend::adapter().map(str::to_string), ..self.options.clone() };
+        Ok(mnist_train::train::<B>(self.config, self.dataset, &options, device)?)
+    }
+}
+
+/// The signal that stopped training (`SIGINT`, `SIGTERM`, `SIGHUP`), 0 when none did.
+static STOP_SIGNAL: AtomicUsize = AtomicUsize::new(0);
+
+/// The exit status of a run stopped by a signal: 128 + the signal's number, as a shell
+/// reports a process killed by it (130 for Ctrl-C, 143 for SIGTERM).
+pub fn interrupted_exit_code() -> u8 {
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => 130,
+        signal => u8::try_from(128 + signal).unwrap_or(130),
+    }
+}
+
+/// The process-wide stop flag, set by the first Ctrl-C, SIGTERM or SIGHUP: training
+/// saves a checkpoint after the current step and exits. A second signal exits at once.
+fn stop_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Err(e) = install_stop_handlers(&flag) {
+            note!("warning: Ctrl-C and SIGTERM will not save a checkpoint: {e}");
+        }
+        // Say at once that the signal was seen; the step in flight may take a while.
+        let watched = flag.clone();
+        std::thread::spawn(move || {
+            while !watched.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            note!("interrupt: saving a checkpoint after this step (interrupt again to quit at once)");
+        });
+        flag
+    })
+    .clone()
+}
+
+#[cfg(unix)]
+fn install_stop_handlers(flag: &Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        // The order matters: the exit is armed by the flag the first signal sets.
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, flag.clone())?;
+        signal_hook::flag::register_usize(signal, &STOP_SIGNAL, signal as usize)?;
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn install_stop_handlers(flag: &Arc<AtomicBool>) -> std::io::Result<()> {
+    let handler_flag = flag.clone();
+    ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .map_err(std::io::Error::other)
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC.
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_stamp_has_the_expected_shape() {
+        let s = super::utc_stamp();
+        assert_eq!(s.len(), 15, "{s}");
+        assert!(s.starts_with("20"), "{s}");
+        assert_eq!(&s[8..9], "-");
+    }
+}
+

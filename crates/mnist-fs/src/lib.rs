@@ -1,0 +1,262 @@
+//! Files that are never half-written, for every mnist-rs crate that persists one.
+//!
+//! Every file is written to a temporary file in its destination's directory, synced to
+//! disk, renamed over the destination, and the directory is synced too, so that after a
+//! crash or power loss a reader finds the old file or the new one, never a mixture or an
+//! empty file ([`write_atomic`] for bytes in memory; [`temp_file_in`] and [`commit`] for
+//! a file written piece by piece, such as a download or a plot).
+//!
+//! Temporary files are named `<prefix>XXXXXX<suffix>` (six random letters or digits);
+//! a process killed before its rename leaves one behind, and [`remove_stale_temps`]
+//! removes exactly those (the prefix, six alphanumerics, a known suffix), never a user's
+//! file.
+//!
+//! ```
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("report.json");
+//! mnist_fs::write_atomic(&path, b"{}\n")?;
+//! assert_eq!(std::fs::read(&path).unwrap(), b"{}\n");
+//! assert_eq!(mnist_fs::sha256_hex(b"abc").len(), 64);
+//! # Ok::<(), mnist_fs::Error>(())
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// The prefix of the temporary files of [`write_atomic`] (and of artifact files written
+/// through [`temp_file_in`] with it).
+pub const TEMP_PREFIX: &str = ".tmp-";
+/// Random characters after a temporary file's prefix (tempfile's default).
+pub const TEMP_RANDOM: usize = 6;
+
+/// A file operation that failed, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or directory could not be written, synced, renamed or removed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file (the destination, not the temporary file).
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A directory could not be listed.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The file the error names.
+    pub fn path(&self) -> &Path {
+        match self {
+            Error::Write { path, .. } | Error::Read { path, .. } => path,
+        }
+    }
+
+    /// The underlying I/O error.
+    pub fn io(&self) -> &std::io::Error {
+        match self {
+            Error::Write { source, .. } | Error::Read { source, .. } => source,
+        }
+    }
+
+    /// The error as its parts, for crates that wrap it in their own error type.
+    pub fn into_parts(self) -> (PathBuf, std::io::Error) {
+        match self {
+            Error::Write { path, source } | Error::Read { path, source } => (path, source),
+        }
+    }
+}
+
+/// The directory a file `path` lives in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary file in the same
+/// directory ([`temp_file_in`] with [`TEMP_PREFIX`]), synced, renamed over `path`, and the
+/// directory synced ([`commit`]). A reader never sees a half-written file.
+///
+/// # Errors
+/// [`Error::Write`] naming `path`; the temporary file is removed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let write_err = |source| Error::Write { path: path.to_path_buf(), source };
+    let mut tmp = temp_file_in(parent_dir(path), TEMP_PREFIX, "").map_err(write_err)?;
+    tmp.write_all(bytes).map_err(write_err)?;
+    commit(tmp, path)
+}
+
+/// Makes the temporary file `tmp` (written completely) the file `path`: syncs its
+/// content, renames it over `path` (same directory, so atomic) and syncs the directory so
+/// that the rename itself survives a crash (Unix; elsewhere the rename is the last step).
+///
+/// # Errors
+/// [`Error::Write`] naming `path`; the temporary file is removed.
+pub fn commit(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    let write_err = |source| Error::Write { path: path.to_path_buf(), source };
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    sync_dir(parent_dir(path)).map_err(write_err)
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// A temporary file in `dir` named `<prefix>XXXXXX<suffix>` (six random letters and
+/// digits), readable by all (0644 on Unix, like any file a program writes), to be renamed
+/// over its destination by [`commit`]. Dropped without a commit, it is removed; a process
+/// killed before the rename leaves it behind for [`remove_stale_temps`].
+pub fn temp_file_in(dir: &Path, prefix: &str, suffix: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix).suffix(suffix).rand_bytes(TEMP_RANDOM);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o644));
+    }
+    builder.tempfile_in(dir)
+}
+
+/// Whether `name` is a temporary file of [`temp_file_in`] with `prefix` and `suffix`: the
+/// prefix, exactly six ASCII letters or digits, then the suffix.
+pub fn is_temp_name(name: &str, prefix: &str, suffix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(suffix))
+        .is_some_and(|random| random.len() == TEMP_RANDOM && random.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Removes from `dir` the regular files that [`temp_file_in`] made with `prefix` and one
+/// of `suffixes` and that were never renamed (a process killed while writing), leaving
+/// every other file alone. With `older_than`, only files not modified for that long go
+/// (for a directory that other live processes may be writing into, such as a shared
+/// cache); without it, all of them (call that only where no other process writes, e.g.
+/// under a lock). Returns the paths removed.
+///
+/// # Errors
+/// [`Error::Read`] when `dir` cannot be listed, [`Error::Write`] when a stale file cannot
+/// be removed.
+pub fn remove_stale_temps(dir: &Path, prefix: &str, suffixes: &[&str], older_than: Option<Duration>) -> Result<Vec<PathBuf>> {
+    let entries = fs::read_dir(dir).map_err(|source| Error::Read { path: dir.to_path_buf(), source })?;
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !suffixes.iter().any(|s| is_temp_name(name, prefix, s)) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        let old_enough = older_than.is_none_or(|limit| meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= limit));
+        if !meta.is_file() || !old_enough {
+            continue;
+        }
+        fs::remove_file(entry.path()).map_err(|source| Error::Write { path: entry.path(), source })?;
+        removed.push(entry.path());
+    }
+    Ok(removed)
+}
+
+/// `bytes` as lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// SHA-256 of `bytes`, as lower-case hex (64 digits).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// SHA-256 of everything `reader` yields, as lower-case hex (64 digits), read in 64 KiB
+/// pieces.
+pub fn sha256_reader(mut reader: impl std::io::Read) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut reader, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Whether `text` is a SHA-256 digest as hex: 64 hex digits (either case).
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_replace_the_file_whole_and_leave_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["a.json"]);
+    }
+
+    #[test]
+    fn a_failed_write_names_the_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("a.json");
+        let err = write_atomic(&path, b"x").unwrap_err();
+        assert_eq!(err.path(), path);
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn only_own_stale_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [".tmp-a1B2c3", ".tmp-Zz9yX8.png", ".tmp-abc", ".tmp-a1B2c3.txt", "notes.tmp-a1B2c3", ".tmp-a-b_c3", "model.json"] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        fs::create_dir(dir.path().join(".tmp-dir123")).unwrap();
+        let mut removed: Vec<String> = remove_stale_temps(dir.path(), TEMP_PREFIX, &["", ".png"], None)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(removed, [".tmp-Zz9yX8.png", ".tmp-a1B2c3"]);
+        assert!(dir.path().join(".tmp-dir123").is_dir());
+        // Files written a moment ago are not stale yet by an age limit.
+        fs::write(dir.path().join(".download-q1w2e3"), b"x").unwrap();
+        assert!(remove_stale_temps(dir.path(), ".download-", &[""], Some(Duration::from_secs(600))).unwrap().is_empty());
+        assert!(dir.path().join(".download-q1w2e3").exists());
+    }
+
+    #[test]
+    fn digests_are_lower_case_hex() {
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_hex(b"abc"), abc);
+        assert_eq!(sha256_reader(&b"abc"[..]).unwrap(), abc);
+        assert!(is_sha256_hex(abc) && is_sha256_hex(&abc.to_uppercase()));
+        assert!(!is_sha256_hex(&abc[1..]) && !is_sha256_hex(&abc.replace('a', "g")));
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+}

@@ -1,0 +1,227 @@
+//! The artifact directory: the contract between training (which fills it) and
+//! evaluation, prediction and serving (which read it). This module owns it whole: the
+//! file names, the manifest `model.json`, the atomic writes every file goes through, and
+//! the strict JSON its configs are read with ([`json`]).
+//!
+//! | file | written by | read by |
+//! | --- | --- | --- |
+//! | [`TRAIN_CONFIG`] `config.json` | training (start) | training `--resume` |
+//! | [`METRICS`] `metrics.jsonl` | training (every `log_every` steps) | people, the plot |
+//! | [`CHECKPOINT`] `checkpoint.bin` | training (every `checkpoint_every` steps, on a stop, at the end) | training `--resume` |
+//! | [`LOCK`] `.lock` | training (held while it runs) | training: a second run into the directory is refused |
+//! | [`MANIFEST`] `model.json` | training (end) | everything that loads the network |
+//! | [`WEIGHTS`] `model.mpk`, [`SAFETENSORS`] `model.safetensors` | training (end) | [`load_dir`]; PyTorch |
+//! | [`PLOT`] `plot.png`, [`REPORT`] `report.json` | training (end) | people |
+//! | [`EVALUATION`] `eval.json` | `mnist eval` | people |
+//!
+//! `model.json` holds the network's config (its fields at the top level), the dataset it
+//! was trained on, the names of its classes, and the SHA-256 of both weight files, which
+//! [`load_dir`] verifies before decoding.
+
+pub mod json;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::{Cnn, CnnConfig};
+use crate::weights::{check_finite, decode, export_safetensors_bytes, read, save_bytes};
+
+/// The training config of the run.
+pub const TRAIN_CONFIG: &str = "config.json";
+/// One JSON line per logged step.
+pub const METRICS: &str = "metrics.jsonl";
+/// Loss and accuracy curves.
+pub const PLOT: &str = "plot.png";
+/// The final report of a training run.
+pub const REPORT: &str = "report.json";
+/// The latest checkpoint.
+pub const CHECKPOINT: &str = "checkpoint.bin";
+/// Held, exclusively, by the process training in the directory.
+pub const LOCK: &str = ".lock";
+/// The manifest: the network's config, dataset, class names and weight checksums.
+pub const MANIFEST: &str = "model.json";
+/// The weights, as a Burn record.
+pub const WEIGHTS: &str = "model.mpk";
+/// The same weights as safetensors in PyTorch's layout.
+pub const SAFETENSORS: &str = "model.safetensors";
+/// `mnist eval`'s result.
+pub const EVALUATION: &str = "eval.json";
+
+/// Key of `model.json` holding the SHA-256 of each weight file, by file name.
+pub const CHECKSUMS_KEY: &str = "sha256";
+/// Key of `model.json` naming the dataset the network was trained on.
+pub const DATASET_KEY: &str = "dataset";
+/// Key of `model.json` listing the names of the classes, by class index.
+pub const CLASS_NAMES_KEY: &str = "class_names";
+
+/// Suffixes of the temporary files written into an artifact directory (JSON, weights,
+/// checkpoints and metrics have none; the plot is `.png`).
+pub const TEMP_SUFFIXES: [&str; 2] = ["", ".png"];
+
+/// Writes `bytes` to `path` atomically and durably ([`mnist_fs::write_atomic`]): every
+/// file of an artifact directory is written this way.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(mnist_fs::write_atomic(path, bytes)?)
+}
+
+/// A temporary file in `dir` for a file written piece by piece (the plot): renamed over
+/// its destination by [`mnist_fs::commit`], or removed by [`remove_stale_temps`] if the
+/// process dies first. `suffix` is one of [`TEMP_SUFFIXES`].
+pub fn temp_file_in(dir: &Path, suffix: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    mnist_fs::temp_file_in(dir, mnist_fs::TEMP_PREFIX, suffix)
+}
+
+/// Removes the temporary files a killed process left in `dir` ([`mnist_fs::remove_stale_temps`]
+/// with this directory's prefix and suffixes). Call it only where no other process writes
+/// into `dir`: training calls it holding the directory's [`LOCK`].
+pub fn remove_stale_temps(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(mnist_fs::remove_stale_temps(dir, mnist_fs::TEMP_PREFIX, &TEMP_SUFFIXES, None)?)
+}
+
+/// What `model.json` says of a trained network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// The network's shape and initialisation.
+    pub config: CnnConfig,
+    /// The dataset it was trained on (`mnist`, `fashion`, `sample`); `None` for a manifest
+    /// written before datasets were recorded.
+    pub dataset: Option<String>,
+    /// The name of each class, by index (`config.classes` of them); `None` for a manifest
+    /// written before class names were recorded.
+    pub class_names: Option<Vec<String>>,
+    /// SHA-256 of each weight file, by file name (empty before [`save_dir`] fills it, and
+    /// for a manifest written before checksums were recorded).
+    pub sha256: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// The manifest of a network of `config` trained on `dataset` with `class_names`.
+    pub fn new(config: CnnConfig, dataset: impl Into<String>, class_names: Vec<String>) -> Self {
+        Manifest { config, dataset: Some(dataset.into()), class_names: Some(class_names), sha256: BTreeMap::new() }
+    }
+
+    /// The manifest of a network known only by its config (no dataset, classes named by
+    /// their index): for a network built in memory.
+    pub fn from_config(config: CnnConfig) -> Self {
+        Manifest { config, dataset: None, class_names: None, sha256: BTreeMap::new() }
+    }
+
+    /// The name of class `class`: its recorded name, or the index itself when none is
+    /// recorded.
+    pub fn class_name(&self, class: usize) -> String {
+        self.class_names.as_ref().and_then(|names| names.get(class)).cloned().unwrap_or_else(|| class.to_string())
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.config.validate().map_err(|e| e.to_string())?;
+        if let Some(names) = &self.class_names {
+            if names.len() != self.config.classes {
+                return Err(format!("`{CLASS_NAMES_KEY}` lists {} names for a network of {} classes", names.len(), self.config.classes));
+            }
+            if let Some(i) = names.iter().position(|n| n.trim().is_empty()) {
+                return Err(format!("`{CLASS_NAMES_KEY}` has an empty name for class {i}"));
+            }
+        }
+        if self.dataset.as_deref().is_some_and(|d| d.trim().is_empty()) {
+            return Err(format!("`{DATASET_KEY}` is empty"));
+        }
+        Ok(())
+    }
+}
+
+/// Writes `model.mpk`, `model.safetensors` and then `model.json` into `dir` (created if
+/// needed), each atomically; `model.json` holds `manifest` with the SHA-256 of the two
+/// weight files just written.
+///
+/// # Errors
+/// [`Error::NonFinite`] (and nothing written) when a tensor holds NaN or infinity;
+/// [`Error::InvalidConfig`] when the manifest does not fit the network (class names).
+pub fn save_dir<B: Backend>(model: &Cnn<B>, manifest: &Manifest, dir: &Path) -> Result<()> {
+    check_finite(model, dir)?;
+    manifest.check().map_err(Error::InvalidConfig)?;
+    fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
+    let mut sha256 = BTreeMap::new();
+    sha256.insert(WEIGHTS.to_string(), mnist_fs::sha256_hex(&save_bytes(model, &dir.join(WEIGHTS))?));
+    sha256.insert(SAFETENSORS.to_string(), mnist_fs::sha256_hex(&export_safetensors_bytes(model, &dir.join(SAFETENSORS))?));
+    let path = dir.join(MANIFEST);
+    let mut value = serde_json::to_value(&manifest.config).map_err(|e| Error::Json { path: path.clone(), message: e.to_string() })?;
+    if let Value::Object(fields) = &mut value {
+        if let Some(dataset) = &manifest.dataset {
+            fields.insert(DATASET_KEY.into(), Value::from(dataset.as_str()));
+        }
+        if let Some(names) = &manifest.class_names {
+            fields.insert(CLASS_NAMES_KEY.into(), Value::from(names.clone()));
+        }
+        fields.insert(CHECKSUMS_KEY.into(), serde_json::json!(sha256));
+    }
+    json::write(&path, &value)
+}
+
+/// Reads `model.json` of `dir`: the network's config (strictly checked, then validated),
+/// the dataset, the class names and the SHA-256 recorded for each weight file.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST);
+    let json_err = |message: String| Error::Json { path: path.clone(), message };
+    let text = fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+    let mut value: Value = serde_json::from_str(&text).map_err(|e| json_err(format!("not valid JSON: {e}")))?;
+    let mut take = |key: &str| value.as_object_mut().and_then(|fields| fields.remove(key));
+    let (digests, dataset, class_names) = (take(CHECKSUMS_KEY), take(DATASET_KEY), take(CLASS_NAMES_KEY));
+    let sha256 = match digests {
+        // Written before checksums were recorded: nothing to verify.
+        None => BTreeMap::new(),
+        Some(digests) => {
+            let digests = serde_json::from_value::<BTreeMap<String, String>>(digests)
+                .ok()
+                .filter(|d| d.values().all(|h| mnist_fs::is_sha256_hex(h)))
+                .ok_or_else(|| json_err(format!("`{CHECKSUMS_KEY}` must map file names to SHA-256 digests (64 hex digits)")))?;
+            // All or nothing: a damaged key must not switch verification off.
+            let known = [WEIGHTS, SAFETENSORS];
+            if let Some(unknown) = digests.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(json_err(format!("`{CHECKSUMS_KEY}` names an unknown file `{unknown}`; expected {}", known.join(" and "))));
+            }
+            if let Some(missing) = known.iter().find(|k| !digests.contains_key(**k)) {
+                return Err(json_err(format!("`{CHECKSUMS_KEY}` records no digest for {missing}; model.json is damaged: retrain or restore it")));
+            }
+            digests
+        }
+    };
+    let dataset = dataset
+        .or_else(|| legacy_dataset(dir))
+        .map(|d| d.as_str().map(str::to_string).ok_or_else(|| json_err(format!("`{DATASET_KEY}` must be a dataset name (a string)"))))
+        .transpose()?;
+    let class_names = class_names
+        .map(|n| serde_json::from_value::<Vec<String>>(n).map_err(|_| json_err(format!("`{CLASS_NAMES_KEY}` must be a list of names (strings)"))))
+        .transpose()?;
+    let config: CnnConfig = json::from_value_strict(value, &CnnConfig::new()).map_err(json_err)?;
+    let manifest = Manifest { config, dataset, class_names, sha256 };
+    manifest.check().map_err(json_err)?;
+    Ok(manifest)
+}
+
+/// The `dataset` of the directory's `report.json`, for a `model.json` written before the
+/// manifest recorded it.
+fn legacy_dataset(dir: &Path) -> Option<Value> {
+    let report: Value = serde_json::from_str(&fs::read_to_string(dir.join(REPORT)).ok()?).ok()?;
+    report.get(DATASET_KEY).filter(|d| d.is_string()).cloned()
+}
+
+/// Loads the network saved by [`save_dir`]: its manifest (strictly checked) and weights,
+/// verified against the SHA-256 `model.json` records ([`Error::Checksum`] when they differ).
+pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Manifest, Cnn<B>)> {
+    let manifest = read_manifest(dir)?;
+    let path = dir.join(WEIGHTS);
+    let bytes = read(&path)?;
+    if let Some(expected) = manifest.sha256.get(WEIGHTS) {
+        let found = mnist_fs::sha256_hex(&bytes);
+        if !found.eq_ignore_ascii_case(expected) {
+            return Err(Error::Checksum { path, recorded_in: dir.join(MANIFEST).display().to_string(), expected: expected.clone(), found });
+        }
+    }
+    let model = decode(&manifest.config, bytes, &path, device)?;
+    Ok((manifest, model))
+}
