@@ -1,5 +1,5 @@
 //! The same network on burn-ndarray and burn-flex (whose convolution blocks are
-//! mnist-model's fused kernels, while ndarray runs Burn's own operations): same logits,
+//! mnist-kernels' fused kernels, while ndarray runs Burn's own operations): same logits,
 //! same training step.
 
 use burn::backend::Autodiff;

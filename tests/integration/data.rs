@@ -240,3 +240,15 @@ fn real_fashion_mnist() {
     let again = Dataset::load_dir(DatasetKind::Fashion, dir).unwrap();
     assert_eq!(data.sha256(), again.sha256());
 }
+
+/// The files' images are what the network takes, and the datasets' classes what it
+/// scores: mnist-data checks the files by its own `SIDE` (a fact of the format), the
+/// network's input contract is mnist-model's, and the two must not drift apart.
+#[test]
+fn the_files_images_are_the_networks_input() {
+    assert_eq!((mnist_data::SIDE, mnist_data::PIXELS), (mnist_model::input::SIDE, mnist_model::input::PIXELS));
+    assert_eq!(mnist_data::CLASSES, mnist_model::CnnConfig::new().classes);
+    for kind in [DatasetKind::Mnist, DatasetKind::Fashion, DatasetKind::Sample] {
+        assert_eq!(kind.class_names().len(), mnist_data::CLASSES, "{kind}");
+    }
+}

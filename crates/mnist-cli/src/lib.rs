@@ -161,7 +161,7 @@ pub enum Measure {
 /// `--kernels`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelsArg {
-    /// mnist-model's fused CPU kernels where the backend has them.
+    /// mnist-kernels' fused CPU kernels where the backend has them.
     Fastest,
     /// Burn's conv2d, relu and max_pool2d.
     Burn,

@@ -20,9 +20,11 @@ use crate::error::{Error, IdxKind, Result};
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
 /// Magic number of an IDX file of `u8` labels (rank 1).
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
-/// Image height and width.
+/// Image height and width of the MNIST and Fashion-MNIST files, which the reader checks
+/// (a fact of the file format; what the network takes is `mnist_model::input`, which the
+/// integration tests hold equal to it).
 pub const SIDE: usize = 28;
-/// Pixels in one image.
+/// Pixels in one image of the files.
 pub const PIXELS: usize = SIDE * SIDE;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];

@@ -204,6 +204,7 @@ impl fmt::Display for KernelsInUse {
 
 /// Whether `B` is a backend this crate has its own kernels for, and which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 enum Native {
     /// burn-flex without autodiff (inference).
     Flex,

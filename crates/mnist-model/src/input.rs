@@ -15,6 +15,7 @@ pub const PIXELS: usize = SIDE * SIDE;
 pub type Pixels = [u8; PIXELS];
 
 /// The network's input value of one pixel: `pixel / 255`, in `[0, 1]`.
+#[inline]
 pub fn scale(pixel: u8) -> f32 {
     f32::from(pixel) / 255.0
 }

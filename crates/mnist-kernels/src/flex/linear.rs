@@ -135,11 +135,11 @@ impl Backward<Flex, 3> for Linear {
     }
 }
 
-// `SMALL_BATCH`: the largest batch for which the forward pass and the input gradient use [`forward`] and
-// [`input_grad`]: each keeps a block of images' running sums (or gradient rows) in cache
-// while the weight streams past, which suits the seed's batch of 50; for larger batches
-// those blocks outgrow the caches, and burn-flex's matrix product (packing the weight
-// once for many images) is the better routine.
+// `SMALL_BATCH` (64): the largest batch for which the forward pass and the input gradient
+// use `forward` and `input_grad`: each keeps a block of images' running sums (or gradient
+// rows) in cache while the weight streams past, which suits the seed's batch of 50; for
+// larger batches those blocks outgrow the caches, and burn-flex's matrix product (packing
+// the weight once for many images) is the better routine.
 use crate::SMALL_BATCH;
 
 /// Weight rows [`forward`] packs at a time: 64 rows of fc1's weight are 256 KB, contiguous,
