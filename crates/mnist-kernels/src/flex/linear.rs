@@ -33,7 +33,7 @@ use rayon::prelude::*;
 
 use super::lanes::{Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, starts, tile_update};
 use super::layout::zeroed;
-use super::{Ad, cast, float, from_vec, spare, values};
+use super::{Ad, Refused, cast, float, from_vec, spare, values};
 
 /// Columns of `dW` per register tile.
 const PANEL: usize = TILE_COLUMNS;
@@ -43,13 +43,13 @@ const MR: usize = TILE_ROWS;
 const TASK_ROWS: usize = 8 * MR;
 
 /// `x [n, i] . weight [i, j] + bias [j]` when `B` is `Autodiff<Flex>` (or, for batches of at
-/// most 64, burn-flex without autodiff) with f32 tensors; otherwise hands `x` back
-/// untouched.
-pub(crate) fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Tensor<B, 1>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+/// most 64, burn-flex without autodiff) with f32 tensors; otherwise hands the three tensors
+/// back untouched (moved, as [`super::conv_relu_pool`] does).
+pub(crate) fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Tensor<B, 1>) -> Result<Tensor<B, 2>, Refused<B, 2>> {
     let [n, i] = x.dims();
     let [wi, j] = weight.dims();
     if wi != i || bias.dims() != [j] || [x.dtype(), weight.dtype(), bias.dtype()] != [DType::F32; 3] {
-        return Err(x);
+        return Err((x, weight, bias));
     }
     let x = match cast::<Tensor<B, 2>, Tensor<Ad, 2>>(x) {
         Ok(x) => {
@@ -61,10 +61,13 @@ pub(crate) fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Te
         Err(x) => x,
     };
     if n > SMALL_BATCH {
-        return Err(x);
+        return Err((x, weight, bias));
     }
     // Inference: one image's prediction reads all of fc1's weight, on every core here.
-    let x = cast::<Tensor<B, 2>, Tensor<Flex, 2>>(x)?;
+    let x = match cast::<Tensor<B, 2>, Tensor<Flex, 2>>(x) {
+        Ok(x) => x,
+        Err(x) => return Err((x, weight, bias)),
+    };
     let (Ok(weight), Ok(bias)) = (cast::<_, Tensor<Flex, 2>>(weight), cast::<_, Tensor<Flex, 1>>(bias)) else {
         unreachable!("x, weight and bias share the backend B");
     };

@@ -90,12 +90,14 @@ impl Geometry {
 /// `x: [b, c, h, w]`, `weight: [o, c, k, k]` (k odd), `bias: [o]` -> `[b, o, h / 2, w / 2]`.
 ///
 /// Runs when `B` is burn-flex (with or without autodiff) with f32 tensors of a supported
-/// shape; otherwise hands `x` back untouched.
+/// shape; otherwise hands the three tensors back untouched (moved, never cloned: an extra
+/// reference to an autodiff tensor while the op registers keeps burn-autodiff from
+/// freeing what its graph no longer needs).
 pub(crate) fn conv_relu_pool<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
     bias: Tensor<B, 1>,
-) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+) -> Result<Tensor<B, 4>, Refused<B, 4>> {
     let [b, c, h, w] = x.dims();
     let [o, wc, k, k2] = weight.dims();
     let supported = wc == c
@@ -106,7 +108,7 @@ pub(crate) fn conv_relu_pool<B: Backend>(
         && bias.dims() == [o]
         && [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
     if !supported {
-        return Err(x);
+        return Err((x, weight, bias));
     }
     let geometry = Geometry { b, c, h, w, o, k };
     let x = match cast::<Tensor<B, 4>, Tensor<Ad, 4>>(x) {
@@ -119,7 +121,10 @@ pub(crate) fn conv_relu_pool<B: Backend>(
         }
         Err(x) => x,
     };
-    let x = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x)?;
+    let x = match cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x) {
+        Ok(x) => x,
+        Err(x) => return Err((x, weight, bias)),
+    };
     let (Ok(weight), Ok(bias)) = (cast::<_, Tensor<Flex, 4>>(weight), cast::<_, Tensor<Flex, 1>>(bias)) else {
         unreachable!("x, weight and bias share the backend B");
     };
@@ -128,6 +133,10 @@ pub(crate) fn conv_relu_pool<B: Backend>(
     let y = Tensor::<Flex, 4>::from_data(TensorData::new(out, geometry.out_shape()), &Default::default());
     Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
 }
+
+/// The arguments of an op handed back when it does not run: the input `[.., D dims]`, the
+/// weight and the bias.
+pub(crate) type Refused<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, 1>);
 
 /// Moves `value` to type `U` when it is one (`T` and `U` the same type), or hands it back.
 pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
