@@ -76,7 +76,7 @@ pub struct TrainArgs {
     /// Override the seed.
     #[arg(long, allow_hyphen_values = true, value_parser = non_negative::<u64>)]
     pub seed: Option<u64>,
-    /// Artifact directory (default: artifacts/<dataset>-<UTC time>).
+    /// Artifact directory (default: artifacts/DATASET-YYYYMMDD-HHMMSS, in UTC).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in --out (default: the newest unfinished run in artifacts/).
@@ -102,7 +102,7 @@ pub struct EvalArgs {
     /// Dataset options.
     #[command(flatten)]
     pub data: DataArgs,
-    /// Where to write the evaluation as JSON (default: <model>/eval.json).
+    /// Where to write the evaluation as JSON (default: MODEL/eval.json).
     #[arg(long)]
     pub json: Option<PathBuf>,
 }

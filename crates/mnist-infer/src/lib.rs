@@ -14,14 +14,18 @@
 //! use mnist_model::CnnConfig;
 //! use mnist_model::artifact::{self, Manifest};
 //!
-//! # let dir = tempfile::tempdir().unwrap();
-//! # let config = CnnConfig::new();
-//! # let names = (0..10).map(|d| d.to_string()).collect();
-//! # artifact::save_dir(&config.init::<Flex>(0, &Default::default())?, &Manifest::new(config, "mnist", names), dir.path())?;
-//! let classifier = Classifier::<Flex>::load(dir.path(), &Default::default())?;
+//! // An artifact directory, as training writes it (here: an untrained network).
+//! let dir = std::env::temp_dir().join(format!("mnist-infer-doc-{}", std::process::id()));
+//! let config = CnnConfig::new();
+//! let names = (0..10).map(|d| d.to_string()).collect();
+//! let model = config.init::<Flex>(0, &Default::default())?;
+//! artifact::save_dir(&model, &Manifest::new(config, "mnist", names), &dir)?;
+//!
+//! let classifier = Classifier::<Flex>::load(&dir, &Default::default())?;
 //! let prediction = classifier.predict(&[0u8; 784]);
 //! assert!(prediction.digit < 10);
 //! println!("{} ({})", classifier.class_name(prediction.digit), classifier.kernels_in_use());
+//! # std::fs::remove_dir_all(&dir).unwrap();
 //! let total: f32 = prediction.probabilities.iter().sum();
 //! assert!((total - 1.0).abs() < 1e-4);
 //! # Ok::<(), mnist_infer::Error>(())

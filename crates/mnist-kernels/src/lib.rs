@@ -15,7 +15,7 @@
 //! [`KernelsInUse`] gathers for a report.
 //!
 //! The implementations, by backend (this crate's source is organised the same way):
-//! - **burn-flex** (cargo feature `flex`; [`mod@flex`] in the source): the convolution
+//! - **burn-flex** (cargo feature `flex`, on by default; `src/flex/`): the convolution
 //!   block as one operation with its own backward pass (a direct convolution in register
 //!   tiles over zero-padded channels-last images, Winograd's F(2x2, 5x5) for 5x5 kernels
 //!   over multiples of 8 channels, bias, ReLU and pooling applied to the tiles, and a
