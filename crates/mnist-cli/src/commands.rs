@@ -42,7 +42,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
         note!("note: {notice}");
     }
     let dataset = loaded.dataset;
-    let evaluation = dispatch(backend, EvalJob { dir: &model_dir, split: &dataset.test })?;
+    let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test })?;
     // A closed standard output (`| head`) ends the printing quietly; eval.json is
     // written all the same.
     say!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
@@ -88,13 +88,15 @@ fn check_model_dir(dir: &Path) -> Result<Manifest> {
 
 struct EvalJob<'a> {
     dir: &'a Path,
+    /// `model.json` as `check_model_dir` read it: only the weights are left to read.
+    manifest: &'a Manifest,
     split: &'a mnist_data::Split,
 }
 
 impl Job for EvalJob<'_> {
     type Output = Evaluation;
     fn run<B: AutodiffBackend>(self, device: &B::Device, _: BackendKind) -> Result<Self::Output> {
-        let (_, model) = artifact::load_dir::<B::InnerBackend>(self.dir, device)
+        let model = artifact::load_weights::<B::InnerBackend>(self.dir, self.manifest, device)
             .with_context(|| format!("cannot load the model in {}", self.dir.display()))?;
         say!("{}", model.kernels_in_use());
         Ok(mnist_infer::evaluate(&model, self.split, 500, device)?)
@@ -107,21 +109,23 @@ pub fn predict(args: PredictArgs) -> Result<Status> {
         Some(dir) => dir.clone(),
         None => newest_run(Path::new(ARTIFACTS), artifact::WEIGHTS)?,
     };
-    let classes = class_names(&check_model_dir(&model_dir)?);
-    dispatch(backend, PredictJob { dir: &model_dir, files: &args.files, json: args.json, classes })
+    let manifest = check_model_dir(&model_dir)?;
+    dispatch(backend, PredictJob { dir: &model_dir, manifest, files: &args.files, json: args.json })
 }
 
 struct PredictJob<'a> {
     dir: &'a Path,
+    /// `model.json` as `check_model_dir` read it.
+    manifest: Manifest,
     files: &'a [PathBuf],
     json: bool,
-    classes: Vec<String>,
 }
 
 impl Job for PredictJob<'_> {
     type Output = Status;
     fn run<B: AutodiffBackend>(self, device: &B::Device, _: BackendKind) -> Result<Status> {
-        let classifier = Classifier::<B::InnerBackend>::load(self.dir, device)?;
+        let classes = class_names(&self.manifest);
+        let classifier = Classifier::<B::InnerBackend>::load_with(self.dir, self.manifest, device)?;
         let mut failed = 0;
         for file in self.files {
             match classifier.predict_file(file) {
@@ -130,12 +134,12 @@ impl Job for PredictJob<'_> {
                     serde_json::json!({
                         "file": file,
                         "class": p.digit,
-                        "name": self.classes[p.digit],
+                        "name": classes[p.digit],
                         "probability": p.confidence(),
                         "probabilities": p.probabilities,
                     })
                 ),
-                Ok(p) => say!("{}: {} (probability {:.4})", file.display(), self.classes[p.digit], p.confidence()),
+                Ok(p) => say!("{}: {} (probability {:.4})", file.display(), classes[p.digit], p.confidence()),
                 Err(e) => {
                     note!("error: {e}");
                     failed += 1;

@@ -79,7 +79,14 @@ impl<B: Backend> Classifier<B> {
                 message: "not a directory; expected a trained model's artifact directory".into(),
             });
         }
-        let (manifest, model) = artifact::load_dir::<B>(dir, device)?;
+        let manifest = artifact::read_manifest(dir)?;
+        Self::load_with(dir, manifest, device)
+    }
+
+    /// [`load`](Self::load) with the directory's `model.json` already read (by
+    /// [`artifact::read_manifest`]): only the weights are read, verified and decoded.
+    pub fn load_with(dir: &Path, manifest: Manifest, device: &B::Device) -> Result<Self> {
+        let model = artifact::load_weights::<B>(dir, &manifest, device)?;
         Self::new(model, manifest, device).map_err(|message| Error::Artifact {
             path: dir.to_path_buf(),
             message,

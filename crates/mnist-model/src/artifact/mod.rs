@@ -214,6 +214,14 @@ fn legacy_dataset(dir: &Path) -> Option<Value> {
 /// verified against the SHA-256 `model.json` records ([`Error::Checksum`] when they differ).
 pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Manifest, Cnn<B>)> {
     let manifest = read_manifest(dir)?;
+    let model = load_weights(dir, &manifest, device)?;
+    Ok((manifest, model))
+}
+
+/// The weights of `dir` for a `manifest` already read from it by [`read_manifest`]:
+/// verified against its SHA-256 ([`Error::Checksum`] when they differ), then decoded into
+/// a network of its config. [`load_dir`] is the two in one.
+pub fn load_weights<B: Backend>(dir: &Path, manifest: &Manifest, device: &B::Device) -> Result<Cnn<B>> {
     let path = dir.join(WEIGHTS);
     let bytes = read(&path)?;
     if let Some(expected) = manifest.sha256.get(WEIGHTS) {
@@ -222,6 +230,5 @@ pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Manifest,
             return Err(Error::Checksum { path, recorded_in: dir.join(MANIFEST).display().to_string(), expected: expected.clone(), found });
         }
     }
-    let model = decode(&manifest.config, bytes, &path, device)?;
-    Ok((manifest, model))
+    decode(&manifest.config, bytes, &path, device)
 }
