@@ -48,6 +48,8 @@
 //! ```
 
 mod adam;
+#[cfg(feature = "cube")]
+mod cube;
 #[cfg(feature = "flex")]
 mod flex;
 mod im2col;
@@ -103,6 +105,9 @@ impl Kernels {
 pub enum Implementation {
     /// The convolution block as one fused burn-flex operation, forward and backward.
     FusedFlex,
+    /// The convolution block as this crate's CubeCL kernels (burn-wgpu, burn-cuda),
+    /// forward and backward.
+    FusedCube,
     /// This crate's burn-flex kernels for the matrix products (forward, input gradient,
     /// weight gradient).
     OwnFlex,
@@ -128,6 +133,7 @@ impl fmt::Display for Implementation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Implementation::FusedFlex => "fused flex kernels",
+            Implementation::FusedCube => "fused CubeCL kernels",
             Implementation::OwnFlex => "own flex kernels",
             Implementation::OwnFlexSmallBatches => "own flex kernels (batches of up to 64; burn-flex's matmul above)",
             Implementation::Im2col => "im2col + matmul (Burn tensor operations)",
@@ -202,14 +208,88 @@ impl fmt::Display for KernelsInUse {
     }
 }
 
+/// Shapes of one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
+pub(crate) struct Geometry {
+    /// Batch.
+    pub b: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Input (and convolution output) height.
+    pub h: usize,
+    /// Input (and convolution output) width.
+    pub w: usize,
+    /// Output channels.
+    pub o: usize,
+    /// Kernel side (odd).
+    pub k: usize,
+}
+
+impl Geometry {
+    /// The geometry of a block the fused kernels take: f32 tensors, `x [b, c, h, w]` with
+    /// `h, w >= 2`, `weight [o, c, k, k]` with `k` odd, `bias [o]`; `None` for anything else
+    /// (Burn's operations then say what is wrong, if anything).
+    #[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
+    pub(crate) fn of<B: Backend>(x: &Tensor<B, 4>, weight: &Tensor<B, 4>, bias: &Tensor<B, 1>) -> Option<Geometry> {
+        let [b, c, h, w] = x.dims();
+        let [o, wc, k, k2] = weight.dims();
+        let supported = wc == c
+            && k == k2
+            && k % 2 == 1
+            && h >= 2
+            && w >= 2
+            && bias.dims() == [o]
+            && [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
+        supported.then_some(Geometry { b, c, h, w, o, k })
+    }
+
+    pub(crate) fn pooled(&self) -> (usize, usize) {
+        (self.h / 2, self.w / 2)
+    }
+    pub(crate) fn out_shape(&self) -> [usize; 4] {
+        let (ph, pw) = self.pooled();
+        [self.b, self.o, ph, pw]
+    }
+}
+
+
+/// The arguments of an op handed back when it does not run: the input `[.., D dims]`, the
+/// weight and the bias.
+#[cfg(any(feature = "flex", feature = "cube"))]
+pub(crate) type Refused<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, 1>);
+
+/// Moves `value` to type `U` when it is one (`T` and `U` the same type), or hands it back:
+/// how a generic op reaches a kernel written for one concrete backend, without `unsafe`.
+#[cfg(any(feature = "flex", feature = "cube"))]
+pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+    let boxed: Box<dyn std::any::Any> = Box::new(value);
+    match boxed.downcast::<U>() {
+        Ok(u) => Ok(*u),
+        Err(boxed) => Err(*boxed.downcast::<T>().unwrap_or_else(|_| unreachable!("boxed a T"))),
+    }
+}
+
+/// The float primitive of a tensor already checked to be f32 (so not quantized).
+#[cfg(any(feature = "flex", feature = "cube"))]
+pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> burn::tensor::ops::FloatTensor<B> {
+    match t.into_primitive() {
+        burn::tensor::TensorPrimitive::Float(p) => p,
+        burn::tensor::TensorPrimitive::QFloat(_) => unreachable!("checked f32"),
+    }
+}
+
 /// Whether `B` is a backend this crate has its own kernels for, and which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[cfg_attr(not(all(feature = "flex", feature = "cube")), allow(dead_code))]
 enum Native {
     /// burn-flex without autodiff (inference).
     Flex,
     /// `Autodiff<Flex>` with Burn's default checkpointing (training).
     AutodiffFlex,
+    /// burn-wgpu's or burn-cuda's default backend (`Fusion<CubeBackend<..>>`), with or
+    /// without autodiff (Burn's default checkpointing).
+    Cube,
     /// Any other backend.
     Other,
 }
@@ -226,6 +306,20 @@ fn native<B: Backend>() -> Native {
             return Native::AutodiffFlex;
         }
     }
+    #[cfg(feature = "wgpu")]
+    {
+        use std::any::TypeId;
+        if TypeId::of::<B>() == TypeId::of::<burn_wgpu::Wgpu>() || TypeId::of::<B>() == TypeId::of::<burn_autodiff::Autodiff<burn_wgpu::Wgpu>>() {
+            return Native::Cube;
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use std::any::TypeId;
+        if TypeId::of::<B>() == TypeId::of::<burn_cuda::Cuda>() || TypeId::of::<B>() == TypeId::of::<burn_autodiff::Autodiff<burn_cuda::Cuda>>() {
+            return Native::Cube;
+        }
+    }
     Native::Other
 }
 
@@ -235,7 +329,11 @@ pub fn conv_relu_pool_implementation<B: Backend>(kernels: Kernels, weight: &Tens
     let odd_square = k == k2 && k % 2 == 1 && bias.dims() == [o];
     let f32 = weight.dtype() == DType::F32 && bias.dtype() == DType::F32;
     match kernels {
-        Kernels::Fastest if odd_square && f32 && native::<B>() != Native::Other => Implementation::FusedFlex,
+        Kernels::Fastest if odd_square && f32 => match native::<B>() {
+            Native::Flex | Native::AutodiffFlex => Implementation::FusedFlex,
+            Native::Cube => Implementation::FusedCube,
+            Native::Other => Implementation::Burn,
+        },
         Kernels::Im2col if odd_square => Implementation::Im2col,
         _ => Implementation::Burn,
     }
@@ -258,6 +356,11 @@ pub fn conv_relu_pool<B: Backend>(kernels: Kernels, x: Tensor<B, 4>, weight: Ten
             Ok(y) => return y,
             // An input the fused kernel does not take (under 2 pixels a side, or channels
             // not matching the weight): Burn's operations, which say what is wrong.
+            Err(back) => back,
+        },
+        #[cfg(feature = "cube")]
+        Implementation::FusedCube => match cube::conv_relu_pool(x, weight, bias) {
+            Ok(y) => return y,
             Err(back) => back,
         },
         Implementation::Im2col => return im2col::conv_relu_pool(x, weight, bias),
@@ -352,5 +455,7 @@ pub fn linear<B: Backend>(kernels: Kernels, layer: &Linear<B>, x: Tensor<B, 2>) 
     }
 }
 
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;

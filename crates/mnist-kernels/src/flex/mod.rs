@@ -26,19 +26,21 @@
 //! [`pool`] keeps the large gradient buffers the optimizer hands back for the next
 //! step's gradient, and [`adam`] is the fused Adam update.
 
-use std::any::Any;
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::Flex;
+
+pub(crate) use crate::{Geometry, Refused, cast, float};
+
 pub(crate) mod adam;
 mod backward;
 mod forward;
@@ -59,33 +61,6 @@ type Ad = Autodiff<Flex>;
 /// no gradient.
 const NONE: u8 = 4;
 
-/// Shapes of one block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Geometry {
-    /// Batch.
-    pub b: usize,
-    /// Input channels.
-    pub c: usize,
-    /// Input (and convolution output) height.
-    pub h: usize,
-    /// Input (and convolution output) width.
-    pub w: usize,
-    /// Output channels.
-    pub o: usize,
-    /// Kernel side (odd).
-    pub k: usize,
-}
-
-impl Geometry {
-    fn pooled(&self) -> (usize, usize) {
-        (self.h / 2, self.w / 2)
-    }
-    fn out_shape(&self) -> [usize; 4] {
-        let (ph, pw) = self.pooled();
-        [self.b, self.o, ph, pw]
-    }
-}
-
 /// `maxpool2x2(relu(conv_same(x, weight) + bias))` as one fused operation:
 /// `x: [b, c, h, w]`, `weight: [o, c, k, k]` (k odd), `bias: [o]` -> `[b, o, h / 2, w / 2]`.
 ///
@@ -98,19 +73,9 @@ pub(crate) fn conv_relu_pool<B: Backend>(
     weight: Tensor<B, 4>,
     bias: Tensor<B, 1>,
 ) -> Result<Tensor<B, 4>, Refused<B, 4>> {
-    let [b, c, h, w] = x.dims();
-    let [o, wc, k, k2] = weight.dims();
-    let supported = wc == c
-        && k == k2
-        && k % 2 == 1
-        && h >= 2
-        && w >= 2
-        && bias.dims() == [o]
-        && [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
-    if !supported {
+    let Some(geometry) = Geometry::of(&x, &weight, &bias) else {
         return Err((x, weight, bias));
-    }
-    let geometry = Geometry { b, c, h, w, o, k };
+    };
     let x = match cast::<Tensor<B, 4>, Tensor<Ad, 4>>(x) {
         Ok(x) => {
             let (Ok(weight), Ok(bias)) = (cast::<_, Tensor<Ad, 4>>(weight), cast::<_, Tensor<Ad, 1>>(bias)) else {
@@ -132,19 +97,6 @@ pub(crate) fn conv_relu_pool<B: Backend>(
     let (out, _, _) = forward(geometry, &values::<4>(&x), &values::<4>(&weight), &values::<1>(&bias));
     let y = Tensor::<Flex, 4>::from_data(TensorData::new(out, geometry.out_shape()), &Default::default());
     Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
-}
-
-/// The arguments of an op handed back when it does not run: the input `[.., D dims]`, the
-/// weight and the bias.
-pub(crate) type Refused<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, 1>);
-
-/// Moves `value` to type `U` when it is one (`T` and `U` the same type), or hands it back.
-pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
-    let boxed: Box<dyn Any> = Box::new(value);
-    match boxed.downcast::<U>() {
-        Ok(u) => Ok(*u),
-        Err(boxed) => Err(*boxed.downcast::<T>().unwrap_or_else(|_| unreachable!("boxed a T"))),
-    }
 }
 
 /// The values of an f32 Flex tensor, as a `Vec` (a copy: burn-flex's buffers are
@@ -177,14 +129,6 @@ pub(crate) fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> F
     match Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &Default::default()).into_primitive() {
         TensorPrimitive::Float(p) => p,
         TensorPrimitive::QFloat(_) => unreachable!("from_data of f32 values is a float tensor"),
-    }
-}
-
-/// The float primitive of a tensor already checked to be f32 (so not quantized).
-pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    match t.into_primitive() {
-        TensorPrimitive::Float(p) => p,
-        TensorPrimitive::QFloat(_) => unreachable!("checked f32"),
     }
 }
 
@@ -253,69 +197,14 @@ mod tests {
 
     use super::*;
 
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-    }
-
-    pub(crate) fn values<const D: usize>(t: Tensor<Ad, D>) -> Vec<f32> {
-        t.into_data().to_vec::<f32>().expect("f32")
-    }
-
-    /// 1 for each pooling window of `conv: [b, o, h, w]` with a clear winner, else 0.
-    fn clear_windows(conv: &[f32], [b, o, h, w]: [usize; 4]) -> Vec<f32> {
-        let (ph, pw) = (h / 2, w / 2);
-        let mut mask = Vec::with_capacity(b * o * ph * pw);
-        for plane in conv.chunks_exact(h * w).take(b * o) {
-            for py in 0..ph {
-                for px in 0..pw {
-                    let mut four: Vec<f32> = (0..4).map(|q| plane[(2 * py + q / 2) * w + 2 * px + q % 2]).collect();
-                    four.sort_by(|a, b| b.total_cmp(a));
-                    mask.push(if four[0] - four[1] > 1e-3 && four[0].abs() > 1e-3 { 1.0 } else { 0.0 });
-                }
-            }
-        }
-        mask
-    }
-
     /// The fused block against Burn's conv2d + relu + max_pool2d, forward and every
     /// gradient, on shapes unlike the seed's: odd sides (the pool drops the last row and
-    /// column), kernel 3 and 5, direct and Winograd forward (8 and 32 input channels).
+    /// column), kernel 3 and 5, direct and Winograd forward (8 and 32 input channels), an
+    /// untracked input (the first layer's).
     #[test]
     fn fused_block_matches_burn_forward_and_backward() {
-        let device = Default::default();
-        for &(b, c, h, w, o, k) in &[(3, 2, 7, 9, 4, 3), (2, 1, 28, 28, 8, 5), (3, 8, 9, 7, 5, 5), (40, 32, 14, 14, 6, 5)] {
-            let conv = Conv2dConfig::new([c, o], [k, k]).with_padding(PaddingConfig2d::Same).init::<Ad>(&device);
-            let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
-            let x = Tensor::<Ad, 4>::random([b, c, h, w], Distribution::Normal(0.0, 1.0), &device).require_grad();
-            let bias = conv.bias.as_ref().expect("bias").val();
-            let fused = conv_relu_pool(x.clone(), conv.weight.val(), bias.clone()).unwrap_or_else(|_| panic!("fused"));
-            let reference = pool.forward(relu(conv.forward(x.clone())));
-            assert_eq!(fused.dims(), reference.dims());
-            let d = max_abs_diff(&values(fused.clone()), &values(reference.clone()));
-            assert!(d < 1e-4, "forward {:?}: {d}", (b, c, h, w, o, k));
-            // A loss that weights every output differently, except windows whose two largest
-            // sums (or whose maximum and zero) are within 1e-3: there either input is a right
-            // winner, and which one wins is rounding (the Winograd forward's differs from
-            // Burn's direct convolution by about 1e-5).
-            let mix = Tensor::<Ad, 4>::random(fused.dims(), Distribution::Normal(0.0, 1.0), &device);
-            let mix = mix * Tensor::from_data(TensorData::new(clear_windows(&values(conv.forward(x.clone())), [b, o, h, w]), fused.dims()), &device);
-            let g1 = (fused * mix.clone()).sum().backward();
-            let g2 = (reference * mix).sum().backward();
-            let grads = |g: &<Ad as burn::tensor::backend::AutodiffBackend>::Gradients| {
-                (
-                    x.grad(g).expect("dx").into_data().to_vec::<f32>().expect("f32"),
-                    conv.weight.val().grad(g).expect("dw").into_data().to_vec::<f32>().expect("f32"),
-                    bias.grad(g).expect("db").into_data().to_vec::<f32>().expect("f32"),
-                )
-            };
-            let (a, r) = (grads(&g1), grads(&g2));
-            for (name, a, r) in [("dx", a.0, r.0), ("dw", a.1, r.1), ("db", a.2, r.2)] {
-                let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-                let d = max_abs_diff(&a, &r);
-                assert!(d <= 1e-4 * scale, "{name} {:?}: {d} (scale {scale})", (b, c, h, w, o, k));
-            }
-        }
+        let shapes = [(3, 2, 7, 9, 4, 3, true), (2, 1, 28, 28, 8, 5, true), (2, 1, 28, 28, 8, 5, false), (3, 8, 9, 7, 5, 5, true), (40, 32, 14, 14, 6, 5, true)];
+        crate::test_support::block_matches_burn::<Ad>(|x, w, b| conv_relu_pool(x, w, b).unwrap_or_else(|_| panic!("fused")), &shapes);
     }
 
     #[test]
@@ -328,7 +217,7 @@ mod tests {
         let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
         let reference = pool.forward(relu(conv.forward(x)));
         let (a, r) = (fused.into_data().to_vec::<f32>().expect("f32"), reference.into_data().to_vec::<f32>().expect("f32"));
-        assert!(max_abs_diff(&a, &r) < 1e-5);
+        assert!(crate::test_support::max_abs_diff(&a, &r) < 1e-5);
     }
 
     #[test]
