@@ -10,6 +10,7 @@
 
 mod backends;
 mod cases;
+mod cuda;
 mod data;
 mod end_to_end;
 mod wgpu;

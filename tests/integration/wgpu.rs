@@ -1,5 +1,6 @@
 //! burn-wgpu against burn-flex: same logits and the same training step from the same
-//! weights. On a machine without a GPU, Mesa's lavapipe (a software Vulkan driver) runs
+//! weights (the convolution blocks run mnist-kernels' CubeCL kernels on wgpu and its
+//! flex kernels on flex, so this holds the two to each other through the whole network). On a machine without a GPU, Mesa's lavapipe (a software Vulkan driver) runs
 //! them; it compiles every shader on first use, which takes minutes, so these tests use
 //! one forward pass and one small step. They need an adapter, so they are ignored by a
 //! plain `cargo test` (which lists them as ignored, with the reason) and run with
@@ -38,6 +39,8 @@ fn wgpu_loads_flex_weights_and_gives_the_same_logits() {
     let flex = config.init::<Flex>(21, &Default::default()).unwrap();
     artifact::save_dir(&flex, &Manifest::from_config(config.clone()), dir.path()).unwrap();
     let (_, gpu) = artifact::load_dir::<Wgpu>(dir.path(), &device).unwrap();
+    // The convolution blocks run mnist-kernels' CubeCL kernels, not Burn's operations.
+    assert_eq!(gpu.kernels_in_use().conv_blocks, "fused CubeCL kernels");
     let pixels = &data.test.images()[..8 * 784];
     let a = flex.forward(mnist_model::input::images::<Flex>(pixels, &Default::default()));
     let b = gpu.forward(mnist_model::input::images::<Wgpu>(pixels, &device));

@@ -1,7 +1,7 @@
 #!/bin/bash
-# The seed network on a GPU in one call: mnist-rs on wgpu (Burn's kernels and im2col)
-# against PyTorch eager on the same card, then the seed recipe on Fashion-MNIST with the
-# kernels that were faster at batch 50. Past results are under bench/results/.
+# The seed network on a GPU in one call: mnist-rs on cuda and wgpu (mnist-kernels' CubeCL
+# kernels, and Burn's for comparison) against PyTorch eager on the same card, then the
+# seed recipe on Fashion-MNIST with --backend cuda. Past results are under bench/results/.
 set -u
 
 usage() {
@@ -9,17 +9,18 @@ usage() {
 usage: bash xtask/device/seed_gpu.sh [--out DIR] [--budget SECONDS] [--binary FILE]
            [--data DIR] [--config FILE] [--anchor FILE] [--python PYTHON] [--debs DIR]
 
-Measures \`mnist bench\` on wgpu (training at batch 50 and 512 with Burn's kernels and
-with im2col, evaluation, latency) and PyTorch eager beside it, then trains the seed recipe
-for the rest of the budget. Writes DIR/log.txt (every command and its output) and the
-training run's report.json, metrics.jsonl and plot.png.
+Measures \`mnist bench\` on cuda and wgpu (training at batch 50 and 512 with the CubeCL
+kernels and with Burn's, evaluation, latency; the first cuda call compiles cold) and
+PyTorch eager beside it, then trains the seed recipe on cuda for the rest of the budget.
+Writes DIR/log.txt (every command and its output, the recipe's wall time) and the training
+run's report.json, metrics.jsonl and plot.png.
 
   --out DIR         where the results go (default: \$OUT if set, else target/device)
   --budget SECONDS  the whole run's time; every step is cut to what is left, and the
                     training gets the rest (default: 540; give the device call about 30 s
                     more as its timeout)
   --binary FILE     the mnist binary, gzipped (.gz) or not: strip + gzip of
-                    \`cargo build --release -p mnist-cli --features flex,ndarray,wgpu\`
+                    \`cargo build --release -p mnist-cli --features flex,wgpu,cuda\`
                     (default: .devrun/mnist.gz)
   --data DIR        the four Fashion-MNIST .gz files (default: .devrun/data)
   --config FILE     the training config (default: configs/fashion.json)
@@ -88,15 +89,18 @@ run() {
 prepare
 { nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; ldconfig -p | grep libvulkan; nproc; } >>"$L" 2>&1
 
-# 1. wgpu probe and batch-50 training with Burn's kernels.
-run 120 "$M" bench train --backend wgpu --kernels burn --batch 50 --warmup 30 --repeats 300
-if ! grep -q '"images_per_sec"' "$L"; then
+# 1. cuda: batch-50 training with mnist-kernels' CubeCL kernels (the first call compiles
+#    and autotunes cold: its log shows how long), then with Burn's, then warm again.
+run 200 "$M" bench train --backend cuda --batch 50 --warmup 30 --repeats 300
+run 90 "$M" bench train --backend cuda --kernels burn --batch 50 --warmup 30 --repeats 300
+run 60 "$M" bench train --backend cuda --batch 50 --warmup 30 --repeats 300
+# 2. wgpu, the same kernels.
+run 120 "$M" bench train --backend wgpu --batch 50 --warmup 30 --repeats 300
+if ! grep -q '"backend":"wgpu".*"images_per_sec"' "$L"; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
     log "retry with VK_DRIVER_FILES"
-    run 120 "$M" bench train --backend wgpu --kernels burn --batch 50 --warmup 30 --repeats 300
+    run 120 "$M" bench train --backend wgpu --batch 50 --warmup 30 --repeats 300
 fi
-# 2. The same with im2col + matmul.
-run 90 "$M" bench train --backend wgpu --kernels im2col --batch 50 --warmup 30 --repeats 300
 
 # 3. PyTorch eager, same card: the anchor script (training) and the project's peer script.
 export PYTHONUNBUFFERED=1
@@ -109,27 +113,20 @@ fi
 run 60 "$PYTHON" "$PEERS/torch_seed.py" eval --batch 500 --repeats 10
 run 60 "$PYTHON" "$PEERS/torch_seed.py" latency --repeats 200 --warmup 20
 
-# 4. mnist-rs wgpu at batch 512, evaluation and latency.
-run 90 "$M" bench train --backend wgpu --kernels burn --batch 512 --warmup 10 --repeats 100
-run 90 "$M" bench train --backend wgpu --kernels im2col --batch 512 --warmup 10 --repeats 100
+# 4. Batch 512, evaluation and latency.
+run 90 "$M" bench train --backend cuda --batch 512 --warmup 10 --repeats 100
+run 60 "$M" bench train --backend cuda --kernels burn --batch 512 --warmup 10 --repeats 100
+run 90 "$M" bench train --backend wgpu --batch 512 --warmup 10 --repeats 100
+run 60 "$M" bench eval --backend cuda --batch 500 --repeats 5
+run 60 "$M" bench latency --backend cuda --repeats 200 --warmup 20
 run 60 "$M" bench eval --backend wgpu --batch 500 --repeats 5
-run 60 "$M" bench latency --backend wgpu --repeats 200 --warmup 20
 
-# 5. The seed recipe on Fashion-MNIST, with the kernels that were faster at batch 50.
-K=$("$PYTHON" - "$L" <<'EOF'
-import json, sys
-best = {}
-for line in open(sys.argv[1]):
-    if line.startswith("{") and '"mnist-rs"' in line:
-        m = json.loads(line)
-        if m["measure"] == "train" and m["batch"] == 50:
-            best[m["kernels"]] = m["images_per_sec"]
-print(max(best, key=best.get) if best else "burn")
-EOF
-)
-log "training with --kernels $K, $(left)s left"
+# 5. The seed recipe on Fashion-MNIST on cuda, start-up included in the wall time.
+log "training on cuda, $(left)s left"
 RUN_DIR=$WORK/run
-run "$(left)" "$M" train --backend wgpu --kernels "$K" --config "$CONFIG" --data-dir "$DATA" --out "$RUN_DIR" --plain
+START=$(date +%s)
+run "$(left)" "$M" train --backend cuda --config "$CONFIG" --data-dir "$DATA" --out "$RUN_DIR" --plain
+log "seed recipe wall time: $(($(date +%s) - START))s"
 cp "$RUN_DIR"/report.json "$RUN_DIR"/metrics.jsonl "$RUN_DIR"/plot.png "$OUT_DIR"/ 2>/dev/null
 ls -la "$RUN_DIR" >>"$L" 2>&1
 log "done at $(($(date +%s) - T0))s"

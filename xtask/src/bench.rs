@@ -25,7 +25,7 @@ use crate::root;
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Backends to measure (repeat the flag); default flex.
-    #[arg(long = "backend", value_parser = ["flex", "ndarray", "wgpu"])]
+    #[arg(long = "backend", value_parser = ["flex", "ndarray", "wgpu", "cuda"])]
     pub backends: Vec<String>,
     /// Python that runs the peers (needs tensorflow for the CPU peer, torch for the GPU
     /// one); also MNIST_RS_PYTHON. Peers whose framework it lacks are skipped, with a note.
@@ -107,6 +107,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    // A machine already busy understates every system (the first AVX-512 table, taken
+    // while builds shared the cores, was off by up to half): say so before and after.
+    let load_before = load_average();
+    let busy = busy_warning(load_before, cores());
+    if let Some(warning) = &busy {
+        eprintln!("{warning}");
+    }
     let mut results: Vec<Record> = Vec::new();
     for round in 1..=rounds {
         for (backend, binary) in &binaries {
@@ -137,8 +144,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     // A closed pipe (`| head`) is not worth a panic; the JSON below is written anyway.
-    let _ = writeln!(std::io::stdout(), "{}", table(&results));
+    let mut text = table(&results);
+    if let Some(warning) = &busy {
+        text = format!("{warning}\n\n{text}");
+    }
+    let _ = writeln!(std::io::stdout(), "{text}");
     let report = Report {
+        load_average_before: load_before,
         machine: Machine::here(),
         date_utc: date(),
         git_commit: git(&["rev-parse", "HEAD"]),
@@ -157,6 +169,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// measurement of every round.
 #[derive(Debug, Serialize)]
 struct Report {
+    /// The 1-minute load average when the benchmark started (Linux).
+    load_average_before: Option<f64>,
     machine: Machine,
     date_utc: Option<String>,
     git_commit: Option<String>,
@@ -305,6 +319,39 @@ fn python_has(python: &Path, module: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// The 1-minute load average (Linux's `/proc/loadavg`).
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// The cores this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The warning for a load average above the cores, when it is.
+fn busy_warning(load: Option<f64>, cores: usize) -> Option<String> {
+    let load = load?;
+    (load > cores as f64).then(|| {
+        format!(
+            "WARNING: the machine was busy when the benchmark started (load average {load:.2} on {cores} cores): every system's figures are understated; measure on an idle machine"
+        )
+    })
+}
+
+/// Rounds whose figures spread by more than this fraction of their median are flagged.
+const DISAGREEMENT: f64 = 0.25;
+
+/// Whether the rounds of one figure disagree by more than [`DISAGREEMENT`].
+fn disagree(values: &[f64]) -> bool {
+    let (Some(min), Some(max), Some(mid)) =
+        (values.iter().copied().reduce(f64::min), values.iter().copied().reduce(f64::max), median(values))
+    else {
+        return false;
+    };
+    values.len() > 1 && mid > 0.0 && (max - min) / mid > DISAGREEMENT
+}
+
 /// A row of the table.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Row {
@@ -420,11 +467,18 @@ fn table(results: &[Record]) -> String {
     let mut lines = vec![format!("| {} |", header.join(" | ")), format!("|{}", " --- |".repeat(header.len()))];
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.2}") });
     rows.push(Row::Memory);
+    let mut disagreeing = 0;
     for r in &rows {
         let mut line = vec![r.label()];
         let rounds = |c: usize| cells.get(&(r.clone(), c));
         for c in 0..columns.len() {
-            line.push(fmt(rounds(c).and_then(|by_round| median(&by_round.values().copied().collect::<Vec<_>>()))));
+            let values: Vec<f64> = rounds(c).map(|by_round| by_round.values().copied().collect()).unwrap_or_default();
+            let mut cell = fmt(median(&values));
+            if *r != Row::Memory && disagree(&values) {
+                cell.push_str(" (!)");
+                disagreeing += 1;
+            }
+            line.push(cell);
         }
         for &(o, _) in &ours {
             for &(p, _) in &peers {
@@ -443,6 +497,12 @@ fn table(results: &[Record]) -> String {
     }
     lines.push(String::new());
     lines.push("Ratios: above 1.00x means mnist-rs is better (more images/s, less time, less memory).".to_string());
+    if disagreeing > 0 {
+        lines.push(format!(
+            "WARNING: (!) marks {disagreeing} figure(s) whose rounds disagree by more than {:.0}%: the machine was probably busy during the run; do not quote them, measure again on an idle machine.",
+            DISAGREEMENT * 100.0
+        ));
+    }
     let most = cells.values().map(BTreeMap::len).max().unwrap_or(0);
     if most > 1 {
         lines.push(format!(
@@ -519,6 +579,8 @@ mod tests {
             peak_rss_mib: Some(peak),
             kernels_in_use: BTreeMap::new(),
             commit: None,
+            cpu: None,
+            simd: None,
         };
         Record { outcome: Outcome::Ours(m), round }
     }
@@ -566,6 +628,20 @@ mod tests {
         assert!(memory.contains("| 200 | 400 | - | 2.00x |"), "{t}");
     }
 
+    /// Rounds within a quarter of each other are not flagged; a load average above the cores
+    /// is.
+    #[test]
+    fn a_busy_machine_is_flagged_and_a_calm_one_is_not() {
+        let results = vec![ours("train", 50, 1, 1000.0, 1.0, 200.0), ours("train", 50, 2, 900.0, 1.0, 200.0), ours("train", 50, 3, 1100.0, 1.0, 200.0)];
+        let t = table(&results);
+        assert!(!t.contains("(!)") && !t.contains("WARNING"), "{t}");
+        assert!(disagree(&[1000.0, 700.0]) && !disagree(&[1000.0]) && !disagree(&[]));
+        assert_eq!(busy_warning(Some(1.5), 2), None);
+        assert_eq!(busy_warning(None, 2), None);
+        let w = busy_warning(Some(3.1), 2).expect("busy");
+        assert!(w.contains("load average 3.10 on 2 cores") && w.contains("understated"), "{w}");
+    }
+
     /// Over rounds: each figure the median of its rounds, each ratio the median of the
     /// rounds' own ratios (not the ratio of the medians), a failed measurement left out.
     #[test]
@@ -588,7 +664,9 @@ mod tests {
         let train = t.lines().find(|l| l.starts_with("| train, batch 50")).expect("train row");
         // Figures: median of 1000, 600, 900, 100 = 750; of 500, 200, 400 = 400. Ratios of
         // rounds 1-3: 2.0, 3.0, 2.25 -> 2.25 (the ratio of the medians would be 1.88).
-        assert!(train.contains("| 750 | 400 | 2.25x |"), "{t}");
+        // Rounds this far apart are flagged, with the warning under the table.
+        assert!(train.contains("| 750 (!) | 400 (!) | 2.25x |"), "{t}");
+        assert!(t.contains("WARNING: (!) marks 2 figure(s) whose rounds disagree by more than 25%"), "{t}");
         let memory = t.lines().find(|l| l.starts_with("| peak memory")).expect("memory row");
         assert!(memory.contains("| 200 | 400 | 2.00x |"), "{t}");
         assert!(t.contains("median over 4 rounds"), "{t}");

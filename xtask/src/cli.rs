@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-const BACKENDS: [&str; 3] = ["flex", "ndarray", "wgpu"];
+const BACKENDS: [&str; 4] = ["flex", "ndarray", "wgpu", "cuda"];
 
 /// Runs `mnist <command> <args>` built with the backend named in `args`. Cargo's own
 /// progress is shown while it builds (the first build of Burn takes several minutes);

@@ -61,6 +61,22 @@ pub struct Measurement {
     /// The git commit the `mnist` binary was built from, where the build knew it.
     #[serde(default)]
     pub commit: Option<String>,
+    /// The CPU's model name ([`cpu_model`]), where the system says it.
+    #[serde(default)]
+    pub cpu: Option<String>,
+    /// The instruction set the CPU kernels ran with (`avx2` or `portable`; see
+    /// `mnist_kernels::Simd`), in lines from after it was recorded.
+    #[serde(default)]
+    pub simd: Option<String>,
+}
+
+/// The CPU's model name, as Linux's `/proc/cpuinfo` gives it (for example "AMD EPYC 9R14
+/// 96-Core Processor"); `None` elsewhere or when it says none.
+pub fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("model name")?.trim_start().strip_prefix(':').map(|m| m.trim().to_string()))
+        .filter(|m| !m.is_empty())
 }
 
 /// One measurement of a peer script (`xtask/peers/tf_seed.py`, `torch_seed.py`), as it
@@ -178,6 +194,8 @@ mod tests {
             peak_rss_mib: Some(221.0),
             kernels_in_use: BTreeMap::from([("conv_blocks".into(), "fused flex kernels".into())]),
             commit: Some("468a27f".into()),
+            cpu: Some("AMD EPYC 9R14 96-Core Processor".into()),
+            simd: Some("avx2".into()),
         }
     }
 
@@ -186,13 +204,13 @@ mod tests {
         let m = measurement();
         let line = serde_json::to_string(&m).expect("serialises");
         assert_eq!(from_output::<Measurement>(&format!("note\n{line}\n\n")).expect("parses"), m);
-        // The fields `mnist bench` printed before, by these names, plus the two new ones.
+        // The fields `mnist bench` prints, by these names.
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
         let mut keys: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
         keys.sort_unstable();
         let mut expected = [
             "system", "backend", "device", "kernels", "measure", "batch", "repeats", "images_per_sec", "median_ms",
-            "peak_rss_mib", "kernels_in_use", "commit",
+            "peak_rss_mib", "kernels_in_use", "commit", "cpu", "simd",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected);
@@ -201,6 +219,14 @@ mod tests {
         let line = serde_json::to_string(&m).expect("serialises");
         assert!(line.contains(r#""peak_rss_mib":null"#), "{line}");
         assert_eq!(from_output::<Measurement>(&line).expect("parses"), m);
+    }
+
+    #[test]
+    fn the_cpu_model_is_linuxs_when_there_is_one() {
+        let model = cpu_model();
+        if std::path::Path::new("/proc/cpuinfo").exists() && cfg!(target_arch = "x86_64") {
+            assert!(model.as_deref().is_some_and(|m| !m.is_empty() && !m.contains(':')), "{model:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub enum BackendKind {
     Ndarray,
     /// burn-wgpu: GPU through Vulkan, Metal or DirectX.
     Wgpu,
+    /// burn-cuda: NVIDIA GPU through CUDA.
+    Cuda,
 }
 
 impl BackendKind {
@@ -21,6 +23,7 @@ impl BackendKind {
             BackendKind::Flex => "flex",
             BackendKind::Ndarray => "ndarray",
             BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
         }
     }
 
@@ -30,22 +33,23 @@ impl BackendKind {
             BackendKind::Flex => cfg!(feature = "flex"),
             BackendKind::Ndarray => cfg!(feature = "ndarray"),
             BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
         }
     }
 
     /// The backends compiled in.
     pub fn available() -> Vec<BackendKind> {
-        [BackendKind::Flex, BackendKind::Ndarray, BackendKind::Wgpu]
+        [BackendKind::Flex, BackendKind::Ndarray, BackendKind::Wgpu, BackendKind::Cuda]
             .into_iter()
             .filter(|b| b.compiled())
             .collect()
     }
 
-    /// The default: the first compiled in of flex, ndarray, wgpu.
+    /// The default: the first compiled in of flex, ndarray, wgpu, cuda.
     pub fn default_compiled() -> Result<BackendKind> {
         match Self::available().first() {
             Some(b) => Ok(*b),
-            None => bail!("this binary was built without any backend; build it with --features flex, ndarray or wgpu"),
+            None => bail!("this binary was built without any backend; build it with --features flex, ndarray, wgpu or cuda"),
         }
     }
 }
@@ -70,6 +74,11 @@ pub fn dispatch<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
             let device = wgpu_device()?;
             job.run::<burn::backend::Autodiff<burn_wgpu::Wgpu>>(&device, kind)
         }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            let device = cuda_device()?;
+            job.run::<burn::backend::Autodiff<burn_cuda::Cuda>>(&device, kind)
+        }
         #[allow(unreachable_patterns)]
         other => Err(not_compiled(other, &BackendKind::available())),
     }
@@ -81,6 +90,8 @@ pub fn prepare(kind: BackendKind) -> Result<()> {
     match kind {
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => wgpu_device().map(|_| ()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => cuda_device().map(|_| ()),
         other if !other.compiled() => Err(not_compiled(other, &BackendKind::available())),
         _ => Ok(()),
     }
@@ -118,14 +129,12 @@ fn wgpu_device() -> Result<burn_wgpu::WgpuDevice> {
     if ADAPTER.get().is_some() {
         return Ok(device);
     }
+    let cache = gpu::configure_caches();
     let probe = device.clone();
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let found = std::panic::catch_unwind(move || {
+    let found = gpu::catching_panics(move || {
         let setup = burn_wgpu::init_setup::<burn_wgpu::graphics::AutoGraphicsApi>(&probe, Default::default());
         setup.adapter.get_info()
     });
-    std::panic::set_hook(hook);
     let Ok(info) = found else {
         bail!(
             "no wgpu adapter found (looked for {device:?} through Vulkan, Metal, DirectX 12 and OpenGL). Install a GPU driver, or Mesa's lavapipe (`apt-get install mesa-vulkan-drivers`) for a slow software one, or use --backend flex"
@@ -135,7 +144,109 @@ fn wgpu_device() -> Result<burn_wgpu::WgpuDevice> {
     let name = format!("{} ({:?}{}{})", info.name, info.backend, if driver.is_empty() { "" } else { ", " }, driver);
     crate::output::note!("wgpu adapter: {name}");
     let _ = ADAPTER.set(name);
+    gpu::announce_first_compile(cache.as_deref());
     Ok(device)
+}
+
+/// The default CUDA device, checked to exist: burn-cuda's device thread panics when there
+/// is no driver or device (and the caller sees only a `RecvError`), which becomes an error
+/// naming what was looked for and what went wrong.
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<burn_cuda::CudaDevice> {
+    use burn::tensor::Tensor;
+    let device = burn_cuda::CudaDevice::default();
+    if ADAPTER.get().is_some() {
+        return Ok(device);
+    }
+    let cache = gpu::configure_caches();
+    let probe = device.clone();
+    let found = gpu::catching_panics(move || Tensor::<burn_cuda::Cuda, 1>::zeros([1], &probe).into_data());
+    if let Err(reason) = found {
+        // cudarc's message for a missing driver lists some forty library names.
+        let reason = match reason.split_once(" - searched for library names") {
+            Some((first, _)) => format!("{first}: libcuda.so was not found on the library path"),
+            None => reason,
+        };
+        bail!(
+            "no CUDA device found (looked for {device:?}: {reason}). Install an NVIDIA driver (it provides libcuda.so), or use --backend wgpu for other GPUs or --backend flex for the CPU"
+        );
+    }
+    let name = format!("{device:?} (CUDA)");
+    crate::output::note!("cuda device: {name}");
+    let _ = ADAPTER.set(name);
+    gpu::announce_first_compile(cache.as_deref());
+    Ok(device)
+}
+
+/// What both GPU backends share: CubeCL's caches and setting up a device that may panic.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod gpu {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, OnceLock};
+
+    use cubecl::config::cache::CacheConfig;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+
+    /// Where CubeCL keeps compiled kernels and autotune results between runs:
+    /// `<user cache>/mnist-rs/cubecl/` (`~/.cache/mnist-rs/cubecl` on Linux). `None` when
+    /// the system has no user cache directory (CubeCL then keeps its default).
+    pub(super) fn cache_dir() -> Option<PathBuf> {
+        dirs::cache_dir().map(|d| d.join("mnist-rs").join("cubecl"))
+    }
+
+    /// Points CubeCL's kernel and autotune caches at [`cache_dir`], once, before any GPU
+    /// work: a run outside a Cargo project would otherwise keep nothing, and every run
+    /// would compile and autotune again (minutes on CUDA). A `cubecl.toml` (or `burn.toml`)
+    /// in the working directory and CubeCL's environment variables still apply; a
+    /// compilation cache set there is kept.
+    pub(super) fn configure_caches() -> Option<PathBuf> {
+        static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = cache_dir()?;
+            let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+            if config.compilation.cache.is_none() {
+                config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+            }
+            config.autotune.cache = CacheConfig::File(dir.clone());
+            // Setting panics when the configuration was already read (some GPU work before
+            // this): the defaults then stay, which only costs the cache.
+            catching_panics(move || CubeClRuntimeConfig::set(config)).ok()?;
+            Some(dir)
+        })
+        .clone()
+    }
+
+    /// Says that GPU kernels are about to be compiled when the cache holds none yet: the
+    /// first run compiles and autotunes every kernel before its first step, and must not
+    /// be a silent wait.
+    pub(super) fn announce_first_compile(cache: Option<&Path>) {
+        let empty = cache.is_none_or(|dir| std::fs::read_dir(dir).map_or(true, |mut entries| entries.next().is_none()));
+        if empty {
+            let kept = match cache {
+                Some(dir) => format!("; later runs reuse them from {}", dir.display()),
+                None => String::new(),
+            };
+            crate::output::note!("compiling GPU kernels before the first step: first run only, a minute or more{kept}");
+        }
+    }
+
+    /// Runs `f`, turning a panic (on this thread or the device thread it waits on) into
+    /// the panic's message, with the default hook's printing silenced meanwhile.
+    pub(super) fn catching_panics<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+        static FIRST: Mutex<Option<String>> = Mutex::new(None);
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|info| {
+            let mut first = FIRST.lock().unwrap_or_else(|e| e.into_inner());
+            if first.is_none() {
+                let message = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned());
+                *first = Some(message.unwrap_or_else(|| "a panic without a message".into()));
+            }
+        }));
+        let result = std::panic::catch_unwind(f);
+        std::panic::set_hook(hook);
+        let first = FIRST.lock().unwrap_or_else(|e| e.into_inner()).take();
+        result.map_err(|_| first.unwrap_or_else(|| "unknown".into()))
+    }
 }
 
 #[cfg(test)]

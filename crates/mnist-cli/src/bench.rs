@@ -76,6 +76,8 @@ impl Job for BenchJob<'_> {
             peak_rss_mib: peak_rss_mib(),
             kernels_in_use: in_use.entries().into_iter().map(|(part, implementation)| (part.to_string(), implementation)).collect(),
             commit: crate::BUILD_COMMIT.map(str::to_string),
+            cpu: mnist_bench::cpu_model(),
+            simd: Some(mnist_kernels::simd().name().to_string()),
         })
     }
 }

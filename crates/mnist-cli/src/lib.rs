@@ -61,7 +61,7 @@ pub struct DataArgs {
 /// `mnist train`.
 #[derive(Debug, Clone, Args)]
 pub struct TrainArgs {
-    /// Backend (default: the first compiled in of flex, ndarray, wgpu).
+    /// Backend (default: the first compiled in of flex, ndarray, wgpu, cuda).
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
     /// Training config (JSON); defaults to the seed recipe, configs/seed.json.
@@ -227,6 +227,8 @@ impl Status {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<Status> {
+    // A misspelt MNIST_RS_SIMD would otherwise be ignored without a word.
+    mnist_kernels::Simd::cap_from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     match cli.command {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => commands::eval(args),

@@ -144,6 +144,70 @@ impl fmt::Display for Implementation {
     }
 }
 
+/// The instruction set the burn-flex kernels are compiled for at run time, from the
+/// least to the most capable; [`simd`] says which one runs on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Simd {
+    /// Plain arithmetic, vectorised by the compiler as it can (any CPU; aarch64 too).
+    Portable,
+    /// x86-64 AVX2 + FMA: eight-lane fused multiply-adds in 16 YMM registers (also what
+    /// runs on a CPU with AVX-512).
+    Avx2,
+}
+
+impl Simd {
+    /// The environment variable that caps the instruction set: `avx2` (the default: the
+    /// best the CPU has) or `portable`; to compare them on one machine.
+    pub const ENV: &'static str = "MNIST_RS_SIMD";
+
+    /// Lower-case name, as `MNIST_RS_SIMD` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Portable => "portable",
+            Simd::Avx2 => "avx2",
+        }
+    }
+
+    /// The cap `MNIST_RS_SIMD` sets, if it is set (`auto` or empty: none).
+    ///
+    /// # Errors
+    /// A message naming the variable, its value and the values it takes, when it is set to
+    /// anything else.
+    pub fn cap_from_env() -> Result<Option<Simd>, String> {
+        match std::env::var_os(Self::ENV) {
+            Some(value) => Self::parse_cap(&value.to_string_lossy()),
+            None => Ok(None),
+        }
+    }
+
+    /// The cap a value of `MNIST_RS_SIMD` sets (case and surrounding blanks ignored).
+    fn parse_cap(value: &str) -> Result<Option<Simd>, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(None),
+            "avx2" => Ok(Some(Simd::Avx2)),
+            "portable" => Ok(Some(Simd::Portable)),
+            _ => Err(format!("{}={value:?}: expected avx2, portable or auto", Self::ENV)),
+        }
+    }
+}
+
+impl fmt::Display for Simd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The instruction set the burn-flex kernels run with on this machine: the best one the
+/// CPU has, at most what `MNIST_RS_SIMD` allows ([`Simd::ENV`]); [`Simd::Portable`] in a
+/// build without the `flex` feature.
+pub fn simd() -> Simd {
+    #[cfg(feature = "flex")]
+    return flex::lanes::chosen();
+    #[cfg(not(feature = "flex"))]
+    Simd::Portable
+}
+
 /// Which implementation each part of a network runs, for people and reports:
 /// `convolution blocks: fused flex kernels; fully connected: own flex kernels;
 /// optimizer: fused Adam`.

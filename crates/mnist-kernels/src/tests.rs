@@ -128,3 +128,16 @@ fn the_record_names_each_part_once_or_each_layer() {
     assert_eq!(serde_json::from_value::<KernelsInUse>(json).expect("round trip"), all);
     assert_eq!(all.entries().len(), 3);
 }
+
+#[test]
+fn the_simd_cap_reads_its_values_and_names_a_wrong_one() {
+    assert_eq!(Simd::parse_cap("avx2"), Ok(Some(Simd::Avx2)));
+    assert_eq!(Simd::parse_cap(" Portable\n"), Ok(Some(Simd::Portable)));
+    assert_eq!(Simd::parse_cap("auto"), Ok(None));
+    assert_eq!(Simd::parse_cap(""), Ok(None));
+    let err = Simd::parse_cap("avx9").unwrap_err();
+    assert!(err.contains("MNIST_RS_SIMD=\"avx9\"") && err.contains("expected avx2, portable or auto"), "{err}");
+    assert!(Simd::Portable < Simd::Avx2);
+    // What runs is reported, and is one this build can run.
+    assert!(simd() <= Simd::Avx2);
+}

@@ -199,10 +199,11 @@ pub(crate) fn bias_grad_kernel(
     partial[pos] = acc;
 }
 
-/// The input gradient `dx [b, c, h, w]`, one thread per input pixel: for each output
+/// The input gradient `dx [b, c, h, w]`, one thread per input value: for each output
 /// channel, the pooling windows whose k x k reach covers the pixel (at most
 /// `ceil(k / 2) + 1` a side), each passing its gradient through its winner's weight tap.
 #[cube(launch)]
+#[allow(clippy::manual_div_ceil, reason = "a CubeCL kernel: plain integer arithmetic")]
 pub(crate) fn input_grad_kernel(
     weight: &Tensor<f32>,
     grad: &Tensor<f32>,
@@ -221,10 +222,12 @@ pub(crate) fn input_grad_kernel(
     let ph = comptime![h / 2];
     let pw = comptime![w / 2];
     let p = comptime![k / 2];
-    let xx = pos % w;
-    let yy = (pos / w) % h;
-    let ci = (pos / (w * h)) % c;
-    let bi = pos / (w * h * c);
+    // Channels vary fastest from thread to thread: the threads of a warp then read the
+    // same winners and gradients (one broadcast load each) and differ only in the weight.
+    let ci = pos % c;
+    let xx = (pos / c) % w;
+    let yy = (pos / (c * w)) % h;
+    let bi = pos / (c * w * h);
     // Convolution output rows y with 0 <= yy + p - y < k, pooled to y / 2 (the same for
     // columns); windows past the last full one were dropped by the pool.
     let top = yy + p;
@@ -263,5 +266,5 @@ pub(crate) fn input_grad_kernel(
             }
         }
     }
-    dx[pos] = acc;
+    dx[((bi * c + ci) * h + yy) * w + xx] = acc;
 }

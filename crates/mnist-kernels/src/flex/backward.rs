@@ -342,11 +342,12 @@ fn add_tile<L: Lanes, const T: usize>(lanes: L, acc: [L::V; T], out: &mut [f32])
 
 #[cfg(test)]
 mod tests {
-    use super::super::lanes::Portable;
+    use super::super::lanes::{available, dispatch_with};
+    use crate::Simd;
     use super::super::layout::pad_nhwc;
     use super::*;
 
-    /// The kernels compiled for AVX2 + FMA (where this CPU has them) and the portable ones
+    /// The kernels compiled for every instruction set this CPU has and the portable ones
     /// give the same gradients, for a tile of 1 vector (conv1's shape) and of 10 (conv2's).
     #[test]
     fn portable_and_dispatched_kernels_agree() {
@@ -372,15 +373,18 @@ mod tests {
             let mut lists = Lists::new(&lay);
             let mut db = vec![0.0; g.o];
             lists.fill(&lay, &winners, &grad, &mut db, true);
-            let run = |portable: bool| {
+            let run = |simd: Simd| {
                 let (mut dw, mut dxp) = (vec![0.0; wr.len()], vec![0.0; lay.image]);
                 let kernel = ImageKernel { lay: &lay, lists: &lists, xp: &xp, wr: &wr, dw: &mut dw, dxp: Some(&mut dxp) };
-                if portable { kernel.run(Portable) } else { dispatch(kernel) }
+                dispatch_with(simd, kernel);
                 (dw, dxp)
             };
-            let (a, b) = (run(true), run(false));
+            let a = run(Simd::Portable);
             let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + a.abs()));
-            assert!(close(&a.0, &b.0) && close(&a.1, &b.1), "{g:?}");
+            for simd in available() {
+                let b = run(simd);
+                assert!(close(&a.0, &b.0) && close(&a.1, &b.1), "{g:?}: {simd}");
+            }
             assert!(a.0.iter().any(|&v| v != 0.0) && a.1.iter().any(|&v| v != 0.0), "{g:?}: all zero");
         }
     }

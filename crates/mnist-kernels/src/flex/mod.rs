@@ -44,7 +44,7 @@ pub(crate) use crate::{Geometry, Refused, cast, float};
 pub(crate) mod adam;
 mod backward;
 mod forward;
-mod lanes;
+pub(crate) mod lanes;
 mod layout;
 mod linear;
 mod pool;

@@ -22,7 +22,8 @@
 use rayon::prelude::*;
 
 use super::forward::{bias8, panel_bias, pool_window};
-use super::lanes::{F8, Lanes, Portable, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, starts, tile_update};
+use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, chosen, dispatch_with, runs, starts, tile_update};
+use crate::Simd;
 use super::layout::Layout;
 use super::{Geometry, NONE};
 
@@ -70,14 +71,10 @@ pub(crate) fn applies(g: Geometry) -> bool {
 /// The block's output `[b, o, h/2, w/2]` and winners (as [`super::forward::forward`]) from
 /// the padded NHWC input `xp`, `weight: [o, c, 5, 5]` and `bias: [o]`.
 pub(crate) fn forward(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>) {
-    forward_with(lay, xp, weight, bias, false)
+    forward_with(lay, xp, weight, bias, chosen())
 }
 
-fn run<Op: WithLanes>(op: Op, portable: bool) -> Op::Output {
-    if portable { op.run(Portable) } else { dispatch(op) }
-}
-
-fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], portable: bool) -> (Vec<f32>, Vec<u8>) {
+fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], simd: Simd) -> (Vec<f32>, Vec<u8>) {
     let g = lay.g;
     debug_assert!(applies(g));
     let (ph, pw) = g.pooled();
@@ -91,7 +88,7 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], portable
         return (out, winners);
     }
     out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane)).enumerate().for_each(|(bi, (out, winners))| {
-        let u = run(InputTransform { lay, xp: &xp[bi * lay.image..][..lay.image], tiles }, portable);
+        let u = dispatch_with(simd, InputTransform { lay, xp: &xp[bi * lay.image..][..lay.image], tiles });
         // One task per panel: its channels' planes are contiguous in `out`.
         out.par_chunks_mut(PANEL * plane).zip(winners.par_chunks_mut(PANEL * plane)).enumerate().for_each(
             |(panel, (out, winners))| {
@@ -104,7 +101,7 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], portable
                     out,
                     winners,
                 };
-                run(op, portable);
+                dispatch_with(simd, op);
             },
         );
     });
@@ -314,6 +311,7 @@ impl WithLanes for PanelProducts<'_> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::lanes::{Portable, available};
     use super::super::layout::pad_nhwc;
     use super::*;
 
@@ -354,8 +352,8 @@ mod tests {
 
     /// Against a direct convolution in f64, on shapes with odd sides, a partial panel
     /// and several panels: every output within 1e-4, and every winner where the window's
-    /// two largest sums (and its maximum and zero) are more than 1e-3 apart. The portable
-    /// and dispatched kernels give the same outputs.
+    /// two largest sums (and its maximum and zero) are more than 1e-3 apart. Every instruction
+    /// set this CPU has gives the portable kernels' outputs.
     #[test]
     fn winograd_matches_a_direct_convolution() {
         for g in [
@@ -369,9 +367,11 @@ mod tests {
             let weight: Vec<f32> = (0..g.o * g.c * 25).map(|i| value(i * 3 + 5) * 0.1).collect();
             let bias: Vec<f32> = (0..g.o).map(|i| value(i + 17) * 0.1).collect();
             let xp = pad_nhwc(&lay, &x);
-            let (out, winners) = forward_with(&lay, &xp, &weight, &bias, false);
-            let (portable, _) = forward_with(&lay, &xp, &weight, &bias, true);
-            assert!(out.iter().zip(&portable).all(|(a, b)| (a - b).abs() <= 1e-5), "{g:?}: portable");
+            let (out, winners) = forward_with(&lay, &xp, &weight, &bias, Simd::Portable);
+            for simd in available() {
+                let (other, _) = forward_with(&lay, &xp, &weight, &bias, simd);
+                assert!(out.iter().zip(&other).all(|(a, b)| (a - b).abs() <= 1e-5), "{g:?}: {simd}");
+            }
             let conv = |bi: usize, oc: usize, yy: usize, xx: usize| -> f64 {
                 let mut sum = f64::from(bias[oc]);
                 for ci in 0..g.c {
