@@ -691,7 +691,7 @@ mod tests {
         keys.sort_unstable();
         let mut expected = [
             "system", "backend", "device", "kernels", "measure", "batch", "repeats", "images_per_sec", "median_ms",
-            "peak_rss_mib", "kernels_in_use", "commit", "round",
+            "peak_rss_mib", "kernels_in_use", "commit", "cpu", "simd", "round",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected, "{v}");

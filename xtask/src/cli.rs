@@ -82,7 +82,9 @@ mod tests {
         assert_eq!(backend_of(&args(&["--steps", "5"])).unwrap(), "flex");
         assert_eq!(backend_of(&args(&["--backend", "wgpu"])).unwrap(), "wgpu");
         assert_eq!(backend_of(&args(&["--backend=ndarray", "x"])).unwrap(), "ndarray");
-        assert!(backend_of(&args(&["--backend", "cuda"])).unwrap_err().to_string().contains("cuda"));
+        assert_eq!(backend_of(&args(&["--backend", "cuda"])).unwrap(), "cuda");
+        let err = backend_of(&args(&["--backend", "metal"])).unwrap_err().to_string();
+        assert!(err.contains("unknown backend \"metal\"") && err.contains("flex, ndarray, wgpu, cuda"), "{err}");
         assert!(backend_of(&args(&["--backend"])).unwrap_err().to_string().contains("--backend needs a value"));
         assert!(backend_of(&args(&["--backend="])).unwrap_err().to_string().contains("--backend needs a value"));
     }

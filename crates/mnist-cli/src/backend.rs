@@ -195,8 +195,9 @@ mod gpu {
     }
 
     /// Points CubeCL's kernel and autotune caches at [`cache_dir`], once, before any GPU
-    /// work: a run outside a Cargo project would otherwise keep nothing, and every run
-    /// would compile and autotune again (minutes on CUDA). A `cubecl.toml` (or `burn.toml`)
+    /// work: by default CubeCL keeps no compiled kernels at all, so every run compiles
+    /// again (minutes on CUDA), and its autotune results land in the `target/` of whatever
+    /// Cargo project the command runs in. A `cubecl.toml` (or `burn.toml`)
     /// in the working directory and CubeCL's environment variables still apply; a
     /// compilation cache set there is kept.
     pub(super) fn configure_caches() -> Option<PathBuf> {

@@ -24,6 +24,15 @@
 //!   update in place in one vectorised pass. Recognised by `TypeId` (`Flex` and
 //!   `Autodiff<Flex>` with Burn's default checkpointing), so the ops keep a plain
 //!   `B: Backend` bound and no `unsafe` is involved.
+//!   The hot loops are compiled for the best instruction set the CPU has ([`simd`]: AVX2 +
+//!   FMA, or portable arithmetic; `MNIST_RS_SIMD` caps it).
+//! - **burn-wgpu and burn-cuda** (cargo features `wgpu` and `cuda`; `src/cube/`): the
+//!   convolution block as CubeCL kernels, one source for both runtimes: the forward pass
+//!   fused (each thread one pooling window's four sums, bias, ReLU, maximum and winner), a
+//!   backward pass sparse through the winners with the weight gradient split over batch x
+//!   pixels (split-K) so that it fills a GPU, and the input gradient only where the input
+//!   is tracked; on `Fusion` backends as custom operations in the fusion stream. Recognised
+//!   by `TypeId` as `Wgpu`, `Cuda` and their `Autodiff` (default checkpointing).
 //! - **any backend**: [`Kernels::Im2col`] computes the block as im2col and one matrix
 //!   product made of Burn tensor operations (for GPUs whose matrix product is tuned further
 //!   than their convolution); otherwise Burn's own `conv2d`, `relu`, `max_pool2d`,
