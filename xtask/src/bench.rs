@@ -524,12 +524,10 @@ struct Machine {
 
 impl Machine {
     fn here() -> Machine {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string());
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let mem_kib = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok());
         Machine {
-            cpu,
+            cpu: mnist_bench::cpu_model(),
             cores: std::thread::available_parallelism().map(|n| n.get()).ok(),
             memory_gib: mem_kib.map(|k| (k / 1024.0 / 1024.0 * 10.0).round() / 10.0),
             os: std::env::consts::OS,
