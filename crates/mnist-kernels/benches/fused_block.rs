@@ -2,7 +2,8 @@
 //! the seed network's two shapes, batch 50: forward alone (inference), and forward +
 //! backward as training runs it (conv1's input needs no gradient, conv2's does); and fc1
 //! (`mnist_kernels::fully_connected`, `[50, 3136] x [3136, 1024]`) forward + backward against
-//! Burn's `Linear` on the same backend.
+//! Burn's `Linear` on the same backend; and the three at batch 1, as one prediction runs
+//! them (inference: no autodiff).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use burn_autodiff::Autodiff;
@@ -76,5 +77,28 @@ fn fc1(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fused_block, fc1);
+/// The pieces of one image's prediction: each convolution block forward and fc1 forward
+/// (its input with the zeros ReLU and pooling leave, about half), batch 1.
+fn one_image(c: &mut Criterion) {
+    let device = Default::default();
+    let mut group = c.benchmark_group("one image (flex, batch 1)");
+    group.sample_size(50);
+    for (name, ci, side, co) in [("conv1", 1, 28, 32), ("conv2", 32, 14, 64)] {
+        let x = Tensor::<Flex, 4>::random([1, ci, side, side], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<Flex, 4>::random([co, ci, 5, 5], Distribution::Normal(0.0, 0.1), &device);
+        let b = Tensor::<Flex, 1>::random([co], Distribution::Normal(0.0, 0.1), &device);
+        group.bench_function(format!("{name} forward"), |bench| {
+            bench.iter(|| conv_relu_pool(Kernels::Fastest, x.clone(), w.clone(), b.clone()).into_primitive())
+        });
+    }
+    let x = burn::tensor::activation::relu(Tensor::<Flex, 2>::random([1, 3136], Distribution::Normal(0.0, 1.0), &device));
+    let w = Tensor::<Flex, 2>::random([3136, 1024], Distribution::Normal(0.0, 0.1), &device);
+    let b = Tensor::<Flex, 1>::random([1024], Distribution::Normal(0.0, 0.1), &device);
+    group.bench_function("fc1 forward", |bench| {
+        bench.iter(|| fully_connected(Kernels::Fastest, x.clone(), w.clone(), b.clone()).into_primitive())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fused_block, fc1, one_image);
 criterion_main!(benches);

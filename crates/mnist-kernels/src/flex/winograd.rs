@@ -19,6 +19,8 @@
 //! 32 in, 64 out, 14 x 14), where the products have enough depth to fill the tiles;
 //! conv1 (one input channel) keeps the direct kernel.
 
+use std::sync::{Arc, Mutex};
+
 use rayon::prelude::*;
 
 use super::forward::{bias8, panel_bias, pool_window};
@@ -80,7 +82,7 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], simd: Si
     let (ph, pw) = g.pooled();
     let plane = ph * pw;
     let tiles = plane.div_ceil(MR) * MR;
-    let v = transform_weights(g, weight);
+    let v = transformed_weights(g, weight);
     let bias16 = panel_bias(bias);
     let mut out = vec![0.0f32; g.b * g.o * plane];
     let mut winners = vec![NONE; out.len()];
@@ -106,6 +108,40 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], simd: Si
         );
     });
     (out, winners)
+}
+
+/// Transformed weights kept between calls: at batch 1 (one prediction) transforming
+/// conv2's 51,200 weights cost more than the products themselves.
+struct Transformed {
+    c: usize,
+    o: usize,
+    /// The weights they were transformed from, bit for bit.
+    weight: Vec<u32>,
+    v: Arc<Vec<[f32; PANEL]>>,
+}
+
+/// How many weight sets [`transformed_weights`] keeps (newest first): a few networks
+/// predicting in one process each hit their own.
+const KEPT: usize = 4;
+
+/// [`transform_weights`], reused when the same weights (compared bit for bit: a changed
+/// weight always misses, and training changes every weight each step, so it misses at the
+/// first value) were transformed recently.
+fn transformed_weights(g: Geometry, weight: &[f32]) -> Arc<Vec<[f32; PANEL]>> {
+    static KEEP: Mutex<Vec<Transformed>> = Mutex::new(Vec::new());
+    let same = |t: &Transformed| t.c == g.c && t.o == g.o && t.weight.len() == weight.len() && t.weight.iter().zip(weight).all(|(a, b)| *a == b.to_bits());
+    // A poisoned lock (a panic elsewhere while holding it) only loses the reuse.
+    if let Ok(kept) = KEEP.lock()
+        && let Some(hit) = kept.iter().find(|t| same(t))
+    {
+        return Arc::clone(&hit.v);
+    }
+    let v = Arc::new(transform_weights(g, weight));
+    if let Ok(mut kept) = KEEP.lock() {
+        kept.insert(0, Transformed { c: g.c, o: g.o, weight: weight.iter().map(|w| w.to_bits()).collect(), v: Arc::clone(&v) });
+        kept.truncate(KEPT);
+    }
+    v
 }
 
 /// `G g G^T` of every kernel, as `[panel][point][ci]` rows of 16 output channels (zero
@@ -348,6 +384,30 @@ mod tests {
                 assert_eq!(column[i], [AT[i][j]; 8], "AT[{i}][{j}]");
             }
         }
+    }
+
+    /// Kept transforms are those of the same weights, bit for bit: the same values
+    /// give the kept one, one changed value (even only the sign of a zero) or another
+    /// geometry a new one, and every answer equals a fresh transform.
+    #[test]
+    fn kept_transforms_are_of_the_same_weights() {
+        // A geometry of its own, so that no other test's calls evict these entries.
+        let g = Geometry { b: 1, c: 24, h: 4, w: 4, o: 5, k: 5 };
+        let value = super::super::test_value;
+        let mut weight: Vec<f32> = (0..g.o * g.c * 25).map(|i| value(i + 11) * 0.1).collect();
+        weight[7] = 0.0;
+        let first = transformed_weights(g, &weight);
+        assert!(Arc::ptr_eq(&first, &transformed_weights(g, &weight.clone())), "the same weights are transformed again");
+        assert_eq!(*first, transform_weights(g, &weight));
+        for change in [|w: &mut Vec<f32>| w[7] = -0.0, |w: &mut Vec<f32>| w[100] += 1e-6] {
+            let mut changed = weight.clone();
+            change(&mut changed);
+            let other = transformed_weights(g, &changed);
+            assert!(!Arc::ptr_eq(&first, &other));
+            assert_eq!(*other, transform_weights(g, &changed));
+        }
+        let wider = Geometry { o: 4, c: 30, ..g };
+        assert!(!Arc::ptr_eq(&first, &transformed_weights(wider, &weight)));
     }
 
     /// Against a direct convolution in f64, on shapes with odd sides, a partial panel
