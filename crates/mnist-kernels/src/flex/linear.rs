@@ -31,16 +31,16 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::Flex;
 use rayon::prelude::*;
 
-use super::lanes::{Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, starts, tile_update};
+use super::lanes::{Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, dispatch, runs, starts};
 use super::layout::zeroed;
 use super::{Ad, Refused, cast, float, from_vec, spare, values};
 
 /// Columns of `dW` per register tile.
 const PANEL: usize = TILE_COLUMNS;
-/// Rows of `dW` per register tile.
-const MR: usize = TILE_ROWS;
-/// Rows of `dW` per parallel task.
-const TASK_ROWS: usize = 8 * MR;
+/// Rows of the register tiles, at the most ([`Lanes::TILE`]: 5, or 10 with AVX-512).
+const MR: usize = MAX_TILE_ROWS;
+/// Rows of `dW` per parallel task (a whole number of tiles of every instruction set).
+const TASK_ROWS: usize = 4 * MR;
 
 /// `x [n, i] . weight [i, j] + bias [j]` when `B` is `Autodiff<Flex>` (or, for batches of at
 /// most 64, burn-flex without autodiff) with f32 tensors; otherwise hands the three tensors
@@ -304,19 +304,19 @@ impl WithLanes for Depth<'_> {
             }
             for (p, panel) in packed.chunks_exact(FORWARD_DEPTH).enumerate() {
                 let panel = &panel[..depth];
-                for top in (0..n).step_by(MR) {
+                for top in (0..n).step_by(L::TILE) {
                     // The last tile repeats the last image where it runs past it.
                     let rows = runs(self.x, starts::<MR>(top, n - 1, i), start, depth);
-                    let mut acc = [[lanes.zero(); 2]; MR];
-                    for (r, acc) in acc.iter_mut().enumerate().take(n - top) {
+                    let mut acc = [[[0.0f32; 8]; 2]; MR];
+                    for (r, acc) in acc.iter_mut().enumerate().take((n - top).min(L::TILE)) {
                         let (sum, _) = sums[(top + r) * width + p * PANEL..][..PANEL].as_chunks::<8>();
-                        *acc = [lanes.load(&sum[0]), lanes.load(&sum[1])];
+                        *acc = [sum[0], sum[1]];
                     }
-                    tile_update(lanes, &mut acc, rows, panel);
-                    for (r, acc) in acc.iter().enumerate().take(n - top) {
+                    lanes.tile_sums(&mut acc, rows, panel);
+                    for (r, acc) in acc.iter().enumerate().take((n - top).min(L::TILE)) {
                         let (sum, _) = sums[(top + r) * width + p * PANEL..][..PANEL].as_chunks_mut::<8>();
-                        sum[0] = lanes.store(acc[0]);
-                        sum[1] = lanes.store(acc[1]);
+                        sum[0] = acc[0];
+                        sum[1] = acc[1];
                     }
                 }
             }
@@ -497,15 +497,14 @@ impl WithLanes for Rows<'_> {
         // L1 while the tiles run (with the panels inner, every tile read all of `g` from L2).
         for (panel, g) in packed.chunks_exact(n).enumerate() {
             let columns = PANEL.min(j - panel * PANEL);
-            for first in (0..rows).step_by(MR) {
+            for first in (0..rows).step_by(L::TILE) {
                 // The last tile repeats the last row where it runs past it.
                 let xr = runs(self.xt, starts::<MR>(first, rows - 1, n), 0, n);
-                // `MR x 16` sums over the batch: `sum over b of xr[r][b] * g[b][c]`.
-                let mut sums = [[lanes.zero(); 2]; MR];
-                tile_update(lanes, &mut sums, xr, g);
-                for (r, sum) in sums.iter().enumerate().take(rows - first) {
+                // `TILE x 16` sums over the batch: `sum over b of xr[r][b] * g[b][c]`.
+                let mut sums = [[[0.0f32; 8]; 2]; MR];
+                lanes.tile_sums(&mut sums, xr, g);
+                for (r, &sum) in sums.iter().enumerate().take((rows - first).min(L::TILE)) {
                     let row = &mut self.out[(first + r) * j + panel * PANEL..][..columns];
-                    let sum = [lanes.store(sum[0]), lanes.store(sum[1])];
                     if let Ok(row) = <&mut [f32; PANEL]>::try_from(&mut *row) {
                         let (halves, _) = row.as_chunks_mut::<8>();
                         halves[0] = sum[0];

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::forward::{bias8, panel_bias, pool_window};
-use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, chosen, dispatch_with, runs, starts, tile_update};
+use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, chosen, dispatch_with, runs, starts};
 use crate::Simd;
 use super::layout::Layout;
 use super::{Geometry, NONE};
@@ -33,8 +33,9 @@ use super::{Geometry, NONE};
 const ALPHA: usize = 6;
 /// Points of the transform: entries of a transformed tile.
 const POINTS: usize = ALPHA * ALPHA;
-/// Tiles per register tile of the products.
-const MR: usize = TILE_ROWS;
+/// What the tiles are padded to: a whole number of every instruction set's register
+/// tile ([`Lanes::TILE`]: 5 or 10).
+const MR: usize = MAX_TILE_ROWS;
 /// Output channels per panel: the columns of the register tile.
 const PANEL: usize = TILE_COLUMNS;
 
@@ -300,13 +301,11 @@ impl WithLanes for PanelProducts<'_> {
         let mut products: Vec<[F8; 2]> = Vec::with_capacity(POINTS * self.tiles);
         for p in 0..POINTS {
             let v = &self.v[p * c..][..c];
-            for first in (0..self.tiles).step_by(MR) {
-                let rows = runs(self.u, starts::<MR>(first, usize::MAX, POINTS * c), p * c, c);
-                let mut sums = [[lanes.zero(); 2]; MR];
-                tile_update(lanes, &mut sums, rows, v);
-                for s in sums {
-                    products.push([lanes.store(s[0]), lanes.store(s[1])]);
-                }
+            for first in (0..self.tiles).step_by(L::TILE) {
+                let rows = runs(self.u, starts::<MR>(first, self.tiles - 1, POINTS * c), p * c, c);
+                let mut sums = [[[0.0f32; 8]; 2]; MR];
+                lanes.tile_sums(&mut sums, rows, v);
+                products.extend_from_slice(&sums[..L::TILE]);
             }
         }
         let tiles = self.tiles;
