@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// Where to write bench.json (default: target/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also measure flex with its kernels capped at this instruction set (`MNIST_RS_SIMD`;
+    /// repeat the flag), as columns of their own beside the best the CPU has: `--simd avx2`
+    /// on an AVX-512 machine shows both in one run.
+    #[arg(long = "simd", value_parser = ["avx512", "avx2", "neon", "portable"])]
+    pub simd: Vec<String>,
     /// Run the criterion benchmarks (`cargo bench`) instead; the remaining arguments go to
     /// criterion.
     #[arg(long)]
@@ -117,18 +122,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut results: Vec<Record> = Vec::new();
     for round in 1..=rounds {
         for (backend, binary) in &binaries {
-            let mut runs: Vec<(Plan, &str)> = plan(backend, args.quick).into_iter().map(|p| (p, "fastest")).collect();
+            let mut runs: Vec<(Plan, &str, Option<&str>)> = plan(backend, args.quick).into_iter().map(|p| (p, "fastest", None)).collect();
             if *backend == "flex" {
                 // Burn's own convolution and pooling, to show what the fused kernel is worth.
-                runs.push((("train", 50, if args.quick { 5 } else { 20 }, 3), "burn"));
+                runs.push((("train", 50, if args.quick { 5 } else { 20 }, 3), "burn", None));
+                // The kernels capped at a lesser instruction set.
+                for simd in &args.simd {
+                    runs.extend(plan(backend, args.quick).into_iter().map(|p| (p, "fastest", Some(simd.as_str()))));
+                }
             }
-            for ((measure, batch, repeats, warmup), kernels) in runs {
-                eprintln!("round {round}/{rounds}, mnist-rs {backend}: {measure}, batch {batch}, kernels {kernels}");
+            for ((measure, batch, repeats, warmup), kernels, simd) in runs {
+                let capped = simd.map(|s| format!(", {} {s}", SIMD_ENV)).unwrap_or_default();
+                eprintln!("round {round}/{rounds}, mnist-rs {backend}: {measure}, batch {batch}, kernels {kernels}{capped}");
                 let mut cmd = Command::new(binary);
                 cmd.args(["bench", measure, "--backend", backend, "--kernels", kernels]);
                 cmd.args(["--batch", &batch.to_string(), "--repeats", &repeats.to_string(), "--warmup", &warmup.to_string()]);
+                // Each run's own cap: none unless asked, whatever this shell has set.
+                match simd {
+                    Some(simd) => cmd.env(SIMD_ENV, simd),
+                    None => cmd.env_remove(SIMD_ENV),
+                };
                 let asked = Asked { system: "mnist-rs".into(), backend: Some(backend.to_string()), kernels: Some(kernels.into()), measure: measure.into(), batch };
-                results.push(Record::take(round, asked, cmd, Outcome::Ours));
+                let mut record = Record::take(round, asked, cmd, Outcome::Ours);
+                record.simd_cap = simd.map(str::to_string);
+                results.push(record);
             }
         }
         for (system, script, python) in &peers {
@@ -212,7 +229,14 @@ struct Record {
     #[serde(flatten)]
     outcome: Outcome,
     round: u32,
+    /// The instruction set the flex kernels were capped at (`MNIST_RS_SIMD`), if one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    simd_cap: Option<String>,
 }
+
+/// The variable that caps the flex kernels' instruction set (`mnist_kernels::Simd::ENV`;
+/// xtask does not build the kernels crate).
+const SIMD_ENV: &str = "MNIST_RS_SIMD";
 
 /// What the table needs of a record, whichever system took it.
 struct Figures<'a> {
@@ -221,6 +245,8 @@ struct Figures<'a> {
     kernels: Option<&'a str>,
     measure: &'a str,
     batch: usize,
+    /// The instruction-set cap of the run, if any.
+    simd_cap: Option<&'a str>,
     /// `None` for a failed measurement.
     values: Option<Values>,
 }
@@ -245,7 +271,7 @@ impl Record {
                 Outcome::Failed { asked, error }
             }
         };
-        let record = Record { outcome, round };
+        let record = Record { outcome, round, simd_cap: None };
         if let Some(v) = record.figures().values {
             eprintln!("  {:.1} images/s, median {:.2} ms", v.images_per_sec, v.median_ms);
         }
@@ -260,6 +286,7 @@ impl Record {
                 kernels: Some(&m.kernels),
                 measure: &m.measure,
                 batch: m.batch,
+                simd_cap: self.simd_cap.as_deref(),
                 values: Some(Values { images_per_sec: m.images_per_sec, median_ms: m.median_ms, peak_rss_mib: m.peak_rss_mib }),
             },
             Outcome::Peer(p) => Figures {
@@ -268,6 +295,7 @@ impl Record {
                 kernels: Some(&p.kernels),
                 measure: &p.measure,
                 batch: p.batch,
+                simd_cap: None,
                 values: Some(Values { images_per_sec: p.images_per_sec, median_ms: p.median_ms, peak_rss_mib: p.peak_rss_mib }),
             },
             Outcome::Failed { asked, .. } => Figures {
@@ -276,6 +304,7 @@ impl Record {
                 kernels: asked.kernels.as_deref(),
                 measure: &asked.measure,
                 batch: asked.batch,
+                simd_cap: self.simd_cap.as_deref(),
                 values: None,
             },
         }
@@ -402,22 +431,26 @@ impl Row {
 /// convolution), or a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Column {
-    Ours { backend: String, burn_conv: bool },
+    /// `simd`: the instruction-set cap of the flex kernels, when one was asked.
+    Ours { backend: String, burn_conv: bool, simd: Option<String> },
     Peer(String),
 }
 
 impl Column {
     fn of(f: &Figures<'_>) -> Column {
         match (f.system, f.backend) {
-            ("mnist-rs", Some(backend)) => Column::Ours { backend: backend.to_string(), burn_conv: f.kernels == Some("burn") },
+            ("mnist-rs", Some(backend)) => {
+                Column::Ours { backend: backend.to_string(), burn_conv: f.kernels == Some("burn"), simd: f.simd_cap.map(str::to_string) }
+            }
             (system, _) => Column::Peer(system.to_string()),
         }
     }
 
     fn label(&self) -> String {
         match self {
-            Column::Ours { backend, burn_conv: false } => format!("mnist-rs {backend}"),
-            Column::Ours { backend, burn_conv: true } => format!("mnist-rs {backend} (Burn conv)"),
+            Column::Ours { backend, burn_conv: false, simd: None } => format!("mnist-rs {backend}"),
+            Column::Ours { backend, burn_conv: false, simd: Some(simd) } => format!("mnist-rs {backend} ({simd})"),
+            Column::Ours { backend, burn_conv: true, .. } => format!("mnist-rs {backend} (Burn conv)"),
             Column::Peer(system) => system.clone(),
         }
     }
@@ -452,10 +485,13 @@ fn table(results: &[Record]) -> String {
     // The ratios: each mnist-rs backend with its own kernels against each peer.
     let peers: Vec<(usize, &String)> =
         columns.iter().enumerate().filter_map(|(i, c)| if let Column::Peer(system) = c { Some((i, system)) } else { None }).collect();
-    let ours: Vec<(usize, &String)> = columns
+    let ours: Vec<(usize, String)> = columns
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| if let Column::Ours { backend, burn_conv: false } = c { Some((i, backend)) } else { None })
+        .filter_map(|(i, c)| match c {
+            Column::Ours { burn_conv: false, .. } => Some((i, c.label().trim_start_matches("mnist-rs ").to_string())),
+            _ => None,
+        })
         .collect();
     let mut header = vec!["".to_string()];
     header.extend(columns.iter().map(Column::label));
@@ -580,7 +616,7 @@ mod tests {
             cpu: None,
             simd: None,
         };
-        Record { outcome: Outcome::Ours(m), round }
+        Record { outcome: Outcome::Ours(m), round, simd_cap: None }
     }
 
     fn peer(system: &str, measure: &str, batch: usize, round: u32, images_per_sec: f64, median_ms: f64, peak: f64) -> Record {
@@ -597,7 +633,7 @@ mod tests {
             peak_rss_mib: Some(peak),
             peak_device_mib: None,
         };
-        Record { outcome: Outcome::Peer(p), round }
+        Record { outcome: Outcome::Peer(p), round, simd_cap: None }
     }
 
     fn asked_peer(system: &str, measure: &str, batch: usize) -> Asked {
@@ -605,7 +641,7 @@ mod tests {
     }
 
     fn failed(system: &str, measure: &str, batch: usize, round: u32) -> Record {
-        Record { outcome: Outcome::Failed { asked: asked_peer(system, measure, batch), error: "exit 1".into() }, round }
+        Record { outcome: Outcome::Failed { asked: asked_peer(system, measure, batch), error: "exit 1".into() }, round, simd_cap: None }
     }
 
     #[test]
@@ -624,6 +660,22 @@ mod tests {
         assert!(latency.contains("| 1.00 | 2.00 | - | 2.00x |"), "{t}");
         let memory = t.lines().find(|l| l.starts_with("| peak memory")).expect("memory row");
         assert!(memory.contains("| 200 | 400 | - | 2.00x |"), "{t}");
+    }
+
+    /// A run capped at an instruction set (`--simd avx2`) is a column of its own, with
+    /// its own ratios, beside the uncapped one; its cap is recorded.
+    #[test]
+    fn a_capped_instruction_set_is_its_own_column() {
+        let capped = |round: u32, ips: f64| Record { simd_cap: Some("avx2".into()), ..ours("train", 50, round, ips, 1.0, 200.0) };
+        let results = vec![ours("train", 50, 1, 1200.0, 1.0, 200.0), capped(1, 900.0), peer("tensorflow", "train", 50, 1, 600.0, 1.0, 400.0)];
+        let t = table(&results);
+        let header = t.lines().next().expect("header");
+        assert!(header.contains("| mnist-rs flex | mnist-rs flex (avx2) | tensorflow | flex / tensorflow | flex (avx2) / tensorflow |"), "{t}");
+        let train = t.lines().find(|l| l.starts_with("| train, batch 50")).expect("train row");
+        assert!(train.contains("| 1200 | 900 | 600 | 2.00x | 1.50x |"), "{t}");
+        let json = serde_json::to_value(capped(1, 900.0)).expect("serialisable");
+        assert_eq!(json["simd_cap"], "avx2");
+        assert!(serde_json::to_value(ours("train", 50, 1, 1.0, 1.0, 1.0)).expect("serialisable").get("simd_cap").is_none());
     }
 
     /// Rounds within a quarter of each other are not flagged; a load average above the cores
