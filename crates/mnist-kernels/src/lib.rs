@@ -24,8 +24,9 @@
 //!   update in place in one vectorised pass. Recognised by `TypeId` (`Flex` and
 //!   `Autodiff<Flex>` with Burn's default checkpointing), so the ops keep a plain
 //!   `B: Backend` bound and no `unsafe` is involved.
-//!   The hot loops are compiled for the best instruction set the CPU has ([`simd`]: AVX2 +
-//!   FMA, or portable arithmetic; `MNIST_RS_SIMD` caps it).
+//!   The hot loops are compiled for the best instruction set the CPU has ([`simd`]:
+//!   AVX-512 with 16-lane register tiles, AVX2 + FMA, NEON on aarch64, or portable
+//!   arithmetic; `MNIST_RS_SIMD` caps it).
 //! - **burn-wgpu and burn-cuda** (cargo features `wgpu` and `cuda`; `src/cube/`): the
 //!   convolution block as CubeCL kernels, one source for both runtimes: the forward pass
 //!   fused (each thread one pooling window's four sums, bias, ReLU, maximum and winner), a
@@ -166,8 +167,9 @@ pub enum Simd {
     /// x86-64 AVX2 + FMA: eight-lane fused multiply-adds in 16 YMM registers.
     Avx2,
     /// x86-64 AVX-512 (F, VL, BW, DQ, CD: pulp's x86-v4): the deep products (Winograd,
-    /// fully connected) in register tiles of 10 rows x 16 lanes in ZMM registers, the rest
-    /// as AVX2 with EVEX encodings and 32 registers.
+    /// fully connected) in register tiles of 10 rows x 16 lanes in ZMM registers and the
+    /// sparse backward's tiles 16 lanes at a time; the rest as AVX2 with EVEX encodings
+    /// and 32 registers.
     Avx512,
 }
 
