@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use mnist_cli::{Cli, Status, run};
 
-fn mnist(args: &[&str]) -> anyhow::Result<Status> {
+pub(crate) fn mnist(args: &[&str]) -> anyhow::Result<Status> {
     let cli = Cli::try_parse_from(std::iter::once("mnist").chain(args.iter().copied()))?;
     run(cli)
 }
 
 /// A small network and a few hundred steps, so the whole job takes seconds on 2 cores.
-const TINY: &str = r#"{
+pub(crate) const TINY: &str = r#"{
   "model": { "conv1_channels": 8, "conv2_channels": 16, "hidden": 128 },
   "learning_rate": 0.001,
   "batch_size": 32,

@@ -2,7 +2,7 @@
 //!
 //! Each test builds its own fixtures in a temporary directory (or reads the committed
 //! cases under `tests/cases/`). Tests that need something from the system (Debian's
-//! Fashion-MNIST, a wgpu adapter) are `#[ignore]`d with the reason, so a plain
+//! Fashion-MNIST, a wgpu adapter, Chromium) are `#[ignore]`d with the reason, so a plain
 //! `cargo test` lists them as ignored instead of passing them silently; the full suite,
 //! `cargo test --release --workspace -- --include-ignored`, runs them and they fail when
 //! what they need is missing.
@@ -13,4 +13,5 @@ mod cases;
 mod cuda;
 mod data;
 mod end_to_end;
+mod serve;
 mod wgpu;

@@ -49,6 +49,11 @@ pub struct BenchArgs {
     /// on an AVX-512 machine shows both in one run.
     #[arg(long = "simd", value_parser = ["avx512", "avx2", "neon", "portable"])]
     pub simd: Vec<String>,
+    /// Measure `mnist serve` under load instead (flex): requests per second and latency of
+    /// single-image PNG requests on 127.0.0.1, batched, one forward pass per request, and
+    /// one request at a time; writes serve.json.
+    #[arg(long)]
+    pub serve: bool,
     /// Run the criterion benchmarks (`cargo bench`) instead; the remaining arguments go to
     /// criterion.
     #[arg(long)]
@@ -84,6 +89,9 @@ fn plan(system: &str, quick: bool) -> Vec<Plan> {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.criterion {
         return criterion(&args.rest);
+    }
+    if args.serve {
+        return crate::serve_bench::run(&args);
     }
     let backends = if args.backends.is_empty() { vec!["flex".to_string()] } else { args.backends.clone() };
     let out_dir = args.out.clone().unwrap_or_else(|| root().join("target").join("bench"));
@@ -313,7 +321,7 @@ impl Record {
 
 /// Builds `mnist` with only `backend` and copies it to `<out>/mnist-<backend>` (each build
 /// overwrites target/release/mnist).
-fn build_mnist(backend: &str, out_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn build_mnist(backend: &str, out_dir: &Path) -> Result<PathBuf> {
     let built = crate::cli::build(backend)?;
     let copy = out_dir.join(format!("mnist-{backend}"));
     std::fs::copy(&built, &copy).with_context(|| format!("cannot copy {} to {}", built.display(), copy.display()))?;
@@ -322,7 +330,7 @@ fn build_mnist(backend: &str, out_dir: &Path) -> Result<PathBuf> {
 
 /// Runs one measurement and reads the last line of its standard output as a `T`. The
 /// error of a measurement that did not start, failed or printed no `T` names the command.
-fn measure_with<T: DeserializeOwned>(mut cmd: Command) -> Result<T, String> {
+pub(crate) fn measure_with<T: DeserializeOwned>(mut cmd: Command) -> Result<T, String> {
     let shown = shown(&cmd);
     let output = cmd.stderr(std::process::Stdio::piped()).output().map_err(|e| format!("cannot start {shown}: {e}"))?;
     if !output.status.success() {
@@ -349,17 +357,17 @@ fn python_has(python: &Path, module: &str) -> bool {
 }
 
 /// The 1-minute load average (Linux's `/proc/loadavg`).
-fn load_average() -> Option<f64> {
+pub(crate) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// The cores this process may use.
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// The warning for a load average above the cores, when it is.
-fn busy_warning(load: Option<f64>, cores: usize) -> Option<String> {
+pub(crate) fn busy_warning(load: Option<f64>, cores: usize) -> Option<String> {
     let load = load?;
     (load > cores as f64).then(|| {
         format!(
@@ -372,7 +380,7 @@ fn busy_warning(load: Option<f64>, cores: usize) -> Option<String> {
 const DISAGREEMENT: f64 = 0.25;
 
 /// Whether the rounds of one figure disagree by more than [`DISAGREEMENT`].
-fn disagree(values: &[f64]) -> bool {
+pub(crate) fn disagree(values: &[f64]) -> bool {
     let (Some(min), Some(max), Some(mid)) =
         (values.iter().copied().reduce(f64::min), values.iter().copied().reduce(f64::max), median(values))
     else {
@@ -550,7 +558,7 @@ fn table(results: &[Record]) -> String {
 
 /// The machine the figures were taken on.
 #[derive(Debug, Serialize)]
-struct Machine {
+pub(crate) struct Machine {
     cpu: Option<String>,
     cores: Option<usize>,
     memory_gib: Option<f64>,
@@ -559,7 +567,7 @@ struct Machine {
 }
 
 impl Machine {
-    fn here() -> Machine {
+    pub(crate) fn here() -> Machine {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let mem_kib = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok());
         Machine {
@@ -572,12 +580,12 @@ impl Machine {
     }
 }
 
-fn date() -> Option<String> {
+pub(crate) fn date() -> Option<String> {
     let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn git(args: &[&str]) -> Option<String> {
+pub(crate) fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).current_dir(root()).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

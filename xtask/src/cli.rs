@@ -1,4 +1,4 @@
-//! `cargo xtask train | eval | predict`: builds the `mnist` binary in release with only
+//! `cargo xtask train | eval | predict | serve`: builds the `mnist` binary in release with only
 //! the backend asked for (`--backend`, default flex) and runs it with the same arguments.
 
 use std::path::PathBuf;

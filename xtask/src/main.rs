@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod cross;
 mod make_sample;
+mod serve_bench;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Serve a trained model over HTTP (`mnist serve`): the draw-a-digit page and the JSON
+    /// API, on http://127.0.0.1:8080/ by default.
+    #[command(disable_help_flag = true)]
+    Serve {
+        /// Arguments of `mnist serve`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Measure training and evaluation speed, latency and memory per backend, beside
     /// TensorFlow and PyTorch; print a table and write target/bench/bench.json.
     Bench(bench::BenchArgs),
@@ -71,6 +80,7 @@ fn main() -> ExitCode {
         Task::Train { args } => cli::run("train", &args),
         Task::Eval { args } => cli::run("eval", &args),
         Task::Predict { args } => cli::run("predict", &args),
+        Task::Serve { args } => cli::run("serve", &args),
         Task::Bench(args) => bench::run(args),
         Task::TestAarch64 { args } => cross::run(&args),
         Task::MakeSample { tarball, out } => make_sample::run(&tarball, &root().join(out)),

@@ -70,6 +70,54 @@ pub struct Measurement {
     pub simd: Option<String>,
 }
 
+/// One measurement of `mnist bench serve`, as it prints it (one JSON line): the HTTP
+/// server under a bounded load of single-image requests on 127.0.0.1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServeMeasurement {
+    /// Always "mnist-rs".
+    pub system: String,
+    /// Backend name.
+    pub backend: String,
+    /// Burn's name for the device.
+    pub device: String,
+    /// Always "serve".
+    pub measure: String,
+    /// What each request sends.
+    pub body: String,
+    /// Most images in one forward pass (1: every request alone).
+    pub max_batch: usize,
+    /// Microseconds the inference thread waits for more requests.
+    pub batch_wait_us: u64,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Timed requests answered.
+    pub requests: usize,
+    /// Answers that were not a sound 200, and requests that failed.
+    pub errors: usize,
+    /// The first error, for people.
+    pub first_error: Option<String>,
+    /// Wall time of the timed requests, in seconds.
+    pub seconds: f64,
+    /// Requests answered per second.
+    pub requests_per_sec: f64,
+    /// Median latency, in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile of the latency, in milliseconds.
+    pub p90_ms: f64,
+    /// 99th percentile of the latency, in milliseconds.
+    pub p99_ms: f64,
+    /// Slowest answer, in milliseconds.
+    pub max_ms: f64,
+    /// Images per forward pass, on average over the timed requests.
+    pub mean_batch: f64,
+    /// The git commit the `mnist` binary was built from, where the build knew it.
+    pub commit: Option<String>,
+    /// The CPU's model name ([`cpu_model`]).
+    pub cpu: Option<String>,
+    /// The instruction set the CPU kernels ran with.
+    pub simd: Option<String>,
+}
+
 /// The CPU's model name, as Linux's `/proc/cpuinfo` gives it (for example "AMD EPYC 9R14
 /// 96-Core Processor"); `None` elsewhere or when it says none.
 pub fn cpu_model() -> Option<String> {

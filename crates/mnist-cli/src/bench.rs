@@ -28,6 +28,11 @@ pub fn bench(args: BenchArgs) -> Result<Status> {
         bail!("--repeats must be at least 1");
     }
     let data = Locator::offline(None).load(DatasetKind::Sample).context("cannot load the bundled sample")?;
+    if args.measure == Measure::Serve {
+        let measurement = crate::serve::bench(&args, backend, &data.test)?;
+        crate::output::say!("{}", serde_json::to_string(&measurement)?);
+        return Ok(Status::Success);
+    }
     let measurement = dispatch(backend, BenchJob { args: &args, train: &data.train, test: &data.test })?;
     crate::output::say!("{}", serde_json::to_string(&measurement)?);
     Ok(Status::Success)
@@ -48,12 +53,13 @@ impl Job for BenchJob<'_> {
         let model = CnnConfig::new().init::<B>(1, device)?.with_kernels(kernels);
         let in_use = match args.measure {
             Measure::Train => mnist_train::kernels_in_use(&model),
-            Measure::Eval | Measure::Latency => model.valid().kernels_in_use(),
+            Measure::Eval | Measure::Latency | Measure::Serve => model.valid().kernels_in_use(),
         };
         let (measure, batch, times) = match args.measure {
             Measure::Train => ("train", args.batch, time_training(model, self.train, args, device)?),
             Measure::Eval => ("eval", args.batch, time_evaluation(&model.valid(), self.test, args, device)?),
             Measure::Latency => ("latency", 1, time_latency(model.valid(), self.test, args, device)?),
+            Measure::Serve => bail!("the serve measurement is taken by serve::bench"),
         };
         let median = mnist_bench::median(&times).unwrap_or(f64::NAN);
         let images = match args.measure {

@@ -55,7 +55,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
 
 /// The names of the classes the model in `manifest` predicts: recorded in `model.json`,
 /// or for a model saved before they were, those of the dataset it was trained on.
-fn class_names(manifest: &Manifest) -> Vec<String> {
+pub(crate) fn class_names(manifest: &Manifest) -> Vec<String> {
     manifest.class_names.clone().unwrap_or_else(|| {
         let kind = manifest.dataset.as_deref().and_then(|d| d.parse::<DatasetKind>().ok()).unwrap_or(DatasetKind::Mnist);
         kind.class_names().iter().map(|n| n.to_string()).collect()
@@ -64,7 +64,7 @@ fn class_names(manifest: &Manifest) -> Vec<String> {
 
 /// Checks, before any dataset is looked for, that `dir` holds a trained model: a
 /// readable `model.json` (returned) and a `model.mpk`.
-fn check_model_dir(dir: &Path) -> Result<Manifest> {
+pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
     if !dir.is_dir() {
         bail!(
             "{}: no such directory; expected a trained model's artifact directory (train one with `cargo xtask train`)",

@@ -1,4 +1,5 @@
-//! The `mnist` command: train, evaluate, predict and benchmark the Deep MNIST network.
+//! The `mnist` command: train, evaluate, predict with, serve and benchmark the Deep MNIST
+//! network.
 //!
 //! `main.rs` parses the arguments into a [`Cli`] and calls [`run`]; the integration tests
 //! call the same function. Each backend is a cargo feature (`flex`, the default,
@@ -8,6 +9,7 @@ mod backend;
 mod bench;
 mod commands;
 mod output;
+mod serve;
 mod train;
 
 use std::path::PathBuf;
@@ -41,8 +43,12 @@ pub enum Command {
     Eval(EvalArgs),
     /// Classify image files (PNG, JPEG, ...) with a trained network.
     Predict(PredictArgs),
-    /// Measure training or evaluation throughput, or single-image latency, of the seed
-    /// network (freshly initialised, on the bundled sample) and print it as JSON.
+    /// Serve a trained network over HTTP: a page to draw digits on, and a JSON API
+    /// (POST /api/predict, GET /api/model, GET /healthz).
+    Serve(ServeArgs),
+    /// Measure training or evaluation throughput, single-image latency, or the HTTP
+    /// server under load, of the seed network (freshly initialised, on the bundled
+    /// sample) and print it as JSON.
     Bench(BenchArgs),
 }
 
@@ -124,6 +130,42 @@ pub struct PredictArgs {
     pub json: bool,
 }
 
+/// `mnist serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Artifact directory (default: the newest finished run in artifacts/).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Address to listen on: this machine only by default; 0.0.0.0:PORT for every
+    /// interface, port 0 for any free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Batching of concurrent requests.
+    #[command(flatten)]
+    pub batching: BatchingArgs,
+}
+
+/// How concurrent requests are batched (`mnist serve`, `mnist bench serve`).
+#[derive(Debug, Clone, Args)]
+pub struct BatchingArgs {
+    /// Most images classified in one forward pass (1: each request alone).
+    #[arg(long, default_value_t = 64, allow_hyphen_values = true, value_parser = positive::<usize>)]
+    pub max_batch: usize,
+    /// Microseconds to wait for more requests before running a batch that is not full.
+    #[arg(long, default_value_t = 1000, allow_hyphen_values = true, value_parser = non_negative::<u64>)]
+    pub batch_wait_us: u64,
+}
+
+impl BatchingArgs {
+    /// The server's config with these settings.
+    pub fn config(&self) -> mnist_serve::ServeConfig {
+        mnist_serve::ServeConfig::new().with_max_batch(self.max_batch).with_batch_wait_us(self.batch_wait_us)
+    }
+}
+
 /// `mnist bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -145,6 +187,12 @@ pub struct BenchArgs {
     /// Convolution kernels: the fastest for the backend, or Burn's own operations.
     #[arg(long, value_enum, default_value_t = KernelsArg::Fastest)]
     pub kernels: KernelsArg,
+    /// Requests in flight at once (serve).
+    #[arg(long, default_value_t = 64, allow_hyphen_values = true, value_parser = positive::<usize>)]
+    pub concurrency: usize,
+    /// Batching of the server (serve).
+    #[command(flatten)]
+    pub batching: BatchingArgs,
 }
 
 /// What `mnist bench` measures.
@@ -156,6 +204,9 @@ pub enum Measure {
     Eval,
     /// Classifying one image.
     Latency,
+    /// `mnist serve` under load: --repeats single-image PNG requests to POST /api/predict
+    /// on 127.0.0.1, --concurrency at a time; requests per second and latency.
+    Serve,
 }
 
 /// `--kernels`.
@@ -233,6 +284,7 @@ pub fn run(cli: Cli) -> Result<Status> {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => commands::eval(args),
         Command::Predict(args) => commands::predict(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
     }
 }

@@ -1,0 +1,162 @@
+//! `mnist serve`, and `mnist bench serve`: the HTTP server of `mnist-serve` on a trained
+//! model, and the same server on the seed network under a bounded load.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use mnist_data::Split;
+use mnist_infer::Classifier;
+use mnist_model::CnnConfig;
+use mnist_model::artifact::{self, Manifest};
+use mnist_serve::load::{self, LoadConfig};
+use mnist_serve::{ModelInfo, ServeConfig};
+
+use crate::backend::{BackendKind, Job, dispatch};
+use crate::commands::{ARTIFACTS, check_model_dir, class_names, newest_run};
+use crate::output::{note, say};
+use crate::{BenchArgs, ServeArgs, Status};
+
+pub fn serve(args: ServeArgs) -> Result<Status> {
+    let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
+    // A mistyped address or setting is reported before a model is looked for.
+    let addr = mnist_serve::resolve(&args.addr)?;
+    let config = args.batching.config();
+    config.check()?;
+    let model_dir = match &args.model {
+        Some(dir) => dir.clone(),
+        None => newest_run(Path::new(ARTIFACTS), artifact::WEIGHTS)?,
+    };
+    let manifest = check_model_dir(&model_dir)?;
+    dispatch(backend, ServeJob { dir: model_dir, manifest, config, addr })?;
+    Ok(Status::Success)
+}
+
+struct ServeJob {
+    dir: PathBuf,
+    manifest: Manifest,
+    config: ServeConfig,
+    addr: std::net::SocketAddr,
+}
+
+impl Job for ServeJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: &B::Device, backend: BackendKind) -> Result<()> {
+        let classes = class_names(&self.manifest);
+        let classifier = Classifier::<B::InnerBackend>::load_with(&self.dir, self.manifest, device)
+            .with_context(|| format!("cannot load the model in {}", self.dir.display()))?;
+        let mut info = ModelInfo::in_memory(&classifier, backend.name());
+        info.name = self.dir.file_name().map_or_else(|| self.dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        info.classes = classes;
+        if let Err(why) = info.read_report(&self.dir) {
+            note!("note: {why}");
+        }
+        let (dir, kernels) = (self.dir.display().to_string(), classifier.kernels_in_use());
+        mnist_serve::serve_blocking(classifier, info, &self.config, &self.addr.to_string(), |addr| {
+            say!("serving {dir} on {} ({}; {kernels})", url(addr), backend.name());
+            if !addr.ip().is_loopback() {
+                note!("note: listening on {addr}: every machine that can reach this one can use the server");
+            }
+            say!("open the page in a browser; Ctrl-C stops");
+        })?;
+        say!("stopped");
+        Ok(())
+    }
+}
+
+/// The page's address, as a browser takes it (`0.0.0.0` is not one to open).
+fn url(addr: std::net::SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}/", addr.port())
+}
+
+/// One measurement of the server under load, as `mnist bench serve` prints it.
+pub use mnist_bench::ServeMeasurement;
+
+/// `mnist bench serve`: the server on the seed network (freshly initialised) on
+/// 127.0.0.1:0, and `args.repeats` PNG requests of the sample's test digits, after a
+/// warm-up of `args.warmup` x concurrency requests.
+pub(crate) fn bench(args: &BenchArgs, backend: BackendKind, test: &Split) -> Result<ServeMeasurement> {
+    dispatch(backend, BenchJob { args, test })
+}
+
+struct BenchJob<'a> {
+    args: &'a BenchArgs,
+    test: &'a Split,
+}
+
+impl Job for BenchJob<'_> {
+    type Output = ServeMeasurement;
+
+    fn run<B: AutodiffBackend>(self, device: &B::Device, backend: BackendKind) -> Result<ServeMeasurement> {
+        let args = self.args;
+        let config = args.batching.config();
+        config.check()?;
+        let model = CnnConfig::new().init::<B::InnerBackend>(1, device)?;
+        let classifier = Classifier::from_model(model, Manifest::from_config(CnnConfig::new()), device)?;
+        let info = ModelInfo::in_memory(&classifier, backend.name());
+        let device_name = format!("{} ({device:?})", <B::InnerBackend as Backend>::name(device));
+        let bodies: Vec<load::Body> = (0..self.test.len().min(500)).map(|i| load::png(self.test.image(i), None)).collect();
+        let (router, stats) = mnist_serve::router(classifier, info, &config)?;
+        // The server on a runtime of its own, as `mnist serve` runs it; the load on another.
+        let server = mnist_serve::runtime()?;
+        let listener = server.block_on(mnist_serve::bind(([127, 0, 0, 1], 0).into()))?;
+        let url = format!("http://{}/api/predict", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = server.spawn(mnist_serve::serve(listener, router, async {
+            let _ = stopped.await;
+        }));
+        let client = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let warmup = LoadConfig { requests: args.warmup * args.concurrency, concurrency: args.concurrency, max_seconds: 30.0 };
+        if warmup.requests > 0 {
+            client.block_on(load::run(&url, bodies.clone(), warmup))?;
+        }
+        let (images_before, batches_before) = (stats.images.load(std::sync::atomic::Ordering::Relaxed), stats.batches.load(std::sync::atomic::Ordering::Relaxed));
+        let timed = LoadConfig { requests: args.repeats, concurrency: args.concurrency, max_seconds: 120.0 };
+        let report = client.block_on(load::run(&url, bodies, timed))?;
+        let images = stats.images.load(std::sync::atomic::Ordering::Relaxed) - images_before;
+        let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed) - batches_before;
+        let _ = stop.send(());
+        server.block_on(serving).context("the server task failed")??;
+        Ok(ServeMeasurement {
+            system: "mnist-rs".into(),
+            backend: backend.name().into(),
+            device: device_name,
+            measure: "serve".into(),
+            body: "PNG, 28x28 grayscale, of the bundled sample's test digits".into(),
+            max_batch: config.max_batch,
+            batch_wait_us: config.batch_wait_us,
+            concurrency: report.concurrency,
+            requests: report.requests,
+            errors: report.errors,
+            first_error: report.first_error,
+            seconds: report.seconds,
+            requests_per_sec: report.requests_per_sec,
+            p50_ms: report.p50_ms,
+            p90_ms: report.p90_ms,
+            p99_ms: report.p99_ms,
+            max_ms: report.max_ms,
+            mean_batch: if batches > 0 { images as f64 / batches as f64 } else { 0.0 },
+            commit: crate::BUILD_COMMIT.map(str::to_string),
+            cpu: mnist_bench::cpu_model(),
+            simd: Some(mnist_kernels::simd().name().to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_address_is_one_a_browser_opens() {
+        assert_eq!(url("127.0.0.1:8080".parse().unwrap()), "http://127.0.0.1:8080/");
+        assert_eq!(url("0.0.0.0:80".parse().unwrap()), "http://127.0.0.1:80/");
+        assert_eq!(url("[::1]:9000".parse().unwrap()), "http://[::1]:9000/");
+    }
+}

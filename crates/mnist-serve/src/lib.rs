@@ -1,0 +1,320 @@
+//! Serve a trained mnist-rs network over HTTP: a page to draw digits on, and a JSON API.
+//!
+//! The routes ([`router`]):
+//!
+//! - `GET /`: the page. Draw with a mouse, pen or finger and the ten probabilities update
+//!   as you draw; the 28x28 image the network saw is shown beside them; or drop or pick an
+//!   image file. HTML, CSS and JavaScript are embedded in the binary and nothing is loaded
+//!   from other hosts.
+//! - `POST /api/predict`: an image file as the body (PNG, JPEG, ..., read by content),
+//!   a multipart form holding one, or JSON `{"pixels": [784 integers 0-255]}` (the
+//!   network's input itself, not preprocessed). Images are preprocessed as
+//!   `mnist predict` does ([`mnist_infer::preprocess`]). The answer:
+//!   `{"class": 7, "label": "7", "probabilities": [10], "input": [784], "model": {...}}`.
+//! - `GET /api/model`: [`ModelInfo`]. `GET /healthz`: `{"status": "ok", ...}` with the
+//!   inference thread's counters.
+//!
+//! Every error is JSON `{"error": "..."}` with its status: 400 for a malformed body,
+//! 413 for one over [`ServeConfig::body_limit`], 422 for an image that cannot be read or
+//! shows no digit (the message `mnist predict` gives), 503 when the queue is full or an
+//! answer takes longer than [`ServeConfig::request_timeout_ms`], 404 and 405 for other
+//! paths and methods. No request can take the server down: a panic in a handler or in
+//! the network answers 500 and the server goes on.
+//!
+//! The network runs on one inference thread, never on the async runtime: requests queue
+//! their image and the thread answers whatever is waiting with one forward pass of up to
+//! [`ServeConfig::max_batch`] images (see the `batcher` module), since one image costs
+//! nearly as much as a small batch. Images are decoded and preprocessed on tokio's
+//! blocking pool.
+//!
+//! [`load`] is the other side: a client that sends many requests at once and measures
+//! the rate and the latency, for `mnist bench serve`.
+//!
+//! ```no_run
+//! use burn_flex::Flex;
+//! use mnist_infer::Classifier;
+//! use mnist_serve::{ModelInfo, ServeConfig};
+//!
+//! let dir = std::path::Path::new("artifacts/mnist-20261201-120000");
+//! let classifier = Classifier::<Flex>::load(dir, &Default::default())?;
+//! let info = ModelInfo::new(&classifier, dir, "flex");
+//! let config = ServeConfig::new();
+//! mnist_serve::serve_blocking(classifier, info, &config, "127.0.0.1:8080", |addr| {
+//!     println!("serving on http://{addr}/ (Ctrl-C stops)");
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod api;
+mod batcher;
+mod error;
+pub mod load;
+mod page;
+
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::config::Config;
+use burn::tensor::backend::Backend;
+use mnist_infer::Classifier;
+use mnist_model::CnnConfig;
+use serde::Serialize;
+
+pub use api::{ApiError, UPLOAD};
+pub use axum::Router;
+pub use batcher::Stats;
+pub use error::{Error, Result};
+
+/// How the server batches, limits and times requests.
+#[derive(Config, Debug, PartialEq)]
+pub struct ServeConfig {
+    /// Most images in one forward pass (1 classifies each request alone).
+    #[config(default = 64)]
+    pub max_batch: usize,
+    /// How long, in microseconds, the inference thread waits for more requests once it
+    /// has taken those already queued, when the batch is not full (0: never waits).
+    #[config(default = 1000)]
+    pub batch_wait_us: u64,
+    /// Most images waiting for the inference thread; more get 503.
+    #[config(default = 1024)]
+    pub queue: usize,
+    /// Largest request body, in bytes; more gets 413.
+    #[config(default = 8388608)]
+    pub body_limit: usize,
+    /// Longest a prediction may take, in milliseconds, from the request's arrival
+    /// (reading the body included); longer gets 503.
+    #[config(default = 10000)]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig::new()
+    }
+}
+
+impl ServeConfig {
+    /// Checks every setting's range.
+    pub fn check(&self) -> Result<()> {
+        let out_of_range = |name: &str, value: String, range: &str| Err(Error::Config(format!("{name} is {value}; expected {range}")));
+        if !(1..=4096).contains(&self.max_batch) {
+            return out_of_range("max_batch", self.max_batch.to_string(), "1 to 4096 images");
+        }
+        if self.batch_wait_us > 1_000_000 {
+            return out_of_range("batch_wait_us", self.batch_wait_us.to_string(), "0 to 1000000 microseconds (1 s)");
+        }
+        if self.queue == 0 {
+            return out_of_range("queue", "0".into(), "at least 1 image");
+        }
+        if self.body_limit < 1024 {
+            return out_of_range("body_limit", self.body_limit.to_string(), "at least 1024 bytes");
+        }
+        if self.request_timeout_ms == 0 {
+            return out_of_range("request_timeout_ms", "0".into(), "at least 1 millisecond");
+        }
+        Ok(())
+    }
+}
+
+/// What `GET /api/model` says of the network served.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInfo {
+    /// The artifact directory's name (`mnist-20261201-120000`), or `"in memory"`.
+    pub name: String,
+    /// The dataset it was trained on (`mnist`, `fashion`, `sample`), when recorded.
+    pub dataset: Option<String>,
+    /// The name of each class, by index.
+    pub classes: Vec<String>,
+    /// Accuracy on the test split, from the training's `report.json`, when there is one.
+    pub test_accuracy: Option<f64>,
+    /// Training steps, from `report.json`.
+    pub steps: Option<u64>,
+    /// The backend it runs on (`flex`, `wgpu`, ...).
+    pub backend: String,
+    /// Which implementation runs each part of the network.
+    pub kernels: String,
+    /// The network's sizes.
+    pub config: CnnConfig,
+}
+
+impl ModelInfo {
+    /// Describes `classifier`, loaded from `dir`, running on `backend`; the test accuracy
+    /// and steps are read from `dir/report.json` when it is there and readable (it is
+    /// informative only: use [`ModelInfo::read_report`] to hear why it is not).
+    pub fn new<B: Backend>(classifier: &Classifier<B>, dir: &Path, backend: &str) -> Self {
+        let mut info = Self::in_memory(classifier, backend);
+        info.name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string());
+        let _ = info.read_report(dir);
+        info
+    }
+
+    /// Describes a network built in memory (no directory, no report).
+    pub fn in_memory<B: Backend>(classifier: &Classifier<B>, backend: &str) -> Self {
+        let manifest = classifier.manifest();
+        ModelInfo {
+            name: "in memory".into(),
+            dataset: manifest.dataset.clone(),
+            classes: (0..classifier.config().classes).map(|c| classifier.class_name(c)).collect(),
+            test_accuracy: None,
+            steps: None,
+            backend: backend.into(),
+            kernels: classifier.kernels_in_use().to_string(),
+            config: classifier.config().clone(),
+        }
+    }
+
+    /// Reads the test accuracy and steps from `dir/report.json`; the error says why
+    /// they are not known (no report, or one that cannot be read).
+    pub fn read_report(&mut self, dir: &Path) -> std::result::Result<(), String> {
+        let path = dir.join(mnist_model::artifact::REPORT);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}; the page shows no test accuracy", path.display()))?;
+        let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON ({e}); the page shows no test accuracy", path.display()))?;
+        self.test_accuracy = report["test"]["accuracy"].as_f64();
+        self.steps = report["steps"].as_u64();
+        if self.test_accuracy.is_none() {
+            return Err(format!("{}: no test.accuracy; the page shows no test accuracy", path.display()));
+        }
+        Ok(())
+    }
+
+    /// The name of class `class`.
+    pub fn class_name(&self, class: usize) -> String {
+        self.classes.get(class).cloned().unwrap_or_else(|| class.to_string())
+    }
+}
+
+/// The whole service for `classifier`: starts its inference thread and returns the
+/// routes. The thread stops when the router (and every clone of it) is dropped.
+///
+/// # Errors
+/// [`Error::Config`] for a setting out of range, [`Error::Start`] when the thread cannot
+/// be started.
+pub fn router<B: Backend>(classifier: Classifier<B>, info: ModelInfo, config: &ServeConfig) -> Result<(Router, Arc<Stats>)>
+where
+    Classifier<B>: Send + 'static,
+{
+    config.check()?;
+    let batcher = batcher::Batcher::start(classifier, config)?;
+    let stats = Arc::clone(batcher.stats());
+    Ok((api::router(batcher, Arc::new(info), config), stats))
+}
+
+/// The address `addr` names: `IP:PORT`, or `HOST:PORT` resolved (the first address).
+pub fn resolve(addr: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = addr.parse() {
+        return Ok(addr);
+    }
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| Error::Address(addr.to_string()))
+}
+
+/// Listens on `addr` (port 0: any free port; the listener says which).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then finishes the requests
+/// under way.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)
+}
+
+/// Completes on Ctrl-C, or on SIGTERM on Unix.
+pub async fn stop_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+/// The server as a command runs it: a runtime of its own, listening on `addr`, calling
+/// `ready` with the address once it listens, serving until Ctrl-C or SIGTERM.
+pub fn serve_blocking<B: Backend>(
+    classifier: Classifier<B>,
+    info: ModelInfo,
+    config: &ServeConfig,
+    addr: &str,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<()>
+where
+    Classifier<B>: Send + 'static,
+{
+    let addr = resolve(addr)?;
+    let runtime = runtime()?;
+    let (router, _) = router(classifier, info, config)?;
+    runtime.block_on(async {
+        let listener = bind(addr).await?;
+        ready(listener.local_addr().unwrap_or(addr));
+        serve(listener, router, stop_signal()).await
+    })
+}
+
+/// A multi-threaded tokio runtime, one worker per core.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("mnist-serve")
+        .build()
+        .map_err(|source| Error::Start { what: "the async runtime", source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_out_of_range_are_named() {
+        ServeConfig::new().check().unwrap();
+        let message = |config: ServeConfig| config.check().unwrap_err().to_string();
+        assert_eq!(message(ServeConfig::new().with_max_batch(0)), "max_batch is 0; expected 1 to 4096 images");
+        assert!(message(ServeConfig::new().with_queue(0)).contains("queue is 0"));
+        assert!(message(ServeConfig::new().with_body_limit(10)).contains("at least 1024 bytes"));
+        assert!(message(ServeConfig::new().with_batch_wait_us(5_000_000)).contains("batch_wait_us"));
+        assert!(message(ServeConfig::new().with_request_timeout_ms(0)).contains("request_timeout_ms"));
+    }
+
+    #[test]
+    fn addresses_are_ip_and_port_or_a_host_name() {
+        assert_eq!(resolve("127.0.0.1:8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(resolve("[::1]:0").unwrap(), "[::1]:0".parse().unwrap());
+        assert!(resolve("localhost:8080").unwrap().ip().is_loopback());
+        for bad in ["8080", "127.0.0.1", "nonsense:port", ""] {
+            let e = resolve(bad).unwrap_err().to_string();
+            assert!(e.contains("expected IP:PORT or HOST:PORT"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_port_in_use_is_named_with_a_way_out() {
+        runtime().unwrap().block_on(async {
+            let first = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let taken = first.local_addr().unwrap();
+            let e = bind(taken).await.unwrap_err().to_string();
+            assert!(e.starts_with(&format!("cannot listen on {taken}: ")), "{e}");
+            assert!(e.contains("pass --addr with another port"), "{e}");
+        });
+    }
+}

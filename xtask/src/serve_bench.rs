@@ -1,0 +1,203 @@
+//! `cargo xtask bench --serve`: `mnist serve` under load, on flex, in three ways side by
+//! side: concurrent requests batched (the default), the same load with one forward pass
+//! per request (`--max-batch 1`), and one request at a time (concurrency 1). Each is one
+//! `mnist bench serve` process per round; the table gives the median of the rounds and
+//! serve.json every figure.
+
+use std::io::Write;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use mnist_bench::{ServeMeasurement, median};
+use serde::Serialize;
+
+use crate::bench::{BenchArgs, Machine, build_mnist, busy_warning, cores, date, disagree, git, load_average, measure_with};
+use crate::root;
+
+/// One way of loading the server: `(name, max batch, concurrency)`.
+const VARIANTS: [(&str, usize, usize); 3] = [
+    ("batched (64 in flight, batches up to 64)", 64, 64),
+    ("one forward pass per request (64 in flight, --max-batch 1)", 1, 64),
+    ("one request at a time (1 in flight)", 64, 1),
+];
+
+/// What serve.json holds.
+#[derive(Debug, Serialize)]
+struct Report {
+    load_average_before: Option<f64>,
+    machine: Machine,
+    date_utc: Option<String>,
+    git_commit: Option<String>,
+    git_dirty: Option<bool>,
+    rounds: u32,
+    results: Vec<Run>,
+}
+
+/// One variant in one round.
+#[derive(Debug, Serialize)]
+struct Run {
+    round: u32,
+    variant: &'static str,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Outcome {
+    Measured(ServeMeasurement),
+    Failed { error: String },
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let out_dir = args.out.clone().unwrap_or_else(|| root().join("target").join("bench"));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let binary = build_mnist("flex", &out_dir)?;
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    let requests = if args.quick { 2_000 } else { 10_000 };
+    let load_before = load_average();
+    let busy = busy_warning(load_before, cores());
+    if let Some(warning) = &busy {
+        eprintln!("{warning}");
+    }
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        for (variant, max_batch, concurrency) in VARIANTS {
+            eprintln!("round {round}/{rounds}: {variant}");
+            // One request at a time is slow: fewer of them.
+            let requests = if concurrency == 1 { requests / 4 } else { requests };
+            let mut cmd = Command::new(&binary);
+            cmd.args(["bench", "serve", "--backend", "flex", "--repeats", &requests.to_string(), "--warmup", "2"]);
+            cmd.args(["--concurrency", &concurrency.to_string(), "--max-batch", &max_batch.to_string()]);
+            cmd.env_remove("MNIST_RS_SIMD");
+            let outcome = match measure_with::<ServeMeasurement>(cmd) {
+                Ok(m) => Outcome::Measured(m),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    Outcome::Failed { error }
+                }
+            };
+            results.push(Run { round, variant, outcome });
+        }
+    }
+    let mut text = table(&results);
+    if let Some(warning) = &busy {
+        text = format!("{warning}\n\n{text}");
+    }
+    let _ = writeln!(std::io::stdout(), "{text}");
+    let report = Report {
+        load_average_before: load_before,
+        machine: Machine::here(),
+        date_utc: date(),
+        git_commit: git(&["rev-parse", "HEAD"]),
+        git_dirty: git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        rounds,
+        results,
+    };
+    let path = out_dir.join("serve.json");
+    mnist_fs::write_atomic(&path, (serde_json::to_string_pretty(&report)? + "\n").as_bytes())?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The median of each figure over the rounds, one row per variant, and the batched rate
+/// over each other's.
+fn table(results: &[Run]) -> String {
+    let mut lines = vec![
+        "| mnist serve, flex | requests/s | p50 ms | p99 ms | errors | images per forward pass |".to_string(),
+        "| --- | --- | --- | --- | --- | --- |".to_string(),
+    ];
+    let mut rates = Vec::new();
+    let mut unstable = false;
+    for (variant, _, _) in VARIANTS {
+        let measured: Vec<&ServeMeasurement> = results
+            .iter()
+            .filter(|r| r.variant == variant)
+            .filter_map(|r| match &r.outcome {
+                Outcome::Measured(m) => Some(m),
+                Outcome::Failed { .. } => None,
+            })
+            .collect();
+        let of = |f: fn(&ServeMeasurement) -> f64| median(&measured.iter().map(|m| f(m)).collect::<Vec<_>>());
+        let rate = of(|m| m.requests_per_sec);
+        let spread = disagree(&measured.iter().map(|m| m.requests_per_sec).collect::<Vec<_>>());
+        unstable |= spread;
+        rates.push(rate);
+        let show = |v: Option<f64>, digits: usize| v.map_or_else(|| "failed".to_string(), |v| format!("{v:.digits$}"));
+        let errors: usize = measured.iter().map(|m| m.errors).sum();
+        lines.push(format!(
+            "| {variant} | {}{} | {} | {} | {errors} | {} |",
+            show(rate, 0),
+            if spread { " (!)" } else { "" },
+            show(of(|m| m.p50_ms), 2),
+            show(of(|m| m.p99_ms), 2),
+            show(of(|m| m.mean_batch), 1),
+        ));
+    }
+    if let (Some(Some(batched)), Some(Some(alone)), Some(Some(serial))) = (rates.first(), rates.get(1), rates.get(2)) {
+        lines.push(String::new());
+        lines.push(format!("batched vs one forward pass per request: {:.2}x; vs one request at a time: {:.2}x", batched / alone, batched / serial));
+    }
+    if unstable {
+        lines.push("warning: figures marked (!) varied by more than 25% between rounds; the machine was busy".into());
+    }
+    if let Some(cpu) = results.iter().find_map(|r| match &r.outcome {
+        Outcome::Measured(m) => m.cpu.clone(),
+        Outcome::Failed { .. } => None,
+    }) {
+        lines.push(format!("CPU: {cpu}; client and server share it (both on 127.0.0.1)"));
+    }
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(rate: f64, batch: f64) -> ServeMeasurement {
+        ServeMeasurement {
+            system: "mnist-rs".into(),
+            backend: "flex".into(),
+            device: "flex (Cpu)".into(),
+            measure: "serve".into(),
+            body: "PNG".into(),
+            max_batch: 64,
+            batch_wait_us: 1000,
+            concurrency: 64,
+            requests: 1000,
+            errors: 0,
+            first_error: None,
+            seconds: 1000.0 / rate,
+            requests_per_sec: rate,
+            p50_ms: 10.0,
+            p90_ms: 12.0,
+            p99_ms: 20.0,
+            max_ms: 30.0,
+            mean_batch: batch,
+            commit: None,
+            cpu: Some("AMD EPYC".into()),
+            simd: Some("avx2".into()),
+        }
+    }
+
+    #[test]
+    fn the_table_gives_medians_and_the_ratios_of_batching() {
+        let mut results = Vec::new();
+        for round in 1..=3 {
+            results.push(Run { round, variant: VARIANTS[0].0, outcome: Outcome::Measured(measured(3000.0 + f64::from(round), 20.0)) });
+            results.push(Run { round, variant: VARIANTS[1].0, outcome: Outcome::Measured(measured(1000.0, 1.0)) });
+            results.push(Run { round, variant: VARIANTS[2].0, outcome: Outcome::Failed { error: "boom".into() } });
+        }
+        let text = table(&results);
+        assert!(text.contains("| batched (64 in flight, batches up to 64) | 3002 | 10.00 | 20.00 | 0 | 20.0 |"), "{text}");
+        assert!(text.contains("| one request at a time (1 in flight) | failed |"), "{text}");
+        assert!(!text.contains("batched vs"), "no ratio without all three: {text}");
+        results.retain(|r| r.variant != VARIANTS[2].0);
+        for round in 1..=3 {
+            results.push(Run { round, variant: VARIANTS[2].0, outcome: Outcome::Measured(measured(500.0, 1.0)) });
+        }
+        let text = table(&results);
+        assert!(text.contains("batched vs one forward pass per request: 3.00x; vs one request at a time: 6.00x"), "{text}");
+        assert!(text.contains("CPU: AMD EPYC"), "{text}");
+    }
+}
