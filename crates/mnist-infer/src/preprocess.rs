@@ -67,8 +67,9 @@ pub const FAINT: f32 = 0.03;
 /// fraction of the ink's size (its bounding box's longer side): more is a blob, not
 /// strokes (a disc or a square is 1; MNIST's digits are about 0.15 to 0.3).
 pub const MAX_THICKNESS: f32 = 0.55;
-/// Largest fraction of the image that ink may cover.
-pub const MAX_INK_FRACTION: f32 = 0.4;
+/// Largest fraction of the image that ink may cover (MNIST's boldest digits cover up to
+/// 43% of their 28x28 image; half an image dark is a shadow or a desk, not a digit).
+pub const MAX_INK_FRACTION: f32 = 0.47;
 
 /// Reads and preprocesses an image file into 784 MNIST-style bytes.
 pub fn preprocess_file(path: &Path) -> Result<[u8; SIDE * SIDE]> {
@@ -444,7 +445,7 @@ fn extract_ink(gray: &Plane, split: f32) -> std::result::Result<Ink, String> {
 }
 
 fn covers(inked: usize, pixels: u32) -> String {
-    format!("the ink covers {:.0}% of the image; expected a digit on a plain background", 100.0 * inked as f32 / pixels as f32)
+    format!("the ink covers {:.0}% of the image, more than a digit does", 100.0 * inked as f32 / pixels as f32)
 }
 
 /// For each component label (`labels` as [`components`] gives them), whether it lies
@@ -798,6 +799,24 @@ mod tests {
         eprintln!("mean distance: moved {moved_mean:.3}, original {orig_mean:.3}");
         assert!(moved_mean < 0.15, "{moved_mean}");
         assert!(orig_mean < 0.25, "{orig_mean}");
+    }
+
+    /// Every real digit is a digit: the bundled sample's 10,000 MNIST images, as they are
+    /// (28x28, light on black), all preprocess (a bold 0 of the sample covering 41% of its
+    /// image was refused as "ink covering most of the image" when `mnist serve`'s load
+    /// benchmark sent it).
+    #[test]
+    fn every_digit_of_the_bundled_sample_is_accepted() {
+        let data = sample();
+        let mut refused = Vec::new();
+        for (split, name) in [(&data.train, "train"), (&data.test, "test")] {
+            for i in 0..split.len() {
+                if let Err(e) = preprocess(&render(split.image(i), 1, 28, 0, 0, false), Path::new("digit")) {
+                    refused.push(format!("{name} {i}: {e}"));
+                }
+            }
+        }
+        assert!(refused.is_empty(), "{} of 10,000 refused: {:?}", refused.len(), &refused[..refused.len().min(10)]);
     }
 
     /// A deterministic generator of values in `[-1, 1)` (xorshift), for noise.
