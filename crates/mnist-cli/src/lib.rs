@@ -154,7 +154,8 @@ pub struct BatchingArgs {
     /// Most images classified in one forward pass (1: each request alone).
     #[arg(long, default_value_t = 64, allow_hyphen_values = true, value_parser = positive::<usize>)]
     pub max_batch: usize,
-    /// Microseconds to wait for more requests before running a batch that is not full.
+    /// Microseconds to wait for requests already on their way (being received or decoded)
+    /// before running a batch that is not full.
     #[arg(long, default_value_t = 1000, allow_hyphen_values = true, value_parser = non_negative::<u64>)]
     pub batch_wait_us: u64,
 }

@@ -113,6 +113,8 @@ async fn predict(State(state): State<AppState>, request: Request) -> Response {
 }
 
 async fn answer(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    // From here until its image is queued, the inference thread may wait for this one.
+    let arriving = state.batcher.arriving();
     let (parts, body) = request.into_parts();
     let bytes = read_body(&parts.headers, body, state.body_limit).await?;
     let input = match Kind::of(&parts.headers, &bytes) {
@@ -123,7 +125,7 @@ async fn answer(state: &AppState, request: Request) -> Result<Response, ApiError
         }
         Kind::Image => preprocess(bytes).await?,
     };
-    let prediction = state.batcher.predict(input).await.map_err(refusal)?;
+    let prediction = state.batcher.predict(input, arriving).await.map_err(refusal)?;
     Ok(axum::Json(reply(&state.info, &input, &prediction)).into_response())
 }
 

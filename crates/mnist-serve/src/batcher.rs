@@ -3,14 +3,16 @@
 //!
 //! One image costs nearly as much as a small batch on this network (the weights are
 //! read either way), so the thread takes the first request waiting, then everything
-//! queued behind it, then waits up to [`ServeConfig::batch_wait_us`] for more, up to
-//! [`ServeConfig::max_batch`] images, and answers them all from one
-//! [`Classifier::predict_batch`]. The async runtime never runs the network: a handler
-//! queues its image and awaits a one-shot reply.
+//! queued behind it, then, while other requests are on their way (received, their image
+//! still being read or decoded: [`Batcher::arriving`]), waits up to
+//! [`ServeConfig::batch_wait_us`] for them, up to [`ServeConfig::max_batch`] images, and
+//! answers them all from one [`Classifier::predict_batch`]. A request alone waits for
+//! nobody. The async runtime never runs the network: a handler queues its image and
+//! awaits a one-shot reply.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -55,6 +57,17 @@ pub(crate) struct Batcher {
     queue: SyncSender<Job>,
     capacity: usize,
     stats: Arc<Stats>,
+    /// Requests received whose image is not queued yet.
+    arriving: Arc<AtomicUsize>,
+}
+
+/// A request on its way to the queue (counted until it is queued or dropped).
+pub(crate) struct Arriving(Arc<AtomicUsize>);
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Batcher {
@@ -67,18 +80,29 @@ impl Batcher {
         let (queue, jobs) = sync_channel(config.queue);
         let stats = Arc::new(Stats::default());
         let thread_stats = Arc::clone(&stats);
-        let (max, wait) = (config.max_batch, Duration::from_micros(config.batch_wait_us));
+        let arriving = Arc::new(AtomicUsize::new(0));
+        let gathering = Gathering { max: config.max_batch, wait: Duration::from_micros(config.batch_wait_us), arriving: Arc::clone(&arriving) };
         std::thread::Builder::new()
             .name("mnist-inference".into())
-            .spawn(move || run(&classifier, &jobs, max, wait, &thread_stats))
+            .spawn(move || run(&classifier, &jobs, &gathering, &thread_stats))
             .map_err(|source| Error::Start { what: "the inference thread", source })?;
-        Ok(Batcher { queue, capacity: config.queue, stats })
+        Ok(Batcher { queue, capacity: config.queue, stats, arriving })
     }
 
-    /// Classifies `pixels` in the next batch.
-    pub async fn predict(&self, pixels: Pixels) -> std::result::Result<Prediction, Refusal> {
+    /// Counts a request as on its way until the guard is dropped or handed to
+    /// [`predict`](Self::predict): the inference thread waits for such requests.
+    pub fn arriving(&self) -> Arriving {
+        self.arriving.fetch_add(1, Ordering::Relaxed);
+        Arriving(Arc::clone(&self.arriving))
+    }
+
+    /// Classifies `pixels` in the next batch; the request stops counting as arriving once
+    /// its image is queued.
+    pub async fn predict(&self, pixels: Pixels, arriving: Arriving) -> std::result::Result<Prediction, Refusal> {
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Job { pixels, reply }) {
+        let queued = self.queue.try_send(Job { pixels, reply });
+        drop(arriving);
+        match queued {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(Refusal::Busy(self.capacity)),
             Err(TrySendError::Disconnected(_)) => return Err(Refusal::Stopped),
@@ -96,11 +120,18 @@ impl Batcher {
     }
 }
 
+/// How the inference thread gathers a batch.
+struct Gathering {
+    max: usize,
+    wait: Duration,
+    arriving: Arc<AtomicUsize>,
+}
+
 /// The inference thread's loop: until every sender is gone, gather a batch and answer it.
-fn run<B: Backend>(classifier: &Classifier<B>, jobs: &Receiver<Job>, max: usize, wait: Duration, stats: &Stats) {
+fn run<B: Backend>(classifier: &Classifier<B>, jobs: &Receiver<Job>, gathering: &Gathering, stats: &Stats) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
-        gather(jobs, &mut batch, max, wait);
+        gather(jobs, &mut batch, gathering);
         // A client that gave up (its request timed out, its connection closed) needs no
         // answer.
         batch.retain(|job| !job.reply.is_closed());
@@ -132,23 +163,28 @@ fn run<B: Backend>(classifier: &Classifier<B>, jobs: &Receiver<Job>, max: usize,
     }
 }
 
-/// Adds to `batch` what is already queued, then what arrives within `wait`, up to `max`.
-fn gather(jobs: &Receiver<Job>, batch: &mut Vec<Job>, max: usize, wait: Duration) {
+/// Adds to `batch` what is already queued, then, while requests are arriving, what
+/// arrives within `wait`, up to `max`.
+fn gather(jobs: &Receiver<Job>, batch: &mut Vec<Job>, gathering: &Gathering) {
+    let max = gathering.max;
     while batch.len() < max {
         match jobs.try_recv() {
             Ok(job) => batch.push(job),
             Err(_) => break,
         }
     }
-    let deadline = Instant::now() + wait;
-    while batch.len() < max {
+    // Checked this often for requests that stopped arriving (refused, or given up).
+    const POLL: Duration = Duration::from_micros(100);
+    let deadline = Instant::now() + gathering.wait;
+    while batch.len() < max && gathering.arriving.load(Ordering::Relaxed) > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
-        match jobs.recv_timeout(left) {
+        match jobs.recv_timeout(left.min(POLL)) {
             Ok(job) => batch.push(job),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
 }
@@ -193,7 +229,8 @@ mod tests {
                 .iter()
                 .map(|&image| {
                     let batcher = batcher.clone();
-                    tokio::spawn(async move { batcher.predict(image).await })
+                    let arriving = batcher.arriving();
+                    tokio::spawn(async move { batcher.predict(image, arriving).await })
                 })
                 .collect();
             let mut answers = Vec::new();
@@ -218,14 +255,15 @@ mod tests {
     #[test]
     fn a_full_queue_refuses_and_a_stopped_thread_says_so() {
         let (queue, jobs) = sync_channel(1);
-        let batcher = Batcher { queue, capacity: 1, stats: Arc::default() };
+        let batcher = Batcher { queue, capacity: 1, stats: Arc::default(), arriving: Arc::default() };
         let rt = runtime();
         // Nobody takes jobs: the first fills the queue, the second is refused at once.
         let (reply, _answer) = oneshot::channel();
         batcher.queue.try_send(Job { pixels: [0; 784], reply }).unwrap();
-        assert_eq!(rt.block_on(batcher.predict([0; 784])), Err(Refusal::Busy(1)));
+        assert_eq!(rt.block_on(batcher.predict([0; 784], batcher.arriving())), Err(Refusal::Busy(1)));
         drop(jobs);
-        assert_eq!(rt.block_on(batcher.predict([0; 784])), Err(Refusal::Stopped));
+        assert_eq!(rt.block_on(batcher.predict([0; 784], batcher.arriving())), Err(Refusal::Stopped));
+        assert_eq!(batcher.arriving.load(Ordering::Relaxed), 0, "refused requests stop counting");
     }
 
     #[test]
