@@ -119,6 +119,9 @@ fn no_bad_input_ends_in_a_panic() {
     let case = |p: &str| cases().join(p).to_str().unwrap().to_string();
     let out = |name: &str| root.join("runs").join(name).to_str().unwrap().to_string();
 
+    // A port another program holds, for `serve --addr`.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
     let mut runs: Vec<Vec<String>> = vec![
         vec!["train".into(), "--steps".into(), "-5".into()],
         vec!["train".into(), "--steps".into(), "0".into()],
@@ -142,13 +145,21 @@ fn no_bad_input_ends_in_a_panic() {
         vec!["predict".into()],
         vec!["predict".into(), "--model".into(), "/nonexistent".into(), flat.clone()],
         vec!["predict".into(), "--model".into(), m.clone(), "/nonexistent.png".into(), empty, text_file, huge, flat, html],
+        // `serve` must refuse each of these before it would start serving (and block).
+        vec!["serve".into(), "--model".into(), "/nonexistent".into()],
+        vec!["serve".into(), "--model".into(), m.clone(), "--addr".into(), "nonsense".into()],
+        vec!["serve".into(), "--model".into(), m.clone(), "--addr".into(), taken.clone()],
+        vec!["serve".into(), "--model".into(), m.clone(), "--max-batch".into(), "0".into()],
+        vec!["serve".into(), "--model".into(), m.clone(), "--batch-wait-us".into(), "-3".into()],
+        vec!["bench".into(), "serve".into(), "--concurrency".into(), "0".into()],
     ];
     for config in ["classes5.json", "classes12_init.json", "huge_lr_rarelog.json"] {
         runs.push(vec!["train".into(), "--config".into(), case(&format!("configs/{config}")), "--out".into(), out(config), "--plain".into()]);
     }
     for dir in [flipped, truncated, bad_manifest, garbage] {
         runs.push(vec!["eval".into(), "--model".into(), dir.clone(), "--dataset".into(), "sample".into()]);
-        runs.push(vec!["predict".into(), "--model".into(), dir, case("images/repro_seven_bg128.png")]);
+        runs.push(vec!["predict".into(), "--model".into(), dir.clone(), case("images/repro_seven_bg128.png")]);
+        runs.push(vec!["serve".into(), "--model".into(), dir, "--addr".into(), "127.0.0.1:0".into()]);
     }
     let images: Vec<String> = std::fs::read_dir(cases().join("images")).unwrap().map(|e| e.unwrap().path().to_str().unwrap().to_string()).collect();
     runs.push([vec!["predict".to_string(), "--model".into(), m.clone(), "--json".into()], images].concat());
