@@ -28,10 +28,8 @@ const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 pub fn run(args: &[String]) -> Result<()> {
     let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     match installed {
-        Ok(out) if out.status.success() => {
-            if !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET) {
-                bail!("the Rust target {TARGET} is not installed: run `rustup target add {TARGET}`");
-            }
+        Ok(out) if out.status.success() && !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET) => {
+            bail!("the Rust target {TARGET} is not installed: run `rustup target add {TARGET}`");
         }
         // Without rustup (a distribution's Rust) cargo itself says whether it has the target.
         _ => {}

@@ -48,7 +48,7 @@ struct Run {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum Outcome {
-    Measured(ServeMeasurement),
+    Measured(Box<ServeMeasurement>),
     Failed { error: String },
 }
 
@@ -74,7 +74,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             cmd.args(["--concurrency", &concurrency.to_string(), "--max-batch", &max_batch.to_string()]);
             cmd.env_remove("MNIST_RS_SIMD");
             let outcome = match measure_with::<ServeMeasurement>(cmd) {
-                Ok(m) => Outcome::Measured(m),
+                Ok(m) => Outcome::Measured(Box::new(m)),
                 Err(error) => {
                     eprintln!("error: {error}");
                     Outcome::Failed { error }
@@ -117,7 +117,7 @@ fn table(results: &[Run]) -> String {
             .iter()
             .filter(|r| r.variant == variant)
             .filter_map(|r| match &r.outcome {
-                Outcome::Measured(m) => Some(m),
+                Outcome::Measured(m) => Some(m.as_ref()),
                 Outcome::Failed { .. } => None,
             })
             .collect();
@@ -187,8 +187,8 @@ mod tests {
     fn the_table_gives_medians_and_the_ratios_of_batching() {
         let mut results = Vec::new();
         for round in 1..=3 {
-            results.push(Run { round, variant: VARIANTS[0].0, outcome: Outcome::Measured(measured(3000.0 + f64::from(round), 20.0)) });
-            results.push(Run { round, variant: VARIANTS[1].0, outcome: Outcome::Measured(measured(1000.0, 1.0)) });
+            results.push(Run { round, variant: VARIANTS[0].0, outcome: Outcome::Measured(Box::new(measured(3000.0 + f64::from(round), 20.0))) });
+            results.push(Run { round, variant: VARIANTS[1].0, outcome: Outcome::Measured(Box::new(measured(1000.0, 1.0))) });
             results.push(Run { round, variant: VARIANTS[2].0, outcome: Outcome::Failed { error: "boom".into() } });
         }
         let text = table(&results);
@@ -197,7 +197,7 @@ mod tests {
         assert!(!text.contains("batched vs"), "no ratio without all three: {text}");
         results.retain(|r| r.variant != VARIANTS[2].0);
         for round in 1..=3 {
-            results.push(Run { round, variant: VARIANTS[2].0, outcome: Outcome::Measured(measured(500.0, 1.0)) });
+            results.push(Run { round, variant: VARIANTS[2].0, outcome: Outcome::Measured(Box::new(measured(500.0, 1.0))) });
         }
         let text = table(&results);
         assert!(text.contains("batched vs one forward pass per request: 3.00x; vs one request at a time: 6.00x"), "{text}");

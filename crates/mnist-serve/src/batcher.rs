@@ -248,7 +248,7 @@ mod tests {
         let stats = batcher.stats();
         assert_eq!(stats.images.load(Ordering::Relaxed), 40);
         let batches = stats.batches.load(Ordering::Relaxed);
-        assert!(batches < 40 && batches >= 3, "{batches} forward passes for 40 requests, at most 16 each");
+        assert!((3..40).contains(&batches), "{batches} forward passes for 40 requests, at most 16 each");
         assert!(stats.largest_batch.load(Ordering::Relaxed) <= 16);
     }
 
