@@ -168,11 +168,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
+    publish(table(&results), busy.as_deref(), load_before, rounds, results, &out_dir.join("bench.json"))
+}
+
+/// Prints `table` (under the busy warning, if any) and writes the run to `path` as a
+/// [`Report`], atomically: the end of `cargo xtask bench` and of `bench --serve`.
+pub(crate) fn publish<R: Serialize>(table: String, busy: Option<&str>, load_before: Option<f64>, rounds: u32, results: Vec<R>, path: &Path) -> Result<()> {
+    let text = match busy {
+        Some(warning) => format!("{warning}\n\n{table}"),
+        None => table,
+    };
     // A closed pipe (`| head`) is not worth a panic; the JSON below is written anyway.
-    let mut text = table(&results);
-    if let Some(warning) = &busy {
-        text = format!("{warning}\n\n{text}");
-    }
     let _ = writeln!(std::io::stdout(), "{text}");
     let report = Report {
         load_average_before: load_before,
@@ -183,17 +189,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rounds,
         results,
     };
-    let path = out_dir.join("bench.json");
     let text = serde_json::to_string_pretty(&report)? + "\n";
-    mnist_fs::write_atomic(&path, text.as_bytes())?;
+    mnist_fs::write_atomic(path, text.as_bytes())?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
 
-/// What `cargo xtask bench` writes to bench.json: the machine, the code, and every
-/// measurement of every round.
+/// What `cargo xtask bench` writes to bench.json (and `bench --serve` to serve.json): the
+/// machine, the code, and every measurement of every round.
 #[derive(Debug, Serialize)]
-struct Report {
+struct Report<R> {
     /// The 1-minute load average when the benchmark started (Linux).
     load_average_before: Option<f64>,
     machine: Machine,
@@ -201,7 +206,7 @@ struct Report {
     git_commit: Option<String>,
     git_dirty: Option<bool>,
     rounds: u32,
-    results: Vec<Record>,
+    results: Vec<R>,
 }
 
 /// One measurement that was asked for: which system, on what, which figure.
@@ -558,7 +563,7 @@ fn table(results: &[Record]) -> String {
 
 /// The machine the figures were taken on.
 #[derive(Debug, Serialize)]
-pub(crate) struct Machine {
+struct Machine {
     cpu: Option<String>,
     cores: Option<usize>,
     memory_gib: Option<f64>,
@@ -567,7 +572,7 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
-    pub(crate) fn here() -> Machine {
+    fn here() -> Machine {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let mem_kib = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok());
         Machine {
@@ -580,12 +585,12 @@ impl Machine {
     }
 }
 
-pub(crate) fn date() -> Option<String> {
+fn date() -> Option<String> {
     let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub(crate) fn git(args: &[&str]) -> Option<String> {
+fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).current_dir(root()).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

@@ -5,14 +5,13 @@
 //! `mnist bench serve` process per round; the table gives the median of the rounds and
 //! serve.json every figure.
 
-use std::io::Write;
 use std::process::Command;
 
 use anyhow::{Context, Result};
 use mnist_bench::{ServeMeasurement, median};
 use serde::Serialize;
 
-use crate::bench::{BenchArgs, Machine, build_mnist, busy_warning, cores, date, disagree, git, load_average, measure_with};
+use crate::bench::{BenchArgs, build_mnist, busy_warning, cores, disagree, load_average, measure_with, publish};
 use crate::root;
 
 /// One way of loading the server: `(name, max batch, concurrency)`. The table's ratios
@@ -23,18 +22,6 @@ const VARIANTS: [(&str, usize, usize); 4] = [
     ("one request at a time (1 in flight)", 64, 1),
     ("batched (32 in flight)", 64, 32),
 ];
-
-/// What serve.json holds.
-#[derive(Debug, Serialize)]
-struct Report {
-    load_average_before: Option<f64>,
-    machine: Machine,
-    date_utc: Option<String>,
-    git_commit: Option<String>,
-    git_dirty: Option<bool>,
-    rounds: u32,
-    results: Vec<Run>,
-}
 
 /// One variant in one round.
 #[derive(Debug, Serialize)]
@@ -83,24 +70,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             results.push(Run { round, variant, outcome });
         }
     }
-    let mut text = table(&results);
-    if let Some(warning) = &busy {
-        text = format!("{warning}\n\n{text}");
-    }
-    let _ = writeln!(std::io::stdout(), "{text}");
-    let report = Report {
-        load_average_before: load_before,
-        machine: Machine::here(),
-        date_utc: date(),
-        git_commit: git(&["rev-parse", "HEAD"]),
-        git_dirty: git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
-        rounds,
-        results,
-    };
-    let path = out_dir.join("serve.json");
-    mnist_fs::write_atomic(&path, (serde_json::to_string_pretty(&report)? + "\n").as_bytes())?;
-    eprintln!("wrote {}", path.display());
-    Ok(())
+    publish(table(&results), busy.as_deref(), load_before, rounds, results, &out_dir.join("serve.json"))
 }
 
 /// The median of each figure over the rounds, one row per variant, and the batched rate
@@ -122,18 +92,18 @@ fn table(results: &[Run]) -> String {
             })
             .collect();
         let of = |f: fn(&ServeMeasurement) -> f64| median(&measured.iter().map(|m| f(m)).collect::<Vec<_>>());
-        let rate = of(|m| m.requests_per_sec);
-        let spread = disagree(&measured.iter().map(|m| m.requests_per_sec).collect::<Vec<_>>());
+        let rate = of(|m| m.load.requests_per_sec);
+        let spread = disagree(&measured.iter().map(|m| m.load.requests_per_sec).collect::<Vec<_>>());
         unstable |= spread;
         rates.push(rate);
         let show = |v: Option<f64>, digits: usize| v.map_or_else(|| "failed".to_string(), |v| format!("{v:.digits$}"));
-        let errors: usize = measured.iter().map(|m| m.errors).sum();
+        let errors: usize = measured.iter().map(|m| m.load.errors).sum();
         lines.push(format!(
             "| {variant} | {}{} | {} | {} | {errors} | {} |",
             show(rate, 0),
             if spread { " (!)" } else { "" },
-            show(of(|m| m.p50_ms), 2),
-            show(of(|m| m.p99_ms), 2),
+            show(of(|m| m.load.p50_ms), 2),
+            show(of(|m| m.load.p99_ms), 2),
             show(of(|m| m.mean_batch), 1),
         ));
     }
@@ -166,16 +136,18 @@ mod tests {
             body: "PNG".into(),
             max_batch: 64,
             batch_wait_us: 1000,
-            concurrency: 64,
-            requests: 1000,
-            errors: 0,
-            first_error: None,
-            seconds: 1000.0 / rate,
-            requests_per_sec: rate,
-            p50_ms: 10.0,
-            p90_ms: 12.0,
-            p99_ms: 20.0,
-            max_ms: 30.0,
+            load: mnist_bench::LoadReport {
+                requests: 1000,
+                concurrency: 64,
+                errors: 0,
+                first_error: None,
+                seconds: 1000.0 / rate,
+                requests_per_sec: rate,
+                p50_ms: 10.0,
+                p90_ms: 12.0,
+                p99_ms: 20.0,
+                max_ms: 30.0,
+            },
             mean_batch: batch,
             commit: None,
             cpu: Some("AMD EPYC".into()),

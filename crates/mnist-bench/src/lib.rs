@@ -88,15 +88,31 @@ pub struct ServeMeasurement {
     pub max_batch: usize,
     /// Microseconds the inference thread waits for more requests.
     pub batch_wait_us: u64,
+    /// The rate, latency and errors of the timed requests.
+    #[serde(flatten)]
+    pub load: LoadReport,
+    /// Images per forward pass, on average over the timed requests.
+    pub mean_batch: f64,
+    /// The git commit the `mnist` binary was built from, where the build knew it.
+    pub commit: Option<String>,
+    /// The CPU's model name ([`cpu_model`]).
+    pub cpu: Option<String>,
+    /// The instruction set the CPU kernels ran with.
+    pub simd: Option<String>,
+}
+
+/// What a load run of requests against a server measured (`mnist_serve::load::run`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Requests answered (well or not).
+    pub requests: usize,
     /// Requests in flight at once.
     pub concurrency: usize,
-    /// Timed requests answered.
-    pub requests: usize,
-    /// Answers that were not a sound 200, and requests that failed.
+    /// Answers that were not a 200 with a sound prediction, and requests that failed.
     pub errors: usize,
     /// The first error, for people.
     pub first_error: Option<String>,
-    /// Wall time of the timed requests, in seconds.
+    /// Wall time from the first request sent to the last answer, in seconds.
     pub seconds: f64,
     /// Requests answered per second.
     pub requests_per_sec: f64,
@@ -108,14 +124,6 @@ pub struct ServeMeasurement {
     pub p99_ms: f64,
     /// Slowest answer, in milliseconds.
     pub max_ms: f64,
-    /// Images per forward pass, on average over the timed requests.
-    pub mean_batch: f64,
-    /// The git commit the `mnist` binary was built from, where the build knew it.
-    pub commit: Option<String>,
-    /// The CPU's model name ([`cpu_model`]).
-    pub cpu: Option<String>,
-    /// The instruction set the CPU kernels ran with.
-    pub simd: Option<String>,
 }
 
 /// The CPU's model name, as Linux's `/proc/cpuinfo` gives it (for example "AMD EPYC 9R14

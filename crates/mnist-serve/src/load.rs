@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use image::ImageEncoder;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -47,30 +46,8 @@ pub struct LoadConfig {
     pub max_seconds: f64,
 }
 
-/// What a load run measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoadReport {
-    /// Requests answered (well or not).
-    pub requests: usize,
-    /// Requests in flight at once.
-    pub concurrency: usize,
-    /// Answers that were not a 200 with a sound prediction, and requests that failed.
-    pub errors: usize,
-    /// The first error, for people.
-    pub first_error: Option<String>,
-    /// Wall time from the first request sent to the last answer, in seconds.
-    pub seconds: f64,
-    /// Requests answered per second.
-    pub requests_per_sec: f64,
-    /// Median latency, in milliseconds.
-    pub p50_ms: f64,
-    /// 90th percentile of the latency, in milliseconds.
-    pub p90_ms: f64,
-    /// 99th percentile of the latency, in milliseconds.
-    pub p99_ms: f64,
-    /// Slowest answer, in milliseconds.
-    pub max_ms: f64,
-}
+/// What a load run measured (one type with the figure `mnist bench serve` prints).
+pub use mnist_bench::LoadReport;
 
 /// Sends the load to `url` (the server's `POST /api/predict`), cycling through `bodies`.
 ///
