@@ -5,14 +5,14 @@
 use burn::backend::Autodiff;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use mnist_data::{DatasetKind, Locator};
 use mnist_model::artifact::{self, Manifest};
 use mnist_model::{Cnn, CnnConfig, dropout_mask, input};
-use rand::SeedableRng;
+use mnist_train::TrainConfig;
 
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -57,19 +57,19 @@ pub struct Step {
     params: Vec<f32>,
 }
 
-/// One Adam step of the seed network on 16 real digits with a fixed dropout mask.
+/// One Adam step of the seed network on 16 real digits with a fixed dropout mask, with
+/// the optimizer training uses (the fused Adam kernels where the backend has them).
 pub fn one_step<B: AutodiffBackend>(device: &B::Device) -> Step {
     let data = Locator::offline(None).load(DatasetKind::Sample).unwrap();
     let config = CnnConfig::new();
     let model = config.init::<B>(5, device).unwrap();
     let batch = data.train.gather(&(0..16).collect::<Vec<_>>()).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    let mask = dropout_mask::<B>(16, config.hidden, config.dropout, &mut rng, device);
+    let mask = dropout_mask::<B>(16, config.hidden, config.dropout, 9, 0, device);
     let loss = CrossEntropyLossConfig::new().init(device).forward(model.forward_train(input::images::<B>(&batch.pixels, device), mask), input::labels::<B>(&batch.labels, device));
     let raw = loss.backward();
     let grads_flat = grads(&model, &raw);
     let grads = GradientsParams::from_grads(raw, &model);
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<B, Cnn<B>>();
+    let mut optim = mnist_train::optimizer::<B>(&TrainConfig::new());
     Step { grads: grads_flat, params: params(&optim.step(1e-4, model, grads)) }
 }
 

@@ -55,4 +55,8 @@ fn wgpu_training_step_gives_the_same_parameters_as_flex() {
     let a = one_step::<Autodiff<Flex>>(&Default::default());
     let b = one_step::<Autodiff<Wgpu>>(&device);
     assert_same_step(&a, &b);
+    // Both updates were fused Adam kernels (flex's and the CubeCL one), as training
+    // reports them.
+    let model = CnnConfig::new().init::<Autodiff<Wgpu>>(5, &device).unwrap();
+    assert_eq!(mnist_train::kernels_in_use(&model).optimizer.as_deref(), Some("fused Adam"));
 }

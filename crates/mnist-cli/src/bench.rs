@@ -112,8 +112,7 @@ fn time_training<B: AutodiffBackend>(mut model: Cnn<B>, train: &Split, args: &Be
         }
         let batch = train.gather(&indices)?;
         let (images, labels) = (input::images::<B>(&batch.pixels, device), input::labels::<B>(&batch.labels, device));
-        let mut rng = mnist_train::dropout_rng(config.seed, step as u64);
-        let mask = dropout_mask::<B>(args.batch, config.model.hidden, config.model.dropout, &mut rng, device);
+        let mask = dropout_mask::<B>(args.batch, config.model.hidden, config.model.dropout, config.seed, step as u64, device);
         let (updated, _loss) = train_step(model, &mut optim, images, labels, mask, config.learning_rate);
         model = updated;
     }

@@ -8,14 +8,17 @@
 //! tensors' own buffers (copying first only a buffer that is shared), reading the gradient
 //! where it lies; taking the values out as `Vec`s had cost four 13 MB copies a step for
 //! fc1 alone, on one core (burn-flex's buffers are over-aligned, so `into_vec` copies).
-//! On every other backend it is Burn's own `Adam`, built from the same values.
+//! On the CubeCL backends (burn-wgpu's and burn-cuda's, cargo features `wgpu` and `cuda`)
+//! it is one kernel launch per parameter, reading and writing the parameter and both
+//! moments in place (`cube/adam.rs`). On every other backend it is Burn's own `Adam`,
+//! built from the same values.
 
 use std::fmt;
 
 use burn::config::Config;
 use burn::optim::{Adam, AdamConfig, AdamState, LearningRate, SimpleOptimizer};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
 
 use crate::{Implementation, Native, native};
 
@@ -65,8 +68,25 @@ impl fmt::Debug for FusedAdam {
     }
 }
 
+/// What a fused update returns: the new parameter and state.
+#[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
+pub(crate) type Step<B, const D: usize> = (Tensor<B, D>, Option<AdamState<B, D>>);
+/// What a fused update hands back when it does not run: its inputs, untouched.
+#[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
+pub(crate) type Inputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Option<AdamState<B, D>>);
+
+/// Whether the parameter, its gradient and its state (if any) are all f32, without
+/// AMSGrad's extra moment: what the fused updates take.
+#[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
+pub(crate) fn all_f32<B: Backend, const D: usize>(tensor: &Tensor<B, D>, grad: &Tensor<B, D>, state: Option<&AdamState<B, D>>) -> bool {
+    let f32_state = state.is_none_or(|s| {
+        s.momentum.max_moment_2.is_none() && s.momentum.moment_1.dtype() == DType::F32 && s.momentum.moment_2.dtype() == DType::F32
+    });
+    f32_state && tensor.dtype() == DType::F32 && grad.dtype() == DType::F32
+}
+
 /// The scalars of step `time` (1-based).
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
 pub(crate) struct Factors {
     /// `lr * sqrt(1 - b2^t) / (1 - b1^t)`.
     pub(crate) step: f32,
@@ -82,15 +102,15 @@ impl FusedAdam {
 
     /// The implementation that updates f32 parameters of backend `B` (for training, the
     /// autodiff backend's inner backend: the optimizer steps on that): the fused update
-    /// on burn-flex, Burn's `Adam` elsewhere.
+    /// on burn-flex and the CubeCL backends, Burn's `Adam` elsewhere.
     pub fn implementation<B: Backend>() -> Implementation {
         match native::<B>() {
-            Native::Flex => Implementation::FusedAdam,
+            Native::Flex | Native::Cube => Implementation::FusedAdam,
             _ => Implementation::BurnAdam,
         }
     }
 
-    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
     pub(crate) fn factors(&self, lr: LearningRate, time: usize) -> Factors {
         let time = i32::try_from(time).unwrap_or(i32::MAX);
         let correction2 = (1.0 - f64::from(self.config.beta_2).powi(time)).sqrt();
@@ -114,6 +134,11 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
             Ok(done) => return done,
             Err(back) => back,
         };
+        #[cfg(feature = "cube")]
+        let (tensor, grad, state) = match crate::cube::adam::step(self, lr, tensor, grad, state) {
+            Ok(done) => return done,
+            Err(back) => back,
+        };
         SimpleOptimizer::<B>::step(&self.burn, lr, tensor, grad, state)
     }
 
@@ -123,20 +148,20 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use burn::tensor::TensorData;
     use burn_flex::Flex;
 
     use super::*;
 
     /// Pseudo-random values in [-1, 1) for step `seed`.
-    fn values(n: usize, seed: usize) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| ((i * 7919 + seed * 104_729 + 13) % 2000) as f32 / 1000.0 - 1.0).collect()
     }
 
     /// `steps` updates of a parameter of `n` values by `optim`, fed the same gradients
     /// (`transposed`: the parameter as a transposed, so non-contiguous, view).
-    fn run<B: Backend, O: SimpleOptimizer<B, State<2> = AdamState<B, 2>>>(optim: &O, n: usize, transposed: bool, steps: usize) -> Vec<f32> {
+    pub(crate) fn run<B: Backend, O: SimpleOptimizer<B, State<2> = AdamState<B, 2>>>(optim: &O, n: usize, transposed: bool, steps: usize) -> Vec<f32> {
         let device = Default::default();
         let rows = n / 8;
         let mut p = match transposed {

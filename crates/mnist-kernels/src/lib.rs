@@ -6,6 +6,7 @@
 //! | [`conv_relu_pool`] | `x [b, c, h, w]`, `weight [o, c, k, k]` (k odd), `bias [o]` -> `[b, o, h/2, w/2]` | `maxpool2x2(relu(conv_same(x, weight) + bias))` |
 //! | [`fully_connected`] | `x [n, i]`, `weight [i, j]`, `bias [j]` -> `[n, j]` | `x weight + bias` |
 //! | [`FusedAdam`] | any parameter and its gradient | Burn's Adam, one pass per parameter |
+//! | [`dropout_mask`] | `[batch, width]` | a dropout mask, a pure function of seed, step and element |
 //!
 //! ([`conv_block`] and [`linear`] are the first two taking Burn's `Conv2d`, `MaxPool2d`
 //! and `Linear` modules.) Each op runs the fastest implementation there is for the
@@ -32,7 +33,9 @@
 //!   fused (each thread one pooling window's four sums, bias, ReLU, maximum and winner), a
 //!   backward pass sparse through the winners with the weight gradient split over batch x
 //!   pixels (split-K) so that it fills a GPU, and the input gradient only where the input
-//!   is tracked; on `Fusion` backends as custom operations in the fusion stream. Recognised
+//!   is tracked; Adam's update as one in-place kernel per parameter; the dropout mask
+//!   computed on the device; on `Fusion` backends as custom operations in the fusion
+//!   stream. Recognised
 //!   by `TypeId` as `Wgpu`, `Cuda` and their `Autodiff` (default checkpointing).
 //! - **any backend**: [`Kernels::Im2col`] computes the block as im2col and one matrix
 //!   product made of Burn tensor operations (for GPUs whose matrix product is tuned further
@@ -60,6 +63,7 @@
 mod adam;
 #[cfg(feature = "cube")]
 mod cube;
+mod dropout;
 #[cfg(feature = "flex")]
 mod flex;
 mod im2col;
@@ -77,6 +81,7 @@ use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use adam::{FusedAdam, FusedAdamConfig};
+pub use dropout::dropout_mask;
 
 /// Which implementations the ops may choose from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

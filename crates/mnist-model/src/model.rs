@@ -239,20 +239,14 @@ impl<B: Backend> Cnn<B> {
     }
 }
 
-/// An inverted-dropout mask `[batch, width]` drawn on the host: each entry is `0` with
-/// probability `drop`, else `1 / (1 - drop)`. Drawing it from a seeded generator makes
-/// training reproducible on every backend and across a resume.
-pub fn dropout_mask<B: Backend>(
-    batch: usize,
-    width: usize,
-    drop: f64,
-    rng: &mut impl Rng,
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    let keep = 1.0 - drop;
-    let scale = (1.0 / keep) as f32;
-    let values: Vec<f32> = (0..batch * width)
-        .map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 })
-        .collect();
-    Tensor::from_data(TensorData::new(values, [batch, width]), device)
+/// The inverted-dropout mask of training step `step` of a run seeded `seed`:
+/// `[batch, width]`, each entry `0` with probability `drop`, else `1 / (1 - drop)`. A
+/// pure function of seed, step and position ([`mnist_kernels::dropout_mask`]'s hash), so
+/// training is reproducible across a resume and every backend draws the same masks; the
+/// GPU backends compute it on the device (no copy from the host each step).
+///
+/// # Panics
+/// When `batch * width` is over `u32::MAX`.
+pub fn dropout_mask<B: Backend>(batch: usize, width: usize, drop: f64, seed: u64, step: u64, device: &B::Device) -> Tensor<B, 2> {
+    mnist_kernels::dropout_mask::<B>(batch, width, 1.0 - drop, seed, step, device)
 }

@@ -17,8 +17,6 @@ use mnist_infer::{Evaluation, evaluate};
 use mnist_kernels::FusedAdam;
 use mnist_model::artifact::{self, Manifest};
 use mnist_model::{Cnn, Kernels, KernelsInUse, dropout_mask, input, weights};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointState};
@@ -207,8 +205,7 @@ pub fn train<B: AutodiffBackend>(
         let log = step % config.log_every == 0 || step + 1 == config.steps;
         let train_accuracy = log.then(|| batch_accuracy(&model.valid(), images.clone().inner(), &labels.clone().inner()));
 
-        let mut rng = dropout_rng(config.seed, step);
-        let mask = dropout_mask::<B>(config.batch_size, config.model.hidden, config.model.dropout, &mut rng, device);
+        let mask = dropout_mask::<B>(config.batch_size, config.model.hidden, config.model.dropout, config.seed, step, device);
         let loss;
         (model, loss) = train_step(model, &mut optim, images, labels, mask, config.learning_rate);
 
@@ -373,14 +370,6 @@ pub fn train_step<B: AutodiffBackend, O: Optimizer<Cnn<B>, B>>(
     let loss = loss_fn.forward(model.forward_train(images, mask), labels);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     (optim.step(learning_rate, model, grads), loss)
-}
-
-/// The generator of the dropout masks of `step`: a function of the seed and the step
-/// alone, so a resumed run draws the same masks as an uninterrupted one.
-pub fn dropout_rng(seed: u64, step: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6472_6f70_6f75_7421); // "dropout!"
-    rng.set_stream(step);
-    rng
 }
 
 /// Fraction of `labels` that the network (no dropout) predicts on `images`.

@@ -25,7 +25,13 @@
 //! burn-autodiff's `Backward` trait. Generic code reaches them through the `TypeId`
 //! dispatch in `crate::native`: `Wgpu` and `Autodiff<Wgpu>` with the cargo feature
 //! `wgpu`, `Cuda` and `Autodiff<Cuda>` with `cuda`.
+//!
+//! The rest of a training step's own kernels, the same way: [`adam`], Adam's update as one
+//! in-place kernel per parameter, and [`dropout`], the dropout mask computed on the
+//! device from the seed and the step.
 
+pub(crate) mod adam;
+pub(crate) mod dropout;
 mod fusion;
 mod kernels;
 

@@ -60,3 +60,73 @@ fn splits_cover_every_position_once_and_fill_a_gpu() {
     // The seed's conv1 at batch 50: 9800 positions over 800 weights.
     assert!(splits(9800, 800).0 * 800 >= 60_000);
 }
+
+/// The fused Adam kernel against Burn's Adam on the same backend, five steps (so the
+/// moments carried in the state are read back), on a small parameter, one that needs
+/// many cubes, and a transposed view; and it is what the optimizer reports.
+#[test]
+#[ignore = "needs a wgpu adapter (a GPU, or lavapipe: apt-get install mesa-vulkan-drivers, XDG_RUNTIME_DIR set); run with --include-ignored"]
+fn fused_adam_on_wgpu_follows_burns_adam() {
+    use crate::adam::tests::run;
+    use crate::{FusedAdam, FusedAdamConfig};
+    assert_eq!(FusedAdam::implementation::<Wgpu>(), Implementation::FusedAdam);
+    let config = FusedAdamConfig::new();
+    let (fused, burn) = (config.init(), config.to_burn().build());
+    for (n, transposed) in [(40, false), (1 << 16, false), (48, true)] {
+        let ours = run::<Wgpu, _>(&fused, n, transposed, 5);
+        let theirs = run::<Wgpu, _>(&burn, n, transposed, 5);
+        assert!(max_abs_diff(&ours, &theirs) <= 1e-6, "n = {n}: max difference {}", max_abs_diff(&ours, &theirs));
+        let on_cpu = run::<burn_flex::Flex, _>(&burn, n, transposed, 5);
+        assert!(max_abs_diff(&ours, &on_cpu) <= 1e-6, "n = {n}: against the CPU {}", max_abs_diff(&ours, &on_cpu));
+    }
+}
+
+/// The kernel writes in place only into buffers nothing else holds: a parameter and a
+/// state still referenced elsewhere keep their values.
+#[test]
+#[ignore = "needs a wgpu adapter (a GPU, or lavapipe: apt-get install mesa-vulkan-drivers, XDG_RUNTIME_DIR set); run with --include-ignored"]
+fn fused_adam_on_wgpu_leaves_shared_tensors_alone() {
+    use burn::optim::SimpleOptimizer;
+    let device = Default::default();
+    let adam = crate::FusedAdamConfig::new().init();
+    let p = Tensor::<Wgpu, 1>::from_floats([0.5, -1.0, 2.0, 0.0], &device);
+    let g = Tensor::<Wgpu, 1>::from_floats([0.1, -0.2, 0.0, 3.0], &device);
+    // The kernel runs (the update is not handed on to Burn's Adam).
+    let (p1, state) = match super::adam::step::<Wgpu, 1>(&adam, 0.1, p.clone(), g.clone(), None) {
+        Ok(done) => done,
+        Err(_) => panic!("the fused Adam kernel refused f32 tensors on wgpu"),
+    };
+    let kept_state = state.clone();
+    let (p2, _) = SimpleOptimizer::<Wgpu>::step(&adam, 0.1, p1.clone(), g, state);
+    let read = |t: Tensor<Wgpu, 1>| t.into_data().to_vec::<f32>().expect("f32");
+    assert_eq!(read(p), vec![0.5, -1.0, 2.0, 0.0]);
+    // Adam's first step moves by lr * sign(g), the second by lr again.
+    let p1 = read(p1);
+    assert!(max_abs_diff(&p1, &[0.4, -0.9, 2.0, -0.1]) < 1e-5, "{p1:?}");
+    let p2 = read(p2);
+    assert!(max_abs_diff(&p2, &[0.3, -0.8, 2.0, -0.2]) < 1e-5, "{p2:?}");
+    let m = read(kept_state.expect("a state").momentum.moment_1);
+    assert!(max_abs_diff(&m, &[0.01, -0.02, 0.0, 0.3]) < 1e-6, "first moment after one step: {m:?}");
+}
+
+/// The dropout mask computed on the device is the host's, bit for bit, with and without
+/// autodiff.
+#[test]
+#[ignore = "needs a wgpu adapter (a GPU, or lavapipe: apt-get install mesa-vulkan-drivers, XDG_RUNTIME_DIR set); run with --include-ignored"]
+fn dropout_masks_on_wgpu_are_the_cpus() {
+    use crate::dropout::MaskKey;
+    use crate::dropout_mask;
+    let device = Default::default();
+    // Computed on the device (not on the host and copied).
+    let key = MaskKey::new(9, 1, 0.5);
+    assert!(super::dropout::mask::<Wgpu>([2, 3], key, &device).is_some());
+    assert!(super::dropout::mask::<Autodiff<Wgpu>>([2, 3], key, &device).is_some());
+    let read = |t: Tensor<burn_flex::Flex, 2>| t.into_data().to_vec::<f32>().expect("f32");
+    for (batch, width, keep, step) in [(50, 1024, 0.5, 0), (3, 7, 0.8, 12_345)] {
+        let cpu = read(dropout_mask::<burn_flex::Flex>(batch, width, keep, 9, step, &Default::default()));
+        let gpu = dropout_mask::<Wgpu>(batch, width, keep, 9, step, &device).into_data().to_vec::<f32>().expect("f32");
+        assert_eq!(gpu, cpu, "{batch} x {width} at {keep}");
+        let tracked = dropout_mask::<Autodiff<Wgpu>>(batch, width, keep, 9, step, &device).into_data().to_vec::<f32>().expect("f32");
+        assert_eq!(tracked, cpu);
+    }
+}

@@ -8,10 +8,8 @@ use rayon::prelude::*;
 
 use super::pool::recycle;
 use super::{cast, from_vec, is_dense, prim_to_vec};
-use crate::adam::{Factors, FusedAdam};
+use crate::adam::{Factors, FusedAdam, Inputs, Step, all_f32};
 
-type Step<B, const D: usize> = (Tensor<B, D>, Option<AdamState<B, D>>);
-type Inputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Option<AdamState<B, D>>);
 
 /// The fused update when `B` is burn-flex and everything is f32; else the inputs back.
 pub(crate) fn step<B: Backend, const D: usize>(
@@ -21,12 +19,7 @@ pub(crate) fn step<B: Backend, const D: usize>(
     grad: Tensor<B, D>,
     state: Option<AdamState<B, D>>,
 ) -> Result<Step<B, D>, Inputs<B, D>> {
-    let f32_state = state.as_ref().is_none_or(|s| {
-        s.momentum.max_moment_2.is_none()
-            && s.momentum.moment_1.dtype() == DType::F32
-            && s.momentum.moment_2.dtype() == DType::F32
-    });
-    if !(f32_state && tensor.dtype() == DType::F32 && grad.dtype() == DType::F32) {
+    if !all_f32(&tensor, &grad, state.as_ref()) {
         return Err((tensor, grad, state));
     }
     let tensor = match cast::<Tensor<B, D>, Tensor<Flex, D>>(tensor) {
