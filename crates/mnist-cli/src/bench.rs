@@ -97,7 +97,9 @@ const EVAL_IMAGES: usize = 10_000;
 /// overlaps the host's work for the next step with the current one, as in `mnist train`,
 /// which reads the loss back only when it logs.
 fn time_training<B: AutodiffBackend>(mut model: Cnn<B>, train: &Split, args: &BenchArgs, device: &B::Device) -> Result<Vec<f64>> {
-    let config = TrainConfig::new();
+    // The same limits as a training run's (the dropout mask's size among them).
+    let config = TrainConfig::new().with_batch_size(args.batch);
+    config.validate().map_err(|e| anyhow::anyhow!("--batch {}: {e}", args.batch))?;
     let mut optim = optimizer::<B>(&config);
     let indices: Vec<usize> = (0..args.batch).map(|i| i % train.len()).collect();
     let sync = |model: &Cnn<B>| -> Result<()> {

@@ -100,6 +100,15 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1, got 0".into());
         }
+        // The dropout mask's hash counts its elements in 32 bits.
+        if self.batch_size.checked_mul(self.model.hidden).is_none_or(|n| u32::try_from(n).is_err()) {
+            return bad(format!(
+                "batch_size x model.hidden must be at most {} (the dropout mask's elements), got {} x {}",
+                u32::MAX,
+                self.batch_size,
+                self.model.hidden
+            ));
+        }
         if self.eval_batch_size == 0 {
             return bad("eval_batch_size must be at least 1, got 0".into());
         }
@@ -136,6 +145,7 @@ mod tests {
     fn bad_values_are_named() {
         for (config, needle) in [
             (TrainConfig::new().with_batch_size(0), "batch_size"),
+            (TrainConfig::new().with_batch_size(1 << 22), "batch_size x model.hidden must be at most 4294967295 (the dropout mask's elements), got 4194304 x 1024"),
             (TrainConfig::new().with_learning_rate(-1e-4), "learning_rate"),
             (TrainConfig::new().with_learning_rate(1e39), "at most 3.4028235e38 (it is applied in f32)"),
             (TrainConfig::new().with_steps(0), "steps"),
