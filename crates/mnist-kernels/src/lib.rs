@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | [`conv_relu_pool`] | `x [b, c, h, w]`, `weight [o, c, k, k]` (k odd), `bias [o]` -> `[b, o, h/2, w/2]` | `maxpool2x2(relu(conv_same(x, weight) + bias))` |
 //! | [`fully_connected`] | `x [n, i]`, `weight [i, j]`, `bias [j]` -> `[n, j]` | `x weight + bias` |
-//! | [`FusedAdam`] | any parameter and its gradient | Burn's Adam, one pass per parameter |
+//! | [`FusedAdam`], [`FusedAdamOptimizer`] | any parameter and its gradient; a module's | Burn's Adam, one pass per parameter; a module's in one launch on GPUs |
 //! | [`dropout_mask`] | `[batch, width]` | a dropout mask, a pure function of seed, step and element |
 //!
 //! ([`conv_block`] and [`linear`] are the first two taking Burn's `Conv2d`, `MaxPool2d`
@@ -33,7 +33,7 @@
 //!   fused (each thread one pooling window's four sums, bias, ReLU, maximum and winner), a
 //!   backward pass sparse through the winners with the weight gradient split over batch x
 //!   pixels (split-K) so that it fills a GPU, and the input gradient only where the input
-//!   is tracked; Adam's update as one in-place kernel per parameter; the dropout mask
+//!   is tracked; Adam's update in place, all of a module's parameters in one launch; the dropout mask
 //!   computed on the device; on `Fusion` backends as custom operations in the fusion
 //!   stream. Recognised
 //!   by `TypeId` as `Wgpu`, `Cuda` and their `Autodiff` (default checkpointing).
@@ -80,7 +80,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use adam::{FusedAdam, FusedAdamConfig};
+pub use adam::{FusedAdam, FusedAdamConfig, FusedAdamOptimizer};
 pub use dropout::dropout_mask;
 
 /// Which implementations the ops may choose from.
@@ -387,7 +387,6 @@ pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
 }
 
 /// The float primitive of a tensor already checked to be f32 (so not quantized).
-#[cfg(any(feature = "flex", feature = "cube"))]
 pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> burn::tensor::ops::FloatTensor<B> {
     match t.into_primitive() {
         burn::tensor::TensorPrimitive::Float(p) => p,

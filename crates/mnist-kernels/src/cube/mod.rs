@@ -27,7 +27,7 @@
 //! `wgpu`, `Cuda` and `Autodiff<Cuda>` with `cuda`.
 //!
 //! The rest of a training step's own kernels, the same way: [`adam`], Adam's update as one
-//! in-place kernel per parameter, and [`dropout`], the dropout mask computed on the
+//! in-place kernel launch for all of a module's parameters, and [`dropout`], the dropout mask computed on the
 //! device from the seed and the step.
 
 pub(crate) mod adam;

@@ -81,6 +81,26 @@ fn fused_adam_on_wgpu_follows_burns_adam() {
     }
 }
 
+/// The whole-module optimizer on wgpu (all parameters in one launch) against Burn's Adam,
+/// with the adaptor's record.
+#[test]
+#[ignore = "needs a wgpu adapter (a GPU, or lavapipe: apt-get install mesa-vulkan-drivers, XDG_RUNTIME_DIR set); run with --include-ignored"]
+fn module_optimizer_on_wgpu_follows_burns_adam() {
+    crate::adam::tests::module_optimizer_follows_burns_adam::<Autodiff<Wgpu>>();
+}
+
+#[test]
+fn launches_bind_four_buffers_a_parameter_within_the_limit() {
+    use super::adam::per_launch;
+    // WebGPU's default limit of 8 storage buffers (7 in `max_bindings`: wgpu keeps one):
+    // one parameter a launch; the seed's eight parameters in one launch from 33.
+    assert_eq!(per_launch(7), 1);
+    assert_eq!(per_launch(0), 1);
+    assert_eq!(per_launch(32), 7);
+    assert_eq!(per_launch(33), 8);
+    assert_eq!(per_launch(u32::MAX), (u32::MAX as usize - 1) / 4);
+}
+
 /// The kernel writes in place only into buffers nothing else holds: a parameter and a
 /// state still referenced elsewhere keep their values.
 #[test]
@@ -92,10 +112,8 @@ fn fused_adam_on_wgpu_leaves_shared_tensors_alone() {
     let p = Tensor::<Wgpu, 1>::from_floats([0.5, -1.0, 2.0, 0.0], &device);
     let g = Tensor::<Wgpu, 1>::from_floats([0.1, -0.2, 0.0, 3.0], &device);
     // The kernel runs (the update is not handed on to Burn's Adam).
-    let (p1, state) = match super::adam::step::<Wgpu, 1>(&adam, 0.1, p.clone(), g.clone(), None) {
-        Ok(done) => done,
-        Err(_) => panic!("the fused Adam kernel refused f32 tensors on wgpu"),
-    };
+    assert_eq!(crate::FusedAdam::implementation::<Wgpu>(), Implementation::FusedAdam);
+    let (p1, state) = SimpleOptimizer::<Wgpu>::step(&adam, 0.1, p.clone(), g.clone(), None);
     let kept_state = state.clone();
     let (p2, _) = SimpleOptimizer::<Wgpu>::step(&adam, 0.1, p1.clone(), g, state);
     let read = |t: Tensor<Wgpu, 1>| t.into_data().to_vec::<f32>().expect("f32");
