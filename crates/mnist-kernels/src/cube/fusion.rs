@@ -15,7 +15,7 @@ use super::{BlockBackend, Forward, Grads};
 use crate::Geometry;
 
 /// The forward pass as a custom operation: inputs `[x, weight, bias]`, outputs
-/// `[y, winners, xp]`.
+/// `[y, winners]`.
 #[derive(Debug)]
 struct ForwardOp<B> {
     desc: CustomOpIr,
@@ -25,7 +25,7 @@ struct ForwardOp<B> {
 
 impl<B: FusionBackend + BlockBackend> Operation<B::FusionRuntime> for ForwardOp<B> {
     fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
-        let ([x, weight, bias], [y, winners, xp]) = self.desc.as_fixed::<3, 3>();
+        let ([x, weight, bias], [y, winners]) = self.desc.as_fixed::<3, 2>();
         let out = B::block_forward(
             self.geometry,
             handles.get_float_tensor::<B>(x),
@@ -34,11 +34,10 @@ impl<B: FusionBackend + BlockBackend> Operation<B::FusionRuntime> for ForwardOp<
         );
         handles.register_float_tensor::<B>(&y.id, out.y);
         handles.register_int_tensor::<B>(&winners.id, out.winners);
-        handles.register_float_tensor::<B>(&xp.id, out.xp);
     }
 }
 
-/// The backward pass as a custom operation: inputs `[xp, weight, winners, grad]`, outputs
+/// The backward pass as a custom operation: inputs `[x, weight, winners, grad]`, outputs
 /// `[dw, db]`, or `[dw, db, dx]` when the input gradient is wanted.
 #[derive(Debug)]
 struct BackwardOp<B> {
@@ -49,13 +48,13 @@ struct BackwardOp<B> {
 
 impl<B: FusionBackend + BlockBackend> Operation<B::FusionRuntime> for BackwardOp<B> {
     fn execute(&self, handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>) {
-        let [xp, weight, winners, grad] = self.desc.inputs.as_slice() else {
+        let [x, weight, winners, grad] = self.desc.inputs.as_slice() else {
             unreachable!("registered with four inputs");
         };
         let input_grad = self.desc.outputs.len() == 3;
         let out = B::block_backward(
             self.geometry,
-            handles.get_float_tensor::<B>(xp),
+            handles.get_float_tensor::<B>(x),
             handles.get_float_tensor::<B>(weight),
             handles.get_int_tensor::<B>(winners),
             handles.get_float_tensor::<B>(grad),
@@ -74,38 +73,36 @@ impl<B: FusionBackend + BlockBackend> BlockBackend for Fusion<B> {
         let client = x.client.clone();
         let streams = OperationStreams::with_inputs([&x, &weight, &bias]);
         let (ph, pw) = g.pooled();
-        let p = g.k / 2;
         let out = |shape: [usize; 4], dtype| TensorIr::uninit(client.create_empty_handle(), Shape::new(shape), dtype);
         let outputs = [
             out([g.b, g.o, ph, pw], DType::F32),
             out([g.b, g.o, ph, pw], DType::I32),
-            out([g.b, g.c, g.h + 2 * p, g.w + 2 * p], DType::F32),
         ];
         let desc = CustomOpIr::new("mnist_kernels::conv_relu_pool_forward", &[x.into_ir(), weight.into_ir(), bias.into_ir()], &outputs);
         let op = ForwardOp::<B> { desc: desc.clone(), geometry: g, backend: PhantomData };
-        let [y, winners, xp]: [_; 3] = client
+        let [y, winners]: [_; 2] = client
             .register(streams, OperationIr::Custom(desc), op)
             .try_into()
-            .unwrap_or_else(|_| unreachable!("three outputs registered"));
-        Forward { y, winners, xp }
+            .unwrap_or_else(|_| unreachable!("two outputs registered"));
+        Forward { y, winners }
     }
 
     fn block_backward(
         g: Geometry,
-        xp: FloatTensor<Self>,
+        x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         winners: IntTensor<Self>,
         grad: FloatTensor<Self>,
         input_grad: bool,
     ) -> Grads<Self> {
         let client = grad.client.clone();
-        let streams = OperationStreams::with_inputs([&xp, &weight, &winners, &grad]);
+        let streams = OperationStreams::with_inputs([&x, &weight, &winners, &grad]);
         let out = |shape: Vec<usize>| TensorIr::uninit(client.create_empty_handle(), Shape::from(shape), DType::F32);
         let mut outputs = vec![out(vec![g.o, g.c, g.k, g.k]), out(vec![g.o])];
         if input_grad {
             outputs.push(out(vec![g.b, g.c, g.h, g.w]));
         }
-        let inputs = [xp.into_ir(), weight.into_ir(), winners.into_ir(), grad.into_ir()];
+        let inputs = [x.into_ir(), weight.into_ir(), winners.into_ir(), grad.into_ir()];
         let desc = CustomOpIr::new("mnist_kernels::conv_relu_pool_backward", &inputs, &outputs);
         let op = BackwardOp::<B> { desc: desc.clone(), geometry: g, backend: PhantomData };
         let mut results = client.register(streams, OperationIr::Custom(desc), op).into_iter();

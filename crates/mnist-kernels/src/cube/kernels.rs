@@ -1,8 +1,10 @@
 //! The CubeCL kernels of the convolution block, one source for every CubeCL runtime.
 //!
 //! All tensors are contiguous, row-major, f32 (winners i32). Shapes: `x [b, c, h, w]`,
-//! padded `xp [b, c, h + 2p, w + 2p]` (`p = k / 2`), `weight [o, c, k, k]`, `bias [o]`,
-//! pooled output, its gradient and the winners `[b, o, h / 2, w / 2]`. The geometry is
+//! `weight [o, c, k, k]`, `bias [o]`, pooled output, its gradient and the winners
+//! `[b, o, h / 2, w / 2]`. The SAME convolution's zero padding (`p = k / 2` a side) is
+//! read, not stored: [`tap`] gives 0 outside the image (a padded copy of the input had
+//! cost a launch and a write of the input per block and step). The geometry is
 //! compile-time (`#[comptime]`), so each layer gets kernels specialised to its shapes, with
 //! the k x k loops unrolled and the index arithmetic on constants; only the batch varies at
 //! run time (through the number of threads).
@@ -13,32 +15,24 @@ use cubecl::prelude::*;
 /// so it passes no gradient. Winners 0 to 3 are `2 * dy + dx` within the window.
 pub(crate) const NONE: i32 = 4;
 
-/// `xp`: `x` with `p` zeros around each image plane. One thread per element of `xp`.
-#[cube(launch)]
-pub(crate) fn pad_kernel(x: &Tensor<f32>, xp: &mut Tensor<f32>, #[comptime] h: usize, #[comptime] w: usize, #[comptime] p: usize) {
-    let pos = ABSOLUTE_POS;
-    if pos >= xp.len() {
-        terminate!();
-    }
-    let hp = comptime![h + 2 * p];
-    let wp = comptime![w + 2 * p];
-    let col = pos % wp;
-    let row = (pos / wp) % hp;
-    let plane = pos / (wp * hp);
+/// The value of image plane `plane` of `x` at row `r`, column `col` of its zero-padded
+/// frame (`p` zeros a side): 0 in the padding.
+#[cube]
+fn tap(x: &Tensor<f32>, plane: usize, r: usize, col: usize, #[comptime] h: usize, #[comptime] w: usize, #[comptime] p: usize) -> f32 {
     let mut v = 0.0f32;
-    if row >= p && row < h + p && col >= p && col < w + p {
-        v = x[(plane * h + row - p) * w + col - p];
+    if r >= p && r < h + p && col >= p && col < w + p {
+        v = x[(plane * h + r - p) * w + col - p];
     }
-    xp[pos] = v;
+    v
 }
 
 /// The block's forward pass: each thread computes the four convolution sums of one
-/// pooling window (`c * k * k` products each) from the padded input, adds the bias, takes
+/// pooling window (`c * k * k` products each), adds the bias, takes
 /// the maximum, applies ReLU, and writes the output and the winner (`NONE` when the
 /// maximum is not positive; the first of equal maxima wins, as in Burn's max-pool).
 #[cube(launch)]
 pub(crate) fn forward_kernel(
-    xp: &Tensor<f32>,
+    x: &Tensor<f32>,
     weight: &Tensor<f32>,
     bias: &Tensor<f32>,
     y: &mut Tensor<f32>,
@@ -55,8 +49,6 @@ pub(crate) fn forward_kernel(
     }
     let ph = comptime![h / 2];
     let pw = comptime![w / 2];
-    let hp = comptime![h + 2 * (k / 2)];
-    let wp = comptime![w + 2 * (k / 2)];
     let px = pos % pw;
     let py = (pos / pw) % ph;
     let oc = (pos / (pw * ph)) % o;
@@ -66,20 +58,21 @@ pub(crate) fn forward_kernel(
     let mut s01 = b0;
     let mut s10 = b0;
     let mut s11 = b0;
+    let p = comptime![k / 2];
     for ci in 0..c {
-        let plane = (bi * c + ci) * hp;
+        let plane = bi * c + ci;
         let wbase = (oc * c + ci) * k * k;
         #[unroll]
         for ky in 0..k {
-            let row0 = (plane + 2 * py + ky) * wp + 2 * px;
-            let row1 = row0 + wp;
+            let r0 = 2 * py + ky;
             #[unroll]
             for kx in 0..k {
+                let c0 = 2 * px + kx;
                 let wv = weight[wbase + ky * k + kx];
-                s00 += wv * xp[row0 + kx];
-                s01 += wv * xp[row0 + kx + 1];
-                s10 += wv * xp[row1 + kx];
-                s11 += wv * xp[row1 + kx + 1];
+                s00 += wv * tap(x, plane, r0, c0, h, w, p);
+                s01 += wv * tap(x, plane, r0, c0 + 1, h, w, p);
+                s10 += wv * tap(x, plane, r0 + 1, c0, h, w, p);
+                s11 += wv * tap(x, plane, r0 + 1, c0 + 1, h, w, p);
             }
         }
     }
@@ -106,20 +99,23 @@ pub(crate) fn forward_kernel(
     }
 }
 
-/// Split-K partial sums of the weight gradient, `partial [s, o, c, k, k]`: split `s` sums
+/// Split-K partial sums of the weight and bias gradients, `partial [s, o * c * k * k + o]`
+/// (each split's row: the weight's taps `[o, c, k, k]`, then the bias): split `s` sums
 /// `g * window` over pooled positions `s * chunk ..` (of `positions = b * ph * pw`, batch
 /// and pixels flattened) whose window has a winner, reading the window at the winner's
-/// offset: the convolution's output gradient is non-zero only there. Threads of one warp
-/// share the split and the output channel, so the gradient and winner they read is one
-/// broadcast load and their branches agree.
+/// offset: the convolution's output gradient is non-zero only there. The thread of each
+/// output channel's first tap sums the bias's `g` over the same positions. One thread per
+/// weight tap and split; threads of one warp share the split and the output channel, so
+/// the gradient and winner they read is one broadcast load and their branches agree.
 #[cube(launch)]
 pub(crate) fn weight_grad_kernel(
-    xp: &Tensor<f32>,
+    x: &Tensor<f32>,
     grad: &Tensor<f32>,
     winners: &Tensor<i32>,
     partial: &mut Tensor<f32>,
     chunk: u32,
     positions: u32,
+    splits: u32,
     #[comptime] c: usize,
     #[comptime] h: usize,
     #[comptime] w: usize,
@@ -127,76 +123,66 @@ pub(crate) fn weight_grad_kernel(
     #[comptime] k: usize,
 ) {
     let pos = ABSOLUTE_POS;
-    if pos >= partial.len() {
+    let taps = comptime![o * c * k * k];
+    if pos >= taps * splits as usize {
         terminate!();
     }
     let ph = comptime![h / 2];
     let pw = comptime![w / 2];
-    let hp = comptime![h + 2 * (k / 2)];
-    let wp = comptime![w + 2 * (k / 2)];
+    let p = comptime![k / 2];
     let kx = pos % k;
     let ky = (pos / k) % k;
     let ci = (pos / (k * k)) % c;
     let oc = (pos / (k * k * c)) % o;
-    let split = pos / (k * k * c * o);
+    let split = pos / taps;
+    let first = pos % (k * k * c) == 0;
     let start = split * chunk as usize;
     let mut end = start + chunk as usize;
     if end > positions as usize {
         end = positions as usize;
     }
     let mut acc = 0.0f32;
-    for p in start..end {
-        let px = p % pw;
-        let py = (p / pw) % ph;
-        let bi = p / (pw * ph);
+    let mut acc_b = 0.0f32;
+    for q_at in start..end {
+        let px = q_at % pw;
+        let py = (q_at / pw) % ph;
+        let bi = q_at / (pw * ph);
         let gi = ((bi * o + oc) * ph + py) * pw + px;
         let q = winners[gi];
         if q != NONE {
             let dy = (q / 2) as usize;
             let dx = (q % 2) as usize;
-            acc += grad[gi] * xp[((bi * c + ci) * hp + 2 * py + dy + ky) * wp + 2 * px + dx + kx];
+            let g = grad[gi];
+            acc += g * tap(x, bi * c + ci, 2 * py + dy + ky, 2 * px + dx + kx, h, w, p);
+            acc_b += g;
         }
     }
-    partial[pos] = acc;
+    let row = split * comptime![o * c * k * k + o];
+    partial[row + pos % taps] = acc;
+    if first {
+        partial[row + taps + oc] = acc_b;
+    }
 }
 
-/// Split-K partial sums of the bias gradient, `partial [s, o]`: the gradient of the
-/// windows with a winner, over the same splits as [`weight_grad_kernel`].
+/// The sums over the splits of [`weight_grad_kernel`]'s partial sums: `dw [o, c, k, k]`
+/// and `db [o]`, one thread per value.
 #[cube(launch)]
-pub(crate) fn bias_grad_kernel(
-    grad: &Tensor<f32>,
-    winners: &Tensor<i32>,
-    partial: &mut Tensor<f32>,
-    chunk: u32,
-    positions: u32,
-    #[comptime] h: usize,
-    #[comptime] w: usize,
-    #[comptime] o: usize,
-) {
+pub(crate) fn sum_splits_kernel(partial: &Tensor<f32>, dw: &mut Tensor<f32>, db: &mut Tensor<f32>, splits: u32) {
     let pos = ABSOLUTE_POS;
-    if pos >= partial.len() {
+    let taps = dw.len();
+    let row = taps + db.len();
+    if pos >= row {
         terminate!();
     }
-    let ph = comptime![h / 2];
-    let pw = comptime![w / 2];
-    let oc = pos % o;
-    let split = pos / o;
-    let start = split * chunk as usize;
-    let mut end = start + chunk as usize;
-    if end > positions as usize {
-        end = positions as usize;
-    }
     let mut acc = 0.0f32;
-    for p in start..end {
-        let px = p % pw;
-        let py = (p / pw) % ph;
-        let bi = p / (pw * ph);
-        let gi = ((bi * o + oc) * ph + py) * pw + px;
-        if winners[gi] != NONE {
-            acc += grad[gi];
-        }
+    for s in 0..splits as usize {
+        acc += partial[s * row + pos];
     }
-    partial[pos] = acc;
+    if pos < taps {
+        dw[pos] = acc;
+    } else {
+        db[pos - taps] = acc;
+    }
 }
 
 /// The input gradient `dx [b, c, h, w]`, one thread per input value: for each output

@@ -3,9 +3,10 @@
 //! max-pool with stride 2, forward and backward, the same operation as the CPU kernels in
 //! `flex/`.
 //!
-//! Forward ([`kernels::forward_kernel`]): the input is zero-padded once, then one thread
-//! per pooled output computes the four convolution sums of its window, adds the bias, and
-//! keeps the maximum through ReLU with the window's winner (or that none was positive).
+//! Forward ([`kernels::forward_kernel`]): one thread per pooled output computes the four
+//! convolution sums of its window (reading zeros outside the image: no padded copy is
+//! made), adds the bias, and keeps the maximum through ReLU with the window's winner (or
+//! that none was positive).
 //!
 //! Backward: pooling passes each window's gradient to its winner only, so at most a
 //! quarter of the convolution's output gradient is non-zero and none of it is formed.
@@ -14,7 +15,8 @@
 //!   `[s, o, c, k, k]`, enough threads to fill a GPU even for conv1's 800 weights, then one
 //!   sum over the splits. (Burn's weight gradient for conv1 is a direct convolution of
 //!   a few hundred threads each summing over the whole batch.)
-//! - The bias gradient likewise, over the same splits.
+//! - The bias gradient in the same pass, over the same splits, and summed by the same
+//!   launch: a block's weight and bias gradients take two launches.
 //! - The input gradient only when the input needs one (not for the first layer's
 //!   images): one thread per input pixel gathering the winners whose kernel reaches it.
 //!
@@ -36,7 +38,7 @@ mod fusion;
 mod kernels;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensor};
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{Shape, Tensor, TensorPrimitive};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
@@ -45,20 +47,17 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device;
-use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
 use crate::{Geometry, Refused, cast, float};
 
-/// The forward pass's results: the pooled output `[b, o, h/2, w/2]`, the winners (same
-/// shape, i32: `2 * dy + dx`, or [`kernels::NONE`]) and the zero-padded input
-/// `[b, c, h + 2p, w + 2p]` the backward pass reads.
+/// The forward pass's results: the pooled output `[b, o, h/2, w/2]` and the winners
+/// (same shape, i32: `2 * dy + dx`, or [`kernels::NONE`]).
 pub(crate) struct Forward<B: Backend> {
     pub y: FloatTensor<B>,
     pub winners: IntTensor<B>,
-    pub xp: FloatTensor<B>,
 }
 
 /// The backward pass's results: the input gradient (when asked for), the weight's and the
@@ -74,11 +73,11 @@ pub(crate) trait BlockBackend: Backend {
     /// `x [b, c, h, w]`, `weight [o, c, k, k]`, `bias [o]`, all f32, as `g` says.
     fn block_forward(g: Geometry, x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> Forward<Self>;
 
-    /// The gradients for the output gradient `grad [b, o, h/2, w/2]`, from what the
-    /// forward pass kept; `dx` only when `input_grad`.
+    /// The gradients for the output gradient `grad [b, o, h/2, w/2]`, from the forward
+    /// pass's input `x`, weight and winners; `dx` only when `input_grad`.
     fn block_backward(
         g: Geometry,
-        xp: FloatTensor<Self>,
+        x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         winners: IntTensor<Self>,
         grad: FloatTensor<Self>,
@@ -108,11 +107,7 @@ impl<R: CubeRuntime, BT: BoolElement> BlockBackend for CubeBackend<R, f32, i32, 
     fn block_forward(g: Geometry, x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> Forward<Self> {
         let (x, weight, bias) = (into_contiguous(x), into_contiguous(weight), into_contiguous(bias));
         let (client, device) = (x.client.clone(), x.device.clone());
-        let p = g.k / 2;
         let (ph, pw) = g.pooled();
-        let xp: CubeTensor<R> = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([g.b, g.c, g.h + 2 * p, g.w + 2 * p]));
-        let (count, dim) = grid(&client, xp.meta.num_elements());
-        kernels::pad_kernel::launch(&client, count, dim, x.into_tensor_arg(), xp.clone().into_tensor_arg(), g.h, g.w, p);
         let y = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([g.b, g.o, ph, pw]));
         let winners = empty_device::<R, i32>(client.clone(), device, Shape::new([g.b, g.o, ph, pw]));
         let (count, dim) = grid(&client, y.meta.num_elements());
@@ -120,7 +115,7 @@ impl<R: CubeRuntime, BT: BoolElement> BlockBackend for CubeBackend<R, f32, i32, 
             &client,
             count,
             dim,
-            xp.clone().into_tensor_arg(),
+            x.into_tensor_arg(),
             weight.into_tensor_arg(),
             bias.into_tensor_arg(),
             y.clone().into_tensor_arg(),
@@ -131,61 +126,47 @@ impl<R: CubeRuntime, BT: BoolElement> BlockBackend for CubeBackend<R, f32, i32, 
             g.o,
             g.k,
         );
-        Forward { y, winners, xp }
+        Forward { y, winners }
     }
 
     fn block_backward(
         g: Geometry,
-        xp: FloatTensor<Self>,
+        x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         winners: IntTensor<Self>,
         grad: FloatTensor<Self>,
         input_grad: bool,
     ) -> Grads<Self> {
-        let (weight, grad, winners) = (into_contiguous(weight), into_contiguous(grad), into_contiguous(winners));
+        let (x, weight, grad, winners) = (into_contiguous(x), into_contiguous(weight), into_contiguous(grad), into_contiguous(winners));
         let (client, device) = (grad.client.clone(), grad.device.clone());
         let (ph, pw) = g.pooled();
         let positions = g.b * ph * pw;
         let taps = g.o * g.c * g.k * g.k;
 
         let (s, chunk) = splits(positions, taps);
-        let partial = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([s, g.o, g.c, g.k, g.k]));
+        let partial = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([s, taps + g.o]));
         let (count, dim) = grid(&client, s * taps);
         kernels::weight_grad_kernel::launch(
             &client,
             count,
             dim,
-            xp.into_tensor_arg(),
+            x.into_tensor_arg(),
             grad.clone().into_tensor_arg(),
             winners.clone().into_tensor_arg(),
             partial.clone().into_tensor_arg(),
             chunk as u32,
             positions as u32,
+            s as u32,
             g.c,
             g.h,
             g.w,
             g.o,
             g.k,
         );
-        let dw = Self::float_reshape(Self::float_sum_dim(partial, 0), Shape::new([g.o, g.c, g.k, g.k]));
-
-        let (s, chunk) = splits(positions, g.o);
-        let partial = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([s, g.o]));
-        let (count, dim) = grid(&client, s * g.o);
-        kernels::bias_grad_kernel::launch(
-            &client,
-            count,
-            dim,
-            grad.clone().into_tensor_arg(),
-            winners.clone().into_tensor_arg(),
-            partial.clone().into_tensor_arg(),
-            chunk as u32,
-            positions as u32,
-            g.h,
-            g.w,
-            g.o,
-        );
-        let db = Self::float_reshape(Self::float_sum_dim(partial, 0), Shape::new([g.o]));
+        let dw = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([g.o, g.c, g.k, g.k]));
+        let db = empty_device::<R, f32>(client.clone(), device.clone(), Shape::new([g.o]));
+        let (count, dim) = grid(&client, taps + g.o);
+        kernels::sum_splits_kernel::launch(&client, count, dim, partial.into_tensor_arg(), dw.clone().into_tensor_arg(), db.clone().into_tensor_arg(), s as u32);
 
         let dx = input_grad.then(|| {
             let dx = empty_device::<R, f32>(client.clone(), device, Shape::new([g.b, g.c, g.h, g.w]));
@@ -214,7 +195,7 @@ impl<R: CubeRuntime, BT: BoolElement> BlockBackend for CubeBackend<R, f32, i32, 
 #[derive(Debug, Clone)]
 struct Saved<B: Backend> {
     geometry: Geometry,
-    xp: FloatTensor<B>,
+    x: FloatTensor<B>,
     weight: FloatTensor<B>,
     winners: IntTensor<B>,
 }
@@ -229,7 +210,7 @@ impl<B: BlockBackend> Backward<B, 3> for ConvReluPool {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
         let s = ops.state;
-        let result = B::block_backward(s.geometry, s.xp, s.weight, s.winners, grad, node_x.is_some());
+        let result = B::block_backward(s.geometry, s.x, s.weight, s.winners, grad, node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, result.dx) {
             grads.register::<B>(node.id, dx);
         }
@@ -246,10 +227,10 @@ impl<B: BlockBackend> Backward<B, 3> for ConvReluPool {
 fn autodiff<B: BlockBackend>(g: Geometry, x: Tensor<Autodiff<B>, 4>, weight: Tensor<Autodiff<B>, 4>, bias: Tensor<Autodiff<B>, 1>) -> Tensor<Autodiff<B>, 4> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
     let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
-    let out = B::block_forward(g, x.primitive, weight.primitive.clone(), bias.primitive);
+    let out = B::block_forward(g, x.primitive.clone(), weight.primitive.clone(), bias.primitive);
     let y = match ConvReluPool.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            prep.finish(Saved { geometry: g, xp: out.xp, weight: weight.primitive, winners: out.winners }, out.y)
+            prep.finish(Saved { geometry: g, x: x.primitive, weight: weight.primitive, winners: out.winners }, out.y)
         }
         OpsKind::UnTracked(prep) => prep.finish(out.y),
     };
