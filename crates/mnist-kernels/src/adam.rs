@@ -16,8 +16,9 @@
 //!
 //! [`FusedAdam`] is a `SimpleOptimizer`, stepping one parameter at a time (in Burn's
 //! `OptimizerAdaptor`); [`FusedAdamOptimizer`] steps a whole module, and on the CubeCL
-//! backends updates all of its parameters in one kernel launch (a GPU step at batch 50 is
-//! bound by its launches), with the same state record as the adaptor's.
+//! backends updates all of its parameters in one kernel launch where the device binds
+//! enough buffers (a GPU step at batch 50 is bound by its launches), with the same state
+//! record as the adaptor's.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -321,6 +322,8 @@ struct Taken<B: AutodiffBackend, const D: usize> {
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> EachParam<'_, M, B> {
+    /// The parameter `id` with its gradient and state, taken out of the optimizer's
+    /// state; the tensor back when it has no gradient this step.
     fn take<const D: usize>(&mut self, id: ParamId, tensor: Tensor<B, D>) -> Result<Taken<B, D>, Tensor<B, D>> {
         let Some((grad, device)) = self.grads.remove::<B::InnerBackend, D>(id) else {
             return Err(tensor);
@@ -331,6 +334,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> EachParam<'_, M, B> {
         Ok(Taken { tensor: tensor.inner(), grad, state, tracked })
     }
 
+    /// The updated parameter `id`, tracked again if it was, its state recorded.
     fn give<const D: usize>(records: &mut Records<M, B>, id: ParamId, tensor: Tensor<B::InnerBackend, D>, state: Option<AdamState<B::InnerBackend, D>>, tracked: bool) -> Tensor<B, D> {
         if let Some(state) = state {
             records.insert(id, AdaptorRecord::from_state(state));
