@@ -108,6 +108,7 @@ pub(crate) fn forward_kernel(
 /// weight tap and split; threads of one warp share the split and the output channel, so
 /// the gradient and winner they read is one broadcast load and their branches agree.
 #[cube(launch)]
+#[allow(clippy::manual_is_multiple_of, reason = "a CubeCL kernel: plain integer arithmetic")]
 pub(crate) fn weight_grad_kernel(
     x: &Tensor<f32>,
     grad: &Tensor<f32>,
