@@ -12,8 +12,8 @@
 //! quarter of the convolution's output gradient is non-zero and none of it is formed.
 //! - The weight gradient is split along the batch x pixel dimension (split-K): each of
 //!   `s` splits sums `g * window` over its share of the pooled positions into a partial
-//!   `[s, o, c, k, k]`, enough threads to fill a GPU even for conv1's 800 weights, then one
-//!   sum over the splits. (Burn's weight gradient for conv1 is a direct convolution of
+//!   `[s, o * c * k * k + o]` (the bias's after the weight's), enough threads to fill a
+//!   GPU even for conv1's 800 weights, then one sum over the splits. (Burn's weight gradient for conv1 is a direct convolution of
 //!   a few hundred threads each summing over the whole batch.)
 //! - The bias gradient in the same pass, over the same splits, and summed by the same
 //!   launch: a block's weight and bias gradients take two launches.
@@ -28,9 +28,9 @@
 //! dispatch in `crate::native`: `Wgpu` and `Autodiff<Wgpu>` with the cargo feature
 //! `wgpu`, `Cuda` and `Autodiff<Cuda>` with `cuda`.
 //!
-//! The rest of a training step's own kernels, the same way: [`adam`], Adam's update as one
-//! in-place kernel launch for all of a module's parameters, and [`dropout`], the dropout mask computed on the
-//! device from the seed and the step.
+//! The rest of a training step's own kernels, the same way: [`adam`], Adam's update in
+//! place, a module's parameters in one launch where the device binds enough buffers, and
+//! [`dropout`], the dropout mask computed on the device from the seed and the step.
 
 pub(crate) mod adam;
 pub(crate) mod dropout;
