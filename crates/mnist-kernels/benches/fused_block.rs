@@ -2,7 +2,8 @@
 //! the seed network's two shapes, batch 50: forward alone (inference), and forward +
 //! backward as training runs it (conv1's input needs no gradient, conv2's does); and fc1
 //! (`mnist_kernels::fully_connected`, `[50, 3136] x [3136, 1024]`) forward + backward against
-//! Burn's `Linear` on the same backend; and the three at batch 1, as one prediction runs
+//! Burn's `Linear` on the same backend, with a dense output gradient and one three quarters
+//! zero as in training; and the three at batch 1, as one prediction runs
 //! them (inference: no autodiff).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
@@ -56,9 +57,16 @@ fn fc1(c: &mut Criterion) {
     let x = Tensor::<Flex, 2>::random([50, 3136], Distribution::Normal(0.0, 1.0), &device);
     let w = Tensor::<Flex, 2>::random([3136, 1024], Distribution::Normal(0.0, 0.1), &device);
     let b = Tensor::<Flex, 1>::random([1024], Distribution::Normal(0.0, 0.1), &device);
-    let mix = Tensor::<Ad, 2>::random([50, 1024], Distribution::Normal(0.0, 1.0), &device);
-    for own in [true, false] {
-        let name = if own { "forward + backward" } else { "forward + backward, Burn's matmuls" };
+    let dense = Tensor::<Ad, 2>::random([50, 1024], Distribution::Normal(0.0, 1.0), &device);
+    // As in training: dropout and ReLU leave about a quarter of fc1's output gradient.
+    let keep = Tensor::<Ad, 2>::random([50, 1024], Distribution::Uniform(0.0, 1.0), &device).lower_elem(0.25).float();
+    let sparse = dense.clone() * keep;
+    for (own, mix, name) in [
+        (true, dense.clone(), "forward + backward"),
+        (true, sparse.clone(), "forward + backward, a quarter of the output gradient non-zero"),
+        (false, dense, "forward + backward, Burn's matmuls"),
+        (false, sparse, "forward + backward, Burn's matmuls, a quarter non-zero"),
+    ] {
         group.bench_function(name, |bench| {
             bench.iter(|| {
                 let xa = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();

@@ -75,6 +75,46 @@ pub(crate) trait Lanes: Copy {
         let _ = (src, base, list, out);
         false
     }
+
+    /// `to[r * to_stride + c] = from[c * from_stride + r]` for `r, c < 16`: a 16 x 16
+    /// block transposed (in registers where the CPU has them: AVX-512). Panics if a row
+    /// runs past its slice.
+    #[inline(always)]
+    fn transpose16(self, from: &[f32], from_stride: usize, to: &mut [f32], to_stride: usize) {
+        for r in 0..16 {
+            let row = &mut to[r * to_stride..][..16];
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = from[c * from_stride + r];
+            }
+        }
+    }
+
+    /// `sum over (index, g) in list of g * table[index]`, sixteen lanes: a sparse matrix's
+    /// row (the list of its non-zero entries) times a dense matrix whose rows are 16 wide,
+    /// the inner kernel of the fully connected layer's sparse backward pass. The sums run in
+    /// four chains (entries `4m`, `4m + 1`, ... each in its own registers), so that the
+    /// multiply-adds of neighbouring entries do not wait for each other, and are added at
+    /// the end. Panics if an index is out of `table`.
+    #[inline(always)]
+    fn sum_list16(self, table: &[[f32; 16]], list: &[(u32, f32)]) -> [f32; 16] {
+        let mut acc = [[self.zero(); 2]; 4];
+        let (quads, rest) = list.as_chunks::<4>();
+        for quad in quads {
+            for (acc, &(index, g)) in acc.iter_mut().zip(quad) {
+                let (row, _) = table[index as usize].as_chunks::<8>();
+                acc[0] = self.fma(acc[0], g, self.load(&row[0]));
+                acc[1] = self.fma(acc[1], g, self.load(&row[1]));
+            }
+        }
+        for &(index, g) in rest {
+            let (row, _) = table[index as usize].as_chunks::<8>();
+            acc[0][0] = self.fma(acc[0][0], g, self.load(&row[0]));
+            acc[0][1] = self.fma(acc[0][1], g, self.load(&row[1]));
+        }
+        let half = |h: usize| self.store(self.add(self.add(acc[0][h], acc[1][h]), self.add(acc[2][h], acc[3][h])));
+        let (low, high) = (half(0), half(1));
+        std::array::from_fn(|l| if l < 8 { low[l] } else { high[l - 8] })
+    }
 }
 
 /// Plain arithmetic, any CPU.
@@ -244,6 +284,58 @@ impl Lanes for pulp::x86::V4 {
             }
         }
         true
+    }
+    /// Sixteen rows in sixteen registers, transposed in four rounds of shuffles (pairs of
+    /// floats, of doubles, then of 128-bit lanes twice): 64 shuffles for 256 values.
+    #[inline(always)]
+    fn transpose16(self, from: &[f32], from_stride: usize, to: &mut [f32], to_stride: usize) {
+        use core::arch::x86_64::__m512;
+        let f = self.avx512f;
+        let r: [__m512; 16] = std::array::from_fn(|i| {
+            let (row, _) = from[i * from_stride..][..16].as_chunks::<16>();
+            pulp::cast(row[0])
+        });
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 { f._mm512_unpacklo_ps(a, b) } else { f._mm512_unpackhi_ps(a, b) }
+        });
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let base = i & !3;
+            let (a, b) = if i % 4 < 2 { (t[base], t[base + 2]) } else { (t[base + 1], t[base + 3]) };
+            let (a, b) = (f._mm512_castps_pd(a), f._mm512_castps_pd(b));
+            f._mm512_castpd_ps(if i % 2 == 0 { f._mm512_unpacklo_pd(a, b) } else { f._mm512_unpackhi_pd(a, b) })
+        });
+        let v: [__m512; 16] = std::array::from_fn(|i| {
+            if i % 8 < 4 { f._mm512_shuffle_f32x4::<0x88>(u[i], u[i + 4]) } else { f._mm512_shuffle_f32x4::<0xdd>(u[i - 4], u[i]) }
+        });
+        for i in 0..16 {
+            let w = if i < 8 { f._mm512_shuffle_f32x4::<0x88>(v[i], v[i + 8]) } else { f._mm512_shuffle_f32x4::<0xdd>(v[i - 8], v[i]) };
+            let (row, _) = to[i * to_stride..][..16].as_chunks_mut::<16>();
+            row[0] = pulp::cast(w);
+        }
+    }
+    /// One sixteen-lane register a chain (four of them), instead of two of eight lanes.
+    #[inline(always)]
+    fn sum_list16(self, table: &[[f32; 16]], list: &[(u32, f32)]) -> [f32; 16] {
+        let zero = self.splat_f32x16(0.0);
+        let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+        let term = |index: u32, g: f32| -> (pulp::f32x16, pulp::f32x16) { (self.splat_f32x16(g), pulp::cast(table[index as usize])) };
+        let (quads, rest) = list.as_chunks::<4>();
+        for &[(i0, g0), (i1, g1), (i2, g2), (i3, g3)] in quads {
+            let (g, x) = term(i0, g0);
+            a0 = self.mul_add_f32x16(g, x, a0);
+            let (g, x) = term(i1, g1);
+            a1 = self.mul_add_f32x16(g, x, a1);
+            let (g, x) = term(i2, g2);
+            a2 = self.mul_add_f32x16(g, x, a2);
+            let (g, x) = term(i3, g3);
+            a3 = self.mul_add_f32x16(g, x, a3);
+        }
+        for &(index, g) in rest {
+            let (g, x) = term(index, g);
+            a0 = self.mul_add_f32x16(g, x, a0);
+        }
+        pulp::cast(self.add_f32x16(self.add_f32x16(a0, a1), self.add_f32x16(a2, a3)))
     }
 }
 

@@ -33,6 +33,7 @@ use rayon::prelude::*;
 
 use super::lanes::{Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, dispatch, runs, starts};
 use super::layout::zeroed;
+use super::sparse::{self, Entries, SPARSE_DENSITY};
 use super::{Ad, Refused, cast, float, from_vec, spare, values};
 
 /// Columns of `dW` per register tile.
@@ -109,9 +110,15 @@ impl Backward<Flex, 3> for Linear {
         let grad = grads.consume::<Flex>(&ops.node);
         let (x, weight) = ops.state;
         let g = inner::<2>(&grad);
+        let [n, j] = g.dims();
+        // In training about three quarters of fc1's output gradient is zero (dropout and
+        // ReLU): then both products visit the non-zero entries only (`sparse`).
+        let entries = (node_x.is_some() || node_weight.is_some()).then(|| Entries::of(n, j, &values::<2>(&grad), SPARSE_DENSITY)).flatten();
         if let Some(node) = node_x {
-            let ([n, j], [i, _]) = (g.dims(), inner::<2>(&weight).dims());
-            let dx = if n <= SMALL_BATCH {
+            let [i, _] = inner::<2>(&weight).dims();
+            let dx = if let Some(entries) = &entries {
+                from_vec(sparse::input_grad(i, entries, &values::<2>(&weight)), [n, i])
+            } else if n <= SMALL_BATCH {
                 from_vec(input_grad(n, i, j, &values::<2>(&grad), &values::<2>(&weight)), [n, i])
             } else {
                 float(g.clone().matmul(inner::<2>(&weight).transpose()))
@@ -119,19 +126,26 @@ impl Backward<Flex, 3> for Linear {
             grads.register::<Flex>(node.id, dx);
         }
         if let Some(node) = node_bias {
-            let [_, j] = g.dims();
             grads.register::<Flex>(node.id, float(g.clone().sum_dim(0).reshape([j])));
         }
         if let Some(node) = node_weight {
-            let ([n, i], [_, j]) = (inner::<2>(&x).dims(), g.dims());
+            let [_, i] = inner::<2>(&x).dims();
             let (x, grad) = (values::<2>(&x), values::<2>(&grad));
+            let into = |dw: &mut [f32]| match &entries {
+                Some(entries) => sparse::weight_grad_into(i, &x, entries, dw),
+                None => weight_grad_into(n, i, j, &x, &grad, dw),
+            };
             // Into a recycled buffer (see `recycle`) when there is one: every value is written.
             let dw = match spare(&[i, j]) {
                 Some(mut dw) => {
-                    weight_grad_into(n, i, j, &x, &grad, &mut dw.storage_mut::<f32>()[..i * j]);
+                    into(&mut dw.storage_mut::<f32>()[..i * j]);
                     dw
                 }
-                None => from_vec(weight_grad(n, i, j, &x, &grad), [i, j]),
+                None => {
+                    let mut dw = zeroed(i * j);
+                    into(&mut dw);
+                    from_vec(dw, [i, j])
+                }
             };
             grads.register::<Flex>(node.id, dw);
         }
@@ -438,6 +452,7 @@ fn dot_tile<L: Lanes>(lanes: L, g: [&[f32]; DOT_IMAGES], w: [&[f32]; DOT_ROWS]) 
 }
 
 /// `x^T g`: `x [n, i]`, `g [n, j]` -> `[i, j]`.
+#[cfg(test)]
 pub(crate) fn weight_grad(n: usize, i: usize, j: usize, x: &[f32], g: &[f32]) -> Vec<f32> {
     let mut dw = zeroed(i * j);
     weight_grad_into(n, i, j, x, g, &mut dw);
@@ -587,17 +602,27 @@ mod tests {
     }
 
     /// The op against Burn's `matmul` + bias on `Autodiff<Flex>`, output and every gradient,
-    /// with a batch that takes the own kernels and one that takes burn-flex's products.
+    /// with a batch that takes the own kernels and one that takes burn-flex's products, and
+    /// an output gradient that is dense or three quarters zero (as dropout and ReLU leave
+    /// fc1's in training: the sparse backward pass).
     #[test]
     fn linear_matches_burn_for_small_and_large_batches() {
         use burn::tensor::Distribution;
         let device = Default::default();
-        for n in [7, SMALL_BATCH + 6] {
+        for (n, zeros) in [(7, false), (SMALL_BATCH + 6, false), (7, true), (50, true), (SMALL_BATCH + 6, true)] {
             let (i, j) = (83, 37);
             let x = Tensor::<Ad, 2>::random([n, i], Distribution::Normal(0.0, 1.0), &device).require_grad();
             let w = Tensor::<Ad, 2>::random([i, j], Distribution::Normal(0.0, 0.1), &device).require_grad();
             let b = Tensor::<Ad, 1>::random([j], Distribution::Normal(0.0, 0.1), &device).require_grad();
             let mix = Tensor::<Ad, 2>::random([n, j], Distribution::Normal(0.0, 1.0), &device);
+            let mix = if zeros {
+                let keep = Tensor::<Ad, 2>::random([n, j], Distribution::Uniform(0.0, 1.0), &device).lower_elem(0.25).float();
+                let g = values::<2>(&float(mix.clone() * keep.clone()).primitive).into_owned();
+                assert!(Entries::of(n, j, &g, SPARSE_DENSITY).is_some(), "batch {n}: sparse enough for the sparse pass");
+                mix * keep
+            } else {
+                mix
+            };
             let ours = linear(x.clone(), w.clone(), b.clone()).unwrap_or_else(|_| panic!("flex linear"));
             let reference = x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>();
             let values = |t: Tensor<Ad, 2>| t.into_data().to_vec::<f32>().expect("f32");
@@ -609,7 +634,7 @@ mod tests {
                 ("dw", w.grad(&g1), w.grad(&g2)),
             ] {
                 let (a, r) = (a.expect("grad").into_data().to_vec::<f32>().expect("f32"), r.expect("grad").into_data().to_vec::<f32>().expect("f32"));
-                assert!(close(&a, &r), "{name}, batch {n}");
+                assert!(close(&a, &r), "{name}, batch {n}, sparse {zeros}");
             }
             let (a, r) = (b.grad(&g1).expect("db"), b.grad(&g2).expect("db"));
             assert!(close(&a.into_data().to_vec::<f32>().expect("f32"), &r.into_data().to_vec::<f32>().expect("f32")), "db, batch {n}");

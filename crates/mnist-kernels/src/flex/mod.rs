@@ -48,6 +48,7 @@ pub(crate) mod lanes;
 mod layout;
 mod linear;
 mod pool;
+mod sparse;
 mod winograd;
 
 use backward::backward;

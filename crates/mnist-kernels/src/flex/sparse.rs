@@ -1,0 +1,351 @@
+//! The fully connected layer's backward pass over the non-zero entries of its output
+//! gradient only.
+//!
+//! In training, the gradient `g [n, j]` that reaches fc1 has passed through dropout (which
+//! zeroes half of it) and ReLU's derivative (which zeroes where the layer's output was not
+//! positive, about half of the rest): about three quarters of it is exactly zero. Both
+//! products of the backward pass sum over `g`'s entries, so listing the non-zero ones
+//! ([`Entries`], by row and by column) and visiting only those does about a quarter of the
+//! dense products' multiply-adds:
+//!
+//! - input gradient `dx = g W^T` (`[n, i]`): for each block of 16 weight rows, the block is
+//!   transposed (`[j][16]`, 64 KB for fc1, in L2), and each image's 16 values are the sum,
+//!   over its row's entries `(c, g)`, of `g * block[c]`: one broadcast and one 16-wide
+//!   multiply-add per entry ([`Lanes::sum_list16`]);
+//! - weight gradient `dW = x^T g` (`[i, j]`): for each block of 16 rows of `dW`, the
+//!   images' 16 inputs of the block are copied out (`[n][16]`), each column `c` of the block
+//!   is the sum, over that column's entries `(b, g)`, of `g * inputs[b]` (the same kernel),
+//!   and the block is transposed into `dW`'s rows as it is written.
+//!
+//! The dense kernels ([`super::linear`]) read or write each weight as often; what the sparse
+//! pass saves is arithmetic (three quarters) at the price of the block transposes. It is
+//! taken when at most [`SPARSE_DENSITY`] of `g` is non-zero.
+
+use rayon::prelude::*;
+
+use super::lanes::{Lanes, WithLanes, dispatch};
+
+/// The largest fraction of non-zero entries in the output gradient for which the backward
+/// pass visits its entries ([`Entries::of`] says `None` above it). At fc1's shape (batch
+/// 50) the sparse input and weight gradients take as long as the dense ones at about half.
+pub(crate) const SPARSE_DENSITY: f64 = 0.4;
+
+/// Rows of the weight (and of its gradient) per block: one 16-lane vector.
+const BLOCK: usize = 16;
+
+/// The non-zero entries of a matrix `g [n, j]`, listed by row and by column.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entries {
+    n: usize,
+    j: usize,
+    /// Row by row, each row's entries in column order: (column, value).
+    by_row: Vec<(u32, f32)>,
+    /// `n + 1` offsets into `by_row`: row `b` is `by_row[row_starts[b]..row_starts[b + 1]]`.
+    row_starts: Vec<usize>,
+    /// Column by column, each column's entries in row order: (row, value).
+    by_column: Vec<(u32, f32)>,
+    /// `j + 1` offsets into `by_column`.
+    column_starts: Vec<usize>,
+}
+
+impl Entries {
+    /// Lists the non-zero entries of `g [n, j]`, or `None` when more than `max_density`
+    /// of them are non-zero (or an index would not fit in 32 bits).
+    pub(crate) fn of(n: usize, j: usize, g: &[f32], max_density: f64) -> Option<Entries> {
+        let g = &g[..n * j];
+        if u32::try_from(n.max(j)).is_err() {
+            return None;
+        }
+        // Counted first (branch-free), so that a dense gradient costs one pass.
+        let nonzero = g.iter().map(|v| usize::from(*v != 0.0)).sum::<usize>();
+        if nonzero as f64 > max_density * (n * j) as f64 {
+            return None;
+        }
+        let mut by_row = vec![(0u32, 0.0f32); nonzero + 1];
+        let mut row_starts = Vec::with_capacity(n + 1);
+        let mut column_counts = vec![0usize; j + 1];
+        let mut len = 0;
+        row_starts.push(0);
+        for b in 0..n {
+            let row = &g[b * j..][..j];
+            // Every value is written at the list's end and only a non-zero one moves the
+            // end on: whether a value is zero is random, and a branch on it mispredicts.
+            for (c, &v) in row.iter().enumerate() {
+                by_row[len] = (c as u32, v);
+                len += usize::from(v != 0.0);
+            }
+            row_starts.push(len);
+        }
+        by_row.truncate(len);
+        for &(c, _) in &by_row {
+            column_counts[c as usize + 1] += 1;
+        }
+        let mut column_starts = column_counts;
+        for c in 0..j {
+            column_starts[c + 1] += column_starts[c];
+        }
+        let mut next = column_starts.clone();
+        let mut by_column = vec![(0u32, 0.0f32); len];
+        for b in 0..n {
+            for &(c, v) in &by_row[row_starts[b]..row_starts[b + 1]] {
+                by_column[next[c as usize]] = (b as u32, v);
+                next[c as usize] += 1;
+            }
+        }
+        Some(Entries { n, j, by_row, row_starts, by_column, column_starts })
+    }
+
+    /// How many entries are listed.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_row.len()
+    }
+}
+
+/// `g W^T` from `g`'s entries: `weight [i, j]` -> `[n, i]` (see the module's overview).
+pub(crate) fn input_grad(i: usize, entries: &Entries, weight: &[f32]) -> Vec<f32> {
+    let (n, j) = (entries.n, entries.j);
+    if n == 0 || i == 0 {
+        return vec![0.0; n * i];
+    }
+    let blocks = i.div_ceil(BLOCK);
+    // `[block][n][16]`: each block's values for every image, one vector an image.
+    let mut sums = vec![[0.0f32; BLOCK]; blocks * n];
+    sums.par_chunks_mut(n).enumerate().for_each_init(
+        || vec![[0.0f32; BLOCK]; j],
+        |block, (index, out)| {
+            let first = index * BLOCK;
+            let rows = &weight[first * j..][..BLOCK.min(i - first) * j];
+            dispatch(InputGradBlock { rows, j, block, entries, out });
+        },
+    );
+    let mut dx = vec![0.0f32; n * i];
+    dx.par_chunks_mut(i).enumerate().for_each(|(b, row)| {
+        for (r, v) in row.iter_mut().enumerate() {
+            *v = sums[(r / BLOCK) * n + b][r % BLOCK];
+        }
+    });
+    dx
+}
+
+/// `x^T g` from `g`'s entries, written over `dw: [i, j]` (every value): `x [n, i]` (see the
+/// module's overview).
+pub(crate) fn weight_grad_into(i: usize, x: &[f32], entries: &Entries, dw: &mut [f32]) {
+    let (n, j) = (entries.n, entries.j);
+    if j == 0 {
+        return;
+    }
+    dw[..i * j].par_chunks_mut(BLOCK * j).enumerate().for_each_init(
+        || (vec![[0.0f32; BLOCK]; n], vec![[0.0f32; BLOCK]; j]),
+        |(inputs, columns), (index, out)| {
+            let (first, rows) = (index * BLOCK, out.len() / j);
+            for (b, block) in inputs.iter_mut().enumerate() {
+                block[..rows].copy_from_slice(&x[b * i + first..][..rows]);
+                block[rows..].fill(0.0);
+            }
+            dispatch(WeightGradBlock { inputs, j, columns, entries, out });
+        },
+    );
+}
+
+/// One block of 16 columns of `g W^T`: the block's weight rows transposed, then every
+/// image's sums.
+struct InputGradBlock<'a> {
+    /// `[r, j]`, `r <= 16`: the block's rows of the weight.
+    rows: &'a [f32],
+    j: usize,
+    /// Scratch, `[j][16]`.
+    block: &'a mut [[f32; BLOCK]],
+    entries: &'a Entries,
+    /// `[n][16]`.
+    out: &'a mut [[f32; BLOCK]],
+}
+
+impl WithLanes for InputGradBlock<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let rows = self.rows.len() / self.j;
+        transpose_into(lanes, self.rows, self.j, (rows, self.j), self.block.as_flattened_mut(), BLOCK);
+        if rows < BLOCK {
+            // The last block: the scratch holds an earlier block's values past its rows.
+            self.block.iter_mut().for_each(|to| to[rows..].fill(0.0));
+        }
+        let e = self.entries;
+        for (b, out) in self.out.iter_mut().enumerate() {
+            *out = lanes.sum_list16(self.block, &e.by_row[e.row_starts[b]..e.row_starts[b + 1]]);
+        }
+    }
+}
+
+/// One block of 16 rows of `x^T g`: every column's sums, then the columns transposed into
+/// the rows.
+struct WeightGradBlock<'a> {
+    /// `[n][16]`: the block's inputs of every image, zero past the block's last row.
+    inputs: &'a [[f32; BLOCK]],
+    j: usize,
+    /// Scratch, `[j][16]`.
+    columns: &'a mut [[f32; BLOCK]],
+    entries: &'a Entries,
+    /// `[r, j]`, `r <= 16`: the block's rows of `dW`.
+    out: &'a mut [f32],
+}
+
+impl WithLanes for WeightGradBlock<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let e = self.entries;
+        for (c, column) in self.columns.iter_mut().enumerate() {
+            *column = lanes.sum_list16(self.inputs, &e.by_column[e.column_starts[c]..e.column_starts[c + 1]]);
+        }
+        let rows = self.out.len() / self.j;
+        transpose_into(lanes, self.columns.as_flattened(), BLOCK, (self.j, rows), self.out, self.j);
+    }
+}
+
+/// `to[k * to_stride + r] = from[r * from_stride + k]` for `r < rows`, `k < columns`: a
+/// `rows x columns` matrix (rows `from_stride` apart) transposed into `to` (rows
+/// `to_stride` apart). Whole 16 x 16 squares go through [`Lanes::transpose16`], the
+/// edges value by value.
+#[inline(always)]
+fn transpose_into<L: Lanes>(lanes: L, from: &[f32], from_stride: usize, (rows, columns): (usize, usize), to: &mut [f32], to_stride: usize) {
+    let (full_rows, full_columns) = (rows / 16 * 16, columns / 16 * 16);
+    for r0 in (0..full_rows).step_by(16) {
+        for c0 in (0..full_columns).step_by(16) {
+            lanes.transpose16(&from[r0 * from_stride + c0..], from_stride, &mut to[c0 * to_stride + r0..], to_stride);
+        }
+    }
+    for r in 0..rows {
+        let done = if r < full_rows { full_columns } else { 0 };
+        for k in done..columns {
+            to[k * to_stride + r] = from[r * from_stride + k];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flex::lanes::{available, dispatch_with};
+
+    /// `n x j` values, about `zeros` of them exactly zero, the rest in about [-2, 2].
+    fn sparse(n: usize, j: usize, zeros: f64, seed: usize) -> Vec<f32> {
+        (0..n * j)
+            .map(|k| {
+                let h = (k * 2_654_435_761 + seed * 40_503) % 1_000_003;
+                if (h % 1000) as f64 / 1000.0 < zeros { 0.0 } else { (h % 401) as f32 / 100.0 - 2.0 }
+            })
+            .collect()
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-4 * (1.0 + b.abs())
+    }
+
+    #[test]
+    fn entries_list_every_non_zero_value_by_row_and_by_column() {
+        let (n, j) = (7, 13);
+        let g = sparse(n, j, 0.7, 1);
+        let e = Entries::of(n, j, &g, 1.0).expect("within density 1");
+        let nonzero: Vec<(usize, usize, f32)> = (0..n * j).filter(|&k| g[k] != 0.0).map(|k| (k / j, k % j, g[k])).collect();
+        assert_eq!(e.len(), nonzero.len());
+        let rows: Vec<(usize, usize, f32)> = (0..n).flat_map(|b| e.by_row[e.row_starts[b]..e.row_starts[b + 1]].iter().map(move |&(c, v)| (b, c as usize, v))).collect();
+        assert_eq!(rows, nonzero);
+        let mut columns: Vec<(usize, usize, f32)> = (0..j).flat_map(|c| e.by_column[e.column_starts[c]..e.column_starts[c + 1]].iter().map(move |&(b, v)| (b as usize, c, v))).collect();
+        // Each column's entries in row order.
+        assert!((0..j).all(|c| e.by_column[e.column_starts[c]..e.column_starts[c + 1]].windows(2).all(|w| w[0].0 < w[1].0)));
+        columns.sort_by_key(|&(b, c, _)| (b, c));
+        assert_eq!(columns, nonzero);
+        // -0.0 is zero; too dense is refused; empty shapes are fine.
+        assert_eq!(Entries::of(1, 3, &[-0.0, 1.0, 0.0], 0.5).map(|e| e.len()), Some(1));
+        assert!(Entries::of(1, 3, &[2.0, 1.0, 0.0], 0.5).is_none());
+        assert_eq!(Entries::of(0, 5, &[], 0.5).map(|e| e.len()), Some(0));
+        assert_eq!(Entries::of(3, 0, &[], 0.5).map(|e| e.len()), Some(0));
+    }
+
+    /// Both products against their definitions, on shapes with remainders (rows not a
+    /// multiple of 16, lists not of 4) and densities from empty to full, with the
+    /// instruction set this CPU runs (the inner kernel is held on every set below).
+    #[test]
+    fn sparse_products_match_their_definitions() {
+        for (n, i, j, zeros) in [(3, 7, 10, 0.75), (50, 83, 33, 0.75), (1, 1, 1, 0.0), (5, 40, 17, 1.0), (9, 16, 64, 0.5), (2, 33, 5, 0.0), (0, 4, 3, 0.5), (4, 0, 3, 0.5)] {
+            let g = sparse(n, j, zeros, 2);
+            let x = sparse(n, i, 0.5, 3);
+            let w = sparse(i, j, 0.0, 4);
+            let e = Entries::of(n, j, &g, 1.0).expect("within density 1");
+            let dx = input_grad(i, &e, &w);
+            assert_eq!(dx.len(), n * i);
+            let mut dw = vec![f32::NAN; i * j];
+            weight_grad_into(i, &x, &e, &mut dw);
+            for b in 0..n {
+                for r in 0..i {
+                    let expect: f32 = (0..j).map(|c| g[b * j + c] * w[r * j + c]).sum();
+                    assert!(close(dx[b * i + r], expect), "{:?} dx[{b},{r}]: {} vs {expect}", (n, i, j), dx[b * i + r]);
+                }
+            }
+            for r in 0..i {
+                for c in 0..j {
+                    let expect: f32 = (0..n).map(|b| x[b * i + r] * g[b * j + c]).sum();
+                    assert!(close(dw[r * j + c], expect), "{:?} dw[{r},{c}]: {} vs {expect}", (n, i, j), dw[r * j + c]);
+                }
+            }
+        }
+    }
+
+    struct SumList<'a>(&'a [[f32; 16]], &'a [(u32, f32)]);
+    impl WithLanes for SumList<'_> {
+        type Output = [f32; 16];
+        #[inline(always)]
+        fn run<L: Lanes>(self, lanes: L) -> [f32; 16] {
+            lanes.sum_list16(self.0, self.1)
+        }
+    }
+
+    struct Transpose<'a>(&'a [f32], usize, (usize, usize), usize);
+    impl WithLanes for Transpose<'_> {
+        type Output = Vec<f32>;
+        #[inline(always)]
+        fn run<L: Lanes>(self, lanes: L) -> Vec<f32> {
+            let Transpose(from, from_stride, (rows, columns), to_stride) = self;
+            let mut to = vec![f32::NAN; columns * to_stride];
+            transpose_into(lanes, from, from_stride, (rows, columns), &mut to, to_stride);
+            to
+        }
+    }
+
+    /// Transposes of every shape the kernels make (16 rows, 16 columns, fewer, more, and
+    /// strides wider than the matrix) on every instruction set: whole squares and edges.
+    #[test]
+    fn every_instruction_set_transposes_alike() {
+        for (rows, columns, from_stride, to_stride) in [(16, 16, 16, 16), (16, 40, 40, 16), (5, 37, 37, 16), (48, 16, 16, 50), (33, 9, 16, 33), (1, 1, 1, 1), (0, 16, 16, 16)] {
+            let from: Vec<f32> = (0..rows * from_stride).map(|v| v as f32).collect();
+            for simd in available() {
+                let to = dispatch_with(simd, Transpose(&from, from_stride, (rows, columns), to_stride));
+                for k in 0..columns {
+                    for r in 0..to_stride {
+                        let want = if r < rows { from[r * from_stride + k] } else { f32::NAN };
+                        let have = to[k * to_stride + r];
+                        assert!(have == want || (have.is_nan() && want.is_nan()), "{simd} {:?} [{k}][{r}]: {have} vs {want}", (rows, columns, from_stride, to_stride));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The inner kernel, the same on every instruction set within rounding.
+    #[test]
+    fn every_instruction_set_sums_the_same_lists() {
+        let table: Vec<[f32; 16]> = (0..37).map(|r| std::array::from_fn(|l| ((r * 16 + l) * 7919 % 613) as f32 / 97.0 - 3.0)).collect();
+        for len in [0, 1, 3, 4, 5, 11, 64] {
+            let list: Vec<(u32, f32)> = (0..len).map(|k| ((k * 13 % 37) as u32, (k as f32) / 3.0 - 1.5)).collect();
+            let expect: [f32; 16] = std::array::from_fn(|l| list.iter().map(|&(r, g)| g * table[r as usize][l]).sum());
+            for simd in available() {
+                let out = dispatch_with(simd, SumList(&table, &list));
+                assert!(out.iter().zip(&expect).all(|(a, b)| close(*a, *b)), "{simd}, {len} entries: {out:?} vs {expect:?}");
+            }
+        }
+    }
+}
