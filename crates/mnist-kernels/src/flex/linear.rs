@@ -312,8 +312,15 @@ impl WithLanes for Depth<'_> {
         for start in (self.start..self.end).step_by(FORWARD_DEPTH) {
             let depth = FORWARD_DEPTH.min(self.end - start);
             for (d, row) in self.weight[start * j..][..depth * j].chunks_exact(j).enumerate() {
-                for (p, columns) in row.chunks(PANEL).enumerate() {
-                    packed[p * FORWARD_DEPTH + d][..columns.len()].copy_from_slice(columns);
+                // Whole panels as one 64-byte array each (one register's load and store; a
+                // slice's `copy_from_slice` called `memcpy` for every 64 bytes, a quarter of
+                // this kernel's time), then the last columns.
+                let (full, rest) = row.as_chunks::<PANEL>();
+                for (p, columns) in full.iter().enumerate() {
+                    packed[p * FORWARD_DEPTH + d] = *columns;
+                }
+                if !rest.is_empty() {
+                    packed[full.len() * FORWARD_DEPTH + d][..rest.len()].copy_from_slice(rest);
                 }
             }
             for (p, panel) in packed.chunks_exact(FORWARD_DEPTH).enumerate() {
