@@ -160,6 +160,13 @@ impl Lanes for Portable {
 #[cfg(target_arch = "x86_64")]
 impl Lanes for pulp::x86::V3 {
     type V = pulp::f32x8;
+    /// As four 8 x 8 squares, each in eight registers and three rounds of shuffles.
+    #[inline(always)]
+    fn transpose16(self, from: &[f32], from_stride: usize, to: &mut [f32], to_stride: usize) {
+        for (r0, c0) in [(0, 0), (0, 8), (8, 0), (8, 8)] {
+            transpose8(self, &from[r0 * from_stride + c0..], from_stride, &mut to[c0 * to_stride + r0..], to_stride);
+        }
+    }
     #[inline(always)]
     fn zero(self) -> pulp::f32x8 {
         self.splat_f32x8(0.0)
@@ -191,6 +198,33 @@ impl Lanes for pulp::x86::V3 {
     #[inline(always)]
     fn mul(self, a: f32, x: pulp::f32x8) -> pulp::f32x8 {
         self.mul_f32x8(self.splat_f32x8(a), x)
+    }
+}
+
+/// `to[r * to_stride + c] = from[c * from_stride + r]` for `r, c < 8` with AVX2: pairs of
+/// floats, pairs of pairs, then 128-bit halves.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn transpose8(v3: pulp::x86::V3, from: &[f32], from_stride: usize, to: &mut [f32], to_stride: usize) {
+    use core::arch::x86_64::__m256;
+    let a = v3.avx;
+    let r: [__m256; 8] = std::array::from_fn(|i| {
+        let (row, _) = from[i * from_stride..][..8].as_chunks::<8>();
+        pulp::cast(row[0])
+    });
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (x, y) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 { a._mm256_unpacklo_ps(x, y) } else { a._mm256_unpackhi_ps(x, y) }
+    });
+    let u: [__m256; 8] = std::array::from_fn(|i| {
+        let base = i & !3;
+        let (x, y) = if i % 4 < 2 { (t[base], t[base + 2]) } else { (t[base + 1], t[base + 3]) };
+        if i % 2 == 0 { a._mm256_shuffle_ps::<0x44>(x, y) } else { a._mm256_shuffle_ps::<0xEE>(x, y) }
+    });
+    for i in 0..8 {
+        let o = if i < 4 { a._mm256_permute2f128_ps::<0x20>(u[i], u[i + 4]) } else { a._mm256_permute2f128_ps::<0x31>(u[i - 4], u[i]) };
+        let (row, _) = to[i * to_stride..][..8].as_chunks_mut::<8>();
+        row[0] = pulp::cast(o);
     }
 }
 
