@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, tile_update};
+use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, tile_update};
 use super::layout::{Layout, pad_nhwc};
 use super::winograd;
 use super::{Geometry, NONE};
@@ -97,6 +97,16 @@ impl WithLanes for Panel<'_> {
 
     #[inline(always)]
     fn run<L: Lanes>(self, lanes: L) {
+        // AVX-512's taller register tile (10 pixels x 16 channels in ten 16-lane
+        // registers) where the CPU has it; the five-pixel tile elsewhere.
+        if L::TILE == MAX_TILE_ROWS { self.rows::<L, MAX_TILE_ROWS>(lanes) } else { self.rows::<L, MR>(lanes) }
+    }
+}
+
+impl Panel<'_> {
+    /// The panel with register tiles of `T` pixels.
+    #[inline(always)]
+    fn rows<L: Lanes, const T: usize>(self, lanes: L) {
         let lay = self.lay;
         let g = lay.g;
         let (ph, pw) = g.pooled();
@@ -107,12 +117,12 @@ impl WithLanes for Panel<'_> {
         let mut sums = vec![[[0.0f32; 8]; 2]; 4 * pw];
         // The windows of the row pair under pooled row 0, padded to whole tiles by repeating
         // the last (computed once: the divisions cost as much as a small tile).
-        let tiles = (4 * pw).div_ceil(MR);
-        let corners: Vec<usize> = (0..tiles * MR).map(|i| i.min(4 * pw - 1)).map(|i| lay.window(i / (2 * pw), i % (2 * pw))).collect();
-        let (corners, _) = corners.as_chunks::<MR>();
+        let tiles = (4 * pw).div_ceil(T);
+        let corners: Vec<usize> = (0..tiles * T).map(|i| i.min(4 * pw - 1)).map(|i| lay.window(i / (2 * pw), i % (2 * pw))).collect();
+        let (corners, _) = corners.as_chunks::<T>();
         for py in 0..ph {
             let down = 2 * py * lay.row;
-            for (sums, corners) in sums.chunks_mut(MR).zip(corners) {
+            for (sums, corners) in sums.chunks_mut(T).zip(corners) {
                 let mut corners = *corners;
                 for corner in &mut corners {
                     *corner += down;
@@ -121,9 +131,9 @@ impl WithLanes for Panel<'_> {
                 // floats, whose loops unroll when their length is known when compiling
                 // (conv1's forward on one thread 3.0-3.6 -> 2.9-3.1 ms, alternating).
                 let tile = if g.c == 1 && g.k == 5 {
-                    conv_tile::<L, 5>(lanes, lay, self.xp, weights, corners)
+                    conv_tile::<L, 5, T>(lanes, lay, self.xp, weights, corners)
                 } else {
-                    conv_tile::<L, 0>(lanes, lay, self.xp, weights, corners)
+                    conv_tile::<L, 0, T>(lanes, lay, self.xp, weights, corners)
                 };
                 let n = sums.len();
                 sums.copy_from_slice(&tile[..n]);
@@ -168,20 +178,36 @@ pub(super) fn pool_window(sums: [[F8; 2]; 4], bias: &[F8; 2], channels: usize, m
     }
 }
 
-/// Convolution outputs of [`MR`] pixels (their windows' top-left corners in the padded
-/// image) for one panel of 16 channels: `MR x 2` vectors summed in registers over the
-/// `k * k * c` window, kernel row by kernel row. `K` is 0, or the kernel side when the
-/// input has one channel (then every length is known when compiling).
+/// Convolution outputs of `T` pixels (their windows' top-left corners in the padded
+/// image) for one panel of 16 channels, `T` being [`MR`] or, with AVX-512,
+/// [`MAX_TILE_ROWS`]: `T x 16` sums in registers over the `k * k * c` window, kernel row by
+/// kernel row. `K` is 0, or the kernel side when the input has one channel (then every
+/// length is known when compiling).
 #[inline(always)]
-fn conv_tile<L: Lanes, const K: usize>(lanes: L, lay: &Layout, xp: &[f32], weights: &[[f32; PANEL]], corners: [usize; MR]) -> [[F8; 2]; MR] {
+fn conv_tile<L: Lanes, const K: usize, const T: usize>(lanes: L, lay: &Layout, xp: &[f32], weights: &[[f32; PANEL]], corners: [usize; T]) -> [[F8; 2]; T] {
     let (k, run) = if K == 0 { (lay.g.k, lay.g.k * lay.g.c) } else { (K, K) };
+    let mut sums = [[[0.0; 8]; 2]; T];
+    if T == MAX_TILE_ROWS {
+        // The instruction set's own tile (AVX-512: ten rows of 16 lanes), its sums kept in
+        // `acc` between kernel rows.
+        let mut acc = [[[0.0f32; 8]; 2]; MAX_TILE_ROWS];
+        let mut starts = [0; MAX_TILE_ROWS];
+        starts.copy_from_slice(&corners[..MAX_TILE_ROWS]);
+        for ky in 0..k {
+            let rows = runs(xp, starts, ky * lay.row, run);
+            lanes.tile_sums(&mut acc, rows, &weights[ky * run..][..run]);
+        }
+        sums.copy_from_slice(&acc[..T]);
+        return sums;
+    }
+    let mut starts = [0; MR];
+    starts.copy_from_slice(&corners[..MR]);
     let mut acc = [[lanes.zero(); 2]; MR];
     for ky in 0..k {
-        let rows = runs(xp, corners, ky * lay.row, run);
+        let rows = runs(xp, starts, ky * lay.row, run);
         tile_update(lanes, &mut acc, rows, &weights[ky * run..][..run]);
     }
     // A loop, not `map`: the vector stores stay in the kernel's AVX2 context.
-    let mut sums = [[[0.0; 8]; 2]; MR];
     for (sum, [a, b]) in sums.iter_mut().zip(acc) {
         *sum = [lanes.store(a), lanes.store(b)];
     }
