@@ -102,7 +102,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
     }
     let dx = want_dx.then(|| {
         // Padded NHWC -> NCHW, dropping the padding.
-        let mut dx = vec![0.0f32; g.b * c * h * w];
+        let mut dx = zeroed(g.b * c * h * w);
         dx.par_chunks_mut(h * w).enumerate().for_each(|(plane_index, plane)| {
             let (bi, ci) = (plane_index / c, plane_index % c);
             let img = &dxp[bi * lay.image..][..lay.image];

@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, tile_update};
-use super::layout::{Layout, pad_nhwc};
+use super::layout::{Layout, filled, pad_nhwc, zeroed};
 use super::winograd;
 use super::{Geometry, NONE};
 
@@ -54,8 +54,8 @@ pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (
     let bias16 = panel_bias(bias);
     let (ph, pw) = g.pooled();
     let plane = ph * pw;
-    let mut out = vec![0.0f32; g.b * g.o * plane];
-    let mut winners = vec![NONE; out.len()];
+    let mut out = zeroed(g.b * g.o * plane);
+    let mut winners = filled(out.len(), NONE);
     // One task per image and panel: its channels' planes are contiguous in `out`.
     out.par_chunks_mut(g.o * plane)
         .zip(winners.par_chunks_mut(g.o * plane))

@@ -72,8 +72,15 @@ pub(crate) fn pad_nhwc(lay: &Layout, x: &[f32]) -> Vec<f32> {
 
 /// `n` zeros, cleared (and faulted in) on all cores.
 pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+    filled(n, 0.0)
+}
+
+/// `n` copies of `value`, written (and faulted in) on all cores: for the large outputs
+/// the kernels then overwrite, which `vec!` would clear on one core while the other
+/// waits (at batch 512, 16 MB for conv1's output and winners).
+pub(crate) fn filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
     let mut v = Vec::with_capacity(n);
-    v.par_extend(rayon::iter::repeat_n(0.0f32, n));
+    v.par_extend(rayon::iter::repeat_n(value, n));
     v
 }
 

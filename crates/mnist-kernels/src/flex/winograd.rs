@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use super::forward::{bias8, panel_bias, pool_window};
 use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, chosen, dispatch_with, runs, starts};
 use crate::Simd;
-use super::layout::Layout;
+use super::layout::{Layout, filled, zeroed};
 use super::{Geometry, NONE};
 
 /// Side of a transformed tile.
@@ -85,8 +85,8 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], simd: Si
     let tiles = plane.div_ceil(MR) * MR;
     let v = transformed_weights(g, weight);
     let bias16 = panel_bias(bias);
-    let mut out = vec![0.0f32; g.b * g.o * plane];
-    let mut winners = vec![NONE; out.len()];
+    let mut out = zeroed(g.b * g.o * plane);
+    let mut winners = filled(out.len(), NONE);
     if plane == 0 {
         return (out, winners);
     }
