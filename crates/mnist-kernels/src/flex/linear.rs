@@ -20,6 +20,10 @@
 //! streams past, which suits small batches (the seed's 50); above 64 images they are
 //! burn-flex's matrix products, which pack the weight once for many images. The bias
 //! gradient stays Burn's operation.
+//!
+//! When at most [`SPARSE_DENSITY`] of the output gradient is non-zero (in training, dropout
+//! and ReLU leave about a quarter of fc1's), both gradients come instead from its non-zero
+//! entries alone, at any batch ([`super::sparse`]).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;

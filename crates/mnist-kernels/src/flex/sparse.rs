@@ -17,9 +17,13 @@
 //!   is the sum, over that column's entries `(b, g)`, of `g * inputs[b]` (the same kernel),
 //!   and the block is transposed into `dW`'s rows as it is written.
 //!
-//! The dense kernels ([`super::linear`]) read or write each weight as often; what the sparse
+//! The dense kernels ([`mod@super::linear`]) read or write each weight as often; what the sparse
 //! pass saves is arithmetic (three quarters) at the price of the block transposes. It is
-//! taken when at most [`SPARSE_DENSITY`] of `g` is non-zero.
+//! taken when at most [`SPARSE_DENSITY`] of `g` is non-zero. The sums differ from the dense
+//! products' only in rounding (they add the same non-zero terms in another order), except
+//! against a weight or input that is infinite or NaN, which a zero entry leaves out where
+//! the dense product's `0 * inf` is NaN; the training loop stops at any non-finite weight
+//! or loss either way.
 
 use rayon::prelude::*;
 
