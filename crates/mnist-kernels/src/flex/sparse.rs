@@ -113,7 +113,7 @@ impl Entries {
 /// `g W^T` from `g`'s entries: `weight [i, j]` -> `[n, i]` (see the module's overview).
 pub(crate) fn input_grad(i: usize, entries: &Entries, weight: &[f32]) -> Vec<f32> {
     let (n, j) = (entries.n, entries.j);
-    if n == 0 || i == 0 {
+    if n == 0 || i == 0 || j == 0 {
         return vec![0.0; n * i];
     }
     let blocks = i.div_ceil(BLOCK);
@@ -281,7 +281,7 @@ mod tests {
     /// instruction set this CPU runs (the inner kernel is held on every set below).
     #[test]
     fn sparse_products_match_their_definitions() {
-        for (n, i, j, zeros) in [(3, 7, 10, 0.75), (50, 83, 33, 0.75), (1, 1, 1, 0.0), (5, 40, 17, 1.0), (9, 16, 64, 0.5), (2, 33, 5, 0.0), (0, 4, 3, 0.5), (4, 0, 3, 0.5)] {
+        for (n, i, j, zeros) in [(3, 7, 10, 0.75), (50, 83, 33, 0.75), (1, 1, 1, 0.0), (5, 40, 17, 1.0), (9, 16, 64, 0.5), (2, 33, 5, 0.0), (0, 4, 3, 0.5), (4, 0, 3, 0.5), (3, 5, 0, 0.5)] {
             let g = sparse(n, j, zeros, 2);
             let x = sparse(n, i, 0.5, 3);
             let w = sparse(i, j, 0.0, 4);
