@@ -2,7 +2,6 @@
 
 use std::time::Instant;
 
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 use mnist_data::Split;
@@ -52,7 +51,6 @@ pub fn evaluate<B: Backend>(model: &Cnn<B>, split: &Split, batch_size: usize, de
         )));
     }
     let start = Instant::now();
-    let loss_fn = CrossEntropyLossConfig::new().init::<B>(device);
     let mut confusion = vec![vec![0u64; 10]; 10];
     let mut loss_sum = 0.0f64;
     let mut seen = 0usize;
@@ -60,7 +58,7 @@ pub fn evaluate<B: Backend>(model: &Cnn<B>, split: &Split, batch_size: usize, de
     for (pixels, labels) in chunks {
         let n = labels.len();
         let logits = model.forward(input::images::<B>(pixels, device));
-        let loss = loss_fn.forward(logits.clone(), input::labels::<B>(labels, device));
+        let loss = model.loss(logits.clone(), input::labels::<B>(labels, device));
         let predicted = logits.argmax(1).into_data();
         loss_sum += loss.into_scalar().elem::<f64>() * n as f64;
         for (i, p) in predicted.iter::<i64>().enumerate() {

@@ -7,6 +7,7 @@
 //! | [`fully_connected`] | `x [n, i]`, `weight [i, j]`, `bias [j]` -> `[n, j]` | `x weight + bias` |
 //! | [`FusedAdam`], [`FusedAdamOptimizer`] | any parameter and its gradient; a module's | Burn's Adam, one pass per parameter; a module's in one launch on GPUs |
 //! | [`dropout_mask`] | `[batch, width]` | a dropout mask, a pure function of seed, step and element |
+//! | [`softmax_cross_entropy`] | `logits [n, classes]`, `labels [n]` -> `[1]` | the mean of `-log softmax(logits)[label]` |
 //!
 //! ([`conv_block`] and [`linear`] are the first two taking Burn's `Conv2d`, `MaxPool2d`
 //! and `Linear` modules.) Each op runs the fastest implementation there is for the
@@ -79,7 +80,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use adam::{FusedAdam, FusedAdamConfig, FusedAdamOptimizer};
@@ -570,6 +571,38 @@ pub fn linear<B: Backend>(kernels: Kernels, layer: &Linear<B>, x: Tensor<B, 2>) 
         Some(bias) => fully_connected(kernels, x, layer.weight.val(), bias.val()),
         None => layer.forward(x),
     }
+}
+
+/// The implementation [`softmax_cross_entropy`] runs on `B`: the fused CubeCL kernel on
+/// burn-wgpu and burn-cuda (with `Kernels::Fastest`), Burn's `CrossEntropyLoss` elsewhere.
+pub fn softmax_cross_entropy_implementation<B: Backend>(kernels: Kernels) -> Implementation {
+    match (kernels, native::<B>()) {
+        (Kernels::Fastest, Native::Cube) => Implementation::FusedCube,
+        _ => Implementation::Burn,
+    }
+}
+
+/// Softmax cross-entropy, the seed's loss: the mean over the `n` rows of
+/// `logsumexp(logits[r]) - logits[r, labels[r]]`, `logits: [n, classes]` (unnormalised
+/// scores), `labels: [n]` (class indices) -> `[1]`; the same as Burn's `CrossEntropyLoss`
+/// with its defaults. On burn-wgpu and burn-cuda ([`softmax_cross_entropy_implementation`])
+/// one kernel computes the loss and its gradient together, and the backward pass only
+/// scales that gradient; a label outside `0..classes` there gives a NaN loss.
+///
+/// # Panics
+/// As Burn's `CrossEntropyLoss` does, when `labels` has not one label a row.
+pub fn softmax_cross_entropy<B: Backend>(kernels: Kernels, logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    #[cfg(feature = "cube")]
+    let (logits, labels) = match softmax_cross_entropy_implementation::<B>(kernels) {
+        Implementation::FusedCube => match cube::loss::softmax_cross_entropy(logits, labels) {
+            Ok(loss) => return loss,
+            Err(back) => back,
+        },
+        _ => (logits, labels),
+    };
+    #[cfg(not(feature = "cube"))]
+    let _ = kernels;
+    burn::nn::loss::CrossEntropyLossConfig::new().init::<B>(&logits.device()).forward(logits, labels)
 }
 
 #[cfg(test)]

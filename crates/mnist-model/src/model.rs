@@ -7,12 +7,12 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use mnist_kernels::{Kernels, KernelsInUse, conv_block, conv_block_implementation, linear, linear_implementation};
+use mnist_kernels::{Kernels, KernelsInUse, conv_block, conv_block_implementation, linear, linear_implementation, softmax_cross_entropy};
 
 use crate::error::{Error, Result};
 use crate::input::SIDE;
@@ -206,6 +206,18 @@ impl<B: Backend> Cnn<B> {
         let x = x.flatten::<2>(1, 3);
         // [b, 3136] -> [b, 1024]
         relu(linear(self.kernels, &self.fc1, x))
+    }
+
+    /// The seed's loss, softmax cross-entropy: the mean over the batch of
+    /// `-log softmax(logits)[label]`, `logits [batch, classes]`, `labels [batch]` -> `[1]`,
+    /// with the model's [`Kernels`] choice ([`mnist_kernels::softmax_cross_entropy`]: one
+    /// fused kernel for the loss and its gradient on burn-wgpu and burn-cuda, Burn's
+    /// `CrossEntropyLoss` elsewhere).
+    ///
+    /// # Panics
+    /// As Burn's `CrossEntropyLoss` does, when there is not one label a row.
+    pub fn loss(&self, logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+        softmax_cross_entropy(self.kernels, logits, labels)
     }
 
     /// Number of classes the network scores (the width of its logits; 10 in the seed).

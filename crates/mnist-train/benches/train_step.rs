@@ -4,7 +4,6 @@
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn_flex::Flex;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -28,7 +27,6 @@ fn train_step(c: &mut Criterion) {
     for batch in [50usize, 512] {
         let mut model: Cnn<B> = config.init(1, &device).expect("valid");
         let mut optim = AdamConfig::new().with_epsilon(1e-8).init::<B, Cnn<B>>();
-        let loss_fn = CrossEntropyLossConfig::new().init::<B>(&device);
         let indices: Vec<usize> = (0..batch).collect();
         let mut step = 0u64;
         group.throughput(Throughput::Elements(batch as u64));
@@ -38,7 +36,7 @@ fn train_step(c: &mut Criterion) {
                 let (images, labels) = (input::images::<B>(&x.pixels, &device), input::labels::<B>(&x.labels, &device));
                 let mask = dropout_mask::<B>(batch, config.hidden, config.dropout, 3, step, &device);
                 step += 1;
-                let loss = loss_fn.forward(model.forward_train(images, mask), labels);
+                let loss = model.loss(model.forward_train(images, mask), labels);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 model = optim.step(1e-4, model.clone(), grads);
                 // Wait for the update, as a training loop does at its next step.

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -356,7 +355,7 @@ pub fn kernels_in_use<B: AutodiffBackend>(model: &Cnn<B>) -> KernelsInUse {
 }
 
 /// One optimisation step: the forward pass with the dropout `mask` (see
-/// [`dropout_mask`]), softmax cross-entropy against `labels`, the backward pass and the
+/// [`dropout_mask`]), softmax cross-entropy against `labels` ([`Cnn::loss`]), the backward pass and the
 /// optimizer's update. Returns the updated network and the loss `[1]`, left on the device:
 /// reading it back waits for the step to finish, so the loop reads it only when it logs.
 pub fn train_step<B: AutodiffBackend, O: Optimizer<Cnn<B>, B>>(
@@ -367,8 +366,7 @@ pub fn train_step<B: AutodiffBackend, O: Optimizer<Cnn<B>, B>>(
     mask: Tensor<B, 2>,
     learning_rate: f64,
 ) -> (Cnn<B>, Tensor<B, 1>) {
-    let loss_fn = CrossEntropyLossConfig::new().init::<B>(&images.device());
-    let loss = loss_fn.forward(model.forward_train(images, mask), labels);
+    let loss = model.loss(model.forward_train(images, mask), labels);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     (optim.step(learning_rate, model, grads), loss)
 }

@@ -30,12 +30,14 @@
 //!
 //! The rest of a training step's own kernels, the same way: [`adam`], Adam's update in
 //! place, a module's parameters in one launch where the device binds enough buffers, and
-//! [`dropout`], the dropout mask computed on the device from the seed and the step.
+//! [`dropout`], the dropout mask computed on the device from the seed and the step, and
+//! [`loss`], softmax cross-entropy and its gradient in one launch.
 
 pub(crate) mod adam;
 pub(crate) mod dropout;
 mod fusion;
 mod kernels;
+pub(crate) mod loss;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};

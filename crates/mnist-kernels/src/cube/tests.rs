@@ -6,7 +6,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::tensor::activation::relu;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, ElementConversion, Tensor};
 use burn_autodiff::Autodiff;
 use burn_wgpu::Wgpu;
 
@@ -146,5 +146,67 @@ fn dropout_masks_on_wgpu_are_the_cpus() {
         assert_eq!(gpu, cpu, "{batch} x {width} at {keep}");
         let tracked = dropout_mask::<Autodiff<Wgpu>>(batch, width, keep, 9, step, &device).into_data().to_vec::<f32>().expect("f32");
         assert_eq!(tracked, cpu);
+    }
+}
+
+/// `(loss, d loss / d logits)` of `loss_fn` on `Autodiff<B>`, for the logits and labels
+/// given, the loss multiplied by `upstream` before the backward pass.
+fn loss_and_grad<B: Backend>(
+    loss_fn: impl Fn(Tensor<Autodiff<B>, 2>, Tensor<Autodiff<B>, 1, burn::tensor::Int>) -> Tensor<Autodiff<B>, 1>,
+    logits: &[f32],
+    labels: &[i64],
+    classes: usize,
+    upstream: f32,
+) -> (f32, Vec<f32>) {
+    use burn::tensor::{Int, TensorData};
+    let device = Default::default();
+    let n = labels.len();
+    let x = Tensor::<Autodiff<B>, 2>::from_data(TensorData::new(logits.to_vec(), [n, classes]), &device).require_grad();
+    let y = Tensor::<Autodiff<B>, 1, Int>::from_data(TensorData::new(labels.to_vec(), [n]), &device);
+    let loss = loss_fn(x.clone(), y);
+    let value = loss.clone().into_scalar().elem::<f32>();
+    let grads = (loss * upstream).backward();
+    let dx = x.grad(&grads).expect("a gradient for the logits").into_data().to_vec::<f32>().expect("f32");
+    (value, dx)
+}
+
+/// The fused softmax cross-entropy against Burn's `CrossEntropyLoss` on the same backend:
+/// the loss and the logits' gradient within 1e-5, for the seed's batch, a batch of more
+/// rows than the kernel's threads, odd class counts, one row, large logits (the log-sum-exp
+/// must subtract the maximum) and an upstream gradient other than 1; without autodiff the
+/// same loss; a label out of range gives NaN.
+#[test]
+#[ignore = "needs a wgpu adapter (a GPU, or lavapipe: apt-get install mesa-vulkan-drivers, XDG_RUNTIME_DIR set); run with --include-ignored"]
+fn softmax_cross_entropy_on_wgpu_matches_burn() {
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use burn::tensor::{Int, TensorData};
+    use crate::{softmax_cross_entropy, softmax_cross_entropy_implementation};
+    assert_eq!(softmax_cross_entropy_implementation::<Autodiff<Wgpu>>(Kernels::Fastest), Implementation::FusedCube);
+    assert_eq!(softmax_cross_entropy_implementation::<Wgpu>(Kernels::Fastest), Implementation::FusedCube);
+    assert_eq!(softmax_cross_entropy_implementation::<Wgpu>(Kernels::Burn), Implementation::Burn);
+    let ours = |x, y| super::loss::softmax_cross_entropy(x, y).unwrap_or_else(|_| panic!("the kernel refused f32 logits"));
+    let burns = |x: Tensor<Autodiff<Wgpu>, 2>, y| CrossEntropyLossConfig::new().init(&x.device()).forward(x, y);
+    let mut seed = 7u32;
+    let mut next = move || {
+        seed = crate::dropout::lowbias32(seed);
+        f64::from(seed) / f64::from(u32::MAX)
+    };
+    for (n, classes, spread, upstream) in [(50, 10, 4.0, 1.0), (300, 10, 4.0, 1.0), (7, 3, 2.0, 2.5), (1, 10, 1.0, 1.0), (9, 5, 300.0, -0.5)] {
+        let logits: Vec<f32> = (0..n * classes).map(|_| ((next() - 0.5) * spread) as f32 + 50.0).collect();
+        let labels: Vec<i64> = (0..n).map(|_| (next() * classes as f64) as i64 % classes as i64).collect();
+        let (a, da) = loss_and_grad::<Wgpu>(ours, &logits, &labels, classes, upstream);
+        let (b, db) = loss_and_grad::<Wgpu>(burns, &logits, &labels, classes, upstream);
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{n} x {classes}: loss {a} against Burn's {b}");
+        assert!(max_abs_diff(&da, &db) <= 1e-5, "{n} x {classes}: gradient differs by {}", max_abs_diff(&da, &db));
+        // Without autodiff: the same kernel, the same loss.
+        let device = Default::default();
+        let x = Tensor::<Wgpu, 2>::from_data(TensorData::new(logits.clone(), [n, classes]), &device);
+        let y = Tensor::<Wgpu, 1, Int>::from_data(TensorData::new(labels.clone(), [n]), &device);
+        let plain = softmax_cross_entropy(Kernels::Fastest, x, y).into_scalar().elem::<f32>();
+        assert!((plain - a).abs() <= 1e-6 * a.abs().max(1.0), "{n} x {classes}: {plain} without autodiff, {a} with");
+    }
+    for bad in [3, -1] {
+        let (loss, _) = loss_and_grad::<Wgpu>(ours, &[0.0, 1.0, 2.0, 0.5, 0.5, 0.5], &[0, bad], 3, 1.0);
+        assert!(loss.is_nan(), "label {bad} of 3 classes: loss {loss}");
     }
 }
