@@ -129,9 +129,6 @@ pub enum Implementation {
     /// This crate's burn-flex kernels for the matrix products (forward, input gradient,
     /// weight gradient).
     OwnFlex,
-    /// This crate's burn-flex kernel for batches of up to [`SMALL_BATCH`] images,
-    /// burn-flex's matrix product above (inference, where no gradient is needed).
-    OwnFlexSmallBatches,
     /// im2col and one matrix product, as Burn tensor operations ([`Kernels::Im2col`]).
     Im2col,
     /// Burn's own operations.
@@ -142,9 +139,10 @@ pub enum Implementation {
     BurnAdam,
 }
 
-/// The largest batch whose fully connected forward pass on burn-flex without autodiff
-/// (inference) runs this crate's kernel; larger ones take burn-flex's matrix product,
-/// which packs the weight once for many images.
+/// The largest batch the burn-flex fully connected kernels treat as small: up to it the
+/// forward pass keeps a block of images' sums in cache while the weight streams past, and
+/// the dense input gradient is this crate's; above it the forward pass is a blocked
+/// matrix product over a packed weight, and the dense input gradient burn-flex's.
 pub const SMALL_BATCH: usize = 64;
 
 impl fmt::Display for Implementation {
@@ -153,7 +151,6 @@ impl fmt::Display for Implementation {
             Implementation::FusedFlex => "fused flex kernels",
             Implementation::FusedCube => "fused CubeCL kernels",
             Implementation::OwnFlex => "own flex kernels",
-            Implementation::OwnFlexSmallBatches => "own flex kernels (batches of up to 64; burn-flex's matmul above)",
             Implementation::Im2col => "im2col + matmul (Burn tensor operations)",
             Implementation::Burn => "Burn's operations",
             Implementation::FusedAdam => "fused Adam",
@@ -523,16 +520,10 @@ pub fn conv_block<B: Backend>(kernels: Kernels, conv: &Conv2d<B>, pool: &MaxPool
     }
 }
 
-/// The implementation [`fully_connected`] runs on `B` for a batch of `batch` rows (`None`:
-/// any batch).
-pub fn fully_connected_implementation<B: Backend>(kernels: Kernels, batch: Option<usize>) -> Implementation {
+/// The implementation [`fully_connected`] runs on `B` (any batch).
+pub fn fully_connected_implementation<B: Backend>(kernels: Kernels) -> Implementation {
     match (kernels, native::<B>()) {
-        (Kernels::Fastest, Native::AutodiffFlex) => Implementation::OwnFlex,
-        (Kernels::Fastest, Native::Flex) => match batch {
-            None => Implementation::OwnFlexSmallBatches,
-            Some(n) if n <= SMALL_BATCH => Implementation::OwnFlex,
-            Some(_) => Implementation::Burn,
-        },
+        (Kernels::Fastest, Native::AutodiffFlex | Native::Flex) => Implementation::OwnFlex,
         _ => Implementation::Burn,
     }
 }
@@ -544,7 +535,7 @@ pub fn fully_connected_implementation<B: Backend>(kernels: Kernels, batch: Optio
 /// As Burn's `matmul` does, when the shapes do not fit together.
 pub fn fully_connected<B: Backend>(kernels: Kernels, x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
     #[cfg(feature = "flex")]
-    let (x, weight, bias) = match fully_connected_implementation::<B>(kernels, Some(x.dims()[0])) {
+    let (x, weight, bias) = match fully_connected_implementation::<B>(kernels) {
         Implementation::OwnFlex => match flex::linear(x, weight, bias) {
             Ok(y) => return y,
             Err(back) => back,
@@ -559,7 +550,7 @@ pub fn fully_connected<B: Backend>(kernels: Kernels, x: Tensor<B, 2>, weight: Te
 /// The implementation [`linear`] runs for `layer` on `B` (any batch).
 pub fn linear_implementation<B: Backend>(kernels: Kernels, layer: &Linear<B>) -> Implementation {
     match layer.bias {
-        Some(_) => fully_connected_implementation::<B>(kernels, None),
+        Some(_) => fully_connected_implementation::<B>(kernels),
         None => Implementation::Burn,
     }
 }

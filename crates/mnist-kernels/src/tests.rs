@@ -83,7 +83,7 @@ fn linear_matches_burn<B: Backend>(kernels: Kernels) -> Vec<Implementation> {
         let x = Tensor::<B, 2>::random([n, 37], Distribution::Normal(0.0, 1.0), &device);
         let d = max_abs_diff(linear(kernels, &layer, x.clone()), layer.forward(x));
         assert!(d < 1e-4, "{kernels:?}, batch {n}: {d}");
-        seen.push(fully_connected_implementation::<B>(kernels, Some(n)));
+        seen.push(fully_connected_implementation::<B>(kernels));
     }
     seen
 }
@@ -94,11 +94,11 @@ fn fully_connected_layers_compute_what_burn_computes() {
     let flex = cfg!(feature = "flex");
     assert_eq!(linear_matches_burn::<NdArray>(Kernels::Fastest), [Burn; 4]);
     assert_eq!(linear_matches_burn::<Flex>(Kernels::Burn), [Burn; 4]);
-    assert_eq!(linear_matches_burn::<Flex>(Kernels::Fastest), if flex { [OwnFlex, OwnFlex, OwnFlex, Burn] } else { [Burn; 4] });
+    assert_eq!(linear_matches_burn::<Flex>(Kernels::Fastest), if flex { [OwnFlex; 4] } else { [Burn; 4] });
     assert_eq!(linear_matches_burn::<Autodiff<Flex>>(Kernels::Fastest), if flex { [OwnFlex; 4] } else { [Burn; 4] });
     let device = Default::default();
     let layer = LinearConfig::new(4, 3).init::<Flex>(&device);
-    let expected = if flex { Implementation::OwnFlexSmallBatches } else { Burn };
+    let expected = if flex { OwnFlex } else { Burn };
     assert_eq!(linear_implementation(Kernels::Fastest, &layer), expected);
     let no_bias = LinearConfig::new(4, 3).with_bias(false).init::<Flex>(&device);
     assert_eq!(linear_implementation(Kernels::Fastest, &no_bias), Burn);
@@ -113,7 +113,7 @@ fn another_checkpointing_strategy_reports_burns_operations() {
     let conv = Conv2dConfig::new([1, 4], [5, 5]).with_padding(PaddingConfig2d::Same).init::<Balanced>(&device);
     let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
     assert_eq!(conv_block_implementation(Kernels::Fastest, &conv, &pool), Implementation::Burn);
-    assert_eq!(fully_connected_implementation::<Balanced>(Kernels::Fastest, None), Implementation::Burn);
+    assert_eq!(fully_connected_implementation::<Balanced>(Kernels::Fastest), Implementation::Burn);
 }
 
 #[test]

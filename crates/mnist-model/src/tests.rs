@@ -356,7 +356,7 @@ fn only_this_programs_stale_temporary_files_are_removed() {
 fn the_network_says_which_kernels_it_runs() {
     let flex = CnnConfig::new().init::<Flex>(1, &Default::default()).unwrap();
     let expected = if cfg!(feature = "flex") {
-        "convolution blocks: fused flex kernels; fully connected: own flex kernels (batches of up to 64; burn-flex's matmul above)"
+        "convolution blocks: fused flex kernels; fully connected: own flex kernels"
     } else {
         "convolution blocks: Burn's operations; fully connected: Burn's operations"
     };
