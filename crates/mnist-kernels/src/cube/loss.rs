@@ -206,9 +206,12 @@ fn autodiff<C: LossBackend>(logits: Tensor<Autodiff<C>, 2>, labels: Tensor<Autod
     Tensor::from_primitive(TensorPrimitive::Float(loss))
 }
 
+/// The arguments of the loss handed back when the kernel does not run: logits and labels.
+type Refused<B> = (Tensor<B, 2>, Tensor<B, 1, Int>);
+
 /// The loss on `C` or `Autodiff<C>` when `B` is one of them, else the arguments back.
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
-fn on<B: Backend, C: LossBackend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Result<Tensor<B, 1>, (Tensor<B, 2>, Tensor<B, 1, Int>)> {
+fn on<B: Backend, C: LossBackend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Result<Tensor<B, 1>, Refused<B>> {
     let logits = match cast::<Tensor<B, 2>, Tensor<Autodiff<C>, 2>>(logits) {
         Ok(logits) => {
             let Ok(labels) = cast::<_, Tensor<Autodiff<C>, 1, Int>>(labels) else {
@@ -234,7 +237,7 @@ fn on<B: Backend, C: LossBackend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int
 /// Softmax cross-entropy with the kernel when `B` is one of the CubeCL backends compiled
 /// in (with or without autodiff), the logits are f32 with at least one row and one class
 /// and the labels i32 (these backends' integers), one a row; otherwise the arguments back, untouched.
-pub(crate) fn softmax_cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Result<Tensor<B, 1>, (Tensor<B, 2>, Tensor<B, 1, Int>)> {
+pub(crate) fn softmax_cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Result<Tensor<B, 1>, Refused<B>> {
     let [n, classes] = logits.dims();
     if n == 0 || classes == 0 || logits.dtype() != DType::F32 || labels.dtype() != DType::I32 || labels.dims() != [n] {
         return Err((logits, labels));
