@@ -22,8 +22,9 @@
 //!   tiles over zero-padded channels-last images, Winograd's F(2x2, 5x5) for 5x5 kernels
 //!   over multiples of 8 channels, bias, ReLU and pooling applied to the tiles, and a
 //!   sparse backward through the pooling winners); the fully connected layer's three
-//!   matrix products with kernels shaped for a large weight and a small batch, the
-//!   backward pass over the output gradient's non-zero entries only when at most 0.4 of
+//!   matrix products with kernels shaped for a large weight (for a small batch, the
+//!   weight streamed past blocks of images; above 64 images, a blocked product over the
+//!   packed weight), the backward pass over the output gradient's non-zero entries only when at most 0.4 of
 //!   it is non-zero (in training dropout and ReLU leave about a quarter of fc1's); Adam's
 //!   update in place in one vectorised pass. Recognised by `TypeId` (`Flex` and
 //!   `Autodiff<Flex>` with Burn's default checkpointing), so the ops keep a plain
@@ -37,7 +38,7 @@
 //!   backward pass sparse through the winners with the weight gradient split over batch x
 //!   pixels (split-K) so that it fills a GPU, and the input gradient only where the input
 //!   is tracked; Adam's update in place, all of a module's parameters in one launch; the dropout mask
-//!   computed on the device; on `Fusion` backends as custom operations in the fusion
+//!   computed on the device; softmax cross-entropy and its gradient in one launch; on `Fusion` backends as custom operations in the fusion
 //!   stream. Recognised
 //!   by `TypeId` as `Wgpu`, `Cuda` and their `Autodiff` (default checkpointing).
 //! - **any backend**: [`Kernels::Im2col`] computes the block as im2col and one matrix
