@@ -94,7 +94,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root (xtask lives one level below it): from `CARGO_MANIFEST_DIR` as
+/// `cargo run` (the `cargo xtask` alias) sets it when running, else as it was when
+/// compiling. The compile-time path alone named the wrong checkout when two clones share
+/// one `CARGO_TARGET_DIR`: cargo did not rebuild xtask for the second, and `cargo xtask
+/// bench` looked for the peers' scripts in the first.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().map(Path::to_path_buf).unwrap_or(manifest_dir)
 }
