@@ -232,32 +232,41 @@ impl WithLanes for InputTransform<'_> {
     fn run<L: Lanes>(self, lanes: L) -> Vec<f32> {
         let (lay, c) = (self.lay, self.lay.g.c);
         let (ph, pw) = lay.g.pooled();
+        let groups = c / 8;
+        // The columns a row of tiles reads: tile `tx` starts at column `2 tx`.
+        let columns = 2 * pw + ALPHA - 2;
         let mut u = Vec::with_capacity(self.tiles * POINTS * c);
         let mut tile_u = vec![0.0f32; POINTS * c];
+        // `B^T d` of every column of the row of tiles, `[group][column]`: neighbouring tiles
+        // share four of their six columns, so each column is transformed once per row of
+        // tiles, not once per tile (18 column transforms a row instead of 42 for conv2).
+        let mut t_columns = vec![[lanes.zero(); ALPHA]; groups * columns];
         for ty in 0..ph {
-            for tx in 0..pw {
-                let corner = lay.window(2 * ty, 2 * tx);
-                for lane0 in (0..c).step_by(8) {
-                    // B^T d, column by column: t[s][i] = (B^T d)[i][s]. Plain loops: closures
-                    // (`array::from_fn`, `map`) are not compiled for AVX2 and cost a call
-                    // per vector operation.
-                    let mut t = [[lanes.zero(); ALPHA]; ALPHA];
-                    for (s, t) in t.iter_mut().enumerate() {
-                        let mut column = [lanes.zero(); ALPHA];
-                        for (r, d) in column.iter_mut().enumerate() {
-                            let (x, _) = self.xp[corner + r * lay.row + s * c + lane0..][..8].as_chunks::<8>();
-                            *d = lanes.load(&x[0]);
-                        }
-                        *t = bt(lanes, column);
+            let top = lay.window(2 * ty, 0);
+            for s in 0..columns {
+                for group in 0..groups {
+                    // Plain loops: closures (`array::from_fn`, `map`) are not compiled for
+                    // AVX2 and cost a call per vector operation.
+                    let mut column = [lanes.zero(); ALPHA];
+                    for (r, d) in column.iter_mut().enumerate() {
+                        let (x, _) = self.xp[top + r * lay.row + s * c + group * 8..][..8].as_chunks::<8>();
+                        *d = lanes.load(&x[0]);
                     }
+                    t_columns[group * columns + s] = bt(lanes, column);
+                }
+            }
+            for tx in 0..pw {
+                for group in 0..groups {
+                    // t[s][i] = (B^T d)[i][s] for the tile's six columns.
+                    let t = &t_columns[group * columns + 2 * tx..][..ALPHA];
                     // (B^T d) B, row by row: u[i] = B^T (row i of B^T d).
                     for i in 0..ALPHA {
                         let mut row = [lanes.zero(); ALPHA];
-                        for (r, t) in row.iter_mut().zip(&t) {
+                        for (r, t) in row.iter_mut().zip(t) {
                             *r = t[i];
                         }
                         for (j, value) in bt(lanes, row).into_iter().enumerate() {
-                            tile_u[(i * ALPHA + j) * c + lane0..][..8].copy_from_slice(&lanes.store(value));
+                            tile_u[(i * ALPHA + j) * c + group * 8..][..8].copy_from_slice(&lanes.store(value));
                         }
                     }
                 }
