@@ -297,16 +297,7 @@ impl WithLanes for Blocked<'_> {
                     }
                     lanes.tile_sums(&mut acc, xr, panel);
                     for (r, acc) in acc.iter().enumerate().take(taken) {
-                        let out = &mut self.y[(top + r) * j + p * PANEL..][..columns];
-                        if let Ok(out) = <&mut [f32; PANEL]>::try_from(&mut *out) {
-                            let (halves, _) = out.as_chunks_mut::<8>();
-                            halves[0] = acc[0];
-                            halves[1] = acc[1];
-                        } else {
-                            for (c, v) in out.iter_mut().enumerate() {
-                                *v = acc[c / 8][c % 8];
-                            }
-                        }
+                        put_columns(&mut self.y[(top + r) * j + p * PANEL..][..columns], acc);
                     }
                 }
             }
@@ -611,6 +602,21 @@ fn weight_grad_into(n: usize, i: usize, j: usize, x: &[f32], g: &[f32], dw: &mut
     });
 }
 
+/// The first `out.len()` (at most 16) columns of one row of a register tile written into
+/// `out`: as two 8-lane stores when the panel is whole, column by column at a ragged end.
+#[inline(always)]
+fn put_columns(out: &mut [f32], sum: &[[f32; 8]; 2]) {
+    if let Ok(out) = <&mut [f32; PANEL]>::try_from(&mut *out) {
+        let (halves, _) = out.as_chunks_mut::<8>();
+        halves[0] = sum[0];
+        halves[1] = sum[1];
+    } else {
+        for (c, v) in out.iter_mut().enumerate() {
+            *v = sum[c / 8][c % 8];
+        }
+    }
+}
+
 /// Some rows of `x^T g`.
 struct Rows<'a> {
     n: usize,
@@ -641,17 +647,8 @@ impl WithLanes for Rows<'_> {
                 // `TILE x 16` sums over the batch: `sum over b of xr[r][b] * g[b][c]`.
                 let mut sums = [[[0.0f32; 8]; 2]; MR];
                 lanes.tile_sums(&mut sums, xr, g);
-                for (r, &sum) in sums.iter().enumerate().take((rows - first).min(L::TILE)) {
-                    let row = &mut self.out[(first + r) * j + panel * PANEL..][..columns];
-                    if let Ok(row) = <&mut [f32; PANEL]>::try_from(&mut *row) {
-                        let (halves, _) = row.as_chunks_mut::<8>();
-                        halves[0] = sum[0];
-                        halves[1] = sum[1];
-                    } else {
-                        for (c, v) in row.iter_mut().enumerate() {
-                            *v = sum[c / 8][c % 8];
-                        }
-                    }
+                for (r, sum) in sums.iter().enumerate().take((rows - first).min(L::TILE)) {
+                    put_columns(&mut self.out[(first + r) * j + panel * PANEL..][..columns], sum);
                 }
             }
         }
