@@ -141,7 +141,6 @@ pub(crate) fn filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
     v
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::super::lanes::available;
