@@ -39,7 +39,7 @@ use burn_flex::Flex;
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, dispatch, runs, starts};
-use super::layout::zeroed;
+use super::layout::{filled, zeroed};
 use super::sparse::{self, Entries, SPARSE_DENSITY};
 use super::{Ad, Refused, cast, float, from_vec, spare, values};
 
@@ -225,18 +225,13 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: &[f32], bias: &[f32]
         return bias.repeat(n);
     }
     let block_len = panels * BLOCK_DEPTH;
-    let mut packed = vec![[0.0f32; PANEL]; blocks * block_len];
+    // Cleared on all cores (13 MB for fc1), as the kernels' other large buffers are.
+    let mut packed = filled(blocks * block_len, [0.0f32; PANEL]);
     packed.par_chunks_mut(block_len).enumerate().for_each(|(block, out)| {
         let start = block * BLOCK_DEPTH;
         let depth = BLOCK_DEPTH.min(i - start);
         for (d, row) in weight[start * j..][..depth * j].chunks_exact(j).enumerate() {
-            let (full, rest) = row.as_chunks::<PANEL>();
-            for (p, columns) in full.iter().enumerate() {
-                out[p * BLOCK_DEPTH + d] = *columns;
-            }
-            if !rest.is_empty() {
-                out[full.len() * BLOCK_DEPTH + d][..rest.len()].copy_from_slice(rest);
-            }
+            pack_row(row, d, BLOCK_DEPTH, out);
         }
     });
     // Every value is written: the first block starts from the bias.
@@ -250,6 +245,22 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: &[f32], bias: &[f32]
         dispatch(Blocked { i, j, x: &x[task * task_rows * i..][..rows * i], packed: &packed, bias, y });
     });
     y
+}
+
+/// Row `d` of a chunk of the weight's rows into panels of 16 columns, `packed
+/// [panel][depth][16]` (columns past the row's end left as they are): whole panels as one
+/// 64-byte array each (one register's load and store; a slice's `copy_from_slice` called
+/// `memcpy` for every 64 bytes, a quarter of the small-batch kernel's time), then the last
+/// columns.
+#[inline(always)]
+fn pack_row(row: &[f32], d: usize, depth: usize, packed: &mut [[f32; PANEL]]) {
+    let (full, rest) = row.as_chunks::<PANEL>();
+    for (p, columns) in full.iter().enumerate() {
+        packed[p * depth + d] = *columns;
+    }
+    if !rest.is_empty() {
+        packed[full.len() * depth + d][..rest.len()].copy_from_slice(rest);
+    }
 }
 
 /// Some images' rows of [`blocked`]'s product.
@@ -419,16 +430,7 @@ impl WithLanes for Depth<'_> {
         for start in (self.start..self.end).step_by(FORWARD_DEPTH) {
             let depth = FORWARD_DEPTH.min(self.end - start);
             for (d, row) in self.weight[start * j..][..depth * j].chunks_exact(j).enumerate() {
-                // Whole panels as one 64-byte array each (one register's load and store; a
-                // slice's `copy_from_slice` called `memcpy` for every 64 bytes, a quarter of
-                // this kernel's time), then the last columns.
-                let (full, rest) = row.as_chunks::<PANEL>();
-                for (p, columns) in full.iter().enumerate() {
-                    packed[p * FORWARD_DEPTH + d] = *columns;
-                }
-                if !rest.is_empty() {
-                    packed[full.len() * FORWARD_DEPTH + d][..rest.len()].copy_from_slice(rest);
-                }
+                pack_row(row, d, FORWARD_DEPTH, &mut packed);
             }
             for (p, panel) in packed.chunks_exact(FORWARD_DEPTH).enumerate() {
                 let panel = &panel[..depth];
