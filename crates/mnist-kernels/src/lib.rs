@@ -19,7 +19,7 @@
 //! The implementations, by backend (this crate's source is organised the same way):
 //! - **burn-flex** (cargo feature `flex`, on by default; `src/flex/`): the convolution
 //!   block as one operation with its own backward pass (a direct convolution in register
-//!   tiles over zero-padded channels-last images, Winograd's F(2x2, 5x5) for 5x5 kernels
+//!   tiles over zero-padded channels-last images, Winograd's F(4x4, 5x5) for 5x5 kernels
 //!   over multiples of 8 channels, bias, ReLU and pooling applied to the tiles, and a
 //!   sparse backward through the pooling winners); the fully connected layer's three
 //!   matrix products with kernels shaped for a large weight (for a small batch, the

@@ -66,6 +66,25 @@ pub(crate) trait Lanes: Copy {
         }
     }
 
+    /// [`Lanes::tile_sums`] for exactly [`TILE8_ROWS`] rows, all of them, the Winograd
+    /// products' tile (F(4x4, 5x5) has 16 tiles an image of the seed's conv2: two of these,
+    /// where ten-row tiles would pad them to 20). With AVX-512, eight ZMM registers of
+    /// sums; elsewhere two of the five-row tiles, the second holding three rows.
+    #[inline(always)]
+    fn tile_sums8(self, acc: &mut [[F8; 2]; TILE8_ROWS], rows: [&[f32]; TILE8_ROWS], panel: &[[f32; TILE_COLUMNS]]) {
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+        for (range, rows) in [(0..5, [r0, r1, r2, r3, r4]), (5..8, [r5, r6, r7, r7, r7])] {
+            let mut sums = [[self.zero(); 2]; TILE_ROWS];
+            for (s, a) in sums.iter_mut().zip(&acc[range.clone()]) {
+                *s = [self.load(&a[0]), self.load(&a[1])];
+            }
+            tile_update(self, &mut sums, rows, panel);
+            for (a, s) in acc[range].iter_mut().zip(sums) {
+                *a = [self.store(s[0]), self.store(s[1])];
+            }
+        }
+    }
+
     /// `out[..16 N] += sum over (offset, g) in list of g * src[offset + base..][..16 N]` in
     /// `N` sixteen-lane registers, where the CPU has them (AVX-512): the sparse backward
     /// pass's tiles at half the instructions. Returns `false`, touching nothing, where it
@@ -301,6 +320,29 @@ impl Lanes for pulp::x86::V4 {
         }
     }
     #[inline(always)]
+    fn tile_sums8(self, acc: &mut [[F8; 2]; TILE8_ROWS], rows: [&[f32]; TILE8_ROWS], panel: &[[f32; TILE_COLUMNS]]) {
+        // Named sums, as in `tile_sums`.
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+        let load = |a: &[F8; 2]| -> pulp::f32x16 { pulp::cast(*a) };
+        let (mut s0, mut s1, mut s2, mut s3) = (load(&acc[0]), load(&acc[1]), load(&acc[2]), load(&acc[3]));
+        let (mut s4, mut s5, mut s6, mut s7) = (load(&acc[4]), load(&acc[5]), load(&acc[6]), load(&acc[7]));
+        let rows = r0.iter().zip(r1).zip(r2).zip(r3).zip(r4).zip(r5).zip(r6).zip(r7);
+        for ((((((((&a0, &a1), &a2), &a3), &a4), &a5), &a6), &a7), w) in rows.zip(panel) {
+            let w: pulp::f32x16 = pulp::cast(*w);
+            s0 = self.mul_add_f32x16(self.splat_f32x16(a0), w, s0);
+            s1 = self.mul_add_f32x16(self.splat_f32x16(a1), w, s1);
+            s2 = self.mul_add_f32x16(self.splat_f32x16(a2), w, s2);
+            s3 = self.mul_add_f32x16(self.splat_f32x16(a3), w, s3);
+            s4 = self.mul_add_f32x16(self.splat_f32x16(a4), w, s4);
+            s5 = self.mul_add_f32x16(self.splat_f32x16(a5), w, s5);
+            s6 = self.mul_add_f32x16(self.splat_f32x16(a6), w, s6);
+            s7 = self.mul_add_f32x16(self.splat_f32x16(a7), w, s7);
+        }
+        for (a, s) in acc.iter_mut().zip([s0, s1, s2, s3, s4, s5, s6, s7]) {
+            *a = pulp::cast(s);
+        }
+    }
+    #[inline(always)]
     fn sum_run16<const N: usize>(self, src: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) -> bool {
         let mut acc = [self.splat_f32x16(0.0); N];
         for &(offset, gv) in list {
@@ -417,6 +459,8 @@ impl Lanes for pulp::aarch64::Neon {
 /// Rows of the register tile [`tile_update`] sums: five (10 of AVX2's 16 registers; at 6
 /// the compiler spilled sums to the stack inside the loop).
 pub(crate) const TILE_ROWS: usize = 5;
+/// Rows of [`Lanes::tile_sums8`]'s tile.
+pub(crate) const TILE8_ROWS: usize = 8;
 /// Columns of that tile: two vectors.
 pub(crate) const TILE_COLUMNS: usize = 16;
 
@@ -605,6 +649,39 @@ mod tests {
                     for c in 0..TILE_COLUMNS {
                         let want = if r < tile { expect(r, c) } else { start[r][c / 8][c % 8] };
                         let have = got[r][c / 8][c % 8];
+                        assert!((have - want).abs() <= 1e-4 * (1.0 + want.abs()), "{simd}, depth {depth}, [{r}][{c}]: {have} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    struct Tile8<'a>([[F8; 2]; TILE8_ROWS], [&'a [f32]; TILE8_ROWS], &'a [[f32; TILE_COLUMNS]]);
+    impl WithLanes for Tile8<'_> {
+        type Output = [[F8; 2]; TILE8_ROWS];
+        #[inline(always)]
+        fn run<L: Lanes>(mut self, lanes: L) -> Self::Output {
+            lanes.tile_sums8(&mut self.0, self.1, self.2);
+            self.0
+        }
+    }
+
+    /// The eight-row tile adds the same sums to all eight rows on every instruction set
+    /// (AVX-512's own, the others' two five-row tiles), at depths that are not multiples
+    /// of anything, rows longer than the depth included.
+    #[test]
+    fn every_instruction_set_computes_the_same_eight_row_tile() {
+        for depth in [0, 1, 7, 32, 37] {
+            let values: Vec<f32> = (0..TILE8_ROWS * depth + 3).map(|i| ((i * 7919 % 613) as f32 - 306.0) / 97.0).collect();
+            let rows: [&[f32]; TILE8_ROWS] = std::array::from_fn(|r| &values[r * depth..][..depth + usize::from(r % 3 == 0)]);
+            let panel: Vec<[f32; TILE_COLUMNS]> = (0..depth).map(|k| std::array::from_fn(|c| ((k * 31 + c * 17) % 23) as f32 / 11.0 - 1.0)).collect();
+            let start: [[F8; 2]; TILE8_ROWS] = std::array::from_fn(|r| [[r as f32; 8], [-(r as f32); 8]]);
+            let expect = |r: usize, c: usize| start[r][c / 8][c % 8] + (0..depth).map(|k| rows[r][k] * panel[k][c]).sum::<f32>();
+            for simd in available() {
+                let got = dispatch_with(simd, Tile8(start, rows, &panel));
+                for r in 0..TILE8_ROWS {
+                    for c in 0..TILE_COLUMNS {
+                        let (have, want) = (got[r][c / 8][c % 8], expect(r, c));
                         assert!((have - want).abs() <= 1e-4 * (1.0 + want.abs()), "{simd}, depth {depth}, [{r}][{c}]: {have} vs {want}");
                     }
                 }

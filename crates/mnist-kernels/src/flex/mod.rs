@@ -8,8 +8,8 @@
 //! bias, applies ReLU, max-pools, writes the output `[b, o, h/2, w/2]`, and records which of
 //! the four inputs won each pooling window (or that none was positive). No im2col buffer.
 //! A 5x5 kernel over a multiple of 8 input channels (the seed's conv2) instead goes
-//! through Winograd's F(2x2, 5x5) ([`mod@winograd`]): each output tile is one pooling
-//! window, and the transformed products need 2.8 times fewer multiplications.
+//! through Winograd's F(4x4, 5x5) ([`mod@winograd`]): each output tile is four pooling
+//! windows, and the transformed products need 6.25 times fewer multiplications.
 //!
 //! Backward ([`mod@backward`]). Pooling passes each window's gradient to its winner only, and
 //! ReLU drops the rest, so at most a quarter of the convolution's output gradient is

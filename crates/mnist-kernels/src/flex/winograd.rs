@@ -1,19 +1,23 @@
 //! Forward pass of a fused block with a 5x5 kernel by Winograd's minimal filtering,
-//! F(2x2, 5x5).
+//! F(4x4, 5x5).
 //!
-//! A 2x2 tile of convolution outputs, which is exactly one 2x2 pooling window, is computed
-//! from the 6x6 tile of the padded input under it as `A^T [sum over ci of (G g G^T) * (B^T d B)] A`
-//! (`*` element by element): the 36 products of the transformed tiles replace the 4 x 25
-//! of the direct convolution, 2.8 times fewer multiplications. Per image that is 36
-//! independent matrix products `U_p [tiles, c] x V_p [c, o]`, computed here in the same
-//! register tiles as the direct forward (5 tiles x 16 output channels in 10 accumulators),
-//! between an input transform and an output transform that end in the pooling sweep.
+//! A 4x4 tile of convolution outputs, which is four 2x2 pooling windows, is computed from
+//! the 8x8 tile of the padded input under it as `A^T [sum over ci of (G g G^T) * (B^T d B)] A`
+//! (`*` element by element): the 64 products of the transformed tiles replace the 16 x 25
+//! of the direct convolution, 6.25 times fewer multiplications (F(2x2, 5x5), which this
+//! replaced, had 2.8 times fewer). Per image that is 64 independent matrix products
+//! `U_p [tiles, c] x V_p [c, o]`, computed in register tiles of 8 tiles x 16 output
+//! channels ([`Lanes::tile_sums8`]: the seed's conv2 has 16 tiles an image, 4 x 4 of them
+//! over its 14 x 14 outputs, which cover 16 x 16), between an input transform and an output
+//! transform that ends in the pooling sweep.
 //!
-//! The transforms interpolate at 0, 1, -1, 2, -2 and infinity (the points of the common
-//! F(4x4, 3x3)); `B^T`'s rows are scaled to small integers and the scale moved into `G`,
-//! and the weights are transformed in f64, so the input transform rounds only in its
-//! sums. The result differs from a direct convolution by a few units of 1e-5 on the seed
-//! network's sums (which reach a few units), against about 1e-6 for the direct kernel.
+//! The transforms interpolate at 0, 1, -1, 2, -2, 1/2, -1/2 and infinity, the points of the
+//! common F(6x6, 3x3), whose `B^T` this is (Lavin and Gray, "Fast Algorithms for
+//! Convolutional Neural Networks", CVPR 2016); `G` and `A^T` follow from the points for a
+//! kernel of 5 (Toom-Cook). Every entry of `B^T` and `A^T` is exact in binary, the weights
+//! are transformed in f64, so the transforms round only in their sums. The result differs
+//! from a direct convolution by about 1e-5 relative to the seed network's sums (a float32
+//! simulation of random windows at the seed's scale: at most 9e-6, as F(2x2, 5x5)'s 1.3e-5).
 //!
 //! Used for kernel 5 with a multiple of 8 input channels (conv2 of the seed network:
 //! 32 in, 64 out, 14 x 14), where the products have enough depth to fill the tiles;
@@ -24,51 +28,69 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use super::forward::{bias8, panel_bias, pool_window};
-use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, chosen, dispatch_with, runs, starts};
+use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE8_ROWS, WithLanes, chosen, dispatch_with, runs, starts};
 use crate::Simd;
 use super::layout::{Layout, filled, zeroed};
 use super::{Geometry, NONE};
 
 /// Side of a transformed tile.
-const ALPHA: usize = 6;
+const ALPHA: usize = 8;
+/// Side of an output tile.
+const M: usize = 4;
 /// Points of the transform: entries of a transformed tile.
 const POINTS: usize = ALPHA * ALPHA;
-/// What the tiles are padded to: a whole number of every instruction set's register
-/// tile ([`Lanes::TILE`]: 5 or 10).
-const MR: usize = MAX_TILE_ROWS;
+/// Tiles per register tile of the products; the tiles of an image are padded to a
+/// multiple of it.
+const MR: usize = TILE8_ROWS;
 /// Output channels per panel: the columns of the register tile.
 const PANEL: usize = TILE_COLUMNS;
 
-/// `B^T`, each row scaled by [`BT_SCALE`] to integers. The kernels apply it (and `A^T`)
-/// through [`bt`] and [`at`], which the tests hold to these matrices.
+/// `B^T`. The kernels apply it (and `A^T`) through [`bt`] and [`at`], which the tests hold
+/// to these matrices.
 #[cfg(test)]
 const BT: [[f32; ALPHA]; ALPHA] = [
-    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
-    [0.0, 4.0, 4.0, -1.0, -1.0, 0.0],
-    [0.0, -4.0, 4.0, 1.0, -1.0, 0.0],
-    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
-    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
-    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    [1.0, 0.0, -5.25, 0.0, 5.25, 0.0, -1.0, 0.0],
+    [0.0, 1.0, 1.0, -4.25, -4.25, 1.0, 1.0, 0.0],
+    [0.0, -1.0, 1.0, 4.25, -4.25, -1.0, 1.0, 0.0],
+    [0.0, 0.5, 0.25, -2.5, -1.25, 2.0, 1.0, 0.0],
+    [0.0, -0.5, 0.25, 2.5, -1.25, -2.0, 1.0, 0.0],
+    [0.0, 2.0, 4.0, -2.5, -5.0, 0.5, 1.0, 0.0],
+    [0.0, -2.0, 4.0, 2.5, -5.0, -0.5, 1.0, 0.0],
+    [0.0, -1.0, 0.0, 5.25, 0.0, -5.25, 0.0, 1.0],
 ];
-/// What `B^T`'s rows were multiplied by; [`G`]'s rows are divided by the same.
-const BT_SCALE: [f64; ALPHA] = [4.0, 6.0, 6.0, 24.0, 24.0, 1.0];
-/// `G` before that division: the kernel polynomial at 0, 1, -1, 2, -2, and its leading
-/// coefficient (the point at infinity).
+/// `G`: row `i` is the kernel polynomial's coefficients times the point's powers
+/// (`a_i^k`), divided by `prod over j != i of (a_i - a_j)` over the seven finite points
+/// (with the sign of row 0 turned, as `B^T`'s row 0 is); the last row is the point at
+/// infinity (the leading coefficient).
 const G: [[f64; 5]; ALPHA] = [
     [1.0, 0.0, 0.0, 0.0, 0.0],
-    [1.0, 1.0, 1.0, 1.0, 1.0],
-    [1.0, -1.0, 1.0, -1.0, 1.0],
-    [1.0, 2.0, 4.0, 8.0, 16.0],
-    [1.0, -2.0, 4.0, -8.0, 16.0],
+    [-2.0 / 9.0, -2.0 / 9.0, -2.0 / 9.0, -2.0 / 9.0, -2.0 / 9.0],
+    [-2.0 / 9.0, 2.0 / 9.0, -2.0 / 9.0, 2.0 / 9.0, -2.0 / 9.0],
+    [1.0 / 90.0, 1.0 / 45.0, 2.0 / 45.0, 4.0 / 45.0, 8.0 / 45.0],
+    [1.0 / 90.0, -1.0 / 45.0, 2.0 / 45.0, -4.0 / 45.0, 8.0 / 45.0],
+    [32.0 / 45.0, 16.0 / 45.0, 8.0 / 45.0, 4.0 / 45.0, 2.0 / 45.0],
+    [32.0 / 45.0, -16.0 / 45.0, 8.0 / 45.0, -4.0 / 45.0, 2.0 / 45.0],
     [0.0, 0.0, 0.0, 0.0, 1.0],
 ];
-/// `A^T`: from the six points back to two outputs.
+/// `A^T`: from the eight points back to four outputs.
 #[cfg(test)]
-const AT: [[f32; ALPHA]; 2] = [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, 2.0, -2.0, 1.0]];
+const AT: [[f32; ALPHA]; M] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.25, 0.25, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 0.125, -0.125, 1.0],
+];
 
 /// Whether the block's forward pass takes this path.
 pub(crate) fn applies(g: Geometry) -> bool {
     g.k == 5 && g.c > 0 && g.c.is_multiple_of(8)
+}
+
+/// Rows and columns of output tiles in an image: enough to cover every pooling window
+/// (each tile holds two rows and two columns of them).
+fn tile_grid(g: Geometry) -> (usize, usize) {
+    let (ph, pw) = g.pooled();
+    (ph.div_ceil(2), pw.div_ceil(2))
 }
 
 /// The block's output `[b, o, h/2, w/2]` and winners (as [`super::forward::forward`]) from
@@ -82,7 +104,8 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], simd: Si
     debug_assert!(applies(g));
     let (ph, pw) = g.pooled();
     let plane = ph * pw;
-    let tiles = plane.div_ceil(MR) * MR;
+    let (rows, columns) = tile_grid(g);
+    let tiles = (rows * columns).div_ceil(MR) * MR;
     let v = transformed_weights(g, weight);
     let bias16 = panel_bias(bias);
     let mut out = zeroed(g.b * g.o * plane);
@@ -149,7 +172,6 @@ fn transformed_weights(g: Geometry, weight: &[f32]) -> Arc<Vec<[f32; PANEL]>> {
 /// past the last), computed in f64, the 16 channels of a panel side by side (so that the
 /// loops vectorise).
 fn transform_weights(g: Geometry, weight: &[f32]) -> Vec<[f32; PANEL]> {
-    let gs: [[f64; 5]; ALPHA] = std::array::from_fn(|i| G[i].map(|v| v / BT_SCALE[i]));
     let panels = g.o.div_ceil(PANEL);
     let mut v = vec![[0.0f32; PANEL]; panels * POINTS * g.c];
     v.par_chunks_mut(POINTS * g.c).enumerate().for_each(|(panel, v)| {
@@ -167,7 +189,7 @@ fn transform_weights(g: Geometry, weight: &[f32]) -> Vec<[f32; PANEL]> {
             }
             // G g: `[i][kx][lane]`.
             let mut gg = [[[0.0f64; PANEL]; 5]; ALPHA];
-            for (gg, gs) in gg.iter_mut().zip(&gs) {
+            for (gg, gs) in gg.iter_mut().zip(&G) {
                 for (&coefficient, row) in gs.iter().zip(&kernels) {
                     for (out, k) in gg.iter_mut().zip(row) {
                         for (o, k) in out.iter_mut().zip(k) {
@@ -178,7 +200,7 @@ fn transform_weights(g: Geometry, weight: &[f32]) -> Vec<[f32; PANEL]> {
             }
             // (G g) G^T: `[i][j][lane]`.
             for (i, gg) in gg.iter().enumerate() {
-                for (j, gs) in gs.iter().enumerate() {
+                for (j, gs) in G.iter().enumerate() {
                     let mut sum = [0.0f64; PANEL];
                     for (&coefficient, k) in gs.iter().zip(gg) {
                         for (s, k) in sum.iter_mut().zip(k) {
@@ -193,30 +215,44 @@ fn transform_weights(g: Geometry, weight: &[f32]) -> Vec<[f32; PANEL]> {
     v
 }
 
-/// `B^T d` for six vectors `d` (`B^T` scaled as in `BT`), with the sums its rows share
-/// computed once (15 operations instead of 22 multiply-adds).
+/// `B^T d` for eight vectors `d`, with the sums its rows share computed once (rows 1 and
+/// 2, 3 and 4, 5 and 6 are each a sum and a difference of the same two terms: 26
+/// operations instead of 42 multiply-adds).
 #[inline(always)]
-fn bt<L: Lanes>(l: L, [d0, d1, d2, d3, d4, d5]: [L::V; ALPHA]) -> [L::V; ALPHA] {
-    let (m21, m34, m31, m42) = (l.sub(d2, d1), l.sub(d3, d4), l.sub(d3, d1), l.sub(d4, d2));
+fn bt<L: Lanes>(l: L, [d0, d1, d2, d3, d4, d5, d6, d7]: [L::V; ALPHA]) -> [L::V; ALPHA] {
+    let (a, b) = (l.fma(l.add(d2, d6), -4.25, d4), l.fma(l.add(d1, d5), -4.25, d3));
+    let (c, e) = (l.fma(l.fma(d6, 0.25, d2), -1.25, d4), l.fma(l.fma(l.mul(0.5, d1), -2.5, d3), 2.0, d5));
+    let (f, h) = (l.fma(l.fma(d6, 4.0, d2), -5.0, d4), l.fma(l.fma(l.mul(2.0, d1), -2.5, d3), 0.5, d5));
     [
-        l.fma(l.fma(d4, 4.0, d0), -5.0, d2),
-        l.sub(l.mul(4.0, l.add(d1, d2)), l.add(d3, d4)),
-        l.fma(m34, 4.0, m21),
-        l.fma(m42, 2.0, m31),
-        l.fma(m42, -2.0, m31),
-        l.fma(l.fma(d5, 4.0, d1), -5.0, d3),
+        l.fma(l.sub(d0, d6), 5.25, l.sub(d4, d2)),
+        l.add(a, b),
+        l.sub(a, b),
+        l.add(c, e),
+        l.sub(c, e),
+        l.add(f, h),
+        l.sub(f, h),
+        l.fma(l.sub(d7, d1), 5.25, l.sub(d3, d5)),
     ]
 }
 
-/// `A^T m` for six vectors `m`: the two outputs.
+/// `A^T m` for eight vectors `m`: the four outputs.
 #[inline(always)]
-fn at<L: Lanes>(l: L, [m0, m1, m2, m3, m4, m5]: [L::V; ALPHA]) -> [L::V; 2] {
-    [l.add(l.add(m0, l.add(m1, m2)), l.add(m3, m4)), l.fma(l.add(l.sub(m1, m2), m5), 2.0, l.sub(m3, m4))]
+fn at<L: Lanes>(l: L, [m0, m1, m2, m3, m4, m5, m6, m7]: [L::V; ALPHA]) -> [L::V; M] {
+    let (p1, n1) = (l.add(m1, m2), l.sub(m1, m2));
+    let (p2, n2) = (l.add(m3, m4), l.sub(m3, m4));
+    let (p3, n3) = (l.add(m5, m6), l.sub(m5, m6));
+    [
+        l.add(l.add(m0, p1), l.add(p2, p3)),
+        l.fma(l.fma(n1, 2.0, n2), 0.5, n3),
+        l.fma(l.fma(p1, 4.0, p2), 0.25, p3),
+        l.add(l.fma(l.fma(n1, 8.0, n2), 0.125, n3), m7),
+    ]
 }
 
 /// `B^T d B` of every tile of one image: `[tile][point][ci]`, tiles row by row (padded
 /// to whole register tiles with zeros), written in order (a cleared buffer would cost a
-/// pass over memory).
+/// pass over memory). The tiles of the last row and column reach past the padded image
+/// (16 x 16 outputs cover the seed's 14 x 14): what lies past it is read as zeros.
 struct InputTransform<'a> {
     lay: &'a Layout,
     /// The padded input image.
@@ -231,34 +267,40 @@ impl WithLanes for InputTransform<'_> {
     #[inline(always)]
     fn run<L: Lanes>(self, lanes: L) -> Vec<f32> {
         let (lay, c) = (self.lay, self.lay.g.c);
-        let (ph, pw) = lay.g.pooled();
+        let g = lay.g;
+        let (rows, columns_of_tiles) = tile_grid(g);
+        let (hp, wp) = (g.h + g.k - 1, g.w + g.k - 1);
         let groups = c / 8;
-        // The columns a row of tiles reads: tile `tx` starts at column `2 tx`.
-        let columns = 2 * pw + ALPHA - 2;
+        // The columns a row of tiles reads: tile `tx` starts at column `4 tx`.
+        let columns = M * columns_of_tiles + ALPHA - M;
         let mut u = Vec::with_capacity(self.tiles * POINTS * c);
         let mut tile_u = vec![0.0f32; POINTS * c];
         // `B^T d` of every column of the row of tiles, `[group][column]`: neighbouring tiles
-        // share four of their six columns, so each column is transformed once per row of
-        // tiles, not once per tile (18 column transforms a row instead of 42 for conv2).
+        // share four of their eight columns, so each column is transformed once per row of
+        // tiles, not once per tile (20 column transforms a row instead of 32 for conv2).
         let mut t_columns = vec![[lanes.zero(); ALPHA]; groups * columns];
-        for ty in 0..ph {
-            let top = lay.window(2 * ty, 0);
+        for ty in 0..rows {
+            let top = M * ty;
+            // Rows of the tiles inside the padded image; those below it are zeros.
+            let inside = hp.saturating_sub(top).min(ALPHA);
             for s in 0..columns {
                 for group in 0..groups {
                     // Plain loops: closures (`array::from_fn`, `map`) are not compiled for
                     // AVX2 and cost a call per vector operation.
                     let mut column = [lanes.zero(); ALPHA];
-                    for (r, d) in column.iter_mut().enumerate() {
-                        let (x, _) = self.xp[top + r * lay.row + s * c + group * 8..][..8].as_chunks::<8>();
-                        *d = lanes.load(&x[0]);
+                    if s < wp {
+                        for (r, d) in column.iter_mut().enumerate().take(inside) {
+                            let (x, _) = self.xp[lay.window(top + r, s) + group * 8..][..8].as_chunks::<8>();
+                            *d = lanes.load(&x[0]);
+                        }
                     }
                     t_columns[group * columns + s] = bt(lanes, column);
                 }
             }
-            for tx in 0..pw {
+            for tx in 0..columns_of_tiles {
                 for group in 0..groups {
-                    // t[s][i] = (B^T d)[i][s] for the tile's six columns.
-                    let t = &t_columns[group * columns + 2 * tx..][..ALPHA];
+                    // t[s][i] = (B^T d)[i][s] for the tile's eight columns.
+                    let t = &t_columns[group * columns + M * tx..][..ALPHA];
                     // (B^T d) B, row by row: u[i] = B^T (row i of B^T d).
                     for i in 0..ALPHA {
                         let mut row = [lanes.zero(); ALPHA];
@@ -278,7 +320,7 @@ impl WithLanes for InputTransform<'_> {
     }
 }
 
-/// One image and one panel of 16 output channels: the 36 products, the output transform,
+/// One image and one panel of 16 output channels: the 64 products, the output transform,
 /// then bias, ReLU and pooling.
 struct PanelProducts<'a> {
     lay: &'a Layout,
@@ -310,22 +352,24 @@ impl WithLanes for PanelProducts<'_> {
         let mut products: Vec<[F8; 2]> = Vec::with_capacity(POINTS * self.tiles);
         for p in 0..POINTS {
             let v = &self.v[p * c..][..c];
-            for first in (0..self.tiles).step_by(L::TILE) {
+            for first in (0..self.tiles).step_by(MR) {
                 let rows = runs(self.u, starts::<MR>(first, self.tiles - 1, POINTS * c), p * c, c);
                 let mut sums = [[[0.0f32; 8]; 2]; MR];
-                lanes.tile_sums(&mut sums, rows, v);
-                products.extend_from_slice(&sums[..L::TILE]);
+                lanes.tile_sums8(&mut sums, rows, v);
+                products.extend_from_slice(&sums);
             }
         }
         let tiles = self.tiles;
-        for ty in 0..ph {
-            for tx in 0..pw {
-                let tile = ty * pw + tx;
-                // A^T M A for each half of the panel: the window's four convolution sums.
-                let mut sums = [[[0.0f32; 8]; 2]; 4];
+        let (rows, columns) = tile_grid(g);
+        for ty in 0..rows {
+            for tx in 0..columns {
+                let tile = ty * columns + tx;
+                // A^T M A for each half of the panel: the tile's sixteen convolution sums,
+                // `[row][column][half]`.
+                let mut sums = [[[[0.0f32; 8]; 2]; M]; M];
                 for half in 0..2 {
                     // A^T M, column by column, then (A^T M) A row by row.
-                    let mut s = [[lanes.zero(); 2]; ALPHA];
+                    let mut s = [[lanes.zero(); M]; ALPHA];
                     for (col, s) in s.iter_mut().enumerate() {
                         let mut column = [lanes.zero(); ALPHA];
                         for (r, m) in column.iter_mut().enumerate() {
@@ -333,21 +377,36 @@ impl WithLanes for PanelProducts<'_> {
                         }
                         *s = at(lanes, column);
                     }
-                    for row in 0..2 {
+                    for (row, sums) in sums.iter_mut().enumerate() {
                         let mut values = [lanes.zero(); ALPHA];
                         for (v, s) in values.iter_mut().zip(&s) {
                             *v = s[row];
                         }
-                        for (j, value) in at(lanes, values).into_iter().enumerate() {
-                            sums[row * 2 + j][half] = lanes.store(value);
+                        for (sum, value) in sums.iter_mut().zip(at(lanes, values)) {
+                            sum[half] = lanes.store(value);
                         }
                     }
                 }
-                pool_window(sums, &bias, channels, |oc, value, winner| {
-                    let index = (oc * ph + ty) * pw + tx;
-                    self.out[index] = value;
-                    self.winners[index] = winner;
-                });
+                // The tile's four pooling windows, those inside the pooled plane.
+                for wy in 0..2 {
+                    let py = 2 * ty + wy;
+                    if py >= ph {
+                        continue;
+                    }
+                    for wx in 0..2 {
+                        let px = 2 * tx + wx;
+                        if px >= pw {
+                            continue;
+                        }
+                        let (upper, lower) = (&sums[2 * wy], &sums[2 * wy + 1]);
+                        let window = [upper[2 * wx], upper[2 * wx + 1], lower[2 * wx], lower[2 * wx + 1]];
+                        pool_window(window, &bias, channels, |oc, value, winner| {
+                            let index = (oc * ph + py) * pw + px;
+                            self.out[index] = value;
+                            self.winners[index] = winner;
+                        });
+                    }
+                }
             }
         }
     }
@@ -366,7 +425,7 @@ mod tests {
     fn transforms_compute_a_correlation() {
         for di in 0..ALPHA {
             for gj in 0..5 {
-                let gg: Vec<f64> = (0..ALPHA).map(|i| G[i][gj] / BT_SCALE[i]).collect();
+                let gg: Vec<f64> = (0..ALPHA).map(|i| G[i][gj]).collect();
                 let bd: Vec<f64> = (0..ALPHA).map(|i| f64::from(BT[i][di])).collect();
                 for (out, at) in AT.iter().enumerate() {
                     let y: f64 = (0..ALPHA).map(|p| f64::from(at[p]) * gg[p] * bd[p]).sum();
@@ -388,7 +447,7 @@ mod tests {
                 assert_eq!(column[i], [BT[i][j]; 8], "BT[{i}][{j}]");
             }
             let column = at(lanes, unit);
-            for i in 0..2 {
+            for i in 0..M {
                 assert_eq!(column[i], [AT[i][j]; 8], "AT[{i}][{j}]");
             }
         }
@@ -428,6 +487,9 @@ mod tests {
             Geometry { b: 2, c: 8, h: 7, w: 9, o: 3, k: 5 },
             Geometry { b: 3, c: 32, h: 14, w: 14, o: 64, k: 5 },
             Geometry { b: 1, c: 16, h: 6, w: 5, o: 20, k: 5 },
+            // 3 x 6 tiles of 4 x 4 outputs, padded to 24: the last of three register tiles
+            // part padding, the last row and column of tiles part outside the image.
+            Geometry { b: 1, c: 8, h: 10, w: 22, o: 17, k: 5 },
         ] {
             let lay = Layout::new(g);
             let value = super::super::test_value;
