@@ -14,10 +14,11 @@
 
 use rayon::prelude::*;
 
-use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, TILE_ROWS, WithLanes, dispatch, runs, tile_update};
+use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, TILE_ROWS, WithLanes, chosen, dispatch_with, runs, tile_update};
 use super::layout::{Layout, filled, pad_nhwc, zeroed};
 use super::winograd;
 use super::{Geometry, NONE};
+use crate::Simd;
 
 /// Output channels per panel: the columns of the register tile.
 const PANEL: usize = TILE_COLUMNS;
@@ -29,6 +30,11 @@ const MR: usize = TILE_ROWS;
 /// top-left, top-right, bottom-left, bottom-right, or [`NONE`] when ReLU zeroed it), and
 /// the padded NHWC input (which the backward pass reads).
 pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>, Vec<f32>) {
+    forward_with(g, x, weight, bias, chosen())
+}
+
+/// [`forward`] with `simd`'s kernels.
+fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd) -> (Vec<f32>, Vec<u8>, Vec<f32>) {
     let lay = Layout::new(g);
     let xp = pad_nhwc(&lay, x);
     if winograd::applies(g) {
@@ -67,7 +73,7 @@ pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (
                 .map(move |(panel, (out, winners))| (bi, panel, out, winners))
         })
         .for_each(|(bi, panel, out, winners)| {
-            dispatch(Panel {
+            dispatch_with(simd, Panel {
                 lay: &lay,
                 xp: &xp[bi * lay.image..][..lay.image],
                 weights: &packed[panel * g.k * run * PANEL..][..g.k * run * PANEL],
@@ -97,6 +103,10 @@ impl WithLanes for Panel<'_> {
 
     #[inline(always)]
     fn run<L: Lanes>(self, lanes: L) {
+        let (weights, _) = self.weights.as_chunks::<PANEL>();
+        if lanes.one_channel16(self.lay, self.xp, weights, self.bias, &mut *self.out, &mut *self.winners) {
+            return;
+        }
         // AVX-512's taller register tile (10 pixels x 16 channels in ten 16-lane
         // registers) where the CPU has it; the five-pixel tile elsewhere.
         if L::TILE == MAX_TILE_ROWS { self.rows::<L, MAX_TILE_ROWS>(lanes) } else { self.rows::<L, MR>(lanes) }
@@ -214,6 +224,103 @@ fn conv_tile<L: Lanes, const K: usize, const T: usize>(lanes: L, lay: &Layout, x
     sums
 }
 
+/// Channels per pass of [`one_channel_v4`]: 4 channels x 2 rows x 2 vectors of pixels are
+/// 16 sums in ZMM registers, and each step's 4 loads and 4 broadcasts feed 16 fused
+/// multiply-adds.
+#[cfg(target_arch = "x86_64")]
+const ONE_CHANNEL_GROUP: usize = 4;
+
+/// [`Panel`] for one input channel and a 5x5 kernel (the seed's conv1) with AVX-512, its
+/// pixels in the lanes: the channel-tiled kernel, whose windows are a kernel row of five
+/// floats, spent most of its time outside the multiply-adds (loading and storing its ten
+/// sums around every five-step kernel row, then pooling lane by lane).
+///
+/// Per pooled row and group of four channels, the two convolution rows under it are two
+/// vectors of 16 pixels each, at columns 0 and `2 pw - 16` (they overlap for the seed's 28:
+/// 0-15 and 12-27), summed over the 25 kernel positions in 16 registers (each step loads
+/// the four shifted input vectors and broadcasts each channel's weight). Then per channel
+/// the sums' even and odd columns are gathered into pooled order (`vpermt2ps`), and the
+/// window's maximum, bias, ReLU and winner are computed on the whole pooled row at once, as
+/// [`pool_window`] does lane by lane (the same comparisons, so the first of equal maxima
+/// wins and NaN compares false), and the row is written. Returns `false`, touching
+/// nothing, unless the input has one channel, the kernel is 5x5 and the pooled width is
+/// 9 to 16 (two vectors of pixels cover the row).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn one_channel_v4(v4: pulp::x86::V4, lay: &Layout, xp: &[f32], weights: &[[f32; PANEL]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
+    use core::arch::x86_64::{__m512, __m512i, _CMP_GT_OQ};
+    let g = lay.g;
+    let (ph, pw) = g.pooled();
+    if g.c != 1 || g.k != 5 || !(9..=16).contains(&pw) {
+        return false;
+    }
+    let f = v4.avx512f;
+    let channels = out.len() / (ph * pw);
+    // Where the second vector of pixels starts, and which lanes of the two vectors hold
+    // pooled column j's left (even) and right (odd) inputs (lanes past the row: any).
+    let second = 2 * pw - 16;
+    let pick = |odd: usize| -> __m512i {
+        let mut lanes = [0i32; 16];
+        for (j, lane) in lanes.iter_mut().enumerate().take(pw) {
+            let x = if j < 8 { 2 * j } else { 16 + 2 * j - second };
+            *lane = (x + odd) as i32;
+        }
+        pulp::cast(lanes)
+    };
+    let (left, right) = (pick(0), pick(1));
+    let code = |c: u8| -> __m512i { pulp::cast([i32::from(c); 16]) };
+    let zero: __m512 = pulp::cast([0.0f32; 16]);
+    let input = |y: usize, x: usize| -> __m512 {
+        let (v, _) = xp[y * lay.row + x..][..16].as_chunks::<16>();
+        pulp::cast(v[0])
+    };
+    for group in (0..channels).step_by(ONE_CHANNEL_GROUP) {
+        for py in 0..ph {
+            // [channel][row][vector]
+            let mut acc = [[[zero; 2]; 2]; ONE_CHANNEL_GROUP];
+            for ky in 0..5 {
+                for kx in 0..5 {
+                    let (y, w) = (2 * py + ky, &weights[ky * 5 + kx]);
+                    let x = [[input(y, kx), input(y, second + kx)], [input(y + 1, kx), input(y + 1, second + kx)]];
+                    for (ch, acc) in acc.iter_mut().enumerate() {
+                        let w = f._mm512_set1_ps(w[group + ch]);
+                        for r in 0..2 {
+                            for v in 0..2 {
+                                acc[r][v] = f._mm512_fmadd_ps(w, x[r][v], acc[r][v]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (ch, [[t0, t1], [b0, b1]]) in acc.into_iter().enumerate() {
+                let oc = group + ch;
+                if oc >= channels {
+                    break;
+                }
+                let (a, b) = (f._mm512_permutex2var_ps(t0, left, t1), f._mm512_permutex2var_ps(t0, right, t1));
+                let (c, d) = (f._mm512_permutex2var_ps(b0, left, b1), f._mm512_permutex2var_ps(b0, right, b1));
+                // As `pool_window`: upper = b > a ? b : a, lower = d > c ? d : c, best =
+                // lower > upper ? lower : upper (ordered comparisons: false with a NaN).
+                let upper_right = f._mm512_cmp_ps_mask::<_CMP_GT_OQ>(b, a);
+                let lower_right = f._mm512_cmp_ps_mask::<_CMP_GT_OQ>(d, c);
+                let (upper, lower) = (f._mm512_mask_blend_ps(upper_right, a, b), f._mm512_mask_blend_ps(lower_right, c, d));
+                let below = f._mm512_cmp_ps_mask::<_CMP_GT_OQ>(lower, upper);
+                let value = f._mm512_add_ps(f._mm512_mask_blend_ps(below, upper, lower), f._mm512_set1_ps(bias[oc]));
+                let positive = f._mm512_cmp_ps_mask::<_CMP_GT_OQ>(value, zero);
+                let value: [f32; 16] = pulp::cast(f._mm512_maskz_mov_ps(positive, value));
+                let upper_at = f._mm512_mask_blend_epi32(upper_right, code(0), code(1));
+                let lower_at = f._mm512_mask_blend_epi32(lower_right, code(2), code(3));
+                let at = f._mm512_mask_blend_epi32(below, upper_at, lower_at);
+                let winner: [u8; 16] = pulp::cast(f._mm512_cvtepi32_epi8(f._mm512_mask_blend_epi32(positive, code(NONE), at)));
+                let row = (oc * ph + py) * pw;
+                out[row..row + pw].copy_from_slice(&value[..pw]);
+                winners[row..row + pw].copy_from_slice(&winner[..pw]);
+            }
+        }
+    }
+    true
+}
+
 /// `bias` padded with zeros to whole panels of 16 channels.
 pub(super) fn panel_bias(bias: &[f32]) -> Vec<f32> {
     let mut padded = vec![0.0f32; bias.len().div_ceil(PANEL) * PANEL];
@@ -223,4 +330,39 @@ pub(super) fn panel_bias(bias: &[f32]) -> Vec<f32> {
 
 pub(super) fn bias8(bias: &[f32]) -> F8 {
     std::array::from_fn(|l| bias[l])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lanes::available;
+    use super::*;
+
+    /// Every instruction set's kernels (AVX-512's pixels-in-lanes kernel for one input
+    /// channel among them) give the portable kernels' outputs and winners exactly: small
+    /// integers make every sum exact in any order, so equal maxima (many here) must go to the
+    /// same input, and a NaN pixel must pass through the comparisons the same way. Shapes:
+    /// the seed's conv1, a pooled width of 10 and of 16 (the pixel vectors overlapping and
+    /// not), a partial panel and a partial group of four channels, and a pooled width of 8
+    /// that the AVX-512 kernel leaves to the channel-tiled one.
+    #[test]
+    fn every_instruction_set_gives_the_portable_outputs() {
+        for g in [
+            Geometry { b: 2, c: 1, h: 28, w: 28, o: 32, k: 5 },
+            Geometry { b: 1, c: 1, h: 19, w: 21, o: 21, k: 5 },
+            Geometry { b: 1, c: 1, h: 6, w: 33, o: 6, k: 5 },
+            Geometry { b: 1, c: 1, h: 16, w: 16, o: 3, k: 5 },
+        ] {
+            let mut x: Vec<f32> = (0..g.b * g.h * g.w).map(|i| (i * 7 % 5) as f32 - 2.0).collect();
+            x[g.h * g.w / 2 + 3] = f32::NAN;
+            let weight: Vec<f32> = (0..g.o * 25).map(|i| (i * 11 % 7) as f32 - 3.0).collect();
+            let bias: Vec<f32> = (0..g.o).map(|i| (i % 3) as f32 - 1.0).collect();
+            let (out, winners, _) = forward_with(g, &x, &weight, &bias, Simd::Portable);
+            assert!(winners.iter().any(|&w| w == NONE) && winners.iter().any(|&w| w == 3), "{g:?}: too few kinds of winner");
+            for simd in available() {
+                let (other, other_winners, _) = forward_with(g, &x, &weight, &bias, simd);
+                assert!(out.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()), "{g:?}: {simd} outputs");
+                assert_eq!(winners, other_winners, "{g:?}: {simd} winners");
+            }
+        }
+    }
 }

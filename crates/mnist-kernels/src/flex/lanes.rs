@@ -18,6 +18,7 @@
 //!
 //! No `unsafe`.
 
+use super::layout::Layout;
 use crate::Simd;
 
 /// Eight f32 lanes.
@@ -83,6 +84,17 @@ pub(crate) trait Lanes: Copy {
                 *a = [self.store(s[0]), self.store(s[1])];
             }
         }
+    }
+
+    /// One image's panel of the fused block for one input channel and a 5x5 kernel (the
+    /// seed's conv1) with pixels in sixteen-lane registers, where the CPU has them
+    /// (AVX-512): see [`super::forward::one_channel_v4`]. Returns `false`, touching
+    /// nothing, where it does not, or for another geometry (then the caller runs the
+    /// channel-tiled kernel).
+    #[inline(always)]
+    fn one_channel16(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
+        let _ = (lay, xp, weights, bias, out, winners);
+        false
     }
 
     /// `out[..16 N] += sum over (offset, g) in list of g * src[offset + base..][..16 N]` in
@@ -318,6 +330,10 @@ impl Lanes for pulp::x86::V4 {
         for (a, s) in acc.iter_mut().zip([s0, s1, s2, s3, s4, s5, s6, s7, s8, s9]) {
             *a = pulp::cast(s);
         }
+    }
+    #[inline(always)]
+    fn one_channel16(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
+        super::forward::one_channel_v4(self, lay, xp, weights, bias, out, winners)
     }
     #[inline(always)]
     fn tile_sums8(self, acc: &mut [[F8; 2]; TILE8_ROWS], rows: [&[f32]; TILE8_ROWS], panel: &[[f32; TILE_COLUMNS]]) {
