@@ -147,18 +147,36 @@ struct Lists {
     pixel_len: Vec<usize>,
     /// The image's output gradient, zero where the window has no winner.
     masked: Vec<f32>,
+    /// Per pooling window and corner (`[window][corner]`, windows row by row): where the
+    /// corner's window lies in the padded image, and which output pixel it is (computed
+    /// once: the multiplications were most of the listing's work per entry).
+    corner_offsets: Vec<usize>,
+    corner_pixels: Vec<usize>,
 }
 
 impl Lists {
     fn new(lay: &Layout) -> Lists {
         let g = lay.g;
         let (ph, pw) = g.pooled();
+        let mut corner_offsets = Vec::with_capacity(4 * ph * pw);
+        let mut corner_pixels = Vec::with_capacity(4 * ph * pw);
+        for py in 0..ph {
+            for px in 0..pw {
+                for corner in 0..4 {
+                    let (yy, xx) = (2 * py + corner / 2, 2 * px + corner % 2);
+                    corner_offsets.push(lay.window(yy, xx));
+                    corner_pixels.push(yy * g.w + xx);
+                }
+            }
+        }
         Lists {
             by_channel: vec![(0, 0.0); g.o * ph * pw],
             channel_len: vec![0; g.o],
             by_pixel: vec![(0, 0.0); g.h * g.w * g.o],
             pixel_len: vec![0; g.h * g.w],
             masked: vec![0.0; g.o * ph * pw],
+            corner_offsets,
+            corner_pixels,
         }
     }
 
@@ -171,6 +189,7 @@ impl Lists {
     fn fill(&mut self, lay: &Layout, winners: &[u8], grad: &[f32], db: &mut [f32], by_pixel: bool) {
         let g = lay.g;
         let (ph, pw) = g.pooled();
+        let plane = ph * pw;
         // The gradient of windows without a winner zeroed first, in a pass of its own that
         // compiles to vector selects: in the loops below the compiler turned any such
         // select into a branch on the winner, which is random, and the mispredictions made
@@ -183,19 +202,18 @@ impl Lists {
             let gv = masked[at];
             // Not +0.0 or -0.0.
             let keep = gv.to_bits() << 1 != 0;
-            (keep, gv, winners[at] & 3)
+            (keep, gv, usize::from(winners[at] & 3))
         };
+        let offsets = &self.corner_offsets[..4 * plane];
         for (oc, db) in db.iter_mut().enumerate() {
             let mut n = 0;
-            let list = &mut self.by_channel[oc * ph * pw..][..ph * pw];
+            let list = &mut self.by_channel[oc * plane..][..plane];
             let mut sum = 0.0;
-            for py in 0..ph {
-                for px in 0..pw {
-                    let (keep, gv, corner) = entry((oc * ph + py) * pw + px);
-                    sum += gv;
-                    list[n] = (lay.window(2 * py + usize::from(corner / 2), 2 * px + usize::from(corner % 2)), gv);
-                    n += usize::from(keep);
-                }
+            for window in 0..plane {
+                let (keep, gv, corner) = entry(oc * plane + window);
+                sum += gv;
+                list[n] = (offsets[4 * window + corner], gv);
+                n += usize::from(keep);
             }
             *db += sum;
             self.channel_len[oc] = n;
@@ -204,17 +222,24 @@ impl Lists {
             return;
         }
         // Window by window, channels inner, so that each pixel's list grows in order
-        // (channel-major, the writes would scatter over all pixels' lists).
+        // (channel-major, the writes would scatter over all pixels' lists). The four
+        // corners' lengths are counted in one integer, 32 bits each (a length is at most
+        // `o`, far below 2^32), kept in a register: counted in `pixel_len` itself, each
+        // entry waited for the last one's store of the same length.
         self.pixel_len.fill(0);
-        for py in 0..ph {
-            for px in 0..pw {
-                for oc in 0..g.o {
-                    let (keep, gv, corner) = entry((oc * ph + py) * pw + px);
-                    let pixel = (2 * py + usize::from(corner / 2)) * g.w + 2 * px + usize::from(corner % 2);
-                    let len = &mut self.pixel_len[pixel];
-                    self.by_pixel[pixel * g.o + *len] = (oc * g.k * lay.padded_run, gv);
-                    *len += usize::from(keep);
-                }
+        let pixels = &self.corner_pixels[..4 * plane];
+        for window in 0..plane {
+            let corners = &pixels[4 * window..][..4];
+            let mut lens = 0u128;
+            for oc in 0..g.o {
+                let (keep, gv, corner) = entry(oc * plane + window);
+                let shift = 32 * corner;
+                let len = (lens >> shift) as u32 as usize;
+                self.by_pixel[corners[corner] * g.o + len] = (oc * g.k * lay.padded_run, gv);
+                lens += u128::from(keep) << shift;
+            }
+            for (corner, &pixel) in corners.iter().enumerate() {
+                self.pixel_len[pixel] = (lens >> (32 * corner)) as u32 as usize;
             }
         }
     }
