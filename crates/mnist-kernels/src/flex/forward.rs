@@ -357,7 +357,7 @@ mod tests {
             let weight: Vec<f32> = (0..g.o * 25).map(|i| (i * 11 % 7) as f32 - 3.0).collect();
             let bias: Vec<f32> = (0..g.o).map(|i| (i % 3) as f32 - 1.0).collect();
             let (out, winners, _) = forward_with(g, &x, &weight, &bias, Simd::Portable);
-            assert!(winners.iter().any(|&w| w == NONE) && winners.iter().any(|&w| w == 3), "{g:?}: too few kinds of winner");
+            assert!(winners.contains(&NONE) && winners.contains(&3), "{g:?}: too few kinds of winner");
             for simd in available() {
                 let (other, other_winners, _) = forward_with(g, &x, &weight, &bias, simd);
                 assert!(out.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()), "{g:?}: {simd} outputs");

@@ -695,9 +695,9 @@ mod tests {
             let expect = |r: usize, c: usize| start[r][c / 8][c % 8] + (0..depth).map(|k| rows[r][k] * panel[k][c]).sum::<f32>();
             for simd in available() {
                 let got = dispatch_with(simd, Tile8(start, rows, &panel));
-                for r in 0..TILE8_ROWS {
+                for (r, row) in got.iter().enumerate() {
                     for c in 0..TILE_COLUMNS {
-                        let (have, want) = (got[r][c / 8][c % 8], expect(r, c));
+                        let (have, want) = (row[c / 8][c % 8], expect(r, c));
                         assert!((have - want).abs() <= 1e-4 * (1.0 + want.abs()), "{simd}, depth {depth}, [{r}][{c}]: {have} vs {want}");
                     }
                 }
