@@ -19,6 +19,7 @@
 //! No `unsafe`.
 
 use super::layout::Layout;
+use super::wide::Zmm;
 use crate::Simd;
 
 /// Eight f32 lanes.
@@ -84,6 +85,13 @@ pub(crate) trait Lanes: Copy {
                 *a = [self.store(s[0]), self.store(s[1])];
             }
         }
+    }
+
+    /// Sixteen-lane arithmetic, where the CPU has sixteen-lane registers (AVX-512): the
+    /// Winograd transforms then work on 16 channels at a time instead of 8.
+    #[inline(always)]
+    fn zmm(self) -> Option<Zmm> {
+        None
     }
 
     /// One image's panel of the fused block for one input channel and a 5x5 kernel (the
@@ -330,6 +338,10 @@ impl Lanes for pulp::x86::V4 {
         for (a, s) in acc.iter_mut().zip([s0, s1, s2, s3, s4, s5, s6, s7, s8, s9]) {
             *a = pulp::cast(s);
         }
+    }
+    #[inline(always)]
+    fn zmm(self) -> Option<Zmm> {
+        Some(Zmm::new(self))
     }
     #[inline(always)]
     fn one_channel16(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {

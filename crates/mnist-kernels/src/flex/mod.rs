@@ -49,6 +49,7 @@ mod layout;
 mod linear;
 mod pool;
 mod sparse;
+mod wide;
 mod winograd;
 
 use backward::backward;

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use super::forward::{bias8, panel_bias, pool_window};
 use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE8_ROWS, WithLanes, chosen, dispatch_with, runs, starts};
+use super::wide::{Arith, Zmm};
 use crate::Simd;
 use super::layout::{Layout, filled, zeroed};
 use super::{Geometry, NONE};
@@ -219,7 +220,7 @@ fn transform_weights(g: Geometry, weight: &[f32]) -> Vec<[f32; PANEL]> {
 /// 2, 3 and 4, 5 and 6 are each a sum and a difference of the same two terms: 26
 /// operations instead of 42 multiply-adds).
 #[inline(always)]
-fn bt<L: Lanes>(l: L, [d0, d1, d2, d3, d4, d5, d6, d7]: [L::V; ALPHA]) -> [L::V; ALPHA] {
+fn bt<A: Arith>(l: A, [d0, d1, d2, d3, d4, d5, d6, d7]: [A::V; ALPHA]) -> [A::V; ALPHA] {
     let (a, b) = (l.fma(l.add(d2, d6), -4.25, d4), l.fma(l.add(d1, d5), -4.25, d3));
     let (c, e) = (l.fma(l.fma(d6, 0.25, d2), -1.25, d4), l.fma(l.fma(l.mul(0.5, d1), -2.5, d3), 2.0, d5));
     let (f, h) = (l.fma(l.fma(d6, 4.0, d2), -5.0, d4), l.fma(l.fma(l.mul(2.0, d1), -2.5, d3), 0.5, d5));
@@ -237,7 +238,7 @@ fn bt<L: Lanes>(l: L, [d0, d1, d2, d3, d4, d5, d6, d7]: [L::V; ALPHA]) -> [L::V;
 
 /// `A^T m` for eight vectors `m`: the four outputs.
 #[inline(always)]
-fn at<L: Lanes>(l: L, [m0, m1, m2, m3, m4, m5, m6, m7]: [L::V; ALPHA]) -> [L::V; M] {
+fn at<A: Arith>(l: A, [m0, m1, m2, m3, m4, m5, m6, m7]: [A::V; ALPHA]) -> [A::V; M] {
     let (p1, n1) = (l.add(m1, m2), l.sub(m1, m2));
     let (p2, n2) = (l.add(m3, m4), l.sub(m3, m4));
     let (p3, n3) = (l.add(m5, m6), l.sub(m5, m6));
@@ -266,11 +267,24 @@ impl WithLanes for InputTransform<'_> {
 
     #[inline(always)]
     fn run<L: Lanes>(self, lanes: L) -> Vec<f32> {
+        // Sixteen channels at a time where the CPU has sixteen lanes (half the operations
+        // of eight), eight elsewhere.
+        match lanes.zmm() {
+            Some(zmm) if self.lay.g.c.is_multiple_of(Zmm::LANES) => self.transform(zmm),
+            _ => self.transform(lanes),
+        }
+    }
+}
+
+impl InputTransform<'_> {
+    #[inline(always)]
+    fn transform<A: Arith>(self, a: A) -> Vec<f32> {
         let (lay, c) = (self.lay, self.lay.g.c);
         let g = lay.g;
         let (rows, columns_of_tiles) = tile_grid(g);
         let (hp, wp) = (g.h + g.k - 1, g.w + g.k - 1);
-        let groups = c / 8;
+        let width = A::LANES;
+        let groups = c / width;
         // The columns a row of tiles reads: tile `tx` starts at column `4 tx`.
         let columns = M * columns_of_tiles + ALPHA - M;
         let mut u = Vec::with_capacity(self.tiles * POINTS * c);
@@ -278,7 +292,7 @@ impl WithLanes for InputTransform<'_> {
         // `B^T d` of every column of the row of tiles, `[group][column]`: neighbouring tiles
         // share four of their eight columns, so each column is transformed once per row of
         // tiles, not once per tile (20 column transforms a row instead of 32 for conv2).
-        let mut t_columns = vec![[lanes.zero(); ALPHA]; groups * columns];
+        let mut t_columns = vec![[a.zero(); ALPHA]; groups * columns];
         for ty in 0..rows {
             let top = M * ty;
             // Rows of the tiles inside the padded image; those below it are zeros.
@@ -286,15 +300,14 @@ impl WithLanes for InputTransform<'_> {
             for s in 0..columns {
                 for group in 0..groups {
                     // Plain loops: closures (`array::from_fn`, `map`) are not compiled for
-                    // AVX2 and cost a call per vector operation.
-                    let mut column = [lanes.zero(); ALPHA];
+                    // the kernel's instruction set and cost a call per vector operation.
+                    let mut column = [a.zero(); ALPHA];
                     if s < wp {
                         for (r, d) in column.iter_mut().enumerate().take(inside) {
-                            let (x, _) = self.xp[lay.window(top + r, s) + group * 8..][..8].as_chunks::<8>();
-                            *d = lanes.load(&x[0]);
+                            *d = a.load(&self.xp[lay.window(top + r, s) + group * width..]);
                         }
                     }
-                    t_columns[group * columns + s] = bt(lanes, column);
+                    t_columns[group * columns + s] = bt(a, column);
                 }
             }
             for tx in 0..columns_of_tiles {
@@ -303,12 +316,12 @@ impl WithLanes for InputTransform<'_> {
                     let t = &t_columns[group * columns + M * tx..][..ALPHA];
                     // (B^T d) B, row by row: u[i] = B^T (row i of B^T d).
                     for i in 0..ALPHA {
-                        let mut row = [lanes.zero(); ALPHA];
+                        let mut row = [a.zero(); ALPHA];
                         for (r, t) in row.iter_mut().zip(t) {
                             *r = t[i];
                         }
-                        for (j, value) in bt(lanes, row).into_iter().enumerate() {
-                            tile_u[(i * ALPHA + j) * c + group * 8..][..8].copy_from_slice(&lanes.store(value));
+                        for (j, value) in bt(a, row).into_iter().enumerate() {
+                            a.store_to(value, &mut tile_u[(i * ALPHA + j) * c + group * width..]);
                         }
                     }
                 }
@@ -359,31 +372,57 @@ impl WithLanes for PanelProducts<'_> {
                 products.extend_from_slice(&sums);
             }
         }
-        let tiles = self.tiles;
+        let outputs = Outputs { g, tiles: self.tiles, products: &products, bias: &bias, channels, out: self.out, winners: self.winners };
+        match lanes.zmm() {
+            Some(zmm) => outputs.run(zmm),
+            None => outputs.run(lanes),
+        }
+    }
+}
+
+/// The output transform of one image and panel, then bias, ReLU and pooling.
+struct Outputs<'a> {
+    g: Geometry,
+    tiles: usize,
+    /// `[point][tile]` rows of 16 channels.
+    products: &'a [[F8; 2]],
+    bias: &'a [F8; 2],
+    channels: usize,
+    out: &'a mut [f32],
+    winners: &'a mut [u8],
+}
+
+impl Outputs<'_> {
+    /// With `A`'s vectors: one of 16 lanes for the panel's channels, or two of 8.
+    #[inline(always)]
+    fn run<A: Arith>(self, a: A) {
+        let (g, tiles, products) = (self.g, self.tiles, self.products);
+        let (ph, pw) = g.pooled();
         let (rows, columns) = tile_grid(g);
+        let width = A::LANES;
         for ty in 0..rows {
             for tx in 0..columns {
                 let tile = ty * columns + tx;
-                // A^T M A for each half of the panel: the tile's sixteen convolution sums,
-                // `[row][column][half]`.
+                // A^T M A: the tile's sixteen convolution sums, `[row][column]`, 16 channels
+                // each, `width` at a time.
                 let mut sums = [[[[0.0f32; 8]; 2]; M]; M];
-                for half in 0..2 {
+                for part in 0..TILE_COLUMNS / width {
                     // A^T M, column by column, then (A^T M) A row by row.
-                    let mut s = [[lanes.zero(); M]; ALPHA];
+                    let mut s = [[a.zero(); M]; ALPHA];
                     for (col, s) in s.iter_mut().enumerate() {
-                        let mut column = [lanes.zero(); ALPHA];
+                        let mut column = [a.zero(); ALPHA];
                         for (r, m) in column.iter_mut().enumerate() {
-                            *m = lanes.load(&products[(r * ALPHA + col) * tiles + tile][half]);
+                            *m = a.load(&products[(r * ALPHA + col) * tiles + tile].as_flattened()[part * width..]);
                         }
-                        *s = at(lanes, column);
+                        *s = at(a, column);
                     }
                     for (row, sums) in sums.iter_mut().enumerate() {
-                        let mut values = [lanes.zero(); ALPHA];
+                        let mut values = [a.zero(); ALPHA];
                         for (v, s) in values.iter_mut().zip(&s) {
                             *v = s[row];
                         }
-                        for (sum, value) in sums.iter_mut().zip(at(lanes, values)) {
-                            sum[half] = lanes.store(value);
+                        for (sum, value) in sums.iter_mut().zip(at(a, values)) {
+                            a.store_to(value, &mut sum.as_flattened_mut()[part * width..]);
                         }
                     }
                 }
@@ -400,7 +439,7 @@ impl WithLanes for PanelProducts<'_> {
                         }
                         let (upper, lower) = (&sums[2 * wy], &sums[2 * wy + 1]);
                         let window = [upper[2 * wx], upper[2 * wx + 1], lower[2 * wx], lower[2 * wx + 1]];
-                        pool_window(window, &bias, channels, |oc, value, winner| {
+                        pool_window(window, self.bias, self.channels, |oc, value, winner| {
                             let index = (oc * ph + py) * pw + px;
                             self.out[index] = value;
                             self.winners[index] = winner;
