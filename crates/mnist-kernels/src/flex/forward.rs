@@ -11,6 +11,10 @@
 //! takes the maximum of each 2x2 window, and writes the output and which of the four won.
 //! Convolution outputs that no pooling window covers (the last row
 //! or column of an odd side) are never computed, and no im2col buffer is built.
+//!
+//! With AVX-512, one input channel and a 5x5 kernel (the seed's conv1), the pixels go in
+//! the lanes instead of the channels ([`one_channel_v4`]): a window row of five floats is
+//! too short for the channel tile.
 
 use rayon::prelude::*;
 
