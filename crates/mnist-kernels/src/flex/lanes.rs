@@ -711,6 +711,22 @@ mod tests {
         assert_eq!(Fma(acc, 2.0, x).run(Portable), expect);
     }
 
+    /// Inputs of the register tiles' tests: `N` rows of `depth` values (every third row one
+    /// value longer: rows may run past the depth), from `values`, which [`tile_values`] makes.
+    fn tile_rows<const N: usize>(values: &[f32], depth: usize) -> [&[f32]; N] {
+        std::array::from_fn(|r| &values[r * depth..][..depth + usize::from(r % 3 == 0)])
+    }
+
+    /// Values in [-3.2, 3.2) for `n` rows of `depth`, and some to spare.
+    fn tile_values(n: usize, depth: usize) -> Vec<f32> {
+        (0..n * depth + 3).map(|i| ((i * 7919 % 613) as f32 - 306.0) / 97.0).collect()
+    }
+
+    /// A panel of `depth` rows of 16 columns in [-1, 1), different for each `seed`.
+    fn tile_panel(depth: usize, seed: usize) -> Vec<[f32; TILE_COLUMNS]> {
+        (0..depth).map(|k| std::array::from_fn(|c| ((k * 31 + c * 17 + seed * 5) % 23) as f32 / 11.0 - 1.0)).collect()
+    }
+
     struct Tile<'a>([[F8; 2]; MAX_TILE_ROWS], [&'a [f32]; MAX_TILE_ROWS], &'a [[f32; TILE_COLUMNS]]);
     impl WithLanes for Tile<'_> {
         type Output = (usize, [[F8; 2]; MAX_TILE_ROWS]);
@@ -727,9 +743,9 @@ mod tests {
     #[test]
     fn every_instruction_set_computes_the_same_tile() {
         for depth in [0, 1, 7, 37, 64] {
-            let values: Vec<f32> = (0..MAX_TILE_ROWS * depth + 3).map(|i| ((i * 7919 % 613) as f32 - 306.0) / 97.0).collect();
-            let rows: [&[f32]; MAX_TILE_ROWS] = std::array::from_fn(|r| &values[r * depth..][..depth + usize::from(r % 3 == 0)]);
-            let panel: Vec<[f32; TILE_COLUMNS]> = (0..depth).map(|k| std::array::from_fn(|c| ((k * 31 + c * 17) % 23) as f32 / 11.0 - 1.0)).collect();
+            let values = tile_values(MAX_TILE_ROWS, depth);
+            let rows = tile_rows::<MAX_TILE_ROWS>(&values, depth);
+            let panel = tile_panel(depth, 0);
             let start: [[F8; 2]; MAX_TILE_ROWS] = std::array::from_fn(|r| [[r as f32; 8], [-(r as f32); 8]]);
             let expect = |r: usize, c: usize| start[r][c / 8][c % 8] + (0..depth).map(|k| rows[r][k] * panel[k][c]).sum::<f32>();
             for simd in available() {
@@ -762,9 +778,9 @@ mod tests {
     #[test]
     fn every_instruction_set_computes_the_same_eight_row_tile() {
         for depth in [0, 1, 7, 32, 37] {
-            let values: Vec<f32> = (0..TILE8_ROWS * depth + 3).map(|i| ((i * 7919 % 613) as f32 - 306.0) / 97.0).collect();
-            let rows: [&[f32]; TILE8_ROWS] = std::array::from_fn(|r| &values[r * depth..][..depth + usize::from(r % 3 == 0)]);
-            let panel: Vec<[f32; TILE_COLUMNS]> = (0..depth).map(|k| std::array::from_fn(|c| ((k * 31 + c * 17) % 23) as f32 / 11.0 - 1.0)).collect();
+            let values = tile_values(TILE8_ROWS, depth);
+            let rows = tile_rows::<TILE8_ROWS>(&values, depth);
+            let panel = tile_panel(depth, 0);
             let start: [[F8; 2]; TILE8_ROWS] = std::array::from_fn(|r| [[r as f32; 8], [-(r as f32); 8]]);
             let expect = |r: usize, c: usize| start[r][c / 8][c % 8] + (0..depth).map(|k| rows[r][k] * panel[k][c]).sum::<f32>();
             for simd in available() {
@@ -794,10 +810,9 @@ mod tests {
     #[test]
     fn every_instruction_set_computes_the_same_4x64_tile() {
         for depth in [0, 1, 7, 37, 512] {
-            let values: Vec<f32> = (0..4 * depth + 3).map(|i| ((i * 7919 % 613) as f32 - 306.0) / 97.0).collect();
-            let rows: [&[f32]; 4] = std::array::from_fn(|r| &values[r * depth..][..depth + usize::from(r % 3 == 0)]);
-            let panels: Vec<Vec<[f32; 16]>> =
-                (0..4).map(|p| (0..depth).map(|k| std::array::from_fn(|c| ((k * 31 + c * 17 + p * 5) % 23) as f32 / 11.0 - 1.0)).collect()).collect();
+            let values = tile_values(4, depth);
+            let rows = tile_rows::<4>(&values, depth);
+            let panels: Vec<Vec<[f32; 16]>> = (0..4).map(|p| tile_panel(depth, p)).collect();
             let four: [&[[f32; 16]]; 4] = std::array::from_fn(|p| panels[p].as_slice());
             let start: [[[f32; 16]; 4]; 4] = std::array::from_fn(|r| std::array::from_fn(|p| [(r * 4 + p) as f32; 16]));
             for simd in available() {
