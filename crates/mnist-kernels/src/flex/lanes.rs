@@ -1,6 +1,7 @@
 //! Eight f32 lanes, the unit the hand-tiled kernels compute in, with a fused
-//! multiply-add that is one instruction where the CPU has one, and the register tile of
-//! the deep products ([`Lanes::tile_sums`]).
+//! multiply-add that is one instruction where the CPU has one, and the register tiles of
+//! the deep products ([`Lanes::tile_sums`]; [`Lanes::tile_sums8`] for the Winograd
+//! products; [`Lanes::tile_sums4x64`] for the blocked fully connected product).
 //!
 //! The kernels are written once, generic over [`Lanes`], and run through [`dispatch`],
 //! which compiles them (they are `#[inline(always)]`) for the best instruction set this CPU
