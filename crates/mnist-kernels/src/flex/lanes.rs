@@ -1,7 +1,8 @@
 //! Eight f32 lanes, the unit the hand-tiled kernels compute in, with a fused
 //! multiply-add that is one instruction where the CPU has one, and the register tiles of
 //! the deep products ([`Lanes::tile_sums`]; [`Lanes::tile_sums8`] for the Winograd
-//! products; [`Lanes::tile_sums4x64`] for the blocked fully connected product).
+//! products; AVX-512's [`super::wide::Zmm::tile_sums4x64`] for the blocked fully connected
+//! product).
 //!
 //! The kernels are written once, generic over [`Lanes`], and run through [`dispatch`],
 //! which compiles them (they are `#[inline(always)]`) for the best instruction set this CPU
@@ -84,29 +85,6 @@ pub(crate) trait Lanes: Copy {
             tile_update(self, &mut sums, rows, panel);
             for (a, s) in acc[range].iter_mut().zip(sums) {
                 *a = [self.store(s[0]), self.store(s[1])];
-            }
-        }
-    }
-
-    /// Whether [`Lanes::tile_sums4x64`] has a register tile of its own on this instruction
-    /// set (AVX-512); elsewhere callers keep to [`Lanes::tile_sums`].
-    const TILE4X64: bool = false;
-
-    /// `acc[r][c] += sum over k of rows[r][k] * panels[c][k]` for 4 rows and 4 panels of 16
-    /// columns, over the depth of the shortest: the blocked fully connected product's tile
-    /// where the CPU has AVX-512 (16 ZMM sums; each step's 4 loads and 4 broadcasts feed 16
-    /// fused multiply-adds, where the 10 x 16 tile's 11 loads feed 10). Plain arithmetic
-    /// elsewhere (correct, not fast: callers check [`Lanes::TILE4X64`]).
-    #[inline(always)]
-    fn tile_sums4x64(self, acc: &mut [[[f32; 16]; 4]; 4], rows: [&[f32]; 4], panels: [&[[f32; 16]]; 4]) {
-        let depth = rows.iter().map(|r| r.len()).chain(panels.iter().map(|p| p.len())).min().unwrap_or(0);
-        for (acc, row) in acc.iter_mut().zip(rows) {
-            for (acc, panel) in acc.iter_mut().zip(panels) {
-                for (&a, w) in row[..depth].iter().zip(panel) {
-                    for (s, w) in acc.iter_mut().zip(w) {
-                        *s += a * w;
-                    }
-                }
             }
         }
     }
@@ -366,45 +344,6 @@ impl Lanes for pulp::x86::V4 {
     #[inline(always)]
     fn zmm(self) -> Option<Zmm> {
         Some(Zmm::new(self))
-    }
-    const TILE4X64: bool = true;
-    #[inline(always)]
-    fn tile_sums4x64(self, acc: &mut [[[f32; 16]; 4]; 4], rows: [&[f32]; 4], panels: [&[[f32; 16]]; 4]) {
-        // Sixteen named sums, as in `tile_sums`.
-        let [r0, r1, r2, r3] = rows;
-        let [p0, p1, p2, p3] = panels;
-        let load = |a: &[f32; 16]| -> pulp::f32x16 { pulp::cast(*a) };
-        let [a0, a1, a2, a3] = acc;
-        let (mut s00, mut s01, mut s02, mut s03) = (load(&a0[0]), load(&a0[1]), load(&a0[2]), load(&a0[3]));
-        let (mut s10, mut s11, mut s12, mut s13) = (load(&a1[0]), load(&a1[1]), load(&a1[2]), load(&a1[3]));
-        let (mut s20, mut s21, mut s22, mut s23) = (load(&a2[0]), load(&a2[1]), load(&a2[2]), load(&a2[3]));
-        let (mut s30, mut s31, mut s32, mut s33) = (load(&a3[0]), load(&a3[1]), load(&a3[2]), load(&a3[3]));
-        let steps = r0.iter().zip(r1).zip(r2).zip(r3).zip(p0).zip(p1).zip(p2).zip(p3);
-        for (((((((&x0, &x1), &x2), &x3), w0), w1), w2), w3) in steps {
-            let (w0, w1, w2, w3): (pulp::f32x16, pulp::f32x16, pulp::f32x16, pulp::f32x16) = (pulp::cast(*w0), pulp::cast(*w1), pulp::cast(*w2), pulp::cast(*w3));
-            let x = self.splat_f32x16(x0);
-            s00 = self.mul_add_f32x16(x, w0, s00);
-            s01 = self.mul_add_f32x16(x, w1, s01);
-            s02 = self.mul_add_f32x16(x, w2, s02);
-            s03 = self.mul_add_f32x16(x, w3, s03);
-            let x = self.splat_f32x16(x1);
-            s10 = self.mul_add_f32x16(x, w0, s10);
-            s11 = self.mul_add_f32x16(x, w1, s11);
-            s12 = self.mul_add_f32x16(x, w2, s12);
-            s13 = self.mul_add_f32x16(x, w3, s13);
-            let x = self.splat_f32x16(x2);
-            s20 = self.mul_add_f32x16(x, w0, s20);
-            s21 = self.mul_add_f32x16(x, w1, s21);
-            s22 = self.mul_add_f32x16(x, w2, s22);
-            s23 = self.mul_add_f32x16(x, w3, s23);
-            let x = self.splat_f32x16(x3);
-            s30 = self.mul_add_f32x16(x, w0, s30);
-            s31 = self.mul_add_f32x16(x, w1, s31);
-            s32 = self.mul_add_f32x16(x, w2, s32);
-            s33 = self.mul_add_f32x16(x, w3, s33);
-        }
-        let store = |s: [pulp::f32x16; 4]| -> [[f32; 16]; 4] { s.map(pulp::cast) };
-        *acc = [store([s00, s01, s02, s03]), store([s10, s11, s12, s13]), store([s20, s21, s22, s23]), store([s30, s31, s32, s33])];
     }
     #[inline(always)]
     fn one_channel16(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
@@ -798,16 +737,17 @@ mod tests {
 
     struct Tile4x64<'a>([[[f32; 16]; 4]; 4], [&'a [f32]; 4], [&'a [[f32; 16]]; 4]);
     impl WithLanes for Tile4x64<'_> {
-        type Output = [[[f32; 16]; 4]; 4];
+        type Output = Option<[[[f32; 16]; 4]; 4]>;
         #[inline(always)]
         fn run<L: Lanes>(mut self, lanes: L) -> Self::Output {
-            lanes.tile_sums4x64(&mut self.0, self.1, self.2);
-            self.0
+            let zmm = lanes.zmm()?;
+            zmm.tile_sums4x64(&mut self.0, self.1, self.2);
+            Some(self.0)
         }
     }
 
-    /// The 4 x 64 tile (AVX-512's own, and the plain arithmetic elsewhere) adds the same
-    /// sums, at depths that are not multiples of anything, rows longer than the depth.
+    /// The 4 x 64 tile (AVX-512 only: on other instruction sets there is none) adds the
+    /// plain sums, at depths that are not multiples of anything, rows longer than the depth.
     #[test]
     fn every_instruction_set_computes_the_same_4x64_tile() {
         for depth in [0, 1, 7, 37, 512] {
@@ -818,6 +758,8 @@ mod tests {
             let start: [[[f32; 16]; 4]; 4] = std::array::from_fn(|r| std::array::from_fn(|p| [(r * 4 + p) as f32; 16]));
             for simd in available() {
                 let got = dispatch_with(simd, Tile4x64(start, rows, four));
+                assert_eq!(got.is_some(), simd == Simd::Avx512, "{simd}");
+                let Some(got) = got else { continue };
                 for (r, got) in got.iter().enumerate() {
                     for (p, got) in got.iter().enumerate() {
                         for (c, &have) in got.iter().enumerate() {

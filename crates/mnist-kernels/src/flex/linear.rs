@@ -217,7 +217,7 @@ const BLOCK_DEPTH: usize = 512;
 /// range of images, runs every panel of a block over its images in the register tile,
 /// with the sums carried in the output between blocks (started from the bias). A task's
 /// images' slice of a block (a few hundred KB) stays in L2 across the panels. With AVX-512,
-/// whole panels go four at a time through a 4 x 64 tile ([`Lanes::tile_sums4x64`]: each
+/// whole panels go four at a time through a 4 x 64 tile ([`super::wide::Zmm::tile_sums4x64`]: each
 /// step's 4 loads and 4 broadcasts feed 16 multiply-adds, against 11 loads for 10 in the
 /// 10 x 16 tile; evaluation 1.03-1.09x, training at 512 1.04x, side by side on Zen 5).
 /// burn-flex's matrix product (the `gemm` crate) does the same with AVX2's eight-lane tiles
@@ -289,26 +289,29 @@ impl WithLanes for Blocked<'_> {
         let rows = self.y.len() / j;
         let panels = j.div_ceil(PANEL);
         // Whole panels four at a time in the 4 x 64 tile where the CPU has it (AVX-512).
-        let grouped = if L::TILE4X64 { j / PANEL / 4 * 4 } else { 0 };
+        let zmm = lanes.zmm();
+        let grouped = if zmm.is_some() { j / PANEL / 4 * 4 } else { 0 };
         for (block, packed) in self.packed.chunks_exact(panels * BLOCK_DEPTH).enumerate() {
             let start = block * BLOCK_DEPTH;
             let depth = BLOCK_DEPTH.min(i - start);
-            for p in (0..grouped).step_by(4) {
-                let panel = |q: usize| &packed[(p + q) * BLOCK_DEPTH..][..depth];
-                let four = [panel(0), panel(1), panel(2), panel(3)];
-                for top in (0..rows).step_by(4) {
-                    // The last tile repeats the last image where it runs past it.
-                    let xr = runs(self.x, starts::<4>(top, rows - 1, i), start, depth);
-                    let mut acc = [[[0.0f32; PANEL]; 4]; 4];
-                    let taken = (rows - top).min(4);
-                    for (r, acc) in acc.iter_mut().enumerate().take(taken) {
-                        let from = if block == 0 { &self.bias[p * PANEL..][..4 * PANEL] } else { &self.y[(top + r) * j + p * PANEL..][..4 * PANEL] };
-                        let (from, _) = from.as_chunks::<PANEL>();
-                        acc.copy_from_slice(&from[..4]);
-                    }
-                    lanes.tile_sums4x64(&mut acc, xr, four);
-                    for (r, acc) in acc.iter().enumerate().take(taken) {
-                        self.y[(top + r) * j + p * PANEL..][..4 * PANEL].copy_from_slice(acc.as_flattened());
+            if let Some(zmm) = zmm {
+                for p in (0..grouped).step_by(4) {
+                    let panel = |q: usize| &packed[(p + q) * BLOCK_DEPTH..][..depth];
+                    let four = [panel(0), panel(1), panel(2), panel(3)];
+                    for top in (0..rows).step_by(4) {
+                        // The last tile repeats the last image where it runs past it.
+                        let xr = runs(self.x, starts::<4>(top, rows - 1, i), start, depth);
+                        let mut acc = [[[0.0f32; PANEL]; 4]; 4];
+                        let taken = (rows - top).min(4);
+                        for (r, acc) in acc.iter_mut().enumerate().take(taken) {
+                            let from = if block == 0 { &self.bias[p * PANEL..][..4 * PANEL] } else { &self.y[(top + r) * j + p * PANEL..][..4 * PANEL] };
+                            let (from, _) = from.as_chunks::<PANEL>();
+                            acc.copy_from_slice(&from[..4]);
+                        }
+                        zmm.tile_sums4x64(&mut acc, xr, four);
+                        for (r, acc) in acc.iter().enumerate().take(taken) {
+                            self.y[(top + r) * j + p * PANEL..][..4 * PANEL].copy_from_slice(acc.as_flattened());
+                        }
                     }
                 }
             }

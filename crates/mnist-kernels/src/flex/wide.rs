@@ -1,6 +1,7 @@
 //! Element-wise arithmetic written once for eight lanes and for sixteen: the Winograd
 //! transforms ([`super::winograd`]) run on 16 channels at a time where the CPU has
-//! sixteen-lane registers (AVX-512, [`Zmm`]), and on 8 through [`Lanes`] elsewhere.
+//! sixteen-lane registers (AVX-512, [`Zmm`]), and on 8 through [`Lanes`] elsewhere. `Zmm`
+//! also holds AVX-512's 4 x 64 register tile of the blocked fully connected product.
 //!
 //! A trait of its own, in a module of its own, because every [`Lanes`] is also an
 //! [`Arith`] (with the same method names): with both traits in scope a call like
@@ -76,6 +77,50 @@ impl Zmm {
     pub(crate) fn new(v4: pulp::x86::V4) -> Zmm {
         Zmm(v4)
     }
+
+    /// `acc[r][c] += sum over k of rows[r][k] * panels[c][k]` for 4 rows and 4 panels of 16
+    /// columns, over the depth of the shortest: the blocked fully connected product's tile
+    /// (16 ZMM sums; each step's 4 loads and 4 broadcasts feed 16 fused multiply-adds, where
+    /// the 10 x 16 tile's 11 loads feed 10).
+    #[inline(always)]
+    pub(crate) fn tile_sums4x64(self, acc: &mut [[[f32; 16]; 4]; 4], rows: [&[f32]; 4], panels: [&[[f32; 16]]; 4]) {
+        // Sixteen named sums, as in `Lanes::tile_sums`.
+        let v4 = self.0;
+        let [r0, r1, r2, r3] = rows;
+        let [p0, p1, p2, p3] = panels;
+        let load = |a: &[f32; 16]| -> pulp::f32x16 { pulp::cast(*a) };
+        let [a0, a1, a2, a3] = acc;
+        let (mut s00, mut s01, mut s02, mut s03) = (load(&a0[0]), load(&a0[1]), load(&a0[2]), load(&a0[3]));
+        let (mut s10, mut s11, mut s12, mut s13) = (load(&a1[0]), load(&a1[1]), load(&a1[2]), load(&a1[3]));
+        let (mut s20, mut s21, mut s22, mut s23) = (load(&a2[0]), load(&a2[1]), load(&a2[2]), load(&a2[3]));
+        let (mut s30, mut s31, mut s32, mut s33) = (load(&a3[0]), load(&a3[1]), load(&a3[2]), load(&a3[3]));
+        let steps = r0.iter().zip(r1).zip(r2).zip(r3).zip(p0).zip(p1).zip(p2).zip(p3);
+        for (((((((&x0, &x1), &x2), &x3), w0), w1), w2), w3) in steps {
+            let (w0, w1, w2, w3): (pulp::f32x16, pulp::f32x16, pulp::f32x16, pulp::f32x16) = (pulp::cast(*w0), pulp::cast(*w1), pulp::cast(*w2), pulp::cast(*w3));
+            let x = v4.splat_f32x16(x0);
+            s00 = v4.mul_add_f32x16(x, w0, s00);
+            s01 = v4.mul_add_f32x16(x, w1, s01);
+            s02 = v4.mul_add_f32x16(x, w2, s02);
+            s03 = v4.mul_add_f32x16(x, w3, s03);
+            let x = v4.splat_f32x16(x1);
+            s10 = v4.mul_add_f32x16(x, w0, s10);
+            s11 = v4.mul_add_f32x16(x, w1, s11);
+            s12 = v4.mul_add_f32x16(x, w2, s12);
+            s13 = v4.mul_add_f32x16(x, w3, s13);
+            let x = v4.splat_f32x16(x2);
+            s20 = v4.mul_add_f32x16(x, w0, s20);
+            s21 = v4.mul_add_f32x16(x, w1, s21);
+            s22 = v4.mul_add_f32x16(x, w2, s22);
+            s23 = v4.mul_add_f32x16(x, w3, s23);
+            let x = v4.splat_f32x16(x3);
+            s30 = v4.mul_add_f32x16(x, w0, s30);
+            s31 = v4.mul_add_f32x16(x, w1, s31);
+            s32 = v4.mul_add_f32x16(x, w2, s32);
+            s33 = v4.mul_add_f32x16(x, w3, s33);
+        }
+        let store = |s: [pulp::f32x16; 4]| -> [[f32; 16]; 4] { s.map(pulp::cast) };
+        *acc = [store([s00, s01, s02, s03]), store([s10, s11, s12, s13]), store([s20, s21, s22, s23]), store([s30, s31, s32, s33])];
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -118,6 +163,13 @@ impl Arith for Zmm {
 #[cfg(not(target_arch = "x86_64"))]
 #[derive(Clone, Copy)]
 pub(crate) enum Zmm {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Zmm {
+    pub(crate) fn tile_sums4x64(self, _: &mut [[[f32; 16]; 4]; 4], _: [&[f32]; 4], _: [&[[f32; 16]]; 4]) {
+        match self {}
+    }
+}
 
 #[cfg(not(target_arch = "x86_64"))]
 impl Arith for Zmm {
