@@ -46,7 +46,10 @@ pub struct BenchArgs {
     pub out: Option<PathBuf>,
     /// Also measure flex with its kernels capped at this instruction set (`MNIST_RS_SIMD`;
     /// repeat the flag), as columns of their own beside the best the CPU has: `--simd avx2`
-    /// on an AVX-512 machine shows both in one run.
+    /// on an AVX-512 machine shows both in one run. The peers run capped too where their
+    /// libraries can be (avx512, avx2: oneDNN's `ONEDNN_MAX_CPU_ISA`, PyTorch's
+    /// `ATEN_CPU_CAPABILITY`), so the capped ratios are those of a machine with only that
+    /// instruction set; neon and portable are compared with the uncapped peers.
     #[arg(long = "simd", value_parser = ["avx512", "avx2", "neon", "portable"])]
     pub simd: Vec<String>,
     /// Measure `mnist serve` under load instead (flex): requests per second and latency of
@@ -156,14 +159,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 results.push(record);
             }
         }
+        // Each peer as the machine is, then capped as the flex kernels were, where the
+        // peer's libraries can be.
+        let caps: Vec<Option<&str>> = std::iter::once(None).chain(args.simd.iter().map(String::as_str).filter(|s| !peer_cap(s).is_empty()).map(Some)).collect();
         for (system, script, python) in &peers {
-            for (measure, batch, repeats, warmup) in plan(system, args.quick) {
-                eprintln!("round {round}/{rounds}, {system}: {measure}, batch {batch}");
-                let mut cmd = Command::new(python);
-                cmd.arg(root().join("xtask").join("peers").join(script)).arg(measure);
-                cmd.args(["--batch", &batch.to_string(), "--repeats", &repeats.to_string(), "--warmup", &warmup.to_string()]);
-                let asked = Asked { system: system.to_string(), backend: None, kernels: None, measure: measure.into(), batch };
-                results.push(Record::take(round, asked, cmd, Outcome::Peer));
+            for &cap in &caps {
+                for (measure, batch, repeats, warmup) in plan(system, args.quick) {
+                    let capped = cap.map(|s| format!(", capped at {s}")).unwrap_or_default();
+                    eprintln!("round {round}/{rounds}, {system}: {measure}, batch {batch}{capped}");
+                    let mut cmd = Command::new(python);
+                    cmd.arg(root().join("xtask").join("peers").join(script)).arg(measure);
+                    cmd.args(["--batch", &batch.to_string(), "--repeats", &repeats.to_string(), "--warmup", &warmup.to_string()]);
+                    // As with ours: each run's own cap, whatever this shell has set.
+                    match cap {
+                        Some(simd) => peer_cap(simd).iter().for_each(|(name, value)| {
+                            cmd.env(name, value);
+                        }),
+                        None => PEER_CAP_VARS.iter().for_each(|name| {
+                            cmd.env_remove(name);
+                        }),
+                    }
+                    let asked = Asked { system: system.to_string(), backend: None, kernels: None, measure: measure.into(), batch };
+                    let mut record = Record::take(round, asked, cmd, Outcome::Peer);
+                    record.simd_cap = cap.map(str::to_string);
+                    results.push(record);
+                }
             }
         }
     }
@@ -251,6 +271,22 @@ struct Record {
 /// xtask does not build the kernels crate).
 const SIMD_ENV: &str = "MNIST_RS_SIMD";
 
+/// The environment that caps the peers at the flex kernels' instruction set `simd`, as on a
+/// machine that has no more: oneDNN's (TensorFlow's and PyTorch's convolutions and
+/// products; TensorFlow's other kernels are built for AVX2 at most) and PyTorch's own ATen
+/// kernels' dispatch. Empty where the peers cannot be made to match (`neon` on x86,
+/// `portable`): those capped columns are compared with the uncapped peers.
+fn peer_cap(simd: &str) -> &'static [(&'static str, &'static str)] {
+    match simd {
+        "avx512" => &[("ONEDNN_MAX_CPU_ISA", "AVX512_CORE"), ("ATEN_CPU_CAPABILITY", "avx512")],
+        "avx2" => &[("ONEDNN_MAX_CPU_ISA", "AVX2"), ("ATEN_CPU_CAPABILITY", "avx2")],
+        _ => &[],
+    }
+}
+
+/// The variables of [`peer_cap`], removed for the uncapped peers' runs.
+const PEER_CAP_VARS: [&str; 2] = ["ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"];
+
 /// What the table needs of a record, whichever system took it.
 struct Figures<'a> {
     system: &'a str,
@@ -308,7 +344,7 @@ impl Record {
                 kernels: Some(&p.kernels),
                 measure: &p.measure,
                 batch: p.batch,
-                simd_cap: None,
+                simd_cap: self.simd_cap.as_deref(),
                 values: Some(Values { images_per_sec: p.images_per_sec, median_ms: p.median_ms, peak_rss_mib: p.peak_rss_mib }),
             },
             Outcome::Failed { asked, .. } => Figures {
@@ -446,7 +482,8 @@ impl Row {
 enum Column {
     /// `simd`: the instruction-set cap of the flex kernels, when one was asked.
     Ours { backend: String, burn_conv: bool, simd: Option<String> },
-    Peer(String),
+    /// `simd`: the cap the peer ran under ([`peer_cap`]), when it was capped.
+    Peer { system: String, simd: Option<String> },
 }
 
 impl Column {
@@ -455,7 +492,7 @@ impl Column {
             ("mnist-rs", Some(backend)) => {
                 Column::Ours { backend: backend.to_string(), burn_conv: f.kernels == Some("burn"), simd: f.simd_cap.map(str::to_string) }
             }
-            (system, _) => Column::Peer(system.to_string()),
+            (system, _) => Column::Peer { system: system.to_string(), simd: f.simd_cap.map(str::to_string) },
         }
     }
 
@@ -464,7 +501,8 @@ impl Column {
             Column::Ours { backend, burn_conv: false, simd: None } => format!("mnist-rs {backend}"),
             Column::Ours { backend, burn_conv: false, simd: Some(simd) } => format!("mnist-rs {backend} ({simd})"),
             Column::Ours { backend, burn_conv: true, .. } => format!("mnist-rs {backend} (Burn conv)"),
-            Column::Peer(system) => system.clone(),
+            Column::Peer { system, simd: None } => system.clone(),
+            Column::Peer { system, simd: Some(simd) } => format!("{system} ({simd})"),
         }
     }
 }
@@ -495,24 +533,34 @@ fn table(results: &[Record]) -> String {
             *peak = peak.max(m);
         }
     }
-    // The ratios: each mnist-rs backend with its own kernels against each peer.
-    let peers: Vec<(usize, &String)> =
-        columns.iter().enumerate().filter_map(|(i, c)| if let Column::Peer(system) = c { Some((i, system)) } else { None }).collect();
-    let ours: Vec<(usize, String)> = columns
+    // The ratios: each mnist-rs backend with its own kernels against each peer under the
+    // same cap (the uncapped peers where none ran under it).
+    let peers_capped_at = |cap: Option<&String>| -> Vec<(usize, String)> {
+        columns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                Column::Peer { simd, .. } if simd.as_ref() == cap => Some((i, c.label())),
+                _ => None,
+            })
+            .collect()
+    };
+    let pairs: Vec<(usize, usize, String)> = columns
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| match c {
-            Column::Ours { burn_conv: false, .. } => Some((i, c.label().trim_start_matches("mnist-rs ").to_string())),
-            _ => None,
+        .flat_map(|(o, c)| match c {
+            Column::Ours { burn_conv: false, simd, .. } => {
+                let capped = peers_capped_at(simd.as_ref());
+                let peers = if capped.is_empty() { peers_capped_at(None) } else { capped };
+                let ours = c.label().trim_start_matches("mnist-rs ").to_string();
+                peers.into_iter().map(|(p, peer)| (o, p, format!("{ours} / {peer}"))).collect()
+            }
+            _ => Vec::new(),
         })
         .collect();
     let mut header = vec!["".to_string()];
     header.extend(columns.iter().map(Column::label));
-    for (_, backend) in &ours {
-        for (_, system) in &peers {
-            header.push(format!("{backend} / {system}"));
-        }
-    }
+    header.extend(pairs.iter().map(|(_, _, label)| label.clone()));
     let mut lines = vec![format!("| {} |", header.join(" | ")), format!("|{}", " --- |".repeat(header.len()))];
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |x| if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.2}") });
     rows.push(Row::Memory);
@@ -529,18 +577,15 @@ fn table(results: &[Record]) -> String {
             }
             line.push(cell);
         }
-        for &(o, _) in &ours {
-            for &(p, _) in &peers {
-                // Higher is better for throughput; for latency and memory, peer / ours.
-                let ratios: Vec<f64> = match (rounds(o), rounds(p)) {
-                    (Some(a), Some(b)) => a
-                        .iter()
-                        .filter_map(|(round, a)| b.get(round).map(|b| if r.lower_is_better() { b / a } else { a / b }))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                line.push(median(&ratios).map_or("-".to_string(), |x| format!("{x:.2}x")));
-            }
+        for &(o, p, _) in &pairs {
+            // Higher is better for throughput; for latency and memory, peer / ours.
+            let ratios: Vec<f64> = match (rounds(o), rounds(p)) {
+                (Some(a), Some(b)) => {
+                    a.iter().filter_map(|(round, a)| b.get(round).map(|b| if r.lower_is_better() { b / a } else { a / b })).collect()
+                }
+                _ => Vec::new(),
+            };
+            line.push(median(&ratios).map_or("-".to_string(), |x| format!("{x:.2}x")));
         }
         lines.push(format!("| {} |", line.join(" | ")));
     }
@@ -689,6 +734,32 @@ mod tests {
         let json = serde_json::to_value(capped(1, 900.0)).expect("serialisable");
         assert_eq!(json["simd_cap"], "avx2");
         assert!(serde_json::to_value(ours("train", 50, 1, 1.0, 1.0, 1.0)).expect("serialisable").get("simd_cap").is_none());
+    }
+
+    /// Peers capped at the same instruction set (as on a machine without AVX-512) are
+    /// columns of their own, and the capped flex column is compared with them only; the
+    /// uncapped one with the uncapped peers.
+    #[test]
+    fn capped_peers_are_compared_with_the_capped_kernels() {
+        let cap = |r: Record| Record { simd_cap: Some("avx2".into()), ..r };
+        let results = vec![
+            ours("train", 50, 1, 1200.0, 1.0, 200.0),
+            cap(ours("train", 50, 1, 900.0, 1.0, 200.0)),
+            peer("tensorflow", "train", 50, 1, 600.0, 1.0, 400.0),
+            cap(peer("tensorflow", "train", 50, 1, 300.0, 1.0, 400.0)),
+        ];
+        let t = table(&results);
+        let header = t.lines().next().expect("header");
+        assert!(
+            header.contains("| mnist-rs flex | mnist-rs flex (avx2) | tensorflow | tensorflow (avx2) | flex / tensorflow | flex (avx2) / tensorflow (avx2) |"),
+            "{t}"
+        );
+        let train = t.lines().find(|l| l.starts_with("| train, batch 50")).expect("train row");
+        assert!(train.contains("| 1200 | 900 | 600 | 300 | 2.00x | 3.00x |"), "{t}");
+        // What caps the peers: oneDNN and ATen for the x86 levels, nothing for the others.
+        assert!(peer_cap("avx2").contains(&("ONEDNN_MAX_CPU_ISA", "AVX2")));
+        assert!(peer_cap("avx512").iter().all(|(name, _)| PEER_CAP_VARS.contains(name)));
+        assert!(peer_cap("neon").is_empty() && peer_cap("portable").is_empty());
     }
 
     /// Rounds within a quarter of each other are not flagged; a load average above the cores
