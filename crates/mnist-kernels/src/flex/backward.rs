@@ -20,7 +20,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, WithLanes, dispatch};
-use super::layout::{Layout, MAX_TILE, zeroed};
+use super::layout::{CacheAligned, Layout, MAX_TILE, zeroed};
 use super::{Geometry, NONE};
 
 /// Gradients of one block.
@@ -39,7 +39,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
     let lay = Layout::new(g);
     let (c, h, w, k, o) = (g.c, g.h, g.w, g.k, g.o);
     // W as [o, k, padded_run]: kernel row ky of channel oc is (kx, ci) in order, then zeros.
-    let mut wr = vec![0.0f32; o * k * lay.padded_run];
+    let mut wr = CacheAligned::zeroed(o * k * lay.padded_run);
     for oc in 0..o {
         for ci in 0..c {
             for ky in 0..k {
@@ -49,13 +49,13 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
             }
         }
     }
-    let mut dxp = if want_dx { zeroed(g.b * lay.image) } else { Vec::new() };
+    let mut dxp = CacheAligned::zeroed(if want_dx { g.b * lay.image } else { 0 });
     // Three tasks per thread, each a near-equal share of the images (two per thread of up
     // to 13 images each split the seed's 50 as 13 + 13 against 13 + 11, and one core
     // waited for the other); each task sums into a weight gradient of its own.
     let count = (3 * rayon::current_num_threads()).min(g.b).max(1);
     let mut tasks: Vec<(usize, usize, Option<&mut [f32]>)> = Vec::with_capacity(count);
-    let mut rest = if want_dx { Some(dxp.as_mut_slice()) } else { None };
+    let mut rest = if want_dx { Some(&mut dxp[..]) } else { None };
     for task in 0..count {
         let (first, end) = (task * g.b / count, (task + 1) * g.b / count);
         let dxp = rest.take().map(|r| {
@@ -119,17 +119,17 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
 
 /// One task's sums of the weight gradient (`[o, k, padded_run]`) and bias gradient.
 struct Partial {
-    dw: Vec<f32>,
+    dw: CacheAligned<f32>,
     db: Vec<f32>,
 }
 
 impl Partial {
     fn zero(lay: &Layout) -> Partial {
-        Partial { dw: vec![0.0; lay.g.o * lay.g.k * lay.padded_run], db: vec![0.0; lay.g.o] }
+        Partial { dw: CacheAligned::zeroed(lay.g.o * lay.g.k * lay.padded_run), db: vec![0.0; lay.g.o] }
     }
 
     fn add(mut self, other: Partial) -> Partial {
-        self.dw.iter_mut().zip(other.dw).for_each(|(a, b)| *a += b);
+        self.dw.iter_mut().zip(other.dw.iter()).for_each(|(a, b)| *a += b);
         self.db.iter_mut().zip(other.db).for_each(|(a, b)| *a += b);
         self
     }

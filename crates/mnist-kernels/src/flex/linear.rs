@@ -39,7 +39,7 @@ use burn_flex::Flex;
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, dispatch, runs, starts};
-use super::layout::{filled, zeroed};
+use super::layout::{CacheAligned, zeroed};
 use super::sparse::{self, Entries, SPARSE_DENSITY};
 use super::{Ad, Refused, cast, float, from_vec, spare, values};
 
@@ -230,7 +230,7 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: &[f32], bias: &[f32]
     }
     let block_len = panels * BLOCK_DEPTH;
     // Cleared on all cores (13 MB for fc1), as the kernels' other large buffers are.
-    let mut packed = filled(blocks * block_len, [0.0f32; PANEL]);
+    let mut packed = CacheAligned::filled(blocks * block_len, [0.0f32; PANEL]);
     packed.par_chunks_mut(block_len).enumerate().for_each(|(block, out)| {
         let start = block * BLOCK_DEPTH;
         let depth = BLOCK_DEPTH.min(i - start);
@@ -454,7 +454,7 @@ impl WithLanes for Depth<'_> {
         let width = panels * PANEL;
         let mut sums = vec![0.0f32; n * width];
         // `[panel][depth][16]`; columns past the last stay zero.
-        let mut packed = vec![[0.0f32; PANEL]; panels * FORWARD_DEPTH];
+        let mut packed = CacheAligned::here(panels * FORWARD_DEPTH, [0.0f32; PANEL]);
         for start in (self.start..self.end).step_by(FORWARD_DEPTH) {
             let depth = FORWARD_DEPTH.min(self.end - start);
             for (d, row) in self.weight[start * j..][..depth * j].chunks_exact(j).enumerate() {
@@ -616,7 +616,7 @@ fn weight_grad_into(n: usize, i: usize, j: usize, x: &[f32], g: &[f32], dw: &mut
     });
     // g in panels of 16 columns, `[panel][n][16]`, zero past the last column.
     let panels = j.div_ceil(PANEL);
-    let mut packed = vec![0.0f32; panels * n * PANEL];
+    let mut packed = CacheAligned::here(panels * n * PANEL, 0.0f32);
     for (b, row) in g.chunks_exact(j).enumerate() {
         for (col, &v) in row.iter().enumerate() {
             packed[((col / PANEL) * n + b) * PANEL + col % PANEL] = v;

@@ -54,6 +54,7 @@ mod winograd;
 
 use backward::backward;
 use forward::forward;
+use layout::CacheAligned;
 pub(crate) use linear::linear;
 use pool::spare;
 
@@ -139,7 +140,7 @@ pub(crate) fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> F
 struct Saved {
     geometry: Geometry,
     /// The input as padded NHWC images (see `layout`).
-    xp: Arc<Vec<f32>>,
+    xp: Arc<CacheAligned<f32>>,
     weight: FloatTensor<Flex>,
     winners: Arc<Vec<u8>>,
 }

@@ -28,7 +28,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, WithLanes, dispatch};
-use super::layout::zeroed;
+use super::layout::{CacheAligned, zeroed};
 
 /// The largest fraction of non-zero entries in the output gradient for which the backward
 /// pass visits its entries ([`Entries::of`] says `None` above it). At fc1's shape (batch
@@ -121,7 +121,7 @@ pub(crate) fn input_grad(i: usize, entries: &Entries, weight: &[f32]) -> Vec<f32
     // on all cores: at batch 512 this and `dx` are 6 MB each).
     let mut sums = zeroed(blocks * n * BLOCK);
     sums.par_chunks_mut(n * BLOCK).enumerate().for_each_init(
-        || vec![[0.0f32; BLOCK]; j],
+        || CacheAligned::here(j, [0.0f32; BLOCK]),
         |block, (index, out)| {
             let first = index * BLOCK;
             let rows = &weight[first * j..][..BLOCK.min(i - first) * j];
@@ -146,7 +146,7 @@ pub(crate) fn weight_grad_into(i: usize, x: &[f32], entries: &Entries, dw: &mut 
         return;
     }
     dw[..i * j].par_chunks_mut(BLOCK * j).enumerate().for_each_init(
-        || (vec![[0.0f32; BLOCK]; n], vec![[0.0f32; BLOCK]; j]),
+        || (CacheAligned::here(n, [0.0f32; BLOCK]), CacheAligned::here(j, [0.0f32; BLOCK])),
         |(inputs, columns), (index, out)| {
             let (first, rows) = (index * BLOCK, out.len() / j);
             for (b, block) in inputs.iter_mut().enumerate() {

@@ -31,7 +31,7 @@ use super::forward::{bias8, panel_bias, pool_window};
 use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE8_ROWS, WithLanes, chosen, dispatch_with, runs, starts};
 use super::wide::{Arith, Zmm};
 use crate::Simd;
-use super::layout::{Layout, filled, zeroed};
+use super::layout::{CacheAligned, Layout, filled, zeroed};
 use super::{Geometry, NONE};
 
 /// Side of a transformed tile.
@@ -142,7 +142,7 @@ struct Transformed {
     o: usize,
     /// The weights they were transformed from, bit for bit.
     weight: Vec<u32>,
-    v: Arc<Vec<[f32; PANEL]>>,
+    v: Arc<CacheAligned<[f32; PANEL]>>,
 }
 
 /// How many weight sets [`transformed_weights`] keeps (newest first): a few networks
@@ -152,7 +152,7 @@ const KEPT: usize = 4;
 /// [`transform_weights`], reused when the same weights (compared bit for bit: a changed
 /// weight always misses, and training changes every weight each step, so it misses at the
 /// first value) were transformed recently.
-fn transformed_weights(g: Geometry, weight: &[f32]) -> Arc<Vec<[f32; PANEL]>> {
+fn transformed_weights(g: Geometry, weight: &[f32]) -> Arc<CacheAligned<[f32; PANEL]>> {
     static KEEP: Mutex<Vec<Transformed>> = Mutex::new(Vec::new());
     let same = |t: &Transformed| t.c == g.c && t.o == g.o && t.weight.len() == weight.len() && t.weight.iter().zip(weight).all(|(a, b)| *a == b.to_bits());
     // A poisoned lock (a panic elsewhere while holding it) only loses the reuse.
@@ -172,9 +172,9 @@ fn transformed_weights(g: Geometry, weight: &[f32]) -> Arc<Vec<[f32; PANEL]>> {
 /// `G g G^T` of every kernel, as `[panel][point][ci]` rows of 16 output channels (zero
 /// past the last), computed in f64, the 16 channels of a panel side by side (so that the
 /// loops vectorise).
-fn transform_weights(g: Geometry, weight: &[f32]) -> Vec<[f32; PANEL]> {
+fn transform_weights(g: Geometry, weight: &[f32]) -> CacheAligned<[f32; PANEL]> {
     let panels = g.o.div_ceil(PANEL);
-    let mut v = vec![[0.0f32; PANEL]; panels * POINTS * g.c];
+    let mut v = CacheAligned::filled(panels * POINTS * g.c, [0.0f32; PANEL]);
     v.par_chunks_mut(POINTS * g.c).enumerate().for_each(|(panel, v)| {
         let channels = PANEL.min(g.o - panel * PANEL);
         for ci in 0..g.c {
@@ -362,7 +362,7 @@ impl WithLanes for PanelProducts<'_> {
         // The products, `[point][tile]` rows of 16 channels, point by point (so that the
         // point's 2 KB of weights stay in L1), appended in order rather than into a
         // cleared buffer.
-        let mut products: Vec<[F8; 2]> = Vec::with_capacity(POINTS * self.tiles);
+        let mut products = CacheAligned::<[F8; 2]>::with_capacity(POINTS * self.tiles);
         for p in 0..POINTS {
             let v = &self.v[p * c..][..c];
             for first in (0..self.tiles).step_by(MR) {
