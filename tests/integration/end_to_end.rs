@@ -61,6 +61,15 @@ fn train_evaluate_and_predict_on_the_bundled_sample() {
     assert!((accuracy - trained).abs() < 1e-3, "eval {accuracy} vs training report {trained}");
     assert_eq!(eval["images"], 2_000);
     assert_eq!(eval["confusion"].as_array().unwrap().len(), 10);
+    // One of the run's files given for its folder, and a report into a folder that is not
+    // there: said before anything is evaluated, naming the folder, not a temporary file.
+    let model_json = run_dir.join("model.json");
+    let err = format!("{:#}", mnist(&["eval", "--model", model_json.to_str().unwrap()]).unwrap_err());
+    assert!(err.contains("a file, not a directory") && err.ends_with(&format!("`--model {r}`")), "{err}");
+    let nowhere = dir.path().join("nowhere").join("eval.json");
+    let err = format!("{:#}", mnist(&["eval", "--model", r, "--json", nowhere.to_str().unwrap()]).unwrap_err());
+    let missing = dir.path().join("nowhere");
+    assert!(err.ends_with(&format!("directory {} does not exist", missing.display())) && !err.contains(".tmp-"), "{err}");
 
     // Predict PNGs written from test digits, one of them inverted (dark ink on white).
     let data = mnist_data::Locator::offline(None).load(mnist_data::DatasetKind::Sample).unwrap();
@@ -113,6 +122,8 @@ fn bad_input_gets_clear_errors_and_writes_nothing() {
         (r#"{"learning_rate": -0.1}"#, "learning_rate must be a positive number"),
         (r#"{"steps": 0}"#, "steps must be at least 1"),
         (r#"{"model": {"dropout": 2}}"#, "dropout must be in [0, 1)"),
+        (r#"{"batch_size": "fifty"}"#, "field `batch_size`: invalid type: string \"fifty\", expected usize"),
+        (r#"{"adam": {"beta_1": true}}"#, "field `adam.beta_1`: invalid type: boolean `true`"),
         ("{ not json", "not valid JSON"),
     ] {
         std::fs::write(p("bad.json"), json).unwrap();

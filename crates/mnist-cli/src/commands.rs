@@ -32,6 +32,9 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
         None => newest_run(Path::new(ARTIFACTS), artifact::WEIGHTS)?,
     };
     let manifest = check_model_dir(&model_dir)?;
+    // Where the report goes is checked before the evaluation, not after it.
+    let json = args.json.clone().unwrap_or_else(|| model_dir.join(artifact::EVALUATION));
+    mnist_fs::check_parent_dir(&json)?;
     let choice = match (&args.data.dataset, &manifest.dataset) {
         (Some(name), _) => name.parse::<DatasetChoice>()?,
         (None, Some(name)) => DatasetChoice::Exactly(name.parse()?),
@@ -47,7 +50,6 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     // written all the same.
     say!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
     say!("{}", evaluation.table(&class_names(&manifest)));
-    let json = args.json.unwrap_or_else(|| model_dir.join(artifact::EVALUATION));
     artifact::json::write(&json, &evaluation)?;
     say!("wrote {}", json.display());
     Ok(Status::Success)
@@ -65,6 +67,23 @@ pub(crate) fn class_names(manifest: &Manifest) -> Vec<String> {
 /// Checks, before any dataset is looked for, that `dir` holds a trained model: a
 /// readable `model.json` (returned) and a `model.mpk`.
 pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
+    if dir.is_file() {
+        // Often one of the run's own files: its folder is what was meant.
+        let parent = dir.parent().filter(|p| p.join(artifact::MANIFEST).is_file());
+        match parent {
+            Some(parent) => bail!(
+                "{}: a file, not a directory; expected a trained model's artifact directory: pass its folder, `--model {}`",
+                dir.display(),
+                shell_quote(&parent.display().to_string())
+            ),
+            None => bail!(
+                "{}: a file, not a directory; expected a trained model's artifact directory (the folder with {} and {})",
+                dir.display(),
+                artifact::MANIFEST,
+                artifact::WEIGHTS
+            ),
+        }
+    }
     if !dir.is_dir() {
         bail!(
             "{}: no such directory; expected a trained model's artifact directory (train one with `cargo xtask train`)",

@@ -137,7 +137,39 @@ pub fn temp_file_in(dir: &Path, prefix: &str, suffix: &str) -> std::io::Result<t
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(fs::Permissions::from_mode(0o644));
     }
-    builder.tempfile_in(dir)
+    builder.tempfile_in(dir).map_err(|e| without_temp_path(dir, e))
+}
+
+/// tempfile's errors end with the temporary file's path (`... at path "dir/.tmp-XXXXXX"`),
+/// a name the user never gave: the cause alone, and a directory that is missing or not
+/// one said as such.
+fn without_temp_path(dir: &Path, e: std::io::Error) -> std::io::Error {
+    if let Err(problem) = dir_problem(dir) {
+        return problem;
+    }
+    let text = e.to_string();
+    let cause = text.rsplit_once(" at path ").map_or(text.as_str(), |(cause, _)| cause);
+    std::io::Error::new(e.kind(), cause.to_string())
+}
+
+/// Whether `dir` is an existing directory, else the error that says what it is.
+fn dir_problem(dir: &Path) -> std::io::Result<()> {
+    use std::io::{Error as IoError, ErrorKind};
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(IoError::new(ErrorKind::NotADirectory, format!("{} is not a directory", dir.display()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(IoError::new(ErrorKind::NotFound, format!("directory {} does not exist", dir.display()))),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks that a file can be created at `path` as far as its directory goes (it exists and
+/// is a directory), for a command to find out before a long computation rather than after.
+///
+/// # Errors
+/// [`Error::Write`] naming `path` and saying what its directory is.
+pub fn check_parent_dir(path: &Path) -> Result<()> {
+    dir_problem(parent_dir(path)).map_err(|source| Error::Write { path: path.to_path_buf(), source })
 }
 
 /// Whether `name` is a temporary file of [`temp_file_in`] with `prefix` and `suffix`: the
@@ -226,7 +258,19 @@ mod tests {
         let path = dir.path().join("missing").join("a.json");
         let err = write_atomic(&path, b"x").unwrap_err();
         assert_eq!(err.path(), path);
-        assert!(err.to_string().contains("missing"), "{err}");
+        // The directory that is missing, and no temporary file's name.
+        let missing = path.parent().unwrap().display().to_string();
+        assert_eq!(err.to_string(), format!("cannot write {}: directory {missing} does not exist", path.display()));
+        // Checked up front, the same words.
+        assert_eq!(check_parent_dir(&path).unwrap_err().to_string(), err.to_string());
+        assert!(check_parent_dir(&dir.path().join("a.json")).is_ok());
+        assert!(check_parent_dir(Path::new("bare-name.json")).is_ok());
+        // A file where the directory should be.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let err = write_atomic(&file.join("a.json"), b"x").unwrap_err();
+        assert!(err.to_string().ends_with(&format!("{} is not a directory", file.display())), "{err}");
+        assert!(!err.to_string().contains(TEMP_PREFIX), "{err}");
     }
 
     #[test]

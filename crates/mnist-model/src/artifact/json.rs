@@ -36,7 +36,11 @@ pub fn from_value_strict<T: Serialize + DeserializeOwned>(value: Value, template
     check_keys(&value, &known, "")?;
     let mut merged = known;
     merge(&mut merged, value);
-    serde_json::from_value(merged).map_err(|e| format!("invalid value: {e}"))
+    // A value of the wrong type or out of its type's range names its field.
+    serde_path_to_error::deserialize(merged).map_err(|e| match e.path().to_string().as_str() {
+        "." => e.inner().to_string(),
+        path => format!("field `{path}`: {}", e.inner()),
+    })
 }
 
 fn check_keys(value: &Value, known: &Value, prefix: &str) -> std::result::Result<(), String> {
@@ -94,8 +98,12 @@ mod tests {
         assert!(err.contains("unknown field `hiden`") && err.contains("hidden"), "{err}");
         let c: CnnConfig = from_str_strict(r#"{"hidden": 10}"#, &CnnConfig::new()).unwrap();
         assert_eq!(c, CnnConfig::new().with_hidden(10));
+        // A wrong value names its field once, and what was expected.
         let err = from_str_strict(r#"{"hidden": -1}"#, &CnnConfig::new()).unwrap_err();
-        assert!(err.contains("invalid value"), "{err}");
+        assert!(err.starts_with("field `hidden`: invalid value: integer `-1`, expected usize"), "{err}");
+        assert_eq!(err.matches("invalid").count(), 1, "{err}");
+        let err = from_str_strict(r#"{"hidden": "wide"}"#, &CnnConfig::new()).unwrap_err();
+        assert!(err.starts_with("field `hidden`: invalid type: string \"wide\""), "{err}");
         assert!(from_str_strict::<CnnConfig>("{", &CnnConfig::new()).unwrap_err().contains("not valid JSON"));
     }
 }
