@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, TILE_ROWS, WithLanes, chosen, dispatch_with, runs, tile_update};
-use super::layout::{CacheAligned, Layout, filled, pad_nhwc, zeroed};
+use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc, zeroed};
 use super::winograd;
 use super::{Geometry, NONE};
 use crate::Simd;
@@ -33,12 +33,12 @@ const MR: usize = TILE_ROWS;
 /// The block's output `[b, o, h/2, w/2]`, each window's winner (0..4 in the order
 /// top-left, top-right, bottom-left, bottom-right, or [`NONE`] when ReLU zeroed it), and
 /// the padded NHWC input (which the backward pass reads).
-pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>, CacheAligned<f32>) {
+pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>, Padded) {
     forward_with(g, x, weight, bias, chosen())
 }
 
 /// [`forward`] with `simd`'s kernels.
-fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd) -> (Vec<f32>, Vec<u8>, CacheAligned<f32>) {
+fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd) -> (Vec<f32>, Vec<u8>, Padded) {
     let lay = Layout::new(g);
     let xp = pad_nhwc(&lay, x);
     if winograd::applies(g) {

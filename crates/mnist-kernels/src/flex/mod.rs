@@ -54,7 +54,7 @@ mod winograd;
 
 use backward::backward;
 use forward::forward;
-use layout::CacheAligned;
+use layout::Padded;
 pub(crate) use linear::linear;
 use pool::spare;
 
@@ -140,7 +140,7 @@ pub(crate) fn from_vec<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> F
 struct Saved {
     geometry: Geometry,
     /// The input as padded NHWC images (see `layout`).
-    xp: Arc<CacheAligned<f32>>,
+    xp: Arc<Padded>,
     weight: FloatTensor<Flex>,
     winners: Arc<Vec<u8>>,
 }
