@@ -121,6 +121,49 @@ impl Zmm {
         let store = |s: [pulp::f32x16; 4]| -> [[f32; 16]; 4] { s.map(pulp::cast) };
         *acc = [store([s00, s01, s02, s03]), store([s10, s11, s12, s13]), store([s20, s21, s22, s23]), store([s30, s31, s32, s33])];
     }
+
+    /// [`Self::tile_sums4x64`] with the 64 columns read where they lie: step `k` takes
+    /// `matrix[k * stride..][..64]`, over the depth of the shortest row (`matrix` holds
+    /// at least that many strides). The small-batch fully connected forward's tile, which
+    /// reads the weight in place instead of packing it first.
+    #[inline(always)]
+    pub(crate) fn tile_sums4x64_strided(self, acc: &mut [[[f32; 16]; 4]; 4], rows: [&[f32]; 4], matrix: &[f32], stride: usize) {
+        let v4 = self.0;
+        let [r0, r1, r2, r3] = rows;
+        let load = |a: &[f32; 16]| -> pulp::f32x16 { pulp::cast(*a) };
+        let [a0, a1, a2, a3] = acc;
+        let (mut s00, mut s01, mut s02, mut s03) = (load(&a0[0]), load(&a0[1]), load(&a0[2]), load(&a0[3]));
+        let (mut s10, mut s11, mut s12, mut s13) = (load(&a1[0]), load(&a1[1]), load(&a1[2]), load(&a1[3]));
+        let (mut s20, mut s21, mut s22, mut s23) = (load(&a2[0]), load(&a2[1]), load(&a2[2]), load(&a2[3]));
+        let (mut s30, mut s31, mut s32, mut s33) = (load(&a3[0]), load(&a3[1]), load(&a3[2]), load(&a3[3]));
+        let steps = r0.iter().zip(r1).zip(r2).zip(r3).zip(matrix.chunks(stride));
+        for ((((&x0, &x1), &x2), &x3), w) in steps {
+            let (w, _) = w[..64].as_chunks::<16>();
+            let (w0, w1, w2, w3): (pulp::f32x16, pulp::f32x16, pulp::f32x16, pulp::f32x16) = (pulp::cast(w[0]), pulp::cast(w[1]), pulp::cast(w[2]), pulp::cast(w[3]));
+            let x = v4.splat_f32x16(x0);
+            s00 = v4.mul_add_f32x16(x, w0, s00);
+            s01 = v4.mul_add_f32x16(x, w1, s01);
+            s02 = v4.mul_add_f32x16(x, w2, s02);
+            s03 = v4.mul_add_f32x16(x, w3, s03);
+            let x = v4.splat_f32x16(x1);
+            s10 = v4.mul_add_f32x16(x, w0, s10);
+            s11 = v4.mul_add_f32x16(x, w1, s11);
+            s12 = v4.mul_add_f32x16(x, w2, s12);
+            s13 = v4.mul_add_f32x16(x, w3, s13);
+            let x = v4.splat_f32x16(x2);
+            s20 = v4.mul_add_f32x16(x, w0, s20);
+            s21 = v4.mul_add_f32x16(x, w1, s21);
+            s22 = v4.mul_add_f32x16(x, w2, s22);
+            s23 = v4.mul_add_f32x16(x, w3, s23);
+            let x = v4.splat_f32x16(x3);
+            s30 = v4.mul_add_f32x16(x, w0, s30);
+            s31 = v4.mul_add_f32x16(x, w1, s31);
+            s32 = v4.mul_add_f32x16(x, w2, s32);
+            s33 = v4.mul_add_f32x16(x, w3, s33);
+        }
+        let store = |s: [pulp::f32x16; 4]| -> [[f32; 16]; 4] { s.map(pulp::cast) };
+        *acc = [store([s00, s01, s02, s03]), store([s10, s11, s12, s13]), store([s20, s21, s22, s23]), store([s30, s31, s32, s33])];
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -167,6 +210,10 @@ pub(crate) enum Zmm {}
 #[cfg(not(target_arch = "x86_64"))]
 impl Zmm {
     pub(crate) fn tile_sums4x64(self, _: &mut [[[f32; 16]; 4]; 4], _: [&[f32]; 4], _: [&[[f32; 16]]; 4]) {
+        match self {}
+    }
+
+    pub(crate) fn tile_sums4x64_strided(self, _: &mut [[[f32; 16]; 4]; 4], _: [&[f32]; 4], _: &[f32], _: usize) {
         match self {}
     }
 }
