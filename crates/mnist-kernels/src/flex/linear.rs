@@ -527,7 +527,6 @@ impl Depth<'_> {
         }
         sums
     }
-
 }
 
 /// Weight rows (input-gradient columns) per parallel task of [`input_grad`]: 32 rows of
