@@ -273,8 +273,8 @@ const SIMD_ENV: &str = "MNIST_RS_SIMD";
 
 /// The environment that caps the peers at the flex kernels' instruction set `simd`, as on a
 /// machine that has no more: oneDNN's (TensorFlow's and PyTorch's convolutions and
-/// products; TensorFlow's other kernels are built for AVX2 at most) and PyTorch's own ATen
-/// kernels' dispatch. Empty where the peers cannot be made to match (`neon` on x86,
+/// products; TensorFlow's other kernels are built for AVX without FMA, as it says when it
+/// starts, so no cap concerns them) and PyTorch's own ATen kernels' dispatch. Empty where the peers cannot be made to match (`neon` on x86,
 /// `portable`): those capped columns are compared with the uncapped peers.
 fn peer_cap(simd: &str) -> &'static [(&'static str, &'static str)] {
     match simd {

@@ -189,8 +189,9 @@ impl WithLanes for PadImage<'_> {
 /// A buffer whose first element starts a cache line (64 bytes, one AVX-512 register), for
 /// the kernels' hot operands. An allocator owes a `Vec<f32>` 4-byte alignment only, and
 /// glibc's gives large blocks 16: then every 64-byte load of a 16-lane tile straddles two
-/// cache lines, and conv2's sparse weight gradient ran at 0.75 multiply-adds a cycle
-/// instead of 1.3 (39 us an image against 24, the same list over a 64-byte-aligned copy).
+/// cache lines, and conv2's sparse weight gradient ran at 3.2 multiply-adds a nanosecond
+/// instead of 5.2 (39 us an image against 24, the same list over a 64-byte-aligned copy;
+/// Zen 5).
 /// Made without `unsafe`: the storage is 16-byte units (`u128`, which every allocator
 /// aligns to 16) with up to three of them skipped in front, viewed as `T`s through
 /// `bytemuck`.
@@ -234,9 +235,8 @@ impl<T: bytemuck::Pod> CacheAligned<T> {
     }
 
     /// `n` copies of `value`, on this thread (for a task's own buffer). Zeros come from the
-    /// allocator's zeroed allocation, which skips the clearing where its memory is known to
-    /// be zero (fresh pages), as `vec![0.0; n]` does: clearing them here was measurable in
-    /// the kernels that take such a buffer per task.
+    /// allocator's zeroed allocation, as `vec![0.0; n]`'s do (it may skip the clearing for
+    /// memory it knows to be zero).
     pub(crate) fn here(n: usize, value: T) -> CacheAligned<T> {
         if bytemuck::bytes_of(&value).iter().all(|&b| b == 0) {
             let mut buf = Self::over(vec![0u128; Self::units_for(n) + CACHE_LINE / UNIT]);

@@ -9,7 +9,8 @@
 //!   are added at the end (reading a panel's columns in place, 64 bytes from each 4 KB
 //!   row, ran at half speed). With AVX-512 and a width of whole 64-column groups (fc1's
 //!   1024) the weight is not packed: a 4 x 64 tile reads 256 bytes of each row in place,
-//!   a block of 128 rows x 64 columns staying in L1 while the images pass. Above it (evaluation, training at 512) a blocked product:
+//!   a block of 128 rows x 64 columns staying in L1 while the images pass. Above it
+//!   (evaluation, training at 512) a blocked product:
 //!   the weight packed once into panels of 512 rows, each task a range of images carrying
 //!   its sums in the output from one block to the next. burn-flex's matrix product does
 //!   that too, but with AVX2's eight-lane tiles where this crate's take AVX-512's 16;
@@ -41,8 +42,8 @@ use burn_flex::Flex;
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, dispatch, runs, starts};
-use super::wide::Zmm;
 use super::layout::{CacheAligned, zeroed};
+use super::wide::Zmm;
 use super::sparse::{self, Entries, SPARSE_DENSITY};
 use super::{Ad, Refused, cast, float, from_vec, spare, values};
 
