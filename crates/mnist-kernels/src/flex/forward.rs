@@ -241,8 +241,10 @@ const ONE_CHANNEL_GROUP: usize = 4;
 ///
 /// Per pooled row and group of four channels, the two convolution rows under it are two
 /// vectors of 16 pixels each, at columns 0 and `2 pw - 16` (they overlap for the seed's 28:
-/// 0-15 and 12-27), summed over the 25 kernel positions in 16 registers (each step loads
-/// the four shifted input vectors and broadcasts each channel's weight). Then per channel
+/// 0-15 and 12-27), summed over the 25 kernel positions in 16 registers (each step takes
+/// the four shifted input vectors, by `vpermt2ps` from the row's two aligned vectors where
+/// rows start on 16-float boundaries as the seed's do, else by unaligned loads, and
+/// broadcasts each channel's weight). Then per channel
 /// the sums' even and odd columns are gathered into pooled order (`vpermt2ps`), and the
 /// window's maximum, bias, ReLU and winner are computed on the whole pooled row at once, as
 /// [`pool_window`] does lane by lane (the same comparisons, so the first of equal maxima
@@ -278,14 +280,32 @@ pub(super) fn one_channel_v4(v4: pulp::x86::V4, lay: &Layout, xp: &[f32], weight
         let (v, _) = xp[y * lay.row + x..][..16].as_chunks::<16>();
         pulp::cast(v[0])
     };
+    // Where rows start on a 16-float boundary and the second vector starts at most at
+    // column 12 (the seed's: padded rows 32 wide, every column used within the first 32),
+    // the shifted vectors come from the row's two aligned vectors by one `vpermt2ps` each,
+    // where loading them at columns 1-4 and 13-16 split every load over two cache lines.
+    let aligned_rows = lay.row.is_multiple_of(16) && second <= 12 && (2 * ph + 3) * lay.row + 32 <= xp.len();
+    let shift = |s: usize| -> __m512i { pulp::cast(std::array::from_fn::<i32, 16, _>(|l| (s + l) as i32)) };
+    let shifts: [[__m512i; 5]; 2] = [std::array::from_fn(|kx| shift(kx)), std::array::from_fn(|kx| shift((second + kx).min(16)))];
+    let row_pair = |y: usize| -> [__m512; 2] {
+        let (v, _) = xp[y * lay.row..][..32].as_chunks::<16>();
+        [pulp::cast(v[0]), pulp::cast(v[1])]
+    };
     for group in (0..channels).step_by(ONE_CHANNEL_GROUP) {
         for py in 0..ph {
             // [channel][row][vector]
             let mut acc = [[[zero; 2]; 2]; ONE_CHANNEL_GROUP];
             for ky in 0..5 {
+                let y = 2 * py + ky;
+                let rows = if aligned_rows { [row_pair(y), row_pair(y + 1)] } else { [[zero; 2]; 2] };
                 for kx in 0..5 {
-                    let (y, w) = (2 * py + ky, &weights[ky * 5 + kx]);
-                    let x = [[input(y, kx), input(y, second + kx)], [input(y + 1, kx), input(y + 1, second + kx)]];
+                    let w = &weights[ky * 5 + kx];
+                    let x = if aligned_rows {
+                        let at = |r: usize, v: usize| f._mm512_permutex2var_ps(rows[r][0], shifts[v][kx], rows[r][1]);
+                        [[at(0, 0), at(0, 1)], [at(1, 0), at(1, 1)]]
+                    } else {
+                        [[input(y, kx), input(y, second + kx)], [input(y + 1, kx), input(y + 1, second + kx)]]
+                    };
                     for (ch, acc) in acc.iter_mut().enumerate() {
                         let w = f._mm512_set1_ps(w[group + ch]);
                         for r in 0..2 {
