@@ -286,7 +286,7 @@ pub(super) fn one_channel_v4(v4: pulp::x86::V4, lay: &Layout, xp: &[f32], weight
     // where loading them at columns 1-4 and 13-16 split every load over two cache lines.
     let aligned_rows = lay.row.is_multiple_of(16) && second <= 12 && (2 * ph + 3) * lay.row + 32 <= xp.len();
     let shift = |s: usize| -> __m512i { pulp::cast(std::array::from_fn::<i32, 16, _>(|l| (s + l) as i32)) };
-    let shifts: [[__m512i; 5]; 2] = [std::array::from_fn(|kx| shift(kx)), std::array::from_fn(|kx| shift((second + kx).min(16)))];
+    let shifts: [[__m512i; 5]; 2] = [std::array::from_fn(&shift), std::array::from_fn(|kx| shift((second + kx).min(16)))];
     let row_pair = |y: usize| -> [__m512; 2] {
         let (v, _) = xp[y * lay.row..][..32].as_chunks::<16>();
         [pulp::cast(v[0]), pulp::cast(v[1])]
