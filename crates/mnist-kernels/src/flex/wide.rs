@@ -84,42 +84,9 @@ impl Zmm {
     /// the 10 x 16 tile's 11 loads feed 10).
     #[inline(always)]
     pub(crate) fn tile_sums4x64(self, acc: &mut [[[f32; 16]; 4]; 4], rows: [&[f32]; 4], panels: [&[[f32; 16]]; 4]) {
-        // Sixteen named sums, as in `Lanes::tile_sums`.
-        let v4 = self.0;
-        let [r0, r1, r2, r3] = rows;
         let [p0, p1, p2, p3] = panels;
-        let load = |a: &[f32; 16]| -> pulp::f32x16 { pulp::cast(*a) };
-        let [a0, a1, a2, a3] = acc;
-        let (mut s00, mut s01, mut s02, mut s03) = (load(&a0[0]), load(&a0[1]), load(&a0[2]), load(&a0[3]));
-        let (mut s10, mut s11, mut s12, mut s13) = (load(&a1[0]), load(&a1[1]), load(&a1[2]), load(&a1[3]));
-        let (mut s20, mut s21, mut s22, mut s23) = (load(&a2[0]), load(&a2[1]), load(&a2[2]), load(&a2[3]));
-        let (mut s30, mut s31, mut s32, mut s33) = (load(&a3[0]), load(&a3[1]), load(&a3[2]), load(&a3[3]));
-        let steps = r0.iter().zip(r1).zip(r2).zip(r3).zip(p0).zip(p1).zip(p2).zip(p3);
-        for (((((((&x0, &x1), &x2), &x3), w0), w1), w2), w3) in steps {
-            let (w0, w1, w2, w3): (pulp::f32x16, pulp::f32x16, pulp::f32x16, pulp::f32x16) = (pulp::cast(*w0), pulp::cast(*w1), pulp::cast(*w2), pulp::cast(*w3));
-            let x = v4.splat_f32x16(x0);
-            s00 = v4.mul_add_f32x16(x, w0, s00);
-            s01 = v4.mul_add_f32x16(x, w1, s01);
-            s02 = v4.mul_add_f32x16(x, w2, s02);
-            s03 = v4.mul_add_f32x16(x, w3, s03);
-            let x = v4.splat_f32x16(x1);
-            s10 = v4.mul_add_f32x16(x, w0, s10);
-            s11 = v4.mul_add_f32x16(x, w1, s11);
-            s12 = v4.mul_add_f32x16(x, w2, s12);
-            s13 = v4.mul_add_f32x16(x, w3, s13);
-            let x = v4.splat_f32x16(x2);
-            s20 = v4.mul_add_f32x16(x, w0, s20);
-            s21 = v4.mul_add_f32x16(x, w1, s21);
-            s22 = v4.mul_add_f32x16(x, w2, s22);
-            s23 = v4.mul_add_f32x16(x, w3, s23);
-            let x = v4.splat_f32x16(x3);
-            s30 = v4.mul_add_f32x16(x, w0, s30);
-            s31 = v4.mul_add_f32x16(x, w1, s31);
-            s32 = v4.mul_add_f32x16(x, w2, s32);
-            s33 = v4.mul_add_f32x16(x, w3, s33);
-        }
-        let store = |s: [pulp::f32x16; 4]| -> [[f32; 16]; 4] { s.map(pulp::cast) };
-        *acc = [store([s00, s01, s02, s03]), store([s10, s11, s12, s13]), store([s20, s21, s22, s23]), store([s30, s31, s32, s33])];
+        let steps = p0.iter().zip(p1).zip(p2).zip(p3).map(|(((w0, w1), w2), w3)| [w0, w1, w2, w3]);
+        self.sums4x64(acc, rows, steps);
     }
 
     /// [`Self::tile_sums4x64`] with the 64 columns read where they lie: step `k` takes
@@ -128,6 +95,18 @@ impl Zmm {
     /// reads the weight in place instead of packing it first.
     #[inline(always)]
     pub(crate) fn tile_sums4x64_strided(self, acc: &mut [[[f32; 16]; 4]; 4], rows: [&[f32]; 4], matrix: &[f32], stride: usize) {
+        let steps = matrix.chunks(stride).map(|w| {
+            let (w, _) = w[..64].as_chunks::<16>();
+            [&w[0], &w[1], &w[2], &w[3]]
+        });
+        self.sums4x64(acc, rows, steps);
+    }
+
+    /// The 4 x 64 tile of both: `acc[r][c] += sum over k of rows[r][k] * step_k[c]`, over
+    /// the shorter of the rows and `steps` (the four 16-column vectors of each step).
+    #[inline(always)]
+    fn sums4x64<'a>(self, acc: &mut [[[f32; 16]; 4]; 4], rows: [&[f32]; 4], steps: impl Iterator<Item = [&'a [f32; 16]; 4]>) {
+        // Sixteen named sums, as in `Lanes::tile_sums`.
         let v4 = self.0;
         let [r0, r1, r2, r3] = rows;
         let load = |a: &[f32; 16]| -> pulp::f32x16 { pulp::cast(*a) };
@@ -136,10 +115,8 @@ impl Zmm {
         let (mut s10, mut s11, mut s12, mut s13) = (load(&a1[0]), load(&a1[1]), load(&a1[2]), load(&a1[3]));
         let (mut s20, mut s21, mut s22, mut s23) = (load(&a2[0]), load(&a2[1]), load(&a2[2]), load(&a2[3]));
         let (mut s30, mut s31, mut s32, mut s33) = (load(&a3[0]), load(&a3[1]), load(&a3[2]), load(&a3[3]));
-        let steps = r0.iter().zip(r1).zip(r2).zip(r3).zip(matrix.chunks(stride));
-        for ((((&x0, &x1), &x2), &x3), w) in steps {
-            let (w, _) = w[..64].as_chunks::<16>();
-            let (w0, w1, w2, w3): (pulp::f32x16, pulp::f32x16, pulp::f32x16, pulp::f32x16) = (pulp::cast(w[0]), pulp::cast(w[1]), pulp::cast(w[2]), pulp::cast(w[3]));
+        for ((((&x0, &x1), &x2), &x3), [w0, w1, w2, w3]) in r0.iter().zip(r1).zip(r2).zip(r3).zip(steps) {
+            let (w0, w1, w2, w3) = (load(w0), load(w1), load(w2), load(w3));
             let x = v4.splat_f32x16(x0);
             s00 = v4.mul_add_f32x16(x, w0, s00);
             s01 = v4.mul_add_f32x16(x, w1, s01);
