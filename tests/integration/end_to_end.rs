@@ -70,6 +70,10 @@ fn train_evaluate_and_predict_on_the_bundled_sample() {
     let err = format!("{:#}", mnist(&["eval", "--model", r, "--json", nowhere.to_str().unwrap()]).unwrap_err());
     let missing = dir.path().join("nowhere");
     assert!(err.ends_with(&format!("directory {} does not exist", missing.display())) && !err.contains(".tmp-"), "{err}");
+    // A report onto a directory is refused before the evaluation, and the directory stays.
+    let err = format!("{:#}", mnist(&["eval", "--model", r, "--json", r]).unwrap_err());
+    assert!(err.ends_with(&format!("{r} is a directory; give the path of a regular file")), "{err}");
+    assert!(run_dir.join("model.json").is_file());
 
     // Predict PNGs written from test digits, one of them inverted (dark ink on white).
     let data = mnist_data::Locator::offline(None).load(mnist_data::DatasetKind::Sample).unwrap();

@@ -34,7 +34,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     let manifest = check_model_dir(&model_dir)?;
     // Where the report goes is checked before the evaluation, not after it.
     let json = args.json.clone().unwrap_or_else(|| model_dir.join(artifact::EVALUATION));
-    mnist_fs::check_parent_dir(&json)?;
+    mnist_fs::check_destination(&json)?;
     let choice = match (&args.data.dataset, &manifest.dataset) {
         (Some(name), _) => name.parse::<DatasetChoice>()?,
         (None, Some(name)) => DatasetChoice::Exactly(name.parse()?),

@@ -97,6 +97,7 @@ pub fn parent_dir(path: &Path) -> &Path {
 /// [`Error::Write`] naming `path`; the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let write_err = |source| Error::Write { path: path.to_path_buf(), source };
+    not_special(path).map_err(write_err)?;
     let mut tmp = temp_file_in(parent_dir(path), TEMP_PREFIX, "").map_err(write_err)?;
     tmp.write_all(bytes).map_err(write_err)?;
     commit(tmp, path)
@@ -110,6 +111,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// [`Error::Write`] naming `path`; the temporary file is removed.
 pub fn commit(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     let write_err = |source| Error::Write { path: path.to_path_buf(), source };
+    not_special(path).map_err(write_err)?;
     tmp.as_file().sync_all().map_err(write_err)?;
     tmp.persist(path).map_err(|e| write_err(e.error))?;
     sync_dir(parent_dir(path)).map_err(write_err)
@@ -163,13 +165,40 @@ fn dir_problem(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Checks that a file can be created at `path` as far as its directory goes (it exists and
-/// is a directory), for a command to find out before a long computation rather than after.
+/// `Ok` unless `path` exists and is not a regular file. The rename of an atomic write
+/// replaces whatever is at its destination: a directory entry that is a symbolic link, a
+/// device (`/dev/full`), a FIFO or a socket would be replaced by a regular file, so such a
+/// destination is refused and left as it is.
+fn not_special(path: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => {
+            let kind = if m.is_dir() {
+                "a directory"
+            } else if m.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "not a regular file (a device, FIFO or socket)"
+            };
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} is {kind}; give the path of a regular file", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks that [`write_atomic`] can write `path`, as far as can be known before: its
+/// directory exists, is one and takes a new file, and `path` itself is not a directory, a
+/// symbolic link or a special file. For a command to find out before a long computation
+/// rather than after.
 ///
 /// # Errors
-/// [`Error::Write`] naming `path` and saying what its directory is.
-pub fn check_parent_dir(path: &Path) -> Result<()> {
-    dir_problem(parent_dir(path)).map_err(|source| Error::Write { path: path.to_path_buf(), source })
+/// [`Error::Write`] naming `path` and saying what is wrong.
+pub fn check_destination(path: &Path) -> Result<()> {
+    let write_err = |source| Error::Write { path: path.to_path_buf(), source };
+    let dir = parent_dir(path);
+    dir_problem(dir).map_err(write_err)?;
+    not_special(path).map_err(write_err)?;
+    // A file created and removed at once (dropped): permissions, a read-only file system.
+    temp_file_in(dir, TEMP_PREFIX, "").map(drop).map_err(write_err)
 }
 
 /// Whether `name` is a temporary file of [`temp_file_in`] with `prefix` and `suffix`: the
@@ -262,15 +291,52 @@ mod tests {
         let missing = path.parent().unwrap().display().to_string();
         assert_eq!(err.to_string(), format!("cannot write {}: directory {missing} does not exist", path.display()));
         // Checked up front, the same words.
-        assert_eq!(check_parent_dir(&path).unwrap_err().to_string(), err.to_string());
-        assert!(check_parent_dir(&dir.path().join("a.json")).is_ok());
-        assert!(check_parent_dir(Path::new("bare-name.json")).is_ok());
+        assert_eq!(check_destination(&path).unwrap_err().to_string(), err.to_string());
+        assert!(check_destination(&dir.path().join("a.json")).is_ok());
+        assert!(check_destination(Path::new("bare-name.json")).is_ok());
         // A file where the directory should be.
         let file = dir.path().join("file");
         std::fs::write(&file, b"").unwrap();
         let err = write_atomic(&file.join("a.json"), b"x").unwrap_err();
         assert!(err.to_string().ends_with(&format!("{} is not a directory", file.display())), "{err}");
         assert!(!err.to_string().contains(TEMP_PREFIX), "{err}");
+    }
+
+    /// A destination that is a directory, a symbolic link or a special file is refused,
+    /// by the check and by the write, and left as it was; a directory that takes no new
+    /// file is found by the check.
+    #[cfg(unix)]
+    #[test]
+    fn special_destinations_are_refused_and_left_alone() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.json");
+        std::fs::write(&target, b"kept").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let socket = dir.path().join("socket.json");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let sub = dir.path().join("sub.json");
+        std::fs::create_dir(&sub).unwrap();
+        for (path, kind) in [(&link, "is a symbolic link"), (&socket, "is not a regular file"), (&sub, "is a directory")] {
+            let checked = check_destination(path).unwrap_err().to_string();
+            assert!(checked.contains(kind), "{checked}");
+            let written = write_atomic(path, b"new").unwrap_err().to_string();
+            assert_eq!(written, checked);
+            let tmp = temp_file_in(dir.path(), TEMP_PREFIX, "").unwrap();
+            assert_eq!(commit(tmp, path).unwrap_err().to_string(), checked);
+        }
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(&socket).unwrap().file_type().is_socket(), "socket replaced");
+        assert_eq!(std::fs::read(&target).unwrap(), b"kept");
+        // A regular file is replaced, as always.
+        write_atomic(&target, b"new").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        // /proc takes no new file, even for root.
+        if Path::new("/proc/self").is_dir() {
+            let err = check_destination(Path::new("/proc/eval.json")).unwrap_err();
+            assert_eq!(err.path(), Path::new("/proc/eval.json"));
+        }
     }
 
     #[test]
