@@ -66,6 +66,13 @@ fn train_evaluate_and_predict_on_the_bundled_sample() {
     let model_json = run_dir.join("model.json");
     let err = format!("{:#}", mnist(&["eval", "--model", model_json.to_str().unwrap()]).unwrap_err());
     assert!(err.contains("a file, not a directory") && err.ends_with(&format!("`--model {r}`")), "{err}");
+    // The folder of runs for a run: the newest named; a folder of something else: said so.
+    let err = format!("{:#}", mnist(&["eval", "--model", dir.path().to_str().unwrap()]).unwrap_err());
+    assert!(err.contains("holds no model.json") && err.ends_with(&format!("the newest: `--model {r}`")), "{err}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let err = format!("{:#}", mnist(&["predict", "--model", empty.to_str().unwrap(), "x.png"]).unwrap_err());
+    assert!(err.contains("holds no model.json: expected a trained model's artifact directory") && !err.contains("os error"), "{err}");
     let nowhere = dir.path().join("nowhere").join("eval.json");
     let err = format!("{:#}", mnist(&["eval", "--model", r, "--json", nowhere.to_str().unwrap()]).unwrap_err());
     let missing = dir.path().join("nowhere");
@@ -126,8 +133,12 @@ fn bad_input_gets_clear_errors_and_writes_nothing() {
         (r#"{"learning_rate": -0.1}"#, "learning_rate must be a positive number"),
         (r#"{"steps": 0}"#, "steps must be at least 1"),
         (r#"{"model": {"dropout": 2}}"#, "dropout must be in [0, 1)"),
-        (r#"{"batch_size": "fifty"}"#, "field `batch_size`: invalid type: string \"fifty\", expected usize"),
-        (r#"{"adam": {"beta_1": true}}"#, "field `adam.beta_1`: invalid type: boolean `true`"),
+        (r#"{"batch_size": "fifty"}"#, "field `batch_size`: expected a whole number, 0 or more, got the string \"fifty\""),
+        (r#"{"adam": {"beta_1": true}}"#, "field `adam.beta_1`: expected a number, got true"),
+        (r#"{"adam": 0.9}"#, "field `adam`: expected an object of fields (beta_1, beta_2, epsilon), got 0.9"),
+        (r#"[{"steps": 10}]"#, "expected a JSON object of fields ("),
+        (r#"{"steps": 10, "steps": 20}"#, "the key `steps` appears twice"),
+        (r#"{"model": {"kernel_size": 30}}"#, "model.kernel_size must be an odd number from 1 to 28, got 30"),
         ("{ not json", "not valid JSON"),
     ] {
         std::fs::write(p("bad.json"), json).unwrap();

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mnist_bench::{Measurement, PeerMeasurement, median};
@@ -100,6 +101,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let out_dir = args.out.clone().unwrap_or_else(|| root().join("target").join("bench"));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
 
+    // Before the build below, whose own load would otherwise count as another program's.
+    let load_before = load_average();
     let mut binaries = Vec::new();
     for backend in &backends {
         binaries.push((backend.as_str(), build_mnist(backend, &out_dir)?));
@@ -125,8 +128,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
     // A machine already busy understates every system (the first AVX-512 table, taken
     // while builds shared the cores, was off by up to half): say so before and after.
-    let load_before = load_average();
-    let busy = busy_warning(load_before, cores());
+    let busy = busy_warning(load_before, busy_cores(Duration::from_secs(3)), cores());
     if let Some(warning) = &busy {
         eprintln!("{warning}");
     }
@@ -219,7 +221,8 @@ pub(crate) fn publish<R: Serialize>(table: String, busy: Option<&str>, load_befo
 /// machine, the code, and every measurement of every round.
 #[derive(Debug, Serialize)]
 struct Report<R> {
-    /// The 1-minute load average when the benchmark started (Linux).
+    /// The 1-minute load average when the benchmark started, before it built `mnist`
+    /// (Linux).
     load_average_before: Option<f64>,
     machine: Machine,
     date_utc: Option<String>,
@@ -402,17 +405,55 @@ pub(crate) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
+/// How many cores' worth of time the whole machine spent busy over the next `window`
+/// (Linux's `/proc/stat`), while this process sleeps: what other programs take from the
+/// benchmark right now. The load average cannot tell that: a build that ended seconds ago
+/// still counts in it for minutes.
+pub(crate) fn busy_cores(window: Duration) -> Option<f64> {
+    let first = cpu_times()?;
+    std::thread::sleep(window);
+    busy_between(first, cpu_times()?, cores())
+}
+
+/// The busy and total jiffies of all CPUs, from `/proc/stat`'s first line.
+fn cpu_times() -> Option<(u64, u64)> {
+    parse_cpu_line(std::fs::read_to_string("/proc/stat").ok()?.lines().next()?)
+}
+
+/// `cpu  user nice system idle iowait irq softirq steal ...` as (busy, total) jiffies;
+/// idle and iowait count as idle, guest time is already inside user time.
+fn parse_cpu_line(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    (fields.next()? == "cpu").then_some(())?;
+    let v: Vec<u64> = fields.take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+    let total: u64 = v.iter().sum();
+    Some((total - v.get(3)? - v.get(4)?, total))
+}
+
+/// The cores busy between two [`cpu_times`] readings.
+fn busy_between((busy0, total0): (u64, u64), (busy1, total1): (u64, u64), cores: usize) -> Option<f64> {
+    let total = total1.checked_sub(total0).filter(|t| *t > 0)?;
+    Some(busy1.saturating_sub(busy0) as f64 / total as f64 * cores as f64)
+}
+
 /// The cores this process may use.
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// The warning for a load average above the cores, when it is.
-pub(crate) fn busy_warning(load: Option<f64>, cores: usize) -> Option<String> {
-    let load = load?;
-    (load > cores as f64).then(|| {
+/// Other programs may take this many cores' worth of time before a run is flagged.
+const BUSY_CORES: f64 = 0.5;
+
+/// The warning for a busy machine, when it is: a load average above the cores before the
+/// benchmark's build, or more than [`BUSY_CORES`] in use just before its first measurement.
+pub(crate) fn busy_warning(load: Option<f64>, busy: Option<f64>, cores: usize) -> Option<String> {
+    let load = load.filter(|l| *l > cores as f64).map(|l| format!("load average {l:.2} on {cores} cores"));
+    let busy = busy.filter(|b| *b > BUSY_CORES).map(|b| format!("other programs using {b:.1} of {cores} cores"));
+    let why = [load, busy].into_iter().flatten().collect::<Vec<_>>();
+    (!why.is_empty()).then(|| {
         format!(
-            "WARNING: the machine was busy when the benchmark started (load average {load:.2} on {cores} cores): every system's figures are understated; measure on an idle machine"
+            "WARNING: the machine was busy when the benchmark started ({}): every system's figures are understated; measure on an idle machine",
+            why.join(", ")
         )
     })
 }
@@ -770,10 +811,19 @@ mod tests {
         let t = table(&results);
         assert!(!t.contains("(!)") && !t.contains("WARNING"), "{t}");
         assert!(disagree(&[1000.0, 700.0]) && !disagree(&[1000.0]) && !disagree(&[]));
-        assert_eq!(busy_warning(Some(1.5), 2), None);
-        assert_eq!(busy_warning(None, 2), None);
-        let w = busy_warning(Some(3.1), 2).expect("busy");
-        assert!(w.contains("load average 3.10 on 2 cores") && w.contains("understated"), "{w}");
+        assert_eq!(busy_warning(Some(1.5), Some(0.1), 2), None);
+        assert_eq!(busy_warning(None, None, 2), None);
+        let w = busy_warning(Some(3.1), None, 2).expect("busy");
+        assert!(w.contains("(load average 3.10 on 2 cores)") && w.contains("understated"), "{w}");
+        let w = busy_warning(Some(0.2), Some(1.24), 2).expect("busy");
+        assert!(w.contains("(other programs using 1.2 of 2 cores)"), "{w}");
+        // Jiffies from /proc/stat: half of two cores' time busy is one core.
+        let line = "cpu  100 0 50 800 50 0 0 0 0 0";
+        assert_eq!(parse_cpu_line(line), Some((150, 1000)));
+        assert_eq!(busy_between((150, 1000), (250, 1200), 2), Some(1.0));
+        assert_eq!(busy_between((150, 1000), (150, 1000), 2), None);
+        assert_eq!(parse_cpu_line("cpu0 1 2 3"), None);
+        assert!(cpu_times().is_none_or(|(busy, total)| busy <= total));
     }
 
     /// Over rounds: each figure the median of its rounds, each ratio the median of the

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use mnist_bench::{ServeMeasurement, median};
 use serde::Serialize;
 
-use crate::bench::{BenchArgs, build_mnist, busy_warning, cores, disagree, load_average, measure_with, publish};
+use crate::bench::{BenchArgs, build_mnist, busy_cores, busy_warning, cores, disagree, load_average, measure_with, publish};
 use crate::root;
 
 /// One way of loading the server: `(name, max batch, concurrency)`. The table's ratios
@@ -42,11 +42,12 @@ enum Outcome {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let out_dir = args.out.clone().unwrap_or_else(|| root().join("target").join("bench"));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // Before the build, whose own load would otherwise count as another program's.
+    let load_before = load_average();
     let binary = build_mnist("flex", &out_dir)?;
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
     let requests = if args.quick { 2_000 } else { 10_000 };
-    let load_before = load_average();
-    let busy = busy_warning(load_before, cores());
+    let busy = busy_warning(load_before, busy_cores(std::time::Duration::from_secs(3)), cores());
     if let Some(warning) = &busy {
         eprintln!("{warning}");
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use mnist_data::{DatasetChoice, DatasetKind, Locator};
+use mnist_data::{DatasetChoice, DatasetKind};
 use mnist_infer::{Classifier, Evaluation};
 use mnist_model::artifact::{self, Manifest};
 
@@ -34,22 +34,29 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     let manifest = check_model_dir(&model_dir)?;
     // Where the report goes is checked before the evaluation, not after it.
     let json = args.json.clone().unwrap_or_else(|| model_dir.join(artifact::EVALUATION));
-    mnist_fs::check_destination(&json)?;
+    let to_stdout = json.as_os_str() == "-";
+    if !to_stdout {
+        mnist_fs::check_destination(&json)?;
+    }
     let choice = match (&args.data.dataset, &manifest.dataset) {
         (Some(name), _) => name.parse::<DatasetChoice>()?,
         (None, Some(name)) => DatasetChoice::Exactly(name.parse()?),
         (None, None) => DatasetChoice::Auto,
     };
-    let loaded = Locator::from_env(args.data.data_dir.clone()).load_choice(choice)?;
-    if let Some(notice) = &loaded.notice {
-        note!("note: {notice}");
-    }
-    let dataset = loaded.dataset;
+    let dataset = args.data.load(choice)?;
     let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test })?;
     // A closed standard output (`| head`) ends the printing quietly; eval.json is
     // written all the same.
-    say!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
-    say!("{}", evaluation.table(&class_names(&manifest)));
+    let heading = format!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
+    let table = evaluation.table(&class_names(&manifest));
+    if to_stdout {
+        // `--json -`: the JSON alone on standard output, for a pipe; the table for the eye.
+        note!("{heading}\n{table}");
+        say!("{}", serde_json::to_string_pretty(&evaluation)?);
+        return Ok(Status::Success);
+    }
+    say!("{heading}");
+    say!("{table}");
     artifact::json::write(&json, &evaluation)?;
     say!("wrote {}", json.display());
     Ok(Status::Success)
@@ -96,6 +103,25 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
             dir.display(),
             shell_quote(&dir.display().to_string())
         );
+    }
+    if !dir.join(artifact::MANIFEST).exists() {
+        // Often the folder of runs, or a run's parent: name a run in it.
+        let runs = newest_run(dir, artifact::MANIFEST).ok();
+        match runs {
+            Some(run) => bail!(
+                "{} holds no {}: it is not a trained model's artifact directory, but it holds runs; pass one, e.g. the newest: `--model {}`",
+                dir.display(),
+                artifact::MANIFEST,
+                shell_quote(&run.display().to_string())
+            ),
+            None => bail!(
+                "{} holds no {}: expected a trained model's artifact directory (the folder `mnist train` writes, with {} and {})",
+                dir.display(),
+                artifact::MANIFEST,
+                artifact::MANIFEST,
+                artifact::WEIGHTS
+            ),
+        }
     }
     let manifest = artifact::read_manifest(dir).with_context(|| format!("cannot load the model in {}", dir.display()))?;
     let mpk = dir.join(artifact::WEIGHTS);
@@ -161,6 +187,10 @@ impl Job for PredictJob<'_> {
                 Ok(p) => say!("{}: {} (probability {:.4})", file.display(), classes[p.digit], p.confidence()),
                 Err(e) => {
                     note!("error: {e}");
+                    if self.json {
+                        // One line per file, failures too, so a reader can match them up.
+                        say!("{}", serde_json::json!({ "file": file, "error": e.to_string() }));
+                    }
                     failed += 1;
                     true
                 }

@@ -57,7 +57,7 @@ pub enum Command {
 pub struct DataArgs {
     /// mnist, fashion or sample. Default for training: full MNIST if found or
     /// downloadable, else the bundled sample; for eval: the dataset the model was trained on.
-    #[arg(long)]
+    #[arg(long, value_parser = dataset_name)]
     pub dataset: Option<String>,
     /// Directory holding the four IDX files (gzip or raw); also MNIST_DATA_DIR.
     #[arg(long)]
@@ -108,9 +108,31 @@ pub struct EvalArgs {
     /// Dataset options.
     #[command(flatten)]
     pub data: DataArgs,
-    /// Where to write the evaluation as JSON (default: MODEL/eval.json).
+    /// Where to write the evaluation as JSON (default: MODEL/eval.json); `-`: standard
+    /// output, with the table on standard error.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// Loads the dataset `choice` names, from `--data-dir` (or `MNIST_DATA_DIR`) where it
+    /// applies, and prints the loader's notice (a fall-back to the sample) on standard error.
+    pub(crate) fn load(&self, choice: mnist_data::DatasetChoice) -> anyhow::Result<mnist_data::Dataset> {
+        if let (Some(dir), mnist_data::DatasetChoice::Exactly(mnist_data::DatasetKind::Sample)) = (&self.data_dir, &choice) {
+            output::note!("note: --data-dir {} is not read: the bundled sample is built into mnist", dir.display());
+        }
+        let loaded = mnist_data::Locator::from_env(self.data_dir.clone()).load_choice(choice)?;
+        if let Some(notice) = &loaded.notice {
+            output::note!("note: {notice}");
+        }
+        Ok(loaded.dataset)
+    }
+}
+
+/// `--dataset`'s value checked when the arguments are parsed, so a misspelt name is a
+/// usage error (exit 2) naming the names there are.
+fn dataset_name(name: &str) -> std::result::Result<String, String> {
+    name.parse::<mnist_data::DatasetChoice>().map(|_| name.to_string()).map_err(|e| e.to_string())
 }
 
 /// `mnist predict`.

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use mnist_data::{DatasetChoice, Locator};
+use mnist_data::DatasetChoice;
 use mnist_model::artifact;
 use mnist_train::{Outcome, ProgressMode, TrainConfig, TrainOptions, checkpoint};
 
@@ -46,11 +46,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         }
         (None, None, false) => DatasetChoice::Auto,
     };
-    let loaded = Locator::from_env(args.data.data_dir.clone()).load_choice(choice)?;
-    if let Some(notice) = &loaded.notice {
-        note!("note: {notice}");
-    }
-    let dataset = loaded.dataset;
+    let dataset = args.data.load(choice)?;
     // Before announcing the run: a GPU backend without an adapter fails here.
     crate::backend::prepare(backend)?;
     let out = if out.as_os_str().is_empty() {

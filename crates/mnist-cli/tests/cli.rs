@@ -179,6 +179,42 @@ fn no_bad_input_ends_in_a_panic() {
 }
 
 #[test]
+fn machine_readable_output_stays_machine_readable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_dir(tmp.path());
+    let m = model.to_str().unwrap();
+    // predict --json: one JSON object per file given, its failures too, in order.
+    let seven = cases().join("images/repro_seven_bg128.png");
+    let text_file = tmp.path().join("notes.png");
+    std::fs::write(&text_file, "a shopping list").unwrap();
+    let files = [seven.to_str().unwrap(), text_file.to_str().unwrap(), "/nonexistent.png"];
+    let output = mnist().args(["predict", "--json", "--model", m]).args(files).output().unwrap();
+    let stderr = no_panic("predict --json", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let lines: Vec<serde_json::Value> = text(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (line, file) in lines.iter().zip(files) {
+        assert_eq!(line["file"], file, "{line}");
+    }
+    assert!(lines[0]["class"].is_u64() && lines[0].get("error").is_none(), "{}", lines[0]);
+    assert!(lines[1]["error"].as_str().unwrap().contains("notes.png") && lines[1].get("class").is_none(), "{}", lines[1]);
+    assert!(lines[2]["error"].is_string(), "{}", lines[2]);
+    // eval --json -: the evaluation on standard output, nothing else there; no file `-`.
+    let output = mnist().current_dir(tmp.path()).args(["eval", "--model", m, "--dataset", "sample", "--json", "-"]).output().unwrap();
+    let stderr = no_panic("eval --json -", &output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let eval: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(eval["images"], 2_000);
+    assert!(stderr.contains("accuracy"), "{stderr}");
+    assert!(!tmp.path().join("-").exists() && !model.join("eval.json").exists());
+    // A misspelt dataset is a usage error, like any bad argument.
+    let output = mnist().args(["eval", "--model", m, "--dataset", "cifar"]).output().unwrap();
+    let stderr = no_panic("eval --dataset cifar", &output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown dataset \"cifar\"; expected mnist, fashion or sample"), "{stderr}");
+}
+
+#[test]
 fn a_closed_stdout_ends_predict_quietly() {
     let tmp = tempfile::tempdir().unwrap();
     let model = model_dir(tmp.path());

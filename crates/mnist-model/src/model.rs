@@ -69,7 +69,7 @@ impl CnnConfig {
             return bad(format!("classes must be at least 2, got {}", self.classes));
         }
         if self.kernel_size.is_multiple_of(2) || self.kernel_size > SIDE {
-            return bad(format!("kernel_size must be odd and in 1..=28, got {}", self.kernel_size));
+            return bad(format!("kernel_size must be an odd number from 1 to {SIDE}, got {}", self.kernel_size));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));

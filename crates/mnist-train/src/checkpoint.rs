@@ -117,7 +117,7 @@ fn parse_state(bytes: &[u8], path: &Path) -> Result<CheckpointState> {
     let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
     // Checkpoints written before Adam's values moved under `adam` resume too.
     if let Some(config) = value.get_mut("config") {
-        crate::config::migrate(config);
+        crate::config::migrate(config).map_err(|message| Error::Checkpoint { path: path.to_path_buf(), message: format!("corrupt state section: {message}") })?;
     }
     serde_json::from_value(value).map_err(corrupt)
 }

@@ -60,11 +60,16 @@ impl TrainConfig {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
         let json_err = |message: String| mnist_model::Error::Json { path: path.to_path_buf(), message };
-        let mut value: Value = serde_json::from_str(&text).map_err(|e| json_err(format!("not valid JSON: {e}")))?;
-        migrate(&mut value);
-        let config: TrainConfig = mnist_model::artifact::json::from_value_strict(value, &TrainConfig::new()).map_err(json_err)?;
+        let mut value = mnist_model::artifact::json::parse(&text).map_err(json_err)?;
+        let renamed = migrate(&mut value).map_err(json_err)?;
+        // An error about a value the file gives under an old name says so.
+        let as_written = |message: String| match renamed.iter().find(|(_, new)| message.contains(&format!("adam.{new}"))) {
+            Some((old, new)) => format!("{message} (the file's `{old}`, the old name of `adam.{new}`)"),
+            None => message,
+        };
+        let config: TrainConfig = mnist_model::artifact::json::from_value_strict(value, &TrainConfig::new()).map_err(|e| json_err(as_written(e)))?;
         config.validate().map_err(|e| match e {
-            Error::InvalidConfig(msg) => Error::InvalidConfig(format!("{}: {msg}", path.display())),
+            Error::InvalidConfig(msg) => Error::InvalidConfig(format!("{}: {}", path.display(), as_written(msg))),
             other => other,
         })?;
         Ok(config)
@@ -73,7 +78,10 @@ impl TrainConfig {
     /// Checks every value is in range.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
-        self.model.validate().map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        self.model.validate().map_err(|e| match e {
+            mnist_model::Error::InvalidConfig(msg) => Error::InvalidConfig(format!("model.{msg}")),
+            other => Error::InvalidConfig(other.to_string()),
+        })?;
         if self.model.classes != mnist_data::CLASSES {
             return bad(format!(
                 "model.classes must be {} (every dataset here has {} classes, labels 0..=9), got {}",
@@ -124,17 +132,25 @@ impl TrainConfig {
 
 /// Rewrites a config written before Adam's values were grouped under `adam` with Burn's
 /// names (`beta1`, `beta2` and `epsilon` at the top level) into today's form, so the
-/// config.json and checkpoints of earlier runs still resume.
-pub(crate) fn migrate(value: &mut Value) {
-    let Some(fields) = value.as_object_mut() else { return };
+/// config.json and checkpoints of earlier runs still resume. Returns the old names found,
+/// each with its new name under `adam`; a value given under both names is an error (which
+/// one was meant?).
+pub(crate) fn migrate(value: &mut Value) -> std::result::Result<Vec<(&'static str, &'static str)>, String> {
+    let mut renamed = Vec::new();
+    let Some(fields) = value.as_object_mut() else { return Ok(renamed) };
     for (old, new) in [("beta1", "beta_1"), ("beta2", "beta_2"), ("epsilon", "epsilon")] {
         if let Some(v) = fields.remove(old) {
             let adam = fields.entry("adam").or_insert_with(|| Value::Object(Default::default()));
             if let Some(adam) = adam.as_object_mut() {
-                adam.entry(new).or_insert(v);
+                if adam.contains_key(new) {
+                    return Err(format!("`{old}` is the old name of `adam.{new}`, and the file gives both: keep only `adam.{new}`"));
+                }
+                adam.insert(new.into(), v);
+                renamed.push((old, new));
             }
         }
     }
+    Ok(renamed)
 }
 
 #[cfg(test)]
@@ -181,6 +197,24 @@ mod tests {
         std::fs::write(&path, r#"{"adam": {"beta1": 0.8}}"#).unwrap();
         let err = TrainConfig::read(&path).unwrap_err().to_string();
         assert!(err.contains("unknown field `adam.beta1`"), "{err}");
+        // Both names of one value: which was meant? An old name's bad value is named as written.
+        std::fs::write(&path, r#"{"beta1": 0.8, "adam": {"beta_1": 0.7}}"#).unwrap();
+        let err = TrainConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("`beta1` is the old name of `adam.beta_1`, and the file gives both"), "{err}");
+        std::fs::write(&path, r#"{"beta1": 1.5}"#).unwrap();
+        let err = TrainConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("adam.beta_1 must be in [0, 1), got 1.5 (the file's `beta1`, the old name of `adam.beta_1`)"), "{err}");
+        std::fs::write(&path, r#"{"beta2": "high"}"#).unwrap();
+        let err = TrainConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("field `adam.beta_2`: expected a number, got the string \"high\" (the file's `beta2`"), "{err}");
+        // A key given twice, and a model value out of range, named once with its path.
+        std::fs::write(&path, r#"{"steps": 10, "steps": 20}"#).unwrap();
+        let err = TrainConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("c.json") && err.contains("the key `steps` appears twice"), "{err}");
+        std::fs::write(&path, r#"{"model": {"kernel_size": 4}}"#).unwrap();
+        let err = TrainConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("c.json: model.kernel_size must be an odd number from 1 to 28, got 4"), "{err}");
+        assert_eq!(err.matches("invalid").count(), 1, "{err}");
         std::fs::write(&path, r#"{"batch_size": 0}"#).unwrap();
         let err = TrainConfig::read(&path).unwrap_err().to_string();
         assert!(err.contains("c.json") && err.contains("batch_size"), "{err}");

@@ -26,21 +26,131 @@ pub fn read_strict<T: Serialize + DeserializeOwned>(path: &Path, template: &T) -
 
 /// Parses `text` as a `T` with the checks of [`read_strict`]; the error is a message.
 pub fn from_str_strict<T: Serialize + DeserializeOwned>(text: &str, template: &T) -> std::result::Result<T, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    from_value_strict(value, template)
+    from_value_strict(parse(text)?, template)
+}
+
+/// Parses JSON text, refusing an object that holds the same key twice (serde_json would
+/// keep the last one silently, so `{"steps": 10, "steps": 20}` would train 20 steps). The
+/// error is a message: `not valid JSON: ...` with the line and column.
+pub fn parse(text: &str) -> std::result::Result<Value, String> {
+    serde_json::from_str::<Unique>(text).map(|u| u.0).map_err(|e| format!("not valid JSON: {e}"))
 }
 
 /// [`from_str_strict`] of a JSON value already parsed.
 pub fn from_value_strict<T: Serialize + DeserializeOwned>(value: Value, template: &T) -> std::result::Result<T, String> {
     let known = serde_json::to_value(template).map_err(|e| e.to_string())?;
+    if let (Value::Object(fields), false) = (&known, value.is_object()) {
+        let names: Vec<&str> = fields.keys().map(String::as_str).collect();
+        return Err(format!("expected a JSON object of fields ({}), got {}", names.join(", "), describe(&value)));
+    }
     check_keys(&value, &known, "")?;
-    let mut merged = known;
-    merge(&mut merged, value);
-    // A value of the wrong type or out of its type's range names its field.
-    serde_path_to_error::deserialize(merged).map_err(|e| match e.path().to_string().as_str() {
-        "." => e.inner().to_string(),
-        path => format!("field `{path}`: {}", e.inner()),
+    let mut merged = known.clone();
+    merge(&mut merged, value.clone());
+    // A value of the wrong type or out of its type's range names its field, and says what
+    // the field takes in JSON's terms (not Rust's `usize` or `struct CnnConfig`).
+    serde_path_to_error::deserialize(merged).map_err(|e| {
+        let segments: Vec<String> = e.path().iter().filter_map(|s| match s {
+            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+            _ => None,
+        }).collect();
+        let expected = at(&known, &segments).and_then(expects);
+        match (segments.is_empty(), expected, at(&value, &segments)) {
+            (false, Some(expected), Some(given)) => format!("field `{}`: expected {expected}, got {}", segments.join("."), describe(given)),
+            (false, _, _) => format!("field `{}`: {}", segments.join("."), e.inner()),
+            (true, _, _) => e.inner().to_string(),
+        }
     })
+}
+
+/// The value at a path of object keys.
+fn at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
+}
+
+/// What a field whose default is `template` takes, in JSON's terms; `None` where the
+/// deserializer's own message says it better (a name from a list, an optional value).
+fn expects(template: &Value) -> Option<String> {
+    Some(match template {
+        Value::Number(n) if n.is_u64() => "a whole number, 0 or more".into(),
+        Value::Number(n) if n.is_i64() => "a whole number".into(),
+        Value::Number(_) => "a number".into(),
+        Value::Bool(_) => "true or false".into(),
+        Value::Object(fields) => {
+            let names: Vec<&str> = fields.keys().map(String::as_str).collect();
+            format!("an object of fields ({})", names.join(", "))
+        }
+        Value::String(_) | Value::Array(_) | Value::Null => return None,
+    })
+}
+
+/// A JSON value as an error message shows it.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("the string {}", Value::String(s.clone())),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// A JSON value parsed with every object's keys checked to be distinct.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueVisitor)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Unique;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Unique, E> {
+        Ok(Unique(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Unique, E> {
+        Ok(Unique(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Unique, E> {
+        Ok(Unique(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Unique, E> {
+        Ok(Unique(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Unique, E> {
+        Ok(Unique(Value::String(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Unique, E> {
+        Ok(Unique(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Unique, E> {
+        Ok(Unique(Value::Null))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Unique, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Unique(Value::Array(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Unique, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("the key `{key}` appears twice in one object; keep one")));
+            }
+            let Unique(v) = map.next_value()?;
+            fields.insert(key, v);
+        }
+        Ok(Unique(Value::Object(fields)))
+    }
 }
 
 fn check_keys(value: &Value, known: &Value, prefix: &str) -> std::result::Result<(), String> {
@@ -98,12 +208,31 @@ mod tests {
         assert!(err.contains("unknown field `hiden`") && err.contains("hidden"), "{err}");
         let c: CnnConfig = from_str_strict(r#"{"hidden": 10}"#, &CnnConfig::new()).unwrap();
         assert_eq!(c, CnnConfig::new().with_hidden(10));
-        // A wrong value names its field once, and what was expected.
-        let err = from_str_strict(r#"{"hidden": -1}"#, &CnnConfig::new()).unwrap_err();
-        assert!(err.starts_with("field `hidden`: invalid value: integer `-1`, expected usize"), "{err}");
-        assert_eq!(err.matches("invalid").count(), 1, "{err}");
-        let err = from_str_strict(r#"{"hidden": "wide"}"#, &CnnConfig::new()).unwrap_err();
-        assert!(err.starts_with("field `hidden`: invalid type: string \"wide\""), "{err}");
+        // A wrong value names its field once, and what was expected in JSON's terms.
+        for (text, message) in [
+            (r#"{"hidden": -1}"#, "field `hidden`: expected a whole number, 0 or more, got -1"),
+            (r#"{"hidden": 2.5}"#, "field `hidden`: expected a whole number, 0 or more, got 2.5"),
+            (r#"{"hidden": "wide"}"#, "field `hidden`: expected a whole number, 0 or more, got the string \"wide\""),
+            (r#"{"dropout": true}"#, "field `dropout`: expected a number, got true"),
+            (r#"{"dropout": null}"#, "field `dropout`: expected a number, got null"),
+            (r#"[1, 2]"#, "expected a JSON object of fields (classes, conv1_channels, conv2_channels, dropout, hidden, init_bias, init_std, kernel_size), got an array"),
+            (r#"7"#, "expected a JSON object of fields"),
+        ] {
+            let err = from_str_strict(text, &CnnConfig::new()).unwrap_err();
+            assert!(err.starts_with(message), "{text}: {err}");
+            assert!(!err.contains("usize") && !err.contains("f64") && !err.contains("struct"), "{err}");
+        }
         assert!(from_str_strict::<CnnConfig>("{", &CnnConfig::new()).unwrap_err().contains("not valid JSON"));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let err = from_str_strict(r#"{"hidden": 10, "hidden": 20}"#, &CnnConfig::new()).unwrap_err();
+        assert!(err.contains("not valid JSON") && err.contains("the key `hidden` appears twice") && err.contains("line 1"), "{err}");
+        let err = parse("{\"a\": {\"b\": 1,\n \"b\": 1}}").unwrap_err();
+        assert!(err.contains("`b` appears twice") && err.contains("line 2"), "{err}");
+        // The same key in two objects is no duplicate, and values keep their types.
+        let v = parse(r#"{"a": {"b": 1}, "c": {"b": [-2, 0.5, "x", null, true]}}"#).unwrap();
+        assert_eq!(v, serde_json::json!({"a": {"b": 1}, "c": {"b": [-2, 0.5, "x", null, true]}}));
     }
 }
