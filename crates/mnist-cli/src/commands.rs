@@ -43,7 +43,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
         (None, Some(name)) => DatasetChoice::Exactly(name.parse()?),
         (None, None) => DatasetChoice::Auto,
     };
-    let dataset = args.data.load(choice)?;
+    let dataset = args.data.load(choice, mnist_data::Splits::Test)?;
     let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test })?;
     // A closed standard output (`| head`) ends the printing quietly; eval.json is
     // written all the same.

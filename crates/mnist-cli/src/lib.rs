@@ -115,13 +115,15 @@ pub struct EvalArgs {
 }
 
 impl DataArgs {
-    /// Loads the dataset `choice` names, from `--data-dir` (or `MNIST_DATA_DIR`) where it
+    /// Loads the dataset `choice` names (only its test split with `splits`
+    /// [`mnist_data::Splits::Test`]), from `--data-dir` (or `MNIST_DATA_DIR`) where it
     /// applies, and prints the loader's notice (a fall-back to the sample) on standard error.
-    pub(crate) fn load(&self, choice: mnist_data::DatasetChoice) -> anyhow::Result<mnist_data::Dataset> {
+    pub(crate) fn load(&self, choice: mnist_data::DatasetChoice, splits: mnist_data::Splits) -> anyhow::Result<mnist_data::Dataset> {
         if let (Some(dir), mnist_data::DatasetChoice::Exactly(mnist_data::DatasetKind::Sample)) = (&self.data_dir, &choice) {
             output::note!("note: --data-dir {} is not read: the bundled sample is built into mnist", dir.display());
         }
-        let loaded = mnist_data::Locator::from_env(self.data_dir.clone()).load_choice(choice)?;
+        let locator = mnist_data::Locator { splits, ..mnist_data::Locator::from_env(self.data_dir.clone()) };
+        let loaded = locator.load_choice(choice)?;
         if let Some(notice) = &loaded.notice {
             output::note!("note: {notice}");
         }

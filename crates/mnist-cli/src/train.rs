@@ -46,7 +46,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         }
         (None, None, false) => DatasetChoice::Auto,
     };
-    let dataset = args.data.load(choice)?;
+    let dataset = args.data.load(choice, mnist_data::Splits::Both)?;
     // Before announcing the run: a GPU backend without an adapter fails here.
     crate::backend::prepare(backend)?;
     let out = if out.as_os_str().is_empty() {

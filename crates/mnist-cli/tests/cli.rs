@@ -207,6 +207,22 @@ fn machine_readable_output_stays_machine_readable() {
     assert_eq!(eval["images"], 2_000);
     assert!(stderr.contains("accuracy"), "{stderr}");
     assert!(!tmp.path().join("-").exists() && !model.join("eval.json").exists());
+    // Evaluation needs the test split only: a folder without the training files does.
+    let data = tmp.path().join("test-only");
+    std::fs::create_dir(&data).unwrap();
+    let labels: Vec<u8> = (0..10_000).map(|i| (i % 10) as u8).collect();
+    std::fs::write(data.join("t10k-images-idx3-ubyte"), mnist_data::idx::encode_images(&vec![0; 10_000 * 784])).unwrap();
+    std::fs::write(data.join("t10k-labels-idx1-ubyte"), mnist_data::idx::encode_labels(&labels)).unwrap();
+    let d = data.to_str().unwrap();
+    let output = mnist().args(["eval", "--model", m, "--dataset", "fashion", "--data-dir", d, "--json", "-"]).output().unwrap();
+    let stderr = no_panic("eval on a test split alone", &output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let eval: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(eval["images"], 10_000);
+    // ... and training still asks for all four, naming the first one missing.
+    let output = mnist().args(["train", "--dataset", "fashion", "--data-dir", d, "--out", tmp.path().join("never").to_str().unwrap()]).output().unwrap();
+    let stderr = no_panic("train on a test split alone", &output);
+    assert!(stderr.contains("missing train-images-idx3-ubyte") && stderr.contains("the four fashion IDX files"), "{stderr}");
     // A misspelt dataset is a usage error, like any bad argument.
     let output = mnist().args(["eval", "--model", m, "--dataset", "cifar"]).output().unwrap();
     let stderr = no_panic("eval --dataset cifar", &output);

@@ -151,8 +151,8 @@ fn entries(dir: &Path) -> impl Iterator<Item = (String, PathBuf)> {
         .map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.path()))
 }
 
-/// Images and their labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Images and their labels (`Split::default()`: none).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Split {
     images: Vec<u8>,
     labels: Vec<u8>,
@@ -250,42 +250,77 @@ pub struct Dataset {
     pub kind: DatasetKind,
     /// Where it was loaded from (a directory, or `bundled sample`).
     pub origin: String,
-    /// Training images.
+    /// Training images: empty when only the test split was asked for ([`Splits::Test`]).
     pub train: Split,
     /// Test images.
     pub test: Split,
 }
 
+/// Which splits of a dataset to load: evaluation needs only the test split's two files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Splits {
+    /// The training and the test split: all four files.
+    #[default]
+    Both,
+    /// The test split alone (`t10k-*`); the dataset's `train` is left empty.
+    Test,
+}
+
+impl Splits {
+    /// The files these splits are read from, of [`FILES`].
+    pub fn files(self) -> &'static [FileSpec] {
+        match self {
+            Splits::Both => &FILES,
+            Splits::Test => &FILES[2..],
+        }
+    }
+}
+
 impl Dataset {
     /// Loads the four files of `kind` from `dir` and checks the split sizes.
     pub fn load_dir(kind: DatasetKind, dir: &Path) -> Result<Self> {
+        Self::load_dir_splits(kind, dir, Splits::Both)
+    }
+
+    /// Loads the files of `splits` of `kind` from `dir` and checks their sizes: with
+    /// [`Splits::Test`], the training files need not be there and are not read.
+    pub fn load_dir_splits(kind: DatasetKind, dir: &Path, splits: Splits) -> Result<Self> {
         let mut paths = Vec::with_capacity(4);
-        for file in &FILES {
+        for file in splits.files() {
             paths.push(find_file(dir, file).ok_or_else(|| Error::MissingFile {
                 dir: dir.to_path_buf(),
                 file: file.name,
                 dataset: kind.name(),
+                wanted: match splits {
+                    Splits::Both => "the four",
+                    Splits::Test => "the test split's two",
+                },
                 near_misses: file.near_misses(dir),
             })?);
         }
-        let train = Split::read(&paths[0], &paths[1])?;
-        let test = Split::read(&paths[2], &paths[3])?;
+        let (train, test) = match splits {
+            Splits::Both => (Split::read(&paths[0], &paths[1])?, Split::read(&paths[2], &paths[3])?),
+            Splits::Test => (Split::default(), Split::read(&paths[0], &paths[1])?),
+        };
         let dataset = Dataset {
             kind,
             origin: dir.display().to_string(),
             train,
             test,
         };
-        dataset.check_sizes(&paths[0], &paths[2])?;
+        match splits {
+            Splits::Both => dataset.check_sizes(Some(&paths[0]), &paths[2])?,
+            Splits::Test => dataset.check_sizes(None, &paths[0])?,
+        }
         Ok(dataset)
     }
 
-    pub(crate) fn check_sizes(&self, train_path: &Path, test_path: &Path) -> Result<()> {
+    /// Checks the splits hold as many images as `kind` has; the training split only when
+    /// it was read (`train_path`).
+    pub(crate) fn check_sizes(&self, train_path: Option<&Path>, test_path: &Path) -> Result<()> {
         let (train, test) = self.kind.split_sizes();
-        for (split, found, expected, path) in [
-            ("train", self.train.len(), train, train_path),
-            ("test", self.test.len(), test, test_path),
-        ] {
+        let train = train_path.map(|path| ("train", self.train.len(), train, path));
+        for (split, found, expected, path) in train.into_iter().chain([("test", self.test.len(), test, test_path)]) {
             if found != expected {
                 return Err(Error::UnexpectedCount {
                     path: path.to_path_buf(),
@@ -369,5 +404,27 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = Dataset::load_dir(DatasetKind::Fashion, empty.path()).unwrap_err();
         assert!(matches!(&err, Error::MissingFile { near_misses, .. } if near_misses.is_empty()), "{err}");
+    }
+
+    #[test]
+    fn the_test_split_loads_without_the_training_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = vec![9u8; 10_000 * PIXELS];
+        let labels: Vec<u8> = (0..10_000).map(|i| (i % 10) as u8).collect();
+        touch(dir.path(), "t10k-images-idx3-ubyte.gz", &gzip(&encode_images(&images)));
+        touch(dir.path(), "t10k-labels-idx1-ubyte", &encode_labels(&labels));
+        let d = Dataset::load_dir_splits(DatasetKind::Fashion, dir.path(), Splits::Test).unwrap();
+        assert_eq!((d.train.len(), d.test.len(), d.test.label(3), d.kind), (0, 10_000, 3, DatasetKind::Fashion));
+        // Both splits still need all four files, and say so.
+        let err = Dataset::load_dir(DatasetKind::Fashion, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("missing train-images-idx3-ubyte") && err.contains("expected the four fashion IDX files"), "{err}");
+        // A test split alone is held to its size, and a missing test file named as such.
+        touch(dir.path(), "t10k-images-idx3-ubyte.gz", &gzip(&encode_images(&images[..10 * PIXELS])));
+        touch(dir.path(), "t10k-labels-idx1-ubyte", &encode_labels(&labels[..10]));
+        let err = Dataset::load_dir_splits(DatasetKind::Fashion, dir.path(), Splits::Test).unwrap_err();
+        assert!(matches!(err, Error::UnexpectedCount { split: "test", found: 10, expected: 10_000, .. }), "{err}");
+        std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte")).unwrap();
+        let err = Dataset::load_dir_splits(DatasetKind::Fashion, dir.path(), Splits::Test).unwrap_err().to_string();
+        assert!(err.contains("missing t10k-labels-idx1-ubyte") && err.contains("expected the test split's two fashion IDX files"), "{err}");
     }
 }

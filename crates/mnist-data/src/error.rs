@@ -157,7 +157,7 @@ pub enum Error {
         expected: usize,
     },
     /// The dataset was not found locally and could not be downloaded.
-    #[error("{dataset} was not found and could not be downloaded.\n{details}\nPut the four files {files} (gzip or raw) into {cache}, or point --data-dir / MNIST_DATA_DIR at a directory holding them.")]
+    #[error("{dataset} was not found and could not be downloaded.\n{details}\nPut the files {files} (gzip or raw) into {cache}, or point --data-dir / MNIST_DATA_DIR at a directory holding them.")]
     NotFound {
         /// Dataset name.
         dataset: &'static str,
@@ -169,7 +169,7 @@ pub enum Error {
         cache: String,
     },
     /// A directory does not hold one of the files of the dataset.
-    #[error("{}: missing {file} (or {file}.gz){}; expected the four {dataset} IDX files there, gzip-compressed or raw (`.idx` for `-idx` and any letter case also do)", dir.display(), near_miss_note(near_misses))]
+    #[error("{}: missing {file} (or {file}.gz){}; expected {wanted} {dataset} IDX files there, gzip-compressed or raw (`.idx` for `-idx` and any letter case also do)", dir.display(), near_miss_note(near_misses))]
     MissingFile {
         /// The directory.
         dir: PathBuf,
@@ -177,6 +177,8 @@ pub enum Error {
         file: &'static str,
         /// Dataset name.
         dataset: &'static str,
+        /// Which of its files were looked for: `the four`, or `the test split's two`.
+        wanted: &'static str,
         /// Names in the directory that look like the file but are not read (`NAME.zip`,
         /// `NAME (1).gz`, a directory `NAME/`), sorted.
         near_misses: Vec<String>,

@@ -38,7 +38,7 @@ mod source;
 
 pub use batch::Batch;
 pub use order::{Sampler, epoch_order};
-pub use dataset::{Dataset, DatasetKind, FILES, FileSpec, Split, find_file};
+pub use dataset::{Dataset, DatasetKind, FILES, FileSpec, Split, Splits, find_file};
 pub use error::{Error, IdxKind, Result};
 pub use idx::{PIXELS, SIDE};
 

@@ -31,7 +31,7 @@ pub fn load() -> Result<Dataset> {
         train: split(TRAIN_IMAGES, "train-images-idx3-ubyte.gz", TRAIN_LABELS, "train-labels-idx1-ubyte.gz")?,
         test: split(TEST_IMAGES, "t10k-images-idx3-ubyte.gz", TEST_LABELS, "t10k-labels-idx1-ubyte.gz")?,
     };
-    dataset.check_sizes(Path::new("<bundled sample>/train"), Path::new("<bundled sample>/test"))?;
+    dataset.check_sizes(Some(Path::new("<bundled sample>/train")), Path::new("<bundled sample>/test"))?;
     Ok(dataset)
 }
 

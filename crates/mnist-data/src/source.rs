@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::dataset::{Dataset, DatasetKind, FILES, find_file};
+use crate::dataset::{Dataset, DatasetKind, Splits, find_file};
 use crate::error::{Error, Result};
 
 /// Environment variable naming a directory that holds the four IDX files.
@@ -58,6 +58,9 @@ pub struct Locator {
     pub download: bool,
     /// Show download progress bars.
     pub progress: bool,
+    /// The splits to load: [`Splits::Test`] looks for, downloads and reads only the test
+    /// split's two files (what evaluation needs).
+    pub splits: Splits,
 }
 
 impl Locator {
@@ -72,6 +75,7 @@ impl Locator {
             system_dirs: true,
             download: cfg!(feature = "download"),
             progress: true,
+            splits: Splits::Both,
         }
     }
 
@@ -84,6 +88,7 @@ impl Locator {
             system_dirs: false,
             download: false,
             progress: false,
+            splits: Splits::Both,
         }
     }
 
@@ -134,16 +139,16 @@ impl Locator {
             return load_sample();
         }
         if let Some(dir) = &self.explicit_dir {
-            return Dataset::load_dir(kind, dir);
+            return Dataset::load_dir_splits(kind, dir, self.splits);
         }
         let mut candidates: Vec<PathBuf> = self.cache_dir(kind).into_iter().collect();
         if self.system_dirs && kind == DatasetKind::Fashion {
             candidates.push(PathBuf::from(DEBIAN_FASHION_DIR));
         }
         for dir in candidates {
-            match Dataset::load_dir(kind, &dir) {
+            match Dataset::load_dir_splits(kind, &dir, self.splits) {
                 Ok(d) => return Ok(d),
-                Err(Error::MissingFile { near_misses, .. }) if near_misses.is_empty() && !FILES.iter().any(|f| find_file(&dir, f).is_some()) => {
+                Err(Error::MissingFile { near_misses, .. }) if near_misses.is_empty() && !self.splits.files().iter().any(|f| find_file(&dir, f).is_some()) => {
                     misses.push(Miss::Absent(dir));
                 }
                 // A cached copy that fails to load is downloaded again below.
@@ -161,13 +166,14 @@ impl Locator {
             return Err(self.not_found(kind, misses));
         };
         let downloader = Downloader::new(mirrors(kind)).progress(self.progress);
-        for file in RemoteFile::of(kind) {
+        let wanted: Vec<&str> = self.splits.files().iter().map(|f| f.name).collect();
+        for file in RemoteFile::of(kind).into_iter().filter(|f| wanted.contains(&f.name.as_str())) {
             if let Err(e) = downloader.fetch(&file, &cache) {
                 misses.push(Miss::Download(e.to_string()));
                 return Err(self.not_found(kind, misses));
             }
         }
-        Dataset::load_dir(kind, &cache)
+        Dataset::load_dir_splits(kind, &cache, self.splits)
     }
 
     #[cfg(not(feature = "download"))]
@@ -180,7 +186,7 @@ impl Locator {
         Error::NotFound {
             dataset: kind.name(),
             details: format!("Looked in:\n{}", misses.iter().map(Miss::detail).collect::<Vec<_>>().join("\n")),
-            files: FILES.iter().map(|f| format!("{}.gz", f.name)).collect::<Vec<_>>().join(", "),
+            files: self.splits.files().iter().map(|f| format!("{}.gz", f.name)).collect::<Vec<_>>().join(", "),
             cache: self
                 .cache_dir(kind)
                 .map(|p| p.display().to_string())
