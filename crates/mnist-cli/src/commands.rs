@@ -44,7 +44,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
         (None, None) => DatasetChoice::Auto,
     };
     let dataset = args.data.load(choice, mnist_data::Splits::Test)?;
-    let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test })?;
+    let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test, to_stdout })?;
     // A closed standard output (`| head`) ends the printing quietly; eval.json is
     // written all the same.
     let heading = format!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
@@ -136,6 +136,8 @@ struct EvalJob<'a> {
     /// `model.json` as `check_model_dir` read it: only the weights are left to read.
     manifest: &'a Manifest,
     split: &'a mnist_data::Split,
+    /// Standard output carries the JSON (`--json -`): what is said goes to standard error.
+    to_stdout: bool,
 }
 
 impl Job for EvalJob<'_> {
@@ -143,7 +145,11 @@ impl Job for EvalJob<'_> {
     fn run<B: AutodiffBackend>(self, device: &B::Device, _: BackendKind) -> Result<Self::Output> {
         let model = artifact::load_weights::<B::InnerBackend>(self.dir, self.manifest, device)
             .with_context(|| format!("cannot load the model in {}", self.dir.display()))?;
-        say!("{}", model.kernels_in_use());
+        if self.to_stdout {
+            note!("{}", model.kernels_in_use());
+        } else {
+            say!("{}", model.kernels_in_use());
+        }
         Ok(mnist_infer::evaluate(&model, self.split, 500, device)?)
     }
 }
