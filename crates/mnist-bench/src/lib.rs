@@ -127,12 +127,27 @@ pub struct LoadReport {
 }
 
 /// The CPU's model name, as Linux's `/proc/cpuinfo` gives it (for example "AMD EPYC 9R14
-/// 96-Core Processor"); `None` elsewhere or when it says none.
+/// 96-Core Processor"), with its family and model numbers, which tell generations apart
+/// where the name does not (a virtual machine's bare "AMD EPYC" is Zen 2 as family 23 model
+/// 49, Zen 5 as family 26 model 2); `None` elsewhere or when it says none.
 pub fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("model name")?.trim_start().strip_prefix(':').map(|m| m.trim().to_string()))
-        .filter(|m| !m.is_empty())
+    describe_cpu(&std::fs::read_to_string("/proc/cpuinfo").ok()?)
+}
+
+/// [`cpu_model`] of the text of `/proc/cpuinfo`: its first processor's `model name`, then
+/// ` (family F model M)` when it gives both numbers.
+fn describe_cpu(info: &str) -> Option<String> {
+    let field = |key: &str| {
+        info.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    };
+    let name = field("model name").filter(|m| !m.is_empty())?;
+    Some(match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) if !family.is_empty() && !model.is_empty() => format!("{name} (family {family} model {model})"),
+        _ => name,
+    })
 }
 
 /// One measurement of a peer script (`xtask/peers/tf_seed.py`, `torch_seed.py`), as it
@@ -212,6 +227,16 @@ pub fn median(values: &[f64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_is_named_with_its_family_and_model() {
+        let zen2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC\nstepping\t: 0\n\nprocessor\t: 1\ncpu family\t: 99\n";
+        assert_eq!(describe_cpu(zen2).as_deref(), Some("AMD EPYC (family 23 model 49)"));
+        // No numbers (an aarch64 kernel's cpuinfo has none of these): the name alone, or none.
+        assert_eq!(describe_cpu("model name\t: Neoverse-V1\n").as_deref(), Some("Neoverse-V1"));
+        assert_eq!(describe_cpu("processor\t: 0\nBogoMIPS\t: 50.00\n"), None);
+        assert_eq!(describe_cpu("model name\t: \ncpu family\t: 6\nmodel\t: 1\n"), None);
+    }
 
     #[test]
     fn median_of_odd_even_empty_and_unsorted() {
