@@ -43,7 +43,16 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
         (None, Some(name)) => DatasetChoice::Exactly(name.parse()?),
         (None, None) => DatasetChoice::Auto,
     };
+    crate::backend::prepare(backend)?;
     let dataset = args.data.load(choice, mnist_data::Splits::Test)?;
+    if let Some(trained) = manifest.dataset.as_deref().and_then(|d| d.parse::<DatasetKind>().ok())
+        && trained.class_names() != dataset.kind.class_names()
+    {
+        note!(
+            "note: the model was trained on {trained} and is evaluated on {}, whose classes are other things: its accuracy there means little",
+            dataset.kind
+        );
+    }
     let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test, to_stdout })?;
     // A closed standard output (`| head`) ends the printing quietly; eval.json is
     // written all the same.
@@ -52,14 +61,26 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     if to_stdout {
         // `--json -`: the JSON alone on standard output, for a pipe; the table for the eye.
         note!("{heading}\n{table}");
-        say!("{}", serde_json::to_string_pretty(&evaluation)?);
+        say!("{}", serde_json::to_string_pretty(&EvalReport { model: &model_dir, dataset: dataset.kind.name(), evaluation: &evaluation })?);
         return Ok(Status::Success);
     }
     say!("{heading}");
     say!("{table}");
-    artifact::json::write(&json, &evaluation)?;
+    artifact::json::write(&json, &EvalReport { model: &model_dir, dataset: dataset.kind.name(), evaluation: &evaluation })?;
     say!("wrote {}", json.display());
     Ok(Status::Success)
+}
+
+/// What `eval` writes (`eval.json`): which model on which dataset's test split, then the
+/// evaluation's own fields.
+#[derive(serde::Serialize)]
+struct EvalReport<'a> {
+    /// The model's artifact directory, as given.
+    model: &'a Path,
+    /// The dataset whose test split was evaluated (`mnist`, `fashion`, `sample`).
+    dataset: &'a str,
+    #[serde(flatten)]
+    evaluation: &'a Evaluation,
 }
 
 /// The names of the classes the model in `manifest` predicts: recorded in `model.json`,
@@ -217,8 +238,9 @@ impl Job for PredictJob<'_> {
 pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
     let entries = std::fs::read_dir(root).with_context(|| {
         format!(
-            "no runs found: cannot read {}. Train one with `cargo xtask train`, or pass --model/--out",
-            root.display()
+            "no runs found: cannot read {} (in the current directory, {}). Train one with `cargo xtask train`, or name the run (--model; for train --resume, --out)",
+            root.display(),
+            std::env::current_dir().map_or_else(|_| "unknown".into(), |d| d.display().to_string())
         )
     })?;
     entries
@@ -230,6 +252,6 @@ pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
         })
         .max()
         .map(|(_, dir)| dir)
-        .with_context(|| format!("no run in {} holds {marker}. Train one with `cargo xtask train`, or pass --model/--out", root.display()))
+        .with_context(|| format!("no run in {} holds {marker}. Train one with `cargo xtask train`, or name the run (--model; for train --resume, --out)", root.display()))
 }
 

@@ -59,7 +59,8 @@ pub struct DataArgs {
     /// downloadable, else the bundled sample; for eval: the dataset the model was trained on.
     #[arg(long, value_parser = dataset_name)]
     pub dataset: Option<String>,
-    /// Directory holding the four IDX files (gzip or raw); also MNIST_DATA_DIR.
+    /// Directory holding the dataset's IDX files, gzip or raw (eval needs only the test
+    /// split's two `t10k-*` files); also MNIST_DATA_DIR.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 }
@@ -123,7 +124,13 @@ impl DataArgs {
             output::note!("note: --data-dir {} is not read: the bundled sample is built into mnist", dir.display());
         }
         let locator = mnist_data::Locator { splits, ..mnist_data::Locator::from_env(self.data_dir.clone()) };
-        let loaded = locator.load_choice(choice)?;
+        // A directory from the environment, not the command line, is named as such: the
+        // variable may have been set long ago.
+        let from_env = self.data_dir.is_none().then(|| std::env::var_os(mnist_data::DATA_DIR_ENV)).flatten().filter(|v| !v.is_empty());
+        let loaded = locator.load_choice(choice).map_err(|e| match &from_env {
+            Some(dir) => anyhow::Error::new(e).context(format!("{}={} (from the environment)", mnist_data::DATA_DIR_ENV, dir.to_string_lossy())),
+            None => e.into(),
+        })?;
         if let Some(notice) = &loaded.notice {
             output::note!("note: {notice}");
         }
@@ -305,11 +312,16 @@ impl Status {
 pub fn run(cli: Cli) -> Result<Status> {
     // A misspelt MNIST_RS_SIMD would otherwise be ignored without a word.
     mnist_kernels::Simd::cap_from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
-    match cli.command {
+    let status = match cli.command {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => commands::eval(args),
         Command::Predict(args) => commands::predict(args),
         Command::Serve(args) => serve::serve(args),
         Command::Bench(args) => bench::bench(args),
+    }?;
+    // Output that never arrived is no success (training says so itself, with its checkpoint).
+    match (status, output::write_failure()) {
+        (Status::Success | Status::PartialFailure, Some(why)) => anyhow::bail!("cannot write standard output: {why}"),
+        (status, _) => Ok(status),
     }
 }

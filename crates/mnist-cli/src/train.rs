@@ -36,6 +36,9 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         config.seed = seed;
     }
     config.validate()?;
+    // Before the dataset is looked for (or downloaded): a backend not compiled in, or a GPU
+    // backend without an adapter, fails here.
+    crate::backend::prepare(backend)?;
 
     let choice = match (&args.data.dataset, config.dataset, args.resume) {
         (Some(name), _, _) => name.parse::<DatasetChoice>()?,
@@ -47,8 +50,6 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         (None, None, false) => DatasetChoice::Auto,
     };
     let dataset = args.data.load(choice, mnist_data::Splits::Both)?;
-    // Before announcing the run: a GPU backend without an adapter fails here.
-    crate::backend::prepare(backend)?;
     let out = if out.as_os_str().is_empty() {
         Path::new(ARTIFACTS).join(format!("{}-{}", dataset.kind, utc_stamp()))
     } else {
@@ -62,13 +63,13 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     options.git_commit = crate::BUILD_COMMIT.map(str::to_string);
     options.kernels = args.kernels.into();
     say!(
-        "training on {} ({}: {} train / {} test images) with {} for {} steps of {}; artifacts in {}",
+        "training on {} ({}: {} train / {} test images) with {} for {} of {}; artifacts in {}",
         dataset.kind,
         dataset.origin,
         dataset.train.len(),
         dataset.test.len(),
         backend.name(),
-        config.steps,
+        steps(config.steps),
         config.batch_size,
         out.display()
     );

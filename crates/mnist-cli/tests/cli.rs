@@ -199,12 +199,20 @@ fn machine_readable_output_stays_machine_readable() {
     assert!(lines[0]["class"].is_u64() && lines[0].get("error").is_none(), "{}", lines[0]);
     assert!(lines[1]["error"].as_str().unwrap().contains("notes.png") && lines[1].get("class").is_none(), "{}", lines[1]);
     assert!(lines[2]["error"].is_string(), "{}", lines[2]);
+    // Output that cannot be written (a full disk) is an error, unlike a reader gone away.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let output = mnist().args(["predict", "--json", "--model", m, files[0]]).stdout(full).output().unwrap();
+        let stderr = no_panic("predict > /dev/full", &output);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("error: cannot write standard output: No space left on device"), "{stderr}");
+    }
     // eval --json -: the evaluation on standard output, nothing else there; no file `-`.
     let output = mnist().current_dir(tmp.path()).args(["eval", "--model", m, "--dataset", "sample", "--json", "-"]).output().unwrap();
     let stderr = no_panic("eval --json -", &output);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     let eval: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(eval["images"], 2_000);
+    assert_eq!((eval["model"].as_str(), eval["dataset"].as_str()), (Some(m), Some("sample")), "which model on which data");
     assert!(stderr.contains("accuracy"), "{stderr}");
     assert!(!tmp.path().join("-").exists() && !model.join("eval.json").exists());
     // Evaluation needs the test split only: a folder without the training files does.

@@ -285,16 +285,20 @@ impl Dataset {
     /// Loads the files of `splits` of `kind` from `dir` and checks their sizes: with
     /// [`Splits::Test`], the training files need not be there and are not read.
     pub fn load_dir_splits(kind: DatasetKind, dir: &Path, splits: Splits) -> Result<Self> {
+        let wanted = match splits {
+            Splits::Both => "the four",
+            Splits::Test => "the test split's two",
+        };
+        if !dir.is_dir() {
+            return Err(Error::NoDirectory { dir: dir.to_path_buf(), dataset: kind.name(), wanted });
+        }
         let mut paths = Vec::with_capacity(4);
         for file in splits.files() {
             paths.push(find_file(dir, file).ok_or_else(|| Error::MissingFile {
                 dir: dir.to_path_buf(),
                 file: file.name,
                 dataset: kind.name(),
-                wanted: match splits {
-                    Splits::Both => "the four",
-                    Splits::Test => "the test split's two",
-                },
+                wanted,
                 near_misses: file.near_misses(dir),
             })?);
         }
@@ -400,6 +404,9 @@ mod tests {
         touch(dir.path(), "test-labels.zip", b"x");
         assert_eq!(FILES[3].near_misses(dir.path()), ["test-labels.zip"]);
         assert!(FILES[2].near_misses(dir.path()).is_empty());
+        // No directory at all: said so, not as a missing file.
+        let err = Dataset::load_dir(DatasetKind::Mnist, &dir.path().join("nowhere")).unwrap_err().to_string();
+        assert!(err.ends_with("nowhere: no such directory; expected a directory holding the four mnist IDX files"), "{err}");
         // Nothing to list: the plain message.
         let empty = tempfile::tempdir().unwrap();
         let err = Dataset::load_dir(DatasetKind::Fashion, empty.path()).unwrap_err();

@@ -168,6 +168,16 @@ pub enum Error {
         /// The cache directory to put them in.
         cache: String,
     },
+    /// The directory named for a dataset does not exist (or is not a directory).
+    #[error("{}: no such directory; expected a directory holding {wanted} {dataset} IDX files", dir.display())]
+    NoDirectory {
+        /// The path given.
+        dir: PathBuf,
+        /// Dataset name.
+        dataset: &'static str,
+        /// Which of its files were wanted: `the four`, or `the test split's two`.
+        wanted: &'static str,
+    },
     /// A directory does not hold one of the files of the dataset.
     #[error("{}: missing {file} (or {file}.gz){}; expected {wanted} {dataset} IDX files there, gzip-compressed or raw (`.idx` for `-idx` and any letter case also do)", dir.display(), near_miss_note(near_misses))]
     MissingFile {

@@ -148,6 +148,7 @@ impl Locator {
         for dir in candidates {
             match Dataset::load_dir_splits(kind, &dir, self.splits) {
                 Ok(d) => return Ok(d),
+                Err(Error::NoDirectory { .. }) => misses.push(Miss::Absent(dir)),
                 Err(Error::MissingFile { near_misses, .. }) if near_misses.is_empty() && !self.splits.files().iter().any(|f| find_file(&dir, f).is_some()) => {
                     misses.push(Miss::Absent(dir));
                 }

@@ -96,7 +96,10 @@ impl Evaluation {
             self.accuracy, self.images, self.loss
         );
         for (c, acc) in self.per_class_accuracy.iter().enumerate() {
-            out.push_str(&format!("  {:>2} {:<12} {:.4}\n", c, class_names.get(c).map_or("", String::as_str), acc));
+            // A name that is the class's number (the digits) is not printed twice.
+            let name = class_names.get(c).map_or("", String::as_str);
+            let name = if name == c.to_string() { "" } else { name };
+            out.push_str(&format!("  {:>2} {:<12} {:.4}\n", c, name, acc));
         }
         out.push_str("\nconfusion (rows: true class, columns: predicted):\n      ");
         for c in 0..10 {

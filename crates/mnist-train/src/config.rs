@@ -94,7 +94,7 @@ impl TrainConfig {
             return bad(format!(
                 "learning_rate must be a positive number of at most {:e} (it is applied in f32), got {}",
                 f32::MAX,
-                self.learning_rate
+                if self.learning_rate.abs() >= 1e9 { format!("{:e}", self.learning_rate) } else { self.learning_rate.to_string() }
             ));
         }
         for (name, v) in [("adam.beta_1", self.adam.beta_1), ("adam.beta_2", self.adam.beta_2)] {
@@ -111,10 +111,10 @@ impl TrainConfig {
         // The dropout mask's hash counts its elements in 32 bits.
         if self.batch_size.checked_mul(self.model.hidden).is_none_or(|n| u32::try_from(n).is_err()) {
             return bad(format!(
-                "batch_size x model.hidden must be at most {} (the dropout mask's elements), got {} x {}",
-                u32::MAX,
-                self.batch_size,
-                self.model.hidden
+                "batch_size must be at most {} with model.hidden {} (the dropout mask's batch_size x model.hidden elements are counted in 32 bits), got {}",
+                u32::MAX as usize / self.model.hidden.max(1),
+                self.model.hidden,
+                self.batch_size
             ));
         }
         if self.eval_batch_size == 0 {
@@ -161,7 +161,8 @@ mod tests {
     fn bad_values_are_named() {
         for (config, needle) in [
             (TrainConfig::new().with_batch_size(0), "batch_size"),
-            (TrainConfig::new().with_batch_size(1 << 22), "batch_size x model.hidden must be at most 4294967295 (the dropout mask's elements), got 4194304 x 1024"),
+            (TrainConfig::new().with_batch_size(1 << 22), "batch_size must be at most 4194303 with model.hidden 1024 (the dropout mask's batch_size x model.hidden elements are counted in 32 bits), got 4194304"),
+            (TrainConfig::new().with_learning_rate(1e308), "got 1e308"),
             (TrainConfig::new().with_learning_rate(-1e-4), "learning_rate"),
             (TrainConfig::new().with_learning_rate(1e39), "at most 3.4028235e38 (it is applied in f32)"),
             (TrainConfig::new().with_steps(0), "steps"),

@@ -56,6 +56,12 @@ pub enum Error {
         /// The first parameter holding a non-finite value.
         tensor: String,
     },
+    /// The output path is a file, not a directory.
+    #[error("{} is a file, not a directory; --out takes the folder a run is written to", path.display())]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
     /// Another process is training in the artifact directory (it holds the directory's
     /// lock).
     #[error("{} is in use: another mnist process is training there; wait for it to finish or stop it (Ctrl-C saves a checkpoint), or choose another --out", path.display())]

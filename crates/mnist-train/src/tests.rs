@@ -316,4 +316,47 @@ fn a_directory_another_process_trains_in_is_left_alone() {
     resume.resume = true;
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("already finished (10 steps"), "{err}");
+
+    // Another process training in a directory with no checkpoint yet: refused as in use,
+    // not as a run to resume.
+    let early = tempfile::tempdir().unwrap();
+    std::fs::write(early.path().join(artifact::METRICS), "").unwrap();
+    let lock = std::fs::File::create(early.path().join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let err = train::<B>(&tiny(10), &data, &options(early.path()), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::RunInUse { .. }), "{err}");
+    drop(lock);
+}
+
+#[test]
+fn a_run_stopped_before_its_first_checkpoint_starts_again() {
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    // What a second Ctrl-C before the first checkpoint leaves: the config and some metrics.
+    std::fs::write(dir.path().join(artifact::TRAIN_CONFIG), "{}").unwrap();
+    std::fs::write(dir.path().join(artifact::METRICS), "{\"step\": 999}\n").unwrap();
+    let mut resume = options(dir.path());
+    resume.resume = true;
+    let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("the run stopped before its first checkpoint; start it again without --resume"), "{err}");
+    finished(train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap());
+    let metrics = std::fs::read_to_string(dir.path().join(artifact::METRICS)).unwrap();
+    assert!(!metrics.contains("999"), "the stopped run's metrics were kept: {metrics}");
+    // An --out that is a file is named as one, and left alone.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "keep").unwrap();
+    let err = train::<B>(&tiny(10), &data, &options(&file), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::NotADirectory { .. }) && err.to_string().contains("is a file, not a directory"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+}
+
+#[test]
+fn a_refused_resume_names_the_fields_that_differ() {
+    let run = tiny(10);
+    let now = tiny(10).with_seed(8).with_model(CnnConfig::new().with_conv1_channels(4).with_conv2_channels(8).with_hidden(64));
+    assert_eq!(
+        crate::train::config_differences(&run, &now),
+        ["`model.hidden`: the run has 32, now 64", "`seed`: the run has 7, now 8"]
+    );
+    assert!(crate::train::config_differences(&run, &tiny(10)).is_empty());
 }

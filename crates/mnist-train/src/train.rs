@@ -385,16 +385,19 @@ fn batch_accuracy<B: Backend>(model: &Cnn<B>, images: burn::tensor::Tensor<B, 4>
 /// stale temporary files removed: with the lock held, no other process can be writing
 /// them.
 fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
-    let has_run = [artifact::CHECKPOINT, artifact::REPORT, artifact::METRICS].iter().any(|f| dir.join(f).exists());
-    if resume {
-        if !dir.join(artifact::CHECKPOINT).is_file() {
-            return Err(Error::Checkpoint {
-                path: dir.join(artifact::CHECKPOINT),
-                message: "no checkpoint to resume from".into(),
-            });
-        }
-    } else if has_run {
-        return Err(Error::RunExists { path: dir.to_path_buf() });
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::NotADirectory { path: dir.to_path_buf() });
+    }
+    let checkpoint = dir.join(artifact::CHECKPOINT);
+    if resume && !checkpoint.is_file() {
+        // A run stopped before its first checkpoint (a second Ctrl-C, a kill) left its
+        // metrics and nothing to resume: say how to go on.
+        let message = if dir.join(artifact::METRICS).exists() {
+            "no checkpoint to resume from: the run stopped before its first checkpoint; start it again without --resume"
+        } else {
+            "no checkpoint to resume from"
+        };
+        return Err(Error::Checkpoint { path: checkpoint, message: message.into() });
     }
     let write_err = |source| Error::Write {
         path: dir.to_path_buf(),
@@ -403,6 +406,8 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
     std::fs::create_dir_all(dir).map_err(write_err)?;
     // Fail now, not after hours of training, when the directory is not writable.
     artifact::temp_file_in(dir, "").map_err(write_err)?;
+    // The lock first: a directory another process trains in is refused as such, whatever
+    // it holds so far.
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -412,14 +417,14 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
             path: dir.join(artifact::LOCK),
             source,
         })?;
-    match lock.try_lock() {
-        Ok(()) => {}
+    let locked = match lock.try_lock() {
+        Ok(()) => true,
         Err(std::fs::TryLockError::WouldBlock) => return Err(Error::RunInUse { path: dir.to_path_buf() }),
         Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
             // Some network file systems have no locks: train unguarded, and leave any
             // temporary files alone (another process might be writing them).
             let _ = writeln!(std::io::stderr(), "warning: {} cannot be locked here ({e}); do not train into it twice at once", dir.display());
-            return Ok(lock);
+            false
         }
         Err(std::fs::TryLockError::Error(source)) => {
             return Err(Error::Write {
@@ -427,11 +432,23 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
                 source,
             });
         }
+    };
+    // A finished run, or one with a checkpoint, is never started over; one stopped before
+    // its first checkpoint has nothing to keep but its metrics, and starts again.
+    if !resume {
+        if [artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST].iter().any(|f| dir.join(f).exists()) {
+            return Err(Error::RunExists { path: dir.to_path_buf() });
+        }
+        if dir.join(artifact::METRICS).exists() {
+            let _ = writeln!(std::io::stderr(), "note: {} holds a run stopped before its first checkpoint; starting it again", dir.display());
+        }
     }
-    // Left by a process killed while writing (SIGKILL, power loss): never renamed, so
-    // never read, only taking space.
-    for stale in artifact::remove_stale_temps(dir)? {
-        let _ = writeln!(std::io::stderr(), "removed a stale temporary file: {}", stale.display());
+    if locked {
+        // Left by a process killed while writing (SIGKILL, power loss): never renamed, so
+        // never read, only taking space.
+        for stale in artifact::remove_stale_temps(dir)? {
+            let _ = writeln!(std::io::stderr(), "removed a stale temporary file: {}", stale.display());
+        }
     }
     Ok(lock)
 }
@@ -450,13 +467,39 @@ fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) 
     let mut a = saved.config.clone();
     a.steps = now.config.steps;
     if a != now.config {
-        return err("the config differs from the run's (only `steps` may change on resume); see config.json".into());
+        let differences = config_differences(&a, &now.config);
+        return err(format!(
+            "the config differs from the run's in {} (only `steps` may change on resume); see config.json",
+            if differences.is_empty() { "a value".to_string() } else { differences.join(", ") }
+        ));
     }
     if saved.step > now.config.steps {
         return err(format!("it is at step {}, beyond the {} steps asked for", saved.step, now.config.steps));
     }
 
     Ok(())
+}
+
+/// The fields where two configs differ, each as `field: the run has A, now B`, by their
+/// JSON form (nested fields with their path: `model.hidden`).
+pub(crate) fn config_differences(run: &TrainConfig, now: &TrainConfig) -> Vec<String> {
+    fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+                for (key, va) in a {
+                    let field = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                    walk(&field, va, b.get(key).unwrap_or(&serde_json::Value::Null), out);
+                }
+            }
+            (a, b) if a != b => out.push(format!("`{path}`: the run has {a}, now {b}")),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let (Ok(a), Ok(b)) = (serde_json::to_value(run), serde_json::to_value(now)) {
+        walk("", &a, &b, &mut out);
+    }
+    out
 }
 
 /// Progress display: a bar on a terminal, lines otherwise.

@@ -33,6 +33,8 @@ pub fn from_str_strict<T: Serialize + DeserializeOwned>(text: &str, template: &T
 /// keep the last one silently, so `{"steps": 10, "steps": 20}` would train 20 steps). The
 /// error is a message: `not valid JSON: ...` with the line and column.
 pub fn parse(text: &str) -> std::result::Result<Value, String> {
+    // A byte order mark, as some Windows editors write at the start, is no content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     serde_json::from_str::<Unique>(text).map(|u| u.0).map_err(|e| format!("not valid JSON: {e}"))
 }
 
@@ -55,7 +57,12 @@ pub fn from_value_strict<T: Serialize + DeserializeOwned>(value: Value, template
         }).collect();
         let expected = at(&known, &segments).and_then(expects);
         match (segments.is_empty(), expected, at(&value, &segments)) {
-            (false, Some(expected), Some(given)) => format!("field `{}`: expected {expected}, got {}", segments.join("."), describe(given)),
+            (false, Some(expected), Some(given)) => {
+                // A whole number beyond the largest the field holds says so.
+                let too_big = given.as_f64().is_some_and(|v| v >= 0.0 && v.fract() == 0.0) && given.as_u64().is_none();
+                let limit = if too_big && expected.starts_with("a whole number, 0") { format!(" up to {}", u64::MAX) } else { String::new() };
+                format!("field `{}`: expected {expected}{limit}, got {}", segments.join("."), describe(given))
+            }
             (false, _, _) => format!("field `{}`: {}", segments.join("."), e.inner()),
             (true, _, _) => e.inner().to_string(),
         }
@@ -214,6 +221,8 @@ mod tests {
             (r#"{"hidden": 2.5}"#, "field `hidden`: expected a whole number, 0 or more, got 2.5"),
             (r#"{"hidden": "wide"}"#, "field `hidden`: expected a whole number, 0 or more, got the string \"wide\""),
             (r#"{"dropout": true}"#, "field `dropout`: expected a number, got true"),
+            (r#"{"hidden": 1180591620717411303424}"#, "field `hidden`: expected a whole number, 0 or more up to 18446744073709551615, got 1.1805916207174113e+21"),
+            ("\u{feff}{\"hidden\": -1}", "field `hidden`: expected a whole number, 0 or more, got -1"),
             (r#"{"dropout": null}"#, "field `dropout`: expected a number, got null"),
             (r#"[1, 2]"#, "expected a JSON object of fields (classes, conv1_channels, conv2_channels, dropout, hidden, init_bias, init_std, kernel_size), got an array"),
             (r#"7"#, "expected a JSON object of fields"),
