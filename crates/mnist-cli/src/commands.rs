@@ -58,15 +58,16 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     // written all the same.
     let heading = format!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
     let table = evaluation.table(&class_names(&manifest));
+    let report = EvalReport { model: &model_dir, dataset: dataset.kind.name(), evaluation: &evaluation };
     if to_stdout {
         // `--json -`: the JSON alone on standard output, for a pipe; the table for the eye.
         note!("{heading}\n{table}");
-        say!("{}", serde_json::to_string_pretty(&EvalReport { model: &model_dir, dataset: dataset.kind.name(), evaluation: &evaluation })?);
+        say!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(Status::Success);
     }
     say!("{heading}");
     say!("{table}");
-    artifact::json::write(&json, &EvalReport { model: &model_dir, dataset: dataset.kind.name(), evaluation: &evaluation })?;
+    artifact::json::write(&json, &report)?;
     say!("wrote {}", json.display());
     Ok(Status::Success)
 }

@@ -126,9 +126,9 @@ impl DataArgs {
         let locator = mnist_data::Locator { splits, ..mnist_data::Locator::from_env(self.data_dir.clone()) };
         // A directory from the environment, not the command line, is named as such: the
         // variable may have been set long ago.
-        let from_env = self.data_dir.is_none().then(|| std::env::var_os(mnist_data::DATA_DIR_ENV)).flatten().filter(|v| !v.is_empty());
+        let from_env = locator.explicit_dir.clone().filter(|_| self.data_dir.is_none());
         let loaded = locator.load_choice(choice).map_err(|e| match &from_env {
-            Some(dir) => anyhow::Error::new(e).context(format!("{}={} (from the environment)", mnist_data::DATA_DIR_ENV, dir.to_string_lossy())),
+            Some(dir) => anyhow::Error::new(e).context(format!("{}={} (from the environment)", mnist_data::DATA_DIR_ENV, dir.display())),
             None => e.into(),
         })?;
         if let Some(notice) = &loaded.notice {

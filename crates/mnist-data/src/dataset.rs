@@ -302,20 +302,20 @@ impl Dataset {
                 near_misses: file.near_misses(dir),
             })?);
         }
-        let (train, test) = match splits {
-            Splits::Both => (Split::read(&paths[0], &paths[1])?, Split::read(&paths[2], &paths[3])?),
-            Splits::Test => (Split::default(), Split::read(&paths[0], &paths[1])?),
+        // The test split's two files come last; the training split's, when read, first.
+        let (train_paths, test_paths) = paths.split_at(paths.len() - 2);
+        let train = match train_paths {
+            [images, labels] => Split::read(images, labels)?,
+            _ => Split::default(),
         };
+        let test = Split::read(&test_paths[0], &test_paths[1])?;
         let dataset = Dataset {
             kind,
             origin: dir.display().to_string(),
             train,
             test,
         };
-        match splits {
-            Splits::Both => dataset.check_sizes(Some(&paths[0]), &paths[2])?,
-            Splits::Test => dataset.check_sizes(None, &paths[0])?,
-        }
+        dataset.check_sizes(train_paths.first().map(PathBuf::as_path), &test_paths[0])?;
         Ok(dataset)
     }
 

@@ -42,8 +42,7 @@ pub fn parse(text: &str) -> std::result::Result<Value, String> {
 pub fn from_value_strict<T: Serialize + DeserializeOwned>(value: Value, template: &T) -> std::result::Result<T, String> {
     let known = serde_json::to_value(template).map_err(|e| e.to_string())?;
     if let (Value::Object(fields), false) = (&known, value.is_object()) {
-        let names: Vec<&str> = fields.keys().map(String::as_str).collect();
-        return Err(format!("expected a JSON object of fields ({}), got {}", names.join(", "), describe(&value)));
+        return Err(format!("expected a JSON object of fields ({}), got {}", field_names(fields), describe(&value)));
     }
     check_keys(&value, &known, "")?;
     let mut merged = known.clone();
@@ -55,14 +54,10 @@ pub fn from_value_strict<T: Serialize + DeserializeOwned>(value: Value, template
             serde_path_to_error::Segment::Map { key } => Some(key.clone()),
             _ => None,
         }).collect();
-        let expected = at(&known, &segments).and_then(expects);
-        match (segments.is_empty(), expected, at(&value, &segments)) {
-            (false, Some(expected), Some(given)) => {
-                // A whole number beyond the largest the field holds says so.
-                let too_big = given.as_f64().is_some_and(|v| v >= 0.0 && v.fract() == 0.0) && given.as_u64().is_none();
-                let limit = if too_big && expected.starts_with("a whole number, 0") { format!(" up to {}", u64::MAX) } else { String::new() };
-                format!("field `{}`: expected {expected}{limit}, got {}", segments.join("."), describe(given))
-            }
+        let given = at(&value, &segments);
+        let expected = at(&known, &segments).zip(given).and_then(|(template, given)| expects(template, given));
+        match (segments.is_empty(), expected, given) {
+            (false, Some(expected), Some(given)) => format!("field `{}`: expected {expected}, got {}", segments.join("."), describe(given)),
             (false, _, _) => format!("field `{}`: {}", segments.join("."), e.inner()),
             (true, _, _) => e.inner().to_string(),
         }
@@ -74,20 +69,27 @@ fn at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
     path.iter().try_fold(value, |v, key| v.get(key))
 }
 
-/// What a field whose default is `template` takes, in JSON's terms; `None` where the
-/// deserializer's own message says it better (a name from a list, an optional value).
-fn expects(template: &Value) -> Option<String> {
+/// What a field whose default is `template` takes, in JSON's terms, for the value `given`
+/// that it refused; `None` where the deserializer's own message says it better (a name
+/// from a list, an optional value).
+fn expects(template: &Value, given: &Value) -> Option<String> {
     Some(match template {
-        Value::Number(n) if n.is_u64() => "a whole number, 0 or more".into(),
+        Value::Number(n) if n.is_u64() => {
+            // A whole number beyond the largest the field holds says so.
+            let too_big = given.as_f64().is_some_and(|v| v >= 0.0 && v.fract() == 0.0) && given.as_u64().is_none();
+            if too_big { format!("a whole number, 0 or more up to {}", u64::MAX) } else { "a whole number, 0 or more".into() }
+        }
         Value::Number(n) if n.is_i64() => "a whole number".into(),
         Value::Number(_) => "a number".into(),
         Value::Bool(_) => "true or false".into(),
-        Value::Object(fields) => {
-            let names: Vec<&str> = fields.keys().map(String::as_str).collect();
-            format!("an object of fields ({})", names.join(", "))
-        }
+        Value::Object(fields) => format!("an object of fields ({})", field_names(fields)),
         Value::String(_) | Value::Array(_) | Value::Null => return None,
     })
+}
+
+/// An object's field names, comma-separated.
+fn field_names(fields: &serde_json::Map<String, Value>) -> String {
+    fields.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// A JSON value as an error message shows it.
@@ -168,10 +170,7 @@ fn check_keys(value: &Value, known: &Value, prefix: &str) -> std::result::Result
         let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match known.get(key) {
             Some(k) => check_keys(v, k, &path)?,
-            None => {
-                let names: Vec<&str> = known.keys().map(String::as_str).collect();
-                return Err(format!("unknown field `{path}`; expected one of: {}", names.join(", ")));
-            }
+            None => return Err(format!("unknown field `{path}`; expected one of: {}", field_names(known))),
         }
     }
     Ok(())
