@@ -274,11 +274,30 @@ fn non_negative<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
 }
 
 fn at_least<T: TryFrom<u128>>(text: &str, least: i128, what: &str) -> Result<T, String> {
-    match text.trim().parse::<i128>() {
-        Ok(n) if n >= least => u128::try_from(n).ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| format!("{n} is too large")),
+    let too_large = |n: &dyn std::fmt::Display| format!("{n} is too large: the most is {}", largest::<T>());
+    let digits = text.trim();
+    match digits.parse::<i128>() {
+        Ok(n) if n >= least => u128::try_from(n).ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| too_large(&n)),
         Ok(n) => Err(format!("must be {what}, got {n}")),
+        // Digits past i128's range: a whole number, only too large.
+        Err(_) if is_whole_number(digits) => Err(too_large(&digits)),
         Err(_) => Err(format!("must be {what}, got {text:?}")),
     }
+}
+
+/// Digits, with a `+` before them or not.
+fn is_whole_number(text: &str) -> bool {
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The largest value of an unsigned integer type `T` (`u8` to `u128`), for the message of
+/// a number past it.
+fn largest<T: TryFrom<u128>>() -> u128 {
+    [u128::MAX, u64::MAX.into(), u32::MAX.into(), u16::MAX.into(), u8::MAX.into()]
+        .into_iter()
+        .find(|&max| T::try_from(max).is_ok())
+        .unwrap_or(0)
 }
 
 /// How a command ended, for the exit code.

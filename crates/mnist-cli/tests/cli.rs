@@ -350,6 +350,8 @@ fn numbers_on_the_command_line_say_what_they_must_be() {
         (vec!["train", "--steps", "ten"], "must be a positive integer (1 or more), got \"ten\""),
         (vec!["train", "--seed", "-1"], "must be a non-negative integer"),
         (vec!["bench", "train", "--batch", "0"], "must be a positive integer"),
+        (vec!["train", "--steps", "18446744073709551616"], "18446744073709551616 is too large: the most is 18446744073709551615"),
+        (vec!["train", "--seed", "123456789012345678901234567890123456789012"], "is too large: the most is 18446744073709551615"),
     ] {
         let output = mnist().args(&args).output().unwrap();
         let stderr = no_panic(&args.join(" "), &output);

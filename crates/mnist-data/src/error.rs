@@ -32,6 +32,12 @@ pub enum Error {
         /// The decompressor's error.
         source: std::io::Error,
     },
+    /// The gzip stream stops before its end: the file was cut short.
+    #[error("{}: the gzip stream ends before it is complete: the file was cut short (a partial copy or download?); expected the whole file", path.display())]
+    GzipCutShort {
+        /// The file.
+        path: PathBuf,
+    },
     /// Bytes after the last gzip member that are neither another member nor zero padding.
     #[error("{}: {bytes} bytes of trailing data after the gzip stream that are not zero padding; expected only further gzip members or zero bytes there", path.display())]
     GzipTrailingData {

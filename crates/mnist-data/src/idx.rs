@@ -171,6 +171,12 @@ impl std::fmt::Display for TrailingData {
 
 impl std::error::Error for TrailingData {}
 
+/// Whether a decompressor's error says its input stopped before the stream's end (flate2
+/// says "incomplete deflate stream", or gives an unexpected end of file).
+fn cut_short(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof || e.to_string().contains("incomplete deflate stream")
+}
+
 /// Bytes read ahead of the header: enough to recognise what a file that is not IDX is.
 const SNIFF_LEN: usize = 512;
 
@@ -187,6 +193,8 @@ fn parse_plain<R: Read>(
             Error::Io { path, source }
         } else if let Some(TrailingData(bytes)) = source.get_ref().and_then(|e| e.downcast_ref::<TrailingData>()) {
             Error::GzipTrailingData { path, bytes: *bytes }
+        } else if cut_short(&source) {
+            Error::GzipCutShort { path }
         } else {
             Error::Gzip { path, source }
         }
@@ -483,7 +491,13 @@ mod tests {
         let encoded = encode_images(&pixels(2));
         let members = two_members(&encoded, 100);
         let err = parse_images(&members[..members.len() - 5], name()).unwrap_err();
-        assert!(matches!(err, Error::Gzip { .. }), "{err}");
+        assert!(matches!(err, Error::GzipCutShort { .. }) && err.to_string().contains("cut short"), "{err}");
+        // Cut anywhere in its data, a single member says the same.
+        let one = gzip(&encoded);
+        for cut in [12, one.len() / 2, one.len() - 9] {
+            let err = parse_images(&one[..cut], name()).unwrap_err();
+            assert!(matches!(err, Error::GzipCutShort { .. }), "cut at {cut} of {}: {err}", one.len());
+        }
         // A second member whose header is broken.
         let mut bad = members.clone();
         let first_len = gzip(&encoded[..100]).len();

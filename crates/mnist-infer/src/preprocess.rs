@@ -95,7 +95,7 @@ fn decode(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
         },
         other => Error::Decode {
             path: name.to_path_buf(),
-            message: other.to_string(),
+            message: decoder_message(&other),
         },
     };
     let mut reader = ImageReader::new(BufReader::new(Cursor::new(bytes)))
@@ -114,6 +114,20 @@ fn decode(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
     let mut image = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     image.apply_orientation(orientation);
     Ok(image)
+}
+
+/// What a decoder's error says, in a user's terms: a file that ends before its image does
+/// is said to be cut short, where the decoders say "failed to fill whole buffer" (an I/O
+/// error of a read past the end) or "unexpected end of file".
+fn decoder_message(e: &image::ImageError) -> String {
+    let message = e.to_string();
+    let ends_early = matches!(e, image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+        || ["failed to fill whole buffer", "unexpected end of file", "unexpected eof"].iter().any(|m| message.to_lowercase().contains(m));
+    if ends_early {
+        "the file ends before the image does: it was cut short (a partial copy or download?)".to_string()
+    } else {
+        message
+    }
 }
 
 /// Preprocesses a decoded image into 784 MNIST-style bytes (0 = background, 255 = ink).
@@ -1034,6 +1048,27 @@ mod tests {
         assert!(matches!(preprocess(&empty, Path::new("e.png")), Err(Error::Blank { .. })));
         let err = preprocess_bytes(b"this is not an image", Path::new("notes.txt")).unwrap_err();
         assert!(matches!(err, Error::Decode { .. }) && err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    #[test]
+    fn a_file_cut_short_is_said_to_be() {
+        // A digit as PNG and as binary PGM, each cut off in its header and in its pixels
+        // (and the PGM one byte short): the decoders' own words ("failed to fill whole
+        // buffer", "unexpected end of file") become one message. (A PNG missing only its
+        // end marker still holds its whole image, and is read.)
+        let digit = GrayImage::from_fn(28, 28, |x, y| Luma([if (10..18).contains(&x) && (4..24).contains(&y) { 0 } else { 255 }]));
+        let mut png = Vec::new();
+        digit.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        let mut pgm = b"P5\n28 28\n255\n".to_vec();
+        pgm.extend_from_slice(digit.as_raw());
+        for (name, bytes, cuts) in [("seven.png", &png, vec![20, png.len() / 2]), ("seven.pgm", &pgm, vec![5, pgm.len() / 2, pgm.len() - 1])] {
+            preprocess_bytes(bytes, Path::new(name)).unwrap_or_else(|e| panic!("{name} whole: {e}"));
+            for cut in cuts {
+                let err = preprocess_bytes(&bytes[..cut], Path::new(name)).unwrap_err();
+                let text = err.to_string();
+                assert!(matches!(err, Error::Decode { .. }) && text.contains(name) && text.contains("cut short"), "{name} cut at {cut}: {text}");
+            }
+        }
     }
 
     #[test]

@@ -41,6 +41,13 @@ pub struct CheckpointState {
     pub train_seconds: f64,
 }
 
+#[cfg(test)]
+thread_local! {
+    /// A test's injected failure: [`save`] on this thread fails for a checkpoint of this
+    /// step, as a full disk would make it.
+    pub(crate) static FAIL_AT_STEP: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
 /// Writes a checkpoint atomically.
 ///
 /// # Errors
@@ -52,6 +59,10 @@ where
     O: Optimizer<Cnn<B>, B>,
 {
     mnist_model::weights::check_finite(model, path)?;
+    #[cfg(test)]
+    if FAIL_AT_STEP.get() == Some(state.step) {
+        return Err(Error::Write { path: path.to_path_buf(), source: std::io::Error::other("No space left on device (a test's failure)") });
+    }
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
     let record_err = |e: burn::record::RecorderError| Error::Checkpoint {
         path: path.to_path_buf(),

@@ -42,6 +42,20 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// A checkpoint could not be written during or at the end of a run (a full disk, a
+    /// directory made read-only). The checkpoint file is replaced atomically, so the one
+    /// written before, if any, is intact.
+    #[error("cannot save the checkpoint of step {step}: {source}. {}", kept_note(*.kept, dir))]
+    CheckpointNotSaved {
+        /// Steps completed.
+        step: u64,
+        /// The step of the checkpoint still in the directory, if there is one.
+        kept: Option<u64>,
+        /// The artifact directory.
+        dir: PathBuf,
+        /// Why it could not be written.
+        source: Box<Error>,
+    },
     /// The output directory already holds a run and neither resume nor overwrite was asked.
     #[error("{} already holds a training run; pass --resume to continue it, or choose another --out", path.display())]
     RunExists {
@@ -86,6 +100,18 @@ pub enum Error {
         /// The loss value.
         loss: f32,
     },
+}
+
+/// What [`Error::CheckpointNotSaved`] says of the checkpoint still there.
+fn kept_note(kept: Option<u64>, dir: &std::path::Path) -> String {
+    match kept {
+        Some(step) => format!(
+            "The checkpoint of step {step} in {} is intact: fix the cause and continue from it with --resume --out {}",
+            dir.display(),
+            dir.display()
+        ),
+        None => "No checkpoint of this run was written before, so nothing of it can be resumed; fix the cause and train again".to_string(),
+    }
 }
 
 /// `Result` with [`Error`].

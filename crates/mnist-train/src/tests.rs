@@ -360,3 +360,31 @@ fn a_refused_resume_names_the_fields_that_differ() {
     );
     assert!(crate::train::config_differences(&run, &tiny(10)).is_empty());
 }
+
+#[test]
+fn a_checkpoint_that_cannot_be_saved_says_what_is_left() {
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(12).with_checkpoint_every(5);
+    // The first checkpoint (step 5) fails: nothing to resume from.
+    checkpoint::FAIL_AT_STEP.set(Some(5));
+    let err = train::<B>(&config, &data, &options(dir.path()), &Default::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::CheckpointNotSaved { step: 5, kept: None, .. }), "{text}");
+    assert!(text.contains("cannot save the checkpoint of step 5") && text.contains(artifact::CHECKPOINT) && text.contains("No space left"), "{text}");
+    assert!(text.contains("No checkpoint of this run was written before"), "{text}");
+
+    // The second one (step 10) fails: the first is named, intact, and the run resumes from it.
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint::FAIL_AT_STEP.set(Some(10));
+    let err = train::<B>(&config, &data, &options(dir.path()), &Default::default()).unwrap_err();
+    checkpoint::FAIL_AT_STEP.set(None);
+    let text = err.to_string();
+    assert!(matches!(err, Error::CheckpointNotSaved { step: 10, kept: Some(5), .. }), "{text}");
+    assert!(text.contains("The checkpoint of step 5") && text.contains("is intact"), "{text}");
+    assert!(text.contains(&format!("--resume --out {}", dir.path().display())), "{text}");
+    assert_eq!(checkpoint::read_state(&dir.path().join(artifact::CHECKPOINT)).unwrap().step, 5);
+    let mut resume = options(dir.path());
+    resume.resume = true;
+    assert_eq!(finished(train::<B>(&config, &data, &resume, &Default::default()).unwrap()).steps, 12);
+}

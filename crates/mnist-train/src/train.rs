@@ -156,6 +156,8 @@ pub fn train<B: AutodiffBackend>(
         dataset_sha256: dataset_sha256.clone(),
         train_seconds: 0.0,
     };
+    // The step of the checkpoint in the directory, for the error of a save that fails.
+    let mut kept = None;
     let mut metrics = if options.resume && checkpoint_path.is_file() {
         let (saved, m, o) = checkpoint::load(&checkpoint_path, model, optim, device)?;
         check_resumable(&saved, &state, &checkpoint_path)?;
@@ -166,6 +168,7 @@ pub fn train<B: AutodiffBackend>(
             });
         }
         (model, optim) = (m, o);
+        kept = Some(saved.step);
         state.step = saved.step;
         state.train_seconds = saved.train_seconds;
         MetricsLog::resume(&dir.join(artifact::METRICS), saved.step)?
@@ -175,6 +178,12 @@ pub fn train<B: AutodiffBackend>(
     // Also on resume: `steps` may have changed, and a later resume reads this file.
     mnist_model::artifact::json::write(&dir.join(artifact::TRAIN_CONFIG), config)?;
 
+    let mut save = |state: &CheckpointState, model: &Cnn<B>, optim: &_| -> Result<()> {
+        checkpoint::save(&checkpoint_path, state, model, optim)
+            .map_err(|e| Error::CheckpointNotSaved { step: state.step, kept, dir: dir.to_path_buf(), source: Box::new(e) })?;
+        kept = Some(state.step);
+        Ok(())
+    };
     let mut sampler = Sampler::new(dataset.train.len(), config.batch_size, config.seed)?;
     let progress = Progress::new(options.progress, state.step, config.steps);
     progress.say(&kernels.to_string());
@@ -191,7 +200,7 @@ pub fn train<B: AutodiffBackend>(
             check_weights(&model, step)?;
             state.step = step;
             state.train_seconds = total_seconds();
-            checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
+            save(&state, &model, &optim)?;
             progress.finish();
             return Ok(match progress.write_error() {
                 Some(error) => Outcome::OutputClosed { step, error },
@@ -232,7 +241,7 @@ pub fn train<B: AutodiffBackend>(
         if checkpoint {
             state.step = done;
             state.train_seconds = total_seconds();
-            checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
+            save(&state, &model, &optim)?;
         }
     }
     progress.finish();
@@ -242,7 +251,7 @@ pub fn train<B: AutodiffBackend>(
     let trained_here = config.steps - first_step;
     state.step = config.steps;
     state.train_seconds = train_seconds;
-    checkpoint::save(&checkpoint_path, &state, &model, &optim)?;
+    save(&state, &model, &optim)?;
 
     let model = model.valid();
     let test = evaluate(&model, &dataset.test, config.eval_batch_size, device)?;
