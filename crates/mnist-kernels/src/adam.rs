@@ -92,7 +92,8 @@ impl fmt::Debug for FusedAdam {
 
 /// One parameter's update, its rank erased: the parameter `p`, its gradient `g` and both
 /// moments (zeros before the first step), all f32 of one shape, and the step count `time`
-/// this update makes (1-based).
+/// this update makes (1-based). (Read only by the fused kernels' features.)
+#[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
 pub(crate) struct Operands<B: Backend> {
     pub(crate) p: FloatTensor<B>,
     pub(crate) g: FloatTensor<B>,

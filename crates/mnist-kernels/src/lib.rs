@@ -361,9 +361,13 @@ impl Geometry {
         supported.then_some(Geometry { b, c, h, w, o, k })
     }
 
+    /// The pooled output's height and width, `(h / 2, w / 2)`.
+    #[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
     pub(crate) fn pooled(&self) -> (usize, usize) {
         (self.h / 2, self.w / 2)
     }
+    /// The block's output shape, `[b, o, h / 2, w / 2]`.
+    #[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(dead_code))]
     pub(crate) fn out_shape(&self) -> [usize; 4] {
         let (ph, pw) = self.pooled();
         [self.b, self.o, ph, pw]
@@ -411,6 +415,7 @@ enum Native {
 }
 
 /// The one place backends are recognised.
+#[cfg_attr(not(any(feature = "flex", feature = "wgpu", feature = "cuda")), allow(clippy::extra_unused_type_parameters))]
 fn native<B: Backend>() -> Native {
     #[cfg(feature = "flex")]
     {
