@@ -71,7 +71,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
         .into_par_iter()
         .map(|(first, images, mut dxp)| {
             let mut part = Partial::zero(&lay);
-            let mut lists = Lists::new(&lay);
+            let mut lists = Lists::take(&lay, dxp.is_some());
             for i in 0..images {
                 let bi = first + i;
                 let range = bi * image_out..(bi + 1) * image_out;
@@ -85,6 +85,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
                     dxp: dxp.as_deref_mut().map(|d| &mut d[i * lay.image..][..lay.image]),
                 });
             }
+            lists.put_back();
             part
         })
         .reduce_with(Partial::add)
@@ -137,6 +138,8 @@ impl Partial {
 
 /// One image's non-zero output-gradient entries, listed by channel and by pixel.
 struct Lists {
+    /// [`Lists::key`] of the layout they were made for.
+    made_for: [usize; 6],
     /// Per channel, at most `ph * pw` entries: (offset of the window in the padded image,
     /// gradient).
     by_channel: Vec<(usize, f32)>,
@@ -154,8 +157,51 @@ struct Lists {
     corner_pixels: Vec<usize>,
 }
 
+thread_local! {
+    /// This thread's lists, kept from one call to the next (one set per block geometry, a
+    /// few at most): allocating and clearing them for every task (600 KB for conv1 at the
+    /// seed's size) was a hundredth of a training step. [`Lists::fill`] overwrites what it
+    /// reads, so kept lists need no clearing.
+    static KEPT_LISTS: std::cell::RefCell<Vec<Lists>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How many sets of lists a thread keeps (the seed network's two blocks use two).
+const KEPT: usize = 4;
+
 impl Lists {
-    fn new(lay: &Layout) -> Lists {
+    /// This thread's kept lists for `lay` (with the by-pixel lists if `by_pixel`), else
+    /// new ones.
+    fn take(lay: &Layout, by_pixel: bool) -> Lists {
+        let kept = KEPT_LISTS.with_borrow_mut(|kept| kept.iter().position(|l| l.fits(lay, by_pixel)).map(|at| kept.remove(at)));
+        kept.unwrap_or_else(|| Lists::new(lay, by_pixel))
+    }
+
+    /// Keeps the lists for this thread's next [`Lists::take`] (the least recently used
+    /// set goes past [`KEPT`]).
+    fn put_back(self) {
+        KEPT_LISTS.with_borrow_mut(|kept| {
+            kept.push(self);
+            if kept.len() > KEPT {
+                kept.remove(0);
+            }
+        });
+    }
+
+    /// Whether these lists were made for `lay`'s geometry (the batch aside) and hold the
+    /// by-pixel lists if `by_pixel`.
+    fn fits(&self, lay: &Layout, by_pixel: bool) -> bool {
+        self.made_for == Lists::key(lay) && (!by_pixel || self.pixel_len.len() == lay.g.h * lay.g.w)
+    }
+
+    /// What the lists' sizes and offsets depend on: the geometry less the batch, and the
+    /// padded layout's run.
+    fn key(lay: &Layout) -> [usize; 6] {
+        let g = lay.g;
+        [g.c, g.h, g.w, g.k, g.o, lay.padded_run]
+    }
+
+    /// Lists for `lay`; the by-pixel ones only if `by_pixel` (the input gradient's).
+    fn new(lay: &Layout, by_pixel: bool) -> Lists {
         let g = lay.g;
         let (ph, pw) = g.pooled();
         let mut corner_offsets = Vec::with_capacity(4 * ph * pw);
@@ -169,11 +215,13 @@ impl Lists {
                 }
             }
         }
+        let pixels = if by_pixel { g.h * g.w } else { 0 };
         Lists {
+            made_for: Lists::key(lay),
             by_channel: vec![(0, 0.0); g.o * ph * pw],
             channel_len: vec![0; g.o],
-            by_pixel: vec![(0, 0.0); g.h * g.w * g.o],
-            pixel_len: vec![0; g.h * g.w],
+            by_pixel: vec![(0, 0.0); pixels * g.o],
+            pixel_len: vec![0; pixels],
             masked: vec![0.0; g.o * ph * pw],
             corner_offsets,
             corner_pixels,
@@ -408,6 +456,39 @@ mod tests {
     use super::super::layout::pad_nhwc;
     use super::*;
 
+    /// The lists each thread keeps between calls give what new ones give: the same call
+    /// repeated after calls of other geometries, with and without the input gradient, and
+    /// with other gradients, returns the same gradients (up to the order in which the
+    /// tasks' partial sums are added, which work stealing may change).
+    #[test]
+    fn kept_lists_give_what_new_ones_give() {
+        let value = super::super::test_value;
+        let call = |g: Geometry, seed: usize, want_dx: bool| {
+            let lay = Layout::new(g);
+            let (ph, pw) = g.pooled();
+            let x: Vec<f32> = (0..g.b * g.c * g.h * g.w).map(|i| value(i + seed)).collect();
+            let weight: Vec<f32> = (0..g.o * g.c * g.k * g.k).map(|i| value(i + 5)).collect();
+            let winners: Vec<u8> = (0..g.b * g.o * ph * pw).map(|i| ((i + seed) % 5) as u8).collect();
+            let grad: Vec<f32> = (0..g.b * g.o * ph * pw).map(|i| value(i + 3 * seed + 11)).collect();
+            let xp = pad_nhwc(&lay, &x);
+            let out = backward(g, &xp, &weight, &winners, &grad, want_dx);
+            (out.dx, out.dw, out.db)
+        };
+        let a = Geometry { b: 7, c: 3, h: 9, w: 11, o: 5, k: 3 };
+        let b = Geometry { b: 5, c: 1, h: 12, w: 12, o: 4, k: 5 };
+        let first = call(a, 1, true);
+        assert!(first.0.as_ref().is_some_and(|dx| dx.iter().any(|&v| v != 0.0)) && first.1.iter().any(|&v| v != 0.0));
+        for _ in 0..3 {
+            call(b, 2, false);
+            call(a, 3, false);
+            call(Geometry { b: 2, ..a }, 4, true);
+            let again = call(a, 1, true);
+            let close = |x: &[f32], y: &[f32]| x.len() == y.len() && x.iter().zip(y).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs()));
+            let (dx, dx_first) = (again.0.unwrap_or_default(), first.0.clone().unwrap_or_default());
+            assert!(close(&dx, &dx_first) && close(&again.1, &first.1) && close(&again.2, &first.2), "kept lists changed the gradients");
+        }
+    }
+
     /// The kernels compiled for every instruction set this CPU has and the portable ones
     /// give the same gradients, for a tile of 1 vector (conv1's shape) and of 10 (conv2's).
     #[test]
@@ -431,7 +512,7 @@ mod tests {
                 let (oc, ci, ky, kx) = (i / (g.c * g.k * g.k), i / (g.k * g.k) % g.c, i / g.k % g.k, i % g.k);
                 wr[(oc * g.k + ky) * lay.padded_run + kx * g.c + ci] = *v;
             }
-            let mut lists = Lists::new(&lay);
+            let mut lists = Lists::new(&lay, true);
             let mut db = vec![0.0; g.o];
             lists.fill(&lay, &winners, &grad, &mut db, true);
             let run = |simd: Simd| {
