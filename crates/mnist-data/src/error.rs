@@ -101,7 +101,7 @@ pub enum Error {
         cols: u32,
     },
     /// The payload is shorter than the header's item count requires.
-    #[error("{}: the header claims {count} {kind} ({expected} bytes of data) but the file holds only {found} bytes of data", path.display())]
+    #[error("{}: the header claims {count} {kind} ({expected} bytes of data) but the file holds only {found} bytes of data: the file was cut short (a partial copy or download?) or its header is wrong", path.display())]
     Truncated {
         /// The file.
         path: PathBuf,

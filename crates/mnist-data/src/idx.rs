@@ -568,5 +568,6 @@ mod tests {
         assert!(matches!(err, Error::Truncated { count: u32::MAX, found: 84, .. }), "{err}");
         let err = parse_images(&gzip(&bytes), name()).unwrap_err();
         assert!(matches!(err, Error::Truncated { count: u32::MAX, found: 84, .. }), "{err}");
+        assert!(err.to_string().contains("cut short") && err.to_string().contains("or its header is wrong"), "{err}");
     }
 }
