@@ -49,7 +49,7 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use mnist_kernels::{Implementation, Kernels, KernelsInUse};
-pub use model::{Cnn, CnnConfig, dropout_mask};
+pub use model::{Cnn, CnnConfig, MAX_PARAMS, dropout_mask};
 
 use burn::tensor::backend::Backend;
 

@@ -52,8 +52,14 @@ impl Default for CnnConfig {
     }
 }
 
+/// The most parameters a network may have: 2^28 (1 GiB of f32, about 80 times the seed's;
+/// training needs three times as much again for the gradient and Adam's moments). A
+/// config past it is refused before anything is allocated.
+pub const MAX_PARAMS: usize = 1 << 28;
+
 impl CnnConfig {
-    /// Checks every value is in range.
+    /// Checks every value is in range, and that the network has at most [`MAX_PARAMS`]
+    /// parameters.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
         for (name, v) in [
@@ -80,12 +86,22 @@ impl CnnConfig {
         if !self.init_bias.is_finite() {
             return bad(format!("init_bias must be finite, got {}", self.init_bias));
         }
+        // Checked products: widths near usize::MAX would overflow the count.
+        let params = self.param_shapes().iter().try_fold(0usize, |sum, (_, shape)| {
+            shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| sum.checked_add(n))
+        });
+        if params.is_none_or(|n| n > MAX_PARAMS) {
+            let count = params.map_or_else(|| "more than 2^64".to_string(), |n| format!("{n}"));
+            return bad(format!(
+                "the network would have {count} parameters; the most is {MAX_PARAMS} (1 GiB of f32; the seed has 3,274,634): lower hidden, conv1_channels or conv2_channels"
+            ));
+        }
         Ok(())
     }
 
     /// Inputs of the first fully connected layer: `conv2_channels * 7 * 7` (3136 in the seed).
     pub fn flat_features(&self) -> usize {
-        self.conv2_channels * (SIDE / 4) * (SIDE / 4)
+        self.conv2_channels.saturating_mul((SIDE / 4) * (SIDE / 4))
     }
 
     /// Every parameter tensor, by path, with its shape (Burn layout: convolution weights

@@ -57,6 +57,12 @@ fn invalid_configs_are_rejected() {
         (CnnConfig::new().with_kernel_size(4), "kernel_size"),
         (CnnConfig::new().with_hidden(0), "hidden"),
         (CnnConfig::new().with_init_std(-1.0), "init_std"),
+        // Widths whose network would not fit in memory are refused before any allocation
+        // (a hand-edited model.json killed the process allocating 1.25 TB).
+        (CnnConfig::new().with_hidden(100_000_000), "the network would have 314700052106 parameters; the most is 268435456"),
+        (CnnConfig::new().with_hidden(2_000_000), "lower hidden"),
+        (CnnConfig::new().with_conv2_channels(usize::MAX), "more than 2^64 parameters"),
+        (CnnConfig::new().with_conv1_channels(usize::MAX / 2), "parameters; the most is"),
     ] {
         let err = config.init::<Flex>(0, &Default::default()).unwrap_err();
         assert!(err.to_string().contains(needle), "{err}");
@@ -122,6 +128,12 @@ fn weights_of_another_shape_are_rejected_naming_the_tensor() {
     let err = weights::import_safetensors::<Flex>(&CnnConfig::new(), &st, &device).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     assert!(err.to_string().contains("fc1.weight"), "{err}");
+
+    // A config whose network is far larger than the file (within the parameter limit):
+    // refused from the file's shapes, before the network is built.
+    let wide = CnnConfig::new().with_hidden(80_000);
+    let err = weights::load::<Flex>(&wide, &mpk, &device).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }) && err.to_string().contains("[3136, 80000]"), "{err}");
 }
 
 #[test]

@@ -54,7 +54,10 @@ pub fn load<B: Backend>(config: &CnnConfig, path: &Path, device: &B::Device) -> 
 
 pub(crate) fn decode<B: Backend>(config: &CnnConfig, bytes: Vec<u8>, path: &Path, device: &B::Device) -> Result<Cnn<B>> {
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
-    let record = Recorder::<B>::load(&recorder, bytes, device).map_err(|e| record_error(path, &e))?;
+    let record: <Cnn<B> as Module<B>>::Record = Recorder::<B>::load(&recorder, bytes, device).map_err(|e| record_error(path, &e))?;
+    // The file's shapes against the config's before a network of the config's shape is
+    // built: a config edited to a huge width would otherwise allocate it first.
+    check_record_shapes(config, &record, path)?;
     let model = config.init::<B>(0, device)?.load_record(record);
     check_shapes(config, &model, path)?;
     check_finite(&model, path)?;
@@ -218,6 +221,31 @@ pub fn check_shapes<B: Backend>(config: &CnnConfig, model: &Cnn<B>, path: &Path)
                     expected,
                     found: shape.clone(),
                 });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// [`check_shapes`] on a record read from `path`, before any network is built.
+fn check_record_shapes<B: Backend>(config: &CnnConfig, record: &<Cnn<B> as Module<B>>::Record, path: &Path) -> Result<()> {
+    let shape = |p: &Param<Tensor<B, 1>>| p.lazy_shape().to_vec();
+    let found: [(&str, Option<Vec<usize>>); 8] = [
+        ("conv1.weight", Some(record.conv1.weight.lazy_shape().to_vec())),
+        ("conv1.bias", record.conv1.bias.as_ref().map(shape)),
+        ("conv2.weight", Some(record.conv2.weight.lazy_shape().to_vec())),
+        ("conv2.bias", record.conv2.bias.as_ref().map(shape)),
+        ("fc1.weight", Some(record.fc1.weight.lazy_shape().to_vec())),
+        ("fc1.bias", record.fc1.bias.as_ref().map(shape)),
+        ("fc2.weight", Some(record.fc2.weight.lazy_shape().to_vec())),
+        ("fc2.bias", record.fc2.bias.as_ref().map(shape)),
+    ];
+    for (name, expected) in config.param_shapes() {
+        match found.iter().find(|(n, _)| *n == name).and_then(|(_, s)| s.as_ref()) {
+            None => return Err(Error::MissingTensor { path: path.to_path_buf(), tensor: name.to_string(), expected }),
+            Some(shape) if *shape != expected => {
+                return Err(Error::ShapeMismatch { path: path.to_path_buf(), tensor: name.to_string(), expected, found: shape.clone() });
             }
             Some(_) => {}
         }
