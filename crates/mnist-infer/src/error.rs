@@ -38,7 +38,7 @@ pub enum Error {
         message: String,
     },
     /// The image is larger than the limits allow.
-    #[error("{}: image too large ({message}); the limit is {max_side}x{max_side} pixels", path.display())]
+    #[error("{}: image too large ({message}); the limits are {max_side}x{max_side} pixels and {} MiB decoded", path.display(), crate::preprocess::MAX_ALLOC >> 20)]
     TooLarge {
         /// The file.
         path: PathBuf,

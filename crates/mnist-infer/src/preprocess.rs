@@ -47,8 +47,10 @@ pub use mnist_model::input::SIDE;
 pub const BOX: u32 = 20;
 /// Largest image side accepted.
 pub const MAX_SIDE: u32 = 10_000;
-/// Largest decoder allocation accepted, in bytes.
-pub const MAX_ALLOC: u64 = 512 << 20;
+/// Largest decoded image accepted, in bytes (256 MiB: 8000 x 8000 pixels of 8-bit RGBA,
+/// or 10,000 x 10,000 of 8-bit grey), checked before decoding. The analysis then reads it
+/// in strips, so an image costs about its decoded size and little more.
+pub const MAX_ALLOC: u64 = 256 << 20;
 /// Longer side, in pixels, that larger images are averaged down to before the analysis
 /// (the digit ends up 20 pixels tall; this keeps strokes of a few pixels' width).
 pub const WORK_SIDE: u32 = 800;
@@ -110,6 +112,22 @@ fn decode(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    // `ImageReader::decode` holds the decoded size to the limits; `into_decoder` (taken
+    // for the orientation) does not, so a small file of 16-bit pixels could decode into
+    // gigabytes.
+    let (width, height) = decoder.dimensions();
+    if decoder.total_bytes() > MAX_ALLOC {
+        return Err(Error::TooLarge {
+            path: name.to_path_buf(),
+            message: format!(
+                "{width}x{height} pixels of {:?} decode into {} MiB, more than the {} MiB accepted",
+                decoder.color_type(),
+                decoder.total_bytes().div_ceil(1 << 20),
+                MAX_ALLOC >> 20
+            ),
+            max_side: MAX_SIDE,
+        });
+    }
     let orientation = decoder.orientation().map_err(decode_err)?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     image.apply_orientation(orientation);
@@ -144,7 +162,7 @@ pub fn preprocess(image: &DynamicImage, name: &Path) -> Result<[u8; SIDE * SIDE]
     if image.width() == 0 || image.height() == 0 {
         return Err(blank("empty image".into()));
     }
-    let gray = Plane::grayscale(image).shrunk_to(WORK_SIDE);
+    let gray = Plane::grayscale_shrunk(image, WORK_SIDE);
     let split = otsu(&gray.v);
     let (gray, split) = match gray.sheet(split) {
         Some(sheet) => {
@@ -190,19 +208,37 @@ impl Plane {
     }
 
     /// Luminance in `[0, 1]`, transparency composited on white (on black when the opaque
-    /// pixels are mostly light: white strokes on a transparent canvas). A 16-bit (or float) image
-    /// is levelled to the bit depth its values use (all but 0.1% of them), at least 8: a
-    /// 12-bit scan stored in a 16-bit PNG has its white at 4095, even with a hot pixel.
-    fn grayscale(image: &DynamicImage) -> Plane {
-        let la = image.to_luma_alpha16();
-        let full = if image.color().bytes_per_pixel() / image.color().channel_count() >= 2 {
-            // Pixels by the bits their value needs; the depth is the least that holds all
-            // but 0.1% of them, so a few hot pixels do not decide it (they clip to white).
-            let mut by_bits = [0u64; 17];
-            for p in la.pixels() {
-                by_bits[(16 - p.0[0].leading_zeros()) as usize] += 1;
+    /// pixels are mostly light: white strokes on a transparent canvas), averaged over
+    /// blocks of whole pixels so that the longer side is at most `side`. A 16-bit (or
+    /// float) image is levelled to the bit depth its values use (all but 0.1% of them), at
+    /// least 8: a 12-bit scan stored in a 16-bit PNG has its white at 4095, even with a hot
+    /// pixel.
+    ///
+    /// The image is read in strips of rows (a whole number of blocks each, a few MB), so
+    /// that no full-size copy is made besides the decoded image: a 10,000 x 10,000 image
+    /// cost three (its 16-bit grey and alpha, then its `f32` plane) before being shrunk.
+    fn grayscale_shrunk(image: &DynamicImage, side: u32) -> Plane {
+        let (w, h) = (image.width(), image.height());
+        let f = w.max(h).div_ceil(side).max(1);
+        // Rows per strip: whole blocks, about 4 MB of 16-bit grey and alpha.
+        let strip = f * (((4 << 20) / (u64::from(w) * 4 * u64::from(f)).max(1)).max(1) as u32);
+        let strips = || (0..h).step_by(strip as usize).map(move |y| (y, image.crop_imm(0, y, w, strip.min(h - y)).to_luma_alpha16()));
+        let deep = image.color().bytes_per_pixel() / image.color().channel_count() >= 2;
+        let alpha = image.color().has_alpha();
+        // Pixels by the bits their value needs, and the opaque pixels' lightness.
+        let mut by_bits = [0u64; 17];
+        let (mut opaque, mut light, mut clear) = (0u64, 0u64, 0u64);
+        if deep {
+            for (_, la) in strips() {
+                for p in la.pixels() {
+                    by_bits[(16 - p.0[0].leading_zeros()) as usize] += 1;
+                }
             }
-            let allowed = la.pixels().len() as u64 / 1000;
+        }
+        let full = if deep {
+            // The depth is the least that holds all but 0.1% of the pixels, so a few hot
+            // pixels do not decide it (they clip to white).
+            let allowed = u64::from(w) * u64::from(h) / 1000;
             let mut above = 0;
             let mut bits = 16;
             while bits > 8 && above + by_bits[bits] <= allowed {
@@ -215,24 +251,40 @@ impl Plane {
         };
         // Transparency shows the page behind the strokes: white, unless the strokes
         // themselves are light (white ink drawn on a transparent canvas), then black.
-        let (mut opaque, mut light, mut clear) = (0u64, 0u64, 0u64);
-        if image.color().has_alpha() {
-            for p in la.pixels() {
-                let [l, a] = p.0;
-                if a >= u16::MAX / 2 {
-                    opaque += 1;
-                    light += u64::from(f32::from(l) / full > 0.5);
-                } else {
-                    clear += 1;
+        if alpha {
+            for (_, la) in strips() {
+                for p in la.pixels() {
+                    let [l, a] = p.0;
+                    if a >= u16::MAX / 2 {
+                        opaque += 1;
+                        light += u64::from(f32::from(l) / full > 0.5);
+                    } else {
+                        clear += 1;
+                    }
                 }
             }
         }
         let behind = if clear > 0 && 2 * light > opaque { 0.0 } else { 1.0 };
-        Plane::new(la.width(), la.height(), |x, y| {
-            let [l, a] = la.get_pixel(x, y).0;
-            let a = f32::from(a) / f32::from(u16::MAX);
-            (f32::from(l) / full).min(1.0) * a + behind * (1.0 - a)
-        })
+        let (sw, sh) = (w.div_ceil(f), h.div_ceil(f));
+        let mut sums = vec![0.0f32; sw as usize * sh as usize];
+        let mut counts = vec![0u32; sums.len()];
+        for (y0, la) in strips() {
+            for (dy, row) in la.as_raw().chunks_exact(2 * w as usize).enumerate() {
+                let blocks = ((y0 as usize + dy) / f as usize) * sw as usize;
+                let (sums, counts) = (&mut sums[blocks..][..sw as usize], &mut counts[blocks..][..sw as usize]);
+                for ((sum, n), pixels) in sums.iter_mut().zip(counts.iter_mut()).zip(row.chunks(2 * f as usize)) {
+                    for la in pixels.chunks_exact(2) {
+                        let a = f32::from(la[1]) / f32::from(u16::MAX);
+                        *sum += (f32::from(la[0]) / full).min(1.0) * a + behind * (1.0 - a);
+                    }
+                    *n += (pixels.len() / 2) as u32;
+                }
+            }
+        }
+        // Each block's values were added row by row, left to right, as a full-size plane
+        // averaged afterwards would add them; a block of one pixel is the pixel itself.
+        let v = sums.iter().zip(&counts).map(|(&sum, &n)| sum / n as f32).collect();
+        Plane { w: sw, h: sh, v }
     }
 
     /// Averages blocks of whole pixels so the longer side is at most `side`.
@@ -1048,6 +1100,84 @@ mod tests {
         assert!(matches!(preprocess(&empty, Path::new("e.png")), Err(Error::Blank { .. })));
         let err = preprocess_bytes(b"this is not an image", Path::new("notes.txt")).unwrap_err();
         assert!(matches!(err, Error::Decode { .. }) && err.to_string().contains("notes.txt"), "{err}");
+    }
+
+    /// The grey plane as it was made before the strips: the whole image at full size,
+    /// then averaged down.
+    fn whole_plane(image: &DynamicImage) -> Plane {
+        let la = image.to_luma_alpha16();
+        let full = if image.color().bytes_per_pixel() / image.color().channel_count() >= 2 {
+            let mut by_bits = [0u64; 17];
+            for p in la.pixels() {
+                by_bits[(16 - p.0[0].leading_zeros()) as usize] += 1;
+            }
+            let allowed = la.pixels().len() as u64 / 1000;
+            let (mut above, mut bits) = (0, 16);
+            while bits > 8 && above + by_bits[bits] <= allowed {
+                above += by_bits[bits];
+                bits -= 1;
+            }
+            ((1u32 << bits) - 1) as f32
+        } else {
+            f32::from(u16::MAX)
+        };
+        let (mut opaque, mut light, mut clear) = (0u64, 0u64, 0u64);
+        if image.color().has_alpha() {
+            for p in la.pixels() {
+                let [l, a] = p.0;
+                if a >= u16::MAX / 2 {
+                    opaque += 1;
+                    light += u64::from(f32::from(l) / full > 0.5);
+                } else {
+                    clear += 1;
+                }
+            }
+        }
+        let behind = if clear > 0 && 2 * light > opaque { 0.0 } else { 1.0 };
+        Plane::new(la.width(), la.height(), |x, y| {
+            let [l, a] = la.get_pixel(x, y).0;
+            let a = f32::from(a) / f32::from(u16::MAX);
+            (f32::from(l) / full).min(1.0) * a + behind * (1.0 - a)
+        })
+        .shrunk_to(WORK_SIDE)
+    }
+
+    /// Read in strips, an image gives the plane the whole image gave, bit for bit: 8- and
+    /// 16-bit, grey and colour, with and without transparency, at sizes that are and are
+    /// not averaged down (in blocks that do not divide the sides, several strips of them).
+    #[test]
+    fn images_read_in_strips_give_the_whole_images_plane() {
+        let mut rand = noise(3);
+        let mut values = move || ((rand() + 1.0) * 0.5 * 65535.0) as u16;
+        for (w, h) in [(28, 28), (300, 200), (801, 799), (2501, 1203), (1100, 3307)] {
+            let grey16 = image::ImageBuffer::from_fn(w, h, |x, y| Luma([if (x + y) % 7 == 0 { values() } else { (values() >> 4) | 9 }]));
+            let rgba = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([(x % 251) as u8, (y % 13) as u8 * 19, ((x * y) % 256) as u8, if (x / 9 + y / 5) % 3 == 0 { 0 } else { 255 }]));
+            let light_on_clear = image::ImageBuffer::from_fn(w, h, |x, y| image::LumaA([250u8, if (x + 2 * y) % 11 < 3 { 255 } else { 0 }]));
+            for image in [DynamicImage::ImageLuma16(grey16), DynamicImage::ImageRgba8(rgba), DynamicImage::ImageLumaA8(light_on_clear)] {
+                let strips = Plane::grayscale_shrunk(&image, WORK_SIDE);
+                let whole = whole_plane(&image);
+                assert_eq!((strips.w, strips.h), (whole.w, whole.h), "{w}x{h} {:?}", image.color());
+                assert!(strips.v.iter().zip(&whole.v).all(|(a, b)| a.to_bits() == b.to_bits()), "{w}x{h} {:?}: planes differ", image.color());
+            }
+        }
+    }
+
+    /// A small file that decodes into more than the limit (a PNG of 10,000 x 10,000 white
+    /// pixels of 16-bit RGBA, 800 MB, compresses to under 1 MB) is refused before it is
+    /// decoded.
+    #[test]
+    fn an_image_too_large_once_decoded_is_refused_before_decoding() {
+        let mut png = Vec::new();
+        let img = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::from_pixel(1, 1, image::Rgba([65535; 4]));
+        img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        png[16..20].copy_from_slice(&10_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&10_000u32.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = preprocess_bytes(&png, Path::new("bomb.png")).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::TooLarge { .. }), "{text}");
+        assert!(text.contains("10000x10000 pixels of Rgba16 decode into 763 MiB, more than the 256 MiB accepted"), "{text}");
     }
 
     #[test]
