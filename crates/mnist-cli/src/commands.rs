@@ -36,6 +36,14 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     let json = args.json.clone().unwrap_or_else(|| model_dir.join(artifact::EVALUATION));
     let to_stdout = json.as_os_str() == "-";
     if !to_stdout {
+        if let Some(run) = artifact::run_file_replaced(&json) {
+            bail!(
+                "--json {} would replace a file of the run in {}; choose another path (the default is {})",
+                json.display(),
+                run.display(),
+                model_dir.join(artifact::EVALUATION).display()
+            );
+        }
         mnist_fs::check_destination(&json)?;
     }
     let choice = match (&args.data.dataset, &manifest.dataset) {

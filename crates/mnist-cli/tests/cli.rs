@@ -236,6 +236,15 @@ fn machine_readable_output_stays_machine_readable() {
     let stderr = no_panic("eval --dataset cifar", &output);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("unknown dataset \"cifar\"; expected mnist, fashion or sample"), "{stderr}");
+    // --json naming a file of the run (its manifest) is refused, before the evaluation,
+    // and the file is left as it was.
+    let manifest = std::fs::read(model.join("model.json")).unwrap();
+    let target = model.join("model.json");
+    let output = mnist().args(["eval", "--model", m, "--dataset", "sample", "--json", target.to_str().unwrap()]).output().unwrap();
+    let stderr = no_panic("eval --json MODEL/model.json", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("would replace a file of the run in") && stderr.contains("eval.json"), "{stderr}");
+    assert_eq!(std::fs::read(model.join("model.json")).unwrap(), manifest);
 }
 
 #[test]

@@ -70,6 +70,15 @@ pub enum Error {
         /// The first parameter holding a non-finite value.
         tensor: String,
     },
+    /// The output directory holds files a run writes (`config.json`, `metrics.jsonl`, ...)
+    /// that no run wrote there (it has no lock file): a new run would replace them.
+    #[error("{} holds {} that no training run wrote (the folder has no .lock); training would overwrite {}: choose an empty or new --out, or move {} away", path.display(), files.join(", "), if files.len() == 1 { "it" } else { "them" }, if files.len() == 1 { "it" } else { "them" })]
+    WouldOverwrite {
+        /// The artifact directory.
+        path: PathBuf,
+        /// The files found, by name.
+        files: Vec<String>,
+    },
     /// The output path is a file, not a directory.
     #[error("{} is a file, not a directory; --out takes the folder a run is written to", path.display())]
     NotADirectory {

@@ -332,7 +332,9 @@ fn a_directory_another_process_trains_in_is_left_alone() {
 fn a_run_stopped_before_its_first_checkpoint_starts_again() {
     let data = sample();
     let dir = tempfile::tempdir().unwrap();
-    // What a second Ctrl-C before the first checkpoint leaves: the config and some metrics.
+    // What a second Ctrl-C before the first checkpoint leaves: the lock, the config and
+    // some metrics.
+    std::fs::write(dir.path().join(artifact::LOCK), "").unwrap();
     std::fs::write(dir.path().join(artifact::TRAIN_CONFIG), "{}").unwrap();
     std::fs::write(dir.path().join(artifact::METRICS), "{\"step\": 999}\n").unwrap();
     let mut resume = options(dir.path());
@@ -387,4 +389,25 @@ fn a_checkpoint_that_cannot_be_saved_says_what_is_left() {
     let mut resume = options(dir.path());
     resume.resume = true;
     assert_eq!(finished(train::<B>(&config, &data, &resume, &Default::default()).unwrap()).steps, 12);
+}
+
+#[test]
+fn a_folder_holding_files_no_run_wrote_is_not_trained_into() {
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(artifact::TRAIN_CONFIG), "{\"x\": 1}").unwrap();
+    std::fs::write(dir.path().join(artifact::PLOT), "my plot").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::WouldOverwrite { .. }), "{text}");
+    assert!(text.contains("holds config.json, plot.png that no training run wrote") && text.contains("overwrite them"), "{text}");
+    // Nothing was touched, not even a lock left behind.
+    assert_eq!(std::fs::read_to_string(dir.path().join(artifact::TRAIN_CONFIG)).unwrap(), "{\"x\": 1}");
+    assert!(!dir.path().join(artifact::LOCK).exists());
+    // Other files alone are no obstacle.
+    std::fs::remove_file(dir.path().join(artifact::TRAIN_CONFIG)).unwrap();
+    std::fs::remove_file(dir.path().join(artifact::PLOT)).unwrap();
+    finished(train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap());
+    assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine");
 }

@@ -408,6 +408,19 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
         };
         return Err(Error::Checkpoint { path: checkpoint, message: message.into() });
     }
+    // Files training writes, in a folder no run has trained in (no lock file): the user's
+    // own, which a new run must not replace. (A run stopped before its first checkpoint
+    // left its lock, and starts again below.)
+    if !resume && dir.is_dir() && !dir.join(artifact::LOCK).exists() {
+        let files: Vec<String> = [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::WEIGHTS, artifact::SAFETENSORS]
+            .iter()
+            .filter(|f| dir.join(f).exists())
+            .map(|f| f.to_string())
+            .collect();
+        if !files.is_empty() {
+            return Err(Error::WouldOverwrite { path: dir.to_path_buf(), files });
+        }
+    }
     let write_err = |source| Error::Write {
         path: dir.to_path_buf(),
         source,

@@ -52,6 +52,25 @@ pub const SAFETENSORS: &str = "model.safetensors";
 /// `mnist eval`'s result.
 pub const EVALUATION: &str = "eval.json";
 
+/// The files a training run writes into its directory (all but [`EVALUATION`], which
+/// `eval` rewrites): no other output may replace them.
+pub const RUN_FILES: [&str; 8] = [TRAIN_CONFIG, METRICS, PLOT, REPORT, CHECKPOINT, MANIFEST, WEIGHTS, SAFETENSORS];
+
+/// The run directory whose file writing `path` would replace: `path` is named like one of
+/// [`RUN_FILES`] and its folder holds a run (a [`MANIFEST`] or a [`CHECKPOINT`]). `None`
+/// for any other path.
+pub fn run_file_replaced(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    if !RUN_FILES.contains(&name) {
+        return None;
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    [MANIFEST, CHECKPOINT].iter().any(|f| dir.join(f).is_file()).then_some(dir)
+}
+
 /// Key of `model.json` holding the SHA-256 of each weight file, by file name.
 pub const CHECKSUMS_KEY: &str = "sha256";
 /// Key of `model.json` naming the dataset the network was trained on.
