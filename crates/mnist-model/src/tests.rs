@@ -272,6 +272,22 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
         assert!(msg.contains("model.mpk is damaged or truncated (checksum mismatch") && msg.contains("retrain or restore it"), "{msg}");
     }
 
+    // The safetensors copy too, when imported from the directory: a flipped byte is named
+    // (it used to load into wrong weights); the same bytes elsewhere have nothing to be
+    // held to.
+    let st = dir.path().join(artifact::SAFETENSORS);
+    let good_st = std::fs::read(&st).unwrap();
+    weights::import_safetensors::<Flex>(&config, &st, &device).unwrap();
+    let mut flipped = good_st.clone();
+    flipped[good_st.len() - 1000] ^= 4;
+    std::fs::write(&st, &flipped).unwrap();
+    let err = weights::import_safetensors::<Flex>(&config, &st, &device).unwrap_err();
+    assert!(matches!(err, Error::Checksum { .. }) && err.to_string().contains("model.safetensors is damaged"), "{err}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join(artifact::SAFETENSORS), &flipped).unwrap();
+    weights::import_safetensors::<Flex>(&config, &elsewhere.path().join(artifact::SAFETENSORS), &device).unwrap();
+    std::fs::write(&st, &good_st).unwrap();
+
     // A manifest from before checksums loads (nothing to verify); a malformed one is named.
     std::fs::write(&mpk, &good).unwrap();
     let manifest = dir.path().join(artifact::MANIFEST);

@@ -149,8 +149,13 @@ pub(crate) fn export_safetensors_bytes<B: Backend>(model: &Cnn<B>, path: &Path) 
 
 /// Imports safetensors in PyTorch's layout (as written by [`export_safetensors`], or by
 /// `safetensors.torch.save_file` of the same network with these tensor names).
+///
+/// A file in an artifact directory whose `model.json` records its SHA-256 is verified
+/// against it first ([`Error::Checksum`] when they differ, as for `model.mpk`); a file
+/// anywhere else has no checksum to be held to.
 pub fn import_safetensors<B: Backend>(config: &CnnConfig, path: &Path, device: &B::Device) -> Result<Cnn<B>> {
     let bytes = read(path)?;
+    crate::artifact::verify_recorded(path, &bytes)?;
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .with_from_adapter(PyTorchToBurnAdapter)
         .validate(false)

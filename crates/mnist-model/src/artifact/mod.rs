@@ -237,6 +237,30 @@ pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Manifest,
     Ok((manifest, model))
 }
 
+/// Holds `bytes`, read from `path`, to the SHA-256 the `model.json` beside it records
+/// for the file's name, when there is such a manifest and it records one (a manifest
+/// that cannot be read is left to whoever loads the directory). [`Error::Checksum`] when
+/// they differ.
+pub(crate) fn verify_recorded(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Ok(());
+    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    if !dir.join(MANIFEST).is_file() {
+        return Ok(());
+    }
+    let Ok(manifest) = read_manifest(dir) else {
+        return Ok(());
+    };
+    if let Some(expected) = manifest.sha256.get(name) {
+        let found = mnist_fs::sha256_hex(bytes);
+        if !found.eq_ignore_ascii_case(expected) {
+            return Err(Error::Checksum { path: path.to_path_buf(), recorded_in: dir.join(MANIFEST).display().to_string(), expected: expected.clone(), found });
+        }
+    }
+    Ok(())
+}
+
 /// The weights of `dir` for a `manifest` already read from it by [`read_manifest`]:
 /// verified against its SHA-256 ([`Error::Checksum`] when they differ), then decoded into
 /// a network of its config. [`load_dir`] is the two in one.
