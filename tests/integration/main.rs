@@ -14,4 +14,5 @@ mod cuda;
 mod data;
 mod end_to_end;
 mod serve;
+mod serve_http;
 mod wgpu;

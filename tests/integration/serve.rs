@@ -176,7 +176,7 @@ fn the_api_classifies_real_digits_and_answers_every_bad_input_with_json() {
             (http.post(&predict).json(&json!({ "pixels": vec![0; 10] })), 400, "\"pixels\" has 10 values".into()),
             (http.post(&predict).json(&json!({ "image": "abc" })), 400, "unknown field \"image\"".into()),
             (http.post(&predict), 400, "the request body is empty".into()),
-            (http.post(&predict).header("content-type", "multipart/form-data; boundary=XyZ").body("--XyZ--\r\n"), 400, "holds no file".into()),
+            (http.post(&predict).header("content-type", "multipart/form-data; boundary=XyZ").body("--XyZ--\r\n"), 400, "has no image file".into()),
             (http.get(&predict), 405, "GET is not allowed on /api/predict; use POST".into()),
             (http.post(format!("{url}/api/model")), 405, "use GET".into()),
             (http.get(format!("{url}/predict")), 404, "no such page: /predict".into()),
@@ -268,8 +268,8 @@ fn a_request_whose_body_never_comes_gets_a_timeout_answer_and_others_go_on() {
         let started = Instant::now();
         // A length is promised and never sent.
         let (status, body) = raw(&url, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n", b"\x89PNG");
-        assert_eq!(status, 503, "{body}");
-        assert!(error_of(&body).contains("no answer within 300 ms"), "{body}");
+        assert_eq!(status, 408, "{body}");
+        assert!(error_of(&body).contains("the body did not arrive within 300 ms"), "{body}");
         assert!(started.elapsed() < Duration::from_secs(5));
         let (status, _) = send(reqwest::Client::new().get(format!("{url}/healthz"))).await;
         assert_eq!(status, 200);

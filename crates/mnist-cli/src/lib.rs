@@ -182,12 +182,12 @@ pub struct ServeArgs {
 /// How concurrent requests are batched (`mnist serve`, `mnist bench serve`).
 #[derive(Debug, Clone, Args)]
 pub struct BatchingArgs {
-    /// Most images classified in one forward pass (1: each request alone).
-    #[arg(long, default_value_t = 64, allow_hyphen_values = true, value_parser = positive::<usize>)]
+    /// Most images classified in one forward pass (1: each request alone; at most 4096).
+    #[arg(long, default_value_t = 64, allow_hyphen_values = true, value_parser = max_batch)]
     pub max_batch: usize,
     /// Microseconds to wait for requests already on their way (being received or decoded)
-    /// before running a batch that is not full.
-    #[arg(long, default_value_t = 1000, allow_hyphen_values = true, value_parser = non_negative::<u64>)]
+    /// before running a batch that is not full (at most 1000000, 1 s).
+    #[arg(long, default_value_t = 1000, allow_hyphen_values = true, value_parser = batch_wait_us)]
     pub batch_wait_us: u64,
 }
 
@@ -271,6 +271,24 @@ fn positive<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
 /// An integer of at least 0, for `--seed` and `--warmup`.
 fn non_negative<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
     at_least(text, 0, "a non-negative integer (0 or more)")
+}
+
+/// `--max-batch`: 1 to [`mnist_serve::MAX_BATCH`] images, checked here so that a mistake
+/// is one of the command line (exit status 2, the flag named); `ServeConfig::check` keeps
+/// the same range for library callers.
+fn max_batch(text: &str) -> Result<usize, String> {
+    match positive::<usize>(text)? {
+        n if n > mnist_serve::MAX_BATCH => Err(format!("{n} is too large: the most is {} images in one forward pass", mnist_serve::MAX_BATCH)),
+        n => Ok(n),
+    }
+}
+
+/// `--batch-wait-us`: 0 to [`mnist_serve::MAX_BATCH_WAIT_US`] microseconds.
+fn batch_wait_us(text: &str) -> Result<u64, String> {
+    match non_negative::<u64>(text)? {
+        n if n > mnist_serve::MAX_BATCH_WAIT_US => Err(format!("{n} is too large: the most is {} microseconds (1 s)", mnist_serve::MAX_BATCH_WAIT_US)),
+        n => Ok(n),
+    }
 }
 
 fn at_least<T: TryFrom<u128>>(text: &str, least: i128, what: &str) -> Result<T, String> {

@@ -150,4 +150,28 @@ mod tests {
         assert_eq!(url("0.0.0.0:80".parse().unwrap()), "http://127.0.0.1:80/");
         assert_eq!(url("[::1]:9000".parse().unwrap()), "http://[::1]:9000/");
     }
+
+    /// Batching settings past the server's range are command-line mistakes (exit status 2,
+    /// the flag named), not errors of the server starting (status 1).
+    #[test]
+    fn batching_flags_out_of_range_are_command_line_mistakes() {
+        use clap::Parser;
+        let parse = |args: &[&str]| crate::Cli::try_parse_from(["mnist"].iter().chain(args));
+        for (args, flag, says) in [
+            (&["serve", "--max-batch", "100000000"][..], "--max-batch", "100000000 is too large: the most is 4096 images"),
+            (&["serve", "--max-batch", "0"][..], "--max-batch", "must be a positive integer"),
+            (&["serve", "--batch-wait-us", "99999999999"][..], "--batch-wait-us", "99999999999 is too large: the most is 1000000 microseconds"),
+            (&["bench", "serve", "--max-batch", "4097"][..], "--max-batch", "4097 is too large"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            let text = e.to_string();
+            assert!(text.contains(flag) && text.contains(says), "{args:?}: {text}");
+        }
+        for args in [&["serve", "--max-batch", "4096", "--batch-wait-us", "1000000"][..], &["serve", "--max-batch", "1", "--batch-wait-us", "0"][..]] {
+            let cli = parse(args).unwrap();
+            let crate::Command::Serve(serve) = cli.command else { panic!("{args:?}: not serve") };
+            serve.batching.config().check().unwrap();
+        }
+    }
 }

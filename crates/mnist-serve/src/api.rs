@@ -42,19 +42,43 @@ pub struct ApiError {
     pub status: StatusCode,
     /// What went wrong and what was expected, for people.
     pub message: String,
+    /// Headers of the answer beside `Content-Type` (`Retry-After`, `Connection: close`,
+    /// ...).
+    pub headers: HeaderMap,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), headers: HeaderMap::new() }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.headers.insert(name, HeaderValue::from_static(value));
+        self
+    }
+
+    /// A 503 to try again after: busy or overloaded, not broken.
+    fn retry_later(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).with_header(header::RETRY_AFTER, RETRY_AFTER_S)
+    }
+
+    /// Answered before the body was read (or while it was): the connection is not kept
+    /// alive, since what is left of the body is not read (see `discard`).
+    fn closing(self) -> Self {
+        self.with_header(header::CONNECTION, "close")
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        response.headers_mut().extend(self.headers);
+        response
     }
 }
+
+/// The `Retry-After` of a 503, in seconds: a full queue drains in well under a second.
+const RETRY_AFTER_S: &str = "1";
 
 /// The router of the whole service.
 pub(crate) fn router(batcher: Batcher, info: Arc<ModelInfo>, config: &ServeConfig) -> Router {
@@ -100,33 +124,43 @@ struct ModelSummary<'a> {
 }
 
 async fn predict(State(state): State<AppState>, request: Request) -> Response {
-    let timeout = state.timeout;
-    match tokio::time::timeout(timeout, answer(&state, request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => error.into_response(),
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("no answer within {} ms (the server is overloaded, or the body arrived too slowly); try again", timeout.as_millis()),
-        )
-        .into_response(),
+    match answer(&state, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
     }
 }
 
 async fn answer(state: &AppState, request: Request) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::now() + state.timeout;
+    let (parts, body) = request.into_parts();
+    // What the headers alone refuse is answered before any of the body is read (and, to
+    // `Expect: 100-continue`, instead of `100 Continue`).
+    if let Err(refused) = check_headers(&parts.headers, state.body_limit) {
+        discard(body, &parts.headers, state.body_limit, state.timeout);
+        return Err(refused.closing());
+    }
     // From here until its image is queued, the inference thread may wait for this one.
     let arriving = state.batcher.arriving();
-    let (parts, body) = request.into_parts();
-    let bytes = read_body(&parts.headers, body, state.body_limit).await?;
-    let input = match Kind::of(&parts.headers, &bytes) {
-        Kind::Json => pixels_from_json(&bytes)?,
-        Kind::Multipart => {
-            let image = image_from_multipart(Request::from_parts(parts, Body::from(bytes))).await?;
-            preprocess(image).await?
-        }
-        Kind::Image => preprocess(bytes).await?,
+    let bytes = read_body(&parts.headers, body, state.body_limit, deadline, state.timeout).await?;
+    let work = async {
+        let input = match Kind::of(&parts.headers, &bytes) {
+            Kind::Json => pixels_from_json(&bytes)?,
+            Kind::Multipart => {
+                let image = image_from_multipart(Request::from_parts(parts, Body::from(bytes))).await?;
+                preprocess(image).await?
+            }
+            Kind::Image => preprocess(bytes).await?,
+        };
+        let prediction = state.batcher.predict(input, arriving).await.map_err(refusal)?;
+        Ok(axum::Json(reply(&state.info, &input, &prediction)).into_response())
     };
-    let prediction = state.batcher.predict(input, arriving).await.map_err(refusal)?;
-    Ok(axum::Json(reply(&state.info, &input, &prediction)).into_response())
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(answer) => answer,
+        Err(_) => Err(ApiError::retry_later(format!(
+            "no answer within {} ms of the request's arrival: the server is overloaded; try again",
+            state.timeout.as_millis()
+        ))),
+    }
 }
 
 fn reply<'a>(info: &'a ModelInfo, input: &'a Pixels, prediction: &Prediction) -> Answer<'a> {
@@ -145,10 +179,9 @@ fn reply<'a>(info: &'a ModelInfo, input: &'a Pixels, prediction: &Prediction) ->
 
 fn refusal(refusal: Refusal) -> ApiError {
     match refusal {
-        Refusal::Busy(queue) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the server is busy: {queue} images are already waiting to be classified; try again shortly"),
-        ),
+        Refusal::Busy(queue) => {
+            ApiError::retry_later(format!("the server is busy: {queue} images are already waiting to be classified; try again shortly"))
+        }
         Refusal::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"),
         Refusal::Failed(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message),
     }
@@ -183,49 +216,113 @@ impl Kind {
     }
 }
 
-/// The whole body, at most `limit` bytes.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = |size: String| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is {size}; the limit is {} ({limit} bytes)", mebibytes(limit)),
+/// What the headers of `POST /api/predict` alone refuse: a body encoded
+/// (`Content-Encoding` other than `identity`: 415), or declared over `limit`
+/// (`Content-Length`: 413).
+fn check_headers(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let encodings: Vec<&str> = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("(not text)").split(','))
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        .collect();
+    if !encodings.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "the body is sent with Content-Encoding: {}, which this server does not read; send it as it is, without Content-Encoding ({EXPECTED_BODY})",
+                encodings.join(", ")
+            ),
         )
-    };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let over = declared.is_some_and(|length| length > limit as u64);
-    // A body over the limit is still read (and dropped) up to `DRAIN_FACTOR` times the
-    // limit before the answer: a server that answers and closes while the client is still
-    // sending makes the client's TCP stack reset the connection, and the client sees a
-    // broken connection instead of the 413 (seen in the API test under load). Beyond that,
-    // the connection is closed without reading further.
-    let cap = (limit as u64).saturating_mul(DRAIN_FACTOR);
-    let mut kept = Vec::with_capacity(if over { 0 } else { declared.map_or(limit, |n| n as usize).min(limit) });
-    let mut seen = 0u64;
+        .with_header(header::ACCEPT_ENCODING, "identity"));
+    }
+    if let Some(length) = declared_length(headers).filter(|&length| length > limit as u64) {
+        return Err(too_large(&format!("{length} bytes (its Content-Length)"), limit));
+    }
+    Ok(())
+}
+
+/// The `Content-Length` of a request (hyper has refused the request if it is not a number).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+}
+
+fn too_large(size: &str, limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is {size}; the limit is {} ({limit} bytes)", mebibytes(limit)),
+    )
+}
+
+/// The whole body, at most `limit` bytes, by `deadline` (else 408). A body found over the
+/// limit is answered at once, the rest of it read and dropped after the answer (see
+/// `discard`).
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize, deadline: tokio::time::Instant, timeout: Duration) -> Result<Bytes, ApiError> {
+    let declared = declared_length(headers);
+    let mut kept = Vec::with_capacity(declared.map_or(limit, |n| n as usize).min(limit));
     let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")))?;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                let of = declared.map(|n| format!(" of {n}")).unwrap_or_default();
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the body did not arrive within {} ms ({} bytes{of} received); send the whole body at once",
+                        timeout.as_millis(),
+                        kept.len()
+                    ),
+                )
+                .closing());
+            }
+        };
+        let frame = frame.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")).closing())?;
         let Ok(data) = frame.into_data() else { continue };
-        seen += data.len() as u64;
-        if seen <= limit as u64 && !over {
-            kept.extend_from_slice(&data);
-        } else if seen > cap {
-            break;
+        if kept.len() + data.len() > limit {
+            discard(body, headers, limit, timeout);
+            return Err(too_large(&format!("more than {limit} bytes"), limit).closing());
         }
-    }
-    if let Some(length) = declared.filter(|_| over) {
-        return Err(too_large(format!("{length} bytes")));
-    }
-    if seen > limit as u64 {
-        return Err(too_large(if seen > cap { "larger".into() } else { format!("{seen} bytes") }));
+        kept.extend_from_slice(&data);
     }
     if kept.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the request body is empty; {EXPECTED_BODY}")));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("the request body is empty (0 bytes); {EXPECTED_BODY}")));
     }
     Ok(Bytes::from(kept))
 }
 
-/// How much of a body over the limit is read before the 413 is sent, in multiples of the
-/// limit (see `read_body`).
+/// Reads what is left of a refused body and drops it, after the answer, up to
+/// `DRAIN_FACTOR` times the limit and for at most `within`; then the connection closes.
+/// A server that answers and closes while the client is still sending makes the
+/// client's TCP stack reset the connection, and the client sees a broken connection
+/// instead of the answer (seen in the API test under load). A client that sent
+/// `Expect: 100-continue` has sent nothing and waits for the answer: its body is not
+/// asked for (reading it would send `100 Continue`).
+fn discard(body: Body, headers: &HeaderMap, limit: usize, within: Duration) {
+    let expects = headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects {
+        return;
+    }
+    let cap = (limit as u64).saturating_mul(DRAIN_FACTOR);
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut seen = 0u64;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if seen > cap {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, drain).await;
+    });
+}
+
+/// How much of a body over the limit is read (and dropped) after the 413, in multiples of
+/// the limit (see `discard`).
 const DRAIN_FACTOR: u64 = 16;
 
 fn mebibytes(bytes: usize) -> String {
@@ -287,23 +384,30 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// The first file of a multipart form (`curl -F image=@digit.png`).
+/// The first file of a multipart form (`curl -F image=@digit.png`): a part with a file
+/// name. Text fields (`-F name=foo`) are not images.
 async fn image_from_multipart(request: Request) -> Result<Bytes, ApiError> {
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let unreadable = |e: axum::extract::multipart::MultipartError| bad(format!("unreadable multipart form ({}); {EXPECTED_BODY}", e.body_text()));
     let mut form = Multipart::from_request(request, &()).await.map_err(|e| bad(format!("unreadable multipart form ({}); {EXPECTED_BODY}", e.body_text())))?;
-    let mut first_field = None;
-    while let Some(field) = form.next_field().await.map_err(|e| bad(format!("unreadable multipart form ({}); {EXPECTED_BODY}", e.body_text())))? {
-        let is_file = field.file_name().is_some();
-        let bytes = field.bytes().await.map_err(|e| bad(format!("unreadable multipart form ({}); {EXPECTED_BODY}", e.body_text())))?;
-        if is_file {
-            return Ok(bytes);
+    let mut fields = Vec::new();
+    while let Some(field) = form.next_field().await.map_err(unreadable)? {
+        let name = field.name().unwrap_or("").to_string();
+        let Some(file_name) = field.file_name().map(str::to_string) else {
+            fields.push(format!("{name:?}"));
+            continue;
+        };
+        let bytes = field.bytes().await.map_err(unreadable)?;
+        if bytes.is_empty() {
+            let file = if file_name.is_empty() { "no file chosen".to_string() } else { format!("file {file_name:?}") };
+            return Err(bad(format!("the uploaded image (form field {name:?}, {file}) is empty (0 bytes); {EXPECTED_BODY}")));
         }
-        first_field.get_or_insert(bytes);
+        return Ok(bytes);
     }
-    match first_field {
-        Some(bytes) if !bytes.is_empty() => Ok(bytes),
-        _ => Err(bad(format!("the multipart form holds no file; {EXPECTED_BODY}"))),
-    }
+    let holds = if fields.is_empty() { "no parts".to_string() } else { format!("only text fields: {}", fields.join(", ")) };
+    Err(bad(format!(
+        "the multipart form has no image file (it holds {holds}); expected a file part, as `curl -F image=@digit.png` sends, or {EXPECTED_BODY}"
+    )))
 }
 
 /// Decodes and preprocesses an image as `mnist predict` does, off the async runtime.
@@ -404,6 +508,39 @@ mod tests {
         assert!(message(json!({ "pixels": values }).to_string()).contains("is -1"));
         values[30] = json!(null);
         assert!(message(json!({ "pixels": values }).to_string()).contains("is null"));
+    }
+
+    #[test]
+    fn busy_answers_say_when_to_retry_and_failures_do_not() {
+        let busy = refusal(Refusal::Busy(1024)).into_response();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        assert_eq!(busy.headers().get(header::CONTENT_TYPE).unwrap(), "application/json");
+        let overloaded = ApiError::retry_later("no answer within 10000 ms").into_response();
+        assert_eq!(overloaded.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let failed = refusal(Refusal::Failed("boom".into())).into_response();
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(failed.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn the_headers_alone_refuse_an_encoded_body_or_a_declared_length_over_the_limit() {
+        let with = |pairs: &[(header::HeaderName, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(name.clone(), HeaderValue::from_static(value));
+            }
+            check_headers(&headers, 1 << 20)
+        };
+        assert!(with(&[]).is_ok());
+        assert!(with(&[(header::CONTENT_LENGTH, "1048576"), (header::CONTENT_ENCODING, "identity")]).is_ok());
+        let e = with(&[(header::CONTENT_LENGTH, "1048577")]).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.message, "the body is 1048577 bytes (its Content-Length); the limit is 1 MiB (1048576 bytes)");
+        let e = with(&[(header::CONTENT_ENCODING, "identity"), (header::CONTENT_ENCODING, "GZip")]).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(e.message.starts_with("the body is sent with Content-Encoding: GZip, which this server does not read"), "{}", e.message);
+        assert_eq!(e.headers.get(header::ACCEPT_ENCODING).unwrap(), "identity");
     }
 
     #[test]

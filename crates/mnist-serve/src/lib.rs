@@ -14,12 +14,19 @@
 //! - `GET /api/model`: [`ModelInfo`]. `GET /healthz`: `{"status": "ok", ...}` with the
 //!   inference thread's counters.
 //!
-//! Every error is JSON `{"error": "..."}` with its status: 400 for a malformed body,
-//! 413 for one over [`ServeConfig::body_limit`], 422 for an image that cannot be read or
-//! shows no digit (the message `mnist predict` gives), 503 when the queue is full or an
-//! answer takes longer than [`ServeConfig::request_timeout_ms`], 404 and 405 for other
-//! paths and methods. No request can take the server down: a panic in a handler or in
-//! the network answers 500 and the server goes on.
+//! Every error is JSON `{"error": "..."}` with its status: 400 for a malformed or empty
+//! body (a multipart form without an image file, an empty file), 408 for a body not
+//! received within [`ServeConfig::request_timeout_ms`], 413 for one over
+//! [`ServeConfig::body_limit`] (at once, unread, when its `Content-Length` says so, and
+//! instead of `100 Continue`), 415 for an encoded body (`Content-Encoding` other than
+//! `identity`), 422 for an image that cannot be read or shows no digit (the message
+//! `mnist predict` gives), 503 with `Retry-After` when the queue is full or the answer is
+//! not ready within [`ServeConfig::request_timeout_ms`], 404 and 405 for other paths and
+//! methods. No request can take the server down: a panic in a handler or in the network
+//! answers 500 and the server goes on. A client that does not send its headers within
+//! [`ServeConfig::header_timeout_ms`] is disconnected ([`serve_with`]). Requests hyper
+//! cannot parse (a malformed request line: 400, a URL too long: 414) are answered by
+//! hyper itself, with an empty body: hyper has no hook to give them one.
 //!
 //! The network runs on one inference thread, never on the async runtime: requests queue
 //! their image and the thread answers whatever is waiting with one forward pass of up to
@@ -67,6 +74,12 @@ pub use axum::Router;
 pub use batcher::Stats;
 pub use error::{Error, Result};
 
+/// The most [`ServeConfig::max_batch`] may be: images in one forward pass.
+pub const MAX_BATCH: usize = 4096;
+
+/// The most [`ServeConfig::batch_wait_us`] may be, in microseconds (1 s).
+pub const MAX_BATCH_WAIT_US: u64 = 1_000_000;
+
 /// How the server batches, limits and times requests.
 #[derive(Config, Debug, PartialEq)]
 pub struct ServeConfig {
@@ -81,13 +94,18 @@ pub struct ServeConfig {
     /// Most images waiting for the inference thread; more get 503.
     #[config(default = 1024)]
     pub queue: usize,
-    /// Largest request body, in bytes; more gets 413.
+    /// Largest request body, in bytes; more gets 413 (at once, unread, when the
+    /// `Content-Length` says so).
     #[config(default = 8388608)]
     pub body_limit: usize,
-    /// Longest a prediction may take, in milliseconds, from the request's arrival
-    /// (reading the body included); longer gets 503.
+    /// Longest a prediction may take, in milliseconds, from the request's arrival: a body
+    /// not received by then gets 408, an answer not ready by then 503.
     #[config(default = 10000)]
     pub request_timeout_ms: u64,
+    /// Longest a client may take to send a request's headers, in milliseconds (and to
+    /// start its next request on a kept-alive connection); then its connection is closed.
+    #[config(default = 20000)]
+    pub header_timeout_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -100,10 +118,10 @@ impl ServeConfig {
     /// Checks every setting's range.
     pub fn check(&self) -> Result<()> {
         let out_of_range = |name: &str, value: String, range: &str| Err(Error::Config(format!("{name} is {value}; expected {range}")));
-        if !(1..=4096).contains(&self.max_batch) {
+        if !(1..=MAX_BATCH).contains(&self.max_batch) {
             return out_of_range("max_batch", self.max_batch.to_string(), "1 to 4096 images");
         }
-        if self.batch_wait_us > 1_000_000 {
+        if self.batch_wait_us > MAX_BATCH_WAIT_US {
             return out_of_range("batch_wait_us", self.batch_wait_us.to_string(), "0 to 1000000 microseconds (1 s)");
         }
         if self.queue == 0 {
@@ -114,6 +132,9 @@ impl ServeConfig {
         }
         if self.request_timeout_ms == 0 {
             return out_of_range("request_timeout_ms", "0".into(), "at least 1 millisecond");
+        }
+        if self.header_timeout_ms == 0 {
+            return out_of_range("header_timeout_ms", "0".into(), "at least 1 millisecond");
         }
         Ok(())
     }
@@ -222,9 +243,59 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then finishes the requests
-/// under way.
+/// under way; with the default [`ServeConfig::header_timeout_ms`] (see
+/// [`serve_with`]).
 pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)
+    serve_with(listener, router, &ServeConfig::new(), shutdown).await
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then finishes the requests
+/// under way. Each connection is hyper's HTTP/1 with `config`'s header read timeout: a
+/// client that does not send its request's headers within
+/// [`ServeConfig::header_timeout_ms`] (or, kept alive, does not start its next request)
+/// is dropped, so that stalled clients cannot hold connections open.
+///
+/// # Errors
+/// None today (a failed accept is retried, a failed connection is that client's); the
+/// `Result` is for the listener's future errors.
+pub fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    config: &ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = Result<()>> + Send + 'static {
+    use axum::serve::Listener;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let header_timeout = std::time::Duration::from_millis(config.header_timeout_ms);
+    async move {
+        let mut listener = listener;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            // axum's accept retries what can be retried (a connection reset before it was
+            // accepted, too many open files) and never fails.
+            let (stream, _) = tokio::select! {
+                accepted = Listener::accept(&mut listener) => accepted,
+                () = &mut shutdown => break,
+            };
+            // The router takes hyper's request body as it is (`Router: Service<Request<B>>`).
+            let service = TowerToHyperService::new(router.clone());
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            // A connection's error (the client went away, its request was malformed and
+            // answered 400, its headers did not come in time) concerns that client only.
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+        }
+        drop(listener);
+        graceful.shutdown().await;
+        Ok(())
+    }
 }
 
 /// Completes on Ctrl-C, or on SIGTERM on Unix.
@@ -269,7 +340,7 @@ where
     runtime.block_on(async {
         let listener = bind(addr).await?;
         ready(listener.local_addr().unwrap_or(addr));
-        serve(listener, router, stop_signal()).await
+        serve_with(listener, router, config, stop_signal()).await
     })
 }
 
@@ -295,6 +366,8 @@ mod tests {
         assert!(message(ServeConfig::new().with_body_limit(10)).contains("at least 1024 bytes"));
         assert!(message(ServeConfig::new().with_batch_wait_us(5_000_000)).contains("batch_wait_us"));
         assert!(message(ServeConfig::new().with_request_timeout_ms(0)).contains("request_timeout_ms"));
+        assert!(message(ServeConfig::new().with_header_timeout_ms(0)).contains("header_timeout_ms"));
+        assert!(ServeConfig::new().with_max_batch(MAX_BATCH).with_batch_wait_us(MAX_BATCH_WAIT_US).check().is_ok());
     }
 
     #[test]
