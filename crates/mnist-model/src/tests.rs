@@ -314,7 +314,8 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
         assert!(msg.contains(needle), "{msg}");
     }
     for (json, needle) in [
-        (r#"{"colour": 1}"#, "unknown field `colour`"),
+        (r#"{"colour": 1}"#, "unknown field `colour`; expected one of: classes, conv1_channels"),
+        (r#"{"colour": 1}"#, "kernel_size, dataset, class_names, sha256"),
         (r#"{"class_names": ["a", "b"]}"#, "lists 2 names for a network of 10 classes"),
         (r#"{"class_names": "digits"}"#, "must be a list of names"),
         (r#"{"dataset": 7}"#, "must be a dataset name"),

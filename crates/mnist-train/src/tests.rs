@@ -405,6 +405,12 @@ fn a_folder_holding_files_no_run_wrote_is_not_trained_into() {
     // Nothing was touched, not even a lock left behind.
     assert_eq!(std::fs::read_to_string(dir.path().join(artifact::TRAIN_CONFIG)).unwrap(), "{\"x\": 1}");
     assert!(!dir.path().join(artifact::LOCK).exists());
+    // A finished run from before the lock file is still named as a run, not as files.
+    std::fs::write(dir.path().join(artifact::REPORT), "{}").unwrap();
+    let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::RunExists { .. }), "{err}");
+    std::fs::remove_file(dir.path().join(artifact::REPORT)).unwrap();
+    std::fs::remove_file(dir.path().join(artifact::LOCK)).unwrap();
     // Other files alone are no obstacle.
     std::fs::remove_file(dir.path().join(artifact::TRAIN_CONFIG)).unwrap();
     std::fs::remove_file(dir.path().join(artifact::PLOT)).unwrap();

@@ -408,10 +408,12 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
         };
         return Err(Error::Checkpoint { path: checkpoint, message: message.into() });
     }
-    // Files training writes, in a folder no run has trained in (no lock file): the user's
-    // own, which a new run must not replace. (A run stopped before its first checkpoint
-    // left its lock, and starts again below.)
-    if !resume && dir.is_dir() && !dir.join(artifact::LOCK).exists() {
+    // Files training writes, in a folder no run has trained in (no lock file, no
+    // checkpoint, report or manifest): the user's own, which a new run must not replace.
+    // (A run stopped before its first checkpoint left its lock, and starts again below; a
+    // run with a checkpoint is refused below as one.)
+    let run_markers = [artifact::LOCK, artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST];
+    if !resume && dir.is_dir() && !run_markers.iter().any(|f| dir.join(f).exists()) {
         let files: Vec<String> = [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::WEIGHTS, artifact::SAFETENSORS]
             .iter()
             .filter(|f| dir.join(f).exists())

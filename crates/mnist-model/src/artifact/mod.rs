@@ -216,7 +216,15 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let class_names = class_names
         .map(|n| serde_json::from_value::<Vec<String>>(n).map_err(|_| json_err(format!("`{CLASS_NAMES_KEY}` must be a list of names (strings)"))))
         .transpose()?;
-    let config: CnnConfig = json::from_value_strict(value, &CnnConfig::new()).map_err(json_err)?;
+    // The network's fields are checked against its config; the manifest's own keys (taken
+    // out above) belong in the list of what is expected too.
+    let config: CnnConfig = json::from_value_strict(value, &CnnConfig::new()).map_err(|message| {
+        json_err(if message.starts_with("unknown field `") && !message.contains('.') {
+            format!("{message}, {DATASET_KEY}, {CLASS_NAMES_KEY}, {CHECKSUMS_KEY}")
+        } else {
+            message
+        })
+    })?;
     let manifest = Manifest { config, dataset, class_names, sha256 };
     manifest.check().map_err(json_err)?;
     Ok(manifest)
