@@ -42,26 +42,35 @@ fn classifier() -> Classifier<Flex> {
 }
 
 /// A server on 127.0.0.1:0 on its own runtime; stops when dropped.
-struct Server {
-    url: String,
+pub(crate) struct Server {
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
+    /// `127.0.0.1:PORT`.
+    pub(crate) addr: String,
     stats: std::sync::Arc<Stats>,
     runtime: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Server {
+    /// The trained model of [`model_dir`].
     fn start(config: ServeConfig) -> Server {
         let classifier = classifier();
         let info = ModelInfo::new(&classifier, model_dir(), "flex");
+        Server::with(classifier, info, config)
+    }
+
+    /// Any network, served with `config` (its header timeout too).
+    pub(crate) fn with(classifier: Classifier<Flex>, info: ModelInfo, config: ServeConfig) -> Server {
         let (router, stats) = mnist_serve::router(classifier, info, &config).unwrap();
         let runtime = mnist_serve::runtime().unwrap();
         let listener = runtime.block_on(mnist_serve::bind(([127, 0, 0, 1], 0).into())).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(mnist_serve::serve(listener, router, async {
+        runtime.spawn(mnist_serve::serve_with(listener, router, &config, async {
             let _ = stopped.await;
         }));
-        Server { url, stats, runtime: Some(runtime), stop: Some(stop) }
+        Server { url: format!("http://{addr}"), addr, stats, runtime: Some(runtime), stop: Some(stop) }
     }
 }
 

@@ -15,12 +15,8 @@ use mnist_model::artifact::Manifest;
 use mnist_serve::{ModelInfo, ServeConfig};
 use serde_json::Value;
 
-/// A server on 127.0.0.1:0 on its own runtime; stops when dropped.
-struct Server {
-    addr: String,
-    runtime: Option<tokio::runtime::Runtime>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
+/// A server of a small untrained network on 127.0.0.1:0 ([`super::serve::Server`]).
+struct Server(super::serve::Server);
 
 impl Server {
     fn start(config: ServeConfig) -> Server {
@@ -29,30 +25,19 @@ impl Server {
         let model = network.init::<Flex>(7, &device).unwrap();
         let classifier = Classifier::from_model(model, Manifest::from_config(network), &device).unwrap();
         let info = ModelInfo::in_memory(&classifier, "flex");
-        let (router, _) = mnist_serve::router(classifier, info, &config).unwrap();
-        let runtime = mnist_serve::runtime().unwrap();
-        let listener = runtime.block_on(mnist_serve::bind(([127, 0, 0, 1], 0).into())).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(mnist_serve::serve_with(listener, router, &config, async {
-            let _ = stopped.await;
-        }));
-        Server { addr, runtime: Some(runtime), stop: Some(stop) }
+        Server(super::serve::Server::with(classifier, info, config))
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.0.url)
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(Duration::from_secs(5));
-        }
+impl std::ops::Deref for Server {
+    type Target = super::serve::Server;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
