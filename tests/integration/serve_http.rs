@@ -126,7 +126,7 @@ fn a_declared_length_over_the_limit_is_refused_at_once_before_the_body_is_read()
     // A body over the limit that the client sends whole still gets its 413, not a reset
     // connection (the rest of it is read after the answer).
     let small = Server::start(ServeConfig::new().with_body_limit(64 << 10));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = super::serve::client_runtime();
     runtime.block_on(async {
         let http = reqwest::Client::new();
         for _ in 0..5 {
@@ -141,7 +141,7 @@ fn a_declared_length_over_the_limit_is_refused_at_once_before_the_body_is_read()
 #[test]
 fn an_encoded_body_is_refused_with_415_and_a_busy_server_says_when_to_retry() {
     let server = Server::start(ServeConfig::new());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = super::serve::client_runtime();
     runtime.block_on(async {
         let http = reqwest::Client::new();
         for encoding in ["gzip", "br", "deflate, gzip"] {
@@ -201,7 +201,7 @@ fn stalled_headers_are_dropped_and_a_slow_body_gets_408() {
 #[test]
 fn a_form_without_an_image_file_or_an_empty_image_says_so() {
     let server = Server::start(ServeConfig::new());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = super::serve::client_runtime();
     runtime.block_on(async {
         let http = reqwest::Client::new();
         let post = |content_type: &str, body: &'static str| http.post(server.url("/api/predict")).header("content-type", content_type).body(body);

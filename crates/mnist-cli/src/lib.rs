@@ -277,18 +277,17 @@ fn non_negative<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
 /// is one of the command line (exit status 2, the flag named); `ServeConfig::check` keeps
 /// the same range for library callers.
 fn max_batch(text: &str) -> Result<usize, String> {
-    match positive::<usize>(text)? {
-        n if n > mnist_serve::MAX_BATCH => Err(format!("{n} is too large: the most is {} images in one forward pass", mnist_serve::MAX_BATCH)),
-        n => Ok(n),
-    }
+    at_most(positive::<usize>(text)?, mnist_serve::MAX_BATCH, "images in one forward pass")
 }
 
 /// `--batch-wait-us`: 0 to [`mnist_serve::MAX_BATCH_WAIT_US`] microseconds.
 fn batch_wait_us(text: &str) -> Result<u64, String> {
-    match non_negative::<u64>(text)? {
-        n if n > mnist_serve::MAX_BATCH_WAIT_US => Err(format!("{n} is too large: the most is {} microseconds (1 s)", mnist_serve::MAX_BATCH_WAIT_US)),
-        n => Ok(n),
-    }
+    at_most(non_negative::<u64>(text)?, mnist_serve::MAX_BATCH_WAIT_US, "microseconds (1 s)")
+}
+
+/// `n`, if at most `most` (of `unit`), else what the flag's most is.
+fn at_most<T: PartialOrd + std::fmt::Display>(n: T, most: T, unit: &str) -> Result<T, String> {
+    if n > most { Err(format!("{n} is too large: the most is {most} {unit}")) } else { Ok(n) }
 }
 
 fn at_least<T: TryFrom<u128>>(text: &str, least: i128, what: &str) -> Result<T, String> {

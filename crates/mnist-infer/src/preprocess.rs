@@ -139,8 +139,9 @@ fn decode(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
 /// error of a read past the end) or "unexpected end of file".
 fn decoder_message(e: &image::ImageError) -> String {
     let message = e.to_string();
+    let lower = message.to_lowercase();
     let ends_early = matches!(e, image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
-        || ["failed to fill whole buffer", "unexpected end of file", "unexpected eof"].iter().any(|m| message.to_lowercase().contains(m));
+        || ["failed to fill whole buffer", "unexpected end of file", "unexpected eof"].iter().any(|m| lower.contains(m));
     if ends_early {
         "the file ends before the image does: it was cut short (a partial copy or download?)".to_string()
     } else {
@@ -184,6 +185,54 @@ pub fn preprocess(image: &DynamicImage, name: &Path) -> Result<[u8; SIDE * SIDE]
     Ok(place_by_centre_of_mass(&scaled))
 }
 
+/// The white level of a 16-bit (or float) image, given its pixels by the bits their value
+/// needs (`by_bits[b]`: values of `b` bits) out of `pixels`: the least depth, at least 8,
+/// that holds all but 0.1% of them, so that a few hot pixels do not decide it (they clip
+/// to white).
+fn white_of(by_bits: &[u64; 17], pixels: u64) -> f32 {
+    let allowed = pixels / 1000;
+    let (mut above, mut bits) = (0, 16);
+    while bits > 8 && above + by_bits[bits] <= allowed {
+        above += by_bits[bits];
+        bits -= 1;
+    }
+    ((1u32 << bits) - 1) as f32
+}
+
+/// What shows through transparency: the page behind the strokes, white unless the
+/// strokes themselves are mostly light (white ink drawn on a transparent canvas), then
+/// black. Counts the opaque pixels, the light ones among them and the clear ones.
+#[derive(Default)]
+struct Page {
+    opaque: u64,
+    light: u64,
+    clear: u64,
+}
+
+impl Page {
+    /// Counts one 16-bit grey and alpha pixel of an image whose white is `full`.
+    fn count(&mut self, [l, a]: [u16; 2], full: f32) {
+        if a >= u16::MAX / 2 {
+            self.opaque += 1;
+            self.light += u64::from(f32::from(l) / full > 0.5);
+        } else {
+            self.clear += 1;
+        }
+    }
+
+    /// The page's level: 0 (black) or 1 (white).
+    fn behind(&self) -> f32 {
+        if self.clear > 0 && 2 * self.light > self.opaque { 0.0 } else { 1.0 }
+    }
+}
+
+/// A 16-bit grey and alpha pixel's luminance in `[0, 1]`, levelled to the white `full`
+/// and composited on the page's level `behind`.
+fn luminance([l, a]: [u16; 2], full: f32, behind: f32) -> f32 {
+    let a = f32::from(a) / f32::from(u16::MAX);
+    (f32::from(l) / full).min(1.0) * a + behind * (1.0 - a)
+}
+
 /// A single-channel image of `f32` values, row-major.
 #[derive(Debug, Clone, PartialEq)]
 struct Plane {
@@ -225,9 +274,8 @@ impl Plane {
         let strips = || (0..h).step_by(strip as usize).map(move |y| (y, image.crop_imm(0, y, w, strip.min(h - y)).to_luma_alpha16()));
         let deep = image.color().bytes_per_pixel() / image.color().channel_count() >= 2;
         let alpha = image.color().has_alpha();
-        // Pixels by the bits their value needs, and the opaque pixels' lightness.
+        // Pixels by the bits their value needs.
         let mut by_bits = [0u64; 17];
-        let (mut opaque, mut light, mut clear) = (0u64, 0u64, 0u64);
         if deep {
             for (_, la) in strips() {
                 for p in la.pixels() {
@@ -235,36 +283,14 @@ impl Plane {
                 }
             }
         }
-        let full = if deep {
-            // The depth is the least that holds all but 0.1% of the pixels, so a few hot
-            // pixels do not decide it (they clip to white).
-            let allowed = u64::from(w) * u64::from(h) / 1000;
-            let mut above = 0;
-            let mut bits = 16;
-            while bits > 8 && above + by_bits[bits] <= allowed {
-                above += by_bits[bits];
-                bits -= 1;
-            }
-            ((1u32 << bits) - 1) as f32
-        } else {
-            f32::from(u16::MAX)
-        };
-        // Transparency shows the page behind the strokes: white, unless the strokes
-        // themselves are light (white ink drawn on a transparent canvas), then black.
+        let full = if deep { white_of(&by_bits, u64::from(w) * u64::from(h)) } else { f32::from(u16::MAX) };
+        let mut page = Page::default();
         if alpha {
             for (_, la) in strips() {
-                for p in la.pixels() {
-                    let [l, a] = p.0;
-                    if a >= u16::MAX / 2 {
-                        opaque += 1;
-                        light += u64::from(f32::from(l) / full > 0.5);
-                    } else {
-                        clear += 1;
-                    }
-                }
+                la.pixels().for_each(|p| page.count(p.0, full));
             }
         }
-        let behind = if clear > 0 && 2 * light > opaque { 0.0 } else { 1.0 };
+        let behind = page.behind();
         let (sw, sh) = (w.div_ceil(f), h.div_ceil(f));
         let mut sums = vec![0.0f32; sw as usize * sh as usize];
         let mut counts = vec![0u32; sums.len()];
@@ -274,8 +300,7 @@ impl Plane {
                 let (sums, counts) = (&mut sums[blocks..][..sw as usize], &mut counts[blocks..][..sw as usize]);
                 for ((sum, n), pixels) in sums.iter_mut().zip(counts.iter_mut()).zip(row.chunks(2 * f as usize)) {
                     for la in pixels.chunks_exact(2) {
-                        let a = f32::from(la[1]) / f32::from(u16::MAX);
-                        *sum += (f32::from(la[0]) / full).min(1.0) * a + behind * (1.0 - a);
+                        *sum += luminance([la[0], la[1]], full, behind);
                     }
                     *n += (pixels.len() / 2) as u32;
                 }
@@ -1103,7 +1128,9 @@ mod tests {
     }
 
     /// The grey plane as it was made before the strips: the whole image at full size,
-    /// then averaged down.
+    /// then averaged down (the levelling and the page behind are the shared
+    /// [`white_of`], [`Page`] and [`luminance`]; what is held to it is the reading in
+    /// strips and the averaging).
     fn whole_plane(image: &DynamicImage) -> Plane {
         let la = image.to_luma_alpha16();
         let full = if image.color().bytes_per_pixel() / image.color().channel_count() >= 2 {
@@ -1111,35 +1138,16 @@ mod tests {
             for p in la.pixels() {
                 by_bits[(16 - p.0[0].leading_zeros()) as usize] += 1;
             }
-            let allowed = la.pixels().len() as u64 / 1000;
-            let (mut above, mut bits) = (0, 16);
-            while bits > 8 && above + by_bits[bits] <= allowed {
-                above += by_bits[bits];
-                bits -= 1;
-            }
-            ((1u32 << bits) - 1) as f32
+            white_of(&by_bits, la.pixels().len() as u64)
         } else {
             f32::from(u16::MAX)
         };
-        let (mut opaque, mut light, mut clear) = (0u64, 0u64, 0u64);
+        let mut page = Page::default();
         if image.color().has_alpha() {
-            for p in la.pixels() {
-                let [l, a] = p.0;
-                if a >= u16::MAX / 2 {
-                    opaque += 1;
-                    light += u64::from(f32::from(l) / full > 0.5);
-                } else {
-                    clear += 1;
-                }
-            }
+            la.pixels().for_each(|p| page.count(p.0, full));
         }
-        let behind = if clear > 0 && 2 * light > opaque { 0.0 } else { 1.0 };
-        Plane::new(la.width(), la.height(), |x, y| {
-            let [l, a] = la.get_pixel(x, y).0;
-            let a = f32::from(a) / f32::from(u16::MAX);
-            (f32::from(l) / full).min(1.0) * a + behind * (1.0 - a)
-        })
-        .shrunk_to(WORK_SIDE)
+        let behind = page.behind();
+        Plane::new(la.width(), la.height(), |x, y| luminance(la.get_pixel(x, y).0, full, behind)).shrunk_to(WORK_SIDE)
     }
 
     /// Read in strips, an image gives the plane the whole image gave, bit for bit: 8- and

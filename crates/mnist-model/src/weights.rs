@@ -210,27 +210,7 @@ pub fn check_shapes<B: Backend>(config: &CnnConfig, model: &Cnn<B>, path: &Path)
         .into_iter()
         .map(|s| (s.full_path(), s.shape.to_vec()))
         .collect();
-    for (name, expected) in config.param_shapes() {
-        match found.iter().find(|(n, _)| n == name) {
-            None => {
-                return Err(Error::MissingTensor {
-                    path: path.to_path_buf(),
-                    tensor: name.to_string(),
-                    expected,
-                });
-            }
-            Some((_, shape)) if *shape != expected => {
-                return Err(Error::ShapeMismatch {
-                    path: path.to_path_buf(),
-                    tensor: name.to_string(),
-                    expected,
-                    found: shape.clone(),
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
+    compare_shapes(config, path, |name| found.iter().find(|(n, _)| n == name).map(|(_, shape)| shape.clone()))
 }
 
 /// [`check_shapes`] on a record read from `path`, before any network is built.
@@ -246,11 +226,17 @@ fn check_record_shapes<B: Backend>(config: &CnnConfig, record: &<Cnn<B> as Modul
         ("fc2.weight", Some(record.fc2.weight.lazy_shape().to_vec())),
         ("fc2.bias", record.fc2.bias.as_ref().map(shape)),
     ];
+    compare_shapes(config, path, |name| found.iter().find(|(n, _)| *n == name).and_then(|(_, s)| s.clone()))
+}
+
+/// Each of `config`'s parameters against the shape `found` gives for its path (`None`:
+/// missing): the first missing or of another shape is the error, naming `path`.
+fn compare_shapes(config: &CnnConfig, path: &Path, found: impl Fn(&str) -> Option<Vec<usize>>) -> Result<()> {
     for (name, expected) in config.param_shapes() {
-        match found.iter().find(|(n, _)| *n == name).and_then(|(_, s)| s.as_ref()) {
+        match found(name) {
             None => return Err(Error::MissingTensor { path: path.to_path_buf(), tensor: name.to_string(), expected }),
-            Some(shape) if *shape != expected => {
-                return Err(Error::ShapeMismatch { path: path.to_path_buf(), tensor: name.to_string(), expected, found: shape.clone() });
+            Some(shape) if shape != expected => {
+                return Err(Error::ShapeMismatch { path: path.to_path_buf(), tensor: name.to_string(), expected, found: shape });
             }
             Some(_) => {}
         }

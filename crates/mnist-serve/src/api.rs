@@ -389,16 +389,16 @@ fn json_kind(value: &Value) -> &'static str {
 /// name. Text fields (`-F name=foo`) are not images.
 async fn image_from_multipart(request: Request) -> Result<Bytes, ApiError> {
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
-    let unreadable = |e: axum::extract::multipart::MultipartError| bad(format!("unreadable multipart form ({}); {EXPECTED_BODY}", e.body_text()));
-    let mut form = Multipart::from_request(request, &()).await.map_err(|e| bad(format!("unreadable multipart form ({}); {EXPECTED_BODY}", e.body_text())))?;
+    let unreadable = |why: String| bad(format!("unreadable multipart form ({why}); {EXPECTED_BODY}"));
+    let mut form = Multipart::from_request(request, &()).await.map_err(|e| unreadable(e.body_text()))?;
     let mut fields = Vec::new();
-    while let Some(field) = form.next_field().await.map_err(unreadable)? {
+    while let Some(field) = form.next_field().await.map_err(|e| unreadable(e.body_text()))? {
         let name = field.name().unwrap_or("").to_string();
         let Some(file_name) = field.file_name().map(str::to_string) else {
             fields.push(format!("{name:?}"));
             continue;
         };
-        let bytes = field.bytes().await.map_err(unreadable)?;
+        let bytes = field.bytes().await.map_err(|e| unreadable(e.body_text()))?;
         if bytes.is_empty() {
             let file = if file_name.is_empty() { "no file chosen".to_string() } else { format!("file {file_name:?}") };
             return Err(bad(format!("the uploaded image (form field {name:?}, {file}) is empty (0 bytes); {EXPECTED_BODY}")));

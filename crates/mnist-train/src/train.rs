@@ -412,8 +412,9 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
     // checkpoint, report or manifest): the user's own, which a new run must not replace.
     // (A run stopped before its first checkpoint left its lock, and starts again below; a
     // run with a checkpoint is refused below as one.)
-    let run_markers = [artifact::LOCK, artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST];
-    if !resume && dir.is_dir() && !run_markers.iter().any(|f| dir.join(f).exists()) {
+    // A run that got as far as a checkpoint, or finished.
+    let trained = || [artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST].iter().any(|f| dir.join(f).exists());
+    if !resume && dir.is_dir() && !dir.join(artifact::LOCK).exists() && !trained() {
         let files: Vec<String> = [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::WEIGHTS, artifact::SAFETENSORS]
             .iter()
             .filter(|f| dir.join(f).exists())
@@ -460,7 +461,7 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
     // A finished run, or one with a checkpoint, is never started over; one stopped before
     // its first checkpoint has nothing to keep but its metrics, and starts again.
     if !resume {
-        if [artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST].iter().any(|f| dir.join(f).exists()) {
+        if trained() {
             return Err(Error::RunExists { path: dir.to_path_buf() });
         }
         if dir.join(artifact::METRICS).exists() {

@@ -40,11 +40,17 @@ pub fn parse(text: &str) -> std::result::Result<Value, String> {
 
 /// [`from_str_strict`] of a JSON value already parsed.
 pub fn from_value_strict<T: Serialize + DeserializeOwned>(value: Value, template: &T) -> std::result::Result<T, String> {
+    from_value_strict_beside(value, template, &[])
+}
+
+/// [`from_value_strict`] of an object whose top level also holds the fields `beside` (taken
+/// out by the caller, who reads them itself): they are named among the fields expected.
+pub fn from_value_strict_beside<T: Serialize + DeserializeOwned>(value: Value, template: &T, beside: &[&str]) -> std::result::Result<T, String> {
     let known = serde_json::to_value(template).map_err(|e| e.to_string())?;
     if let (Value::Object(fields), false) = (&known, value.is_object()) {
-        return Err(format!("expected a JSON object of fields ({}), got {}", field_names(fields), describe(&value)));
+        return Err(format!("expected a JSON object of fields ({}), got {}", field_names(fields, beside), describe(&value)));
     }
-    check_keys(&value, &known, "")?;
+    check_keys(&value, &known, "", beside)?;
     let mut merged = known.clone();
     merge(&mut merged, value.clone());
     // A value of the wrong type or out of its type's range names its field, and says what
@@ -82,14 +88,14 @@ fn expects(template: &Value, given: &Value) -> Option<String> {
         Value::Number(n) if n.is_i64() => "a whole number".into(),
         Value::Number(_) => "a number".into(),
         Value::Bool(_) => "true or false".into(),
-        Value::Object(fields) => format!("an object of fields ({})", field_names(fields)),
+        Value::Object(fields) => format!("an object of fields ({})", field_names(fields, &[])),
         Value::String(_) | Value::Array(_) | Value::Null => return None,
     })
 }
 
-/// An object's field names, comma-separated.
-fn field_names(fields: &serde_json::Map<String, Value>) -> String {
-    fields.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+/// An object's field names, then those `beside` it, comma-separated.
+fn field_names(fields: &serde_json::Map<String, Value>, beside: &[&str]) -> String {
+    fields.keys().map(String::as_str).chain(beside.iter().copied()).collect::<Vec<_>>().join(", ")
 }
 
 /// A JSON value as an error message shows it.
@@ -162,15 +168,15 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
     }
 }
 
-fn check_keys(value: &Value, known: &Value, prefix: &str) -> std::result::Result<(), String> {
+fn check_keys(value: &Value, known: &Value, prefix: &str, beside: &[&str]) -> std::result::Result<(), String> {
     let (Value::Object(value), Value::Object(known)) = (value, known) else {
         return Ok(());
     };
     for (key, v) in value {
         let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match known.get(key) {
-            Some(k) => check_keys(v, k, &path)?,
-            None => return Err(format!("unknown field `{path}`; expected one of: {}", field_names(known))),
+            Some(k) => check_keys(v, k, &path, &[])?,
+            None => return Err(format!("unknown field `{path}`; expected one of: {}", field_names(known, beside))),
         }
     }
     Ok(())

@@ -64,11 +64,8 @@ pub fn run_file_replaced(path: &Path) -> Option<PathBuf> {
     if !RUN_FILES.contains(&name) {
         return None;
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    [MANIFEST, CHECKPOINT].iter().any(|f| dir.join(f).is_file()).then_some(dir)
+    let dir = mnist_fs::parent_dir(path);
+    [MANIFEST, CHECKPOINT].iter().any(|f| dir.join(f).is_file()).then(|| dir.to_path_buf())
 }
 
 /// Key of `model.json` holding the SHA-256 of each weight file, by file name.
@@ -217,14 +214,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
         .map(|n| serde_json::from_value::<Vec<String>>(n).map_err(|_| json_err(format!("`{CLASS_NAMES_KEY}` must be a list of names (strings)"))))
         .transpose()?;
     // The network's fields are checked against its config; the manifest's own keys (taken
-    // out above) belong in the list of what is expected too.
-    let config: CnnConfig = json::from_value_strict(value, &CnnConfig::new()).map_err(|message| {
-        json_err(if message.starts_with("unknown field `") && !message.contains('.') {
-            format!("{message}, {DATASET_KEY}, {CLASS_NAMES_KEY}, {CHECKSUMS_KEY}")
-        } else {
-            message
-        })
-    })?;
+    // out above) are named among what is expected too.
+    let config: CnnConfig = json::from_value_strict_beside(value, &CnnConfig::new(), &[DATASET_KEY, CLASS_NAMES_KEY, CHECKSUMS_KEY]).map_err(json_err)?;
     let manifest = Manifest { config, dataset, class_names, sha256 };
     manifest.check().map_err(json_err)?;
     Ok(manifest)
@@ -250,16 +241,18 @@ pub fn load_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Manifest,
 /// that cannot be read is left to whoever loads the directory). [`Error::Checksum`] when
 /// they differ.
 pub(crate) fn verify_recorded(path: &Path, bytes: &[u8]) -> Result<()> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+    let (dir, Some(name)) = (mnist_fs::parent_dir(path), path.file_name().and_then(|n| n.to_str())) else {
         return Ok(());
     };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    if !dir.join(MANIFEST).is_file() {
-        return Ok(());
+    match dir.join(MANIFEST).is_file().then(|| read_manifest(dir)) {
+        Some(Ok(manifest)) => check_digest(&manifest, dir, name, path, bytes),
+        _ => Ok(()),
     }
-    let Ok(manifest) = read_manifest(dir) else {
-        return Ok(());
-    };
+}
+
+/// Holds `bytes` of the file `name` of `dir`, read from `path`, to the SHA-256 `manifest`
+/// records for it, if it records one.
+fn check_digest(manifest: &Manifest, dir: &Path, name: &str, path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(expected) = manifest.sha256.get(name) {
         let found = mnist_fs::sha256_hex(bytes);
         if !found.eq_ignore_ascii_case(expected) {
@@ -275,11 +268,6 @@ pub(crate) fn verify_recorded(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn load_weights<B: Backend>(dir: &Path, manifest: &Manifest, device: &B::Device) -> Result<Cnn<B>> {
     let path = dir.join(WEIGHTS);
     let bytes = read(&path)?;
-    if let Some(expected) = manifest.sha256.get(WEIGHTS) {
-        let found = mnist_fs::sha256_hex(&bytes);
-        if !found.eq_ignore_ascii_case(expected) {
-            return Err(Error::Checksum { path, recorded_in: dir.join(MANIFEST).display().to_string(), expected: expected.clone(), found });
-        }
-    }
+    check_digest(manifest, dir, WEIGHTS, &path, &bytes)?;
     decode(&manifest.config, bytes, &path, device)
 }
