@@ -183,6 +183,7 @@ fn the_api_classifies_real_digits_and_answers_every_bad_input_with_json() {
             (http.post(&predict).header("content-type", "image/png").body(vec![0u8; 100 << 10]), 413, "the limit is 64 KiB (65536 bytes)".into()),
             (http.post(&predict).header("content-type", "application/json").body("{\"pixels\": [1, 2,"), 400, "not valid JSON".into()),
             (http.post(&predict).json(&json!({ "pixels": vec![0; 10] })), 400, "\"pixels\" has 10 values".into()),
+            (http.post(&predict).json(&json!({ "pixels": vec![0; 784] })), 422, "a blank image, no digit to classify".into()),
             (http.post(&predict).json(&json!({ "image": "abc" })), 400, "unknown field \"image\"".into()),
             (http.post(&predict), 400, "the request body is empty".into()),
             (http.post(&predict).header("content-type", "multipart/form-data; boundary=XyZ").body("--XyZ--\r\n"), 400, "has no image file".into()),

@@ -48,7 +48,12 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     }
     let choice = match (&args.data.dataset, &manifest.dataset) {
         (Some(name), _) => name.parse::<DatasetChoice>()?,
-        (None, Some(name)) => DatasetChoice::Exactly(name.parse()?),
+        (None, Some(name)) => DatasetChoice::Exactly(name.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{} records the dataset {name:?}, which is none of mnist, fashion or sample; name the test split to evaluate on with --dataset mnist, fashion or sample",
+                model_dir.join(artifact::MANIFEST).display()
+            )
+        })?),
         (None, None) => DatasetChoice::Auto,
     };
     crate::backend::prepare(backend)?;
@@ -215,7 +220,7 @@ impl Job for PredictJob<'_> {
                     serde_json::json!({
                         "file": file,
                         "class": p.digit,
-                        "name": classes[p.digit],
+                        "label": classes[p.digit],
                         "probability": p.confidence(),
                         "probabilities": p.probabilities,
                     })

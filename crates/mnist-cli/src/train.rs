@@ -23,6 +23,10 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         (None, true) => newest_run(Path::new(ARTIFACTS), artifact::CHECKPOINT)?,
         (None, false) => PathBuf::new(), // named below, once the dataset is known
     };
+    // A folder no run may start in is refused before the dataset is looked for.
+    if !out.as_os_str().is_empty() {
+        mnist_train::check_out_dir(&out, args.resume)?;
+    }
     let mut config = match (&args.config, args.resume) {
         (Some(path), _) => TrainConfig::read(path)?,
         (None, true) => TrainConfig::read(&out.join(artifact::TRAIN_CONFIG))

@@ -197,6 +197,9 @@ fn machine_readable_output_stays_machine_readable() {
         assert_eq!(line["file"], file, "{line}");
     }
     assert!(lines[0]["class"].is_u64() && lines[0].get("error").is_none(), "{}", lines[0]);
+    // The keys of the HTTP API's answer, plus the winner's probability.
+    assert_eq!(lines[0]["label"], lines[0]["class"].to_string(), "{}", lines[0]);
+    assert!(lines[0]["probability"].is_f64() && lines[0]["probabilities"].as_array().is_some_and(|p| p.len() == 10), "{}", lines[0]);
     assert!(lines[1]["error"].as_str().unwrap().contains("notes.png") && lines[1].get("class").is_none(), "{}", lines[1]);
     assert!(lines[2]["error"].is_string(), "{}", lines[2]);
     // Output that cannot be written (a full disk) is an error, unlike a reader gone away.
@@ -245,6 +248,25 @@ fn machine_readable_output_stays_machine_readable() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("would replace a file of the run in") && stderr.contains("eval.json"), "{stderr}");
     assert_eq!(std::fs::read(model.join("model.json")).unwrap(), manifest);
+    // A dataset model.json records that eval cannot load: the file is named.
+    let bogus = tmp.path().join("bogus");
+    std::fs::create_dir(&bogus).unwrap();
+    for f in ["model.mpk", "model.safetensors"] {
+        std::fs::copy(model.join(f), bogus.join(f)).unwrap();
+    }
+    let mut json: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    json["dataset"] = "bogus".into();
+    std::fs::write(bogus.join("model.json"), json.to_string()).unwrap();
+    let output = mnist().args(["eval", "--model", bogus.to_str().unwrap()]).output().unwrap();
+    let stderr = no_panic("eval of a model trained on an unknown dataset", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bogus/model.json records the dataset \"bogus\"") && stderr.contains("--dataset"), "{stderr}");
+    // A finished run is refused as --out before any dataset is looked for (this one is
+    // not there to be found).
+    let output = mnist().args(["train", "--out", m, "--dataset", "mnist", "--data-dir", "/nonexistent"]).output().unwrap();
+    let stderr = no_panic("train --out a finished run", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already holds a training run") && !stderr.contains("nonexistent"), "{stderr}");
 }
 
 #[test]

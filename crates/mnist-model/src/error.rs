@@ -17,6 +17,13 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The directory holds a training run that has not finished: a checkpoint, no
+    /// `model.json` yet.
+    #[error("{} holds an unfinished training run (a checkpoint, no model.json yet); finish it with `mnist train --resume --out {}`, or load a finished run", dir.display(), dir.display())]
+    UnfinishedRun {
+        /// The run's directory.
+        dir: PathBuf,
+    },
     /// A file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {

@@ -319,6 +319,7 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
         (r#"{"class_names": ["a", "b"]}"#, "lists 2 names for a network of 10 classes"),
         (r#"{"class_names": "digits"}"#, "must be a list of names"),
         (r#"{"dataset": 7}"#, "must be a dataset name"),
+        (r#"{"class_names": ["0", "1", "2", "3", "4", "5", "6", "7", "8", " 3"]}"#, "names classes 3 and 9 both \" 3\""),
     ] {
         std::fs::write(&manifest, json).unwrap();
         let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
@@ -327,6 +328,18 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
     // Class names that do not fit the network are never written.
     let err = artifact::save_dir(&model, &Manifest::new(config.clone(), "mnist", vec!["a".into()]), dir.path()).unwrap_err();
     assert!(err.to_string().contains("lists 1 names for a network of 10 classes"), "{err}");
+}
+
+#[test]
+fn an_unfinished_run_is_named_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = Default::default();
+    let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+    assert!(msg.contains("cannot read") && msg.contains("model.json"), "{msg}");
+    std::fs::write(dir.path().join(artifact::CHECKPOINT), b"step").unwrap();
+    let err = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err();
+    assert!(matches!(&err, Error::UnfinishedRun { dir: d } if d == dir.path()), "{err}");
+    assert!(err.to_string().contains("unfinished training run") && err.to_string().contains("--resume --out"), "{err}");
 }
 
 #[test]

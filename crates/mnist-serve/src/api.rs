@@ -345,6 +345,10 @@ fn pixels_from_json(body: &[u8]) -> Result<Pixels, ApiError> {
     let Value::Object(object) = value else {
         return Err(bad(format!("the JSON body is {}, not an object; {SHAPE}", json_kind(&value))));
     };
+    // serde_json keeps the last of repeated keys: which image was meant is unclear.
+    if let Some(key) = repeated_key(body) {
+        return Err(bad(format!("the field {key:?} appears more than once; {SHAPE}")));
+    }
     if let Some(other) = object.keys().find(|k| *k != "pixels") {
         return Err(bad(format!("unknown field {other:?}; {SHAPE}")));
     }
@@ -371,7 +375,44 @@ fn pixels_from_json(body: &[u8]) -> Result<Pixels, ApiError> {
                 bad(format!("pixels[{i}] (row {}, column {}) is {value}{hint}; {SHAPE}", i / 28, i % 28))
             })?;
     }
+    // As an uploaded image without ink is refused, so is a blank input.
+    if pixels.iter().all(|&p| p == pixels[0]) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("every one of the 784 pixels is {}: a blank image, no digit to classify; {SHAPE}", pixels[0]),
+        ));
+    }
     Ok(pixels)
+}
+
+/// The first key that a JSON object `body` holds twice at its top level, if any (`None`
+/// too when `body` is not an object).
+fn repeated_key(body: &[u8]) -> Option<String> {
+    struct Repeated(Option<String>);
+    impl<'de> serde::Deserialize<'de> for Repeated {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Keys;
+            impl<'de> serde::de::Visitor<'de> for Keys {
+                type Value = Repeated;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Repeated, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    let mut repeated = None;
+                    while let Some(key) = map.next_key::<String>()? {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        if !seen.insert(key.clone()) && repeated.is_none() {
+                            repeated = Some(key);
+                        }
+                    }
+                    Ok(Repeated(repeated))
+                }
+            }
+            deserializer.deserialize_map(Keys)
+        }
+    }
+    serde_json::from_slice::<Repeated>(body).ok().and_then(|r| r.0)
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -486,8 +527,8 @@ mod tests {
         let ok: Vec<u32> = (0..784).map(|i| i % 256).collect();
         let pixels = pixels_from_json(json!({ "pixels": ok }).to_string().as_bytes()).unwrap();
         assert_eq!((pixels[0], pixels[255], pixels[256], pixels[783]), (0, 255, 0, 15));
-        let floats: Vec<f64> = (0..784).map(|_| 12.0).collect();
-        assert_eq!(pixels_from_json(json!({ "pixels": floats }).to_string().as_bytes()).unwrap()[5], 12);
+        let floats: Vec<f64> = (0..784).map(|i| f64::from(i % 7) * 12.0).collect();
+        assert_eq!(pixels_from_json(json!({ "pixels": floats }).to_string().as_bytes()).unwrap()[5], 60);
 
         let message = |body: String| {
             let e = pixels_from_json(body.as_bytes()).unwrap_err();
@@ -500,6 +541,14 @@ mod tests {
         assert!(message("{\"pixels\": \"abc\"}".into()).contains("a string, not an array"));
         assert!(message(json!({ "pixels": vec![0; 783] }).to_string()).contains("has 783 values"));
         assert!(message(json!({ "pixels": vec![0; 784], "label": 3 }).to_string()).contains("unknown field \"label\""));
+        let ink = json!(ok).to_string();
+        let twice = format!("{{\"pixels\": {ink}, \"pixels\": {ink}}}");
+        assert!(message(twice).contains("the field \"pixels\" appears more than once"));
+        for blank in [0, 255] {
+            let e = pixels_from_json(json!({ "pixels": vec![blank; 784] }).to_string().as_bytes()).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+            assert!(e.message.contains(&format!("every one of the 784 pixels is {blank}: a blank image")), "{}", e.message);
+        }
         let mut values = vec![json!(0); 784];
         values[30] = json!(256);
         assert!(message(json!({ "pixels": values }).to_string()).contains("pixels[30] (row 1, column 2) is 256"));

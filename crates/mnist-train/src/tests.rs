@@ -100,6 +100,9 @@ fn a_fixed_seed_gives_identical_metrics_and_learns() {
         for f in [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::REPORT, artifact::CHECKPOINT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS] {
             assert!(dir.path().join(f).is_file(), "{f} missing");
         }
+        // config.json records the dataset trained on, also when the config named none.
+        assert_eq!(tiny(300).dataset, None);
+        assert_eq!(TrainConfig::read(&dir.path().join(artifact::TRAIN_CONFIG)).unwrap().dataset, Some(mnist_data::DatasetKind::Sample));
         (report, metrics)
     };
     let (r1, m1) = run();

@@ -141,6 +141,9 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Outcome> {
     config.validate()?;
+    // What config.json and the checkpoint record is the dataset trained on, whichever way
+    // it was chosen (`--dataset`, or the bundled sample when MNIST is not found).
+    let config = &TrainConfig { dataset: Some(dataset.kind), ..config.clone() };
     let dir = &options.out_dir;
     let checkpoint_path = dir.join(artifact::CHECKPOINT);
     let dataset_sha256 = dataset.sha256();
@@ -394,36 +397,7 @@ fn batch_accuracy<B: Backend>(model: &Cnn<B>, images: burn::tensor::Tensor<B, 4>
 /// stale temporary files removed: with the lock held, no other process can be writing
 /// them.
 fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::NotADirectory { path: dir.to_path_buf() });
-    }
-    let checkpoint = dir.join(artifact::CHECKPOINT);
-    if resume && !checkpoint.is_file() {
-        // A run stopped before its first checkpoint (a second Ctrl-C, a kill) left its
-        // metrics and nothing to resume: say how to go on.
-        let message = if dir.join(artifact::METRICS).exists() {
-            "no checkpoint to resume from: the run stopped before its first checkpoint; start it again without --resume"
-        } else {
-            "no checkpoint to resume from"
-        };
-        return Err(Error::Checkpoint { path: checkpoint, message: message.into() });
-    }
-    // Files training writes, in a folder no run has trained in (no lock file, no
-    // checkpoint, report or manifest): the user's own, which a new run must not replace.
-    // (A run stopped before its first checkpoint left its lock, and starts again below; a
-    // run with a checkpoint is refused below as one.)
-    // A run that got as far as a checkpoint, or finished.
-    let trained = || [artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST].iter().any(|f| dir.join(f).exists());
-    if !resume && dir.is_dir() && !dir.join(artifact::LOCK).exists() && !trained() {
-        let files: Vec<String> = [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::WEIGHTS, artifact::SAFETENSORS]
-            .iter()
-            .filter(|f| dir.join(f).exists())
-            .map(|f| f.to_string())
-            .collect();
-        if !files.is_empty() {
-            return Err(Error::WouldOverwrite { path: dir.to_path_buf(), files });
-        }
-    }
+    check_out_dir(dir, resume)?;
     let write_err = |source| Error::Write {
         path: dir.to_path_buf(),
         source,
@@ -461,7 +435,7 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
     // A finished run, or one with a checkpoint, is never started over; one stopped before
     // its first checkpoint has nothing to keep but its metrics, and starts again.
     if !resume {
-        if trained() {
+        if trained(dir) {
             return Err(Error::RunExists { path: dir.to_path_buf() });
         }
         if dir.join(artifact::METRICS).exists() {
@@ -478,6 +452,56 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
     Ok(lock)
 }
 
+/// Checks, without writing anything, that a run may start in `dir` (`resume`: may go on
+/// there): what [`train`] checks before it locks the directory, for a caller to check
+/// before loading a dataset or anything else slow.
+///
+/// # Errors
+/// [`Error::NotADirectory`]; [`Error::Checkpoint`] when `resume` finds no checkpoint;
+/// [`Error::WouldOverwrite`] when the folder holds files of the names a run writes that
+/// no run wrote; [`Error::RunExists`] when a new run would start over a finished one.
+pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::NotADirectory { path: dir.to_path_buf() });
+    }
+    let checkpoint = dir.join(artifact::CHECKPOINT);
+    if resume && !checkpoint.is_file() {
+        // A run stopped before its first checkpoint (a second Ctrl-C, a kill) left its
+        // metrics and nothing to resume: say how to go on.
+        let message = if dir.join(artifact::METRICS).exists() {
+            "no checkpoint to resume from: the run stopped before its first checkpoint; start it again without --resume"
+        } else {
+            "no checkpoint to resume from"
+        };
+        return Err(Error::Checkpoint { path: checkpoint, message: message.into() });
+    }
+    // Files training writes, in a folder no run has trained in (no lock file, no
+    // checkpoint, report or manifest): the user's own, which a new run must not replace.
+    // (A run stopped before its first checkpoint left its lock, and starts again; a run
+    // with a checkpoint is refused as one, by `prepare_dir` once it holds the lock.)
+    if !resume && dir.is_dir() && !dir.join(artifact::LOCK).exists() && !trained(dir) {
+        let files: Vec<String> = [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::WEIGHTS, artifact::SAFETENSORS]
+            .iter()
+            .filter(|f| dir.join(f).exists())
+            .map(|f| f.to_string())
+            .collect();
+        if !files.is_empty() {
+            return Err(Error::WouldOverwrite { path: dir.to_path_buf(), files });
+        }
+    }
+    // A finished run is never trained in again (one with a checkpoint only is refused once
+    // its lock is held, so that a run in progress is named as such).
+    if !resume && dir.join(artifact::MANIFEST).exists() {
+        return Err(Error::RunExists { path: dir.to_path_buf() });
+    }
+    Ok(())
+}
+
+/// Whether a run in `dir` got as far as a checkpoint, or finished.
+fn trained(dir: &Path) -> bool {
+    [artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST].iter().any(|f| dir.join(f).exists())
+}
+
 fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) -> Result<()> {
     let err = |message: String| Err(Error::Checkpoint {
         path: path.to_path_buf(),
@@ -491,6 +515,9 @@ fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) 
     }
     let mut a = saved.config.clone();
     a.steps = now.config.steps;
+    // The dataset is held to the run's by its content above (and a checkpoint written
+    // before config.json recorded the dataset has none).
+    a.dataset = now.config.dataset;
     if a != now.config {
         let differences = config_differences(&a, &now.config);
         return err(format!(

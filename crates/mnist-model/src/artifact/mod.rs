@@ -142,6 +142,13 @@ impl Manifest {
             if let Some(i) = names.iter().position(|n| n.trim().is_empty()) {
                 return Err(format!("`{CLASS_NAMES_KEY}` has an empty name for class {i}"));
             }
+            // A prediction is reported by its class's name: two classes of one name could
+            // not be told apart.
+            for (j, name) in names.iter().enumerate() {
+                if let Some(i) = names[..j].iter().position(|earlier| earlier.trim() == name.trim()) {
+                    return Err(format!("`{CLASS_NAMES_KEY}` names classes {i} and {j} both {name:?}; expected a different name for each class"));
+                }
+            }
         }
         if self.dataset.as_deref().is_some_and(|d| d.trim().is_empty()) {
             return Err(format!("`{DATASET_KEY}` is empty"));
@@ -180,10 +187,21 @@ pub fn save_dir<B: Backend>(model: &Cnn<B>, manifest: &Manifest, dir: &Path) -> 
 
 /// Reads `model.json` of `dir`: the network's config (strictly checked, then validated),
 /// the dataset, the class names and the SHA-256 recorded for each weight file.
+///
+/// # Errors
+/// [`Error::UnfinishedRun`] when there is no `model.json` but a training checkpoint;
+/// [`Error::Read`] when it cannot be read otherwise; [`Error::Json`], naming the file,
+/// when it is not a manifest of a valid network.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST);
     let json_err = |message: String| Error::Json { path: path.clone(), message };
-    let text = fs::read_to_string(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+    let text = fs::read_to_string(&path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound && dir.join(CHECKPOINT).is_file() {
+            Error::UnfinishedRun { dir: dir.to_path_buf() }
+        } else {
+            Error::Read { path: path.clone(), source }
+        }
+    })?;
     let mut value: Value = serde_json::from_str(&text).map_err(|e| json_err(format!("not valid JSON: {e}")))?;
     let mut take = |key: &str| value.as_object_mut().and_then(|fields| fields.remove(key));
     let (digests, dataset, class_names) = (take(CHECKSUMS_KEY), take(DATASET_KEY), take(CLASS_NAMES_KEY));
