@@ -71,7 +71,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     // written all the same.
     let heading = format!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
     let table = evaluation.table(&class_names(&manifest));
-    let report = EvalReport { model: &model_dir, dataset: dataset.kind.name(), evaluation: &evaluation };
+    let report = EvalReport { model: model_dir.to_string_lossy().into_owned(), dataset: dataset.kind.name(), evaluation: &evaluation };
     if to_stdout {
         // `--json -`: the JSON alone on standard output, for a pipe; the table for the eye.
         note!("{heading}\n{table}");
@@ -89,8 +89,9 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
 /// evaluation's own fields.
 #[derive(serde::Serialize)]
 struct EvalReport<'a> {
-    /// The model's artifact directory, as given.
-    model: &'a Path,
+    /// The model's artifact directory, as given (a name that is not UTF-8 with U+FFFD in
+    /// place of what is not).
+    model: String,
     /// The dataset whose test split was evaluated (`mnist`, `fashion`, `sample`).
     dataset: &'a str,
     #[serde(flatten)]
@@ -218,7 +219,7 @@ impl Job for PredictJob<'_> {
                 Ok(p) if self.json => say!(
                     "{}",
                     serde_json::json!({
-                        "file": file,
+                        "file": file.to_string_lossy(),
                         "class": p.digit,
                         "label": classes[p.digit],
                         "probability": p.confidence(),
@@ -230,7 +231,7 @@ impl Job for PredictJob<'_> {
                     note!("error: {e}");
                     if self.json {
                         // One line per file, failures too, so a reader can match them up.
-                        say!("{}", serde_json::json!({ "file": file, "error": e.to_string() }));
+                        say!("{}", serde_json::json!({ "file": file.to_string_lossy(), "error": e.to_string() }));
                     }
                     failed += 1;
                     true
@@ -250,6 +251,21 @@ impl Job for PredictJob<'_> {
 
 /// The most recently modified run in `root` that holds `marker`.
 pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
+    newest_run_where(root, marker, |_| true)?
+        .with_context(|| format!("no run in {} holds {marker}. Train one with `cargo xtask train`, or name the run (--model; for train --resume, --out)", root.display()))
+}
+
+/// The most recently modified unfinished run in `root`: a checkpoint and no model yet
+/// (what `train --resume` goes on with).
+pub(crate) fn newest_unfinished_run(root: &Path) -> Result<PathBuf> {
+    newest_run_where(root, artifact::CHECKPOINT, |dir| !dir.join(artifact::MANIFEST).exists())?.with_context(|| {
+        format!("no run in {} is unfinished (a {} without {}); name the run to resume with --out", root.display(), artifact::CHECKPOINT, artifact::MANIFEST)
+    })
+}
+
+/// The most recently modified run in `root` that holds `marker` and passes `keep`;
+/// `None` when there is none, an error when `root` cannot be read.
+fn newest_run_where(root: &Path, marker: &str, keep: impl Fn(&Path) -> bool) -> Result<Option<PathBuf>> {
     let entries = std::fs::read_dir(root).with_context(|| {
         format!(
             "no runs found: cannot read {} (in the current directory, {}). Train one with `cargo xtask train`, or name the run (--model; for train --resume, --out)",
@@ -257,15 +273,15 @@ pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
             std::env::current_dir().map_or_else(|_| "unknown".into(), |d| d.display().to_string())
         )
     })?;
-    entries
+    Ok(entries
         .filter_map(|e| e.ok())
+        .filter(|e| keep(&e.path()))
         .filter_map(|e| {
             let path = e.path().join(marker);
             let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
             Some((modified, e.path()))
         })
         .max()
-        .map(|(_, dir)| dir)
-        .with_context(|| format!("no run in {} holds {marker}. Train one with `cargo xtask train`, or name the run (--model; for train --resume, --out)", root.display()))
+        .map(|(_, dir)| dir))
 }
 

@@ -12,15 +12,31 @@ use mnist_model::artifact;
 use mnist_train::{Outcome, ProgressMode, TrainConfig, TrainOptions, checkpoint};
 
 use crate::backend::{BackendKind, Job, dispatch};
-use crate::commands::{ARTIFACTS, newest_run, shell_quote};
+use crate::commands::{ARTIFACTS, newest_unfinished_run, shell_quote};
 use crate::output::{note, say};
 use crate::{KernelsArg, Status, TrainArgs};
+
+/// A new, empty folder in `root` (`artifacts/`) for a run: `name`, or `name-2`, `name-3`,
+/// ... when that exists (two runs started in the same second). Made here, so that no
+/// other run can take the same name.
+fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    for n in 1..1000 {
+        let dir = root.join(if n == 1 { name.to_string() } else { format!("{name}-{n}") });
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    anyhow::bail!("{} holds {name} and 998 more of its numbered names; choose a folder with --out", root.display())
+}
 
 pub fn train(args: TrainArgs) -> Result<Status> {
     let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
     let out = match (&args.out, args.resume) {
         (Some(out), _) => out.clone(),
-        (None, true) => newest_run(Path::new(ARTIFACTS), artifact::CHECKPOINT)?,
+        (None, true) => newest_unfinished_run(Path::new(ARTIFACTS))?,
         (None, false) => PathBuf::new(), // named below, once the dataset is known
     };
     // A folder no run may start in is refused before the dataset is looked for.
@@ -54,11 +70,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         (None, None, false) => DatasetChoice::Auto,
     };
     let dataset = args.data.load(choice, mnist_data::Splits::Both)?;
-    let out = if out.as_os_str().is_empty() {
-        Path::new(ARTIFACTS).join(format!("{}-{}", dataset.kind, utc_stamp()))
-    } else {
-        out
-    };
+    let out = if out.as_os_str().is_empty() { new_run_dir(Path::new(ARTIFACTS), &format!("{}-{}", dataset.kind, utc_stamp()))? } else { out };
 
     let mut options = TrainOptions::new(&out, backend.name());
     options.resume = args.resume;
@@ -248,6 +260,39 @@ mod tests {
         assert_eq!(s.len(), 15, "{s}");
         assert!(s.starts_with("20"), "{s}");
         assert_eq!(&s[8..9], "-");
+    }
+
+    /// Two runs started in the same second get a folder each.
+    #[test]
+    fn new_run_folders_never_collide() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("artifacts");
+        let a = super::new_run_dir(&root, "sample-20261206-034505").unwrap();
+        let b = super::new_run_dir(&root, "sample-20261206-034505").unwrap();
+        let c = super::new_run_dir(&root, "sample-20261206-034505").unwrap();
+        assert_eq!([a, b, c].map(|d| d.file_name().unwrap().to_string_lossy().into_owned()), ["sample-20261206-034505", "sample-20261206-034505-2", "sample-20261206-034505-3"]);
+    }
+
+    /// `train --resume` without `--out` takes the newest run that is unfinished, not a newer
+    /// finished one.
+    #[test]
+    fn resume_finds_the_newest_unfinished_run() {
+        use mnist_model::artifact;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let run = |name: &str, files: &[&str]| {
+            std::fs::create_dir(root.join(name)).unwrap();
+            for f in files {
+                std::fs::write(root.join(name).join(f), "x").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        assert!(crate::commands::newest_unfinished_run(root).unwrap_err().to_string().contains("no run in"));
+        run("older-unfinished", &[artifact::CHECKPOINT]);
+        run("finished", &[artifact::CHECKPOINT, artifact::MANIFEST]);
+        assert!(crate::commands::newest_unfinished_run(root).unwrap().ends_with("older-unfinished"));
+        run("newest-unfinished", &[artifact::CHECKPOINT]);
+        assert!(crate::commands::newest_unfinished_run(root).unwrap().ends_with("newest-unfinished"));
     }
 }
 

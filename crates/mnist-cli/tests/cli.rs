@@ -202,6 +202,31 @@ fn machine_readable_output_stays_machine_readable() {
     assert!(lines[0]["probability"].is_f64() && lines[0]["probabilities"].as_array().is_some_and(|p| p.len() == 10), "{}", lines[0]);
     assert!(lines[1]["error"].as_str().unwrap().contains("notes.png") && lines[1].get("class").is_none(), "{}", lines[1]);
     assert!(lines[2]["error"].is_string(), "{}", lines[2]);
+    // A file name that is not UTF-8 is written with U+FFFD for what is not, and the next
+    // files are still classified (it had panicked).
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = tmp.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+        std::fs::create_dir(&odd).unwrap();
+        std::fs::copy(&seven, odd.join("d.png")).unwrap();
+        let output = mnist().args(["predict", "--json", "--model", m]).arg(odd.join("d.png")).arg(odd.join("missing.png")).arg(&seven).output().unwrap();
+        let stderr = no_panic("predict --json of a file name that is not UTF-8", &output);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let lines: Vec<serde_json::Value> = text(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0]["file"].as_str().unwrap().ends_with("caf\u{fffd}/d.png") && lines[0]["class"].is_u64(), "{}", lines[0]);
+        assert!(lines[1]["error"].is_string() && lines[2]["class"].is_u64(), "{lines:?}");
+        let odd_model = odd.join("model");
+        std::fs::create_dir(&odd_model).unwrap();
+        for f in ["model.json", "model.mpk", "model.safetensors"] {
+            std::fs::copy(model.join(f), odd_model.join(f)).unwrap();
+        }
+        let output = mnist().args(["eval", "--dataset", "sample", "--model"]).arg(&odd_model).output().unwrap();
+        let stderr = no_panic("eval of a model in a folder whose name is not UTF-8", &output);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(odd_model.join("eval.json")).unwrap()).unwrap();
+        assert!(eval["model"].as_str().unwrap().ends_with("caf\u{fffd}/model"), "{eval}");
+    }
     // Output that cannot be written (a full disk) is an error, unlike a reader gone away.
     if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
         let output = mnist().args(["predict", "--json", "--model", m, files[0]]).stdout(full).output().unwrap();

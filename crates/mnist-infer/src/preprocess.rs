@@ -37,7 +37,8 @@ use std::io::{BufReader, Cursor};
 use std::path::Path;
 
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, Limits, Luma};
+use image::codecs::png::PngDecoder;
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, Limits, Luma};
 
 use crate::error::{Error, Result};
 
@@ -73,12 +74,42 @@ pub const MAX_THICKNESS: f32 = 0.55;
 /// 43% of their 28x28 image; half an image dark is a shadow or a desk, not a digit).
 pub const MAX_INK_FRACTION: f32 = 0.47;
 
+/// Largest image file read, in bytes (the same as [`MAX_ALLOC`]: an encoded image is not
+/// larger than its decoded pixels, bar padding).
+pub const MAX_FILE: u64 = MAX_ALLOC;
+
+/// Most metadata (an ICC profile, text) a PNG decoder may inflate, in bytes. A PNG's
+/// profile is compressed: a few kilobytes of file can claim a gigabyte of profile, which
+/// the decoder would otherwise inflate up to [`MAX_ALLOC`] before the pixels.
+pub const MAX_PNG_METADATA: u64 = 8 << 20;
+
 /// Reads and preprocesses an image file into 784 MNIST-style bytes.
+///
+/// The file's first bytes are looked at before the rest is read: a file that is not an
+/// image is refused without reading it whole, and one larger than [`MAX_FILE`] (or a
+/// device or pipe that goes on longer) is refused when that much has been read.
 pub fn preprocess_file(path: &Path) -> Result<[u8; SIDE * SIDE]> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    use std::io::Read;
+    let read_err = |source| Error::Read { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    (&mut file).take(64).read_to_end(&mut bytes).map_err(read_err)?;
+    if !bytes.is_empty() && image::guess_format(&bytes).is_err() {
+        return Err(Error::Decode { path: path.to_path_buf(), message: "its first bytes are those of no image format".into() });
+    }
+    let too_large = || Error::TooLarge {
         path: path.to_path_buf(),
-        source,
-    })?;
+        message: format!("the file holds more than {} MiB", MAX_FILE >> 20),
+        max_side: MAX_SIDE,
+    };
+    // A file says its size; a device or a pipe is read up to the limit.
+    if file.metadata().is_ok_and(|m| m.is_file() && m.len() > MAX_FILE) {
+        return Err(too_large());
+    }
+    file.take(MAX_FILE + 1 - bytes.len() as u64).read_to_end(&mut bytes).map_err(read_err)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(too_large());
+    }
     preprocess_bytes(&bytes, path)
 }
 
@@ -89,33 +120,53 @@ pub fn preprocess_bytes(bytes: &[u8], name: &Path) -> Result<[u8; SIDE * SIDE]> 
 }
 
 fn decode(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
-    let decode_err = |e: image::ImageError| match e {
-        image::ImageError::Limits(l) => Error::TooLarge {
-            path: name.to_path_buf(),
-            message: l.to_string(),
-            max_side: MAX_SIDE,
-        },
-        other => Error::Decode {
-            path: name.to_path_buf(),
-            message: decoder_message(&other),
-        },
-    };
-    let mut reader = ImageReader::new(BufReader::new(Cursor::new(bytes)))
+    let mut decoder = decoder(bytes, name)?;
+    let orientation = decoder.orientation().map_err(|e| decode_err(e, name))?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode_err(e, name))?;
+    image.apply_orientation(orientation);
+    Ok(image)
+}
+
+fn decode_err(e: image::ImageError, name: &Path) -> Error {
+    match e {
+        image::ImageError::Limits(l) => Error::TooLarge { path: name.to_path_buf(), message: l.to_string(), max_side: MAX_SIDE },
+        other => Error::Decode { path: name.to_path_buf(), message: decoder_message(&other) },
+    }
+}
+
+/// The decoder of the image in `bytes`, its format read from its first bytes, with its
+/// size held to [`MAX_SIDE`] and [`MAX_ALLOC`] before any pixel is decoded.
+fn decoder<'a>(bytes: &'a [u8], name: &Path) -> Result<Box<dyn ImageDecoder + 'a>> {
+    let reader = ImageReader::new(BufReader::new(Cursor::new(bytes)))
         .with_guessed_format()
         .map_err(|e| Error::Decode {
             path: name.to_path_buf(),
             message: e.to_string(),
         })?;
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
+    // The sides are checked below, where the error can give them.
+    let mut limits = Limits::no_limits();
     limits.max_alloc = Some(MAX_ALLOC);
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let decoder: Box<dyn ImageDecoder + 'a> = if reader.format() == Some(ImageFormat::Png) {
+        // The png crate bounds what it inflates besides the pixels (the ICC profile, text)
+        // by the limit it is built with, which `set_limits` does not change: built with
+        // the metadata's bound, then given the image's. (A profile over it is skipped.)
+        let mut metadata = limits.clone();
+        metadata.max_alloc = Some(MAX_PNG_METADATA);
+        let mut png = PngDecoder::with_limits(reader.into_inner(), metadata).map_err(|e| decode_err(e, name))?;
+        png.set_limits(limits).map_err(|e| decode_err(e, name))?;
+        Box::new(png)
+    } else {
+        let mut reader = reader;
+        reader.limits(limits);
+        Box::new(reader.into_decoder().map_err(|e| decode_err(e, name))?)
+    };
+    let (width, height) = decoder.dimensions();
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(Error::TooLarge { path: name.to_path_buf(), message: format!("{width}x{height} pixels"), max_side: MAX_SIDE });
+    }
     // `ImageReader::decode` holds the decoded size to the limits; `into_decoder` (taken
     // for the orientation) does not, so a small file of 16-bit pixels could decode into
     // gigabytes.
-    let (width, height) = decoder.dimensions();
     if decoder.total_bytes() > MAX_ALLOC {
         return Err(Error::TooLarge {
             path: name.to_path_buf(),
@@ -128,10 +179,7 @@ fn decode(bytes: &[u8], name: &Path) -> Result<DynamicImage> {
             max_side: MAX_SIDE,
         });
     }
-    let orientation = decoder.orientation().map_err(decode_err)?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
-    image.apply_orientation(orientation);
-    Ok(image)
+    Ok(decoder)
 }
 
 /// What a decoder's error says, in a user's terms: a file that ends before its image does
@@ -1222,6 +1270,51 @@ mod tests {
         png[29..33].copy_from_slice(&crc.to_be_bytes());
         let err = preprocess_bytes(&png, Path::new("huge.png")).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        // The sides are named, as for the other formats.
+        assert!(err.to_string().contains("huge.png: image too large (20000x20000 pixels)"), "{err}");
+    }
+
+    /// A PNG's compressed ICC profile is inflated up to [`MAX_PNG_METADATA`] only: one
+    /// claiming more (here 24 MiB of zeros, 24 KB compressed) is skipped, and the image
+    /// read; a profile of a usual size is kept.
+    #[test]
+    fn a_pngs_metadata_is_inflated_within_its_own_bound() {
+        use image::ImageEncoder;
+        let digit = GrayImage::from_fn(28, 28, |x, y| Luma([if (10..18).contains(&x) && (4..24).contains(&y) { 0 } else { 255 }]));
+        let png_with = |profile: Vec<u8>| {
+            let mut png = Vec::new();
+            let mut encoder = image::codecs::png::PngEncoder::new(&mut png);
+            encoder.set_icc_profile(profile).unwrap();
+            encoder.write_image(digit.as_raw(), 28, 28, image::ExtendedColorType::L8).unwrap();
+            png
+        };
+        let bomb = png_with(vec![0; 24 << 20]);
+        assert!(bomb.len() < 100_000, "{}", bomb.len());
+        assert_eq!(decoder(&bomb, Path::new("bomb.png")).unwrap().icc_profile().unwrap(), None);
+        preprocess_bytes(&bomb, Path::new("bomb.png")).unwrap();
+        let usual = png_with(vec![7; 3_000]);
+        assert_eq!(decoder(&usual, Path::new("usual.png")).unwrap().icc_profile().unwrap().map(|p| p.len()), Some(3_000));
+    }
+
+    /// A file is looked at before it is read whole: one that does not start like an image
+    /// (even an endless one) is refused at once, one over [`MAX_FILE`] unread.
+    #[test]
+    fn image_files_are_read_only_as_far_as_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let notes = dir.path().join("notes.png");
+        std::fs::write(&notes, "a shopping list: milk, eggs, flour, and something for the weekend".repeat(1000)).unwrap();
+        let err = preprocess_file(&notes).unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }) && err.to_string().contains("its first bytes are those of no image format"), "{err}");
+        let err = preprocess_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(err, Error::Decode { .. }), "{err}");
+        // A PNG signature, then a hole to past the limit (sparse: nothing is written).
+        let big = dir.path().join("big.png");
+        let file = std::fs::File::create(&big).unwrap();
+        std::io::Write::write_all(&mut &file, b"\x89PNG\r\n\x1a\n").unwrap();
+        file.set_len(MAX_FILE + 1).unwrap();
+        let err = preprocess_file(&big).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }) && err.to_string().contains("the file holds more than 256 MiB"), "{err}");
+        assert!(matches!(preprocess_file(&dir.path().join("missing.png")), Err(Error::Read { .. })));
     }
 
     fn crc32(bytes: &[u8]) -> u32 {

@@ -33,6 +33,10 @@ struct AppState {
     info: Arc<ModelInfo>,
     body_limit: usize,
     timeout: Duration,
+    /// One permit per image being decoded, as many as there are cores: a decoded image may
+    /// take up to `MAX_ALLOC` (256 MiB), and decoding more at once than the cores run only
+    /// adds memory (and makes every one of them late).
+    decodes: Arc<tokio::sync::Semaphore>,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -88,6 +92,7 @@ pub(crate) fn router(batcher: Batcher, info: Arc<ModelInfo>, config: &ServeConfi
         info,
         body_limit: config.body_limit,
         timeout: Duration::from_millis(config.request_timeout_ms),
+        decodes: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
     };
     Router::new()
         .route("/", get(page::index))
@@ -148,9 +153,9 @@ async fn answer(state: &AppState, request: Request) -> Result<Response, ApiError
             Kind::Json => pixels_from_json(&bytes)?,
             Kind::Multipart => {
                 let image = image_from_multipart(Request::from_parts(parts, Body::from(bytes))).await?;
-                preprocess(image).await?
+                preprocess(state, image).await?
             }
-            Kind::Image => preprocess(bytes).await?,
+            Kind::Image => preprocess(state, bytes).await?,
         };
         let prediction = state.batcher.predict(input, arriving).await.map_err(refusal)?;
         Ok(axum::Json(reply(&state.info, &input, &prediction)).into_response())
@@ -453,8 +458,14 @@ async fn image_from_multipart(request: Request) -> Result<Bytes, ApiError> {
 }
 
 /// Decodes and preprocesses an image as `mnist predict` does, off the async runtime.
-async fn preprocess(bytes: Bytes) -> Result<Pixels, ApiError> {
-    let work = tokio::task::spawn_blocking(move || mnist_infer::preprocess::preprocess_bytes(&bytes, Path::new(UPLOAD)));
+async fn preprocess(state: &AppState, bytes: Bytes) -> Result<Pixels, ApiError> {
+    // Waiting for a permit counts against the request's deadline; the permit is held by
+    // the decoding itself, which goes on when the request has timed out meanwhile.
+    let permit = state.decodes.clone().acquire_owned().await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"))?;
+    let work = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        mnist_infer::preprocess::preprocess_bytes(&bytes, Path::new(UPLOAD))
+    });
     match work.await {
         Ok(Ok(pixels)) => Ok(pixels),
         Ok(Err(e)) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),

@@ -56,17 +56,20 @@ impl MetricsLog {
                 });
             }
         };
-        // A line cut short by a crash is dropped with everything after it.
-        let rows: Vec<MetricRow> = text
+        // A line cut short by a crash is dropped with everything after it. The lines kept
+        // are written back as they were (parsed and written again, a float could come
+        // back one unit in the last place off).
+        let kept: Vec<(&str, MetricRow)> = text
             .lines()
-            .map_while(|line| serde_json::from_str::<MetricRow>(line).ok())
-            .filter(|r| r.step < step)
+            .map_while(|line| serde_json::from_str::<MetricRow>(line).ok().map(|row| (line, row)))
+            .filter(|(_, r)| r.step < step)
             .collect();
         let mut out = String::new();
-        for row in &rows {
-            out.push_str(&serde_json::to_string(row).expect("rows serialise"));
+        for (line, _) in &kept {
+            out.push_str(line);
             out.push('\n');
         }
+        let rows = kept.into_iter().map(|(_, row)| row).collect();
         mnist_model::artifact::write_atomic(path, out.as_bytes())?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
