@@ -239,6 +239,13 @@ fn real_fashion_mnist() {
     // The same content through the explicit-directory path gives the same digest.
     let again = Dataset::load_dir(DatasetKind::Fashion, dir).unwrap();
     assert_eq!(data.sha256(), again.sha256());
+    // Its files have MNIST's names, sizes and format: loaded as MNIST, they are known by
+    // their labels (the test split alone too).
+    for splits in [mnist_data::Splits::Both, mnist_data::Splits::Test] {
+        let err = Dataset::load_dir_splits(DatasetKind::Mnist, dir, splits).unwrap_err();
+        assert!(matches!(err, Error::OtherDataset { .. }), "{err}");
+        assert!(err.to_string().contains("t10k-labels-idx1-ubyte.gz: these are fashion's labels, not mnist's; pass --dataset fashion"), "{err}");
+    }
 }
 
 /// The files' images are what the network takes, and the datasets' classes what it

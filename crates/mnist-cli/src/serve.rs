@@ -19,8 +19,9 @@ use crate::{BenchArgs, ServeArgs, Status};
 
 pub fn serve(args: ServeArgs) -> Result<Status> {
     let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
-    // A mistyped address or setting is reported before a model is looked for.
-    let addr = mnist_serve::resolve(&args.addr)?;
+    // A mistyped setting is reported before a model is looked for (an address, when the
+    // arguments were parsed).
+    let addr = args.addr;
     let config = args.batching.config();
     config.check()?;
     let model_dir = match &args.model {

@@ -21,6 +21,10 @@ pub enum DatasetKind {
     Sample,
 }
 
+/// SHA-256 of Fashion-MNIST's 10,000 test labels (the label bytes of
+/// `t10k-labels-idx1-ubyte`, without its header), to tell its files from MNIST's.
+const FASHION_TEST_LABELS_SHA256: &str = "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9";
+
 const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
 const FASHION: [&str; 10] = [
     "T-shirt/top",
@@ -316,6 +320,10 @@ impl Dataset {
             test,
         };
         dataset.check_sizes(train_paths.first().map(PathBuf::as_path), &test_paths[0])?;
+        // Fashion-MNIST's files have MNIST's names, sizes and format: only the content tells.
+        if kind == DatasetKind::Mnist && mnist_fs::sha256_hex(dataset.test.labels()) == FASHION_TEST_LABELS_SHA256 {
+            return Err(Error::OtherDataset { path: test_paths[1].clone(), wanted: kind.name(), found: DatasetKind::Fashion.name() });
+        }
         Ok(dataset)
     }
 

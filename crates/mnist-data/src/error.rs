@@ -148,6 +148,17 @@ pub enum Error {
         /// Labels in it.
         labels: usize,
     },
+    /// The files are those of another dataset than the one asked for (Fashion-MNIST's
+    /// labels where MNIST was asked for).
+    #[error("{}: these are {found}'s labels, not {wanted}'s; pass --dataset {found} to use them, or point --data-dir / MNIST_DATA_DIR at the {wanted} files", path.display())]
+    OtherDataset {
+        /// The labels file recognised.
+        path: PathBuf,
+        /// The dataset asked for.
+        wanted: &'static str,
+        /// The dataset the files are.
+        found: &'static str,
+    },
     /// A split does not hold the number of items the dataset defines.
     #[error("{}: holds {found} items, expected {expected} for the {dataset} {split} split", path.display())]
     UnexpectedCount {

@@ -521,7 +521,16 @@ fn extract_ink(gray: &Plane, split: f32) -> std::result::Result<Ink, String> {
     }
     let peak = diff.iter().copied().fold(0.0f32, f32::max);
     if peak < MIN_CONTRAST {
-        return Err("no ink found".into());
+        // Faint ink (a light pencil scan) is told from none.
+        return Err(if peak < 1.0 / 255.0 {
+            "no ink found".into()
+        } else {
+            format!(
+                "no ink found: the strongest marks differ from the background by {:.1} of 255 levels, and ink must differ by {:.1} or more (raise the scan's contrast)",
+                peak * 255.0,
+                MIN_CONTRAST * 255.0
+            )
+        });
     }
     if peak < clear_of_noise * sigma {
         return Err(format!(
@@ -1116,7 +1125,8 @@ mod tests {
             let inside = (3..97).contains(&x) && (3..97).contains(&y);
             Luma([if inside && rand() > -0.2 { 20 } else { 230 }])
         });
-        let shape = |f: &dyn Fn(u32, u32) -> bool| GrayImage::from_fn(200, 200, |x, y| Luma([if f(x, y) { 0 } else { 255 }]));
+        let shape_on = |f: &dyn Fn(u32, u32) -> bool, ink: u8, paper: u8| GrayImage::from_fn(200, 200, |x, y| Luma([if f(x, y) { ink } else { paper }]));
+        let shape = |f: &dyn Fn(u32, u32) -> bool| shape_on(f, 0, 255);
         for (name, image, needle) in [
             ("small square", shape(&|x, y| (100..104).contains(&x) && (90..94).contains(&y)), "solid blob"),
             ("square", shape(&|x, y| (60..100).contains(&x) && (70..110).contains(&y)), "solid blob"),
@@ -1126,6 +1136,7 @@ mod tests {
             ("dark strip on white", shape(&|x, _| x < 25), "along the image's edges"),
             ("flat grey", GrayImage::from_pixel(50, 40, Luma([128])), "no ink found"),
             ("white", GrayImage::from_pixel(50, 40, Luma([255])), "no ink found"),
+            ("faint seven", shape_on(&|x, y| (40..160).contains(&x) && (30..50).contains(&y) || (120..140).contains(&x) && (30..170).contains(&y), 180, 200), "and ink must differ by 20.4 or more (raise the scan's contrast)"),
             ("noise", noisy, "too noisy"),
             ("one dot", one_dot, "the largest mark is 1 pixel"),
             ("four dots", dots, "specks"),

@@ -346,14 +346,12 @@ fn mebibytes(bytes: usize) -> String {
 fn pixels_from_json(body: &[u8]) -> Result<Pixels, ApiError> {
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
     const SHAPE: &str = "expected {\"pixels\": [784 integers 0-255]}: the 28x28 image row by row, white (255) ink on black (0) as in MNIST";
-    let value: Value = serde_json::from_slice(body).map_err(|e| bad(format!("the body is not valid JSON ({e}); {SHAPE}")))?;
+    // Strict: a key given twice is refused (serde_json would keep the last silently).
+    let text = std::str::from_utf8(body).map_err(|e| bad(format!("the body is not UTF-8 text ({e}); {SHAPE}")))?;
+    let value: Value = mnist_model::artifact::json::parse(text).map_err(|e| bad(format!("the body is {e}; {SHAPE}")))?;
     let Value::Object(object) = value else {
         return Err(bad(format!("the JSON body is {}, not an object; {SHAPE}", json_kind(&value))));
     };
-    // serde_json keeps the last of repeated keys: which image was meant is unclear.
-    if let Some(key) = repeated_key(body) {
-        return Err(bad(format!("the field {key:?} appears more than once; {SHAPE}")));
-    }
     if let Some(other) = object.keys().find(|k| *k != "pixels") {
         return Err(bad(format!("unknown field {other:?}; {SHAPE}")));
     }
@@ -388,36 +386,6 @@ fn pixels_from_json(body: &[u8]) -> Result<Pixels, ApiError> {
         ));
     }
     Ok(pixels)
-}
-
-/// The first key that a JSON object `body` holds twice at its top level, if any (`None`
-/// too when `body` is not an object).
-fn repeated_key(body: &[u8]) -> Option<String> {
-    struct Repeated(Option<String>);
-    impl<'de> serde::Deserialize<'de> for Repeated {
-        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            struct Keys;
-            impl<'de> serde::de::Visitor<'de> for Keys {
-                type Value = Repeated;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("an object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Repeated, A::Error> {
-                    let mut seen = std::collections::HashSet::new();
-                    let mut repeated = None;
-                    while let Some(key) = map.next_key::<String>()? {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                        if !seen.insert(key.clone()) && repeated.is_none() {
-                            repeated = Some(key);
-                        }
-                    }
-                    Ok(Repeated(repeated))
-                }
-            }
-            deserializer.deserialize_map(Keys)
-        }
-    }
-    serde_json::from_slice::<Repeated>(body).ok().and_then(|r| r.0)
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -554,7 +522,7 @@ mod tests {
         assert!(message(json!({ "pixels": vec![0; 784], "label": 3 }).to_string()).contains("unknown field \"label\""));
         let ink = json!(ok).to_string();
         let twice = format!("{{\"pixels\": {ink}, \"pixels\": {ink}}}");
-        assert!(message(twice).contains("the field \"pixels\" appears more than once"));
+        assert!(message(twice).contains("the key `pixels` appears twice in one object"));
         for blank in [0, 255] {
             let e = pixels_from_json(json!({ "pixels": vec![blank; 784] }).to_string().as_bytes()).unwrap_err();
             assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);

@@ -202,7 +202,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
             Error::Read { path: path.clone(), source }
         }
     })?;
-    let mut value: Value = serde_json::from_str(&text).map_err(|e| json_err(format!("not valid JSON: {e}")))?;
+    // Strict: a key given twice is refused (serde_json would keep the last silently).
+    let mut value: Value = json::parse(&text).map_err(json_err)?;
     let mut take = |key: &str| value.as_object_mut().and_then(|fields| fields.remove(key));
     let (digests, dataset, class_names) = (take(CHECKSUMS_KEY), take(DATASET_KEY), take(CLASS_NAMES_KEY));
     let sha256 = match digests {
