@@ -374,15 +374,23 @@ pub(crate) fn build_mnist(backend: &str, out_dir: &Path) -> Result<PathBuf> {
 
 /// Runs one measurement and reads the last line of its standard output as a `T`. The
 /// error of a measurement that did not start, failed or printed no `T` names the command.
-pub(crate) fn measure_with<T: DeserializeOwned>(mut cmd: Command) -> Result<T, String> {
+pub(crate) fn measure_with<T: DeserializeOwned>(cmd: Command) -> Result<T, String> {
+    measure_even_failed(cmd).map_err(|(error, _)| error)
+}
+
+/// [`measure_with`], whose error of a measurement that failed comes with the `T` it
+/// printed before it failed, if it printed one (`mnist bench serve` prints its figures,
+/// then fails when requests failed).
+pub(crate) fn measure_even_failed<T: DeserializeOwned>(mut cmd: Command) -> Result<T, (String, Option<T>)> {
     let shown = shown(&cmd);
-    let output = cmd.stderr(std::process::Stdio::piped()).output().map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let output = cmd.stderr(std::process::Stdio::piped()).output().map_err(|e| (format!("cannot start {shown}: {e}"), None))?;
+    let measured = mnist_bench::from_output(&String::from_utf8_lossy(&output.stdout)).map_err(|e| format!("{shown}: {e}"));
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-        return Err(format!("{shown} failed ({}): {}", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+        return Err((format!("{shown} failed ({}): {}", output.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")), measured.ok()));
     }
-    mnist_bench::from_output(&String::from_utf8_lossy(&output.stdout)).map_err(|e| format!("{shown}: {e}"))
+    measured.map_err(|e| (e, None))
 }
 
 /// The command line, as a user would type it (for messages).

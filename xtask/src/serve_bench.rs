@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use mnist_bench::{ServeMeasurement, median};
 use serde::Serialize;
 
-use crate::bench::{BenchArgs, build_mnist, busy_cores, busy_warning, cores, disagree, load_average, measure_with, publish};
+use crate::bench::{BenchArgs, build_mnist, busy_cores, busy_warning, cores, disagree, load_average, measure_even_failed, publish};
 use crate::root;
 
 /// One way of loading the server: `(name, max batch, concurrency)`. The table's ratios
@@ -61,9 +61,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             cmd.args(["bench", "serve", "--backend", "flex", "--repeats", &requests.to_string(), "--warmup", "2"]);
             cmd.args(["--concurrency", &concurrency.to_string(), "--max-batch", &max_batch.to_string()]);
             cmd.env_remove("MNIST_RS_SIMD");
-            let outcome = match measure_with::<ServeMeasurement>(cmd) {
+            let outcome = match measure_even_failed::<ServeMeasurement>(cmd) {
                 Ok(m) => Outcome::Measured(Box::new(m)),
-                Err(error) => {
+                // Some requests failed: the figures stand (the rate counts only the requests
+                // answered well), and the table's errors column counts the failed ones.
+                Err((error, Some(m))) if m.load.errors > 0 => {
+                    eprintln!("warning: {error}");
+                    Outcome::Measured(Box::new(m))
+                }
+                Err((error, _)) => {
                     eprintln!("error: {error}");
                     Outcome::Failed { error }
                 }
@@ -154,6 +160,27 @@ mod tests {
             cpu: Some("AMD EPYC".into()),
             simd: Some("avx2".into()),
         }
+    }
+
+    /// `mnist bench serve` prints its figures, then exits 1 when requests failed: the
+    /// figures still come back with the error, so the table counts the failed requests.
+    #[test]
+    fn a_run_with_failed_requests_keeps_its_figures() {
+        let mut m = measured(1416.0, 20.0);
+        m.load.errors = 1584;
+        let line = serde_json::to_string(&m).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("echo '{line}'; echo 'error: 1584 of 3000 requests failed' >&2; exit 1")]);
+        let (error, figures) = measure_even_failed::<ServeMeasurement>(cmd).unwrap_err();
+        assert!(error.contains("failed (exit status: 1): error: 1584 of 3000 requests failed"), "{error}");
+        assert_eq!(figures, Some(m));
+        // A run that failed before printing any: the error alone.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo 'error: no server' >&2; exit 1"]);
+        assert!(matches!(measure_even_failed::<ServeMeasurement>(cmd), Err((_, None))));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("echo '{}'", serde_json::to_string(&measured(3000.0, 20.0)).unwrap())]);
+        assert_eq!(measure_even_failed::<ServeMeasurement>(cmd).unwrap().load.requests_per_sec, 3000.0);
     }
 
     #[test]

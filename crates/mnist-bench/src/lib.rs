@@ -106,7 +106,8 @@ pub struct ServeMeasurement {
 pub struct LoadReport {
     /// Requests answered (well or not).
     pub requests: usize,
-    /// Requests in flight at once.
+    /// Requests in flight at once: the concurrency asked for, or the requests asked for
+    /// when they are fewer ([`LoadReport::settled`]).
     pub concurrency: usize,
     /// Answers that were not a 200 with a sound prediction, and requests that failed.
     pub errors: usize,
@@ -114,7 +115,9 @@ pub struct LoadReport {
     pub first_error: Option<String>,
     /// Wall time from the first request sent to the last answer, in seconds.
     pub seconds: f64,
-    /// Requests answered per second.
+    /// Requests answered well (a 200 with a sound prediction) per second
+    /// ([`LoadReport::success_rate`]); the failed ones are counted in `errors` only (a
+    /// server refusing work with 503s answers those fast, and would raise the rate).
     pub requests_per_sec: f64,
     /// Median latency, in milliseconds.
     pub p50_ms: f64,
@@ -124,6 +127,26 @@ pub struct LoadReport {
     pub p99_ms: f64,
     /// Slowest answer, in milliseconds.
     pub max_ms: f64,
+}
+
+impl LoadReport {
+    /// Requests answered well: `requests` less `errors`.
+    pub fn succeeded(&self) -> usize {
+        self.requests.saturating_sub(self.errors)
+    }
+
+    /// Requests answered well per second of the run (0 for a run of no time).
+    pub fn success_rate(&self) -> f64 {
+        if self.seconds > 0.0 { self.succeeded() as f64 / self.seconds } else { 0.0 }
+    }
+
+    /// The report as `mnist bench serve` prints it, of a run that asked for
+    /// `asked_requests`: `requests_per_sec` the [`LoadReport::success_rate`], and
+    /// `concurrency` the requests actually in flight at once, never more than were asked
+    /// for. Settling a settled report changes nothing.
+    pub fn settled(self, asked_requests: usize) -> Self {
+        LoadReport { requests_per_sec: self.success_rate(), concurrency: self.concurrency.min(asked_requests), ..self }
+    }
 }
 
 /// The CPU's model name, as Linux's `/proc/cpuinfo` gives it (for example "AMD EPYC 9R14
@@ -300,6 +323,38 @@ mod tests {
         let line = serde_json::to_string(&m).expect("serialises");
         assert!(line.contains(r#""peak_rss_mib":null"#), "{line}");
         assert_eq!(from_output::<Measurement>(&line).expect("parses"), m);
+    }
+
+    fn load(requests: usize, concurrency: usize, errors: usize, seconds: f64) -> LoadReport {
+        LoadReport {
+            requests,
+            concurrency,
+            errors,
+            first_error: None,
+            seconds,
+            requests_per_sec: requests as f64 / seconds,
+            p50_ms: 1.0,
+            p90_ms: 2.0,
+            p99_ms: 3.0,
+            max_ms: 4.0,
+        }
+    }
+
+    #[test]
+    fn the_rate_counts_only_requests_answered_well() {
+        // The reported run: 3,000 requests, 2,000 asked in flight, 1,584 refused with 503s.
+        let report = load(3_000, 2_000, 1_584, 3_000.0 / 4_373.0).settled(3_000);
+        assert_eq!(report.succeeded(), 1_416);
+        assert!((report.requests_per_sec - 1_416.0 * 4_373.0 / 3_000.0).abs() < 1e-6, "{}", report.requests_per_sec);
+        assert_eq!((report.errors, report.requests, report.concurrency), (1_584, 3_000, 2_000));
+        // More in flight asked for than requests: only as many as there are requests.
+        let report = load(300, 2_000, 0, 2.0).settled(300);
+        assert_eq!((report.concurrency, report.requests_per_sec), (300, 150.0));
+        assert_eq!(report.clone().settled(300), report);
+        // Every request failed, or none took any time: no rate, and no division by zero.
+        assert_eq!(load(10, 4, 10, 1.0).settled(10).requests_per_sec, 0.0);
+        assert_eq!(load(0, 4, 0, 0.0).settled(10).requests_per_sec, 0.0);
+        assert_eq!(load(5, 4, 9, 1.0).succeeded(), 0);
     }
 
     #[test]

@@ -24,18 +24,44 @@ pub fn bench(args: BenchArgs) -> Result<Status> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
+    if args.batch > TrainConfig::MAX_BATCH_SIZE {
+        bail!("--batch {} is too large: the most is {} images (the largest training split)", args.batch, TrainConfig::MAX_BATCH_SIZE);
+    }
     if args.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
     let data = Locator::offline(None).load(DatasetKind::Sample).context("cannot load the bundled sample")?;
     if args.measure == Measure::Serve {
-        let measurement = crate::serve::bench(&args, backend, &data.test)?;
+        let mut measurement = crate::serve::bench(&args, backend, &data.test)?;
+        measurement.load = measurement.load.settled(args.repeats);
         crate::output::say!("{}", serde_json::to_string(&measurement)?);
+        // The figures are printed either way (`cargo xtask bench --serve` tabulates the
+        // errors); a run with failed requests is no success.
+        if let Some(failed) = failures(&measurement.load) {
+            bail!("{failed}");
+        }
         return Ok(Status::Success);
     }
     let measurement = dispatch(backend, BenchJob { args: &args, train: &data.train, test: &data.test })?;
     crate::output::say!("{}", serde_json::to_string(&measurement)?);
     Ok(Status::Success)
+}
+
+/// What a load run's failed requests were, for the error that ends `mnist bench serve`;
+/// `None` when every request was answered well.
+fn failures(load: &mnist_bench::LoadReport) -> Option<String> {
+    if load.errors == 0 {
+        return None;
+    }
+    let first = load.first_error.as_deref().unwrap_or("not recorded");
+    // The server's 503s are refusals of work past its queue or its time limit.
+    let advice = if first.contains("status 503") { "; the server refused work it had no room or time for: lower --concurrency" } else { "" };
+    Some(format!(
+        "{} of {} requests failed (the first: {first}){advice}; requests_per_sec counts only the {} answered well",
+        load.errors,
+        load.requests,
+        load.succeeded()
+    ))
 }
 
 struct BenchJob<'a> {
@@ -162,4 +188,56 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn load(errors: usize, first_error: Option<&str>) -> mnist_bench::LoadReport {
+        mnist_bench::LoadReport {
+            requests: 3_000,
+            concurrency: 2_000,
+            errors,
+            first_error: first_error.map(str::to_string),
+            seconds: 1.0,
+            requests_per_sec: 3_000.0,
+            p50_ms: 1.0,
+            p90_ms: 2.0,
+            p99_ms: 3.0,
+            max_ms: 4.0,
+        }
+    }
+
+    #[test]
+    fn failed_requests_are_counted_and_explained() {
+        assert_eq!(failures(&load(0, None)), None);
+        let busy = r#"request 17: status 503 Service Unavailable: {"error":"the server is busy: 4096 images are already waiting to be classified; try again shortly"}"#;
+        let text = failures(&load(1_584, Some(busy))).unwrap();
+        assert!(text.starts_with("1584 of 3000 requests failed (the first: request 17: status 503 Service Unavailable: "), "{text}");
+        assert!(text.contains("lower --concurrency") && text.ends_with("requests_per_sec counts only the 1416 answered well"), "{text}");
+        let wrong = failures(&load(2, Some("request 3: answered class 4, expected 9"))).unwrap();
+        assert!(wrong.contains("(the first: request 3: answered class 4, expected 9)") && !wrong.contains("--concurrency"), "{wrong}");
+    }
+
+    /// A batch past the largest training split is a mistake of the command line (exit
+    /// status 2, the flag and the most named), not an allocation that kills the process.
+    #[test]
+    fn a_batch_past_the_largest_split_is_a_command_line_mistake() {
+        let parse = |args: &[&str]| crate::Cli::try_parse_from(["mnist"].iter().chain(args));
+        for measure in ["train", "eval"] {
+            let e = parse(&["bench", measure, "--batch", "1000000"]).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let text = e.to_string();
+            assert!(text.contains("--batch") && text.contains("1000000 is too large: the most is 60000 images (the largest training split)"), "{text}");
+        }
+        let cli = parse(&["bench", "train", "--batch", "60000"]).unwrap();
+        let crate::Command::Bench(args) = cli.command else { panic!("not bench") };
+        assert_eq!(args.batch, TrainConfig::MAX_BATCH_SIZE);
+        // A library caller past the range gets the same refusal, before anything is loaded.
+        let err = bench(crate::BenchArgs { batch: 60_001, ..args }).unwrap_err().to_string();
+        assert!(err.contains("--batch 60001 is too large: the most is 60000 images"), "{err}");
+    }
 }

@@ -138,6 +138,12 @@ impl DataArgs {
     }
 }
 
+/// `--addr`'s value: an IP address or host name with a port, resolved when the arguments
+/// are parsed, so that a mistyped one is a command-line mistake (exit status 2).
+fn listen_addr(addr: &str) -> std::result::Result<std::net::SocketAddr, String> {
+    mnist_serve::resolve(addr).map_err(|e| e.to_string())
+}
+
 /// `--dataset`'s value checked when the arguments are parsed, so a misspelt name is a
 /// usage error (exit 2) naming the names there are.
 fn dataset_name(name: &str) -> std::result::Result<String, String> {
@@ -172,8 +178,8 @@ pub struct ServeArgs {
     pub backend: Option<BackendKind>,
     /// Address to listen on: this machine only by default; 0.0.0.0:PORT for every
     /// interface, port 0 for any free port.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub addr: String,
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = listen_addr)]
+    pub addr: std::net::SocketAddr,
     /// Batching of concurrent requests.
     #[command(flatten)]
     pub batching: BatchingArgs,
@@ -207,8 +213,8 @@ pub struct BenchArgs {
     /// Backend.
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
-    /// Batch size (training and evaluation).
-    #[arg(long, default_value_t = 50, allow_hyphen_values = true, value_parser = positive::<usize>)]
+    /// Batch size (training and evaluation; at most 60000, the largest training split).
+    #[arg(long, default_value_t = 50, allow_hyphen_values = true, value_parser = bench_batch)]
     pub batch: usize,
     /// Timed repetitions (steps, passes over 10,000 images, or predictions).
     #[arg(long, default_value_t = 20, allow_hyphen_values = true, value_parser = positive::<usize>)]
@@ -278,6 +284,14 @@ fn non_negative<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
 /// the same range for library callers.
 fn max_batch(text: &str) -> Result<usize, String> {
     at_most(positive::<usize>(text)?, mnist_serve::MAX_BATCH, "images in one forward pass")
+}
+
+/// `mnist bench`'s `--batch`: 1 to [`mnist_train::TrainConfig::MAX_BATCH_SIZE`] images (the
+/// largest training split), checked here so that a huge batch is a mistake of the command
+/// line (exit status 2, the flag named) instead of gigabytes allocated before a failure;
+/// `bench` keeps the same range for library callers.
+fn bench_batch(text: &str) -> Result<usize, String> {
+    at_most(positive::<usize>(text)?, mnist_train::TrainConfig::MAX_BATCH_SIZE, "images (the largest training split)")
 }
 
 /// `--batch-wait-us`: 0 to [`mnist_serve::MAX_BATCH_WAIT_US`] microseconds.

@@ -38,10 +38,12 @@ pub struct CnnConfig {
     /// Probability of dropping a hidden unit in training (the seed keeps 0.5).
     #[config(default = 0.5)]
     pub dropout: f64,
-    /// Standard deviation of the truncated-normal weight initialisation.
+    /// Standard deviation of the truncated-normal weight initialisation (more than 0, at
+    /// most [`CnnConfig::MAX_INIT`]).
     #[config(default = 0.1)]
     pub init_std: f64,
-    /// Initial value of every bias.
+    /// Initial value of every bias (from -[`CnnConfig::MAX_INIT`] to
+    /// [`CnnConfig::MAX_INIT`]).
     #[config(default = 0.1)]
     pub init_bias: f64,
 }
@@ -58,6 +60,12 @@ impl Default for CnnConfig {
 pub const MAX_PARAMS: usize = 1 << 28;
 
 impl CnnConfig {
+    /// The largest `init_std`, and the largest `init_bias` either side of 0: 10, a hundred
+    /// times the seed's 0.1. Beyond it the first forward pass's activations grow by about
+    /// that factor per layer, and soon overflow f32 (an `init_std` of 1e30 gave a loss of
+    /// NaN before any update).
+    pub const MAX_INIT: f64 = 10.0;
+
     /// Checks every value is in range, and that the network has at most [`MAX_PARAMS`]
     /// parameters.
     pub fn validate(&self) -> Result<()> {
@@ -80,11 +88,12 @@ impl CnnConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
-        if !(self.init_std.is_finite() && self.init_std > 0.0) {
-            return bad(format!("init_std must be positive, got {}", self.init_std));
+        let max = Self::MAX_INIT;
+        if !(self.init_std > 0.0 && self.init_std <= max) {
+            return bad(format!("init_std must be more than 0 and at most {max} (the seed's is 0.1), got {}", number(self.init_std)));
         }
-        if !self.init_bias.is_finite() {
-            return bad(format!("init_bias must be finite, got {}", self.init_bias));
+        if !(-max..=max).contains(&self.init_bias) {
+            return bad(format!("init_bias must be from -{max} to {max} (the seed's is 0.1), got {}", number(self.init_bias)));
         }
         // Checked products: widths near usize::MAX would overflow the count.
         let params = self.param_shapes().iter().try_fold(0usize, |sum, (_, shape)| {
@@ -157,6 +166,11 @@ impl CnnConfig {
             kernels: Kernels::default(),
         })
     }
+}
+
+/// `v` as a message shows it: `1e30` rather than thirty-one digits.
+fn number(v: f64) -> String {
+    if v.abs() >= 1e9 { format!("{v:e}") } else { v.to_string() }
 }
 
 fn truncated_normal<const D: usize>(rng: &mut impl Rng, shape: [usize; D], std: f64) -> TensorData {

@@ -70,6 +70,24 @@ fn invalid_configs_are_rejected() {
 }
 
 #[test]
+fn initialisations_that_would_overflow_are_refused_naming_the_field_and_bound() {
+    for (config, needle) in [
+        (CnnConfig::new().with_init_std(1e30), "init_std must be more than 0 and at most 10 (the seed's is 0.1), got 1e30"),
+        (CnnConfig::new().with_init_std(10.5), "init_std must be more than 0 and at most 10 (the seed's is 0.1), got 10.5"),
+        (CnnConfig::new().with_init_std(0.0), "init_std must be more than 0"),
+        (CnnConfig::new().with_init_std(f64::INFINITY), "got inf"),
+        (CnnConfig::new().with_init_std(f64::NAN), "got NaN"),
+        (CnnConfig::new().with_init_bias(-1e12), "init_bias must be from -10 to 10 (the seed's is 0.1), got -1e12"),
+        (CnnConfig::new().with_init_bias(f64::NAN), "init_bias must be from -10 to 10"),
+    ] {
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    // The bound itself, and the most negative bias, are accepted.
+    CnnConfig::new().with_init_std(CnnConfig::MAX_INIT).with_init_bias(-CnnConfig::MAX_INIT).validate().unwrap();
+}
+
+#[test]
 fn saved_and_loaded_weights_give_bit_identical_logits() {
     let device = Default::default();
     let config = CnnConfig::new();
@@ -253,6 +271,11 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
     let read = artifact::read_manifest(dir.path()).unwrap();
     assert_eq!((&read.config, read.dataset.as_deref(), read.class_names.as_ref()), (&config, Some("sample"), Some(&names)));
     assert_eq!(read.class_name(3), "class 3");
+    // A byte order mark (some Windows editors write one) is no content.
+    let manifest_text = std::fs::read_to_string(dir.path().join(artifact::MANIFEST)).unwrap();
+    std::fs::write(dir.path().join(artifact::MANIFEST), format!("\u{feff}{manifest_text}")).unwrap();
+    assert_eq!(artifact::read_manifest(dir.path()).unwrap(), read);
+    std::fs::write(dir.path().join(artifact::MANIFEST), manifest_text).unwrap();
     for file in [artifact::WEIGHTS, artifact::SAFETENSORS] {
         let bytes = std::fs::read(dir.path().join(file)).unwrap();
         assert_eq!(read.sha256[file], mnist_fs::sha256_hex(&bytes), "{file}");
@@ -319,6 +342,7 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
         (r#"{"class_names": ["a", "b"]}"#, "lists 2 names for a network of 10 classes"),
         (r#"{"class_names": "digits"}"#, "must be a list of names"),
         (r#"{"dataset": 7}"#, "must be a dataset name"),
+        (r#"{"hidden": 1024, "hidden": 512}"#, "the key `hidden` appears twice in one object"),
         (r#"{"class_names": ["0", "1", "2", "3", "4", "5", "6", "7", "8", " 3"]}"#, "names classes 3 and 9 both \" 3\""),
     ] {
         std::fs::write(&manifest, json).unwrap();

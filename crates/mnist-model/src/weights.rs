@@ -5,11 +5,19 @@
 //! written, never loaded. An artifact directory's `model.json` records the SHA-256 of
 //! `model.mpk` and `model.safetensors`, and [`crate::artifact::load_dir`] verifies it, so a
 //! damaged or truncated file is named as such instead of decoding into wrong weights.
+//!
+//! Both files are a function of the weights alone: the same weights give the same bytes
+//! (so two identical training runs record the same checksums). `model.mpk` records each
+//! parameter under an id derived from its path ([`path_id`]) instead of Burn's random
+//! one, and `model.safetensors` has its header's `__metadata__` keys sorted
+//! ([`canonical_header`]).
 
 use std::fs;
 use std::path::Path;
 
-use burn::module::{Module, ModuleVisitor, Param};
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
@@ -31,11 +39,14 @@ pub fn save<B: Backend>(model: &Cnn<B>, path: &Path) -> Result<()> {
     save_bytes(model, path).map(|_| ())
 }
 
-/// [`save`] of weights already checked to be finite, returning the bytes written.
+/// [`save`] of weights already checked to be finite, returning the bytes written. Each
+/// parameter is recorded under the id [`path_id`] gives its path, so the same weights
+/// always give the same bytes (Burn gives every parameter a random id when it is made,
+/// and the recorder writes it). Loading takes the ids from the file, as it always did.
 pub(crate) fn save_bytes<B: Backend>(model: &Cnn<B>, path: &Path) -> Result<Vec<u8>> {
     let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
     let bytes = recorder
-        .record(model.clone().into_record(), ())
+        .record(with_path_ids(model.clone()).into_record(), ())
         .map_err(|e| Error::Format {
             path: path.to_path_buf(),
             format: RECORD,
@@ -43,6 +54,34 @@ pub(crate) fn save_bytes<B: Backend>(model: &Cnn<B>, path: &Path) -> Result<Vec<
         })?;
     write_atomic(path, &bytes)?;
     Ok(bytes)
+}
+
+/// `model` with each parameter's id replaced by [`path_id`] of its path (`fc1.weight`).
+fn with_path_ids<B: Backend>(model: Cnn<B>) -> Cnn<B> {
+    struct PathIds {
+        path: Vec<String>,
+    }
+    impl<B: Backend> ModuleMapper<B> for PathIds {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (_, tensor, mapper) = param.consume();
+            Param::from_mapped_value(path_id(&self.path.join(".")), tensor, mapper)
+        }
+    }
+    model.map(&mut PathIds { path: Vec::new() })
+}
+
+/// The id `model.mpk` records for the parameter at `path` (`conv1.weight`, ...): the
+/// 64-bit FNV-1a hash of the path, the same in every run and on every platform (distinct
+/// for the network's eight parameters; a unit test holds it).
+pub fn path_id(path: &str) -> ParamId {
+    let hash = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    ParamId::from(hash)
 }
 
 /// Loads weights saved by [`save`] into a network of `config`'s shape. A missing
@@ -143,8 +182,66 @@ pub(crate) fn export_safetensors_bytes<B: Backend>(model: &Cnn<B>, path: &Path) 
         .metadata("layout", "pytorch");
     model.save_into(&mut store).map_err(|e| format_err(e.to_string()))?;
     let bytes = store.get_bytes().map_err(|e| format_err(e.to_string()))?;
+    let bytes = canonical_header(&bytes).map_err(|e| format_err(format!("cannot reorder its header: {e}")))?;
     write_atomic(path, &bytes)?;
     Ok(bytes)
+}
+
+/// `bytes`, a safetensors file, with its JSON header written in a fixed order: the
+/// `__metadata__` map first, its keys sorted (the safetensors crate writes it from a
+/// `HashMap`, in an order that changes from one run to the next), then the tensors in the
+/// order they were written (by dtype, then by name), their data untouched. The header is
+/// padded with spaces to a multiple of 8 bytes, as the safetensors crate pads it.
+fn canonical_header(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let n = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .and_then(|b| usize::try_from(u64::from_le_bytes(b)).ok())
+        .ok_or("shorter than the 8 bytes of its header's length")?;
+    let header = bytes.get(8..).and_then(|rest| rest.get(..n)).ok_or("shorter than its header")?;
+    let data = &bytes[8 + n..];
+    let header = std::str::from_utf8(header).map_err(|e| e.to_string())?;
+    let Entries(entries) = serde_json::from_str(header).map_err(|e| e.to_string())?;
+    let mut fields = Vec::with_capacity(entries.len());
+    let (metadata, tensors): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(name, _)| name == "__metadata__");
+    for (name, value) in metadata.into_iter().chain(tensors) {
+        let value = match value {
+            serde_json::Value::Object(map) => serde_json::to_string(&map.into_iter().collect::<BTreeMap<_, _>>()),
+            other => serde_json::to_string(&other),
+        };
+        fields.push(format!("{}:{}", serde_json::to_string(&name).map_err(|e| e.to_string())?, value.map_err(|e| e.to_string())?));
+    }
+    let mut header = format!("{{{}}}", fields.join(",")).into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+/// A JSON object's entries in the order they are written (a `serde_json::Map` sorts them,
+/// or keeps them, depending on a cargo feature of serde_json).
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
 }
 
 /// Imports safetensors in PyTorch's layout (as written by [`export_safetensors`], or by
@@ -249,4 +346,101 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use burn_flex::Flex;
+
+    use super::*;
+
+    fn small() -> CnnConfig {
+        CnnConfig::new().with_conv1_channels(2).with_conv2_channels(3).with_hidden(8)
+    }
+
+    /// The JSON header of the safetensors file `bytes`, as written.
+    fn header(bytes: &[u8]) -> &str {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        std::str::from_utf8(&bytes[8..8 + n]).unwrap()
+    }
+
+    #[test]
+    fn the_same_weights_export_to_the_same_safetensors_bytes() {
+        let (device, dir) = (Default::default(), tempfile::tempdir().unwrap());
+        let config = small();
+        let model = config.init::<Flex>(5, &device).unwrap();
+        let path = dir.path().join("model.safetensors");
+        // The metadata map is a HashMap with a new random order each time it is made:
+        // twenty exports in the old order of the day would not all have agreed.
+        let first = export_safetensors_bytes(&model, &path).unwrap();
+        for _ in 0..20 {
+            assert!(export_safetensors_bytes(&model, &path).unwrap() == first, "two exports of the same weights differ");
+        }
+        // The same weights in another network value (other random ParamIds): the same bytes.
+        let again = config.init::<Flex>(5, &device).unwrap();
+        assert!(export_safetensors_bytes(&again, &path).unwrap() == first);
+        assert!(fs::read(&path).unwrap() == first);
+        let text = header(&first);
+        assert!(text.starts_with(r#"{"__metadata__":{"format":"safetensors","layout":"pytorch","producer":"mnist-rs","version":""#), "{text}");
+        assert!(text.len().is_multiple_of(8) && text.trim_end().len() + 8 > text.len(), "not padded to 8 bytes: {text:?}");
+        // Still a file safetensors reads, into the same weights.
+        let imported = import_safetensors::<Flex>(&config, &path, &device).unwrap();
+        assert_eq!(
+            imported.fc1.weight.val().into_data().to_vec::<f32>().unwrap(),
+            model.fc1.weight.val().into_data().to_vec::<f32>().unwrap()
+        );
+        // Tensors are written by name (all f32), so their order is fixed too.
+        let names: Vec<usize> = ["conv1.bias", "conv1.weight", "conv2.bias", "conv2.weight", "fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+            .iter()
+            .map(|name| text.find(&format!("\"{name}\"")).unwrap())
+            .collect();
+        assert!(names.is_sorted(), "{text}");
+    }
+
+    #[test]
+    fn a_header_is_reordered_and_its_data_kept() {
+        let written = r#"{"__metadata__":{"b":"2","a":"1"},"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut file = (written.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(written.as_bytes());
+        file.extend_from_slice(&[1, 2, 3, 4]);
+        let out = canonical_header(&file).unwrap();
+        assert_eq!(header(&out), r#"{"__metadata__":{"a":"1","b":"2"},"x":{"data_offsets":[0,4],"dtype":"F32","shape":[1]}} "#);
+        assert_eq!(&out[out.len() - 4..], &[1, 2, 3, 4]);
+        // A damaged file is an error, not a panic.
+        assert!(canonical_header(&file[..5]).unwrap_err().contains("8 bytes"));
+        assert!(canonical_header(&file[..20]).unwrap_err().contains("shorter than its header"));
+    }
+
+    #[test]
+    fn the_same_weights_save_to_the_same_record_bytes_and_load_back() {
+        let (device, dir) = (Default::default(), tempfile::tempdir().unwrap());
+        let config = small();
+        let path = dir.path().join("model.mpk");
+        // Two networks of the same seed: the same weights under other random ParamIds.
+        let (a, b) = (config.init::<Flex>(9, &device).unwrap(), config.init::<Flex>(9, &device).unwrap());
+        assert_ne!(a.fc1.weight.id, b.fc1.weight.id);
+        let first = save_bytes(&a, &path).unwrap();
+        assert!(save_bytes(&b, &path).unwrap() == first, "two records of the same weights differ");
+        // The model saved keeps its own ids; the one loaded has the ids of the paths.
+        assert_ne!(a.fc1.weight.id, path_id("fc1.weight"));
+        let loaded = load::<Flex>(&config, &path, &device).unwrap();
+        assert_eq!(loaded.fc1.weight.id, path_id("fc1.weight"));
+        assert_eq!(loaded.conv2.bias.as_ref().unwrap().id, path_id("conv2.bias"));
+        assert_eq!(
+            loaded.conv1.weight.val().into_data().to_vec::<f32>().unwrap(),
+            a.conv1.weight.val().into_data().to_vec::<f32>().unwrap()
+        );
+        // Other weights, other bytes.
+        let c = config.init::<Flex>(10, &device).unwrap();
+        assert!(save_bytes(&c, &path).unwrap() != first);
+    }
+
+    #[test]
+    fn path_ids_are_fixed_and_distinct() {
+        // FNV-1a of the empty string is its offset basis: the function is the documented one.
+        assert_eq!(path_id("").val(), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(path_id("a").val(), 0xaf63_dc4c_8601_ec8c);
+        let ids: std::collections::BTreeSet<u64> = CnnConfig::new().param_shapes().iter().map(|(name, _)| path_id(name).val()).collect();
+        assert_eq!(ids.len(), 8);
+    }
 }

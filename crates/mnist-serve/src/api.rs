@@ -406,22 +406,30 @@ async fn image_from_multipart(request: Request) -> Result<Bytes, ApiError> {
     let unreadable = |why: String| bad(format!("unreadable multipart form ({why}); {EXPECTED_BODY}"));
     let mut form = Multipart::from_request(request, &()).await.map_err(|e| unreadable(e.body_text()))?;
     let mut fields = Vec::new();
+    let mut image: Option<(String, Bytes)> = None;
     while let Some(field) = form.next_field().await.map_err(|e| unreadable(e.body_text()))? {
         let name = field.name().unwrap_or("").to_string();
         let Some(file_name) = field.file_name().map(str::to_string) else {
             fields.push(format!("{name:?}"));
             continue;
         };
+        if let Some((first, _)) = &image {
+            // Which one to classify would be a guess: one image, one answer.
+            return Err(bad(format!("the multipart form holds more than one file (form fields {first:?} and {name:?}); send one image per request")));
+        }
         let bytes = field.bytes().await.map_err(|e| unreadable(e.body_text()))?;
         if bytes.is_empty() {
             let file = if file_name.is_empty() { "no file chosen".to_string() } else { format!("file {file_name:?}") };
             return Err(bad(format!("the uploaded image (form field {name:?}, {file}) is empty (0 bytes); {EXPECTED_BODY}")));
         }
+        image = Some((name, bytes));
+    }
+    if let Some((_, bytes)) = image {
         return Ok(bytes);
     }
     let holds = if fields.is_empty() { "no parts".to_string() } else { format!("only text fields: {}", fields.join(", ")) };
     Err(bad(format!(
-        "the multipart form has no image file (it holds {holds}); expected a file part, as `curl -F image=@digit.png` sends, or {EXPECTED_BODY}"
+        "the multipart form has no image file (it holds {holds}): a file part is needed, as `curl -F image=@digit.png` sends; {EXPECTED_BODY}"
     )))
 }
 

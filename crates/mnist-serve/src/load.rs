@@ -120,7 +120,8 @@ pub async fn run(url: &str, bodies: Vec<Body>, config: LoadConfig) -> Result<Loa
         p90_ms: percentile(&latencies, 0.90),
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
-    })
+    }
+    .settled(config.requests))
 }
 
 /// One request and the checks of its answer.

@@ -150,10 +150,14 @@ pub(crate) fn sections<'a>(bytes: &'a [u8], path: &Path) -> Result<[&'a [u8]; 3]
             ));
         }
         rest
+    } else if bytes.is_empty() {
+        return Err(corrupt("the file is empty (a copy or a disk that failed?); resume from a copy, or start the run again".into()));
+    } else if MAGIC.starts_with(bytes) || MAGIC_V1.starts_with(bytes) {
+        return Err(damaged("it ends inside its header".into()));
     } else {
         bytes
             .strip_prefix(MAGIC_V1.as_slice())
-            .ok_or_else(|| corrupt("not an mnist-rs checkpoint (bad magic)".into()))?
+            .ok_or_else(|| corrupt("not an mnist-rs checkpoint (its first bytes are not a checkpoint's)".into()))?
     };
     let mut out = [&[][..]; 3];
     for (i, slot) in out.iter_mut().enumerate() {

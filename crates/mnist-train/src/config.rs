@@ -55,6 +55,12 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The largest `batch_size` and `eval_batch_size`: 60,000 images, the largest training
+    /// split (MNIST's and Fashion-MNIST's; the bundled sample's has 8,000, and a batch
+    /// larger than the split trained on is refused when the run starts). A larger batch
+    /// would only allocate gigabytes before failing.
+    pub const MAX_BATCH_SIZE: usize = 60_000;
+
     /// Reads a config file strictly: unknown fields and out-of-range values are errors
     /// naming the file and the field; absent fields take the seed's defaults.
     pub fn read(path: &Path) -> Result<Self> {
@@ -105,8 +111,14 @@ impl TrainConfig {
         if !(self.adam.epsilon.is_finite() && self.adam.epsilon > 0.0) {
             return bad(format!("adam.epsilon must be positive, got {}", self.adam.epsilon));
         }
-        if self.batch_size == 0 {
-            return bad("batch_size must be at least 1, got 0".into());
+        let most = Self::MAX_BATCH_SIZE;
+        for (name, v) in [("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)] {
+            if v == 0 {
+                return bad(format!("{name} must be at least 1, got 0"));
+            }
+            if v > most {
+                return bad(format!("{name} must be at most {most} (the images of the largest training split, MNIST's), got {v}"));
+            }
         }
         // The dropout mask's hash counts its elements in 32 bits.
         if self.batch_size.checked_mul(self.model.hidden).is_none_or(|n| u32::try_from(n).is_err()) {
@@ -116,9 +128,6 @@ impl TrainConfig {
                 self.model.hidden,
                 self.batch_size
             ));
-        }
-        if self.eval_batch_size == 0 {
-            return bad("eval_batch_size must be at least 1, got 0".into());
         }
         if self.steps == 0 {
             return bad("steps must be at least 1, got 0".into());
@@ -161,7 +170,15 @@ mod tests {
     fn bad_values_are_named() {
         for (config, needle) in [
             (TrainConfig::new().with_batch_size(0), "batch_size"),
-            (TrainConfig::new().with_batch_size(1 << 22), "batch_size must be at most 4194303 with model.hidden 1024 (the dropout mask's batch_size x model.hidden elements are counted in 32 bits), got 4194304"),
+            (TrainConfig::new().with_batch_size(1_000_000), "batch_size must be at most 60000 (the images of the largest training split, MNIST's), got 1000000"),
+            (TrainConfig::new().with_batch_size(60_001), "batch_size must be at most 60000"),
+            (TrainConfig::new().with_eval_batch_size(1_000_000), "eval_batch_size must be at most 60000 (the images of the largest training split, MNIST's), got 1000000"),
+            (TrainConfig::new().with_eval_batch_size(0), "eval_batch_size must be at least 1, got 0"),
+            (
+                TrainConfig::new().with_batch_size(55_000).with_model(CnnConfig::new().with_hidden(80_000)),
+                "batch_size must be at most 53687 with model.hidden 80000 (the dropout mask's batch_size x model.hidden elements are counted in 32 bits), got 55000",
+            ),
+            (TrainConfig::new().with_model(CnnConfig::new().with_init_std(1e30)), "model.init_std must be more than 0 and at most 10 (the seed's is 0.1), got 1e30"),
             (TrainConfig::new().with_learning_rate(1e308), "got 1e308"),
             (TrainConfig::new().with_learning_rate(-1e-4), "learning_rate"),
             (TrainConfig::new().with_learning_rate(1e39), "at most 3.4028235e38 (it is applied in f32)"),
@@ -176,6 +193,10 @@ mod tests {
             assert!(err.contains(needle), "{err}");
         }
         TrainConfig::new().validate().unwrap();
+        // The largest split's size itself is a batch.
+        TrainConfig::new().with_batch_size(TrainConfig::MAX_BATCH_SIZE).with_eval_batch_size(TrainConfig::MAX_BATCH_SIZE).validate().unwrap();
+        let largest = DatasetKind::ALL.iter().map(|k| k.split_sizes().0).max();
+        assert_eq!(largest, Some(TrainConfig::MAX_BATCH_SIZE));
     }
 
     #[test]
@@ -219,5 +240,11 @@ mod tests {
         std::fs::write(&path, r#"{"batch_size": 0}"#).unwrap();
         let err = TrainConfig::read(&path).unwrap_err().to_string();
         assert!(err.contains("c.json") && err.contains("batch_size"), "{err}");
+        std::fs::write(&path, r#"{"batch_size": 1000000}"#).unwrap();
+        let err = TrainConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("c.json: batch_size must be at most 60000"), "{err}");
+        std::fs::write(&path, r#"{"model": {"init_std": 1e30}}"#).unwrap();
+        let err = TrainConfig::read(&path).unwrap_err().to_string();
+        assert!(err.contains("c.json: model.init_std must be more than 0 and at most 10"), "{err}");
     }
 }

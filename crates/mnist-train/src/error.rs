@@ -56,6 +56,18 @@ pub enum Error {
         /// Why it could not be written.
         source: Box<Error>,
     },
+    /// Training finished and its last checkpoint was saved, but the evaluation or the
+    /// files written after it (the model, the plot, the report) could not be made (a full
+    /// disk). Resuming the run does only that part again.
+    #[error("{source}. The run's {steps} steps are done and their checkpoint is saved in {}: fix the cause and `--resume --out {}` writes the model without training again", dir.display(), dir.display())]
+    FinishNotSaved {
+        /// Steps of the run, all completed.
+        steps: u64,
+        /// The artifact directory.
+        dir: PathBuf,
+        /// What failed.
+        source: Box<Error>,
+    },
     /// The output directory already holds a run and neither resume nor overwrite was asked.
     #[error("{} already holds a training run; pass --resume to continue it, or choose another --out", path.display())]
     RunExists {
@@ -101,8 +113,10 @@ pub enum Error {
         message: String,
     },
     /// The loss became NaN or infinite. No checkpoint is written from then on; the last
-    /// one written (if any) holds finite weights from before.
-    #[error("training diverged at step {step}: the loss is {loss}. Nothing from this step on was saved; lower the learning rate and train again (a checkpoint written before step {step}, if any, holds finite weights)")]
+    /// one written (if any) holds finite weights from before. At step 0 the loss is that
+    /// of the initial weights, before any update: the message then blames the
+    /// initialisation, not the learning rate.
+    #[error("{}", diverged_message(*step, *loss))]
     Diverged {
         /// The step.
         step: u64,
@@ -123,5 +137,35 @@ fn kept_note(kept: Option<u64>, dir: &std::path::Path) -> String {
     }
 }
 
+/// What [`Error::Diverged`] says: the learning rate is to blame only once it has been
+/// applied, that is after step 0 (whose loss is computed before the first update).
+fn diverged_message(step: u64, loss: f32) -> String {
+    if step == 0 {
+        format!(
+            "training diverged at step 0: the initial weights already give a loss of {loss}, before any update, so the learning rate is not the cause; the initialisation is (model.init_std and model.init_bias in the training config; the seed's are 0.1): lower them and train again. Nothing was saved"
+        )
+    } else {
+        format!(
+            "training diverged at step {step}: the loss is {loss}. Nothing from this step on was saved; lower the learning rate and train again (a checkpoint written before step {step}, if any, holds finite weights)"
+        )
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loss_not_finite_before_any_update_blames_the_initialisation() {
+        let first = Error::Diverged { step: 0, loss: f32::NAN }.to_string();
+        assert!(first.starts_with("training diverged at step 0: the initial weights already give a loss of NaN, before any update"), "{first}");
+        assert!(first.contains("the learning rate is not the cause") && first.contains("model.init_std"), "{first}");
+        assert!(!first.contains("lower the learning rate"), "{first}");
+        let later = Error::Diverged { step: 1, loss: f32::INFINITY }.to_string();
+        assert!(later.starts_with("training diverged at step 1: the loss is inf."), "{later}");
+        assert!(later.contains("lower the learning rate") && !later.contains("init_std"), "{later}");
+    }
+}

@@ -328,7 +328,15 @@ fn a_directory_another_process_trains_in_is_left_alone() {
     lock.try_lock().unwrap();
     let err = train::<B>(&tiny(10), &data, &options(early.path()), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::RunInUse { .. }), "{err}");
+    // ... and so is resuming it, which had said the run stopped before its checkpoint.
+    let mut resume = options(early.path());
+    resume.resume = true;
+    let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::RunInUse { .. }), "{err}");
+    assert!(matches!(crate::check_out_dir(early.path(), true), Err(Error::RunInUse { .. })));
     drop(lock);
+    let err = crate::check_out_dir(early.path(), true).unwrap_err().to_string();
+    assert!(err.contains("the run stopped before its first checkpoint"), "{err}");
 }
 
 #[test]
@@ -419,4 +427,68 @@ fn a_folder_holding_files_no_run_wrote_is_not_trained_into() {
     std::fs::remove_file(dir.path().join(artifact::PLOT)).unwrap();
     finished(train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap());
     assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine");
+}
+
+/// A resumed run's log keeps the lines before its checkpoint byte for byte (they had been
+/// parsed and written again, a float one unit in the last place off: 9.650825500488281
+/// came back as 9.65082550048828).
+#[test]
+fn resume_keeps_the_logged_lines_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(artifact::METRICS);
+    let mut log = crate::MetricsLog::create(&path).unwrap();
+    for (step, loss) in [(0u64, 9.650825500488281f64), (100, 0.1 + 0.2), (200, 1.0 / 3.0)] {
+        log.push(MetricRow { step, loss, train_accuracy: 0.06, images_per_sec: 2_254.123_456_789_1, elapsed_s: 1e-7 * step as f64 }).unwrap();
+    }
+    let before = std::fs::read_to_string(&path).unwrap();
+    let resumed = crate::MetricsLog::resume(&path, 200).unwrap();
+    assert_eq!(resumed.rows().len(), 2);
+    let after = std::fs::read_to_string(&path).unwrap();
+    let two_lines: String = before.lines().take(2).map(|l| format!("{l}\n")).collect();
+    assert_eq!(after, two_lines);
+    assert!(after.contains("9.650825500488281"), "{after}");
+}
+
+/// A checkpoint that is empty, cut inside its header or not a file says which.
+#[test]
+fn a_damaged_checkpoint_says_how() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(artifact::CHECKPOINT);
+    for (bytes, needle) in [(&b""[..], "the file is empty"), (&b"MNISTRS-CK"[..], "it ends inside its header"), (&b"PK\x03\x04 a zip"[..], "not an mnist-rs checkpoint")] {
+        std::fs::write(&path, bytes).unwrap();
+        let err = checkpoint::read_state(&path).unwrap_err().to_string();
+        assert!(err.contains(needle) && err.contains("checkpoint.bin"), "{bytes:?}: {err}");
+    }
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    for resume in [true, false] {
+        let err = crate::check_out_dir(dir.path(), resume).unwrap_err().to_string();
+        assert!(err.contains("checkpoint.bin") && err.contains("not a file"), "{err}");
+    }
+}
+
+/// The files written after the last step (here the weights, where a folder is in the way)
+/// failing to be written says that the run is done and saved, and resuming writes them
+/// without training again.
+#[test]
+fn a_run_whose_model_cannot_be_written_is_finished_by_resuming() {
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    // A run stopped before its first checkpoint left its lock; something made a folder
+    // where the weights go.
+    std::fs::write(dir.path().join(artifact::LOCK), b"").unwrap();
+    std::fs::create_dir(dir.path().join(artifact::WEIGHTS)).unwrap();
+    let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::FinishNotSaved { steps: 10, .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("model.mpk") && text.contains("The run's 10 steps are done") && text.contains("--resume --out"), "{text}");
+    assert!(!dir.path().join(artifact::MANIFEST).exists());
+    std::fs::remove_dir(dir.path().join(artifact::WEIGHTS)).unwrap();
+    let mut resume = options(dir.path());
+    resume.resume = true;
+    let report = finished(train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap());
+    assert_eq!(report.steps, 10);
+    assert!(dir.path().join(artifact::MANIFEST).is_file() && dir.path().join(artifact::WEIGHTS).is_file());
+    let rows = std::fs::read_to_string(dir.path().join(artifact::METRICS)).unwrap().lines().count();
+    assert!(rows <= 2, "trained again: {rows} rows");
 }

@@ -256,11 +256,13 @@ pub fn train<B: AutodiffBackend>(
     state.train_seconds = train_seconds;
     save(&state, &model, &optim)?;
 
+    // From here on the checkpoint holds the whole run: a failure says so.
+    let finish_err = |e: Error| Error::FinishNotSaved { steps: config.steps, dir: dir.to_path_buf(), source: Box::new(e) };
     let model = model.valid();
-    let test = evaluate(&model, &dataset.test, config.eval_batch_size, device)?;
+    let test = evaluate(&model, &dataset.test, config.eval_batch_size, device).map_err(|e| finish_err(e.into()))?;
     let class_names = dataset.class_names().iter().map(|n| n.to_string()).collect();
-    artifact::save_dir(&model, &Manifest::new(config.model.clone(), dataset.kind.name(), class_names), dir)?;
-    plot(metrics.rows(), &dir.join(artifact::PLOT))?;
+    artifact::save_dir(&model, &Manifest::new(config.model.clone(), dataset.kind.name(), class_names), dir).map_err(|e| finish_err(e.into()))?;
+    plot(metrics.rows(), &dir.join(artifact::PLOT)).map_err(finish_err)?;
     let report = Report {
         test,
         steps: config.steps,
@@ -284,7 +286,7 @@ pub fn train<B: AutodiffBackend>(
         git_commit: options.git_commit.clone(),
         kernels: Some(kernels),
     };
-    mnist_model::artifact::json::write(&dir.join(artifact::REPORT), &report)?;
+    mnist_model::artifact::json::write(&dir.join(artifact::REPORT), &report).map_err(|e| finish_err(e.into()))?;
     Ok(Outcome::Finished(Box::new(report)))
 }
 
@@ -457,14 +459,23 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
 /// before loading a dataset or anything else slow.
 ///
 /// # Errors
-/// [`Error::NotADirectory`]; [`Error::Checkpoint`] when `resume` finds no checkpoint;
+/// [`Error::NotADirectory`]; [`Error::RunInUse`] when a process trains there now;
+/// [`Error::Checkpoint`] when `resume` finds no checkpoint;
 /// [`Error::WouldOverwrite`] when the folder holds files of the names a run writes that
 /// no run wrote; [`Error::RunExists`] when a new run would start over a finished one.
 pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         return Err(Error::NotADirectory { path: dir.to_path_buf() });
     }
+    // A run in progress is named as such, whatever it has written so far (before its first
+    // checkpoint it looks like a run that stopped).
+    if locked_by_another(dir) {
+        return Err(Error::RunInUse { path: dir.to_path_buf() });
+    }
     let checkpoint = dir.join(artifact::CHECKPOINT);
+    if checkpoint.exists() && !checkpoint.is_file() {
+        return Err(Error::Checkpoint { path: checkpoint, message: "not a file; expected the run's checkpoint there (move it away)".into() });
+    }
     if resume && !checkpoint.is_file() {
         // A run stopped before its first checkpoint (a second Ctrl-C, a kill) left its
         // metrics and nothing to resume: say how to go on.
@@ -495,6 +506,15 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
         return Err(Error::RunExists { path: dir.to_path_buf() });
     }
     Ok(())
+}
+
+/// Whether another process holds the lock of `dir` (a run training there now). Taking the
+/// lock to find out releases it at once.
+fn locked_by_another(dir: &Path) -> bool {
+    let Ok(lock) = std::fs::OpenOptions::new().write(true).open(dir.join(artifact::LOCK)) else {
+        return false;
+    };
+    matches!(lock.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// Whether a run in `dir` got as far as a checkpoint, or finished.
@@ -567,7 +587,10 @@ impl Progress {
         let bar = (mode == ProgressMode::Bar).then(|| {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {rate}  ETA {eta}  {msg}")
+                    .map(|style| style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.1} steps/s", state.per_sec());
+                    }))
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             bar.set_position(start);
