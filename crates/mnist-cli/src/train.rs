@@ -20,6 +20,10 @@ use crate::{KernelsArg, Status, TrainArgs};
 /// ... when that exists (two runs started in the same second). Made here, so that no
 /// other run can take the same name.
 fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
+    if root.is_symlink() && !root.exists() {
+        let target = std::fs::read_link(root).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into());
+        anyhow::bail!("{} is a link to {target}, which does not exist; create that folder, remove the link, or choose a folder with --out", root.display());
+    }
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
     for n in 1..1000 {
         let dir = root.join(if n == 1 { name.to_string() } else { format!("{name}-{n}") });
@@ -203,7 +207,9 @@ fn stop_flag() -> Arc<AtomicBool> {
             while !watched.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            note!("interrupt: saving a checkpoint after this step (interrupt again to quit at once)");
+            // On a terminal the progress bar holds the line: the note starts its own.
+            let line_break = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\n" } else { "" };
+            note!("{line_break}interrupt: saving a checkpoint after this step (interrupt again to quit at once, without it)");
         });
         flag
     })
@@ -271,6 +277,11 @@ mod tests {
         let b = super::new_run_dir(&root, "sample-20261206-034505").unwrap();
         let c = super::new_run_dir(&root, "sample-20261206-034505").unwrap();
         assert_eq!([a, b, c].map(|d| d.file_name().unwrap().to_string_lossy().into_owned()), ["sample-20261206-034505", "sample-20261206-034505-2", "sample-20261206-034505-3"]);
+        // A dangling link in its place says so (it had said "File exists").
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path().join("gone"), &link).unwrap();
+        let err = super::new_run_dir(&link, "x").unwrap_err().to_string();
+        assert!(err.contains("is a link to") && err.contains("gone, which does not exist"), "{err}");
     }
 
     /// `train --resume` without `--out` takes the newest run that is unfinished, not a newer

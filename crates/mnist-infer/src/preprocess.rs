@@ -192,6 +192,9 @@ fn decoder_message(e: &image::ImageError) -> String {
         || ["failed to fill whole buffer", "unexpected end of file", "unexpected eof"].iter().any(|m| lower.contains(m));
     if ends_early {
         "the file ends before the image does: it was cut short (a partial copy or download?)".to_string()
+    } else if lower.contains("not have enough data") {
+        // A PNG whose chunks are whole but hold too few pixel rows.
+        "the file holds less image data than its header declares: it was cut short or damaged".to_string()
     } else {
         message
     }
@@ -1266,6 +1269,35 @@ mod tests {
                 assert!(matches!(err, Error::Decode { .. }) && text.contains(name) && text.contains("cut short"), "{name} cut at {cut}: {text}");
             }
         }
+    }
+
+    /// A PNG whose chunks are whole (its end marker there) but hold half its rows.
+    #[test]
+    fn a_png_with_too_few_rows_says_so() {
+        let mut rows = Vec::new();
+        for _ in 0..14 {
+            rows.push(0u8); // filter type: none
+            rows.extend_from_slice(&[255; 28]);
+        }
+        let mut idat = Vec::new();
+        let mut z = flate2::write::ZlibEncoder::new(&mut idat, flate2::Compression::default());
+        std::io::Write::write_all(&mut z, &rows).unwrap();
+        z.finish().unwrap();
+        let chunk = |kind: &[u8; 4], data: &[u8]| {
+            let mut c = (data.len() as u32).to_be_bytes().to_vec();
+            c.extend_from_slice(kind);
+            c.extend_from_slice(data);
+            let crc = crc32(&c[4..]);
+            c.extend_from_slice(&crc.to_be_bytes());
+            c
+        };
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&28u32.to_be_bytes());
+        ihdr.extend_from_slice(&28u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let png = [b"\x89PNG\r\n\x1a\n".to_vec(), chunk(b"IHDR", &ihdr), chunk(b"IDAT", &idat), chunk(b"IEND", &[])].concat();
+        let err = preprocess_bytes(&png, Path::new("short.png")).unwrap_err();
+        assert!(err.to_string().contains("short.png: not a readable image (the file holds less image data than its header declares"), "{err}");
     }
 
     #[test]

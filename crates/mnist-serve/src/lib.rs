@@ -59,6 +59,7 @@ pub mod load;
 mod page;
 
 use std::future::Future;
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
@@ -340,7 +341,17 @@ where
     runtime.block_on(async {
         let listener = bind(addr).await?;
         ready(listener.local_addr().unwrap_or(addr));
-        serve_with(listener, router, config, stop_signal()).await
+        let timeout_s = config.request_timeout_ms.div_ceil(1000);
+        let stopping = async move {
+            stop_signal().await;
+            // A request still arriving is waited for until its time runs out: say so.
+            let _ = writeln!(std::io::stderr(), "stopping: finishing the requests under way (each has at most {timeout_s} s); interrupt again to quit at once");
+            tokio::spawn(async {
+                stop_signal().await;
+                std::process::exit(130);
+            });
+        };
+        serve_with(listener, router, config, stopping).await
     })
 }
 
