@@ -106,6 +106,10 @@ pub fn preprocess_file(path: &Path) -> Result<[u8; SIDE * SIDE]> {
     if file.metadata().is_ok_and(|m| m.is_file() && m.len() > MAX_FILE) {
         return Err(too_large());
     }
+    // Room for all of it at once: grown by doubling, the buffer was copied as it grew and
+    // took three times the file (untouched capacity costs no memory).
+    let size = file.metadata().ok().filter(std::fs::Metadata::is_file).map_or(MAX_FILE, |m| m.len());
+    bytes.reserve_exact(usize::try_from(size.min(MAX_FILE) + 1).unwrap_or(usize::MAX).saturating_sub(bytes.len()));
     file.take(MAX_FILE + 1 - bytes.len() as u64).read_to_end(&mut bytes).map_err(read_err)?;
     if bytes.len() as u64 > MAX_FILE {
         return Err(too_large());
@@ -152,7 +156,14 @@ fn decoder<'a>(bytes: &'a [u8], name: &Path) -> Result<Box<dyn ImageDecoder + 'a
         // the metadata's bound, then given the image's. (A profile over it is skipped.)
         let mut metadata = limits.clone();
         metadata.max_alloc = Some(MAX_PNG_METADATA);
-        let mut png = PngDecoder::with_limits(reader.into_inner(), metadata).map_err(|e| decode_err(e, name))?;
+        let mut png = PngDecoder::with_limits(reader.into_inner(), metadata).map_err(|e| match e {
+            // The sides and the decoded size are checked below: this is a metadata chunk.
+            image::ImageError::Limits(_) => Error::Decode {
+                path: name.to_path_buf(),
+                message: format!("a metadata chunk (EXIF, ICC profile or text) holds more than the {} MiB accepted", MAX_PNG_METADATA >> 20),
+            },
+            other => decode_err(other, name),
+        })?;
         png.set_limits(limits).map_err(|e| decode_err(e, name))?;
         Box::new(png)
     } else {
@@ -192,6 +203,9 @@ fn decoder_message(e: &image::ImageError) -> String {
         || ["failed to fill whole buffer", "unexpected end of file", "unexpected eof"].iter().any(|m| lower.contains(m));
     if ends_early {
         "the file ends before the image does: it was cut short (a partial copy or download?)".to_string()
+    } else if lower.contains("appeared before ihdr") {
+        // The png crate's words for a file that starts like a PNG and goes on as none.
+        "it starts like a PNG, but its header chunk (IHDR) is not there: the file is damaged or not a PNG".to_string()
     } else if lower.contains("not have enough data") {
         // A PNG whose chunks are whole but hold too few pixel rows.
         "the file holds less image data than its header declares: it was cut short or damaged".to_string()
@@ -1335,6 +1349,22 @@ mod tests {
         assert!(bomb.len() < 100_000, "{}", bomb.len());
         assert_eq!(decoder(&bomb, Path::new("bomb.png")).unwrap().icc_profile().unwrap(), None);
         preprocess_bytes(&bomb, Path::new("bomb.png")).unwrap();
+        // A metadata chunk stored as it is (not inflated) over the bound: named as such.
+        let mut exif = png_with(vec![7; 100]);
+        let chunk_len = 9usize << 20;
+        let mut chunk = (chunk_len as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(b"eXIf");
+        chunk.resize(8 + chunk_len, 0);
+        let crc = crc32(&chunk[4..]);
+        chunk.extend_from_slice(&crc.to_be_bytes());
+        exif.splice(33..33, chunk);
+        let err = preprocess_bytes(&exif, Path::new("exif.png")).unwrap_err().to_string();
+        assert!(err.contains("exif.png: not a readable image (a metadata chunk (EXIF, ICC profile or text) holds more than the 8 MiB accepted)"), "{err}");
+        // The signature, then nothing a PNG holds.
+        let mut zeros = b"\x89PNG\r\n\x1a\n".to_vec();
+        zeros.resize(200, 0);
+        let err = preprocess_bytes(&zeros, Path::new("zeros.png")).unwrap_err().to_string();
+        assert!(err.contains("zeros.png: not a readable image (it starts like a PNG, but its header chunk (IHDR) is not there"), "{err}");
         let usual = png_with(vec![7; 3_000]);
         assert_eq!(decoder(&usual, Path::new("usual.png")).unwrap().icc_profile().unwrap().map(|p| p.len()), Some(3_000));
     }

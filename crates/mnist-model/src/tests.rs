@@ -343,7 +343,7 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
         (r#"{"class_names": "digits"}"#, "must be a list of names"),
         (r#"{"dataset": 7}"#, "must be a dataset name"),
         (r#"{"hidden": 1024, "hidden": 512}"#, "the key `hidden` appears twice in one object"),
-        (r#"{"class_names": ["0", "1", "2", "3", "4", "5", "6", "7", "8", " 3"]}"#, "names classes 3 and 9 both \" 3\""),
+        (r#"{"class_names": ["0", "1", "2", "3", "4", "5", "6", "7", "8", " 3"]}"#, "names classes 3 and 9 alike (\"3\" and \" 3\")"),
     ] {
         std::fs::write(&manifest, json).unwrap();
         let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();

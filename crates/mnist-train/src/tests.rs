@@ -465,6 +465,9 @@ fn a_damaged_checkpoint_says_how() {
         let err = crate::check_out_dir(dir.path(), resume).unwrap_err().to_string();
         assert!(err.contains("checkpoint.bin") && err.contains("not a file"), "{err}");
     }
+    // Resuming a folder that is not there says so.
+    let err = crate::check_out_dir(&dir.path().join("no-such-run"), true).unwrap_err().to_string();
+    assert!(err.contains("the folder does not exist"), "{err}");
 }
 
 /// The files written after the last step (here the weights, where a folder is in the way)

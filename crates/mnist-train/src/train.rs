@@ -204,7 +204,8 @@ pub fn train<B: AutodiffBackend>(
             state.step = step;
             state.train_seconds = total_seconds();
             save(&state, &model, &optim)?;
-            progress.finish();
+            // The bar stays where the run stopped (finishing it would fill it).
+            progress.abandon();
             return Ok(match progress.write_error() {
                 Some(error) => Outcome::OutputClosed { step, error },
                 None => Outcome::Interrupted { step },
@@ -479,7 +480,9 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
     if resume && !checkpoint.is_file() {
         // A run stopped before its first checkpoint (a second Ctrl-C, a kill) left its
         // metrics and nothing to resume: say how to go on.
-        let message = if dir.join(artifact::METRICS).exists() {
+        let message = if !dir.exists() {
+            "no checkpoint to resume from: the folder does not exist (a run's folder, as --out named it when it started, is expected)"
+        } else if dir.join(artifact::METRICS).exists() {
             "no checkpoint to resume from: the run stopped before its first checkpoint; start it again without --resume"
         } else {
             "no checkpoint to resume from"
@@ -639,6 +642,13 @@ impl Progress {
     fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish();
+        }
+    }
+
+    /// Ends the bar where it is, for a run stopped before its last step.
+    fn abandon(&self) {
+        if let Some(bar) = &self.bar {
+            bar.abandon();
         }
     }
 }

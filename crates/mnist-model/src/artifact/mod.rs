@@ -146,7 +146,10 @@ impl Manifest {
             // not be told apart.
             for (j, name) in names.iter().enumerate() {
                 if let Some(i) = names[..j].iter().position(|earlier| earlier.trim() == name.trim()) {
-                    return Err(format!("`{CLASS_NAMES_KEY}` names classes {i} and {j} both {name:?}; expected a different name for each class"));
+                    return Err(format!(
+                        "`{CLASS_NAMES_KEY}` names classes {i} and {j} alike ({:?} and {name:?}); expected a different name for each class",
+                        names[i]
+                    ));
                 }
             }
         }
