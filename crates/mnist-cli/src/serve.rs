@@ -54,7 +54,7 @@ impl Job for ServeJob {
             note!("note: {why}");
         }
         let (dir, kernels) = (self.dir.display().to_string(), classifier.kernels_in_use());
-        mnist_serve::serve_blocking(classifier, info, &self.config, &self.addr.to_string(), |addr| {
+        mnist_serve::serve_blocking(classifier, info, &self.config, self.addr, |addr| {
             say!("serving {dir} on {} ({}; {kernels})", url(addr), backend.name());
             if !addr.ip().is_loopback() {
                 note!("note: listening on {addr}: every machine that can reach this one can use the server");

@@ -103,13 +103,13 @@ pub fn preprocess_file(path: &Path) -> Result<[u8; SIDE * SIDE]> {
         max_side: MAX_SIDE,
     };
     // A file says its size; a device or a pipe is read up to the limit.
-    if file.metadata().is_ok_and(|m| m.is_file() && m.len() > MAX_FILE) {
+    let size = file.metadata().ok().filter(std::fs::Metadata::is_file).map_or(MAX_FILE, |m| m.len());
+    if size > MAX_FILE {
         return Err(too_large());
     }
     // Room for all of it at once: grown by doubling, the buffer was copied as it grew and
     // took three times the file (untouched capacity costs no memory).
-    let size = file.metadata().ok().filter(std::fs::Metadata::is_file).map_or(MAX_FILE, |m| m.len());
-    bytes.reserve_exact(usize::try_from(size.min(MAX_FILE) + 1).unwrap_or(usize::MAX).saturating_sub(bytes.len()));
+    bytes.reserve_exact(usize::try_from(size + 1).unwrap_or(usize::MAX).saturating_sub(bytes.len()));
     file.take(MAX_FILE + 1 - bytes.len() as u64).read_to_end(&mut bytes).map_err(read_err)?;
     if bytes.len() as u64 > MAX_FILE {
         return Err(too_large());
@@ -1297,19 +1297,11 @@ mod tests {
         let mut z = flate2::write::ZlibEncoder::new(&mut idat, flate2::Compression::default());
         std::io::Write::write_all(&mut z, &rows).unwrap();
         z.finish().unwrap();
-        let chunk = |kind: &[u8; 4], data: &[u8]| {
-            let mut c = (data.len() as u32).to_be_bytes().to_vec();
-            c.extend_from_slice(kind);
-            c.extend_from_slice(data);
-            let crc = crc32(&c[4..]);
-            c.extend_from_slice(&crc.to_be_bytes());
-            c
-        };
         let mut ihdr = Vec::new();
         ihdr.extend_from_slice(&28u32.to_be_bytes());
         ihdr.extend_from_slice(&28u32.to_be_bytes());
         ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
-        let png = [b"\x89PNG\r\n\x1a\n".to_vec(), chunk(b"IHDR", &ihdr), chunk(b"IDAT", &idat), chunk(b"IEND", &[])].concat();
+        let png = [PNG_SIGNATURE.to_vec(), png_chunk(b"IHDR", &ihdr), png_chunk(b"IDAT", &idat), png_chunk(b"IEND", &[])].concat();
         let err = preprocess_bytes(&png, Path::new("short.png")).unwrap_err();
         assert!(err.to_string().contains("short.png: not a readable image (the file holds less image data than its header declares"), "{err}");
     }
@@ -1351,17 +1343,12 @@ mod tests {
         preprocess_bytes(&bomb, Path::new("bomb.png")).unwrap();
         // A metadata chunk stored as it is (not inflated) over the bound: named as such.
         let mut exif = png_with(vec![7; 100]);
-        let chunk_len = 9usize << 20;
-        let mut chunk = (chunk_len as u32).to_be_bytes().to_vec();
-        chunk.extend_from_slice(b"eXIf");
-        chunk.resize(8 + chunk_len, 0);
-        let crc = crc32(&chunk[4..]);
-        chunk.extend_from_slice(&crc.to_be_bytes());
-        exif.splice(33..33, chunk);
+        // After the signature and the header chunk (8 + 25 bytes).
+        exif.splice(33..33, png_chunk(b"eXIf", &vec![0; 9 << 20]));
         let err = preprocess_bytes(&exif, Path::new("exif.png")).unwrap_err().to_string();
         assert!(err.contains("exif.png: not a readable image (a metadata chunk (EXIF, ICC profile or text) holds more than the 8 MiB accepted)"), "{err}");
         // The signature, then nothing a PNG holds.
-        let mut zeros = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut zeros = PNG_SIGNATURE.to_vec();
         zeros.resize(200, 0);
         let err = preprocess_bytes(&zeros, Path::new("zeros.png")).unwrap_err().to_string();
         assert!(err.contains("zeros.png: not a readable image (it starts like a PNG, but its header chunk (IHDR) is not there"), "{err}");
@@ -1383,11 +1370,24 @@ mod tests {
         // A PNG signature, then a hole to past the limit (sparse: nothing is written).
         let big = dir.path().join("big.png");
         let file = std::fs::File::create(&big).unwrap();
-        std::io::Write::write_all(&mut &file, b"\x89PNG\r\n\x1a\n").unwrap();
+        std::io::Write::write_all(&mut &file, PNG_SIGNATURE).unwrap();
         file.set_len(MAX_FILE + 1).unwrap();
         let err = preprocess_file(&big).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }) && err.to_string().contains("the file holds more than 256 MiB"), "{err}");
         assert!(matches!(preprocess_file(&dir.path().join("missing.png")), Err(Error::Read { .. })));
+    }
+
+    /// The eight bytes a PNG file starts with.
+    const PNG_SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
+
+    /// A PNG chunk: length, kind, data and CRC.
+    fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(kind);
+        chunk.extend_from_slice(data);
+        let crc = crc32(&chunk[4..]);
+        chunk.extend_from_slice(&crc.to_be_bytes());
+        chunk
     }
 
     fn crc32(bytes: &[u8]) -> u32 {

@@ -437,7 +437,8 @@ async fn image_from_multipart(request: Request) -> Result<Bytes, ApiError> {
 async fn preprocess(state: &AppState, bytes: Bytes) -> Result<Pixels, ApiError> {
     // Waiting for a permit counts against the request's deadline; the permit is held by
     // the decoding itself, which goes on when the request has timed out meanwhile.
-    let permit = state.decodes.clone().acquire_owned().await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"))?;
+    // (The semaphore is never closed; were it, the server would be stopping.)
+    let permit = state.decodes.clone().acquire_owned().await.map_err(|_| refusal(Refusal::Stopped))?;
     let work = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         mnist_infer::preprocess::preprocess_bytes(&bytes, Path::new(UPLOAD))
@@ -449,7 +450,7 @@ async fn preprocess(state: &AppState, bytes: Bytes) -> Result<Pixels, ApiError> 
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the preprocessing of this image failed ({}); the server goes on", crate::batcher::panic_message(e.into_panic().as_ref())),
         )),
-        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down")),
+        Err(_) => Err(refusal(Refusal::Stopped)),
     }
 }
 

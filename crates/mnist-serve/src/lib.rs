@@ -46,7 +46,7 @@
 //! let classifier = Classifier::<Flex>::load(dir, &Default::default())?;
 //! let info = ModelInfo::new(&classifier, dir, "flex");
 //! let config = ServeConfig::new();
-//! mnist_serve::serve_blocking(classifier, info, &config, "127.0.0.1:8080", |addr| {
+//! mnist_serve::serve_blocking(classifier, info, &config, mnist_serve::resolve("127.0.0.1:8080")?, |addr| {
 //!     println!("serving on http://{addr}/ (Ctrl-C stops)");
 //! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -120,10 +120,10 @@ impl ServeConfig {
     pub fn check(&self) -> Result<()> {
         let out_of_range = |name: &str, value: String, range: &str| Err(Error::Config(format!("{name} is {value}; expected {range}")));
         if !(1..=MAX_BATCH).contains(&self.max_batch) {
-            return out_of_range("max_batch", self.max_batch.to_string(), "1 to 4096 images");
+            return out_of_range("max_batch", self.max_batch.to_string(), &format!("1 to {MAX_BATCH} images"));
         }
         if self.batch_wait_us > MAX_BATCH_WAIT_US {
-            return out_of_range("batch_wait_us", self.batch_wait_us.to_string(), "0 to 1000000 microseconds (1 s)");
+            return out_of_range("batch_wait_us", self.batch_wait_us.to_string(), &format!("0 to {MAX_BATCH_WAIT_US} microseconds (1 s)"));
         }
         if self.queue == 0 {
             return out_of_range("queue", "0".into(), "at least 1 image");
@@ -323,19 +323,19 @@ pub async fn stop_signal() {
     }
 }
 
-/// The server as a command runs it: a runtime of its own, listening on `addr`, calling
+/// The server as a command runs it: a runtime of its own, listening on `addr` (see
+/// [`resolve`] for a host name), calling
 /// `ready` with the address once it listens, serving until Ctrl-C or SIGTERM.
 pub fn serve_blocking<B: Backend>(
     classifier: Classifier<B>,
     info: ModelInfo,
     config: &ServeConfig,
-    addr: &str,
+    addr: SocketAddr,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()>
 where
     Classifier<B>: Send + 'static,
 {
-    let addr = resolve(addr)?;
     let runtime = runtime()?;
     let (router, _) = router(classifier, info, config)?;
     runtime.block_on(async {

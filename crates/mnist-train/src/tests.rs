@@ -33,6 +33,11 @@ fn options(dir: &std::path::Path) -> TrainOptions {
     o
 }
 
+/// [`options`] to resume the run in `dir`.
+fn resuming(dir: &std::path::Path) -> TrainOptions {
+    TrainOptions { resume: true, ..options(dir) }
+}
+
 fn params(dir: &std::path::Path) -> Vec<f32> {
     let (_, model) = artifact::load_dir::<Flex>(dir, &Default::default()).unwrap();
     [model.conv1.weight.val(), model.conv2.weight.val()]
@@ -59,8 +64,7 @@ fn resumed_run_ends_where_an_uninterrupted_run_does() {
 
     let split = tempfile::tempdir().unwrap();
     finished(train::<B>(&tiny(1_000), &data, &options(split.path()), &device).unwrap());
-    let mut resume = options(split.path());
-    resume.resume = true;
+    let resume = resuming(split.path());
     finished(train::<B>(&tiny(2_000), &data, &resume, &device).unwrap());
 
     let (a, b) = (params(straight.path()), params(split.path()));
@@ -137,8 +141,7 @@ fn a_stop_request_checkpoints_and_resume_finishes() {
     // Starting afresh over an existing run is refused; resuming works.
     let err = train::<B>(&tiny(100), &data, &options(dir.path()), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::RunExists { .. }), "{err}");
-    let mut resume = options(dir.path());
-    resume.resume = true;
+    let resume = resuming(dir.path());
     let err = train::<B>(&tiny(100).with_seed(8), &data, &resume, &Default::default()).unwrap_err();
     assert!(err.to_string().contains("config differs"), "{err}");
     finished(train::<B>(&tiny(100), &data, &resume, &Default::default()).unwrap());
@@ -153,16 +156,14 @@ fn bad_output_directories_and_checkpoints_are_clear_errors() {
     let err = train::<B>(&tiny(10), &data, &options(&file.join("run")), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::Write { .. }) && err.to_string().contains("a-file"), "{err}");
 
-    let mut resume = options(&dir.path().join("empty"));
-    resume.resume = true;
+    let resume = resuming(&dir.path().join("empty"));
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();
     assert!(err.to_string().contains("no checkpoint"), "{err}");
 
     let run = dir.path().join("corrupt");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join(artifact::CHECKPOINT), b"MNISTRS-CKPT-v1\n\x05").unwrap();
-    let mut resume = options(&run);
-    resume.resume = true;
+    let resume = resuming(&run);
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();
     assert!(err.to_string().contains("truncated"), "{err}");
 }
@@ -210,8 +211,7 @@ fn damaged_checkpoints_are_refused_by_their_checksum() {
     finished(train::<B>(&tiny(20), &data, &options(dir.path()), &Default::default()).unwrap());
     let path = dir.path().join(artifact::CHECKPOINT);
     let good = std::fs::read(&path).unwrap();
-    let mut resume = options(dir.path());
-    resume.resume = true;
+    let resume = resuming(dir.path());
     let mut flipped = good.clone();
     for i in 0..64 {
         let at = flipped.len() / 2 + i * 97;
@@ -251,8 +251,7 @@ fn a_checkpoint_holding_non_finite_weights_is_not_resumed() {
         v1.extend_from_slice(section);
     }
     std::fs::write(&path, &v1).unwrap();
-    let mut resume = options(dir.path());
-    resume.resume = true;
+    let resume = resuming(dir.path());
     let err = train::<B>(&tiny(30), &data, &resume, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("fc1.bias") && err.contains("NaN or infinite"), "{err}");
 }
@@ -276,8 +275,7 @@ fn stale_temporary_files_are_removed_and_nothing_else() {
     }
     // On resume too.
     std::fs::write(dir.path().join(stale[0]), b"left over").unwrap();
-    let mut resume = options(dir.path());
-    resume.resume = true;
+    let resume = resuming(dir.path());
     finished(train::<B>(&tiny(12), &data, &resume, &Default::default()).unwrap());
     assert!(!dir.path().join(stale[0]).exists());
 }
@@ -315,8 +313,7 @@ fn a_directory_another_process_trains_in_is_left_alone() {
     assert!(!in_flight.exists());
 
     // A finished run is not trained again (nor its report overwritten) by a plain resume.
-    let mut resume = options(dir.path());
-    resume.resume = true;
+    let resume = resuming(dir.path());
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("already finished (10 steps"), "{err}");
 
@@ -329,8 +326,7 @@ fn a_directory_another_process_trains_in_is_left_alone() {
     let err = train::<B>(&tiny(10), &data, &options(early.path()), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::RunInUse { .. }), "{err}");
     // ... and so is resuming it, which had said the run stopped before its checkpoint.
-    let mut resume = options(early.path());
-    resume.resume = true;
+    let resume = resuming(early.path());
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();
     assert!(matches!(err, Error::RunInUse { .. }), "{err}");
     assert!(matches!(crate::check_out_dir(early.path(), true), Err(Error::RunInUse { .. })));
@@ -348,8 +344,7 @@ fn a_run_stopped_before_its_first_checkpoint_starts_again() {
     std::fs::write(dir.path().join(artifact::LOCK), "").unwrap();
     std::fs::write(dir.path().join(artifact::TRAIN_CONFIG), "{}").unwrap();
     std::fs::write(dir.path().join(artifact::METRICS), "{\"step\": 999}\n").unwrap();
-    let mut resume = options(dir.path());
-    resume.resume = true;
+    let resume = resuming(dir.path());
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err().to_string();
     assert!(err.contains("the run stopped before its first checkpoint; start it again without --resume"), "{err}");
     finished(train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap());
@@ -397,8 +392,7 @@ fn a_checkpoint_that_cannot_be_saved_says_what_is_left() {
     assert!(text.contains("The checkpoint of step 5") && text.contains("is intact"), "{text}");
     assert!(text.contains(&format!("--resume --out {}", dir.path().display())), "{text}");
     assert_eq!(checkpoint::read_state(&dir.path().join(artifact::CHECKPOINT)).unwrap().step, 5);
-    let mut resume = options(dir.path());
-    resume.resume = true;
+    let resume = resuming(dir.path());
     assert_eq!(finished(train::<B>(&config, &data, &resume, &Default::default()).unwrap()).steps, 12);
 }
 
@@ -487,8 +481,7 @@ fn a_run_whose_model_cannot_be_written_is_finished_by_resuming() {
     assert!(text.contains("model.mpk") && text.contains("The run's 10 steps are done") && text.contains("--resume --out"), "{text}");
     assert!(!dir.path().join(artifact::MANIFEST).exists());
     std::fs::remove_dir(dir.path().join(artifact::WEIGHTS)).unwrap();
-    let mut resume = options(dir.path());
-    resume.resume = true;
+    let resume = resuming(dir.path());
     let report = finished(train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap());
     assert_eq!(report.steps, 10);
     assert!(dir.path().join(artifact::MANIFEST).is_file() && dir.path().join(artifact::WEIGHTS).is_file());
