@@ -83,6 +83,9 @@ pub const MAX_FILE: u64 = MAX_ALLOC;
 /// the decoder would otherwise inflate up to [`MAX_ALLOC`] before the pixels.
 pub const MAX_PNG_METADATA: u64 = 8 << 20;
 
+/// What a file whose first bytes are those of no image format is said to be.
+const NO_FORMAT: &str = "its first bytes are those of no image format";
+
 /// Reads and preprocesses an image file into 784 MNIST-style bytes.
 ///
 /// The file's first bytes are looked at before the rest is read: a file that is not an
@@ -95,7 +98,7 @@ pub fn preprocess_file(path: &Path) -> Result<[u8; SIDE * SIDE]> {
     let mut bytes = Vec::new();
     (&mut file).take(64).read_to_end(&mut bytes).map_err(read_err)?;
     if !bytes.is_empty() && image::guess_format(&bytes).is_err() {
-        return Err(Error::Decode { path: path.to_path_buf(), message: "its first bytes are those of no image format".into() });
+        return Err(Error::Decode { path: path.to_path_buf(), message: NO_FORMAT.into() });
     }
     let too_large = || Error::TooLarge {
         path: path.to_path_buf(),
@@ -147,6 +150,11 @@ fn decoder<'a>(bytes: &'a [u8], name: &Path) -> Result<Box<dyn ImageDecoder + 'a
             path: name.to_path_buf(),
             message: e.to_string(),
         })?;
+    // Said as `preprocess_file` says it (the decoder's own words: "The image format could
+    // not be determined").
+    if reader.format().is_none() && !bytes.is_empty() {
+        return Err(Error::Decode { path: name.to_path_buf(), message: NO_FORMAT.into() });
+    }
     // The sides are checked below, where the error can give them.
     let mut limits = Limits::no_limits();
     limits.max_alloc = Some(MAX_ALLOC);
@@ -1201,6 +1209,8 @@ mod tests {
         assert!(matches!(preprocess(&empty, Path::new("e.png")), Err(Error::Blank { .. })));
         let err = preprocess_bytes(b"this is not an image", Path::new("notes.txt")).unwrap_err();
         assert!(matches!(err, Error::Decode { .. }) && err.to_string().contains("notes.txt"), "{err}");
+        // In memory (as served) as from a file: the same words.
+        assert!(err.to_string().contains(NO_FORMAT), "{err}");
     }
 
     /// The grey plane as it was made before the strips: the whole image at full size,
