@@ -119,13 +119,14 @@ pub struct LoadReport {
     /// ([`LoadReport::success_rate`]); the failed ones are counted in `errors` only (a
     /// server refusing work with 503s answers those fast, and would raise the rate).
     pub requests_per_sec: f64,
-    /// Median latency, in milliseconds.
+    /// Median latency of the requests answered well, in milliseconds (the failed ones,
+    /// often fast refusals, are left out of every latency figure; 0 when none succeeded).
     pub p50_ms: f64,
-    /// 90th percentile of the latency, in milliseconds.
+    /// 90th percentile of the latency of the requests answered well, in milliseconds.
     pub p90_ms: f64,
-    /// 99th percentile of the latency, in milliseconds.
+    /// 99th percentile of the latency of the requests answered well, in milliseconds.
     pub p99_ms: f64,
-    /// Slowest answer, in milliseconds.
+    /// Slowest answer among the requests answered well, in milliseconds.
     pub max_ms: f64,
 }
 

@@ -80,8 +80,20 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     options.resume = args.resume;
     options.progress = if args.plain { ProgressMode::Lines } else { ProgressMode::auto() };
     options.stop = Some(stop_flag());
+    // Said at once (above the progress bar): the step in flight may take a while.
+    options.stop_note = Some("interrupt: saving a checkpoint after this step (interrupt again to quit at once, without it)".into());
     options.git_commit = crate::BUILD_COMMIT.map(str::to_string);
     options.kernels = args.kernels.into();
+    // A resume the checkpoint refuses, or a batch larger than the dataset, is refused
+    // before training is announced.
+    mnist_train::check_start(&config, &dataset, &options).map_err(|e| {
+        // A value out of range for this dataset names the file it came from.
+        let file = args.config.clone().or_else(|| args.resume.then(|| out.join(artifact::TRAIN_CONFIG)));
+        match (e, file) {
+            (mnist_train::Error::InvalidConfig(message), Some(file)) => mnist_train::Error::InvalidConfig(format!("{}: {message}", file.display())),
+            (e, _) => e,
+        }
+    })?;
     say!(
         "training on {} ({}: {} train / {} test images) with {} for {} of {}; artifacts in {}",
         dataset.kind,
@@ -201,30 +213,40 @@ fn stop_flag() -> Arc<AtomicBool> {
         if let Err(e) = install_stop_handlers(&flag) {
             note!("warning: Ctrl-C and SIGTERM will not save a checkpoint: {e}");
         }
-        // Say at once that the signal was seen; the step in flight may take a while.
-        let watched = flag.clone();
-        std::thread::spawn(move || {
-            while !watched.load(Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            // On a terminal the progress bar holds the line: the note starts its own.
-            let line_break = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\n" } else { "" };
-            note!("{line_break}interrupt: saving a checkpoint after this step (interrupt again to quit at once, without it)");
-        });
         flag
     })
     .clone()
 }
 
+/// Ctrl-C, SIGTERM and SIGHUP, received on a thread of their own (signal-hook's iterator:
+/// no code runs in the signal handler itself): the first records the signal and sets
+/// `flag`; a second says that it quits and exits at once, without a checkpoint.
 #[cfg(unix)]
 fn install_stop_handlers(flag: &Arc<AtomicBool>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
-        // The order matters: the exit is armed by the flag the first signal sets.
-        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, flag.clone())?;
-        signal_hook::flag::register_usize(signal, &STOP_SIGNAL, signal as usize)?;
-        signal_hook::flag::register(signal, flag.clone())?;
-    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let flag = flag.clone();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            // The signal first: whoever sees the flag reads it for the exit status.
+            if !flag.load(Ordering::SeqCst) {
+                STOP_SIGNAL.store(signal as usize, Ordering::SeqCst);
+                flag.store(true, Ordering::SeqCst);
+                continue;
+            }
+            // Said from a thread of its own, so that a standard error that blocks (held by
+            // another thread, or a full pipe) cannot hold the exit back.
+            let (said, wait) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                // On a terminal the progress bar holds the line: the note starts its own.
+                let line_break = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\n" } else { "" };
+                note!("{line_break}interrupted again: quitting now, without a checkpoint of this step (the last one saved, if any, is kept)");
+                let _ = said.send(());
+            });
+            let _ = wait.recv_timeout(std::time::Duration::from_millis(500));
+            std::process::exit(128 + signal);
+        }
+    })?;
     Ok(())
 }
 

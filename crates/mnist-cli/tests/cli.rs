@@ -373,6 +373,73 @@ fn signalled_run(signal: &str, root: &Path, command: Option<&str>) -> (Output, P
     (child.wait_with_output().unwrap(), out)
 }
 
+/// What the dataset or the checkpoint refuses is refused before training is announced,
+/// and a value out of range for the dataset names its file.
+#[test]
+fn refusals_come_before_training_is_announced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.json");
+    std::fs::write(&big, r#"{"dataset": "sample", "batch_size": 9000}"#).unwrap();
+    let out = tmp.path().join("big");
+    let output = mnist().args(["train", "--plain", "--backend", "flex", "--config", big.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+    let stderr = no_panic("batch larger than the split", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{}: batch_size must be at most 8000, the training images of sample", big.display())) && stderr.contains("got 9000"), "{stderr}");
+    assert!(!text(&output.stdout).contains("training on"), "{}", text(&output.stdout));
+    assert!(!out.exists());
+
+    // A run stopped at once, then resumed with another seed.
+    let config = tmp.path().join("tiny.json");
+    std::fs::write(&config, tiny(20, 10)).unwrap();
+    let run = tmp.path().join("run");
+    let output = mnist().args(["train", "--plain", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()]).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    for (args, needle) in [
+        (vec!["--seed", "9"], "the config differs from the run's in `seed`"),
+        (vec![], "the run is already finished (20 steps"),
+    ] {
+        let output = mnist().args(["train", "--plain", "--backend", "flex", "--resume", "--out", run.to_str().unwrap()]).args(&args).output().unwrap();
+        let stderr = no_panic("a refused resume", &output);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!text(&output.stdout).contains("training on"), "{args:?}: {}", text(&output.stdout));
+    }
+}
+
+/// A second signal while a step is in flight quits at once, and says so.
+#[test]
+#[cfg(unix)]
+fn a_second_signal_quits_at_once_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The seed network at batch 2,000: a step takes a good part of a second (a few tenths
+    // on a fast CPU), long enough for the second signal to come during one.
+    let config = tmp.path().join("slow.json");
+    std::fs::write(&config, r#"{"dataset": "sample", "batch_size": 2000, "steps": 1000, "log_every": 1, "checkpoint_every": 0}"#).unwrap();
+    let out = tmp.path().join("run");
+    let mut child = mnist()
+        .args(["train", "--plain", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("step 0,") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "training ended early");
+    }
+    let killed = Command::new("sh").args(["-c", &format!("kill -INT {0}; sleep 0.05; kill -INT {0}", child.id())]).status().unwrap();
+    assert!(killed.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = no_panic("two signals", &output);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupt: saving a checkpoint after this step"), "{stderr}");
+    assert!(stderr.contains("interrupted again: quitting now, without a checkpoint"), "{stderr}");
+    assert!(!stderr.contains("checkpoint saved"), "{stderr}");
+}
+
 #[test]
 #[cfg(unix)]
 fn sigterm_and_sigint_save_a_checkpoint_and_name_the_command_to_resume() {
@@ -382,6 +449,10 @@ fn sigterm_and_sigint_save_a_checkpoint_and_name_the_command_to_resume() {
         let stderr = no_panic(signal, &output);
         assert_eq!(output.status.code(), Some(code), "SIG{signal}: {stderr}");
         assert!(stderr.contains("checkpoint saved"), "SIG{signal}: {stderr}");
+        // Said once, before the checkpoint's note.
+        let said = stderr.find("interrupt: saving a checkpoint after this step");
+        assert!(said.is_some_and(|at| at < stderr.find("checkpoint saved").unwrap()), "SIG{signal}: {stderr}");
+        assert_eq!(stderr.matches("interrupt: saving").count(), 1, "SIG{signal}: {stderr}");
         let hint = format!("{} train --backend flex --resume --out {}", command.unwrap_or("mnist"), out.display());
         assert!(stderr.contains(&hint), "SIG{signal}: expected `{hint}` in\n{stderr}");
         let state: serde_json::Value = {

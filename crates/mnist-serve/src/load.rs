@@ -4,8 +4,8 @@
 //! [`run`] keeps `concurrency` requests in flight (each on a connection of its own, kept
 //! alive) until `requests` have been sent or `max_seconds` have passed, checks every
 //! answer (status 200, ten probabilities summing to 1, and the expected class where one
-//! is given) and reports the requests per second and the latency percentiles
-//! ([`LoadReport`]). `mnist bench serve` and the integration tests use it.
+//! is given) and reports the requests per second and the latency percentiles of the
+//! requests answered well ([`LoadReport`]). `mnist bench serve` and the integration tests use it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,8 +78,7 @@ pub async fn run(url: &str, bodies: Vec<Body>, config: LoadConfig) -> Result<Loa
     for _ in 0..config.concurrency.min(config.requests) {
         let (client, bodies, next, url) = (client.clone(), Arc::clone(&bodies), Arc::clone(&next), url.to_string());
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let (mut errors, mut first_error) = (0usize, None::<String>);
+            let mut outcomes = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= config.requests || Instant::now() >= deadline {
@@ -88,40 +87,54 @@ pub async fn run(url: &str, bodies: Vec<Body>, config: LoadConfig) -> Result<Loa
                 let body = &bodies[i % bodies.len()];
                 let sent = Instant::now();
                 let outcome = one(&client, &url, body).await;
-                latencies.push(sent.elapsed().as_secs_f64() * 1e3);
-                if let Err(e) = outcome {
-                    errors += 1;
-                    first_error.get_or_insert(format!("request {i}: {e}"));
-                }
+                outcomes.push(Outcome { ms: sent.elapsed().as_secs_f64() * 1e3, error: outcome.err().map(|e| format!("request {i}: {e}")) });
             }
-            (latencies, errors, first_error)
+            outcomes
         }));
     }
-    let mut latencies = Vec::new();
-    let (mut errors, mut first_error) = (0, None);
+    let mut outcomes = Vec::new();
     for task in tasks {
-        let (mut l, e, first) = task.await.map_err(|e| Error::Load(format!("a client task failed: {e}")))?;
-        latencies.append(&mut l);
-        errors += e;
-        if first_error.is_none() {
-            first_error = first;
+        outcomes.append(&mut task.await.map_err(|e| Error::Load(format!("a client task failed: {e}")))?);
+    }
+    Ok(summarise(outcomes, start.elapsed().as_secs_f64(), config))
+}
+
+/// One request's latency, and why it failed if it did.
+struct Outcome {
+    ms: f64,
+    error: Option<String>,
+}
+
+/// The report of a run of `seconds` that had these outcomes: every request counted, the
+/// latency figures of those answered well only (a refusal, a 503 from a full queue, comes
+/// back fast and would flatter them).
+fn summarise(outcomes: Vec<Outcome>, seconds: f64, config: LoadConfig) -> LoadReport {
+    let requests = outcomes.len();
+    let mut latencies = Vec::with_capacity(requests);
+    let (mut errors, mut first_error) = (0, None);
+    for outcome in outcomes {
+        match outcome.error {
+            None => latencies.push(outcome.ms),
+            Some(e) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    Ok(LoadReport {
-        requests: latencies.len(),
+    LoadReport {
+        requests,
         concurrency: config.concurrency,
         errors,
         first_error,
         seconds,
-        requests_per_sec: latencies.len() as f64 / seconds,
+        requests_per_sec: requests as f64 / seconds,
         p50_ms: percentile(&latencies, 0.50),
         p90_ms: percentile(&latencies, 0.90),
         p99_ms: percentile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
     }
-    .settled(config.requests))
+    .settled(config.requests)
 }
 
 /// One request and the checks of its answer.
@@ -162,6 +175,20 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_requests_are_counted_but_left_out_of_the_latencies() {
+        let ok = |ms| Outcome { ms, error: None };
+        let refused = |ms| Outcome { ms, error: Some(format!("status 503 after {ms} ms")) };
+        let config = LoadConfig { requests: 6, concurrency: 8, max_seconds: 10.0 };
+        let report = summarise(vec![refused(1.0), ok(100.0), refused(2.0), ok(120.0), refused(1.5), ok(110.0)], 2.0, config);
+        assert_eq!((report.requests, report.errors, report.concurrency), (6, 3, 6));
+        assert_eq!(report.first_error.as_deref(), Some("status 503 after 1 ms"));
+        assert_eq!((report.p50_ms, report.p99_ms, report.max_ms), (110.0, 120.0, 120.0));
+        assert_eq!(report.requests_per_sec, 1.5, "three answered well in 2 s");
+        let none = summarise(vec![refused(1.0)], 1.0, config);
+        assert_eq!((none.p50_ms, none.max_ms, none.requests_per_sec), (0.0, 0.0, 0.0));
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

@@ -125,10 +125,13 @@ fn parse_state(bytes: &[u8], path: &Path) -> Result<CheckpointState> {
         path: path.to_path_buf(),
         message: format!("corrupt state section: {e}"),
     };
-    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
+    let corrupt_text = |message: String| Error::Checkpoint { path: path.to_path_buf(), message: format!("corrupt state section: {message}") };
+    // As strict as config.json: a key given twice is refused, not resolved to its last value.
+    let text = std::str::from_utf8(bytes).map_err(|e| corrupt_text(format!("not UTF-8 ({e})")))?;
+    let mut value = mnist_model::artifact::json::parse(text).map_err(corrupt_text)?;
     // Checkpoints written before Adam's values moved under `adam` resume too.
     if let Some(config) = value.get_mut("config") {
-        crate::config::migrate(config).map_err(|message| Error::Checkpoint { path: path.to_path_buf(), message: format!("corrupt state section: {message}") })?;
+        crate::config::migrate(config).map_err(corrupt_text)?;
     }
     serde_json::from_value(value).map_err(corrupt)
 }

@@ -85,7 +85,10 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
         self.model.validate().map_err(|e| match e {
-            mnist_model::Error::InvalidConfig(msg) => Error::InvalidConfig(format!("model.{msg}")),
+            // A message that opens with its field (`hidden must be ...`) gets the field's
+            // path in this file; any other (`the network would have ...`) its section.
+            mnist_model::Error::InvalidConfig(msg) if msg.split_whitespace().nth(1) == Some("must") => Error::InvalidConfig(format!("model.{msg}")),
+            mnist_model::Error::InvalidConfig(msg) => Error::InvalidConfig(format!("model: {msg}")),
             other => Error::InvalidConfig(other.to_string()),
         })?;
         if self.model.classes != mnist_data::CLASSES {
@@ -188,6 +191,9 @@ mod tests {
             (TrainConfig::new().with_model(CnnConfig::new().with_dropout(1.5)), "dropout"),
             (TrainConfig::new().with_model(CnnConfig::new().with_classes(5)), "model.classes must be 10"),
             (TrainConfig::new().with_model(CnnConfig::new().with_classes(12)), "model.classes must be 10"),
+            // A message about the model as a whole is put under its section, not glued to
+            // a field's path ("model.the network ...").
+            (TrainConfig::new().with_model(CnnConfig::new().with_hidden(100_000_000)), "model: the network would have 314700052106 parameters"),
         ] {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");

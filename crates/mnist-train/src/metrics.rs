@@ -21,7 +21,9 @@ pub struct MetricRow {
     pub train_accuracy: f64,
     /// Training images per second since the run (or the resume) started.
     pub images_per_sec: f64,
-    /// Seconds since the run (or the resume) started.
+    /// Seconds of training so far, over all sessions of the run (a resumed run goes on from
+    /// the training time its checkpoint recorded; the pauses between sessions are not
+    /// counted).
     pub elapsed_s: f64,
 }
 

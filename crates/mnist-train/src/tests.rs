@@ -87,6 +87,13 @@ fn resumed_run_ends_where_an_uninterrupted_run_does() {
     for ((_, la), (_, lb)) in ra.iter().zip(&rb) {
         assert!((la - lb).abs() < 1e-5, "{la} vs {lb}");
     }
+    // The resumed session's training time goes on from the first's.
+    let elapsed: Vec<f64> = std::fs::read_to_string(split.path().join(artifact::METRICS))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<MetricRow>(l).unwrap().elapsed_s)
+        .collect();
+    assert!(elapsed.windows(2).all(|w| w[0] <= w[1]), "{elapsed:?}");
 }
 
 #[test]
@@ -145,6 +152,36 @@ fn a_stop_request_checkpoints_and_resume_finishes() {
     let err = train::<B>(&tiny(100).with_seed(8), &data, &resume, &Default::default()).unwrap_err();
     assert!(err.to_string().contains("config differs"), "{err}");
     finished(train::<B>(&tiny(100), &data, &resume, &Default::default()).unwrap());
+}
+
+/// `check_start` refuses what `train` would, before anything is trained or loaded.
+#[test]
+fn check_start_refuses_before_training_what_train_would() {
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    check_start(&tiny(100), &data, &o).unwrap();
+    o.stop = Some(Arc::new(AtomicBool::new(true)));
+    assert!(matches!(train::<B>(&tiny(100), &data, &o, &Default::default()).unwrap(), Outcome::Interrupted { step: 0 }));
+    let resume = resuming(dir.path());
+    check_start(&tiny(100), &data, &resume).unwrap();
+    let err = check_start(&tiny(100).with_seed(8), &data, &resume).unwrap_err().to_string();
+    assert!(err.contains("config differs") && err.contains("`seed`"), "{err}");
+    let err = check_start(&tiny(100), &data, &options(dir.path())).unwrap_err();
+    assert!(matches!(err, Error::RunExists { .. }), "{err}");
+    // A batch larger than the training split names the field and the split, for a new
+    // run and for train itself.
+    let images = data.train.len();
+    let other = tempfile::tempdir().unwrap();
+    let big = tiny(10).with_batch_size(images + 1);
+    for err in [check_start(&big, &data, &options(other.path())).unwrap_err(), train::<B>(&big, &data, &options(other.path()), &Default::default()).unwrap_err()] {
+        let err = err.to_string();
+        assert!(err.contains(&format!("batch_size must be at most {images}, the training images of sample")) && err.contains(&format!("got {}", images + 1)), "{err}");
+    }
+    // A finished run is refused as finished.
+    finished(train::<B>(&tiny(100), &data, &resume, &Default::default()).unwrap());
+    let err = check_start(&tiny(100), &data, &resume).unwrap_err().to_string();
+    assert!(err.contains("already finished"), "{err}");
 }
 
 #[test]
@@ -415,7 +452,8 @@ fn a_folder_holding_files_no_run_wrote_is_not_trained_into() {
     let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::RunExists { .. }), "{err}");
     std::fs::remove_file(dir.path().join(artifact::REPORT)).unwrap();
-    std::fs::remove_file(dir.path().join(artifact::LOCK)).unwrap();
+    // Refused before the lock was taken: nothing written there either.
+    assert!(!dir.path().join(artifact::LOCK).exists());
     // Other files alone are no obstacle.
     std::fs::remove_file(dir.path().join(artifact::TRAIN_CONFIG)).unwrap();
     std::fs::remove_file(dir.path().join(artifact::PLOT)).unwrap();
@@ -441,6 +479,29 @@ fn resume_keeps_the_logged_lines_as_they_were() {
     let two_lines: String = before.lines().take(2).map(|l| format!("{l}\n")).collect();
     assert_eq!(after, two_lines);
     assert!(after.contains("9.650825500488281"), "{after}");
+}
+
+/// A checkpoint's state is read as strictly as config.json: a key given twice (behind a
+/// valid layout) is refused, not resolved to its last value.
+#[test]
+fn a_checkpoint_state_with_a_key_given_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(artifact::CHECKPOINT);
+    let state = checkpoint::CheckpointState { step: 5, config: tiny(10), dataset: "sample".into(), dataset_sha256: "0".repeat(64), train_seconds: 1.0 };
+    let json = serde_json::to_string(&state).unwrap();
+    let file = |json: &str| {
+        let mut bytes = b"MNISTRS-CKPT-v1\n".to_vec();
+        for section in [json.as_bytes(), b"", b""] {
+            bytes.extend_from_slice(&(section.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(section);
+        }
+        bytes
+    };
+    std::fs::write(&path, file(&json)).unwrap();
+    assert_eq!(checkpoint::read_state(&path).unwrap(), state);
+    std::fs::write(&path, file(&json.replacen("{\"step\":5", "{\"step\":5,\"step\":9", 1))).unwrap();
+    let err = checkpoint::read_state(&path).unwrap_err().to_string();
+    assert!(err.contains("corrupt state section") && err.contains("`step` appears twice") && err.contains("checkpoint.bin"), "{err}");
 }
 
 /// A checkpoint that is empty, cut inside its header or not a file says which.

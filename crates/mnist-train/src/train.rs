@@ -51,6 +51,10 @@ pub struct TrainOptions {
     pub progress: ProgressMode,
     /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub stop: Option<Arc<AtomicBool>>,
+    /// A line for standard error as soon as `stop` is seen set (within 50 ms, while the
+    /// step in flight goes on): above the progress bar when there is one, which would
+    /// otherwise draw over it. None: nothing is said.
+    pub stop_note: Option<String>,
     /// Backend name for the report (e.g. `flex`, `wgpu`).
     pub backend: String,
     /// Git commit the program was built from, for the report (the `mnist` binary records
@@ -71,6 +75,7 @@ impl TrainOptions {
             resume: false,
             progress: ProgressMode::Lines,
             stop: None,
+            stop_note: None,
             backend: backend.into(),
             git_commit: None,
             adapter: None,
@@ -141,6 +146,7 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Outcome> {
     config.validate()?;
+    check_batch(config, dataset)?;
     // What config.json and the checkpoint record is the dataset trained on, whichever way
     // it was chosen (`--dataset`, or the bundled sample when MNIST is not found).
     let config = &TrainConfig { dataset: Some(dataset.kind), ..config.clone() };
@@ -164,12 +170,6 @@ pub fn train<B: AutodiffBackend>(
     let mut metrics = if options.resume && checkpoint_path.is_file() {
         let (saved, m, o) = checkpoint::load(&checkpoint_path, model, optim, device)?;
         check_resumable(&saved, &state, &checkpoint_path)?;
-        if saved.step == config.steps && dir.join(artifact::REPORT).is_file() {
-            return Err(Error::Checkpoint {
-                path: checkpoint_path,
-                message: format!("the run is already finished ({} steps, see report.json); pass --steps with more to train it further", saved.step),
-            });
-        }
         (model, optim) = (m, o);
         kept = Some(saved.step);
         state.step = saved.step;
@@ -190,6 +190,7 @@ pub fn train<B: AutodiffBackend>(
     let mut sampler = Sampler::new(dataset.train.len(), config.batch_size, config.seed)?;
     let progress = Progress::new(options.progress, state.step, config.steps);
     progress.say(&kernels.to_string());
+    let stop_note = options.stop.clone().zip(options.stop_note.clone()).map(|(stop, note)| progress.note_on(stop, note));
     let mut losses = LossWatch::<B>::default();
     let session_start = Instant::now();
     let first_step = state.step;
@@ -198,7 +199,11 @@ pub fn train<B: AutodiffBackend>(
     let total_seconds = || prior_seconds + session_start.elapsed().as_secs_f64();
 
     for step in state.step..config.steps {
-        if options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) || progress.write_error().is_some() {
+        let stopped = options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        if stopped || progress.write_error().is_some() {
+            if let (true, Some(note)) = (stopped, &stop_note) {
+                note.say();
+            }
             losses.check()?;
             check_weights(&model, step)?;
             state.step = step;
@@ -230,7 +235,8 @@ pub fn train<B: AutodiffBackend>(
                 loss,
                 train_accuracy,
                 images_per_sec: (step + 1 - first_step) as f64 * config.batch_size as f64 / elapsed.max(1e-9),
-                elapsed_s: elapsed,
+                // Of the whole run: a resumed run's log goes on from its earlier sessions'.
+                elapsed_s: prior_seconds + elapsed,
             };
             progress.log(&row);
             metrics.push(row)?;
@@ -249,6 +255,8 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     progress.finish();
+    // A stop from here on finds the run finished (the caller says so).
+    drop(stop_note);
     losses.check()?;
     check_weights(&model, config.steps)?;
     let train_seconds = total_seconds();
@@ -463,7 +471,8 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
 /// [`Error::NotADirectory`]; [`Error::RunInUse`] when a process trains there now;
 /// [`Error::Checkpoint`] when `resume` finds no checkpoint;
 /// [`Error::WouldOverwrite`] when the folder holds files of the names a run writes that
-/// no run wrote; [`Error::RunExists`] when a new run would start over a finished one.
+/// no run wrote; [`Error::RunExists`] when a new run would start over a finished one or
+/// one with a checkpoint.
 pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         return Err(Error::NotADirectory { path: dir.to_path_buf() });
@@ -503,9 +512,9 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
             return Err(Error::WouldOverwrite { path: dir.to_path_buf(), files });
         }
     }
-    // A finished run is never trained in again (one with a checkpoint only is refused once
-    // its lock is held, so that a run in progress is named as such).
-    if !resume && dir.join(artifact::MANIFEST).exists() {
+    // A finished run, or one with a checkpoint, is never started over (a run in progress
+    // was named as such above; `prepare_dir` checks again once it holds the lock).
+    if !resume && trained(dir) {
         return Err(Error::RunExists { path: dir.to_path_buf() });
     }
     Ok(())
@@ -525,6 +534,45 @@ fn trained(dir: &Path) -> bool {
     [artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST].iter().any(|f| dir.join(f).exists())
 }
 
+/// Checks, without writing anything and reading of a checkpoint only its state, that
+/// [`train`] would start with these arguments: `config` valid, its batch no larger than
+/// `dataset`'s training split, the folder free ([`check_out_dir`]), and on resume the
+/// checkpoint's run this one (the same dataset by content, the same config but for
+/// `steps`, neither finished nor beyond `steps`). For a caller to check before it says
+/// that training starts; [`train`] checks all of it again.
+///
+/// # Errors
+/// [`Error::InvalidConfig`], [`check_out_dir`]'s errors, and [`Error::Checkpoint`] for a
+/// checkpoint that cannot be read or belongs to another run.
+pub fn check_start(config: &TrainConfig, dataset: &Dataset, options: &TrainOptions) -> Result<()> {
+    config.validate()?;
+    check_batch(config, dataset)?;
+    let dir = &options.out_dir;
+    check_out_dir(dir, options.resume)?;
+    let path = dir.join(artifact::CHECKPOINT);
+    if options.resume && path.is_file() {
+        let saved = checkpoint::read_state(&path)?;
+        let config = TrainConfig { dataset: Some(dataset.kind), ..config.clone() };
+        let now = CheckpointState { step: 0, config, dataset: dataset.kind.name().to_string(), dataset_sha256: dataset.sha256(), train_seconds: 0.0 };
+        check_resumable(&saved, &now, &path)?;
+    }
+    Ok(())
+}
+
+/// A batch can be no larger than the training split it is drawn from.
+fn check_batch(config: &TrainConfig, dataset: &Dataset) -> Result<()> {
+    let images = dataset.train.len();
+    if config.batch_size > images {
+        return Err(Error::InvalidConfig(format!(
+            "batch_size must be at most {images}, the training images of {} ({}), got {}",
+            dataset.kind, dataset.origin, config.batch_size
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the run of checkpoint `saved` (at `path`) may go on as `now` asks; `now.step`
+/// is not read.
 fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) -> Result<()> {
     let err = |message: String| Err(Error::Checkpoint {
         path: path.to_path_buf(),
@@ -550,6 +598,9 @@ fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) 
     }
     if saved.step > now.config.steps {
         return err(format!("it is at step {}, beyond the {} steps asked for", saved.step, now.config.steps));
+    }
+    if saved.step == now.config.steps && path.with_file_name(artifact::REPORT).is_file() {
+        return err(format!("the run is already finished ({} steps, see report.json); pass --steps with more to train it further", saved.step));
     }
 
     Ok(())
@@ -577,6 +628,47 @@ pub(crate) fn config_differences(run: &TrainConfig, now: &TrainConfig) -> Vec<St
     out
 }
 
+/// The note of [`Progress::note_on`]; its watch ends when this is dropped (the thread sees
+/// it within 50 ms).
+struct StopNote(Arc<StopNoteInner>);
+
+struct StopNoteInner {
+    note: String,
+    bar: Option<indicatif::ProgressBar>,
+    said: AtomicBool,
+    done: AtomicBool,
+}
+
+impl StopNoteInner {
+    /// Writes the note, the first time only.
+    fn say(&self) {
+        if self.said.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let write = || {
+            let _ = writeln!(std::io::stderr(), "{}", self.note);
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+impl StopNote {
+    /// Writes the note now unless the watch has (a stop seen by the loop before the
+    /// thread's next look).
+    fn say(&self) {
+        self.0.say();
+    }
+}
+
+impl Drop for StopNote {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Progress display: a bar on a terminal, lines otherwise.
 struct Progress {
     mode: ProgressMode,
@@ -602,6 +694,23 @@ impl Progress {
         Progress { mode, bar, write_error: Default::default() }
     }
 
+    /// Writes `note` to standard error (above the bar) once `stop` is set, watching from a
+    /// thread of its own until the guard returned is dropped.
+    fn note_on(&self, stop: Arc<AtomicBool>, note: String) -> StopNote {
+        let inner = Arc::new(StopNoteInner { note, bar: self.bar.clone(), said: AtomicBool::new(false), done: AtomicBool::new(false) });
+        let watch = inner.clone();
+        std::thread::spawn(move || {
+            while !watch.done.load(Ordering::SeqCst) {
+                if stop.load(Ordering::SeqCst) {
+                    watch.say();
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        StopNote(inner)
+    }
+
     fn write_error(&self) -> Option<String> {
         self.write_error.borrow().clone()
     }
@@ -624,7 +733,8 @@ impl Progress {
 
     fn log(&self, row: &MetricRow) {
         match (&self.bar, self.mode) {
-            (Some(bar), _) => bar.set_message(format!("loss {:.4}  training accuracy {:.4}", row.loss, row.train_accuracy)),
+            // The step it was logged at: the next log line is up to `log_every` steps on.
+            (Some(bar), _) => bar.set_message(format!("at step {}: loss {:.4}, training accuracy {:.4}", row.step, row.loss, row.train_accuracy)),
             (None, ProgressMode::Lines) => self.write_line(&format!(
                 "step {}, training accuracy {:.4}, loss {:.4}, {:.0} images/s",
                 row.step, row.train_accuracy, row.loss, row.images_per_sec
