@@ -143,9 +143,22 @@ fn wgpu_device() -> Result<burn_wgpu::WgpuDevice> {
     let driver = [info.driver.as_str(), info.driver_info.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
     let name = format!("{} ({:?}{}{})", info.name, info.backend, if driver.is_empty() { "" } else { ", " }, driver);
     crate::output::note!("wgpu adapter: {name}");
+    if software_adapter(&format!("{:?}", info.device_type), &info.name) {
+        crate::output::note!(
+            "warning: {} is a software renderer running on the CPU, not a GPU: expect about a hundredth of --backend flex's speed (seconds a training step, minutes for an evaluation)",
+            info.name
+        );
+    }
     let _ = ADAPTER.set(name);
     gpu::announce_first_compile(cache.as_deref());
     Ok(device)
+}
+
+/// Whether a wgpu adapter is a software renderer on the CPU (Mesa's lavapipe, named
+/// "llvmpipe", or any adapter whose device type is `Cpu`, given as its `Debug` form).
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+fn software_adapter(device_type: &str, name: &str) -> bool {
+    device_type == "Cpu" || name.to_ascii_lowercase().contains("llvmpipe") || name.to_ascii_lowercase().contains("swiftshader")
 }
 
 /// The default CUDA device, checked to exist: burn-cuda's device thread panics when there
@@ -261,5 +274,16 @@ mod tests {
         assert!(err.contains("--features wgpu") && err.contains("--backend flex"), "{err}");
         let err = not_compiled(BackendKind::Flex, &[]).to_string();
         assert!(err.contains("(it has: none)"), "{err}");
+    }
+
+    /// lavapipe (as wgpu names it on this project's CI) and any CPU adapter are named
+    /// software; GPUs are not.
+    #[test]
+    fn software_adapters_are_told_from_gpus() {
+        assert!(software_adapter("Cpu", "llvmpipe (LLVM 19.1.7, 256 bits)"));
+        assert!(software_adapter("Other", "llvmpipe (LLVM 15.0.6, 256 bits)"));
+        assert!(software_adapter("Cpu", "Microsoft Basic Render Driver"));
+        assert!(!software_adapter("DiscreteGpu", "NVIDIA H200"));
+        assert!(!software_adapter("IntegratedGpu", "AMD Radeon Graphics (RADV RENOIR)"));
     }
 }

@@ -129,14 +129,16 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
     }
     if !dir.is_dir() {
         bail!(
-            "{}: no such directory; expected a trained model's artifact directory (train one with `cargo xtask train`)",
-            dir.display()
+            "{}: no such directory; expected a trained model's artifact directory (train one with `{} train`)",
+            dir.display(),
+            crate::train::program()
         );
     }
     if !dir.join(artifact::MANIFEST).exists() && dir.join(artifact::CHECKPOINT).is_file() {
         bail!(
-            "{} holds an unfinished run (a checkpoint, no model yet); finish it with `mnist train --resume --out {}`",
+            "{} holds an unfinished run (a checkpoint, no model yet); finish it with `{} train --resume --out {}`",
             dir.display(),
+            crate::train::program(),
             shell_quote(&dir.display().to_string())
         );
     }
@@ -252,7 +254,7 @@ impl Job for PredictJob<'_> {
 /// The most recently modified run in `root` that holds `marker`.
 pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
     newest_run_where(root, marker, |_| true)?
-        .with_context(|| format!("no run in {} holds {marker}. Train one with `cargo xtask train`, or name the run (--model; for train --resume, --out)", root.display()))
+        .with_context(|| format!("no run in {} holds {marker}. Train one with `{} train`, or name the run (--model; for train --resume, --out)", root.display(), crate::train::program()))
 }
 
 /// The most recently modified unfinished run in `root`: a checkpoint and no model yet
@@ -268,9 +270,10 @@ pub(crate) fn newest_unfinished_run(root: &Path) -> Result<PathBuf> {
 fn newest_run_where(root: &Path, marker: &str, keep: impl Fn(&Path) -> bool) -> Result<Option<PathBuf>> {
     let entries = std::fs::read_dir(root).with_context(|| {
         format!(
-            "no runs found: cannot read {} (in the current directory, {}). Train one with `cargo xtask train`, or name the run (--model; for train --resume, --out)",
+            "no runs found: cannot read {} (in the current directory, {}). Train one with `{} train`, or name the run (--model; for train --resume, --out)",
             root.display(),
-            std::env::current_dir().map_or_else(|_| "unknown".into(), |d| d.display().to_string())
+            std::env::current_dir().map_or_else(|_| "unknown".into(), |d| d.display().to_string()),
+            crate::train::program()
         )
     })?;
     Ok(entries

@@ -74,6 +74,8 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         (None, None, false) => DatasetChoice::Auto,
     };
     let dataset = args.data.load(choice, mnist_data::Splits::Both)?;
+    // `--dataset` overrides the config's, as `--steps` and `--seed` do theirs.
+    config.dataset = Some(dataset.kind);
     let out = if out.as_os_str().is_empty() { new_run_dir(Path::new(ARTIFACTS), &format!("{}-{}", dataset.kind, utc_stamp()))? } else { out };
 
     let mut options = TrainOptions::new(&out, backend.name());
@@ -86,7 +88,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     options.kernels = args.kernels.into();
     // A resume the checkpoint refuses, or a batch larger than the dataset, is refused
     // before training is announced.
-    mnist_train::check_start(&config, &dataset, &options).map_err(|e| {
+    let start = mnist_train::check_start(&config, &dataset, &options).map_err(|e| {
         // A value out of range for this dataset names the file it came from.
         let file = args.config.clone().or_else(|| args.resume.then(|| out.join(artifact::TRAIN_CONFIG)));
         match (e, file) {
@@ -94,17 +96,22 @@ pub fn train(args: TrainArgs) -> Result<Status> {
             (e, _) => e,
         }
     })?;
-    say!(
-        "training on {} ({}: {} train / {} test images) with {} for {} of {}; artifacts in {}",
-        dataset.kind,
-        dataset.origin,
-        dataset.train.len(),
-        dataset.test.len(),
-        backend.name(),
-        steps(config.steps),
-        config.batch_size,
-        out.display()
-    );
+    if start == config.steps {
+        say!("the run's {} are done; evaluating it and writing its model files into {}", steps(config.steps), out.display());
+    } else {
+        say!(
+            "training on {} ({}: {} train / {} test images) with {} for {} of {}{}; artifacts in {}",
+            dataset.kind,
+            dataset.origin,
+            dataset.train.len(),
+            dataset.test.len(),
+            backend.name(),
+            steps(config.steps),
+            config.batch_size,
+            if start > 0 { format!(", from step {start}") } else { String::new() },
+            out.display()
+        );
+    }
     let outcome = dispatch(backend, TrainJob { config: &config, dataset: &dataset, options: &options })?;
     match outcome {
         Outcome::Finished(report) => {
@@ -149,19 +156,23 @@ fn steps(n: u64) -> String {
 /// sets it), for the hints this program prints; `mnist` when unset.
 pub const COMMAND_ENV: &str = "MNIST_RS_COMMAND";
 
+/// The command the user runs this program with, for hints: `cargo xtask` (from
+/// [`COMMAND_ENV`]), else the program as it was called (`./mnist`, `target/release/mnist`)
+/// when that is this binary, else `mnist` (a library caller, a test).
+pub(crate) fn program() -> String {
+    let called_as = std::env::args().next().filter(|a| Path::new(a).file_stem().is_some_and(|s| s == "mnist"));
+    std::env::var(COMMAND_ENV)
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| called_as.map(|a| shell_quote(&a)))
+        .unwrap_or_else(|| "mnist".into())
+}
+
 /// The command that resumes the run in `out`, in the form the user started it: `mnist
 /// train` or, through `cargo xtask`, `cargo xtask train`, with the options a resume needs
 /// again (the rest is in the run's config.json).
 fn resume_command(args: &TrainArgs, out: &Path) -> String {
-    // The program as it was called (`./mnist`, `target/release/mnist`) when that is this
-    // binary; `mnist` otherwise (a library caller, a test).
-    let called_as = std::env::args().next().filter(|a| Path::new(a).file_stem().is_some_and(|s| s == "mnist"));
-    let program = std::env::var(COMMAND_ENV)
-        .ok()
-        .filter(|c| !c.trim().is_empty())
-        .or_else(|| called_as.map(|a| shell_quote(&a)))
-        .unwrap_or_else(|| "mnist".into());
-    let mut words = vec![program, "train".to_string()];
+    let mut words = vec![program(), "train".to_string()];
     if let Some(backend) = args.backend {
         words.extend(["--backend".into(), backend.name().into()]);
     }

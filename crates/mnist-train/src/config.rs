@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 #[derive(Config, Debug, PartialEq)]
 pub struct TrainConfig {
     /// The dataset to train on (`mnist`, `fashion`, `sample`); absent: full MNIST when
-    /// available, else the bundled sample. `--dataset` overrides it.
+    /// available, else the bundled sample. `--dataset` overrides it; [`crate::train`]
+    /// refuses a dataset of another kind than the one named here.
     pub dataset: Option<DatasetKind>,
     /// The network.
     #[config(default = "CnnConfig::new()")]

@@ -160,11 +160,11 @@ fn check_start_refuses_before_training_what_train_would() {
     let data = sample();
     let dir = tempfile::tempdir().unwrap();
     let mut o = options(dir.path());
-    check_start(&tiny(100), &data, &o).unwrap();
+    assert_eq!(check_start(&tiny(100), &data, &o).unwrap(), 0);
     o.stop = Some(Arc::new(AtomicBool::new(true)));
     assert!(matches!(train::<B>(&tiny(100), &data, &o, &Default::default()).unwrap(), Outcome::Interrupted { step: 0 }));
     let resume = resuming(dir.path());
-    check_start(&tiny(100), &data, &resume).unwrap();
+    assert_eq!(check_start(&tiny(100), &data, &resume).unwrap(), 0, "the checkpoint of a run stopped before its first step");
     let err = check_start(&tiny(100).with_seed(8), &data, &resume).unwrap_err().to_string();
     assert!(err.contains("config differs") && err.contains("`seed`"), "{err}");
     let err = check_start(&tiny(100), &data, &options(dir.path())).unwrap_err();
@@ -177,6 +177,12 @@ fn check_start_refuses_before_training_what_train_would() {
     for err in [check_start(&big, &data, &options(other.path())).unwrap_err(), train::<B>(&big, &data, &options(other.path()), &Default::default()).unwrap_err()] {
         let err = err.to_string();
         assert!(err.contains(&format!("batch_size must be at most {images}, the training images of sample")) && err.contains(&format!("got {}", images + 1)), "{err}");
+    }
+    // A config that names another dataset than the one given is refused, by both.
+    let fashion = tiny(10).with_dataset(Some(mnist_data::DatasetKind::Fashion));
+    for err in [check_start(&fashion, &data, &options(other.path())).unwrap_err(), train::<B>(&fashion, &data, &options(other.path()), &Default::default()).unwrap_err()] {
+        let err = err.to_string();
+        assert!(err.contains("dataset is fashion, but the dataset given to train on is sample"), "{err}");
     }
     // A finished run is refused as finished.
     finished(train::<B>(&tiny(100), &data, &resume, &Default::default()).unwrap());

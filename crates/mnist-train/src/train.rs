@@ -53,9 +53,11 @@ pub struct TrainOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// A line for standard error as soon as `stop` is seen set (within 50 ms, while the
     /// step in flight goes on): above the progress bar when there is one, which would
-    /// otherwise draw over it. None: nothing is said.
+    /// otherwise draw over it; after the last step, a note of its own says that only the
+    /// evaluation and the model files are left. None (or no `stop`): nothing is said.
     pub stop_note: Option<String>,
-    /// Backend name for the report (e.g. `flex`, `wgpu`).
+    /// Backend name for the report (e.g. `flex`, `wgpu`), as the caller names it: it is
+    /// recorded, not checked against `B`.
     pub backend: String,
     /// Git commit the program was built from, for the report (the `mnist` binary records
     /// its own at build time).
@@ -115,8 +117,10 @@ pub struct Report {
     pub kernels: Option<KernelsInUse>,
 }
 
-/// How a run ended.
+/// How a run ended: only [`Outcome::Finished`] has written the model files; the others
+/// left a checkpoint to resume from.
 #[derive(Debug)]
+#[must_use = "a run stopped early (Interrupted, OutputClosed) is not finished: resume it"]
 pub enum Outcome {
     /// All steps done, evaluated and saved.
     Finished(Box<Report>),
@@ -255,8 +259,11 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     progress.finish();
-    // A stop from here on finds the run finished (the caller says so).
+    // A stop from here on cannot stop anything short of the end: say what is left.
     drop(stop_note);
+    let _finishing = options.stop.clone().filter(|_| options.stop_note.is_some()).map(|stop| {
+        progress.note_on(stop, "interrupt: every step is done; saving the checkpoint, then finishing the evaluation and the model files (interrupt again to quit; resuming the run finishes them)".into())
+    });
     losses.check()?;
     check_weights(&model, config.steps)?;
     let train_seconds = total_seconds();
@@ -268,6 +275,8 @@ pub fn train<B: AutodiffBackend>(
     // From here on the checkpoint holds the whole run: a failure says so.
     let finish_err = |e: Error| Error::FinishNotSaved { steps: config.steps, dir: dir.to_path_buf(), source: Box::new(e) };
     let model = model.valid();
+    // The evaluation can take a while (minutes on a software GPU adapter): say so.
+    progress.say(&format!("evaluating on the {} test images of {}", dataset.test.len(), dataset.kind));
     let test = evaluate(&model, &dataset.test, config.eval_batch_size, device).map_err(|e| finish_err(e.into()))?;
     let class_names = dataset.class_names().iter().map(|n| n.to_string()).collect();
     artifact::save_dir(&model, &Manifest::new(config.model.clone(), dataset.kind.name(), class_names), dir).map_err(|e| finish_err(e.into()))?;
@@ -539,12 +548,14 @@ fn trained(dir: &Path) -> bool {
 /// `dataset`'s training split, the folder free ([`check_out_dir`]), and on resume the
 /// checkpoint's run this one (the same dataset by content, the same config but for
 /// `steps`, neither finished nor beyond `steps`). For a caller to check before it says
-/// that training starts; [`train`] checks all of it again.
+/// that training starts; [`train`] checks all of it again. Returns the step the run
+/// starts at: 0, or on resume the checkpoint's (`config.steps` when only the final
+/// evaluation and the model files are left to do).
 ///
 /// # Errors
 /// [`Error::InvalidConfig`], [`check_out_dir`]'s errors, and [`Error::Checkpoint`] for a
 /// checkpoint that cannot be read or belongs to another run.
-pub fn check_start(config: &TrainConfig, dataset: &Dataset, options: &TrainOptions) -> Result<()> {
+pub fn check_start(config: &TrainConfig, dataset: &Dataset, options: &TrainOptions) -> Result<u64> {
     config.validate()?;
     check_batch(config, dataset)?;
     let dir = &options.out_dir;
@@ -555,12 +566,20 @@ pub fn check_start(config: &TrainConfig, dataset: &Dataset, options: &TrainOptio
         let config = TrainConfig { dataset: Some(dataset.kind), ..config.clone() };
         let now = CheckpointState { step: 0, config, dataset: dataset.kind.name().to_string(), dataset_sha256: dataset.sha256(), train_seconds: 0.0 };
         check_resumable(&saved, &now, &path)?;
+        return Ok(saved.step);
     }
-    Ok(())
+    Ok(0)
 }
 
-/// A batch can be no larger than the training split it is drawn from.
+/// The dataset is the one the config names, if it names one, and a batch can be no larger
+/// than the training split it is drawn from.
 fn check_batch(config: &TrainConfig, dataset: &Dataset) -> Result<()> {
+    if let Some(kind) = config.dataset.filter(|kind| *kind != dataset.kind) {
+        return Err(Error::InvalidConfig(format!(
+            "dataset is {kind}, but the dataset given to train on is {} ({}); load {kind}, or set dataset to {} or leave it out",
+            dataset.kind, dataset.origin, dataset.kind
+        )));
+    }
     let images = dataset.train.len();
     if config.batch_size > images {
         return Err(Error::InvalidConfig(format!(

@@ -153,42 +153,54 @@ impl Panel<'_> {
                 sums.copy_from_slice(&tile[..n]);
             }
             for px in 0..pw {
-                let window = [sums[2 * px], sums[2 * px + 1], sums[2 * pw + 2 * px], sums[2 * pw + 2 * px + 1]];
-                pool_window(window, &bias, channels, |oc, value, winner| {
-                    let index = (oc * ph + py) * pw + px;
-                    self.out[index] = value;
-                    self.winners[index] = winner;
-                });
+                let window = [&sums[2 * px], &sums[2 * px + 1], &sums[2 * pw + 2 * px], &sums[2 * pw + 2 * px + 1]];
+                pool_window(window, &bias, channels, self.out, self.winners, py * pw + px, ph * pw);
             }
         }
     }
 }
 
-/// Bias, ReLU, 2x2 max-pool and winner of one window for up to 16 `channels`, from its
+/// Bias, ReLU, 2x2 max-pool and winner of one window for up to 16 channels, from its
 /// four convolution sums (top-left, top-right, bottom-left, bottom-right; lane `l` of
-/// vector `v` is channel `8 v + l`): `put(channel, output, winner)`. Lane by lane and
-/// branch-free, so that it vectorises; the first of equal maxima wins.
+/// vector `v` is channel `8 v + l`), written for the first `channels` at `at` of `out`
+/// and `winners`, channel `oc` at `at + oc * plane` (the planes of a `[channels, h/2,
+/// w/2]` output). Lane by lane and branch-free, in 32-bit lanes throughout (the winners
+/// too, narrowed only as they are stored), so that it vectorises; the first of equal
+/// maxima wins, and a comparison with NaN is false.
 #[inline(always)]
-pub(super) fn pool_window(sums: [[F8; 2]; 4], bias: &[F8; 2], channels: usize, mut put: impl FnMut(usize, f32, u8)) {
+pub(super) fn pool_window(sums: [&[F8; 2]; 4], bias: &[F8; 2], channels: usize, out: &mut [f32], winners: &mut [u8], at: usize, plane: usize) {
     let [a, b, c, d] = sums;
-    // All 16 lanes first, in a loop without calls or early exits, so that it vectorises;
-    // then the outputs of the panel's real channels.
+    // All 16 lanes first, in a loop without calls or early exits; then the outputs of the
+    // panel's real channels.
     let mut values = [0.0f32; 16];
-    let mut winners = [NONE; 16];
+    let mut codes = [0u32; 16];
     for v in 0..2 {
         for l in 0..8 {
             let (a, b, c, d) = (a[v][l], b[v][l], c[v][l], d[v][l]);
-            let (upper, upper_at) = if b > a { (b, 1u8) } else { (a, 0) };
-            let (lower, lower_at) = if d > c { (d, 3u8) } else { (c, 2) };
-            let (best, at) = if lower > upper { (lower, lower_at) } else { (upper, upper_at) };
+            let right = b > a;
+            let upper = if right { b } else { a };
+            let upper_at = u32::from(right);
+            let right = d > c;
+            let lower = if right { d } else { c };
+            let lower_at = 2 + u32::from(right);
+            let down = lower > upper;
+            let best = if down { lower } else { upper };
+            let best_at = if down { lower_at } else { upper_at };
             let value = best + bias[v][l];
             let positive = value > 0.0;
             values[v * 8 + l] = if positive { value } else { 0.0 };
-            winners[v * 8 + l] = if positive { at } else { NONE };
+            codes[v * 8 + l] = if positive { best_at } else { u32::from(NONE) };
         }
     }
-    for (oc, (&value, &winner)) in values.iter().zip(&winners).enumerate().take(channels) {
-        put(oc, value, winner);
+    if channels == 0 {
+        return;
+    }
+    // One store a channel, down the planes (each slice's bounds checked once).
+    let span = (channels - 1) * plane + 1;
+    let (out, winners) = (&mut out[at..][..span], &mut winners[at..][..span]);
+    for ((o, w), (value, code)) in out.iter_mut().step_by(plane).zip(winners.iter_mut().step_by(plane)).zip(values.into_iter().zip(codes)).take(channels) {
+        *o = value;
+        *w = code as u8;
     }
 }
 

@@ -438,12 +438,8 @@ impl Outputs<'_> {
                             continue;
                         }
                         let (upper, lower) = (&sums[2 * wy], &sums[2 * wy + 1]);
-                        let window = [upper[2 * wx], upper[2 * wx + 1], lower[2 * wx], lower[2 * wx + 1]];
-                        pool_window(window, self.bias, self.channels, |oc, value, winner| {
-                            let index = (oc * ph + py) * pw + px;
-                            self.out[index] = value;
-                            self.winners[index] = winner;
-                        });
+                        let window = [&upper[2 * wx], &upper[2 * wx + 1], &lower[2 * wx], &lower[2 * wx + 1]];
+                        pool_window(window, self.bias, self.channels, self.out, self.winners, py * pw + px, ph * pw);
                     }
                 }
             }
