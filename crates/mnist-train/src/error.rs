@@ -42,6 +42,15 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// A checkpoint that belongs to another run than the one asked for, or to this run
+    /// finished: `reason` says which, in fields a caller can act on.
+    #[error("{}: cannot resume: {reason}", path.display())]
+    NotResumable {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Why.
+        reason: NotResumable,
+    },
     /// A checkpoint could not be written during or at the end of a run (a full disk, a
     /// directory made read-only). The checkpoint file is replaced atomically, so the one
     /// written before, if any, is intact.
@@ -122,6 +131,45 @@ pub enum Error {
         step: u64,
         /// The loss value.
         loss: f32,
+    },
+}
+
+/// Why a checkpoint's run cannot go on as asked ([`Error::NotResumable`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotResumable {
+    /// The dataset given is not the one the run trained on (compared by content).
+    #[error("it was trained on {trained_on} (SHA-256 {trained_sha256}), not on this {given} (SHA-256 {given_sha256})")]
+    OtherDataset {
+        /// The name of the dataset the run trained on.
+        trained_on: String,
+        /// Its SHA-256, hex.
+        trained_sha256: String,
+        /// The name of the dataset given now.
+        given: String,
+        /// Its SHA-256, hex.
+        given_sha256: String,
+    },
+    /// The config differs from the run's in more than `steps`.
+    #[error("the config differs from the run's in {} (only `steps` may change on resume); see config.json", if fields.is_empty() { "a value".to_string() } else { fields.join(", ") })]
+    ConfigDiffers {
+        /// Each difference, as `` `field`: the run has A, now B `` (nested fields with
+        /// their path: `model.hidden`).
+        fields: Vec<String>,
+    },
+    /// The checkpoint is past the steps asked for.
+    #[error("it is at step {step}, beyond the {steps} steps asked for")]
+    BeyondSteps {
+        /// The checkpoint's step.
+        step: u64,
+        /// The steps asked for.
+        steps: u64,
+    },
+    /// The run has done all its steps and written its report: more steps train it further.
+    #[error("the run is already finished ({steps} steps, see report.json); pass --steps with more to train it further")]
+    Finished {
+        /// The steps it ran.
+        steps: u64,
     },
 }
 

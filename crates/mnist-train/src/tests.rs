@@ -165,7 +165,9 @@ fn check_start_refuses_before_training_what_train_would() {
     assert!(matches!(train::<B>(&tiny(100), &data, &o, &Default::default()).unwrap(), Outcome::Interrupted { step: 0 }));
     let resume = resuming(dir.path());
     assert_eq!(check_start(&tiny(100), &data, &resume).unwrap(), 0, "the checkpoint of a run stopped before its first step");
-    let err = check_start(&tiny(100).with_seed(8), &data, &resume).unwrap_err().to_string();
+    let err = check_start(&tiny(100).with_seed(8), &data, &resume).unwrap_err();
+    assert!(matches!(&err, Error::NotResumable { reason: NotResumable::ConfigDiffers { fields }, .. } if fields.len() == 1), "{err}");
+    let err = err.to_string();
     assert!(err.contains("config differs") && err.contains("`seed`"), "{err}");
     let err = check_start(&tiny(100), &data, &options(dir.path())).unwrap_err();
     assert!(matches!(err, Error::RunExists { .. }), "{err}");
@@ -186,8 +188,15 @@ fn check_start_refuses_before_training_what_train_would() {
     }
     // A finished run is refused as finished.
     finished(train::<B>(&tiny(100), &data, &resume, &Default::default()).unwrap());
-    let err = check_start(&tiny(100), &data, &resume).unwrap_err().to_string();
-    assert!(err.contains("already finished"), "{err}");
+    let err = check_start(&tiny(100), &data, &resume).unwrap_err();
+    assert!(matches!(err, Error::NotResumable { reason: NotResumable::Finished { steps: 100 }, .. }), "{err}");
+    assert!(err.to_string().contains("already finished"), "{err}");
+    let err = check_start(&tiny(50), &data, &resume).unwrap_err();
+    assert!(matches!(err, Error::NotResumable { reason: NotResumable::BeyondSteps { step: 100, steps: 50 }, .. }), "{err}");
+    let other = Locator::offline(None).load(DatasetKind::Sample).unwrap();
+    let other = Dataset { train: other.test.clone(), ..other };
+    let err = check_start(&tiny(200), &other, &resume).unwrap_err();
+    assert!(matches!(&err, Error::NotResumable { reason: NotResumable::OtherDataset { trained_on, .. }, .. } if trained_on == "sample"), "{err}");
 }
 
 #[test]

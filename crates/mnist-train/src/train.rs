@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, NotResumable, Result};
 use crate::metrics::{MetricRow, MetricsLog, plot};
 
 /// How progress is shown.
@@ -29,7 +29,8 @@ pub enum ProgressMode {
     Bar,
     /// Plain lines, `step N, training accuracy X`, as the seed prints.
     Lines,
-    /// Nothing.
+    /// Nothing (but a warning on standard error when the folder cannot be locked, so
+    /// that nothing keeps a second run out of it).
     Quiet,
 }
 
@@ -157,7 +158,7 @@ pub fn train<B: AutodiffBackend>(
     let dir = &options.out_dir;
     let checkpoint_path = dir.join(artifact::CHECKPOINT);
     let dataset_sha256 = dataset.sha256();
-    let _lock = prepare_dir(dir, options.resume)?;
+    let _lock = prepare_dir(dir, options.resume, options.progress != ProgressMode::Quiet)?;
 
     let mut model = config.model.init::<B>(config.seed, device)?.with_kernels(options.kernels);
     let kernels = kernels_in_use(&model);
@@ -415,8 +416,8 @@ fn batch_accuracy<B: Backend>(model: &Cnn<B>, images: burn::tensor::Tensor<B, 4>
 /// returned file holds an exclusive lock until it is dropped, so a second `mnist train`
 /// into the same directory is refused instead of writing over the first. Only then are
 /// stale temporary files removed: with the lock held, no other process can be writing
-/// them.
-fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
+/// them. `notes`: say on standard error what was removed or is started again.
+fn prepare_dir(dir: &Path, resume: bool, notes: bool) -> Result<std::fs::File> {
     check_out_dir(dir, resume)?;
     let write_err = |source| Error::Write {
         path: dir.to_path_buf(),
@@ -458,7 +459,7 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
         if trained(dir) {
             return Err(Error::RunExists { path: dir.to_path_buf() });
         }
-        if dir.join(artifact::METRICS).exists() {
+        if notes && dir.join(artifact::METRICS).exists() {
             let _ = writeln!(std::io::stderr(), "note: {} holds a run stopped before its first checkpoint; starting it again", dir.display());
         }
     }
@@ -466,7 +467,9 @@ fn prepare_dir(dir: &Path, resume: bool) -> Result<std::fs::File> {
         // Left by a process killed while writing (SIGKILL, power loss): never renamed, so
         // never read, only taking space.
         for stale in artifact::remove_stale_temps(dir)? {
-            let _ = writeln!(std::io::stderr(), "removed a stale temporary file: {}", stale.display());
+            if notes {
+                let _ = writeln!(std::io::stderr(), "removed a stale temporary file: {}", stale.display());
+            }
         }
     }
     Ok(lock)
@@ -553,8 +556,9 @@ fn trained(dir: &Path) -> bool {
 /// evaluation and the model files are left to do).
 ///
 /// # Errors
-/// [`Error::InvalidConfig`], [`check_out_dir`]'s errors, and [`Error::Checkpoint`] for a
-/// checkpoint that cannot be read or belongs to another run.
+/// [`Error::InvalidConfig`], [`check_out_dir`]'s errors, [`Error::Checkpoint`] for a
+/// checkpoint that cannot be read, and [`Error::NotResumable`] for one of another run (or
+/// of this run, finished).
 pub fn check_start(config: &TrainConfig, dataset: &Dataset, options: &TrainOptions) -> Result<u64> {
     config.validate()?;
     check_batch(config, dataset)?;
@@ -593,15 +597,14 @@ fn check_batch(config: &TrainConfig, dataset: &Dataset) -> Result<()> {
 /// Whether the run of checkpoint `saved` (at `path`) may go on as `now` asks; `now.step`
 /// is not read.
 fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) -> Result<()> {
-    let err = |message: String| Err(Error::Checkpoint {
-        path: path.to_path_buf(),
-        message,
-    });
+    let refuse = |reason: NotResumable| Err(Error::NotResumable { path: path.to_path_buf(), reason });
     if saved.dataset_sha256 != now.dataset_sha256 {
-        return err(format!(
-            "it was trained on {} (SHA-256 {}), not on this {} (SHA-256 {})",
-            saved.dataset, saved.dataset_sha256, now.dataset, now.dataset_sha256
-        ));
+        return refuse(NotResumable::OtherDataset {
+            trained_on: saved.dataset.clone(),
+            trained_sha256: saved.dataset_sha256.clone(),
+            given: now.dataset.clone(),
+            given_sha256: now.dataset_sha256.clone(),
+        });
     }
     let mut a = saved.config.clone();
     a.steps = now.config.steps;
@@ -609,19 +612,14 @@ fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) 
     // before config.json recorded the dataset has none).
     a.dataset = now.config.dataset;
     if a != now.config {
-        let differences = config_differences(&a, &now.config);
-        return err(format!(
-            "the config differs from the run's in {} (only `steps` may change on resume); see config.json",
-            if differences.is_empty() { "a value".to_string() } else { differences.join(", ") }
-        ));
+        return refuse(NotResumable::ConfigDiffers { fields: config_differences(&a, &now.config) });
     }
     if saved.step > now.config.steps {
-        return err(format!("it is at step {}, beyond the {} steps asked for", saved.step, now.config.steps));
+        return refuse(NotResumable::BeyondSteps { step: saved.step, steps: now.config.steps });
     }
     if saved.step == now.config.steps && path.with_file_name(artifact::REPORT).is_file() {
-        return err(format!("the run is already finished ({} steps, see report.json); pass --steps with more to train it further", saved.step));
+        return refuse(NotResumable::Finished { steps: saved.step });
     }
-
     Ok(())
 }
 
