@@ -342,15 +342,12 @@ fn a_closed_stdout_stops_training_with_a_checkpoint() {
     assert!(out.join("checkpoint.bin").is_file());
 }
 
-/// Starts a long tiny run, waits for its first progress line, sends `signal`.
-fn signalled_run(signal: &str, root: &Path, command: Option<&str>) -> (Output, PathBuf) {
-    let config = root.join(format!("{signal}.json"));
-    std::fs::write(&config, tiny(100_000, 10)).unwrap();
-    let out = root.join(format!("run-{signal}"));
-    let mut cmd = mnist();
-    if let Some(command) = command {
-        cmd.env("MNIST_RS_COMMAND", command);
-    }
+/// Runs `mnist train --plain` on the config `json` into `out` (through `cmd`), waits for
+/// the progress line of step `step`, runs `kill` (the shell's own: no procps needed) with
+/// `signals` (`-TERM`; `%` stands for the process id), and returns what the run wrote.
+fn signalled(mut cmd: Command, json: &str, out: &Path, step: u64, signals: &str) -> Output {
+    let config = out.with_extension("json");
+    std::fs::write(&config, json).unwrap();
     let mut child = cmd
         .args(["train", "--plain", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
         .stdout(Stdio::piped())
@@ -360,17 +357,26 @@ fn signalled_run(signal: &str, root: &Path, command: Option<&str>) -> (Output, P
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let start = Instant::now();
     let mut line = String::new();
-    while !line.starts_with("step 10,") {
+    while !line.starts_with(&format!("step {step},")) {
         line.clear();
         assert!(stdout.read_line(&mut line).unwrap() > 0, "training ended early");
         assert!(start.elapsed() < Duration::from_secs(120), "no progress line");
     }
-    // The shell's own `kill` (no procps needed).
-    let killed = Command::new("sh").args(["-c", &format!("kill -{signal} {}", child.id())]).status().unwrap();
+    let killed = Command::new("sh").args(["-c", &signals.replace('%', &child.id().to_string())]).status().unwrap();
     assert!(killed.success());
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
-    (child.wait_with_output().unwrap(), out)
+    child.wait_with_output().unwrap()
+}
+
+/// Starts a long tiny run, waits for its progress line of step 10, sends `signal`.
+fn signalled_run(signal: &str, root: &Path, command: Option<&str>) -> (Output, PathBuf) {
+    let out = root.join(format!("run-{signal}"));
+    let mut cmd = mnist();
+    if let Some(command) = command {
+        cmd.env("MNIST_RS_COMMAND", command);
+    }
+    (signalled(cmd, &tiny(100_000, 10), &out, 10, &format!("kill -{signal} %")), out)
 }
 
 /// What the dataset or the checkpoint refuses is refused before training is announced,
@@ -413,26 +419,8 @@ fn a_second_signal_quits_at_once_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     // The seed network at batch 2,000: a step takes a good part of a second (a few tenths
     // on a fast CPU), long enough for the second signal to come during one.
-    let config = tmp.path().join("slow.json");
-    std::fs::write(&config, r#"{"dataset": "sample", "batch_size": 2000, "steps": 1000, "log_every": 1, "checkpoint_every": 0}"#).unwrap();
-    let out = tmp.path().join("run");
-    let mut child = mnist()
-        .args(["train", "--plain", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("step 0,") {
-        line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "training ended early");
-    }
-    let killed = Command::new("sh").args(["-c", &format!("kill -INT {0}; sleep 0.05; kill -INT {0}", child.id())]).status().unwrap();
-    assert!(killed.success());
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let output = child.wait_with_output().unwrap();
+    let json = r#"{"dataset": "sample", "batch_size": 2000, "steps": 1000, "log_every": 1, "checkpoint_every": 0}"#;
+    let output = signalled(mnist(), json, &tmp.path().join("run"), 0, "kill -INT %; sleep 0.05; kill -INT %");
     let stderr = no_panic("two signals", &output);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupt: saving a checkpoint after this step"), "{stderr}");
