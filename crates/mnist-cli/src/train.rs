@@ -81,6 +81,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     let mut options = TrainOptions::new(&out, backend.name());
     options.resume = args.resume;
     options.progress = if args.plain { ProgressMode::Lines } else { ProgressMode::auto() };
+    let _ = RESUME_HINT.set(resume_command(&args, &out));
     options.stop = Some(stop_flag());
     // Said at once (above the progress bar): the step in flight may take a while.
     options.stop_note = Some("interrupt: saving a checkpoint after this step (interrupt again to quit at once, without it)".into());
@@ -97,7 +98,8 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         }
     })?;
     if start == config.steps {
-        say!("the run's {} are done; evaluating it and writing its model files into {}", steps(config.steps), out.display());
+        let are = if config.steps == 1 { "is" } else { "are" };
+        say!("the run's {} {are} done; evaluating it and writing its model files into {}", steps(config.steps), out.display());
     } else {
         say!(
             "training on {} ({}: {} train / {} test images) with {} for {} of {}{}; artifacts in {}",
@@ -203,6 +205,9 @@ impl Job for TrainJob<'_> {
     }
 }
 
+/// The command that resumes the run in progress, for the note of a second signal.
+static RESUME_HINT: OnceLock<String> = OnceLock::new();
+
 /// The signal that stopped training (`SIGINT`, `SIGTERM`, `SIGHUP`), 0 when none did.
 static STOP_SIGNAL: AtomicUsize = AtomicUsize::new(0);
 
@@ -251,7 +256,8 @@ fn install_stop_handlers(flag: &Arc<AtomicBool>) -> std::io::Result<()> {
             std::thread::spawn(move || {
                 // On a terminal the progress bar holds the line: the note starts its own.
                 let line_break = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\n" } else { "" };
-                note!("{line_break}interrupted again: quitting now, without a checkpoint of this step (the last one saved, if any, is kept)");
+                let resume = RESUME_HINT.get().map(|c| format!("; resume with: {c}")).unwrap_or_default();
+                note!("{line_break}interrupted again: quitting now, without saving (a checkpoint saved before is kept{resume})");
                 let _ = said.send(());
             });
             let _ = wait.recv_timeout(std::time::Duration::from_millis(500));

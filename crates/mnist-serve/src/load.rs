@@ -145,7 +145,7 @@ async fn one(client: &reqwest::Client, url: &str, body: &Body) -> std::result::R
         .body(body.bytes.clone())
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| chain(&e))?;
     let status = response.status();
     let text = response.text().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
@@ -161,6 +161,21 @@ async fn one(client: &reqwest::Client, url: &str, body: &Body) -> std::result::R
         Some(expected) if expected != class => Err(format!("answered class {class}, expected {expected}")),
         _ => Ok(()),
     }
+}
+
+/// An error with every cause under it (`error sending request ...: client error (Connect):
+/// Too many open files (os error 24)`): reqwest's own message alone names no cause.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The `q`-quantile of sorted `values` (nearest rank); 0 for none.
@@ -188,6 +203,25 @@ mod tests {
         assert_eq!(report.requests_per_sec, 1.5, "three answered well in 2 s");
         let none = summarise(vec![refused(1.0)], 1.0, config);
         assert_eq!((none.p50_ms, none.max_ms, none.requests_per_sec), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn an_error_names_its_causes() {
+        let io = std::io::Error::from_raw_os_error(24);
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let text = chain(&Outer(io));
+        assert!(text.starts_with("error sending request: ") && text.contains("os error 24"), "{text}");
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A checkpoint that cannot be resumed from.
+    /// A checkpoint that is missing, or that cannot be read (damaged, cut short, not a
+    /// checkpoint); one of another run is [`Error::NotResumable`].
     #[error("{}: cannot resume: {message}", path.display())]
     Checkpoint {
         /// The checkpoint file.
@@ -165,7 +166,8 @@ pub enum NotResumable {
         /// The steps asked for.
         steps: u64,
     },
-    /// The run has done all its steps and written its report: more steps train it further.
+    /// The run has done all its steps and written every file that comes after them (the
+    /// model, its weights, the plot, the report): more steps train it further.
     #[error("the run is already finished ({steps} steps, see report.json); pass --steps with more to train it further")]
     Finished {
         /// The steps it ran.

@@ -191,6 +191,12 @@ fn check_start_refuses_before_training_what_train_would() {
     let err = check_start(&tiny(100), &data, &resume).unwrap_err();
     assert!(matches!(err, Error::NotResumable { reason: NotResumable::Finished { steps: 100 }, .. }), "{err}");
     assert!(err.to_string().contains("already finished"), "{err}");
+    // A finished run missing one of its final files (deleted, or a disk that filled) is
+    // not finished: resuming writes them again without training.
+    std::fs::remove_file(dir.path().join(artifact::WEIGHTS)).unwrap();
+    assert_eq!(check_start(&tiny(100), &data, &resume).unwrap(), 100);
+    assert_eq!(finished(train::<B>(&tiny(100), &data, &resume, &Default::default()).unwrap()).steps, 100);
+    assert!(dir.path().join(artifact::WEIGHTS).is_file());
     let err = check_start(&tiny(50), &data, &resume).unwrap_err();
     assert!(matches!(err, Error::NotResumable { reason: NotResumable::BeyondSteps { step: 100, steps: 50 }, .. }), "{err}");
     let other = Locator::offline(None).load(DatasetKind::Sample).unwrap();

@@ -29,8 +29,8 @@ pub enum ProgressMode {
     Bar,
     /// Plain lines, `step N, training accuracy X`, as the seed prints.
     Lines,
-    /// Nothing (but a warning on standard error when the folder cannot be locked, so
-    /// that nothing keeps a second run out of it).
+    /// Nothing, except a warning on standard error when the folder cannot be locked
+    /// (nothing then keeps a second run out of it).
     Quiet,
 }
 
@@ -541,6 +541,14 @@ fn locked_by_another(dir: &Path) -> bool {
     matches!(lock.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
+/// Whether every file a run writes after its last step is in `dir` (the model, its
+/// weights in both formats, the plot and the report): a resume with no steps left writes
+/// those that are missing (a full disk, a file deleted), and a run with all of them is
+/// finished.
+fn finished_files(dir: &Path) -> bool {
+    [artifact::REPORT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::PLOT].iter().all(|f| dir.join(f).is_file())
+}
+
 /// Whether a run in `dir` got as far as a checkpoint, or finished.
 fn trained(dir: &Path) -> bool {
     [artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST].iter().any(|f| dir.join(f).exists())
@@ -617,7 +625,7 @@ fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) 
     if saved.step > now.config.steps {
         return refuse(NotResumable::BeyondSteps { step: saved.step, steps: now.config.steps });
     }
-    if saved.step == now.config.steps && path.with_file_name(artifact::REPORT).is_file() {
+    if saved.step == now.config.steps && finished_files(path.parent().unwrap_or(Path::new("."))) {
         return refuse(NotResumable::Finished { steps: saved.step });
     }
     Ok(())
