@@ -81,7 +81,8 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     let mut options = TrainOptions::new(&out, backend.name());
     options.resume = args.resume;
     options.progress = if args.plain { ProgressMode::Lines } else { ProgressMode::auto() };
-    let _ = RESUME_HINT.set(resume_command(&args, &out));
+    let resume = resume_command(&args, &out);
+    let _ = RESUME_HINT.set(resume.clone());
     options.stop = Some(stop_flag());
     // Said at once (above the progress bar): the step in flight may take a while.
     options.stop_note = Some("interrupt: saving a checkpoint after this step (interrupt again to quit at once, without it)".into());
@@ -130,14 +131,13 @@ pub fn train(args: TrainArgs) -> Result<Status> {
             Ok(Status::Success)
         }
         Outcome::Interrupted { step } => {
-            note!("interrupted after {}; checkpoint saved. Resume with: {}", steps(step), resume_command(&args, &out));
+            note!("interrupted after {}; checkpoint saved. Resume with: {resume}", steps(step));
             Ok(Status::Interrupted)
         }
         Outcome::OutputClosed { step, error } => {
             note!(
-                "standard output was closed ({error}): stopped after {}; checkpoint saved. Resume with: {}",
-                steps(step),
-                resume_command(&args, &out)
+                "standard output was closed ({error}): stopped after {}; checkpoint saved. Resume with: {resume}",
+                steps(step)
             );
             Ok(Status::OutputClosed)
         }

@@ -151,25 +151,16 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Outcome> {
     config.validate()?;
-    check_batch(config, dataset)?;
-    // What config.json and the checkpoint record is the dataset trained on, whichever way
-    // it was chosen (`--dataset`, or the bundled sample when MNIST is not found).
-    let config = &TrainConfig { dataset: Some(dataset.kind), ..config.clone() };
+    check_dataset(config, dataset)?;
+    let mut state = start_state(config, dataset);
+    let config = &state.config.clone();
     let dir = &options.out_dir;
     let checkpoint_path = dir.join(artifact::CHECKPOINT);
-    let dataset_sha256 = dataset.sha256();
     let _lock = prepare_dir(dir, options.resume, options.progress != ProgressMode::Quiet)?;
 
     let mut model = config.model.init::<B>(config.seed, device)?.with_kernels(options.kernels);
     let kernels = kernels_in_use(&model);
     let mut optim = optimizer::<B>(config);
-    let mut state = CheckpointState {
-        step: 0,
-        config: config.clone(),
-        dataset: dataset.kind.name().to_string(),
-        dataset_sha256: dataset_sha256.clone(),
-        train_seconds: 0.0,
-    };
     // The step of the checkpoint in the directory, for the error of a save that fails.
     let mut kept = None;
     let mut metrics = if options.resume && checkpoint_path.is_file() {
@@ -301,7 +292,7 @@ pub fn train<B: AutodiffBackend>(
         },
         dataset: dataset.kind.name().to_string(),
         dataset_origin: dataset.origin.clone(),
-        dataset_sha256,
+        dataset_sha256: state.dataset_sha256.clone(),
         git_commit: options.git_commit.clone(),
         kernels: Some(kernels),
     };
@@ -569,23 +560,34 @@ fn trained(dir: &Path) -> bool {
 /// of this run, finished).
 pub fn check_start(config: &TrainConfig, dataset: &Dataset, options: &TrainOptions) -> Result<u64> {
     config.validate()?;
-    check_batch(config, dataset)?;
+    check_dataset(config, dataset)?;
     let dir = &options.out_dir;
     check_out_dir(dir, options.resume)?;
     let path = dir.join(artifact::CHECKPOINT);
     if options.resume && path.is_file() {
         let saved = checkpoint::read_state(&path)?;
-        let config = TrainConfig { dataset: Some(dataset.kind), ..config.clone() };
-        let now = CheckpointState { step: 0, config, dataset: dataset.kind.name().to_string(), dataset_sha256: dataset.sha256(), train_seconds: 0.0 };
-        check_resumable(&saved, &now, &path)?;
+        check_resumable(&saved, &start_state(config, dataset), &path)?;
         return Ok(saved.step);
     }
     Ok(0)
 }
 
+/// The state of a run of `config` on `dataset` before its first step: the config records
+/// the dataset actually trained on, whichever way it was chosen (`--dataset`, or the
+/// bundled sample when MNIST is not found), and the dataset is known by its SHA-256.
+fn start_state(config: &TrainConfig, dataset: &Dataset) -> CheckpointState {
+    CheckpointState {
+        step: 0,
+        config: TrainConfig { dataset: Some(dataset.kind), ..config.clone() },
+        dataset: dataset.kind.name().to_string(),
+        dataset_sha256: dataset.sha256(),
+        train_seconds: 0.0,
+    }
+}
+
 /// The dataset is the one the config names, if it names one, and a batch can be no larger
 /// than the training split it is drawn from.
-fn check_batch(config: &TrainConfig, dataset: &Dataset) -> Result<()> {
+fn check_dataset(config: &TrainConfig, dataset: &Dataset) -> Result<()> {
     if let Some(kind) = config.dataset.filter(|kind| *kind != dataset.kind) {
         return Err(Error::InvalidConfig(format!(
             "dataset is {kind}, but the dataset given to train on is {} ({}); load {kind}, or set dataset to {} or leave it out",
