@@ -151,9 +151,10 @@ fn decoder<'a>(bytes: &'a [u8], name: &Path) -> Result<Box<dyn ImageDecoder + 'a
             message: e.to_string(),
         })?;
     // Said as `preprocess_file` says it (the decoder's own words: "The image format could
-    // not be determined").
-    if reader.format().is_none() && !bytes.is_empty() {
-        return Err(Error::Decode { path: name.to_path_buf(), message: NO_FORMAT.into() });
+    // not be determined"); an empty file or body says that it is empty.
+    if reader.format().is_none() {
+        let message = if bytes.is_empty() { "it is empty (0 bytes)" } else { NO_FORMAT };
+        return Err(Error::Decode { path: name.to_path_buf(), message: message.into() });
     }
     // The sides are checked below, where the error can give them.
     let mut limits = Limits::no_limits();
@@ -1211,6 +1212,12 @@ mod tests {
         assert!(matches!(err, Error::Decode { .. }) && err.to_string().contains("notes.txt"), "{err}");
         // In memory (as served) as from a file: the same words.
         assert!(err.to_string().contains(NO_FORMAT), "{err}");
+        // An empty file says so, rather than the decoder's "format could not be determined".
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.png"), b"").unwrap();
+        for err in [preprocess_file(&dir.path().join("empty.png")).unwrap_err(), preprocess_bytes(b"", Path::new("empty.png")).unwrap_err()] {
+            assert!(matches!(err, Error::Decode { .. }) && err.to_string().contains("empty.png: not a readable image (it is empty (0 bytes))"), "{err}");
+        }
     }
 
     /// The grey plane as it was made before the strips: the whole image at full size,
