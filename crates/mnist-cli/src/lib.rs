@@ -8,6 +8,7 @@
 mod backend;
 mod bench;
 mod commands;
+mod hints;
 mod output;
 mod serve;
 mod train;
@@ -19,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use backend::BackendKind;
 pub use bench::Measurement;
+pub use hints::hint;
 pub use train::COMMAND_ENV;
 
 /// The git commit this binary was built from (`-dirty` when tracked files differed from
@@ -132,7 +134,8 @@ impl DataArgs {
             None => e.into(),
         })?;
         if let Some(notice) = &loaded.notice {
-            output::note!("note: {notice}");
+            // The library names MNIST_DATA_DIR; this program has --data-dir too.
+            output::note!("note: {}, or pass --data-dir with it.", notice.strip_suffix('.').unwrap_or(notice));
         }
         Ok(loaded.dataset)
     }

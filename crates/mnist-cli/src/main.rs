@@ -17,7 +17,8 @@ fn main() -> ExitCode {
         Ok(status) => ExitCode::from(status.exit_code()),
         Err(e) => {
             // Standard error may be a closed pipe too: nothing is left to tell then.
-            let _ = writeln!(std::io::stderr(), "error: {}", message(&e));
+            let hint = mnist_cli::hint(&e).map(|h| format!("\nhint: {h}")).unwrap_or_default();
+            let _ = writeln!(std::io::stderr(), "error: {}{hint}", message(&e));
             ExitCode::from(1)
         }
     }

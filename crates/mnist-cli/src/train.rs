@@ -45,6 +45,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     };
     // A folder no run may start in is refused before the dataset is looked for.
     if !out.as_os_str().is_empty() {
+        let _ = RESUME_HINT.set(resume_command(&args, &out));
         mnist_train::check_out_dir(&out, args.resume)?;
     }
     let mut config = match (&args.config, args.resume) {
@@ -94,7 +95,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         // A value out of range for this dataset names the file it came from.
         let file = args.config.clone().or_else(|| args.resume.then(|| out.join(artifact::TRAIN_CONFIG)));
         match (e, file) {
-            (mnist_train::Error::InvalidConfig(message), Some(file)) => mnist_train::Error::InvalidConfig(format!("{}: {message}", file.display())),
+            (mnist_train::Error::InvalidConfig { file: None, field, message }, Some(file)) => mnist_train::Error::InvalidConfig { file: Some(file), field, message },
             (e, _) => e,
         }
     })?;
@@ -205,8 +206,14 @@ impl Job for TrainJob<'_> {
     }
 }
 
-/// The command that resumes the run in progress, for the note of a second signal.
+/// The command that resumes the run in progress, for the note of a second signal and the
+/// hints below errors, set once the run's folder is known.
 static RESUME_HINT: OnceLock<String> = OnceLock::new();
+
+/// The command that resumes the run this process trains, once its folder is known.
+pub(crate) fn resume_hint() -> Option<String> {
+    RESUME_HINT.get().cloned()
+}
 
 /// The signal that stopped training (`SIGINT`, `SIGTERM`, `SIGHUP`), 0 when none did.
 static STOP_SIGNAL: AtomicUsize = AtomicUsize::new(0);

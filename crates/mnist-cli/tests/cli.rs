@@ -291,7 +291,10 @@ fn machine_readable_output_stays_machine_readable() {
     let output = mnist().args(["train", "--out", m, "--dataset", "mnist", "--data-dir", "/nonexistent"]).output().unwrap();
     let stderr = no_panic("train --out a finished run", &output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("already holds a training run") && !stderr.contains("nonexistent"), "{stderr}");
+    let (error, hint) = stderr.split_once("\nhint: ").unwrap_or((&stderr, ""));
+    assert!(error.contains("already holds a training run; resume it to continue it, or train into another directory") && !error.contains("nonexistent"), "{stderr}");
+    // Below the library's message, the flags that do it (with the options given).
+    assert!(hint.starts_with("to continue it: ") && hint.contains(&format!("train --data-dir /nonexistent --resume --out {m}; or choose another --out")), "{stderr}");
 }
 
 #[test]
@@ -400,9 +403,11 @@ fn refusals_come_before_training_is_announced() {
     let run = tmp.path().join("run");
     let output = mnist().args(["train", "--plain", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()]).output().unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
+    let further = format!("\nhint: to train it further: {} train --backend flex --resume --out {} --steps 40", env!("CARGO_BIN_EXE_mnist"), run.display());
     for (args, needle) in [
         (vec!["--seed", "9"], "the config differs from the run's in `seed`"),
         (vec![], "the run is already finished (20 steps"),
+        (vec![], further.as_str()),
     ] {
         let output = mnist().args(["train", "--plain", "--backend", "flex", "--resume", "--out", run.to_str().unwrap()]).args(&args).output().unwrap();
         let stderr = no_panic("a refused resume", &output);

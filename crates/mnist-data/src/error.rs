@@ -150,7 +150,7 @@ pub enum Error {
     },
     /// The files are those of another dataset than the one asked for (Fashion-MNIST's
     /// labels where MNIST was asked for).
-    #[error("{}: these are {found}'s labels, not {wanted}'s; pass --dataset {found} to use them, or point --data-dir / MNIST_DATA_DIR at the {wanted} files", path.display())]
+    #[error("{}: these are {found}'s labels, not {wanted}'s; load them as {found}, or the {wanted} files from their own folder", path.display())]
     OtherDataset {
         /// The labels file recognised.
         path: PathBuf,
@@ -174,7 +174,7 @@ pub enum Error {
         expected: usize,
     },
     /// The dataset was not found locally and could not be downloaded.
-    #[error("{dataset} was not found and could not be downloaded.\n{details}\nPut the files {files} (gzip or raw) into {cache}, or point --data-dir / MNIST_DATA_DIR at a directory holding them.")]
+    #[error("{dataset} was not found and could not be downloaded.\n{details}\nPut the files {files} (gzip or raw) into {cache}, or point MNIST_DATA_DIR at a folder holding them.")]
     NotFound {
         /// Dataset name.
         dataset: &'static str,

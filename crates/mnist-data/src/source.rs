@@ -116,7 +116,7 @@ impl Locator {
                             why.push(first_line(&err.to_string()));
                         }
                         let notice = format!(
-                            "Full MNIST is not available, so the bundled sample of 10,000 real MNIST digits (8,000 train / 2,000 test) is used:\n  {}\nFor the full set, put the four MNIST .gz files into {} or pass --data-dir.",
+                            "Full MNIST is not available, so the bundled sample of 10,000 real MNIST digits (8,000 train / 2,000 test) is used:\n  {}\nFor the full set, put the four MNIST .gz files into {}, or point MNIST_DATA_DIR at their folder.",
                             why.join("\n  "),
                             self.cache_dir(DatasetKind::Mnist).map(|p| p.display().to_string()).unwrap_or_else(|| "a directory".into()),
                         );

@@ -6,9 +6,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A configuration value out of range.
-    #[error("invalid model config: {0}")]
-    InvalidConfig(String),
+    /// A configuration value out of range, or a manifest that does not fit its network.
+    #[error("invalid model config: {message}")]
+    InvalidConfig {
+        /// The field at fault (`hidden`, `dropout`, `class_names`); `None` for the
+        /// network as a whole (too many parameters).
+        field: Option<String>,
+        /// What is wrong, naming the field and the value found (`hidden must be at least
+        /// 1, got 0`).
+        message: String,
+    },
     /// A file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -19,7 +26,7 @@ pub enum Error {
     },
     /// The directory holds a training run that has not finished: a checkpoint, no
     /// `model.json` yet.
-    #[error("{} holds an unfinished training run (a checkpoint, no model.json yet); finish it with `mnist train --resume --out {}`, or load a finished run", dir.display(), dir.display())]
+    #[error("{} holds an unfinished training run (a checkpoint, no model.json yet); finish it by resuming its training, or load a finished run", dir.display())]
     UnfinishedRun {
         /// The run's directory.
         dir: PathBuf,

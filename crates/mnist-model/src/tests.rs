@@ -363,7 +363,7 @@ fn an_unfinished_run_is_named_as_one() {
     std::fs::write(dir.path().join(artifact::CHECKPOINT), b"step").unwrap();
     let err = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err();
     assert!(matches!(&err, Error::UnfinishedRun { dir: d } if d == dir.path()), "{err}");
-    assert!(err.to_string().contains("unfinished training run") && err.to_string().contains("--resume --out"), "{err}");
+    assert!(err.to_string().contains("finish it by resuming its training") && !err.to_string().contains("--"), "{err}");
 }
 
 #[test]

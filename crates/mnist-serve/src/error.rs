@@ -40,8 +40,8 @@ pub enum Error {
 
 fn bind_hint(source: &std::io::Error) -> &'static str {
     match source.kind() {
-        std::io::ErrorKind::AddrInUse => " (another program holds the port; pass --addr with another port, or 127.0.0.1:0 for any free one)",
-        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges; pass --addr with a port above 1024)",
+        std::io::ErrorKind::AddrInUse => " (another program holds the port; choose another port, or port 0 for any free one)",
+        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges; choose a port above 1024)",
         std::io::ErrorKind::AddrNotAvailable => " (the address is not one of this machine's; 127.0.0.1 is this machine only, 0.0.0.0 every interface)",
         _ => "",
     }

@@ -76,7 +76,7 @@ impl TrainConfig {
         };
         let config: TrainConfig = mnist_model::artifact::json::from_value_strict(value, &TrainConfig::new()).map_err(|e| json_err(as_written(e)))?;
         config.validate().map_err(|e| match e {
-            Error::InvalidConfig(msg) => Error::InvalidConfig(format!("{}: {}", path.display(), as_written(msg))),
+            Error::InvalidConfig { field, message, .. } => Error::InvalidConfig { file: Some(path.to_path_buf()), field, message: as_written(message) },
             other => other,
         })?;
         Ok(config)
@@ -84,60 +84,74 @@ impl TrainConfig {
 
     /// Checks every value is in range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        let bad = |field: &str, message: String| Err(Error::InvalidConfig { file: None, field: field.to_string(), message });
         self.model.validate().map_err(|e| match e {
-            // A message that opens with its field (`hidden must be ...`) gets the field's
-            // path in this file; any other (`the network would have ...`) its section.
-            mnist_model::Error::InvalidConfig(msg) if msg.split_whitespace().nth(1) == Some("must") => Error::InvalidConfig(format!("model.{msg}")),
-            mnist_model::Error::InvalidConfig(msg) => Error::InvalidConfig(format!("model: {msg}")),
-            other => Error::InvalidConfig(other.to_string()),
+            // A message about a field (`hidden must be ...`) gets the field's path in this
+            // file; one about the network as a whole (`the network would have ...`), its
+            // section.
+            mnist_model::Error::InvalidConfig { field: Some(field), message } => {
+                Error::InvalidConfig { file: None, field: format!("model.{field}"), message: format!("model.{message}") }
+            }
+            mnist_model::Error::InvalidConfig { field: None, message } => {
+                Error::InvalidConfig { file: None, field: "model".into(), message: format!("model: {message}") }
+            }
+            other => Error::Model(other),
         })?;
         if self.model.classes != mnist_data::CLASSES {
-            return bad(format!(
-                "model.classes must be {} (every dataset here has {} classes, labels 0..=9), got {}",
-                mnist_data::CLASSES,
-                mnist_data::CLASSES,
-                self.model.classes
-            ));
+            return bad(
+                "model.classes",
+                format!(
+                    "model.classes must be {} (every dataset here has {} classes, labels 0..=9), got {}",
+                    mnist_data::CLASSES,
+                    mnist_data::CLASSES,
+                    self.model.classes
+                ),
+            );
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate <= f64::from(f32::MAX)) {
-            return bad(format!(
-                "learning_rate must be a positive number of at most {:e} (it is applied in f32), got {}",
-                f32::MAX,
-                if self.learning_rate.abs() >= 1e9 { format!("{:e}", self.learning_rate) } else { self.learning_rate.to_string() }
-            ));
+            return bad(
+                "learning_rate",
+                format!(
+                    "learning_rate must be a positive number of at most {:e} (it is applied in f32), got {}",
+                    f32::MAX,
+                    if self.learning_rate.abs() >= 1e9 { format!("{:e}", self.learning_rate) } else { self.learning_rate.to_string() }
+                ),
+            );
         }
         for (name, v) in [("adam.beta_1", self.adam.beta_1), ("adam.beta_2", self.adam.beta_2)] {
             if !(0.0..1.0).contains(&v) {
-                return bad(format!("{name} must be in [0, 1), got {v}"));
+                return bad(name, format!("{name} must be in [0, 1), got {v}"));
             }
         }
         if !(self.adam.epsilon.is_finite() && self.adam.epsilon > 0.0) {
-            return bad(format!("adam.epsilon must be positive, got {}", self.adam.epsilon));
+            return bad("adam.epsilon", format!("adam.epsilon must be positive, got {}", self.adam.epsilon));
         }
         let most = Self::MAX_BATCH_SIZE;
         for (name, v) in [("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)] {
             if v == 0 {
-                return bad(format!("{name} must be at least 1, got 0"));
+                return bad(name, format!("{name} must be at least 1, got 0"));
             }
             if v > most {
-                return bad(format!("{name} must be at most {most} (the images of the largest training split, MNIST's), got {v}"));
+                return bad(name, format!("{name} must be at most {most} (the images of the largest training split, MNIST's), got {v}"));
             }
         }
         // The dropout mask's hash counts its elements in 32 bits.
         if self.batch_size.checked_mul(self.model.hidden).is_none_or(|n| u32::try_from(n).is_err()) {
-            return bad(format!(
-                "batch_size must be at most {} with model.hidden {} (the dropout mask's batch_size x model.hidden elements are counted in 32 bits), got {}",
-                u32::MAX as usize / self.model.hidden.max(1),
-                self.model.hidden,
-                self.batch_size
-            ));
+            return bad(
+                "batch_size",
+                format!(
+                    "batch_size must be at most {} with model.hidden {} (the dropout mask's batch_size x model.hidden elements are counted in 32 bits), got {}",
+                    u32::MAX as usize / self.model.hidden.max(1),
+                    self.model.hidden,
+                    self.batch_size
+                ),
+            );
         }
         if self.steps == 0 {
-            return bad("steps must be at least 1, got 0".into());
+            return bad("steps", "steps must be at least 1, got 0".into());
         }
         if self.log_every == 0 {
-            return bad("log_every must be at least 1, got 0".into());
+            return bad("log_every", "log_every must be at least 1, got 0".into());
         }
         Ok(())
     }
@@ -204,6 +218,31 @@ mod tests {
         TrainConfig::new().with_batch_size(TrainConfig::MAX_BATCH_SIZE).with_eval_batch_size(TrainConfig::MAX_BATCH_SIZE).validate().unwrap();
         let largest = DatasetKind::ALL.iter().map(|k| k.split_sizes().0).max();
         assert_eq!(largest, Some(TrainConfig::MAX_BATCH_SIZE));
+    }
+
+    /// Each error names its field for a caller to match on, with its section; a problem of
+    /// the network as a whole names the section.
+    #[test]
+    fn bad_values_name_their_field() {
+        for (config, field) in [
+            (TrainConfig::new().with_batch_size(0), "batch_size"),
+            (TrainConfig::new().with_adam(FusedAdamConfig::new().with_beta_2(1.0)), "adam.beta_2"),
+            (TrainConfig::new().with_model(CnnConfig::new().with_hidden(0)), "model.hidden"),
+            (TrainConfig::new().with_model(CnnConfig::new().with_hidden(100_000_000)), "model"),
+            (TrainConfig::new().with_log_every(0), "log_every"),
+        ] {
+            match config.validate() {
+                Err(Error::InvalidConfig { file: None, field: found, message }) => assert!(found == field && message.starts_with(field), "{found}: {message}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, r#"{"model": {"dropout": 1.5}}"#).unwrap();
+        match TrainConfig::read(&path) {
+            Err(Error::InvalidConfig { file: Some(file), field, .. }) => assert!(file == path && field == "model.dropout", "{field}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

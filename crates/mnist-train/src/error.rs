@@ -6,9 +6,19 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A training config value out of range.
-    #[error("invalid training config: {0}")]
-    InvalidConfig(String),
+    /// A training config value out of range, or one that does not fit the dataset given.
+    #[error("invalid training config: {}{message}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    InvalidConfig {
+        /// The config file the value came from, when it came from one.
+        file: Option<PathBuf>,
+        /// The value's field, with its section (`batch_size`, `adam.beta_2`,
+        /// `model.hidden`), or the section (`model`) for a problem of the section as a
+        /// whole.
+        field: String,
+        /// What is wrong, naming the field and the value found (`batch_size must be at
+        /// least 1, got 0`).
+        message: String,
+    },
     /// Loading the dataset or building batches.
     #[error(transparent)]
     Data(#[from] mnist_data::Error),
@@ -34,14 +44,23 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A checkpoint that is missing, or that cannot be read (damaged, cut short, not a
-    /// checkpoint); one of another run is [`Error::NotResumable`].
+    /// A checkpoint that cannot be read (damaged, cut short, not a checkpoint, not a
+    /// file); a missing one is [`Error::NoCheckpoint`], one of another run
+    /// [`Error::NotResumable`].
     #[error("{}: cannot resume: {message}", path.display())]
     Checkpoint {
         /// The checkpoint file.
         path: PathBuf,
         /// Why.
         message: String,
+    },
+    /// A resume was asked for and there is no checkpoint to resume from.
+    #[error("{}: cannot resume: no checkpoint to resume from{}", path.display(), why.note())]
+    NoCheckpoint {
+        /// Where the checkpoint was looked for.
+        path: PathBuf,
+        /// What the directory holds instead.
+        why: NoCheckpoint,
     },
     /// A checkpoint that belongs to another run than the one asked for, or to this run
     /// finished: `reason` says which, in fields a caller can act on.
@@ -69,7 +88,7 @@ pub enum Error {
     /// Training finished and its last checkpoint was saved, but the evaluation or the
     /// files written after it (the model, the plot, the report) could not be made (a full
     /// disk). Resuming the run does only that part again.
-    #[error("{source}. The run's {steps} steps are done and their checkpoint is saved in {}: fix the cause and `--resume --out {}` writes the model without training again", dir.display(), dir.display())]
+    #[error("{source}. The run's {steps} steps are done and their checkpoint is saved in {}: fix the cause and resume the run, which writes the model without training again", dir.display())]
     FinishNotSaved {
         /// Steps of the run, all completed.
         steps: u64,
@@ -79,7 +98,7 @@ pub enum Error {
         source: Box<Error>,
     },
     /// The output directory already holds a run and neither resume nor overwrite was asked.
-    #[error("{} already holds a training run; pass --resume to continue it, or choose another --out", path.display())]
+    #[error("{} already holds a training run; resume it to continue it, or train into another directory", path.display())]
     RunExists {
         /// The artifact directory.
         path: PathBuf,
@@ -94,7 +113,7 @@ pub enum Error {
     },
     /// The output directory holds files a run writes (`config.json`, `metrics.jsonl`, ...)
     /// that no run wrote there (it has no lock file): a new run would replace them.
-    #[error("{} holds {} that no training run wrote (the folder has no .lock); training would overwrite {}: choose an empty or new --out, or move {} away", path.display(), files.join(", "), if files.len() == 1 { "it" } else { "them" }, if files.len() == 1 { "it" } else { "them" })]
+    #[error("{} holds {} that no training run wrote (the folder has no .lock); training would overwrite {}: train into an empty or new directory, or move {} away", path.display(), files.join(", "), if files.len() == 1 { "it" } else { "them" }, if files.len() == 1 { "it" } else { "them" })]
     WouldOverwrite {
         /// The artifact directory.
         path: PathBuf,
@@ -102,14 +121,14 @@ pub enum Error {
         files: Vec<String>,
     },
     /// The output path is a file, not a directory.
-    #[error("{} is a file, not a directory; --out takes the folder a run is written to", path.display())]
+    #[error("{} is a file, not a directory; a run is written into a directory", path.display())]
     NotADirectory {
         /// The path given.
         path: PathBuf,
     },
     /// Another process is training in the artifact directory (it holds the directory's
     /// lock).
-    #[error("{} is in use: another mnist process is training there; wait for it to finish or stop it (Ctrl-C saves a checkpoint), or choose another --out", path.display())]
+    #[error("{} is in use: another mnist process is training there; wait for it to finish or stop it (an interrupt saves a checkpoint), or train into another directory", path.display())]
     RunInUse {
         /// The artifact directory.
         path: PathBuf,
@@ -168,19 +187,41 @@ pub enum NotResumable {
     },
     /// The run has done all its steps and written every file that comes after them (the
     /// model, its weights, the plot, the report): more steps train it further.
-    #[error("the run is already finished ({steps} steps, see report.json); pass --steps with more to train it further")]
+    #[error("the run is already finished ({steps} steps, see report.json); resume it with more steps to train it further")]
     Finished {
         /// The steps it ran.
         steps: u64,
     },
 }
 
+/// What a directory holds where a resume found no checkpoint ([`Error::NoCheckpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NoCheckpoint {
+    /// The directory does not exist: it is not a run's directory.
+    NoDirectory,
+    /// The directory holds a run that stopped before its first checkpoint (its metrics,
+    /// nothing to resume): it can only start again, as a new run.
+    StoppedEarly,
+    /// The directory holds no run.
+    NoRun,
+}
+
+impl NoCheckpoint {
+    fn note(self) -> &'static str {
+        match self {
+            NoCheckpoint::NoDirectory => ": the folder does not exist (the folder a run was trained into is expected)",
+            NoCheckpoint::StoppedEarly => ": the run stopped before its first checkpoint; start it again as a new run",
+            NoCheckpoint::NoRun => "",
+        }
+    }
+}
+
 /// What [`Error::CheckpointNotSaved`] says of the checkpoint still there.
 fn kept_note(kept: Option<u64>, dir: &std::path::Path) -> String {
     match kept {
         Some(step) => format!(
-            "The checkpoint of step {step} in {} is intact: fix the cause and continue from it with --resume --out {}",
-            dir.display(),
+            "The checkpoint of step {step} in {} is intact: fix the cause and resume the run to continue from it",
             dir.display()
         ),
         None => "No checkpoint of this run was written before, so nothing of it can be resumed; fix the cause and train again".to_string(),
@@ -207,6 +248,40 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The messages say what to do in the library's terms: a program that calls it has no
+    /// `--resume` or `--out` (the command line adds its flags as hints).
+    #[test]
+    fn no_message_names_a_command_line_flag() {
+        let dir = PathBuf::from("runs/a");
+        let io = || std::io::Error::other("disk full");
+        let errors = [
+            Error::InvalidConfig { file: Some("c.json".into()), field: "steps".into(), message: "steps must be at least 1, got 0".into() },
+            Error::NoCheckpoint { path: dir.join("checkpoint.bin"), why: NoCheckpoint::NoDirectory },
+            Error::NoCheckpoint { path: dir.join("checkpoint.bin"), why: NoCheckpoint::StoppedEarly },
+            Error::NoCheckpoint { path: dir.join("checkpoint.bin"), why: NoCheckpoint::NoRun },
+            Error::NotResumable { path: dir.join("checkpoint.bin"), reason: NotResumable::Finished { steps: 9 } },
+            Error::NotResumable { path: dir.join("checkpoint.bin"), reason: NotResumable::BeyondSteps { step: 9, steps: 5 } },
+            Error::NotResumable { path: dir.join("checkpoint.bin"), reason: NotResumable::ConfigDiffers { fields: vec!["`seed`".into()] } },
+            Error::CheckpointNotSaved { step: 5, kept: Some(4), dir: dir.clone(), source: Box::new(Error::Write { path: dir.clone(), source: io() }) },
+            Error::CheckpointNotSaved { step: 5, kept: None, dir: dir.clone(), source: Box::new(Error::Write { path: dir.clone(), source: io() }) },
+            Error::FinishNotSaved { steps: 5, dir: dir.clone(), source: Box::new(Error::Write { path: dir.clone(), source: io() }) },
+            Error::RunExists { path: dir.clone() },
+            Error::RunInUse { path: dir.clone() },
+            Error::WouldOverwrite { path: dir.clone(), files: vec!["config.json".into()] },
+            Error::NotADirectory { path: dir.clone() },
+            Error::DivergedWeights { step: 3, tensor: "fc1.weight".into() },
+            Error::Diverged { step: 3, loss: f32::NAN },
+        ];
+        for e in errors {
+            let text = e.to_string();
+            assert!(!text.contains("--") && !text.contains("Ctrl-C"), "{text}");
+        }
+        assert_eq!(
+            Error::InvalidConfig { file: Some("c.json".into()), field: "steps".into(), message: "steps must be at least 1, got 0".into() }.to_string(),
+            "invalid training config: c.json: steps must be at least 1, got 0"
+        );
+    }
 
     #[test]
     fn a_loss_not_finite_before_any_update_blames_the_initialisation() {

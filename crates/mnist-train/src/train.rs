@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
-use crate::error::{Error, NotResumable, Result};
+use crate::error::{Error, NoCheckpoint, NotResumable, Result};
 use crate::metrics::{MetricRow, MetricsLog, plot};
 
 /// How progress is shown.
@@ -221,6 +221,10 @@ pub fn train<B: AutodiffBackend>(
         let loss;
         (model, loss) = train_step(model, &mut optim, images, labels, mask, config.learning_rate);
 
+        #[cfg(test)]
+        if POISON_AT_STEP.get() == Some(step) {
+            model = poison_fc1_bias(model);
+        }
         losses.push(step, &loss);
         if let Some(train_accuracy) = train_accuracy {
             // One read from the device for the pending losses, this step's among them.
@@ -240,8 +244,13 @@ pub fn train<B: AutodiffBackend>(
         progress.tick(step + 1);
         let done = step + 1;
         let checkpoint = config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps;
-        if checkpoint || losses.pending() >= LossWatch::<B>::MAX_PENDING {
+        // The weights on a fixed cadence of their own: a log line reads the pending losses
+        // back, so with logs every 100 steps or more often the losses alone never fall due.
+        let weights_due = checkpoint || done % WEIGHTS_CHECK_EVERY == 0;
+        if weights_due || losses.pending() >= LossWatch::<B>::MAX_PENDING {
             losses.check()?;
+        }
+        if weights_due {
             check_weights(&model, done)?;
         }
         if checkpoint {
@@ -351,10 +360,35 @@ impl<B: AutodiffBackend> LossWatch<B> {
     }
 }
 
+/// Steps between two checks of the parameters themselves ([`check_weights`]), whatever
+/// the logging: reading 3.3 million values back costs about a millisecond on a CPU.
+const WEIGHTS_CHECK_EVERY: u64 = 100;
+
+#[cfg(test)]
+thread_local! {
+    /// A test's injected fault: after this step, a NaN in fc1's first bias, which the loss
+    /// cannot see (ReLU turns the unit's NaN output into 0), as a dead unit hides one.
+    pub(crate) static POISON_AT_STEP: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// [`POISON_AT_STEP`]'s fault.
+#[cfg(test)]
+fn poison_fc1_bias<B: AutodiffBackend>(mut model: Cnn<B>) -> Cnn<B> {
+    model.fc1.bias = model.fc1.bias.map(|bias| {
+        bias.map(|b| {
+            let device = b.device();
+            let mut values = b.into_data().to_vec::<f32>().expect("f32 bias");
+            values[0] = f32::NAN;
+            Tensor::<B, 1>::from_floats(values.as_slice(), &device).require_grad()
+        })
+    });
+    model
+}
+
 /// [`Error::DivergedWeights`] when a parameter holds NaN or infinity after `step` steps:
 /// ReLU can hide such weights from the loss for a while (a dead unit's NaN weight never
 /// reaches the logits), so the loop checks the parameters themselves before every
-/// checkpoint and every [`LossWatch::MAX_PENDING`] steps.
+/// checkpoint and every [`WEIGHTS_CHECK_EVERY`] steps.
 fn check_weights<B: Backend>(model: &Cnn<B>, step: u64) -> Result<()> {
     match weights::first_non_finite(model) {
         None => Ok(()),
@@ -472,7 +506,8 @@ fn prepare_dir(dir: &Path, resume: bool, notes: bool) -> Result<std::fs::File> {
 ///
 /// # Errors
 /// [`Error::NotADirectory`]; [`Error::RunInUse`] when a process trains there now;
-/// [`Error::Checkpoint`] when `resume` finds no checkpoint;
+/// [`Error::NoCheckpoint`] when `resume` finds no checkpoint, [`Error::Checkpoint`] when
+/// the checkpoint's path is not a file;
 /// [`Error::WouldOverwrite`] when the folder holds files of the names a run writes that
 /// no run wrote; [`Error::RunExists`] when a new run would start over a finished one or
 /// one with a checkpoint.
@@ -492,14 +527,14 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
     if resume && !checkpoint.is_file() {
         // A run stopped before its first checkpoint (a second Ctrl-C, a kill) left its
         // metrics and nothing to resume: say how to go on.
-        let message = if !dir.exists() {
-            "no checkpoint to resume from: the folder does not exist (a run's folder, as --out named it when it started, is expected)"
+        let why = if !dir.exists() {
+            NoCheckpoint::NoDirectory
         } else if dir.join(artifact::METRICS).exists() {
-            "no checkpoint to resume from: the run stopped before its first checkpoint; start it again without --resume"
+            NoCheckpoint::StoppedEarly
         } else {
-            "no checkpoint to resume from"
+            NoCheckpoint::NoRun
         };
-        return Err(Error::Checkpoint { path: checkpoint, message: message.into() });
+        return Err(Error::NoCheckpoint { path: checkpoint, why });
     }
     // Files training writes, in a folder no run has trained in (no lock file, no
     // checkpoint, report or manifest): the user's own, which a new run must not replace.
@@ -589,17 +624,22 @@ fn start_state(config: &TrainConfig, dataset: &Dataset) -> CheckpointState {
 /// than the training split it is drawn from.
 fn check_dataset(config: &TrainConfig, dataset: &Dataset) -> Result<()> {
     if let Some(kind) = config.dataset.filter(|kind| *kind != dataset.kind) {
-        return Err(Error::InvalidConfig(format!(
-            "dataset is {kind}, but the dataset given to train on is {} ({}); load {kind}, or set dataset to {} or leave it out",
-            dataset.kind, dataset.origin, dataset.kind
-        )));
+        return Err(Error::InvalidConfig {
+            file: None,
+            field: "dataset".into(),
+            message: format!(
+                "dataset is {kind}, but the dataset given to train on is {} ({}); load {kind}, or set dataset to {} or leave it out",
+                dataset.kind, dataset.origin, dataset.kind
+            ),
+        });
     }
     let images = dataset.train.len();
     if config.batch_size > images {
-        return Err(Error::InvalidConfig(format!(
-            "batch_size must be at most {images}, the training images of {} ({}), got {}",
-            dataset.kind, dataset.origin, config.batch_size
-        )));
+        return Err(Error::InvalidConfig {
+            file: None,
+            field: "batch_size".into(),
+            message: format!("batch_size must be at most {images}, the training images of {} ({}), got {}", dataset.kind, dataset.origin, config.batch_size),
+        });
     }
     Ok(())
 }

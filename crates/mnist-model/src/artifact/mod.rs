@@ -133,20 +133,22 @@ impl Manifest {
         self.class_names.as_ref().and_then(|names| names.get(class)).cloned().unwrap_or_else(|| class.to_string())
     }
 
-    fn check(&self) -> std::result::Result<(), String> {
-        self.config.validate().map_err(|e| e.to_string())?;
+    /// Whether the manifest fits its network: [`Error::InvalidConfig`] names the field.
+    fn check(&self) -> Result<()> {
+        self.config.validate()?;
+        let bad = |field: &str, message: String| Err(Error::InvalidConfig { field: Some(field.to_string()), message });
         if let Some(names) = &self.class_names {
             if names.len() != self.config.classes {
-                return Err(format!("`{CLASS_NAMES_KEY}` lists {} names for a network of {} classes", names.len(), self.config.classes));
+                return bad(CLASS_NAMES_KEY, format!("`{CLASS_NAMES_KEY}` lists {} names for a network of {} classes", names.len(), self.config.classes));
             }
             if let Some(i) = names.iter().position(|n| n.trim().is_empty()) {
-                return Err(format!("`{CLASS_NAMES_KEY}` has an empty name for class {i}"));
+                return bad(CLASS_NAMES_KEY, format!("`{CLASS_NAMES_KEY}` has an empty name for class {i}"));
             }
             // A prediction is reported by its class's name: two classes of one name could
             // not be told apart.
             for (j, name) in names.iter().enumerate() {
                 if let Some(i) = names[..j].iter().position(|earlier| earlier.trim() == name.trim()) {
-                    return Err(format!(
+                    return bad(CLASS_NAMES_KEY, format!(
                         "`{CLASS_NAMES_KEY}` names classes {i} and {j} alike ({:?} and {name:?}); expected a different name for each class",
                         names[i]
                     ));
@@ -154,7 +156,7 @@ impl Manifest {
             }
         }
         if self.dataset.as_deref().is_some_and(|d| d.trim().is_empty()) {
-            return Err(format!("`{DATASET_KEY}` is empty"));
+            return bad(DATASET_KEY, format!("`{DATASET_KEY}` is empty"));
         }
         Ok(())
     }
@@ -169,7 +171,7 @@ impl Manifest {
 /// [`Error::InvalidConfig`] when the manifest does not fit the network (class names).
 pub fn save_dir<B: Backend>(model: &Cnn<B>, manifest: &Manifest, dir: &Path) -> Result<()> {
     check_finite(model, dir)?;
-    manifest.check().map_err(Error::InvalidConfig)?;
+    manifest.check()?;
     fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
     let mut sha256 = BTreeMap::new();
     sha256.insert(WEIGHTS.to_string(), mnist_fs::sha256_hex(&save_bytes(model, &dir.join(WEIGHTS))?));
@@ -239,7 +241,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     // out above) are named among what is expected too.
     let config: CnnConfig = json::from_value_strict_beside(value, &CnnConfig::new(), &[DATASET_KEY, CLASS_NAMES_KEY, CHECKSUMS_KEY]).map_err(json_err)?;
     let manifest = Manifest { config, dataset, class_names, sha256 };
-    manifest.check().map_err(json_err)?;
+    manifest.check().map_err(|e| json_err(match e {
+        Error::InvalidConfig { message, .. } => message,
+        other => other.to_string(),
+    }))?;
     Ok(manifest)
 }
 

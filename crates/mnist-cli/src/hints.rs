@@ -1,0 +1,95 @@
+//! What to type next, for the libraries' errors.
+//!
+//! The libraries' messages say what is wrong and what to do in their own terms ("resume
+//! it", "train into another directory"), which hold for a program that calls them as for
+//! this one. This module adds, below such an error, the `hint:` line that names this
+//! program's flags and, where it can, the whole command.
+
+use std::path::Path;
+
+use crate::commands::shell_quote;
+use crate::train::{program, resume_hint};
+
+/// The `hint:` line for `e`, from the first library error in its chain this program has
+/// a hint for (without the `hint: ` prefix).
+pub fn hint(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|cause| {
+        if let Some(e) = cause.downcast_ref::<mnist_train::Error>() {
+            return train(e);
+        }
+        if let Some(e) = cause.downcast_ref::<mnist_model::Error>() {
+            return model(e);
+        }
+        if let Some(e) = cause.downcast_ref::<mnist_infer::Error>() {
+            return infer(e);
+        }
+        if let Some(e) = cause.downcast_ref::<mnist_data::Error>() {
+            return data(e);
+        }
+        if let Some(e) = cause.downcast_ref::<mnist_serve::Error>() {
+            return serve(e);
+        }
+        None
+    })
+}
+
+/// The command that resumes the run in `dir`: the one this invocation made, with its
+/// options, when it trained there; else the plain one.
+fn resume(dir: &Path) -> String {
+    resume_hint().unwrap_or_else(|| format!("{} train --resume --out {}", program(), shell_quote(&dir.display().to_string())))
+}
+
+fn train(e: &mnist_train::Error) -> Option<String> {
+    use mnist_train::{Error, NoCheckpoint, NotResumable};
+    Some(match e {
+        Error::RunExists { path } => format!("to continue it: {}; or choose another --out", resume(path)),
+        Error::RunInUse { .. } => "choose another --out to train beside it".into(),
+        Error::WouldOverwrite { .. } => "choose an empty or new folder with --out".into(),
+        Error::NotADirectory { .. } => "--out takes the folder a run is written to".into(),
+        Error::NoCheckpoint { why: NoCheckpoint::StoppedEarly, .. } => "start it again without --resume".into(),
+        Error::NoCheckpoint { why: NoCheckpoint::NoDirectory, .. } => "--out names the folder the run was trained into".into(),
+        Error::NoCheckpoint { .. } => "start a new run without --resume".into(),
+        Error::NotResumable { reason: NotResumable::Finished { steps }, path } => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            format!("to train it further: {} --steps {}", resume(dir), steps.saturating_mul(2))
+        }
+        Error::FinishNotSaved { dir, .. } | Error::CheckpointNotSaved { kept: Some(_), dir, .. } => format!("resume with: {}", resume(dir)),
+        Error::Model(e) => return model(e),
+        Error::Data(e) => return data(e),
+        Error::Evaluation(e) => return infer(e),
+        _ => return None,
+    })
+}
+
+fn model(e: &mnist_model::Error) -> Option<String> {
+    match e {
+        mnist_model::Error::UnfinishedRun { dir } => Some(format!("finish it with: {}", resume(dir))),
+        _ => None,
+    }
+}
+
+fn infer(e: &mnist_infer::Error) -> Option<String> {
+    match e {
+        mnist_infer::Error::Model(e) => model(e),
+        _ => None,
+    }
+}
+
+fn data(e: &mnist_data::Error) -> Option<String> {
+    match e {
+        mnist_data::Error::OtherDataset { found, wanted, .. } => {
+            Some(format!("pass --dataset {found} to use them, or --data-dir with the folder of the {wanted} files"))
+        }
+        mnist_data::Error::NotFound { .. } => Some("pass --data-dir with a folder holding them".into()),
+        _ => None,
+    }
+}
+
+fn serve(e: &mnist_serve::Error) -> Option<String> {
+    let mnist_serve::Error::Bind { source, .. } = e else { return None };
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse => Some("pass --addr with another port, or 127.0.0.1:0 for any free one".into()),
+        std::io::ErrorKind::PermissionDenied => Some("pass --addr with a port above 1024".into()),
+        _ => None,
+    }
+}
