@@ -260,8 +260,10 @@ pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
 /// The most recently modified unfinished run in `root`: a checkpoint and no model yet
 /// (what `train --resume` goes on with).
 pub(crate) fn newest_unfinished_run(root: &Path) -> Result<PathBuf> {
-    newest_run_where(root, artifact::CHECKPOINT, |dir| !dir.join(artifact::MANIFEST).exists())?.with_context(|| {
-        format!("no run in {} is unfinished (a {} without {}); name the run to resume with --out", root.display(), artifact::CHECKPOINT, artifact::MANIFEST)
+    // Unfinished: steps left, or all done but a final file missing (a full disk, a file
+    // deleted), which the resume writes.
+    newest_run_where(root, artifact::CHECKPOINT, |dir| !mnist_train::finished_files(dir))?.with_context(|| {
+        format!("no run in {} is unfinished (a {} without all of its model files, plot and report); name the run to resume with --out", root.display(), artifact::CHECKPOINT)
     })
 }
 

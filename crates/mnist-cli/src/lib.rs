@@ -3,7 +3,7 @@
 //!
 //! `main.rs` parses the arguments into a [`Cli`] and calls [`run`]; the integration tests
 //! call the same function. Each backend is a cargo feature (`flex`, the default,
-//! `ndarray`, `wgpu`), so a CPU user never compiles wgpu.
+//! `ndarray`, `wgpu`, `cuda`), so a CPU user never compiles a GPU backend.
 
 mod backend;
 mod bench;
@@ -57,8 +57,9 @@ pub enum Command {
 /// Where the data comes from.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// mnist, fashion or sample. Default for training: full MNIST if found or
-    /// downloadable, else the bundled sample; for eval: the dataset the model was trained on.
+    /// mnist, fashion or sample. Default for training: the config's `dataset`, else on
+    /// --resume the run's, else full MNIST if found or downloadable, else the bundled
+    /// sample; for eval: the dataset the model was trained on.
     #[arg(long, value_parser = dataset_name)]
     pub dataset: Option<String>,
     /// Directory holding the dataset's IDX files, gzip or raw (eval needs only the test
@@ -94,7 +95,8 @@ pub struct TrainArgs {
     /// Plain progress lines even on a terminal.
     #[arg(long)]
     pub plain: bool,
-    /// How the convolution blocks are computed (the same network and results).
+    /// How the convolution blocks, the fully connected layers and (on GPUs) the loss are
+    /// computed (the same network and results).
     #[arg(long, value_enum, default_value_t = KernelsArg::Fastest)]
     pub kernels: KernelsArg,
 }
@@ -222,10 +224,13 @@ pub struct BenchArgs {
     /// Timed repetitions (steps, passes over 10,000 images, or predictions).
     #[arg(long, default_value_t = 20, allow_hyphen_values = true, value_parser = positive::<usize>)]
     pub repeats: usize,
-    /// Untimed repetitions first (compilation, caches, allocator).
+    /// Untimed repetitions first (compilation, caches, allocator); `eval` makes at most
+    /// one (a whole pass over 10,000 images), `serve` sends this many times --concurrency
+    /// requests.
     #[arg(long, default_value_t = 3, allow_hyphen_values = true, value_parser = non_negative::<usize>)]
     pub warmup: usize,
-    /// Convolution kernels: the fastest for the backend, or Burn's own operations.
+    /// How the convolution blocks, the fully connected layers and (on GPUs) the loss are
+    /// computed: as `train --kernels`.
     #[arg(long, value_enum, default_value_t = KernelsArg::Fastest)]
     pub kernels: KernelsArg,
     /// Requests in flight at once (serve).
@@ -253,7 +258,8 @@ pub enum Measure {
 /// `--kernels`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelsArg {
-    /// mnist-kernels' fused CPU kernels where the backend has them.
+    /// mnist-kernels' own kernels where the backend has them: fused CPU kernels on flex,
+    /// CubeCL GPU kernels (and the fused loss) on wgpu and cuda; Burn's operations on ndarray.
     Fastest,
     /// Burn's conv2d, relu and max_pool2d.
     Burn,

@@ -346,8 +346,12 @@ mod tests {
         };
         assert!(crate::commands::newest_unfinished_run(root).unwrap_err().to_string().contains("no run in"));
         run("older-unfinished", &[artifact::CHECKPOINT]);
-        run("finished", &[artifact::CHECKPOINT, artifact::MANIFEST]);
+        let finished = [artifact::CHECKPOINT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::PLOT, artifact::REPORT];
+        run("finished", &finished);
         assert!(crate::commands::newest_unfinished_run(root).unwrap().ends_with("older-unfinished"));
+        // All its steps done and a final file missing: unfinished too (a resume writes it).
+        run("no-plot", &finished.iter().copied().filter(|f| *f != artifact::PLOT).collect::<Vec<_>>());
+        assert!(crate::commands::newest_unfinished_run(root).unwrap().ends_with("no-plot"));
         run("newest-unfinished", &[artifact::CHECKPOINT]);
         assert!(crate::commands::newest_unfinished_run(root).unwrap().ends_with("newest-unfinished"));
     }

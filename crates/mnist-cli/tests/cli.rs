@@ -482,3 +482,27 @@ fn numbers_on_the_command_line_say_what_they_must_be() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// `train --resume` without `--out` takes the newest unfinished run in artifacts/: one with
+/// steps left, or with all its steps done and a final file missing (it was skipped, as if
+/// finished, when its model.json was there).
+#[test]
+fn resume_without_out_finishes_a_run_missing_a_final_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("tiny.json");
+    std::fs::write(&config, tiny(10, 5)).unwrap();
+    let run = tmp.path().join("artifacts").join("run");
+    let output = mnist().current_dir(tmp.path()).args(["train", "--plain", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", "artifacts/run"]).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    std::fs::remove_file(run.join("plot.png")).unwrap();
+    let output = mnist().current_dir(tmp.path()).args(["train", "--plain", "--backend", "flex", "--resume"]).output().unwrap();
+    let stderr = no_panic("train --resume of a run missing its plot", &output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(text(&output.stdout).contains("the run's 10 steps are done"), "{}", text(&output.stdout));
+    assert!(run.join("plot.png").is_file());
+    // Finished now: nothing is left to resume.
+    let output = mnist().current_dir(tmp.path()).args(["train", "--plain", "--backend", "flex", "--resume"]).output().unwrap();
+    let stderr = no_panic("train --resume with every run finished", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no run in artifacts is unfinished"), "{stderr}");
+}

@@ -91,9 +91,11 @@ pub use dropout::dropout_mask;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// The fastest available: the fused CPU kernels on burn-flex (when this crate is built
-    /// with the `flex` feature; with autodiff, the fully connected layers' matrix products
-    /// too), the backend's own operations elsewhere.
+    /// The fastest available: on burn-flex (with the `flex` feature) the fused CPU kernels
+    /// and the fully connected layers' own kernels; on burn-wgpu and burn-cuda (with the
+    /// `wgpu` or `cuda` feature) the CubeCL kernels of the blocks and the fused softmax
+    /// cross-entropy; Burn's own operations on any other backend. [`FusedAdam`] is fused on
+    /// burn-flex and the CubeCL backends whatever this choice.
     #[default]
     Fastest,
     /// Burn's `conv2d`, `relu`, `max_pool2d` and `matmul` on every backend: the reference.

@@ -570,8 +570,9 @@ fn locked_by_another(dir: &Path) -> bool {
 /// Whether every file a run writes after its last step is in `dir` (the model, its
 /// weights in both formats, the plot and the report): a resume with no steps left writes
 /// those that are missing (a full disk, a file deleted), and a run with all of them is
-/// finished.
-fn finished_files(dir: &Path) -> bool {
+/// finished. A run with a checkpoint and not all of these is unfinished: resuming it
+/// trains on or writes them.
+pub fn finished_files(dir: &Path) -> bool {
     [artifact::REPORT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::PLOT].iter().all(|f| dir.join(f).is_file())
 }
 
