@@ -257,8 +257,8 @@ pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
         .with_context(|| format!("no run in {} holds {marker}. Train one with `{} train`, or name the run (--model; for train --resume, --out)", root.display(), crate::train::program()))
 }
 
-/// The most recently modified unfinished run in `root`: a checkpoint and no model yet
-/// (what `train --resume` goes on with).
+/// The most recently modified unfinished run in `root`: a checkpoint, and steps left or a
+/// final file missing (what `train --resume` goes on with).
 pub(crate) fn newest_unfinished_run(root: &Path) -> Result<PathBuf> {
     // Unfinished: steps left, or all done but a final file missing (a full disk, a file
     // deleted), which the resume writes.

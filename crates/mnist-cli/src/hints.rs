@@ -40,9 +40,11 @@ fn resume(dir: &Path) -> String {
 }
 
 fn train(e: &mnist_train::Error) -> Option<String> {
-    use mnist_train::{Error, NoCheckpoint, NotResumable};
+    use mnist_train::{Error, ExistingRun, NoCheckpoint, NotResumable};
     Some(match e {
-        Error::RunExists { path } => format!("to continue it: {}; or choose another --out", resume(path)),
+        Error::RunExists { path, run: ExistingRun::Unfinished } => format!("to continue it: {}; or choose another --out", resume(path)),
+        Error::RunExists { path, run: ExistingRun::Finished } => format!("to train it further: {} --steps {}; or choose another --out", resume(path), more_steps(path)),
+        Error::RunExists { .. } => "choose another --out".into(),
         Error::RunInUse { .. } => "choose another --out to train beside it".into(),
         Error::WouldOverwrite { .. } => "choose an empty or new folder with --out".into(),
         Error::NotADirectory { .. } => "--out takes the folder a run is written to".into(),
@@ -59,6 +61,12 @@ fn train(e: &mnist_train::Error) -> Option<String> {
         Error::Evaluation(e) => return infer(e),
         _ => return None,
     })
+}
+
+/// Twice the steps of the run in `dir` (from its config.json), or `N` when they cannot be
+/// read: an example of "more".
+fn more_steps(dir: &Path) -> String {
+    mnist_train::TrainConfig::read(&dir.join(mnist_model::artifact::TRAIN_CONFIG)).map_or_else(|_| "N".into(), |c| c.steps.saturating_mul(2).to_string())
 }
 
 fn model(e: &mnist_model::Error) -> Option<String> {

@@ -292,9 +292,10 @@ fn machine_readable_output_stays_machine_readable() {
     let stderr = no_panic("train --out a finished run", &output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let (error, hint) = stderr.split_once("\nhint: ").unwrap_or((&stderr, ""));
-    assert!(error.contains("already holds a training run; resume it to continue it, or train into another directory") && !error.contains("nonexistent"), "{stderr}");
-    // Below the library's message, the flags that do it (with the options given).
-    assert!(hint.starts_with("to continue it: ") && hint.contains(&format!("train --data-dir /nonexistent --resume --out {m}; or choose another --out")), "{stderr}");
+    // A model with no checkpoint (saved by other means than training) cannot be resumed.
+    assert!(error.contains("already holds a trained model and no checkpoint to resume it from; train into another directory") && !error.contains("nonexistent"), "{stderr}");
+    // Below the library's message, the flag that does it.
+    assert_eq!(hint.trim_end(), "choose another --out", "{stderr}");
 }
 
 #[test]
@@ -404,6 +405,13 @@ fn refusals_come_before_training_is_announced() {
     let output = mnist().args(["train", "--plain", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()]).output().unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
     let further = format!("\nhint: to train it further: {} train --backend flex --resume --out {} --steps 40", env!("CARGO_BIN_EXE_mnist"), run.display());
+    // A new run into it: the hint names the resume that trains it further, with the
+    // options given (a plain resume would say the run is finished).
+    let output = mnist().args(["train", "--plain", "--backend", "flex", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()]).output().unwrap();
+    let stderr = no_panic("a new run into a finished one", &output);
+    assert!(stderr.contains("already holds a finished training run; resume it with more steps to train it further"), "{stderr}");
+    let hint = format!("\nhint: to train it further: {} train --backend flex --resume --out {} --steps 40; or choose another --out", env!("CARGO_BIN_EXE_mnist"), run.display());
+    assert!(stderr.contains(&hint), "{stderr}");
     for (args, needle) in [
         (vec!["--seed", "9"], "the config differs from the run's in `seed`"),
         (vec![], "the run is already finished (20 steps"),

@@ -69,31 +69,31 @@ impl CnnConfig {
     /// Checks every value is in range, and that the network has at most [`MAX_PARAMS`]
     /// parameters.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, message: String| Err(Error::InvalidConfig { field: (!field.is_empty()).then(|| field.to_string()), message });
+        let bad = |field: Option<&str>, message: String| Err(Error::InvalidConfig { field: field.map(str::to_string), message });
         for (name, v) in [
             ("conv1_channels", self.conv1_channels),
             ("conv2_channels", self.conv2_channels),
             ("hidden", self.hidden),
         ] {
             if v == 0 {
-                return bad(name, format!("{name} must be at least 1, got 0"));
+                return bad(Some(name), format!("{name} must be at least 1, got 0"));
             }
         }
         if self.classes < 2 {
-            return bad("classes", format!("classes must be at least 2, got {}", self.classes));
+            return bad(Some("classes"), format!("classes must be at least 2, got {}", self.classes));
         }
         if self.kernel_size.is_multiple_of(2) || self.kernel_size > SIDE {
-            return bad("kernel_size", format!("kernel_size must be an odd number from 1 to {SIDE}, got {}", self.kernel_size));
+            return bad(Some("kernel_size"), format!("kernel_size must be an odd number from 1 to {SIDE}, got {}", self.kernel_size));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("dropout", format!("dropout must be in [0, 1), got {}", self.dropout));
+            return bad(Some("dropout"), format!("dropout must be in [0, 1), got {}", self.dropout));
         }
         let max = Self::MAX_INIT;
         if !(self.init_std > 0.0 && self.init_std <= max) {
-            return bad("init_std", format!("init_std must be more than 0 and at most {max} (the seed's is 0.1), got {}", number(self.init_std)));
+            return bad(Some("init_std"), format!("init_std must be more than 0 and at most {max} (the seed's is 0.1), got {}", number(self.init_std)));
         }
         if !(-max..=max).contains(&self.init_bias) {
-            return bad("init_bias", format!("init_bias must be from -{max} to {max} (the seed's is 0.1), got {}", number(self.init_bias)));
+            return bad(Some("init_bias"), format!("init_bias must be from -{max} to {max} (the seed's is 0.1), got {}", number(self.init_bias)));
         }
         // Checked products: widths near usize::MAX would overflow the count.
         let params = self.param_shapes().iter().try_fold(0usize, |sum, (_, shape)| {
@@ -101,7 +101,7 @@ impl CnnConfig {
         });
         if params.is_none_or(|n| n > MAX_PARAMS) {
             let count = params.map_or_else(|| "more than 2^64".to_string(), |n| format!("{n}"));
-            return bad("", format!(
+            return bad(None, format!(
                 "the network would have {count} parameters; the most is {MAX_PARAMS} (1 GiB of f32; the seed has 3,274,634): lower hidden, conv1_channels or conv2_channels"
             ));
         }

@@ -98,10 +98,16 @@ pub enum Error {
         source: Box<Error>,
     },
     /// The output directory already holds a run and neither resume nor overwrite was asked.
-    #[error("{} already holds a training run; resume it to continue it, or train into another directory", path.display())]
+    #[error("{} already holds {}", path.display(), match run {
+        ExistingRun::Unfinished => "a training run; resume it to continue it, or train into another directory",
+        ExistingRun::Finished => "a finished training run; resume it with more steps to train it further, or train into another directory",
+        ExistingRun::NoCheckpoint => "a trained model and no checkpoint to resume it from; train into another directory",
+    })]
     RunExists {
         /// The artifact directory.
         path: PathBuf,
+        /// What the run there is.
+        run: ExistingRun,
     },
     /// A parameter became NaN or infinite while the loss was still finite.
     #[error("training diverged by step {step}: tensor `{tensor}` holds NaN or infinite values (the loss was still finite). Nothing from this point on was saved; lower the learning rate and train again")]
@@ -194,6 +200,20 @@ pub enum NotResumable {
     },
 }
 
+/// The run a directory holds where a new run was asked for ([`Error::RunExists`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExistingRun {
+    /// A checkpoint with steps left, or with a final file missing: resuming goes on.
+    Unfinished,
+    /// Every step done and every final file written ([`crate::finished_files`]):
+    /// resuming with more steps trains it further.
+    Finished,
+    /// A model or a report and no checkpoint (a model saved by other means, a checkpoint
+    /// deleted): nothing to resume.
+    NoCheckpoint,
+}
+
 /// What a directory holds where a resume found no checkpoint ([`Error::NoCheckpoint`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -266,7 +286,9 @@ mod tests {
             Error::CheckpointNotSaved { step: 5, kept: Some(4), dir: dir.clone(), source: Box::new(Error::Write { path: dir.clone(), source: io() }) },
             Error::CheckpointNotSaved { step: 5, kept: None, dir: dir.clone(), source: Box::new(Error::Write { path: dir.clone(), source: io() }) },
             Error::FinishNotSaved { steps: 5, dir: dir.clone(), source: Box::new(Error::Write { path: dir.clone(), source: io() }) },
-            Error::RunExists { path: dir.clone() },
+            Error::RunExists { path: dir.clone(), run: ExistingRun::Unfinished },
+            Error::RunExists { path: dir.clone(), run: ExistingRun::Finished },
+            Error::RunExists { path: dir.clone(), run: ExistingRun::NoCheckpoint },
             Error::RunInUse { path: dir.clone() },
             Error::WouldOverwrite { path: dir.clone(), files: vec!["config.json".into()] },
             Error::NotADirectory { path: dir.clone() },

@@ -29,7 +29,7 @@ mod metrics;
 mod train;
 
 pub use config::TrainConfig;
-pub use error::{Error, NoCheckpoint, NotResumable, Result};
+pub use error::{Error, ExistingRun, NoCheckpoint, NotResumable, Result};
 pub use metrics::{MetricRow, MetricsLog, plot};
 pub use train::{Outcome, ProgressMode, Report, TrainOptions, check_out_dir, check_start, finished_files, kernels_in_use, optimizer, train, train_step};
 

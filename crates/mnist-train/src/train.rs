@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::config::TrainConfig;
-use crate::error::{Error, NoCheckpoint, NotResumable, Result};
+use crate::error::{Error, ExistingRun, NoCheckpoint, NotResumable, Result};
 use crate::metrics::{MetricRow, MetricsLog, plot};
 
 /// How progress is shown.
@@ -482,7 +482,7 @@ fn prepare_dir(dir: &Path, resume: bool, notes: bool) -> Result<std::fs::File> {
     // its first checkpoint has nothing to keep but its metrics, and starts again.
     if !resume {
         if trained(dir) {
-            return Err(Error::RunExists { path: dir.to_path_buf() });
+            return Err(Error::RunExists { path: dir.to_path_buf(), run: existing_run(dir) });
         }
         if notes && dir.join(artifact::METRICS).exists() {
             let _ = writeln!(std::io::stderr(), "note: {} holds a run stopped before its first checkpoint; starting it again", dir.display());
@@ -553,7 +553,7 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
     // A finished run, or one with a checkpoint, is never started over (a run in progress
     // was named as such above; `prepare_dir` checks again once it holds the lock).
     if !resume && trained(dir) {
-        return Err(Error::RunExists { path: dir.to_path_buf() });
+        return Err(Error::RunExists { path: dir.to_path_buf(), run: existing_run(dir) });
     }
     Ok(())
 }
@@ -574,6 +574,15 @@ fn locked_by_another(dir: &Path) -> bool {
 /// trains on or writes them.
 pub fn finished_files(dir: &Path) -> bool {
     [artifact::REPORT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::PLOT].iter().all(|f| dir.join(f).is_file())
+}
+
+/// What the run in `dir` is, for [`Error::RunExists`].
+fn existing_run(dir: &Path) -> ExistingRun {
+    match (dir.join(artifact::CHECKPOINT).is_file(), finished_files(dir)) {
+        (false, _) => ExistingRun::NoCheckpoint,
+        (true, true) => ExistingRun::Finished,
+        (true, false) => ExistingRun::Unfinished,
+    }
 }
 
 /// Whether a run in `dir` got as far as a checkpoint, or finished.
