@@ -132,7 +132,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
             Ok(Status::Success)
         }
         Outcome::Interrupted { step } => {
-            note!("interrupted after {}; checkpoint saved. Resume with: {resume}", steps(step));
+            note!("{} after {}; checkpoint saved. Resume with: {resume}", stopped_by(), steps(step));
             Ok(Status::Interrupted)
         }
         Outcome::OutputClosed { step, error } => {
@@ -224,6 +224,16 @@ pub fn interrupted_exit_code() -> u8 {
     match STOP_SIGNAL.load(Ordering::SeqCst) {
         0 => 130,
         signal => u8::try_from(128 + signal).unwrap_or(130),
+    }
+}
+
+/// How the run was stopped, for its last note: `interrupted` (Ctrl-C), `stopped by
+/// SIGTERM`, `stopped by SIGHUP`.
+fn stopped_by() -> String {
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        15 => "stopped by SIGTERM".into(),
+        1 => "stopped by SIGHUP".into(),
+        _ => "interrupted".into(),
     }
 }
 

@@ -445,11 +445,11 @@ fn a_second_signal_quits_at_once_and_says_so() {
 #[cfg(unix)]
 fn sigterm_and_sigint_save_a_checkpoint_and_name_the_command_to_resume() {
     let tmp = tempfile::tempdir().unwrap();
-    for (signal, code, command) in [("TERM", 143, None), ("INT", 130, Some("cargo xtask"))] {
+    for (signal, code, command, how) in [("TERM", 143, None, "stopped by SIGTERM after "), ("INT", 130, Some("cargo xtask"), "interrupted after ")] {
         let (output, out) = signalled_run(signal, tmp.path(), command);
         let stderr = no_panic(signal, &output);
         assert_eq!(output.status.code(), Some(code), "SIG{signal}: {stderr}");
-        assert!(stderr.contains("checkpoint saved"), "SIG{signal}: {stderr}");
+        assert!(stderr.contains("checkpoint saved") && stderr.contains(how), "SIG{signal}: {stderr}");
         // Said once, before the checkpoint's note.
         let said = stderr.find("interrupt: saving a checkpoint after this step");
         assert!(said.is_some_and(|at| at < stderr.find("checkpoint saved").unwrap()), "SIG{signal}: {stderr}");

@@ -756,19 +756,27 @@ struct Progress {
 
 impl Progress {
     fn new(mode: ProgressMode, start: u64, total: u64) -> Self {
-        let bar = (mode == ProgressMode::Bar).then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {rate}  ETA {eta}  {msg}")
-                    .map(|style| style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                        let _ = write!(w, "{:.1} steps/s", state.per_sec());
-                    }))
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
+        let bar = (mode == ProgressMode::Bar).then(|| indicatif::ProgressBar::new(total));
+        Self::with_bar(mode, bar, start)
+    }
+
+    /// With `bar` drawn where it draws (a test's in-memory terminal).
+    fn with_bar(mode: ProgressMode, bar: Option<indicatif::ProgressBar>, start: u64) -> Self {
+        if let Some(bar) = &bar {
+            bar.set_style(Self::style("ETA {eta}"));
             bar.set_position(start);
-            bar
-        });
+        }
         Progress { mode, bar, write_error: Default::default() }
+    }
+
+    /// The bar's look, with `when` between the speed and the message: the ETA while it
+    /// runs, what stopped it after.
+    fn style(when: &str) -> indicatif::ProgressStyle {
+        indicatif::ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} steps  {{rate}}  {when}  {{msg}}"))
+            .map(|style| style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} steps/s", state.per_sec());
+            }))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
     }
 
     /// Writes `note` to standard error (above the bar) once `stop` is set, watching from a
@@ -832,10 +840,40 @@ impl Progress {
         }
     }
 
-    /// Ends the bar where it is, for a run stopped before its last step.
+    /// Ends the bar where it is, for a run stopped before its last step: "stopped" where
+    /// the ETA was (an abandoned bar's ETA reads 0 s, as if it had finished).
     fn abandon(&self) {
         if let Some(bar) = &self.bar {
+            bar.set_style(Self::style("stopped"));
             bar.abandon();
         }
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    /// A bar drawn on an in-memory terminal of 120 columns, and that terminal.
+    fn drawn(start: u64, total: u64) -> (Progress, indicatif::InMemoryTerm) {
+        let term = indicatif::InMemoryTerm::new(4, 120);
+        let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::term_like(Box::new(term.clone())));
+        (Progress::with_bar(ProgressMode::Bar, Some(bar), start), term)
+    }
+
+    /// A run stopped early leaves its bar saying so where the ETA was, not "ETA 0s" as if
+    /// it had finished; a finished run's bar is full.
+    #[test]
+    fn a_stopped_runs_bar_says_stopped_instead_of_an_eta() {
+        let (progress, term) = drawn(0, 100);
+        progress.tick(40);
+        progress.abandon();
+        let shown = term.contents();
+        assert!(shown.contains("40/100 steps") && shown.contains("stopped") && !shown.contains("ETA"), "{shown}");
+        let (progress, term) = drawn(0, 100);
+        progress.tick(100);
+        progress.finish();
+        let shown = term.contents();
+        assert!(shown.contains("100/100 steps") && !shown.contains("stopped"), "{shown}");
     }
 }
