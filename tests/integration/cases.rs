@@ -108,6 +108,9 @@ fn a_diverging_run_stops_at_its_step_and_saves_nothing() {
     for f in ["checkpoint.bin", "model.mpk", "model.json", "report.json"] {
         assert!(!out.join(f).exists(), "{f} written for a diverged run");
     }
+    // Nothing to resume from: a resume starts the run again with its config, and it
+    // diverges again (nothing written either).
     let err = format!("{:#}", mnist(&["train", "--resume", "--out", out.to_str().unwrap(), "--steps", "30"]).unwrap_err());
-    assert!(err.contains("no checkpoint to resume from"), "{err}");
+    assert!(err.contains("training diverged at step"), "{err}");
+    assert!(!out.join("checkpoint.bin").exists());
 }

@@ -134,6 +134,9 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
             crate::train::program()
         );
     }
+    if !dir.join(artifact::MANIFEST).exists() && mnist_train::locked_by_another(dir) {
+        bail!("{} holds a run another process is training now (no model yet); wait for it to finish, or pass a finished run", dir.display());
+    }
     if !dir.join(artifact::MANIFEST).exists() && dir.join(artifact::CHECKPOINT).is_file() {
         bail!(
             "{} holds an unfinished run (a checkpoint, no model yet); finish it with `{} train --resume --out {}`",

@@ -33,6 +33,19 @@ pub fn hint(e: &anyhow::Error) -> Option<String> {
     })
 }
 
+/// What `mnist train` was asked: `--resume`, and `--steps` if given.
+static TRAIN_ARGS: std::sync::OnceLock<(bool, Option<u64>)> = std::sync::OnceLock::new();
+
+/// Records what `mnist train` was asked, for its hints.
+pub(crate) fn train_args(resume: bool, steps: Option<u64>) {
+    let _ = TRAIN_ARGS.set((resume, steps));
+}
+
+/// ` --steps N` when the command line gave `--steps N`.
+fn asked_steps() -> String {
+    TRAIN_ARGS.get().and_then(|(_, steps)| *steps).map(|n| format!(" --steps {n}")).unwrap_or_default()
+}
+
 /// The command that resumes the run in `dir`: the one this invocation made, with its
 /// options, when it trained there; else the plain one.
 fn resume(dir: &Path) -> String {
@@ -42,18 +55,34 @@ fn resume(dir: &Path) -> String {
 fn train(e: &mnist_train::Error) -> Option<String> {
     use mnist_train::{Error, ExistingRun, NoCheckpoint, NotResumable};
     Some(match e {
-        Error::RunExists { path, run: ExistingRun::Unfinished } => format!("to continue it: {}; or choose another --out", resume(path)),
+        Error::RunExists { path, run: ExistingRun::Unfinished } => format!("to continue it: {}{}; or choose another --out", resume(path), asked_steps()),
         Error::RunExists { path, run: ExistingRun::Finished } => format!("to train it further: {} --steps {}; or choose another --out", resume(path), more_steps(path)),
         Error::RunExists { .. } => "choose another --out".into(),
+        // A resume waits for the other process; a new run can go elsewhere.
+        Error::RunInUse { .. } if TRAIN_ARGS.get().is_some_and(|(resume, _)| *resume) => return None,
         Error::RunInUse { .. } => "choose another --out to train beside it".into(),
         Error::WouldOverwrite { .. } => "choose an empty or new folder with --out".into(),
         Error::NotADirectory { .. } => "--out takes the folder a run is written to".into(),
-        Error::NoCheckpoint { why: NoCheckpoint::StoppedEarly, .. } => "start it again without --resume".into(),
+        Error::NoCheckpoint { why: NoCheckpoint::CheckpointGone, path } => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            format!("its model still evaluates ({} eval --model {}); a new run needs another --out", program(), shell_quote(&dir.display().to_string()))
+        }
+        Error::NoCheckpoint { why: NoCheckpoint::HoldsRuns, path } => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            match crate::commands::newest_unfinished_run(dir) {
+                Ok(run) => format!("pass one of its runs with --out, e.g. the newest unfinished: --out {}", shell_quote(&run.display().to_string())),
+                Err(_) => "pass one of its runs with --out (none of them is unfinished)".into(),
+            }
+        }
         Error::NoCheckpoint { why: NoCheckpoint::NoDirectory, .. } => "--out names the folder the run was trained into".into(),
         Error::NoCheckpoint { .. } => "start a new run without --resume".into(),
         Error::NotResumable { reason: NotResumable::Finished { steps }, path } => {
             let dir = path.parent().unwrap_or(Path::new("."));
             format!("to train it further: {} --steps {}", resume(dir), steps.saturating_mul(2))
+        }
+        Error::NotResumable { reason: NotResumable::BeyondSteps { step, .. }, .. } => format!("pass --steps with more than {step}, the steps the run has done"),
+        Error::NotResumable { reason: NotResumable::ConfigDiffers { .. }, .. } => {
+            "a resume takes the run's own config.json: leave out --config and --seed (only --steps may change), or train a new run into another --out".into()
         }
         Error::FinishNotSaved { dir, .. } | Error::CheckpointNotSaved { kept: Some(_), dir, .. } => format!("resume with: {}", resume(dir)),
         Error::Model(e) => return model(e),
@@ -63,15 +92,26 @@ fn train(e: &mnist_train::Error) -> Option<String> {
     })
 }
 
-/// Twice the steps of the run in `dir` (from its config.json), or `N` when they cannot be
-/// read: an example of "more".
+/// More steps than the run in `dir` has done (from its config.json): those the command
+/// line asked for if more, else twice the run's; `N` when they cannot be read.
 fn more_steps(dir: &Path) -> String {
-    mnist_train::TrainConfig::read(&dir.join(mnist_model::artifact::TRAIN_CONFIG)).map_or_else(|_| "N".into(), |c| c.steps.saturating_mul(2).to_string())
+    let Ok(config) = mnist_train::TrainConfig::read(&dir.join(mnist_model::artifact::TRAIN_CONFIG)) else { return "N".into() };
+    match TRAIN_ARGS.get().and_then(|(_, steps)| *steps) {
+        Some(asked) if asked > config.steps => asked.to_string(),
+        _ => config.steps.saturating_mul(2).to_string(),
+    }
 }
 
 fn model(e: &mnist_model::Error) -> Option<String> {
     match e {
         mnist_model::Error::UnfinishedRun { dir } => Some(format!("finish it with: {}", resume(dir))),
+        // A model file of a run whose checkpoint is there: the checkpoint holds the weights.
+        mnist_model::Error::Checksum { path, .. } | mnist_model::Error::Read { path, .. } => {
+            let dir = mnist_fs::parent_dir(path);
+            dir.join(mnist_model::artifact::CHECKPOINT)
+                .is_file()
+                .then(|| format!("the run's checkpoint holds the weights: {} writes its model files again, without training", resume(dir)))
+        }
         _ => None,
     }
 }

@@ -37,6 +37,7 @@ fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
 }
 
 pub fn train(args: TrainArgs) -> Result<Status> {
+    crate::hints::train_args(args.resume, args.steps);
     let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
     let out = match (&args.out, args.resume) {
         (Some(out), _) => out.clone(),
@@ -65,6 +66,14 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     // backend without an adapter, fails here.
     crate::backend::prepare(backend)?;
 
+    // A resume onto another dataset is refused before that dataset is looked for (or
+    // downloaded): the run's config names the one it trains on.
+    if let (true, Some(name), Some(kind)) = (args.resume, &args.data.dataset, config.dataset)
+        && let DatasetChoice::Exactly(given) = name.parse::<DatasetChoice>()?
+        && given != kind
+    {
+        anyhow::bail!("{}: cannot resume: the run trains on {kind}, not on {given}; leave out --dataset (a resume trains on the run's own dataset)", out.display());
+    }
     let choice = match (&args.data.dataset, config.dataset, args.resume) {
         (Some(name), _, _) => name.parse::<DatasetChoice>()?,
         (None, Some(kind), _) => DatasetChoice::Exactly(kind),

@@ -130,6 +130,8 @@ fn no_bad_input_ends_in_a_panic() {
         vec!["train".into(), "--backend".into(), "".into()],
         vec!["train".into(), "--dataset".into(), "cifar".into(), "--out".into(), out("cifar")],
         vec!["train".into(), "--config".into(), "/nonexistent.json".into()],
+        // Endless: refused after 16 MiB, not read until the memory runs out.
+        vec!["train".into(), "--config".into(), "/dev/zero".into()],
         vec!["train".into(), "--config".into(), bad_json.clone(), "--out".into(), out("json")],
         vec!["train".into(), "--config".into(), unknown_field, "--out".into(), out("unknown")],
         vec!["train".into(), "--config".into(), nan_lr, "--out".into(), out("nan")],

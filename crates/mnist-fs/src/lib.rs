@@ -239,6 +239,44 @@ pub fn remove_stale_temps(dir: &Path, prefix: &str, suffixes: &[&str], older_tha
     Ok(removed)
 }
 
+/// Reads all of `path` into memory, refusing one of more than `max` bytes (an
+/// [`std::io::ErrorKind::FileTooLarge`] error saying so) after reading at most `max + 1`
+/// of them: a file given by mistake (`/dev/zero`, a disk image) must not fill the memory
+/// before it is refused. Pipes and special files are read as they come, so a `<(...)`
+/// process substitution still works.
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = fs::File::open(path)?;
+    let known = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    let mut bytes = Vec::with_capacity(usize::try_from(known.unwrap_or(0).min(max)).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("larger than the {} such a file may be; is it the right file?", size(max)),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`] as UTF-8 text ([`std::io::ErrorKind::InvalidData`] when it is not).
+pub fn read_to_string_capped(path: &Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_capped(path, max)?).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Most bytes a JSON file of the project (a config, a manifest, a report) may have; they
+/// hold a few KB.
+pub const MAX_JSON_BYTES: u64 = 16 << 20;
+
+/// `16 MiB`, `3 GiB`, `500 bytes`.
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 => format!("{} MiB", b >> 20),
+        b => format!("{b} bytes"),
+    }
+}
+
 /// `bytes` as lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
@@ -368,5 +406,25 @@ mod tests {
         assert!(is_sha256_hex(abc) && is_sha256_hex(&abc.to_uppercase()));
         assert!(!is_sha256_hex(&abc[1..]) && !is_sha256_hex(&abc.replace('a', "g")));
         assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+
+    /// A file up to the cap is read whole; past it, or endless (`/dev/zero`), it is
+    /// refused after the cap and one byte more.
+    #[test]
+    fn reads_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ten");
+        fs::write(&path, b"0123456789").unwrap();
+        assert_eq!(read_capped(&path, 10).unwrap(), b"0123456789");
+        let err = read_capped(&path, 9).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(err.to_string().contains("larger than the 9 bytes such a file may be"), "{err}");
+        #[cfg(unix)]
+        {
+            let err = read_to_string_capped(Path::new("/dev/zero"), MAX_JSON_BYTES).unwrap_err();
+            assert!(err.kind() == std::io::ErrorKind::FileTooLarge && err.to_string().contains("16 MiB"), "{err}");
+        }
+        fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert_eq!(read_to_string_capped(&path, 10).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
     }
 }

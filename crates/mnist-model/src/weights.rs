@@ -12,7 +12,6 @@
 //! one, and `model.safetensors` has its header's `__metadata__` keys sorted
 //! ([`canonical_header`]).
 
-use std::fs;
 use std::path::Path;
 
 use std::collections::BTreeMap;
@@ -341,8 +340,14 @@ fn compare_shapes(config: &CnnConfig, path: &Path, found: impl Fn(&str) -> Optio
     Ok(())
 }
 
+/// The largest weight file a network of at most [`MAX_PARAMS`](crate::model::MAX_PARAMS)
+/// parameters makes, with room for its record's names and framing.
+pub const MAX_WEIGHT_FILE_BYTES: u64 = 4 * crate::model::MAX_PARAMS as u64 + (64 << 20);
+
+/// Reads a weight file: at most [`MAX_PARAMS`](crate::model::MAX_PARAMS) f32 values and
+/// their record's framing.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|source| Error::Read {
+    mnist_fs::read_capped(path, MAX_WEIGHT_FILE_BYTES).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })
@@ -379,7 +384,7 @@ mod tests {
         // The same weights in another network value (other random ParamIds): the same bytes.
         let again = config.init::<Flex>(5, &device).unwrap();
         assert!(export_safetensors_bytes(&again, &path).unwrap() == first);
-        assert!(fs::read(&path).unwrap() == first);
+        assert!(std::fs::read(&path).unwrap() == first);
         let text = header(&first);
         assert!(text.starts_with(r#"{"__metadata__":{"format":"safetensors","layout":"pytorch","producer":"mnist-rs","version":""#), "{text}");
         assert!(text.len().is_multiple_of(8) && text.trim_end().len() + 8 > text.len(), "not padded to 8 bytes: {text:?}");

@@ -195,7 +195,7 @@ impl ModelInfo {
     /// they are not known (no report, or one that cannot be read).
     pub fn read_report(&mut self, dir: &Path) -> std::result::Result<(), String> {
         let path = dir.join(mnist_model::artifact::REPORT);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}; the page shows no test accuracy", path.display()))?;
+        let text = mnist_fs::read_to_string_capped(&path, mnist_fs::MAX_JSON_BYTES).map_err(|e| format!("{}: {e}; the page shows no test accuracy", path.display()))?;
         let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: not valid JSON ({e}); the page shows no test accuracy", path.display()))?;
         self.test_accuracy = report["test"]["accuracy"].as_f64();
         self.steps = report["steps"].as_u64();

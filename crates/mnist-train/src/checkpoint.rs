@@ -85,9 +85,13 @@ where
     Ok(())
 }
 
+/// The largest checkpoint a network of at most [`mnist_model::MAX_PARAMS`] parameters
+/// makes: its weights and Adam's two moments, each at most a weight file.
+const MAX_CHECKPOINT_BYTES: u64 = 3 * mnist_model::weights::MAX_WEIGHT_FILE_BYTES;
+
 /// Reads only the state of a checkpoint.
 pub fn read_state(path: &Path) -> Result<CheckpointState> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let bytes = mnist_fs::read_capped(path, MAX_CHECKPOINT_BYTES).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -101,7 +105,7 @@ where
     B: AutodiffBackend,
     O: Optimizer<Cnn<B>, B>,
 {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let bytes = mnist_fs::read_capped(path, MAX_CHECKPOINT_BYTES).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;

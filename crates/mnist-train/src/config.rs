@@ -65,7 +65,7 @@ impl TrainConfig {
     /// Reads a config file strictly: unknown fields and out-of-range values are errors
     /// naming the file and the field; absent fields take the seed's defaults.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let text = mnist_fs::read_to_string_capped(path, mnist_fs::MAX_JSON_BYTES).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
         let json_err = |message: String| mnist_model::Error::Json { path: path.to_path_buf(), message };
         let mut value = mnist_model::artifact::json::parse(&text).map_err(json_err)?;
         let renamed = migrate(&mut value).map_err(json_err)?;

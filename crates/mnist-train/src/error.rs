@@ -220,9 +220,11 @@ pub enum ExistingRun {
 pub enum NoCheckpoint {
     /// The directory does not exist: it is not a run's directory.
     NoDirectory,
-    /// The directory holds a run that stopped before its first checkpoint (its metrics,
-    /// nothing to resume): it can only start again, as a new run.
-    StoppedEarly,
+    /// The directory holds a run's model or report and no checkpoint (deleted, or the
+    /// model saved by other means): the model can be used, not trained further.
+    CheckpointGone,
+    /// The directory holds runs, in folders of its own (the folder of runs, not a run).
+    HoldsRuns,
     /// The directory holds no run.
     NoRun,
 }
@@ -231,7 +233,8 @@ impl NoCheckpoint {
     fn note(self) -> &'static str {
         match self {
             NoCheckpoint::NoDirectory => ": the folder does not exist (the folder a run was trained into is expected)",
-            NoCheckpoint::StoppedEarly => ": the run stopped before its first checkpoint; start it again as a new run",
+            NoCheckpoint::CheckpointGone => ": the folder holds a trained model but no checkpoint (deleted?), so it cannot be trained further; its model can still be used, and a new run needs another directory",
+            NoCheckpoint::HoldsRuns => ": the folder holds runs, each in a folder of its own; resume one of them",
             NoCheckpoint::NoRun => "",
         }
     }
@@ -278,7 +281,8 @@ mod tests {
         let errors = [
             Error::InvalidConfig { file: Some("c.json".into()), field: "steps".into(), message: "steps must be at least 1, got 0".into() },
             Error::NoCheckpoint { path: dir.join("checkpoint.bin"), why: NoCheckpoint::NoDirectory },
-            Error::NoCheckpoint { path: dir.join("checkpoint.bin"), why: NoCheckpoint::StoppedEarly },
+            Error::NoCheckpoint { path: dir.join("checkpoint.bin"), why: NoCheckpoint::CheckpointGone },
+            Error::NoCheckpoint { path: dir.join("checkpoint.bin"), why: NoCheckpoint::HoldsRuns },
             Error::NoCheckpoint { path: dir.join("checkpoint.bin"), why: NoCheckpoint::NoRun },
             Error::NotResumable { path: dir.join("checkpoint.bin"), reason: NotResumable::Finished { steps: 9 } },
             Error::NotResumable { path: dir.join("checkpoint.bin"), reason: NotResumable::BeyondSteps { step: 9, steps: 5 } },

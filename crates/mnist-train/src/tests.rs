@@ -216,7 +216,21 @@ fn bad_output_directories_and_checkpoints_are_clear_errors() {
 
     let resume = resuming(&dir.path().join("empty"));
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();
-    assert!(err.to_string().contains("no checkpoint"), "{err}");
+    assert!(matches!(err, Error::NoCheckpoint { why: crate::NoCheckpoint::NoDirectory, .. }), "{err}");
+
+    // A finished run whose checkpoint was deleted: its model stays usable, and neither a
+    // resume nor a new run goes on in its folder (each had sent the user to the other).
+    let done = dir.path().join("runs").join("done");
+    finished(train::<B>(&tiny(10), &data, &options(&done), &Default::default()).unwrap());
+    std::fs::remove_file(done.join(artifact::CHECKPOINT)).unwrap();
+    let err = train::<B>(&tiny(20), &data, &resuming(&done), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::NoCheckpoint { why: crate::NoCheckpoint::CheckpointGone, .. }), "{err}");
+    assert!(err.to_string().contains("holds a trained model but no checkpoint"), "{err}");
+    let err = train::<B>(&tiny(20), &data, &options(&done), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::RunExists { run: crate::ExistingRun::NoCheckpoint, .. }), "{err}");
+    // The folder of runs is not a run.
+    let err = train::<B>(&tiny(20), &data, &resuming(&dir.path().join("runs")), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::NoCheckpoint { why: crate::NoCheckpoint::HoldsRuns, .. }), "{err}");
 
     let run = dir.path().join("corrupt");
     std::fs::create_dir_all(&run).unwrap();
@@ -408,8 +422,9 @@ fn a_directory_another_process_trains_in_is_left_alone() {
     assert!(matches!(err, Error::RunInUse { .. }), "{err}");
     assert!(matches!(crate::check_out_dir(early.path(), true), Err(Error::RunInUse { .. })));
     drop(lock);
-    let err = crate::check_out_dir(early.path(), true).unwrap_err().to_string();
-    assert!(err.contains("the run stopped before its first checkpoint"), "{err}");
+    // Once that process is gone, the run it stopped before its first checkpoint may be
+    // resumed: it starts again.
+    crate::check_out_dir(early.path(), true).unwrap();
 }
 
 #[test]
@@ -421,11 +436,16 @@ fn a_run_stopped_before_its_first_checkpoint_starts_again() {
     std::fs::write(dir.path().join(artifact::LOCK), "").unwrap();
     std::fs::write(dir.path().join(artifact::TRAIN_CONFIG), "{}").unwrap();
     std::fs::write(dir.path().join(artifact::METRICS), "{\"step\": 999}\n").unwrap();
-    let resume = resuming(dir.path());
-    let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();
-    assert!(matches!(err, Error::NoCheckpoint { why: crate::NoCheckpoint::StoppedEarly, .. }), "{err}");
-    let err = err.to_string();
-    assert!(err.contains("the run stopped before its first checkpoint; start it again as a new run") && !err.contains("--"), "{err}");
+    // Resuming it starts it again from step 0 (nothing else was saved); so does a new run.
+    for options in [resuming(dir.path()), options(dir.path())] {
+        assert_eq!(crate::check_start(&tiny(10), &data, &options).unwrap(), 0);
+        finished(train::<B>(&tiny(10), &data, &options, &Default::default()).unwrap());
+        std::fs::remove_file(dir.path().join(artifact::CHECKPOINT)).unwrap();
+        for f in [artifact::REPORT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::PLOT] {
+            std::fs::remove_file(dir.path().join(f)).unwrap();
+        }
+        std::fs::write(dir.path().join(artifact::METRICS), "{\"step\": 999}\n").unwrap();
+    }
     finished(train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap());
     let metrics = std::fs::read_to_string(dir.path().join(artifact::METRICS)).unwrap();
     // By the step (the digits 999 may well turn up in a speed or a time).
@@ -593,4 +613,26 @@ fn a_run_whose_model_cannot_be_written_is_finished_by_resuming() {
     assert!(dir.path().join(artifact::MANIFEST).is_file() && dir.path().join(artifact::WEIGHTS).is_file());
     let rows = std::fs::read_to_string(dir.path().join(artifact::METRICS)).unwrap().lines().count();
     assert!(rows <= 2, "trained again: {rows} rows");
+}
+
+/// A finished run whose model file was damaged is not finished: a resume writes the model
+/// files again from the checkpoint, without training.
+#[test]
+fn a_damaged_model_is_written_again_by_resuming() {
+    let data = sample();
+    let dir = tempfile::tempdir().unwrap();
+    finished(train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap());
+    let path = dir.path().join(artifact::WEIGHTS);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(artifact::verify_dir(dir.path()), Err(mnist_model::Error::Checksum { .. })));
+    let resume = resuming(dir.path());
+    assert_eq!(crate::check_start(&tiny(10), &data, &resume).unwrap(), 10);
+    finished(train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap());
+    artifact::verify_dir(dir.path()).unwrap();
+    // Intact now: finished.
+    let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::NotResumable { reason: NotResumable::Finished { steps: 10 }, .. }), "{err}");
 }

@@ -480,13 +480,12 @@ fn prepare_dir(dir: &Path, resume: bool, notes: bool) -> Result<std::fs::File> {
     };
     // A finished run, or one with a checkpoint, is never started over; one stopped before
     // its first checkpoint has nothing to keep but its metrics, and starts again.
-    if !resume {
-        if trained(dir) {
-            return Err(Error::RunExists { path: dir.to_path_buf(), run: existing_run(dir) });
-        }
-        if notes && dir.join(artifact::METRICS).exists() {
-            let _ = writeln!(std::io::stderr(), "note: {} holds a run stopped before its first checkpoint; starting it again", dir.display());
-        }
+    if !resume && trained(dir) {
+        return Err(Error::RunExists { path: dir.to_path_buf(), run: existing_run(dir) });
+    }
+    if notes && dir.join(artifact::METRICS).exists() && !dir.join(artifact::CHECKPOINT).exists() {
+        let what = if resume { "starting it again from step 0 (with the config given, or its own)" } else { "replacing it with this run" };
+        let _ = writeln!(std::io::stderr(), "note: {} holds a run stopped before its first checkpoint; {what}", dir.display());
     }
     if locked {
         // Left by a process killed while writing (SIGKILL, power loss): never renamed, so
@@ -525,12 +524,17 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
         return Err(Error::Checkpoint { path: checkpoint, message: "not a file; expected the run's checkpoint there (move it away)".into() });
     }
     if resume && !checkpoint.is_file() {
-        // A run stopped before its first checkpoint (a second Ctrl-C, a kill) left its
-        // metrics and nothing to resume: say how to go on.
         let why = if !dir.exists() {
             NoCheckpoint::NoDirectory
+        } else if trained(dir) {
+            NoCheckpoint::CheckpointGone
         } else if dir.join(artifact::METRICS).exists() {
-            NoCheckpoint::StoppedEarly
+            // A run stopped before its first checkpoint (a second Ctrl-C, a kill) left its
+            // config and metrics and nothing else: resuming it starts it again, from step
+            // 0 with its config.
+            return Ok(());
+        } else if holds_runs(dir) {
+            NoCheckpoint::HoldsRuns
         } else {
             NoCheckpoint::NoRun
         };
@@ -560,7 +564,7 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
 
 /// Whether another process holds the lock of `dir` (a run training there now). Taking the
 /// lock to find out releases it at once.
-fn locked_by_another(dir: &Path) -> bool {
+pub fn locked_by_another(dir: &Path) -> bool {
     let Ok(lock) = std::fs::OpenOptions::new().write(true).open(dir.join(artifact::LOCK)) else {
         return false;
     };
@@ -574,6 +578,15 @@ fn locked_by_another(dir: &Path) -> bool {
 /// trains on or writes them.
 pub fn finished_files(dir: &Path) -> bool {
     [artifact::REPORT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::PLOT].iter().all(|f| dir.join(f).is_file())
+}
+
+/// Whether `dir` holds runs in folders of its own (a folder of runs, such as
+/// `artifacts/`): a folder with a checkpoint or a model.
+fn holds_runs(dir: &Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+        let run = e.path();
+        run.join(artifact::CHECKPOINT).is_file() || run.join(artifact::MANIFEST).is_file()
+    })
 }
 
 /// What the run in `dir` is, for [`Error::RunExists`].
@@ -677,7 +690,10 @@ fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) 
     if saved.step > now.config.steps {
         return refuse(NotResumable::BeyondSteps { step: saved.step, steps: now.config.steps });
     }
-    if saved.step == now.config.steps && finished_files(path.parent().unwrap_or(Path::new("."))) {
+    // Finished: every step done and every final file there and intact (a damaged model is
+    // written again from the checkpoint, as a missing one is).
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if saved.step == now.config.steps && finished_files(dir) && artifact::verify_dir(dir).is_ok() {
         return refuse(NotResumable::Finished { steps: saved.step });
     }
     Ok(())

@@ -14,7 +14,7 @@ use super::write_atomic;
 /// (nested objects are checked too), so an unknown or misspelt field is an error naming
 /// it; absent fields take `template`'s values.
 pub fn read_strict<T: Serialize + DeserializeOwned>(path: &Path, template: &T) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+    let text = mnist_fs::read_to_string_capped(path, mnist_fs::MAX_JSON_BYTES).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })?;

@@ -200,7 +200,7 @@ pub fn save_dir<B: Backend>(model: &Cnn<B>, manifest: &Manifest, dir: &Path) -> 
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST);
     let json_err = |message: String| Error::Json { path: path.clone(), message };
-    let text = fs::read_to_string(&path).map_err(|source| {
+    let text = mnist_fs::read_to_string_capped(&path, mnist_fs::MAX_JSON_BYTES).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound && dir.join(CHECKPOINT).is_file() {
             Error::UnfinishedRun { dir: dir.to_path_buf() }
         } else {
@@ -251,7 +251,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 /// The `dataset` of the directory's `report.json`, for a `model.json` written before the
 /// manifest recorded it.
 fn legacy_dataset(dir: &Path) -> Option<Value> {
-    let report: Value = serde_json::from_str(&fs::read_to_string(dir.join(REPORT)).ok()?).ok()?;
+    let report: Value = serde_json::from_str(&mnist_fs::read_to_string_capped(&dir.join(REPORT), mnist_fs::MAX_JSON_BYTES).ok()?).ok()?;
     report.get(DATASET_KEY).filter(|d| d.is_string()).cloned()
 }
 
@@ -284,6 +284,27 @@ fn check_digest(manifest: &Manifest, dir: &Path, name: &str, path: &Path, bytes:
         let found = mnist_fs::sha256_hex(bytes);
         if !found.eq_ignore_ascii_case(expected) {
             return Err(Error::Checksum { path: path.to_path_buf(), recorded_in: dir.join(MANIFEST).display().to_string(), expected: expected.clone(), found });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the model files of `dir` without decoding them: `model.json` reads, and both
+/// weight files have the SHA-256 it records.
+///
+/// # Errors
+/// [`read_manifest`]'s, [`Error::Read`] for a weight file missing or unreadable, and
+/// [`Error::Checksum`] for one that is damaged.
+pub fn verify_dir(dir: &Path) -> Result<()> {
+    let manifest = read_manifest(dir)?;
+    for name in [WEIGHTS, SAFETENSORS] {
+        let path = dir.join(name);
+        let file = fs::File::open(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
+        if let Some(expected) = manifest.sha256.get(name) {
+            let found = mnist_fs::sha256_reader(std::io::BufReader::new(file)).map_err(|source| Error::Read { path: path.clone(), source })?;
+            if !found.eq_ignore_ascii_case(expected) {
+                return Err(Error::Checksum { path, recorded_in: dir.join(MANIFEST).display().to_string(), expected: expected.clone(), found });
+            }
         }
     }
     Ok(())
