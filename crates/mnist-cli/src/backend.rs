@@ -101,8 +101,10 @@ pub fn prepare(kind: BackendKind) -> Result<()> {
 /// get the one asked for.
 fn not_compiled(kind: BackendKind, available: &[BackendKind]) -> anyhow::Error {
     let have: Vec<&str> = available.iter().map(|b| b.name()).collect();
+    // The xtask of the command this was (each builds `mnist` with the backends it is given).
+    let task = std::env::args().nth(1).filter(|a| ["train", "eval", "predict", "serve", "bench"].contains(&a.as_str())).unwrap_or_else(|| "train".into());
     anyhow::anyhow!(
-        "the {} backend is not compiled into this binary (it has: {}). Build with `--features {}` (`cargo xtask train --backend {}` does that), or use --backend {}",
+        "the {} backend is not compiled into this binary (it has: {}). Build with `--features {}` (`cargo xtask {task} --backend {}` does that), or use --backend {}",
         kind.name(),
         if have.is_empty() { "none".to_string() } else { have.join(", ") },
         kind.name(),

@@ -484,7 +484,7 @@ fn numbers_on_the_command_line_say_what_they_must_be() {
         (vec!["train", "--seed", "123456789012345678901234567890123456789012"], "is too large: the most is 18446744073709551615"),
         // Not numbers, but command-line mistakes of the same kind: an address to listen on.
         (vec!["serve", "--addr", "127.0.0.1:99999"], "\"127.0.0.1:99999\" is not an address to listen on"),
-        (vec!["serve", "--addr", "foo"], "expected IP:PORT or HOST:PORT"),
+        (vec!["serve", "--addr", "foo"], "no port; expected IP:PORT or HOST:PORT"),
     ] {
         let output = mnist().args(&args).output().unwrap();
         let stderr = no_panic(&args.join(" "), &output);

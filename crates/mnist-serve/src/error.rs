@@ -16,9 +16,14 @@ pub enum Error {
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// `--addr` is not an address and port.
-    #[error("{0:?} is not an address to listen on; expected IP:PORT or HOST:PORT, such as 127.0.0.1:8080 or localhost:8080")]
-    Address(String),
+    /// The address to listen on is not an address and port.
+    #[error("{given:?} is not an address to listen on: {why}")]
+    Address {
+        /// The address as given.
+        given: String,
+        /// What is wrong with it, and what was expected.
+        why: String,
+    },
     /// The server stopped with an I/O error.
     #[error("the server stopped: {0}")]
     Serve(std::io::Error),
@@ -41,7 +46,7 @@ pub enum Error {
 fn bind_hint(source: &std::io::Error) -> &'static str {
     match source.kind() {
         std::io::ErrorKind::AddrInUse => " (another program holds the port; choose another port, or port 0 for any free one)",
-        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges; choose a port above 1024)",
+        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges; choose one of 1024 or above)",
         std::io::ErrorKind::AddrNotAvailable => " (the address is not one of this machine's; 127.0.0.1 is this machine only, 0.0.0.0 every interface)",
         _ => "",
     }

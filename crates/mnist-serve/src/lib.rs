@@ -228,14 +228,34 @@ where
 }
 
 /// The address `addr` names: `IP:PORT`, or `HOST:PORT` resolved (the first address).
+///
+/// # Errors
+/// [`Error::Address`], saying what is wrong: a scheme (`http://`), a port alone, a port
+/// above 65535, a host that does not resolve, no port.
 pub fn resolve(addr: &str) -> Result<SocketAddr> {
     if let Ok(addr) = addr.parse() {
         return Ok(addr);
     }
-    addr.to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| Error::Address(addr.to_string()))
+    let expected = "expected IP:PORT or HOST:PORT, such as 127.0.0.1:8080 or localhost:8080";
+    let bad = |why: String| Error::Address { given: addr.to_string(), why };
+    if let Some((scheme, rest)) = addr.split_once("://") {
+        return Err(bad(format!("leave out `{scheme}://`; {expected} (`{}`)", rest.trim_end_matches('/'))));
+    }
+    if !addr.is_empty() && addr.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(format!("a port alone; give the address too: 127.0.0.1:{addr} (this machine only) or 0.0.0.0:{addr} (every interface)")));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(bad(format!("no port; {expected}")));
+    };
+    match port.parse::<u64>() {
+        Ok(p) if p > u64::from(u16::MAX) => return Err(bad(format!("port {p} is above 65535"))),
+        Ok(_) => {}
+        Err(_) => return Err(bad(format!("{port:?} is not a port number; {expected}"))),
+    }
+    match addr.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| bad(format!("the host {host:?} has no address"))),
+        Err(e) => Err(bad(format!("the host {host:?} does not resolve ({e}); {expected}"))),
+    }
 }
 
 /// Listens on `addr` (port 0: any free port; the listener says which).
@@ -386,9 +406,17 @@ mod tests {
         assert_eq!(resolve("127.0.0.1:8080").unwrap(), "127.0.0.1:8080".parse().unwrap());
         assert_eq!(resolve("[::1]:0").unwrap(), "[::1]:0".parse().unwrap());
         assert!(resolve("localhost:8080").unwrap().ip().is_loopback());
-        for bad in ["8080", "127.0.0.1", "nonsense:port", ""] {
+        for (bad, why) in [
+            ("8080", "a port alone; give the address too: 127.0.0.1:8080 (this machine only) or 0.0.0.0:8080"),
+            ("127.0.0.1", "no port; expected IP:PORT or HOST:PORT"),
+            ("nonsense:port", "\"port\" is not a port number; expected IP:PORT or HOST:PORT"),
+            ("", "no port"),
+            ("127.0.0.1:99999", "port 99999 is above 65535"),
+            ("http://127.0.0.1:8080/", "leave out `http://`; expected IP:PORT or HOST:PORT, such as 127.0.0.1:8080 or localhost:8080 (`127.0.0.1:8080`)"),
+            ("nosuchhost.invalid:8080", "the host \"nosuchhost.invalid\" does not resolve"),
+        ] {
             let e = resolve(bad).unwrap_err().to_string();
-            assert!(e.contains("expected IP:PORT or HOST:PORT"), "{bad}: {e}");
+            assert!(e.starts_with(&format!("{bad:?} is not an address to listen on: ")) && e.contains(why), "{bad}: {e}");
         }
     }
 

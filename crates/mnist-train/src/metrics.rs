@@ -48,7 +48,8 @@ impl MetricsLog {
     /// logged after the checkpoint are redone by the resumed run). The file is rewritten
     /// atomically.
     pub fn resume(path: &Path, step: u64) -> Result<Self> {
-        let text = match fs::read_to_string(path) {
+        // A row is about 150 bytes: a million steps logged one by one is 150 MB.
+        let text = match mnist_fs::read_to_string_capped(path, 1 << 30) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(source) => {

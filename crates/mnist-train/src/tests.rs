@@ -212,7 +212,8 @@ fn bad_output_directories_and_checkpoints_are_clear_errors() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let err = train::<B>(&tiny(10), &data, &options(&file.join("run")), &Default::default()).unwrap_err();
-    assert!(matches!(err, Error::Write { .. }) && err.to_string().contains("a-file"), "{err}");
+    assert!(matches!(&err, Error::NotADirectory { path } if *path == file), "{err}");
+    assert!(matches!(crate::check_out_dir(&file.join("run").join("deeper"), false), Err(Error::NotADirectory { path }) if path == file));
 
     let resume = resuming(&dir.path().join("empty"));
     let err = train::<B>(&tiny(10), &data, &resume, &Default::default()).unwrap_err();

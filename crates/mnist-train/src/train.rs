@@ -514,6 +514,10 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         return Err(Error::NotADirectory { path: dir.to_path_buf() });
     }
+    // A folder to be made inside a file (`notes.txt/run`): the file is named.
+    if let Some(file) = dir.ancestors().skip(1).find(|a| a.exists()).filter(|a| !a.is_dir()) {
+        return Err(Error::NotADirectory { path: file.to_path_buf() });
+    }
     // A run in progress is named as such, whatever it has written so far (before its first
     // checkpoint it looks like a run that stopped).
     if locked_by_another(dir) {
