@@ -167,7 +167,12 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
     let manifest = artifact::read_manifest(dir).with_context(|| format!("cannot load the model in {}", dir.display()))?;
     let mpk = dir.join(artifact::WEIGHTS);
     if !mpk.is_file() {
-        bail!("{}: missing; expected the weights of a finished run in {}", mpk.display(), dir.display());
+        let fix = if dir.join(artifact::CHECKPOINT).is_file() {
+            format!("\nhint: the run's checkpoint holds the weights: {} train --resume --out {} writes its model files again, without training", crate::train::program(), shell_quote(&dir.display().to_string()))
+        } else {
+            String::new()
+        };
+        bail!("{}: missing; expected the weights of a finished run in {}{fix}", mpk.display(), dir.display());
     }
     Ok(manifest)
 }

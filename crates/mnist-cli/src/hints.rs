@@ -57,12 +57,15 @@ fn train(e: &mnist_train::Error) -> Option<String> {
     Some(match e {
         Error::RunExists { path, run: ExistingRun::Unfinished } => format!("to continue it: {}{}; or choose another --out", resume(path), asked_steps()),
         Error::RunExists { path, run: ExistingRun::Finished } => format!("to train it further: {} --steps {}; or choose another --out", resume(path), more_steps(path)),
+        Error::RunExists { path, run: ExistingRun::DamagedCheckpoint } => damaged_checkpoint(&path.join(mnist_model::artifact::CHECKPOINT)),
         Error::RunExists { .. } => "choose another --out".into(),
+        Error::Checkpoint { path, .. } if TRAIN_ARGS.get().is_some_and(|(resume, _)| *resume) && path.is_file() => damaged_checkpoint(path),
         // A resume waits for the other process; a new run can go elsewhere.
         Error::RunInUse { .. } if TRAIN_ARGS.get().is_some_and(|(resume, _)| *resume) => return None,
         Error::RunInUse { .. } => "choose another --out to train beside it".into(),
         Error::WouldOverwrite { .. } => "choose an empty or new folder with --out".into(),
         Error::NotADirectory { .. } => "--out takes the folder a run is written to".into(),
+        Error::FolderOfRuns { path } => format!("choose a new folder with --out, such as {}", shell_quote(&path.join("my-run").display().to_string())),
         Error::NoCheckpoint { why: NoCheckpoint::CheckpointGone, path } => {
             let dir = path.parent().unwrap_or(Path::new("."));
             format!("its model still evaluates ({} eval --model {}); a new run needs another --out", program(), shell_quote(&dir.display().to_string()))
@@ -90,6 +93,22 @@ fn train(e: &mnist_train::Error) -> Option<String> {
         Error::Evaluation(e) => return infer(e),
         _ => return None,
     })
+}
+
+/// How to go on from a checkpoint that cannot be read: without it, a resume starts the run
+/// again from step 0 with its config.
+fn damaged_checkpoint(checkpoint: &Path) -> String {
+    let dir = checkpoint.parent().unwrap_or(Path::new("."));
+    if dir.join(mnist_model::artifact::MANIFEST).is_file() {
+        // Finished: its model needs no checkpoint, and there is no training to go on with.
+        return format!("its model still evaluates ({} eval --model {}); a new run needs another --out", program(), shell_quote(&dir.display().to_string()));
+    }
+    let quoted = shell_quote(&checkpoint.display().to_string());
+    format!(
+        "to start the run again from step 0 with its config: mv {quoted} {quoted}.damaged && {} train --resume --out {}; or choose another --out",
+        program(),
+        shell_quote(&dir.display().to_string())
+    )
 }
 
 /// More steps than the run in `dir` has done (from its config.json): those the command

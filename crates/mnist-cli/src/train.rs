@@ -95,7 +95,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     let _ = RESUME_HINT.set(resume.clone());
     options.stop = Some(stop_flag());
     // Said at once (above the progress bar): the step in flight may take a while.
-    options.stop_note = Some("interrupt: saving a checkpoint after this step (interrupt again to quit at once, without it)".into());
+    options.stop_note = Some("stopping: saving a checkpoint after this step (a second Ctrl-C or signal quits at once, without it)".into());
     options.git_commit = crate::BUILD_COMMIT.map(str::to_string);
     options.kernels = args.kernels.into();
     // A resume the checkpoint refuses, or a batch larger than the dataset, is refused
@@ -283,7 +283,7 @@ fn install_stop_handlers(flag: &Arc<AtomicBool>) -> std::io::Result<()> {
                 // On a terminal the progress bar holds the line: the note starts its own.
                 let line_break = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\n" } else { "" };
                 let resume = RESUME_HINT.get().map(|c| format!("; resume with: {c}")).unwrap_or_default();
-                note!("{line_break}interrupted again: quitting now, without saving (a checkpoint saved before is kept{resume})");
+                note!("{line_break}stopped again: quitting now, without saving (a checkpoint saved before is kept{resume})");
                 let _ = said.send(());
             });
             let _ = wait.recv_timeout(std::time::Duration::from_millis(500));

@@ -438,8 +438,8 @@ fn a_second_signal_quits_at_once_and_says_so() {
     let output = signalled(mnist(), json, &tmp.path().join("run"), 0, "kill -INT %; sleep 0.05; kill -INT %");
     let stderr = no_panic("two signals", &output);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("interrupt: saving a checkpoint after this step"), "{stderr}");
-    assert!(stderr.contains("interrupted again: quitting now, without saving") && stderr.contains("resume with: ") && stderr.contains("mnist train --backend flex --resume --out"), "{stderr}");
+    assert!(stderr.contains("stopping: saving a checkpoint after this step"), "{stderr}");
+    assert!(stderr.contains("stopped again: quitting now, without saving") && stderr.contains("resume with: ") && stderr.contains("mnist train --backend flex --resume --out"), "{stderr}");
     assert!(!stderr.contains("interrupted after"), "{stderr}");
 }
 
@@ -453,9 +453,9 @@ fn sigterm_and_sigint_save_a_checkpoint_and_name_the_command_to_resume() {
         assert_eq!(output.status.code(), Some(code), "SIG{signal}: {stderr}");
         assert!(stderr.contains("checkpoint saved") && stderr.contains(how), "SIG{signal}: {stderr}");
         // Said once, before the checkpoint's note.
-        let said = stderr.find("interrupt: saving a checkpoint after this step");
+        let said = stderr.find("stopping: saving a checkpoint after this step");
         assert!(said.is_some_and(|at| at < stderr.find("checkpoint saved").unwrap()), "SIG{signal}: {stderr}");
-        assert_eq!(stderr.matches("interrupt: saving").count(), 1, "SIG{signal}: {stderr}");
+        assert_eq!(stderr.matches("stopping: saving").count(), 1, "SIG{signal}: {stderr}");
         let hint = format!("{} train --backend flex --resume --out {}", command.unwrap_or("mnist"), out.display());
         assert!(stderr.contains(&hint), "SIG{signal}: expected `{hint}` in\n{stderr}");
         let state: serde_json::Value = {

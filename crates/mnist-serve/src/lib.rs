@@ -365,7 +365,7 @@ where
         let stopping = async move {
             stop_signal().await;
             // A request still arriving is waited for until its time runs out: say so.
-            let _ = writeln!(std::io::stderr(), "stopping: finishing the requests under way (each has at most {timeout_s} s); interrupt again to quit at once");
+            let _ = writeln!(std::io::stderr(), "stopping: finishing the requests under way (each has at most {timeout_s} s); a second Ctrl-C or signal quits at once");
             tokio::spawn(async {
                 stop_signal().await;
                 std::process::exit(130);

@@ -102,6 +102,7 @@ pub enum Error {
         ExistingRun::Unfinished => "a training run; resume it to continue it, or train into another directory",
         ExistingRun::Finished => "a finished training run; resume it with more steps to train it further, or train into another directory",
         ExistingRun::NoCheckpoint => "a trained model and no checkpoint to resume it from; train into another directory",
+        ExistingRun::DamagedCheckpoint => "a training run whose checkpoint cannot be read (damaged?); move checkpoint.bin away to start the run again there, or train into another directory",
     })]
     RunExists {
         /// The artifact directory.
@@ -125,6 +126,13 @@ pub enum Error {
         path: PathBuf,
         /// The files found, by name.
         files: Vec<String>,
+    },
+    /// The output directory holds runs, each in a folder of its own (a folder of runs such
+    /// as `artifacts/`): a new run there would mix its files with theirs.
+    #[error("{} holds runs, each in a folder of its own; a run written there would mix its files with theirs: train into a new folder (inside it, for one)", path.display())]
+    FolderOfRuns {
+        /// The directory.
+        path: PathBuf,
     },
     /// The output path is a file, not a directory.
     #[error("{} is a file, not a directory; a run is written into a directory", path.display())]
@@ -212,6 +220,9 @@ pub enum ExistingRun {
     /// A model or a report and no checkpoint (a model saved by other means, a checkpoint
     /// deleted): nothing to resume.
     NoCheckpoint,
+    /// A checkpoint that cannot be read (damaged, cut short): nothing to resume; moved
+    /// away, the run can start again from step 0.
+    DamagedCheckpoint,
 }
 
 /// What a directory holds where a resume found no checkpoint ([`Error::NoCheckpoint`]).
@@ -293,9 +304,11 @@ mod tests {
             Error::RunExists { path: dir.clone(), run: ExistingRun::Unfinished },
             Error::RunExists { path: dir.clone(), run: ExistingRun::Finished },
             Error::RunExists { path: dir.clone(), run: ExistingRun::NoCheckpoint },
+            Error::RunExists { path: dir.clone(), run: ExistingRun::DamagedCheckpoint },
             Error::RunInUse { path: dir.clone() },
             Error::WouldOverwrite { path: dir.clone(), files: vec!["config.json".into()] },
             Error::NotADirectory { path: dir.clone() },
+            Error::FolderOfRuns { path: dir.clone() },
             Error::DivergedWeights { step: 3, tensor: "fc1.weight".into() },
             Error::Diverged { step: 3, loss: f32::NAN },
         ];

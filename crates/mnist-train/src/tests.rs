@@ -229,9 +229,18 @@ fn bad_output_directories_and_checkpoints_are_clear_errors() {
     assert!(err.to_string().contains("holds a trained model but no checkpoint"), "{err}");
     let err = train::<B>(&tiny(20), &data, &options(&done), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::RunExists { run: crate::ExistingRun::NoCheckpoint, .. }), "{err}");
-    // The folder of runs is not a run.
+    // The folder of runs is not a run: neither resumed nor trained into.
     let err = train::<B>(&tiny(20), &data, &resuming(&dir.path().join("runs")), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::NoCheckpoint { why: crate::NoCheckpoint::HoldsRuns, .. }), "{err}");
+    let err = train::<B>(&tiny(20), &data, &options(&dir.path().join("runs")), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::FolderOfRuns { .. }), "{err}");
+    assert!(!dir.path().join("runs").join(artifact::TRAIN_CONFIG).exists());
+    // A checkpoint that cannot be read: a new run is refused, named as such.
+    let damaged = dir.path().join("damaged");
+    finished(train::<B>(&tiny(10), &data, &options(&damaged), &Default::default()).unwrap());
+    std::fs::write(damaged.join(artifact::CHECKPOINT), b"MNISTRS-CKPT-v2\n\x01").unwrap();
+    let err = train::<B>(&tiny(10), &data, &options(&damaged), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::RunExists { run: crate::ExistingRun::DamagedCheckpoint, .. }), "{err}");
 
     let run = dir.path().join("corrupt");
     std::fs::create_dir_all(&run).unwrap();

@@ -263,7 +263,7 @@ pub fn train<B: AutodiffBackend>(
     // A stop from here on cannot stop anything short of the end: say what is left.
     drop(stop_note);
     let _finishing = options.stop.clone().filter(|_| options.stop_note.is_some()).map(|stop| {
-        progress.note_on(stop, "interrupt: every step is done; saving the checkpoint, then finishing the evaluation and the model files (interrupt again to quit; resuming the run finishes them)".into())
+        progress.note_on(stop, "stopping: every step is done; saving the checkpoint, then finishing the evaluation and the model files (stop again to quit at once; resuming the run finishes them)".into())
     });
     losses.check()?;
     check_weights(&model, config.steps)?;
@@ -558,6 +558,9 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
             return Err(Error::WouldOverwrite { path: dir.to_path_buf(), files });
         }
     }
+    if !resume && dir.is_dir() && !trained(dir) && holds_runs(dir) {
+        return Err(Error::FolderOfRuns { path: dir.to_path_buf() });
+    }
     // A finished run, or one with a checkpoint, is never started over (a run in progress
     // was named as such above; `prepare_dir` checks again once it holds the lock).
     if !resume && trained(dir) {
@@ -595,7 +598,11 @@ fn holds_runs(dir: &Path) -> bool {
 
 /// What the run in `dir` is, for [`Error::RunExists`].
 fn existing_run(dir: &Path) -> ExistingRun {
-    match (dir.join(artifact::CHECKPOINT).is_file(), finished_files(dir)) {
+    let checkpoint = dir.join(artifact::CHECKPOINT);
+    if checkpoint.is_file() && checkpoint::read_state(&checkpoint).is_err() {
+        return ExistingRun::DamagedCheckpoint;
+    }
+    match (checkpoint.is_file(), finished_files(dir)) {
         (false, _) => ExistingRun::NoCheckpoint,
         (true, true) => ExistingRun::Finished,
         (true, false) => ExistingRun::Unfinished,
