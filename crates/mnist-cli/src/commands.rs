@@ -265,13 +265,22 @@ pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
         .with_context(|| format!("no run in {} holds {marker}. Train one with `{} train`, or name the run (--model; for train --resume, --out)", root.display(), crate::train::program()))
 }
 
-/// The most recently modified unfinished run in `root`: a checkpoint, and steps left or a
-/// final file missing (what `train --resume` goes on with).
+/// The most recently logged unfinished run in `root` (what `train --resume` goes on
+/// with): a checkpoint with steps left or a final file missing (a full disk, a file
+/// deleted), which the resume writes; or a run stopped before its first checkpoint, which
+/// the resume starts again.
 pub(crate) fn newest_unfinished_run(root: &Path) -> Result<PathBuf> {
-    // Unfinished: steps left, or all done but a final file missing (a full disk, a file
-    // deleted), which the resume writes.
-    newest_run_where(root, artifact::CHECKPOINT, |dir| !mnist_train::finished_files(dir))?.with_context(|| {
-        format!("no run in {} is unfinished (a {} without all of its model files, plot and report); name the run to resume with --out", root.display(), artifact::CHECKPOINT)
+    let unfinished = |dir: &Path| {
+        let checkpoint = dir.join(artifact::CHECKPOINT).is_file();
+        let finished_files = dir.join(artifact::MANIFEST).exists() || dir.join(artifact::REPORT).exists();
+        !mnist_train::finished_files(dir) && (checkpoint || !finished_files)
+    };
+    newest_run_where(root, artifact::METRICS, unfinished)?.with_context(|| {
+        format!(
+            "no run in {} is unfinished (a {} without all of its model files, plot and report, or a run stopped before its first checkpoint); name the run to resume with --out",
+            root.display(),
+            artifact::CHECKPOINT
+        )
     })
 }
 

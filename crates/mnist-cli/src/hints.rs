@@ -68,7 +68,11 @@ fn train(e: &mnist_train::Error) -> Option<String> {
         Error::FolderOfRuns { path } => format!("choose a new folder with --out, such as {}", shell_quote(&path.join("my-run").display().to_string())),
         Error::NoCheckpoint { why: NoCheckpoint::CheckpointGone, path } => {
             let dir = path.parent().unwrap_or(Path::new("."));
-            format!("its model still evaluates ({} eval --model {}); a new run needs another --out", program(), shell_quote(&dir.display().to_string()))
+            if dir.join(mnist_model::artifact::MANIFEST).is_file() {
+                format!("its model still evaluates ({} eval --model {}); a new run needs another --out", program(), shell_quote(&dir.display().to_string()))
+            } else {
+                "a new run needs another --out".into()
+            }
         }
         Error::NoCheckpoint { why: NoCheckpoint::HoldsRuns, path } => {
             let dir = path.parent().unwrap_or(Path::new("."));

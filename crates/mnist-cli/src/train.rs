@@ -356,23 +356,32 @@ mod tests {
         use mnist_model::artifact;
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
+        // A run's files, its metrics (written at every log line) last.
         let run = |name: &str, files: &[&str]| {
             std::fs::create_dir(root.join(name)).unwrap();
-            for f in files {
+            for f in files.iter().chain([&artifact::METRICS]) {
                 std::fs::write(root.join(name).join(f), "x").unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         };
-        assert!(crate::commands::newest_unfinished_run(root).unwrap_err().to_string().contains("no run in"));
+        let newest = || crate::commands::newest_unfinished_run(root);
+        assert!(newest().unwrap_err().to_string().contains("no run in"));
         run("older-unfinished", &[artifact::CHECKPOINT]);
         let finished = [artifact::CHECKPOINT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::PLOT, artifact::REPORT];
         run("finished", &finished);
-        assert!(crate::commands::newest_unfinished_run(root).unwrap().ends_with("older-unfinished"));
+        assert!(newest().unwrap().ends_with("older-unfinished"));
+        // A finished run whose checkpoint was deleted: nothing to resume.
+        run("checkpoint-gone", &finished[1..]);
+        run("no-checkpoint-nor-plot", &finished[1..5]);
+        assert!(newest().unwrap().ends_with("older-unfinished"));
         // All its steps done and a final file missing: unfinished too (a resume writes it).
         run("no-plot", &finished.iter().copied().filter(|f| *f != artifact::PLOT).collect::<Vec<_>>());
-        assert!(crate::commands::newest_unfinished_run(root).unwrap().ends_with("no-plot"));
+        assert!(newest().unwrap().ends_with("no-plot"));
         run("newest-unfinished", &[artifact::CHECKPOINT]);
-        assert!(crate::commands::newest_unfinished_run(root).unwrap().ends_with("newest-unfinished"));
+        assert!(newest().unwrap().ends_with("newest-unfinished"));
+        // Stopped before its first checkpoint: a resume starts it again.
+        run("stopped-early", &[artifact::TRAIN_CONFIG]);
+        assert!(newest().unwrap().ends_with("stopped-early"));
     }
 }
 

@@ -295,7 +295,7 @@ fn machine_readable_output_stays_machine_readable() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let (error, hint) = stderr.split_once("\nhint: ").unwrap_or((&stderr, ""));
     // A model with no checkpoint (saved by other means than training) cannot be resumed.
-    assert!(error.contains("already holds a trained model and no checkpoint to resume it from; train into another directory") && !error.contains("nonexistent"), "{stderr}");
+    assert!(error.contains("already holds a finished run's files (a model or a report) and no checkpoint to resume from; train into another directory") && !error.contains("nonexistent"), "{stderr}");
     // Below the library's message, the flag that does it.
     assert_eq!(hint.trim_end(), "choose another --out", "{stderr}");
 }

@@ -101,7 +101,7 @@ pub enum Error {
     #[error("{} already holds {}", path.display(), match run {
         ExistingRun::Unfinished => "a training run; resume it to continue it, or train into another directory",
         ExistingRun::Finished => "a finished training run; resume it with more steps to train it further, or train into another directory",
-        ExistingRun::NoCheckpoint => "a trained model and no checkpoint to resume it from; train into another directory",
+        ExistingRun::NoCheckpoint => "a finished run's files (a model or a report) and no checkpoint to resume from; train into another directory",
         ExistingRun::DamagedCheckpoint => "a training run whose checkpoint cannot be read (damaged?); move checkpoint.bin away to start the run again there, or train into another directory",
     })]
     RunExists {
@@ -244,7 +244,7 @@ impl NoCheckpoint {
     fn note(self) -> &'static str {
         match self {
             NoCheckpoint::NoDirectory => ": the folder does not exist (the folder a run was trained into is expected)",
-            NoCheckpoint::CheckpointGone => ": the folder holds a trained model but no checkpoint (deleted?), so it cannot be trained further; its model can still be used, and a new run needs another directory",
+            NoCheckpoint::CheckpointGone => ": the folder holds a finished run's files (a model or a report) but no checkpoint (deleted?), so it cannot be trained further; a new run needs another directory",
             NoCheckpoint::HoldsRuns => ": the folder holds runs, each in a folder of its own; resume one of them",
             NoCheckpoint::NoRun => "",
         }

@@ -226,7 +226,7 @@ fn bad_output_directories_and_checkpoints_are_clear_errors() {
     std::fs::remove_file(done.join(artifact::CHECKPOINT)).unwrap();
     let err = train::<B>(&tiny(20), &data, &resuming(&done), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::NoCheckpoint { why: crate::NoCheckpoint::CheckpointGone, .. }), "{err}");
-    assert!(err.to_string().contains("holds a trained model but no checkpoint"), "{err}");
+    assert!(err.to_string().contains("holds a finished run's files (a model or a report) but no checkpoint"), "{err}");
     let err = train::<B>(&tiny(20), &data, &options(&done), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::RunExists { run: crate::ExistingRun::NoCheckpoint, .. }), "{err}");
     // The folder of runs is not a run: neither resumed nor trained into.
