@@ -504,12 +504,14 @@ fn prepare_dir(dir: &Path, resume: bool, notes: bool) -> Result<std::fs::File> {
 /// before loading a dataset or anything else slow.
 ///
 /// # Errors
-/// [`Error::NotADirectory`]; [`Error::RunInUse`] when a process trains there now;
-/// [`Error::NoCheckpoint`] when `resume` finds no checkpoint, [`Error::Checkpoint`] when
-/// the checkpoint's path is not a file;
+/// [`Error::NotADirectory`] for a file, or a folder to be made inside one;
+/// [`Error::RunInUse`] when a process trains there now; [`Error::NoCheckpoint`] when
+/// `resume` finds no checkpoint (a run stopped before its first one is not refused: it
+/// starts again), [`Error::Checkpoint`] when the checkpoint's path is not a file;
 /// [`Error::WouldOverwrite`] when the folder holds files of the names a run writes that
-/// no run wrote; [`Error::RunExists`] when a new run would start over a finished one or
-/// one with a checkpoint.
+/// no run wrote; [`Error::FolderOfRuns`] for a new run into a folder of runs;
+/// [`Error::RunExists`] when a new run would start over a finished one or one with a
+/// checkpoint.
 pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         return Err(Error::NotADirectory { path: dir.to_path_buf() });
