@@ -25,6 +25,11 @@ pub(crate) fn shell_quote(word: &str) -> String {
     }
 }
 
+/// [`shell_quote`] of a path as displayed.
+pub(crate) fn quote_path(path: &Path) -> String {
+    shell_quote(&path.display().to_string())
+}
+
 pub fn eval(args: EvalArgs) -> Result<Status> {
     let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
     let model_dir = match &args.model {
@@ -117,7 +122,7 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
             Some(parent) => bail!(
                 "{}: a file, not a directory; expected a trained model's artifact directory: pass its folder, `--model {}`",
                 dir.display(),
-                shell_quote(&parent.display().to_string())
+                quote_path(parent)
             ),
             None => bail!(
                 "{}: a file, not a directory; expected a trained model's artifact directory (the folder with {} and {})",
@@ -138,12 +143,7 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
         bail!("{} holds a run another process is training now (no model yet); wait for it to finish, or pass a finished run", dir.display());
     }
     if !dir.join(artifact::MANIFEST).exists() && dir.join(artifact::CHECKPOINT).is_file() {
-        bail!(
-            "{} holds an unfinished run (a checkpoint, no model yet); finish it with `{} train --resume --out {}`",
-            dir.display(),
-            crate::train::program(),
-            shell_quote(&dir.display().to_string())
-        );
+        bail!("{} holds an unfinished run (a checkpoint, no model yet); finish it with `{}`", dir.display(), crate::hints::resume(dir));
     }
     if !dir.join(artifact::MANIFEST).exists() {
         // Often the folder of runs, or a run's parent: name a run in it.
@@ -153,7 +153,7 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
                 "{} holds no {}: it is not a trained model's artifact directory, but it holds runs; pass one, e.g. the newest: `--model {}`",
                 dir.display(),
                 artifact::MANIFEST,
-                shell_quote(&run.display().to_string())
+                quote_path(&run)
             ),
             None => bail!(
                 "{} holds no {}: expected a trained model's artifact directory (the folder `mnist train` writes, with {} and {})",
@@ -167,12 +167,8 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
     let manifest = artifact::read_manifest(dir).with_context(|| format!("cannot load the model in {}", dir.display()))?;
     let mpk = dir.join(artifact::WEIGHTS);
     if !mpk.is_file() {
-        let fix = if dir.join(artifact::CHECKPOINT).is_file() {
-            format!("\nhint: the run's checkpoint holds the weights: {} train --resume --out {} writes its model files again, without training", crate::train::program(), shell_quote(&dir.display().to_string()))
-        } else {
-            String::new()
-        };
-        bail!("{}: missing; expected the weights of a finished run in {}{fix}", mpk.display(), dir.display());
+        let hint = crate::hints::rewrite_model(dir).map(|h| format!("\nhint: {h}")).unwrap_or_default();
+        bail!("{}: missing; expected the weights of a finished run in {}{hint}", mpk.display(), dir.display());
     }
     Ok(manifest)
 }
@@ -270,12 +266,7 @@ pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
 /// deleted), which the resume writes; or a run stopped before its first checkpoint, which
 /// the resume starts again.
 pub(crate) fn newest_unfinished_run(root: &Path) -> Result<PathBuf> {
-    let unfinished = |dir: &Path| {
-        let checkpoint = dir.join(artifact::CHECKPOINT).is_file();
-        let finished_files = dir.join(artifact::MANIFEST).exists() || dir.join(artifact::REPORT).exists();
-        !mnist_train::finished_files(dir) && (checkpoint || !finished_files)
-    };
-    newest_run_where(root, artifact::METRICS, unfinished)?.with_context(|| {
+    newest_run_where(root, artifact::METRICS, mnist_train::resumable)?.with_context(|| {
         format!(
             "no run in {} is unfinished (a {} without all of its model files, plot and report, or a run stopped before its first checkpoint); name the run to resume with --out",
             root.display(),

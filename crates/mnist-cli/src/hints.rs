@@ -7,7 +7,10 @@
 
 use std::path::Path;
 
-use crate::commands::shell_quote;
+use mnist_fs::parent_dir;
+use mnist_model::artifact::{CHECKPOINT, MANIFEST, TRAIN_CONFIG};
+
+use crate::commands::quote_path;
 use crate::train::{program, resume_hint};
 
 /// The `hint:` line for `e`, from the first library error in its chain this program has
@@ -41,52 +44,48 @@ pub(crate) fn train_args(resume: bool, steps: Option<u64>) {
     let _ = TRAIN_ARGS.set((resume, steps));
 }
 
-/// ` --steps N` when the command line gave `--steps N`.
-fn asked_steps() -> String {
-    TRAIN_ARGS.get().and_then(|(_, steps)| *steps).map(|n| format!(" --steps {n}")).unwrap_or_default()
+/// Whether `mnist train` was asked to resume.
+fn resuming() -> bool {
+    TRAIN_ARGS.get().is_some_and(|(resume, _)| *resume)
+}
+
+/// The `--steps` `mnist train` was given, if any.
+fn steps_given() -> Option<u64> {
+    TRAIN_ARGS.get().and_then(|(_, steps)| *steps)
 }
 
 /// The command that resumes the run in `dir`: the one this invocation made, with its
 /// options, when it trained there; else the plain one.
-fn resume(dir: &Path) -> String {
-    resume_hint().unwrap_or_else(|| format!("{} train --resume --out {}", program(), shell_quote(&dir.display().to_string())))
+pub(crate) fn resume(dir: &Path) -> String {
+    resume_hint().unwrap_or_else(|| format!("{} train --resume --out {}", program(), quote_path(dir)))
 }
 
 fn train(e: &mnist_train::Error) -> Option<String> {
     use mnist_train::{Error, ExistingRun, NoCheckpoint, NotResumable};
     Some(match e {
-        Error::RunExists { path, run: ExistingRun::Unfinished } => format!("to continue it: {}{}; or choose another --out", resume(path), asked_steps()),
+        Error::RunExists { path, run: ExistingRun::Unfinished } => {
+            format!("to continue it: {}{}; or choose another --out", resume(path), steps_given().map(|n| format!(" --steps {n}")).unwrap_or_default())
+        }
         Error::RunExists { path, run: ExistingRun::Finished } => format!("to train it further: {} --steps {}; or choose another --out", resume(path), more_steps(path)),
-        Error::RunExists { path, run: ExistingRun::DamagedCheckpoint } => damaged_checkpoint(&path.join(mnist_model::artifact::CHECKPOINT)),
+        Error::RunExists { path, run: ExistingRun::DamagedCheckpoint } => damaged_checkpoint(&path.join(CHECKPOINT)),
         Error::RunExists { .. } => "choose another --out".into(),
-        Error::Checkpoint { path, .. } if TRAIN_ARGS.get().is_some_and(|(resume, _)| *resume) && path.is_file() => damaged_checkpoint(path),
+        Error::Checkpoint { path, .. } if resuming() && path.is_file() => damaged_checkpoint(path),
         // A resume waits for the other process; a new run can go elsewhere.
-        Error::RunInUse { .. } if TRAIN_ARGS.get().is_some_and(|(resume, _)| *resume) => return None,
+        Error::RunInUse { .. } if resuming() => return None,
         Error::RunInUse { .. } => "choose another --out to train beside it".into(),
         Error::WouldOverwrite { .. } => "choose an empty or new folder with --out".into(),
         Error::NotADirectory { .. } => "--out takes the folder a run is written to".into(),
-        Error::FolderOfRuns { path } => format!("choose a new folder with --out, such as {}", shell_quote(&path.join("my-run").display().to_string())),
-        Error::NoCheckpoint { why: NoCheckpoint::CheckpointGone, path } => {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            if dir.join(mnist_model::artifact::MANIFEST).is_file() {
-                format!("its model still evaluates ({} eval --model {}); a new run needs another --out", program(), shell_quote(&dir.display().to_string()))
-            } else {
-                "a new run needs another --out".into()
-            }
-        }
+        Error::FolderOfRuns { path } => format!("choose a new folder with --out, such as {}", quote_path(&path.join("my-run"))),
+        Error::NoCheckpoint { why: NoCheckpoint::CheckpointGone, path } => finished_without_checkpoint(parent_dir(path)),
         Error::NoCheckpoint { why: NoCheckpoint::HoldsRuns, path } => {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            match crate::commands::newest_unfinished_run(dir) {
-                Ok(run) => format!("pass one of its runs with --out, e.g. the newest unfinished: --out {}", shell_quote(&run.display().to_string())),
+            match crate::commands::newest_unfinished_run(parent_dir(path)) {
+                Ok(run) => format!("pass one of its runs with --out, e.g. the newest unfinished: --out {}", quote_path(&run)),
                 Err(_) => "pass one of its runs with --out (none of them is unfinished)".into(),
             }
         }
         Error::NoCheckpoint { why: NoCheckpoint::NoDirectory, .. } => "--out names the folder the run was trained into".into(),
         Error::NoCheckpoint { .. } => "start a new run without --resume".into(),
-        Error::NotResumable { reason: NotResumable::Finished { steps }, path } => {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            format!("to train it further: {} --steps {}", resume(dir), steps.saturating_mul(2))
-        }
+        Error::NotResumable { reason: NotResumable::Finished { steps }, path } => format!("to train it further: {} --steps {}", resume(parent_dir(path)), steps.saturating_mul(2)),
         Error::NotResumable { reason: NotResumable::BeyondSteps { step, .. }, .. } => format!("pass --steps with more than {step}, the steps the run has done"),
         Error::NotResumable { reason: NotResumable::ConfigDiffers { .. }, .. } => {
             "a resume takes the run's own config.json: leave out --config and --seed (only --steps may change), or train a new run into another --out".into()
@@ -102,24 +101,42 @@ fn train(e: &mnist_train::Error) -> Option<String> {
 /// How to go on from a checkpoint that cannot be read: without it, a resume starts the run
 /// again from step 0 with its config.
 fn damaged_checkpoint(checkpoint: &Path) -> String {
-    let dir = checkpoint.parent().unwrap_or(Path::new("."));
-    if dir.join(mnist_model::artifact::MANIFEST).is_file() {
+    let dir = parent_dir(checkpoint);
+    if dir.join(MANIFEST).is_file() {
         // Finished: its model needs no checkpoint, and there is no training to go on with.
-        return format!("its model still evaluates ({} eval --model {}); a new run needs another --out", program(), shell_quote(&dir.display().to_string()));
+        return finished_without_checkpoint(dir);
     }
-    let quoted = shell_quote(&checkpoint.display().to_string());
+    let quoted = quote_path(checkpoint);
     format!(
         "to start the run again from step 0 with its config: mv {quoted} {quoted}.damaged && {} train --resume --out {}; or choose another --out",
         program(),
-        shell_quote(&dir.display().to_string())
+        quote_path(dir)
     )
+}
+
+/// For a finished run that cannot be trained further (no checkpoint to go on from): its
+/// model, where it has one, and a new run elsewhere.
+fn finished_without_checkpoint(dir: &Path) -> String {
+    if dir.join(MANIFEST).is_file() {
+        format!("its model still evaluates ({} eval --model {}); a new run needs another --out", program(), quote_path(dir))
+    } else {
+        "a new run needs another --out".into()
+    }
+}
+
+/// For a model file missing or damaged in `dir`: where the run's checkpoint is there, the
+/// command that writes the model files again from it, without training.
+pub(crate) fn rewrite_model(dir: &Path) -> Option<String> {
+    dir.join(CHECKPOINT)
+        .is_file()
+        .then(|| format!("the run's checkpoint holds the weights: {} writes its model files again, without training", resume(dir)))
 }
 
 /// More steps than the run in `dir` has done (from its config.json): those the command
 /// line asked for if more, else twice the run's; `N` when they cannot be read.
 fn more_steps(dir: &Path) -> String {
-    let Ok(config) = mnist_train::TrainConfig::read(&dir.join(mnist_model::artifact::TRAIN_CONFIG)) else { return "N".into() };
-    match TRAIN_ARGS.get().and_then(|(_, steps)| *steps) {
+    let Ok(config) = mnist_train::TrainConfig::read(&dir.join(TRAIN_CONFIG)) else { return "N".into() };
+    match steps_given() {
         Some(asked) if asked > config.steps => asked.to_string(),
         _ => config.steps.saturating_mul(2).to_string(),
     }
@@ -128,13 +145,7 @@ fn more_steps(dir: &Path) -> String {
 fn model(e: &mnist_model::Error) -> Option<String> {
     match e {
         mnist_model::Error::UnfinishedRun { dir } => Some(format!("finish it with: {}", resume(dir))),
-        // A model file of a run whose checkpoint is there: the checkpoint holds the weights.
-        mnist_model::Error::Checksum { path, .. } | mnist_model::Error::Read { path, .. } => {
-            let dir = mnist_fs::parent_dir(path);
-            dir.join(mnist_model::artifact::CHECKPOINT)
-                .is_file()
-                .then(|| format!("the run's checkpoint holds the weights: {} writes its model files again, without training", resume(dir)))
-        }
+        mnist_model::Error::Checksum { path, .. } | mnist_model::Error::Read { path, .. } => rewrite_model(parent_dir(path)),
         _ => None,
     }
 }

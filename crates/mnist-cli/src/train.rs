@@ -12,7 +12,7 @@ use mnist_model::artifact;
 use mnist_train::{Outcome, ProgressMode, TrainConfig, TrainOptions, checkpoint};
 
 use crate::backend::{BackendKind, Job, dispatch};
-use crate::commands::{ARTIFACTS, newest_unfinished_run, shell_quote};
+use crate::commands::{ARTIFACTS, newest_unfinished_run, quote_path, shell_quote};
 use crate::output::{note, say};
 use crate::{KernelsArg, Status, TrainArgs};
 
@@ -189,14 +189,14 @@ fn resume_command(args: &TrainArgs, out: &Path) -> String {
         words.extend(["--backend".into(), backend.name().into()]);
     }
     if let Some(dir) = &args.data.data_dir {
-        words.extend(["--data-dir".into(), shell_quote(&dir.display().to_string())]);
+        words.extend(["--data-dir".into(), quote_path(dir)]);
     }
     if args.kernels != KernelsArg::Fastest
         && let Some(name) = clap::ValueEnum::to_possible_value(&args.kernels)
     {
         words.extend(["--kernels".into(), name.get_name().to_string()]);
     }
-    words.extend(["--resume".into(), "--out".into(), shell_quote(&out.display().to_string())]);
+    words.extend(["--resume".into(), "--out".into(), quote_path(out)]);
     words.join(" ")
 }
 

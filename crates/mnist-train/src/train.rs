@@ -513,11 +513,9 @@ fn prepare_dir(dir: &Path, resume: bool, notes: bool) -> Result<std::fs::File> {
 /// [`Error::RunExists`] when a new run would start over a finished one or one with a
 /// checkpoint.
 pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::NotADirectory { path: dir.to_path_buf() });
-    }
-    // A folder to be made inside a file (`notes.txt/run`): the file is named.
-    if let Some(file) = dir.ancestors().skip(1).find(|a| a.exists()).filter(|a| !a.is_dir()) {
+    // The folder, or the nearest of its parents that exists (a folder to be made inside a
+    // file, `notes.txt/run`, names the file).
+    if let Some(file) = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
         return Err(Error::NotADirectory { path: file.to_path_buf() });
     }
     // A run in progress is named as such, whatever it has written so far (before its first
@@ -587,6 +585,15 @@ pub fn locked_by_another(dir: &Path) -> bool {
 /// trains on or writes them.
 pub fn finished_files(dir: &Path) -> bool {
     [artifact::REPORT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::PLOT].iter().all(|f| dir.join(f).is_file())
+}
+
+/// Whether `train` with `resume` goes on with the run in `dir` (by its files, without
+/// reading them): a checkpoint with steps or final files left, or a run stopped before its
+/// first checkpoint (its metrics and nothing else), which starts again. A finished run
+/// whose model file is damaged is resumed too, and is not told apart here.
+pub fn resumable(dir: &Path) -> bool {
+    let checkpoint = dir.join(artifact::CHECKPOINT).is_file();
+    (checkpoint && !finished_files(dir)) || (!trained(dir) && dir.join(artifact::METRICS).exists())
 }
 
 /// Whether `dir` holds runs in folders of its own (a folder of runs, such as
@@ -705,7 +712,7 @@ fn check_resumable(saved: &CheckpointState, now: &CheckpointState, path: &Path) 
     }
     // Finished: every step done and every final file there and intact (a damaged model is
     // written again from the checkpoint, as a missing one is).
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = mnist_fs::parent_dir(path);
     if saved.step == now.config.steps && finished_files(dir) && artifact::verify_dir(dir).is_ok() {
         return refuse(NotResumable::Finished { steps: saved.step });
     }

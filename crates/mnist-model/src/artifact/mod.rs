@@ -280,8 +280,14 @@ pub(crate) fn verify_recorded(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Holds `bytes` of the file `name` of `dir`, read from `path`, to the SHA-256 `manifest`
 /// records for it, if it records one.
 fn check_digest(manifest: &Manifest, dir: &Path, name: &str, path: &Path, bytes: &[u8]) -> Result<()> {
+    check_digest_of(manifest, dir, name, path, || Ok(mnist_fs::sha256_hex(bytes)))
+}
+
+/// Holds the SHA-256 `digest` gives (hex) of the file `name` of `dir`, at `path`, to the
+/// one `manifest` records for it, if it records one (then only is `digest` called).
+fn check_digest_of(manifest: &Manifest, dir: &Path, name: &str, path: &Path, digest: impl FnOnce() -> Result<String>) -> Result<()> {
     if let Some(expected) = manifest.sha256.get(name) {
-        let found = mnist_fs::sha256_hex(bytes);
+        let found = digest()?;
         if !found.eq_ignore_ascii_case(expected) {
             return Err(Error::Checksum { path: path.to_path_buf(), recorded_in: dir.join(MANIFEST).display().to_string(), expected: expected.clone(), found });
         }
@@ -299,13 +305,9 @@ pub fn verify_dir(dir: &Path) -> Result<()> {
     let manifest = read_manifest(dir)?;
     for name in [WEIGHTS, SAFETENSORS] {
         let path = dir.join(name);
-        let file = fs::File::open(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
-        if let Some(expected) = manifest.sha256.get(name) {
-            let found = mnist_fs::sha256_reader(std::io::BufReader::new(file)).map_err(|source| Error::Read { path: path.clone(), source })?;
-            if !found.eq_ignore_ascii_case(expected) {
-                return Err(Error::Checksum { path, recorded_in: dir.join(MANIFEST).display().to_string(), expected: expected.clone(), found });
-            }
-        }
+        let read_err = |source| Error::Read { path: path.clone(), source };
+        let file = fs::File::open(&path).map_err(read_err)?;
+        check_digest_of(&manifest, dir, name, &path, || mnist_fs::sha256_reader(std::io::BufReader::new(file)).map_err(read_err))?;
     }
     Ok(())
 }
