@@ -30,6 +30,14 @@ pub fn bench(args: BenchArgs) -> Result<Status> {
     if args.repeats == 0 {
         bail!("--repeats must be at least 1");
     }
+    let pass = match args.measure {
+        Measure::Train => Some(crate::memory::Pass::Training),
+        Measure::Eval => Some(crate::memory::Pass::Evaluation),
+        Measure::Latency | Measure::Serve => None,
+    };
+    if let Some(pass) = pass {
+        crate::memory::check(backend, &CnnConfig::new(), pass, args.batch, &format!("--batch {}", args.batch), "--batch")?;
+    }
     let data = Locator::offline(None).load(DatasetKind::Sample).context("cannot load the bundled sample")?;
     if args.measure == Measure::Serve {
         let mut measurement = crate::serve::bench(&args, backend, &data.test)?;

@@ -32,6 +32,9 @@ pub fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(e) = cause.downcast_ref::<mnist_serve::Error>() {
             return serve(e);
         }
+        if let Some(e) = cause.downcast_ref::<crate::memory::TooLarge>() {
+            return Some(crate::memory::hint(e));
+        }
         None
     })
 }

@@ -9,6 +9,7 @@ mod backend;
 mod bench;
 mod commands;
 mod hints;
+mod memory;
 mod output;
 mod serve;
 mod train;
@@ -21,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 pub use backend::BackendKind;
 pub use bench::Measurement;
 pub use hints::hint;
+pub use memory::out_of_memory;
 pub use train::COMMAND_ENV;
 
 /// The git commit this binary was built from (`-dirty` when tracked files differed from
@@ -371,6 +373,12 @@ impl Status {
 pub fn run(cli: Cli) -> Result<Status> {
     // A misspelt MNIST_RS_SIMD would otherwise be ignored without a word.
     mnist_kernels::Simd::cap_from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    memory::on_out_of_memory(match &cli.command {
+        Command::Train(_) => "a smaller batch_size or eval_batch_size in the training config needs less memory".into(),
+        Command::Bench(_) => "a smaller --batch needs less memory".into(),
+        Command::Serve(_) => "a smaller --max-batch needs less memory".into(),
+        Command::Eval(_) | Command::Predict(_) => "close other programs, or raise this process's memory limit".into(),
+    });
     let status = match cli.command {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => commands::eval(args),

@@ -1,5 +1,6 @@
 //! `mnist`: train, evaluate and predict with the Deep MNIST for Experts network.
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -10,7 +11,55 @@ use mnist_cli::{Cli, run};
 // allocator those pages go back to the kernel and fault in again each time (about 30%
 // of a step, measured).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Reporting = Reporting(mimalloc::MiMalloc);
+
+/// mimalloc, and an `error:` line with a hint instead of Rust's abort (exit 134) when the
+/// system refuses memory (a batch too large for an address-space limit or a machine
+/// without overcommit): `mnist_cli::out_of_memory`'s message, then exit status 1.
+struct Reporting(mimalloc::MiMalloc);
+
+/// Says that `size` bytes were refused and exits; allocates nothing.
+#[cold]
+fn refused(size: usize) -> ! {
+    mnist_cli::out_of_memory(size, &mut std::io::stderr().lock());
+    std::process::exit(1)
+}
+
+// SAFETY: every call goes to mimalloc unchanged; a null pointer only ends the process.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Reporting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { self.0.alloc(layout) };
+        if p.is_null() {
+            refused(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { self.0.alloc_zeroed(layout) };
+        if p.is_null() {
+            refused(layout.size());
+        }
+        p
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        if p.is_null() {
+            refused(new_size);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {

@@ -100,14 +100,20 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     options.kernels = args.kernels.into();
     // A resume the checkpoint refuses, or a batch larger than the dataset, is refused
     // before training is announced.
-    let start = mnist_train::check_start(&config, &dataset, &options).map_err(|e| {
-        // A value out of range for this dataset names the file it came from.
-        let file = args.config.clone().or_else(|| args.resume.then(|| out.join(artifact::TRAIN_CONFIG)));
-        match (e, file) {
-            (mnist_train::Error::InvalidConfig { file: None, field, message }, Some(file)) => mnist_train::Error::InvalidConfig { file: Some(file), field, message },
-            (e, _) => e,
-        }
+    // The file the config came from, which a value out of range names.
+    let config_file = args.config.clone().or_else(|| args.resume.then(|| out.join(artifact::TRAIN_CONFIG)));
+    let start = mnist_train::check_start(&config, &dataset, &options).map_err(|e| match (e, config_file.clone()) {
+        (mnist_train::Error::InvalidConfig { file: None, field, message }, Some(file)) => mnist_train::Error::InvalidConfig { file: Some(file), field, message },
+        (e, _) => e,
     })?;
+    // A batch the memory cannot hold is refused before it is tried (and the process killed).
+    let source = config_file.map(|f| format!("{}: ", f.display())).unwrap_or_default();
+    if start < config.steps {
+        let what = format!("{source}training with batch_size {}", config.batch_size);
+        crate::memory::check(backend, &config.model, crate::memory::Pass::Training, config.batch_size, &what, "batch_size")?;
+    }
+    let what = format!("{source}evaluating with eval_batch_size {}", config.eval_batch_size);
+    crate::memory::check(backend, &config.model, crate::memory::Pass::Evaluation, config.eval_batch_size, &what, "eval_batch_size")?;
     if start == config.steps {
         let are = if config.steps == 1 { "is" } else { "are" };
         say!("the run's {} {are} done; evaluating it and writing its model files into {}", steps(config.steps), out.display());

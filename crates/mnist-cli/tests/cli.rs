@@ -516,3 +516,44 @@ fn resume_without_out_finishes_a_run_missing_a_final_file() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no run in artifacts is unfinished"), "{stderr}");
 }
+
+/// `mnist` under an address-space limit of `gib` GiB (`ulimit -v`).
+#[cfg(unix)]
+fn limited(gib: u64) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", gib << 20)).arg(env!("CARGO_BIN_EXE_mnist"));
+    cmd.env_remove("MNIST_RS_COMMAND").env_remove(MEMORY_CHECK).env("MNIST_DATA_DIR", "").stdin(Stdio::null());
+    cmd
+}
+
+#[cfg(unix)]
+const MEMORY_CHECK: &str = "MNIST_MEMORY_CHECK";
+
+#[test]
+#[cfg(unix)]
+fn a_batch_too_large_for_the_memory_is_refused_before_it_starts() {
+    // 60,000 images need more than 7 GiB on flex: refused with the batch that can fit.
+    let out = limited(4).args(["bench", "train", "--backend", "flex", "--batch", "60000", "--repeats", "1"]).output().unwrap();
+    let stderr = no_panic("bench --batch 60000", &out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: --batch 60000 needs at least 7.85 GiB of memory on flex (50 MiB for the network, 7.80 GiB for a batch), but this process's address-space limit (ulimit -v) leaves room for "), "{stderr}");
+    assert!(stderr.contains("\nhint: a --batch above ") && stderr.contains(" cannot fit; MNIST_MEMORY_CHECK=off starts it anyway"), "{stderr}");
+
+    // A network whose parameters and Adam's state alone overflow the room: the config is named.
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("wide.json");
+    std::fs::write(&config, r#"{"dataset": "sample", "model": {"hidden": 80000}, "steps": 10}"#).unwrap();
+    let out = limited(4).args(["train", "--backend", "flex", "--plain", "--config"]).arg(&config).arg("--out").arg(tmp.path().join("run")).output().unwrap();
+    let stderr = no_panic("train a wide network", &out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with(&format!("error: {}: training with batch_size 50 needs at least ", config.display())), "{stderr}");
+    assert!(stderr.contains("\nhint: a smaller network (model.hidden"), "{stderr}");
+    assert!(!stderr.contains("training on"), "refused before training is announced: {stderr}");
+
+    // Past the check, the allocator's refusal is an error line too, not an abort (134).
+    let out = limited(4).env(MEMORY_CHECK, "off").args(["bench", "train", "--backend", "flex", "--batch", "60000", "--repeats", "1", "--warmup", "0"]).output().unwrap();
+    let stderr = no_panic("bench --batch 60000 unchecked", &out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: out of memory: the system refused ") && stderr.contains("\nhint: a smaller --batch needs less memory"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}

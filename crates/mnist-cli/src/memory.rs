@@ -1,0 +1,325 @@
+//! Memory: a run's need, estimated before it starts and held against what this process
+//! has room for, and the message the `mnist` binary's allocator prints when an allocation
+//! fails anyway.
+//!
+//! Without the check, a batch too large for the machine starts, loads its data and then
+//! dies: killed by the kernel's out-of-memory killer (exit 137, no message), or, under an
+//! address-space limit (`ulimit -v`) or without overcommit, aborted by the allocator.
+//!
+//! The estimate is a lower bound on purpose: a run it refuses would not have fitted, and a
+//! run it lets through may still fail, which the allocator's message then says (see
+//! [`out_of_memory`]). It counts the network's parameters (training keeps four copies:
+//! weights, gradients and Adam's two moments) and, per image of a batch, the activations a
+//! pass keeps, measured on each CPU backend (see [`bytes_per_activation`]). GPU backends
+//! keep their batches in device memory, which this does not check.
+//!
+//! `MNIST_MEMORY_CHECK=off` starts a run the check would refuse.
+
+use std::fmt;
+
+use mnist_model::CnnConfig;
+use mnist_model::input::SIDE;
+
+use crate::backend::BackendKind;
+
+/// The environment variable that turns the check off (`off`).
+pub const CHECK_ENV: &str = "MNIST_MEMORY_CHECK";
+
+/// What a pass over a batch does, which sets how much of it is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Forward, backward and Adam: activations kept for the backward pass.
+    Training,
+    /// Forward only.
+    Evaluation,
+}
+
+/// The activations of one image through `model`, in f32 values: the input, the first
+/// convolution's output and its pooled map, the second's and its pooled map, and the
+/// hidden layer (with its dropout mask). 49,872 for the seed.
+pub fn activations_per_image(model: &CnnConfig) -> u64 {
+    let full = (SIDE * SIDE) as u64;
+    let c1 = model.conv1_channels as u64;
+    let c2 = model.conv2_channels as u64;
+    full + c1 * (full + full / 4) + c2 * (full / 4 + full / 16) + 2 * model.hidden as u64
+}
+
+/// Bytes the `backend` holds per activation value of a batch in a `pass` (peak resident
+/// memory per image over [`activations_per_image`]); `None` for the GPU backends.
+///
+/// Measured with `mnist bench` (peak resident set at batches 128 to 5,000, the slope) on
+/// the seed network, then rounded down: burn-flex keeps about 3.1 bytes in training and
+/// 2.0 in evaluation (its fused kernels drop most intermediates), burn-ndarray about 10.7
+/// and 3.0.
+pub fn bytes_per_activation(backend: BackendKind, pass: Pass) -> Option<f64> {
+    match (backend, pass) {
+        (BackendKind::Flex, Pass::Training) => Some(2.8),
+        (BackendKind::Flex, Pass::Evaluation) => Some(1.8),
+        (BackendKind::Ndarray, Pass::Training) => Some(9.5),
+        (BackendKind::Ndarray, Pass::Evaluation) => Some(2.7),
+        (BackendKind::Wgpu | BackendKind::Cuda, _) => None,
+    }
+}
+
+/// The least memory, in bytes, a `pass` over `batch` images of `model` takes on `backend`
+/// beyond what the process holds before it; `None` for the GPU backends.
+pub fn need(backend: BackendKind, model: &CnnConfig, pass: Pass, batch: usize) -> Option<Need> {
+    let per_value = bytes_per_activation(backend, pass)?;
+    let copies = match pass {
+        Pass::Training => 4,
+        Pass::Evaluation => 1,
+    };
+    Some(Need {
+        network: 4 * copies * model.num_params() as u64,
+        batch: (per_value * activations_per_image(model) as f64 * batch as f64) as u64,
+    })
+}
+
+/// A pass's [`need`], in bytes, in its two parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Need {
+    /// The network's parameters (and, in training, their gradients and Adam's moments).
+    pub network: u64,
+    /// A batch's activations.
+    pub batch: u64,
+}
+
+impl Need {
+    /// Both parts.
+    pub fn total(self) -> u64 {
+        self.network.saturating_add(self.batch)
+    }
+}
+
+/// Room this process has for more memory, and the limit that sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Bytes.
+    pub bytes: u64,
+    /// Which limit: the machine's memory, a cgroup's or the address space's.
+    pub limit: Limit,
+}
+
+/// The limit a [`Room`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The machine's available memory and free swap.
+    Machine,
+    /// The memory limit of the process's control group (a container's).
+    Cgroup,
+    /// The address-space limit (`ulimit -v`, RLIMIT_AS) less what the process maps.
+    AddressSpace,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Limit::Machine => "the machine's available memory and swap",
+            Limit::Cgroup => "this container's memory limit (its cgroup's)",
+            Limit::AddressSpace => "this process's address-space limit (ulimit -v)",
+        })
+    }
+}
+
+/// The tightest of the limits this system reports; `None` where it reports none.
+pub fn room() -> Option<Room> {
+    use sysinfo::{MemoryRefreshKind, ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System};
+    let mut system = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::everything()));
+    let mut rooms = Vec::new();
+    if system.total_memory() > 0 {
+        rooms.push(Room { bytes: system.available_memory().saturating_add(system.free_swap()), limit: Limit::Machine });
+        // A cgroup's own page cache is reclaimed before it runs out: its room is the limit
+        // less the anonymous memory in it.
+        if let Some(cgroup) = system.cgroup_limits()
+            && cgroup.total_memory < system.total_memory()
+        {
+            rooms.push(Room { bytes: cgroup.total_memory.saturating_sub(cgroup.rss).saturating_add(cgroup.free_swap), limit: Limit::Cgroup });
+        }
+    }
+    #[cfg(unix)]
+    if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::As).current
+        && let Ok(pid) = sysinfo::get_current_pid()
+    {
+        system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), false, ProcessRefreshKind::nothing().with_memory());
+        if let Some(process) = system.process(pid) {
+            rooms.push(Room { bytes: limit.saturating_sub(process.virtual_memory()), limit: Limit::AddressSpace });
+        }
+    }
+    rooms.into_iter().min_by_key(|room| room.bytes)
+}
+
+/// A run that does not fit: what needs the memory, how much, and the room there is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TooLarge {
+    /// The pass, as the user asked for it (`configs/big.json: training with batch_size
+    /// 60000`).
+    pub what: String,
+    /// The setting that sets the batch (`batch_size`, `--batch`).
+    pub field: &'static str,
+    /// The need.
+    pub need: Need,
+    /// The room there is.
+    pub room: Room,
+    /// The largest batch the estimate lets through, where there is one.
+    pub fits: Option<usize>,
+    /// The backend.
+    pub backend: BackendKind,
+}
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} needs at least {} of memory on {} ({} for the network, {} for a batch), but {} leaves room for {}",
+            self.what,
+            gib(self.need.total()),
+            self.backend.name(),
+            gib(self.need.network),
+            gib(self.need.batch),
+            self.room.limit,
+            gib(self.room.bytes)
+        )
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// Bytes as GiB with two decimals (MiB below one GiB).
+pub fn gib(bytes: u64) -> String {
+    if bytes < 1 << 30 { format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20)) } else { format!("{:.2} GiB", bytes as f64 / f64::from(1 << 30)) }
+}
+
+/// Whether [`CHECK_ENV`] turns the check off.
+fn check_off() -> bool {
+    std::env::var(CHECK_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off"))
+}
+
+/// Checks that a `pass` over `batch` images (`what`, set by `field`, as the user named
+/// them) fits in `room`.
+pub fn check_in(room: Option<Room>, backend: BackendKind, model: &CnnConfig, pass: Pass, batch: usize, what: &str, field: &'static str) -> Result<(), TooLarge> {
+    let (Some(room), Some(need)) = (room, need(backend, model, pass, batch)) else { return Ok(()) };
+    if need.total() <= room.bytes {
+        return Ok(());
+    }
+    // The largest batch whose need fits, by halving the gap (the need grows with the batch).
+    let fits = |n: usize| self::need(backend, model, pass, n).is_none_or(|need| need.total() <= room.bytes);
+    let (mut lo, mut hi) = (0usize, batch);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) { lo = mid } else { hi = mid }
+    }
+    Err(TooLarge { what: what.to_string(), field, need, room, fits: (lo > 0).then_some(lo), backend })
+}
+
+/// [`check_in`] against this process's [`room`], unless [`CHECK_ENV`] is `off`.
+pub fn check(backend: BackendKind, model: &CnnConfig, pass: Pass, batch: usize, what: &str, field: &'static str) -> Result<(), TooLarge> {
+    if check_off() {
+        return Ok(());
+    }
+    check_in(room(), backend, model, pass, batch, what, field)
+}
+
+/// The `hint:` line for a [`TooLarge`]: the largest batch that can fit (or a smaller
+/// network, when none can), and the way past the check.
+pub fn hint(e: &TooLarge) -> String {
+    let smaller = match e.fits {
+        Some(n) => format!("a {} above {n} cannot fit; ", e.field),
+        None if e.need.network > e.room.bytes => "a smaller network (model.hidden, model.conv1_channels, model.conv2_channels) needs less; ".into(),
+        None => String::new(),
+    };
+    format!("{smaller}{CHECK_ENV}=off starts it anyway (the estimate is a lower bound)")
+}
+
+/// What the `mnist` binary's allocator says (with [`out_of_memory_hint`]) when the system
+/// refuses memory: the size asked for, in `out`, without allocating.
+pub fn out_of_memory(size: usize, out: &mut dyn std::io::Write) {
+    let hint = OOM_HINT.get().map_or("a smaller batch needs less memory", String::as_str);
+    let _ = write!(out, "error: out of memory: the system refused {} more bytes ({} MiB)\nhint: {hint}\n", size, size >> 20);
+}
+
+/// Set once by the command that runs: what to change when memory runs out.
+static OOM_HINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets what [`out_of_memory`] advises.
+pub(crate) fn on_out_of_memory(hint: String) {
+    let _ = OOM_HINT.set(hint);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(gib: u64) -> Option<Room> {
+        Some(Room { bytes: gib << 30, limit: Limit::AddressSpace })
+    }
+
+    #[test]
+    fn the_seeds_activations_and_needs() {
+        let seed = CnnConfig::new();
+        assert_eq!(activations_per_image(&seed), 49_872);
+        // 50 images train in a few tens of MiB on flex; 60,000 in more than 7 GiB.
+        let small = need(BackendKind::Flex, &seed, Pass::Training, 50).unwrap().total();
+        assert!((50 << 20..100 << 20).contains(&small), "{small}");
+        let large = need(BackendKind::Flex, &seed, Pass::Training, 60_000).unwrap().total();
+        assert!(large > 7 << 30, "{large}");
+        assert!(need(BackendKind::Ndarray, &seed, Pass::Training, 1000) > need(BackendKind::Flex, &seed, Pass::Training, 1000));
+        assert!(need(BackendKind::Flex, &seed, Pass::Evaluation, 1000) < need(BackendKind::Flex, &seed, Pass::Training, 1000));
+        assert_eq!(need(BackendKind::Wgpu, &seed, Pass::Training, 60_000), None);
+    }
+
+    #[test]
+    fn a_batch_that_does_not_fit_is_refused_with_the_one_that_does() {
+        let seed = CnnConfig::new();
+        let e = check_in(room(2), BackendKind::Flex, &seed, Pass::Training, 60_000, "training with batch_size 60000", "batch_size").unwrap_err();
+        let fits = e.fits.unwrap();
+        assert!(check_in(room(2), BackendKind::Flex, &seed, Pass::Training, fits, "", "").is_ok());
+        assert!(check_in(room(2), BackendKind::Flex, &seed, Pass::Training, fits + 1, "", "").is_err());
+        assert!((10_000..16_000).contains(&fits), "{fits}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "training with batch_size 60000 needs at least {} of memory on flex (50 MiB for the network, {} for a batch), but this process's address-space limit (ulimit -v) leaves room for 2.00 GiB",
+                gib(e.need.total()),
+                gib(e.need.batch)
+            )
+        );
+        assert_eq!(hint(&e), format!("a batch_size above {fits} cannot fit; MNIST_MEMORY_CHECK=off starts it anyway (the estimate is a lower bound)"));
+        // Room for the network but not one image: the hint says only how to go on.
+        let network = need(BackendKind::Flex, &seed, Pass::Training, 0).unwrap().network;
+        let none = check_in(Some(Room { bytes: network + 1, limit: Limit::Machine }), BackendKind::Flex, &seed, Pass::Training, 1, "--batch 1", "--batch").unwrap_err();
+        assert_eq!(none.fits, None);
+        assert!(hint(&none).starts_with("MNIST_MEMORY_CHECK=off"));
+        // A network too large for the room whatever the batch: the hint names its sizes.
+        let huge = CnnConfig::new().with_hidden(100_000);
+        let e = check_in(room(2), BackendKind::Flex, &huge, Pass::Training, 50, "training with batch_size 50", "batch_size").unwrap_err();
+        assert!(hint(&e).starts_with("a smaller network (model.hidden"), "{}", hint(&e));
+    }
+
+    #[test]
+    fn no_room_known_or_a_gpu_passes() {
+        let seed = CnnConfig::new();
+        assert!(check_in(None, BackendKind::Flex, &seed, Pass::Training, 60_000, "", "").is_ok());
+        assert!(check_in(room(0), BackendKind::Cuda, &seed, Pass::Training, 60_000, "", "").is_ok());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn this_machine_reports_some_room() {
+        let room = super::room().expect("Linux reports its memory");
+        assert!(room.bytes > 0, "{room:?}");
+    }
+
+    #[test]
+    fn the_out_of_memory_message_names_the_size() {
+        let mut out = Vec::new();
+        out_of_memory(3 << 30, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("error: out of memory: the system refused 3221225472 more bytes (3072 MiB)\nhint: "), "{text}");
+    }
+
+    #[test]
+    fn sizes_read_in_mib_or_gib() {
+        assert_eq!(gib(100 << 20), "100 MiB");
+        assert_eq!(gib(3 << 29), "1.50 GiB");
+    }
+}
