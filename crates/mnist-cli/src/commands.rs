@@ -37,11 +37,11 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
         None => newest_run(Path::new(ARTIFACTS), artifact::WEIGHTS)?,
     };
     let manifest = check_model_dir(&model_dir)?;
-    // Where the report goes is checked before the evaluation, not after it.
-    let json = args.json.clone().unwrap_or_else(|| model_dir.join(artifact::EVALUATION));
-    let to_stdout = json.as_os_str() == "-";
-    if !to_stdout {
-        if let Some(run) = artifact::run_file_replaced(&json) {
+    // Where the report goes is checked before the evaluation, not after it (the default,
+    // which depends on the dataset, once that is known).
+    let to_stdout = args.json.as_ref().is_some_and(|json| json.as_os_str() == "-");
+    if let Some(json) = args.json.as_ref().filter(|_| !to_stdout) {
+        if let Some(run) = artifact::run_file_replaced(json) {
             bail!(
                 "--json {} would replace a file of the run in {}; choose another path (the default is {})",
                 json.display(),
@@ -49,7 +49,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
                 model_dir.join(artifact::EVALUATION).display()
             );
         }
-        mnist_fs::check_destination(&json)?;
+        mnist_fs::check_destination(json)?;
     }
     let choice = match (&args.data.dataset, &manifest.dataset) {
         (Some(name), _) => name.parse::<DatasetChoice>()?,
@@ -71,6 +71,14 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
             dataset.kind
         );
     }
+    let json = match &args.json {
+        Some(json) => json.clone(),
+        None => {
+            let json = model_dir.join(artifact::evaluation_file(manifest.dataset.as_deref(), dataset.kind.name()));
+            mnist_fs::check_destination(&json)?;
+            json
+        }
+    };
     let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test, to_stdout })?;
     // A closed standard output (`| head`) ends the printing quietly; eval.json is
     // written all the same.

@@ -115,7 +115,8 @@ pub struct EvalArgs {
     /// Dataset options.
     #[command(flatten)]
     pub data: DataArgs,
-    /// Where to write the evaluation as JSON (default: MODEL/eval.json); `-`: standard
+    /// Where to write the evaluation as JSON (default: MODEL/eval.json, or
+    /// MODEL/eval-DATASET.json on another dataset than the model's); `-`: standard
     /// output, with the table on standard error.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -229,6 +229,24 @@ fn machine_readable_output_stays_machine_readable() {
         let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(odd_model.join("eval.json")).unwrap()).unwrap();
         assert!(eval["model"].as_str().unwrap().ends_with("caf\u{fffd}/model"), "{eval}");
     }
+    // A model evaluated on another dataset than its own keeps its own evaluation: the
+    // report goes to eval-DATASET.json (eval.json had been replaced).
+    let digits = tmp.path().join("digits");
+    std::fs::create_dir(&digits).unwrap();
+    for f in ["model.json", "model.mpk", "model.safetensors"] {
+        std::fs::copy(model.join(f), digits.join(f)).unwrap();
+    }
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(digits.join("model.json")).unwrap()).unwrap();
+    manifest["dataset"] = "mnist".into();
+    std::fs::write(digits.join("model.json"), manifest.to_string()).unwrap();
+    std::fs::write(digits.join("eval.json"), "its own evaluation").unwrap();
+    let output = mnist().args(["eval", "--dataset", "sample", "--model"]).arg(&digits).output().unwrap();
+    let stderr = no_panic("eval on another dataset", &output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(text(&output.stdout).contains(&format!("wrote {}", digits.join("eval-sample.json").display())), "{}", text(&output.stdout));
+    assert_eq!(std::fs::read_to_string(digits.join("eval.json")).unwrap(), "its own evaluation");
+    let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(digits.join("eval-sample.json")).unwrap()).unwrap();
+    assert_eq!(eval["dataset"], "sample");
     // Output that cannot be written (a full disk) is an error, unlike a reader gone away.
     if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
         let output = mnist().args(["predict", "--json", "--model", m, files[0]]).stdout(full).output().unwrap();

@@ -434,3 +434,12 @@ fn the_network_says_which_kernels_it_runs() {
     let im2col = "convolution blocks: im2col + matmul (Burn tensor operations); fully connected: Burn's operations";
     assert_eq!(nd.with_kernels(Kernels::Im2col).kernels_in_use().to_string(), im2col);
 }
+
+#[test]
+fn an_evaluation_on_another_dataset_has_its_own_file() {
+    use crate::artifact::{EVALUATION, evaluation_file};
+    assert_eq!(evaluation_file(Some("mnist"), "mnist"), EVALUATION);
+    assert_eq!(evaluation_file(None, "fashion"), EVALUATION);
+    assert_eq!(evaluation_file(Some("mnist"), "fashion"), "eval-fashion.json");
+    assert_eq!(evaluation_file(Some("fashion"), "sample"), "eval-sample.json");
+}

@@ -12,7 +12,7 @@
 //! | [`MANIFEST`] `model.json` | training (end) | everything that loads the network |
 //! | [`WEIGHTS`] `model.mpk`, [`SAFETENSORS`] `model.safetensors` | training (end) | [`load_dir`]; PyTorch |
 //! | [`PLOT`] `plot.png`, [`REPORT`] `report.json` | training (end) | people |
-//! | [`EVALUATION`] `eval.json` | `mnist eval` | people |
+//! | [`EVALUATION`] `eval.json` (`eval-DATASET.json` on another dataset: [`evaluation_file`]) | `mnist eval` | people |
 //!
 //! `model.json` holds the network's config (its fields at the top level), the dataset it
 //! was trained on, the names of its classes, and the SHA-256 of both weight files, which
@@ -51,6 +51,18 @@ pub const WEIGHTS: &str = "model.mpk";
 pub const SAFETENSORS: &str = "model.safetensors";
 /// `mnist eval`'s result.
 pub const EVALUATION: &str = "eval.json";
+
+/// The file `mnist eval` writes into a model's directory by default, for a model trained
+/// on `trained_on` (as `model.json` records it, if it does) evaluated on the test split of
+/// `evaluated`: [`EVALUATION`] on the model's own dataset (or when none is recorded),
+/// `eval-DATASET.json` on another, so that evaluating a digit model on Fashion-MNIST does
+/// not replace its own evaluation.
+pub fn evaluation_file(trained_on: Option<&str>, evaluated: &str) -> String {
+    match trained_on {
+        Some(trained) if trained != evaluated => format!("eval-{evaluated}.json"),
+        _ => EVALUATION.to_string(),
+    }
+}
 
 /// The files a training run writes into its directory (all but [`EVALUATION`], which
 /// `eval` rewrites): no other output may replace them.
