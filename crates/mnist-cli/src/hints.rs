@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use mnist_fs::parent_dir;
-use mnist_model::artifact::{CHECKPOINT, MANIFEST, TRAIN_CONFIG};
+use mnist_model::artifact::{CHECKPOINT, MANIFEST, TRAIN_CONFIG, WEIGHTS};
 
 use crate::commands::quote_path;
 use crate::train::{program, resume_hint};
@@ -110,6 +110,14 @@ fn damaged_checkpoint(checkpoint: &Path) -> String {
         return finished_without_checkpoint(dir);
     }
     let quoted = quote_path(checkpoint);
+    if !dir.join(TRAIN_CONFIG).is_file() {
+        // Its config.json is gone too: nothing says how the run was trained.
+        return format!(
+            "its config is gone too: to train a new run there, mv {quoted} {quoted}.damaged && {} train --out {} --config CONFIG.json; or choose another --out",
+            program(),
+            quote_path(dir)
+        );
+    }
     format!(
         "to start the run again from step 0 with its config: mv {quoted} {quoted}.damaged && {} train --resume --out {}; or choose another --out",
         program(),
@@ -120,7 +128,7 @@ fn damaged_checkpoint(checkpoint: &Path) -> String {
 /// For a finished run that cannot be trained further (no checkpoint to go on from): its
 /// model, where it has one, and a new run elsewhere.
 fn finished_without_checkpoint(dir: &Path) -> String {
-    if dir.join(MANIFEST).is_file() {
+    if dir.join(MANIFEST).is_file() && dir.join(WEIGHTS).is_file() {
         format!("its model still evaluates ({} eval --model {}); a new run needs another --out", program(), quote_path(dir))
     } else {
         "a new run needs another --out".into()

@@ -36,6 +36,20 @@ fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
     anyhow::bail!("{} holds {name} and 998 more of its numbered names; choose a folder with --out", root.display())
 }
 
+/// The config of the run in `out` to resume: its `config.json`, or where that is gone,
+/// the one its checkpoint records (said on standard error; the run writes `config.json`
+/// again).
+fn run_config(out: &Path) -> Result<TrainConfig> {
+    let file = out.join(artifact::TRAIN_CONFIG);
+    let checkpoint = out.join(artifact::CHECKPOINT);
+    if !file.exists() && checkpoint.is_file() {
+        let state = checkpoint::read_state(&checkpoint).with_context(|| format!("cannot resume {}: its {} is missing", out.display(), artifact::TRAIN_CONFIG))?;
+        note!("note: {} is missing; resuming with the config {} records", file.display(), checkpoint.display());
+        return Ok(state.config);
+    }
+    TrainConfig::read(&file).with_context(|| format!("cannot resume {}", out.display()))
+}
+
 pub fn train(args: TrainArgs) -> Result<Status> {
     crate::hints::train_args(args.resume, args.steps);
     let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
@@ -51,8 +65,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     }
     let mut config = match (&args.config, args.resume) {
         (Some(path), _) => TrainConfig::read(path)?,
-        (None, true) => TrainConfig::read(&out.join(artifact::TRAIN_CONFIG))
-            .with_context(|| format!("cannot resume {}", out.display()))?,
+        (None, true) => run_config(&out)?,
         (None, false) => TrainConfig::new(),
     };
     if let Some(steps) = args.steps {

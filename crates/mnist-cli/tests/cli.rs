@@ -535,6 +535,35 @@ fn resume_without_out_finishes_a_run_missing_a_final_file() {
     assert!(stderr.contains("no run in artifacts is unfinished"), "{stderr}");
 }
 
+/// A run whose config.json was deleted resumes with the config its checkpoint records
+/// (it had been "cannot read config.json", with no way on); a junk checkpoint in its place
+/// is named as damaged.
+#[test]
+fn a_run_missing_its_config_resumes_with_its_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("tiny.json");
+    std::fs::write(&config, tiny(4, 2)).unwrap();
+    let run = tmp.path().join("run");
+    let output = mnist().args(["train", "--plain", "--backend", "flex", "--config"]).arg(&config).arg("--out").arg(&run).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    std::fs::remove_file(run.join("config.json")).unwrap();
+    let output = mnist().args(["train", "--plain", "--backend", "flex", "--resume", "--steps", "6", "--out"]).arg(&run).output().unwrap();
+    let stderr = no_panic("train --resume without config.json", &output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("note: {} is missing; resuming with the config {} records", run.join("config.json").display(), run.join("checkpoint.bin").display())), "{stderr}");
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!((written["steps"].as_u64(), written["batch_size"].as_u64(), written["model"]["hidden"].as_u64()), (Some(6), Some(16), Some(32)), "{written}");
+
+    // A folder with a junk checkpoint.bin and nothing else.
+    let junk = tmp.path().join("junk");
+    std::fs::create_dir(&junk).unwrap();
+    std::fs::write(junk.join("checkpoint.bin"), "junk").unwrap();
+    let output = mnist().args(["train", "--plain", "--backend", "flex", "--resume", "--steps", "8", "--out"]).arg(&junk).output().unwrap();
+    let stderr = no_panic("train --resume of a junk checkpoint without config.json", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("checkpoint.bin") && stderr.contains("config.json is missing") && stderr.contains("\nhint: its config is gone too: to train a new run there, mv "), "{stderr}");
+}
+
 /// `mnist` under an address-space limit of `gib` GiB (`ulimit -v`).
 #[cfg(unix)]
 fn limited(gib: u64) -> Command {

@@ -522,6 +522,13 @@ fn a_folder_holding_files_no_run_wrote_is_not_trained_into() {
     // Nothing was touched, not even a lock left behind.
     assert_eq!(std::fs::read_to_string(dir.path().join(artifact::TRAIN_CONFIG)).unwrap(), "{\"x\": 1}");
     assert!(!dir.path().join(artifact::LOCK).exists());
+    // An empty `.lock` of the user's own does not make their files a run's (it had let a
+    // new run replace their config.json): a run's lock comes with its metrics.
+    std::fs::write(dir.path().join(artifact::LOCK), "").unwrap();
+    let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
+    assert!(matches!(err, Error::WouldOverwrite { .. }), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.path().join(artifact::TRAIN_CONFIG)).unwrap(), "{\"x\": 1}");
+    std::fs::remove_file(dir.path().join(artifact::LOCK)).unwrap();
     // A finished run from before the lock file is still named as a run, not as files.
     std::fs::write(dir.path().join(artifact::REPORT), "{}").unwrap();
     let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
@@ -607,9 +614,10 @@ fn a_damaged_checkpoint_says_how() {
 fn a_run_whose_model_cannot_be_written_is_finished_by_resuming() {
     let data = sample();
     let dir = tempfile::tempdir().unwrap();
-    // A run stopped before its first checkpoint left its lock; something made a folder
-    // where the weights go.
+    // A run stopped before its first checkpoint left its lock and metrics; something made
+    // a folder where the weights go.
     std::fs::write(dir.path().join(artifact::LOCK), b"").unwrap();
+    std::fs::write(dir.path().join(artifact::METRICS), b"").unwrap();
     std::fs::create_dir(dir.path().join(artifact::WEIGHTS)).unwrap();
     let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::FinishNotSaved { steps: 10, .. }), "{err}");

@@ -544,11 +544,13 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
         };
         return Err(Error::NoCheckpoint { path: checkpoint, why });
     }
-    // Files training writes, in a folder no run has trained in (no lock file, no
-    // checkpoint, report or manifest): the user's own, which a new run must not replace.
-    // (A run stopped before its first checkpoint left its lock, and starts again; a run
-    // with a checkpoint is refused as one, by `prepare_dir` once it holds the lock.)
-    if !resume && dir.is_dir() && !dir.join(artifact::LOCK).exists() && !trained(dir) {
+    // Files training writes, in a folder no run has started in (no lock file with the
+    // metrics a run creates right after it, no checkpoint, report or manifest): the
+    // user's own, which a new run must not replace, even beside a `.lock` of their own.
+    // (A run stopped before its first checkpoint left its lock and metrics, and starts
+    // again; a run with a checkpoint is refused as one, by `prepare_dir` once it holds the
+    // lock.)
+    if !resume && dir.is_dir() && !started(dir) && !trained(dir) {
         let files: Vec<String> = [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::WEIGHTS, artifact::SAFETENSORS]
             .iter()
             .filter(|f| dir.join(f).exists())
@@ -567,6 +569,12 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
         return Err(Error::RunExists { path: dir.to_path_buf(), run: existing_run(dir) });
     }
     Ok(())
+}
+
+/// Whether a run has started in `dir`: its lock file is there, and the metrics log a run
+/// creates once it holds the lock (before it writes its `config.json`).
+fn started(dir: &Path) -> bool {
+    dir.join(artifact::LOCK).exists() && dir.join(artifact::METRICS).exists()
 }
 
 /// Whether another process holds the lock of `dir` (a run training there now). Taking the
