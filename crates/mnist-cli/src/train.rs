@@ -147,8 +147,11 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     let outcome = dispatch(backend, TrainJob { config: &config, dataset: &dataset, options: &options })?;
     match outcome {
         Outcome::Finished(report) => {
-            if options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
-                note!("the interrupt came after the last step: the run was finished and saved");
+            // A stop that came after the last step finished the run all the same; the exit
+            // status still says the signal came (130, 143, 129), so that a script stops.
+            let signalled = options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+            if signalled {
+                note!("{} after the last step: the run was finished and saved", stopped_by());
             }
             say!("{}", report.test.table(&class_names(&dataset)));
             say!(
@@ -157,7 +160,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
                 report.train_images_per_sec,
                 out.display()
             );
-            Ok(Status::Success)
+            Ok(if signalled { Status::Interrupted } else { Status::Success })
         }
         Outcome::Interrupted { step } => {
             note!("{} after {}; checkpoint saved. Resume with: {resume}", stopped_by(), steps(step));

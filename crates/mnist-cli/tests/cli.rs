@@ -393,6 +393,23 @@ fn signalled(mut cmd: Command, json: &str, out: &Path, step: u64, signals: &str)
     child.wait_with_output().unwrap()
 }
 
+/// A signal after the last step: the run finishes (its evaluation and model files), and
+/// the exit status says the signal came (it was 0, so `mnist train && next` went on).
+#[test]
+#[cfg(unix)]
+fn a_signal_after_the_last_step_finishes_the_run_and_exits_as_signalled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    // The seed network evaluated one image at a time: seconds of finishing after the last
+    // step's line, for the signal to arrive in.
+    let json = r#"{"dataset": "sample", "batch_size": 16, "steps": 3, "log_every": 1, "checkpoint_every": 0, "eval_batch_size": 1}"#;
+    let output = signalled(mnist(), json, &out, 2, "kill -TERM %");
+    let stderr = no_panic("SIGTERM after the last step", &output);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM after the last step: the run was finished and saved"), "{stderr}");
+    assert!(out.join("model.json").is_file() && out.join("report.json").is_file());
+}
+
 /// Starts a long tiny run, waits for its progress line of step 10, sends `signal`.
 fn signalled_run(signal: &str, root: &Path, command: Option<&str>) -> (Output, PathBuf) {
     let out = root.join(format!("run-{signal}"));
