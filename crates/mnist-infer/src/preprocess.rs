@@ -218,8 +218,28 @@ fn decoder_message(e: &image::ImageError) -> String {
     } else if lower.contains("not have enough data") {
         // A PNG whose chunks are whole but hold too few pixel rows.
         "the file holds less image data than its header declares: it was cut short or damaged".to_string()
+    } else if lower.contains("crc error") {
+        let chunk = png_chunk(&message).map(|c| format!(" of its {c} chunk")).unwrap_or_default();
+        format!("the checksum (CRC){chunk} does not match its content: the file is damaged")
     } else {
-        message
+        without_chunk_debug(&message)
+    }
+}
+
+/// The png crate's debug text of a chunk type (`ChunkType { type: IHDR, critical: true,
+/// ... }`) in `message`: its four letters.
+fn png_chunk(message: &str) -> Option<&str> {
+    let start = message.find("ChunkType { type: ")? + "ChunkType { type: ".len();
+    let name = &message[start..];
+    Some(&name[..name.find([',', ' '])?])
+}
+
+/// `message` with the png crate's debug text of a chunk type replaced by its name.
+fn without_chunk_debug(message: &str) -> String {
+    let (Some(name), Some(start)) = (png_chunk(message), message.find("ChunkType { ")) else { return message.to_string() };
+    match message[start..].find('}') {
+        Some(end) => format!("{}{name}{}", &message[..start], &message[start + end + 1..]),
+        None => message.to_string(),
     }
 }
 
@@ -1369,6 +1389,13 @@ mod tests {
         zeros.resize(200, 0);
         let err = preprocess_bytes(&zeros, Path::new("zeros.png")).unwrap_err().to_string();
         assert!(err.contains("zeros.png: not a readable image (it starts like a PNG, but its header chunk (IHDR) is not there"), "{err}");
+        // A damaged byte in the header: the chunk named, not the decoder's debug text.
+        let mut flipped = png_with(vec![7; 10]);
+        flipped[16] ^= 0x40;
+        let err = preprocess_bytes(&flipped, Path::new("flipped.png")).unwrap_err().to_string();
+        assert!(err.contains("flipped.png: not a readable image (the checksum (CRC) of its IHDR chunk does not match its content: the file is damaged)"), "{err}");
+        assert_eq!(without_chunk_debug("at ChunkType { type: tEXt, critical: false, private: false } chunk"), "at tEXt chunk");
+        assert_eq!(without_chunk_debug("no chunk here"), "no chunk here");
         let usual = png_with(vec![7; 3_000]);
         assert_eq!(decoder(&usual, Path::new("usual.png")).unwrap().icc_profile().unwrap().map(|p| p.len()), Some(3_000));
     }
