@@ -133,7 +133,7 @@ fn bad_input_gets_clear_errors_and_writes_nothing() {
         (r#"{"learning_rate": -0.1}"#, "learning_rate must be a positive number"),
         (r#"{"steps": 0}"#, "steps must be at least 1"),
         (r#"{"model": {"dropout": 2}}"#, "dropout must be in [0, 1)"),
-        (r#"{"batch_size": "fifty"}"#, "field `batch_size`: expected a whole number, 0 or more, got the string \"fifty\""),
+        (r#"{"batch_size": "fifty"}"#, "field `batch_size`: expected a whole number, 1 or more, got the string \"fifty\""),
         (r#"{"adam": {"beta_1": true}}"#, "field `adam.beta_1`: expected a number, got true"),
         (r#"{"adam": 0.9}"#, "field `adam`: expected an object of fields (beta_1, beta_2, epsilon), got 0.9"),
         (r#"[{"steps": 10}]"#, "expected a JSON object of fields ("),

@@ -55,6 +55,17 @@ impl Default for TrainConfig {
     }
 }
 
+/// A type error's `message` (`field \`steps\`: expected a whole number, 0 or more, got
+/// -5`) with the least value the field takes: "1 or more" where validation refuses 0.
+fn least_one(message: String) -> String {
+    const ZERO_UP: &str = "expected a whole number, 0 or more";
+    let field = message.strip_prefix("field `").and_then(|m| m.split_once('`')).map(|(field, _)| field);
+    match field {
+        Some(field) if message.contains(ZERO_UP) && TrainConfig::refuses_zero(field) => message.replacen(ZERO_UP, "expected a whole number, 1 or more", 1),
+        _ => message,
+    }
+}
+
 impl TrainConfig {
     /// The largest `batch_size` and `eval_batch_size`: 60,000 images, the largest training
     /// split (MNIST's and Fashion-MNIST's; the bundled sample's has 8,000, and a batch
@@ -74,12 +85,22 @@ impl TrainConfig {
             Some((old, new)) => format!("{message} (the file's `{old}`, the old name of `adam.{new}`)"),
             None => message,
         };
-        let config: TrainConfig = mnist_model::artifact::json::from_value_strict(value, &TrainConfig::new()).map_err(|e| json_err(as_written(e)))?;
+        let config: TrainConfig = mnist_model::artifact::json::from_value_strict(value, &TrainConfig::new()).map_err(|e| json_err(as_written(least_one(e))))?;
         config.validate().map_err(|e| match e {
             Error::InvalidConfig { field, message, .. } => Error::InvalidConfig { file: Some(path.to_path_buf()), field, message: as_written(message) },
             other => other,
         })?;
         Ok(config)
+    }
+
+    /// Whether validation refuses 0 for the whole-number field at `path` (`steps`,
+    /// `model.hidden`), all else the seed's.
+    fn refuses_zero(path: &str) -> bool {
+        let Ok(mut value) = serde_json::to_value(TrainConfig::new()) else { return false };
+        let Some(slot) = path.split('.').try_fold(&mut value, |v, key| v.get_mut(key)) else { return false };
+        *slot = 0.into();
+        serde_json::from_value::<TrainConfig>(value)
+            .is_ok_and(|config| matches!(config.validate(), Err(Error::InvalidConfig { field, .. }) if field == path))
     }
 
     /// Checks every value is in range.
@@ -258,6 +279,17 @@ mod tests {
         std::fs::write(&path, r#"{"model": {"dropuot": 0.1}}"#).unwrap();
         let err = TrainConfig::read(&path).unwrap_err().to_string();
         assert!(err.contains("unknown field `model.dropuot`"), "{err}");
+        // A value of the wrong type says the least the field takes: 1 where 0 is refused.
+        for (json, expected) in [
+            (r#"{"steps": -5}"#, "field `steps`: expected a whole number, 1 or more, got -5"),
+            (r#"{"model": {"hidden": "wide"}}"#, "field `model.hidden`: expected a whole number, 1 or more, got the string \"wide\""),
+            (r#"{"seed": -1}"#, "field `seed`: expected a whole number, 0 or more, got -1"),
+            (r#"{"checkpoint_every": 2.5}"#, "field `checkpoint_every`: expected a whole number, 0 or more, got 2.5"),
+        ] {
+            std::fs::write(&path, json).unwrap();
+            let err = TrainConfig::read(&path).unwrap_err().to_string();
+            assert!(err.contains(expected), "{json}: {err}");
+        }
         // Written before Adam's values moved under `adam`: read as they were meant.
         std::fs::write(&path, r#"{"beta1": 0.8, "beta2": 0.99, "epsilon": 1e-7, "steps": 3}"#).unwrap();
         let c = TrainConfig::read(&path).unwrap();
