@@ -796,6 +796,8 @@ struct Progress {
     bar: Option<indicatif::ProgressBar>,
     /// Set when a line could not be written to standard output (closed pipe, full disk).
     write_error: std::cell::RefCell<Option<String>>,
+    /// The step this session started at (a resumed run's checkpoint).
+    start: u64,
 }
 
 impl Progress {
@@ -807,19 +809,27 @@ impl Progress {
     /// With `bar` drawn where it draws (a test's in-memory terminal).
     fn with_bar(mode: ProgressMode, bar: Option<indicatif::ProgressBar>, start: u64) -> Self {
         if let Some(bar) = &bar {
-            bar.set_style(Self::style("ETA {eta}"));
+            bar.set_style(Self::style("{eta}", start));
             bar.set_position(start);
         }
-        Progress { mode, bar, write_error: Default::default() }
+        Progress { mode, bar, write_error: Default::default(), start }
     }
 
     /// The bar's look, with `when` between the speed and the message: the ETA while it
-    /// runs, what stopped it after.
-    fn style(when: &str) -> indicatif::ProgressStyle {
-        indicatif::ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} steps  {{rate}}  {when}  {{msg}}"))
-            .map(|style| style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.1} steps/s", state.per_sec());
-            }))
+    /// runs (`ETA --` until a step of this session is done: no speed is known before),
+    /// what stopped it after. The message takes what the terminal's width leaves, cut
+    /// short rather than wrapped onto a second line.
+    fn style(when: &str, start: u64) -> indicatif::ProgressStyle {
+        indicatif::ProgressStyle::with_template(&format!("{{bar:25}} {{pos}}/{{len}} steps  {{rate}}  {when}  {{wide_msg}}"))
+            .map(|style| {
+                style
+                    .with_key("rate", move |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = if state.pos() > start { write!(w, "{:.1} steps/s", state.per_sec()) } else { write!(w, "-- steps/s") };
+                    })
+                    .with_key("eta", move |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = if state.pos() > start { write!(w, "ETA {:#}", indicatif::HumanDuration(state.eta())) } else { write!(w, "ETA --") };
+                    })
+            })
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
     }
 
@@ -863,7 +873,8 @@ impl Progress {
     fn log(&self, row: &MetricRow) {
         match (&self.bar, self.mode) {
             // The step it was logged at: the next log line is up to `log_every` steps on.
-            (Some(bar), _) => bar.set_message(format!("at step {}: loss {:.4}, training accuracy {:.4}", row.step, row.loss, row.train_accuracy)),
+            // The figures first: a narrow terminal cuts the message short from its end.
+            (Some(bar), _) => bar.set_message(format!("loss {:.4}, training accuracy {:.4} (at step {})", row.loss, row.train_accuracy, row.step)),
             (None, ProgressMode::Lines) => self.write_line(&format!(
                 "step {}, training accuracy {:.4}, loss {:.4}, {:.0} images/s",
                 row.step, row.train_accuracy, row.loss, row.images_per_sec
@@ -888,7 +899,7 @@ impl Progress {
     /// the ETA was (an abandoned bar's ETA reads 0 s, as if it had finished).
     fn abandon(&self) {
         if let Some(bar) = &self.bar {
-            bar.set_style(Self::style("stopped"));
+            bar.set_style(Self::style("stopped", self.start));
             bar.abandon();
         }
     }
@@ -919,5 +930,35 @@ mod progress_tests {
         progress.finish();
         let shown = term.contents();
         assert!(shown.contains("100/100 steps") && !shown.contains("stopped"), "{shown}");
+    }
+
+    /// Before a step of this session is done no speed is known: no "ETA 0s" (it had read
+    /// as if the run were done), on a new run and a resumed one.
+    #[test]
+    fn no_eta_before_the_first_step() {
+        for start in [0, 40] {
+            let (progress, term) = drawn(start, 100);
+            progress.tick(start);
+            let shown = term.contents();
+            assert!(shown.contains(&format!("{start}/100 steps  -- steps/s  ETA --")), "{shown}");
+            progress.tick(start + 1);
+            let shown = term.contents();
+            assert!(shown.contains("ETA ") && !shown.contains("ETA --") && !shown.contains("-- steps/s"), "{shown}");
+        }
+    }
+
+    /// The bar and its message fit an 80-column terminal on one line.
+    #[test]
+    fn the_bar_fits_80_columns() {
+        let term = indicatif::InMemoryTerm::new(4, 80);
+        let bar = indicatif::ProgressBar::with_draw_target(Some(30_000), indicatif::ProgressDrawTarget::term_like(Box::new(term.clone())));
+        let progress = Progress::with_bar(ProgressMode::Bar, Some(bar), 0);
+        progress.tick(29_901);
+        progress.log(&MetricRow { step: 29_900, loss: 0.0123, train_accuracy: 1.0, images_per_sec: 3000.0, elapsed_s: 500.0 });
+        progress.tick(29_902);
+        let shown = term.contents();
+        let lines: Vec<&str> = shown.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{shown}");
+        assert!(lines[0].chars().count() <= 80 && lines[0].contains("29902/30000 steps") && lines[0].contains("loss"), "{shown}");
     }
 }
