@@ -103,8 +103,11 @@ fn a_diverging_run_stops_at_its_step_and_saves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let config = case("configs/huge_lr_rarelog.json");
-    let err = format!("{:#}", mnist(&["train", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--plain"]).unwrap_err());
+    let e = mnist(&["train", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--plain"]).unwrap_err();
+    let err = format!("{e:#}");
     assert!(err.contains("training diverged at step") && err.contains("lower the learning rate"), "{err}");
+    let hint = mnist_cli::hint(&e).unwrap_or_default();
+    assert!(hint.contains("lower learning_rate in it") && hint.contains(" train --config CONFIG.json --out NEW-FOLDER"), "{hint}");
     for f in ["checkpoint.bin", "model.mpk", "model.json", "report.json"] {
         assert!(!out.join(f).exists(), "{f} written for a diverged run");
     }

@@ -64,11 +64,13 @@ fn train_evaluate_and_predict_on_the_bundled_sample() {
     // One of the run's files given for its folder, and a report into a folder that is not
     // there: said before anything is evaluated, naming the folder, not a temporary file.
     let model_json = run_dir.join("model.json");
-    let err = format!("{:#}", mnist(&["eval", "--model", model_json.to_str().unwrap()]).unwrap_err());
-    assert!(err.contains("a file, not a directory") && err.ends_with(&format!("`--model {r}`")), "{err}");
+    let e = mnist(&["eval", "--model", model_json.to_str().unwrap()]).unwrap_err();
+    assert!(format!("{e:#}").contains("a file, not a directory"), "{e:#}");
+    assert_eq!(mnist_cli::hint(&e), Some(format!("pass its folder: --model {r}")));
     // The folder of runs for a run: the newest named; a folder of something else: said so.
-    let err = format!("{:#}", mnist(&["eval", "--model", dir.path().to_str().unwrap()]).unwrap_err());
-    assert!(err.contains("holds no model.json") && err.ends_with(&format!("the newest: `--model {r}`")), "{err}");
+    let e = mnist(&["eval", "--model", dir.path().to_str().unwrap()]).unwrap_err();
+    assert!(format!("{e:#}").contains("holds no model.json"), "{e:#}");
+    assert_eq!(mnist_cli::hint(&e), Some(format!("pass one, e.g. the newest: --model {r}")));
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let err = format!("{:#}", mnist(&["predict", "--model", empty.to_str().unwrap(), "x.png"]).unwrap_err());

@@ -10,6 +10,7 @@ use mnist_infer::{Classifier, Evaluation};
 use mnist_model::artifact::{self, Manifest};
 
 use crate::backend::{BackendKind, Job, dispatch};
+use crate::hints::hinted;
 use crate::output::{note, say, stdout_closed};
 use crate::{EvalArgs, PredictArgs, Status};
 
@@ -127,11 +128,12 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
         // Often one of the run's own files: its folder is what was meant.
         let parent = dir.parent().filter(|p| p.join(artifact::MANIFEST).is_file());
         match parent {
-            Some(parent) => bail!(
-                "{}: a file, not a directory; expected a trained model's artifact directory: pass its folder, `--model {}`",
-                dir.display(),
-                quote_path(parent)
-            ),
+            Some(parent) => {
+                return Err(hinted(
+                    format!("{}: a file, not a directory; expected a trained model's artifact directory", dir.display()),
+                    format!("pass its folder: --model {}", quote_path(parent)),
+                ));
+            }
             None => bail!(
                 "{}: a file, not a directory; expected a trained model's artifact directory (the folder with {} and {})",
                 dir.display(),
@@ -141,42 +143,47 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
         }
     }
     if !dir.is_dir() {
-        bail!(
-            "{}: no such directory; expected a trained model's artifact directory (train one with `{} train`)",
-            dir.display(),
-            crate::train::program()
-        );
+        let message = format!("{}: no such directory; expected a trained model's artifact directory", dir.display());
+        let newest = newest_run(Path::new(ARTIFACTS), artifact::MANIFEST).ok();
+        return Err(match newest {
+            Some(run) => hinted(message, format!("the newest run in {ARTIFACTS}: --model {}", quote_path(&run))),
+            None => hinted(message, format!("train one with `{} train`, and pass its folder with --model", crate::train::program())),
+        });
     }
     if !dir.join(artifact::MANIFEST).exists() && mnist_train::locked_by_another(dir) {
-        bail!("{} holds a run another process is training now (no model yet); wait for it to finish, or pass a finished run", dir.display());
+        return Err(hinted(
+            format!("{} holds a run another process is training now (no model yet)", dir.display()),
+            "wait for it to finish, or pass a finished run with --model",
+        ));
     }
     if !dir.join(artifact::MANIFEST).exists() && dir.join(artifact::CHECKPOINT).is_file() {
-        bail!("{} holds an unfinished run (a checkpoint, no model yet); finish it with `{}`", dir.display(), crate::hints::resume(dir));
+        return Err(hinted(format!("{} holds an unfinished run (a checkpoint, no model yet)", dir.display()), format!("to finish it: {}", crate::hints::resume(dir))));
     }
     if !dir.join(artifact::MANIFEST).exists() {
         // Often the folder of runs, or a run's parent: name a run in it.
         let runs = newest_run(dir, artifact::MANIFEST).ok();
-        match runs {
-            Some(run) => bail!(
-                "{} holds no {}: it is not a trained model's artifact directory, but it holds runs; pass one, e.g. the newest: `--model {}`",
-                dir.display(),
-                artifact::MANIFEST,
-                quote_path(&run)
+        return Err(match runs {
+            Some(run) => hinted(
+                format!("{} holds no {}: it is not a trained model's artifact directory, but it holds runs", dir.display(), artifact::MANIFEST),
+                format!("pass one, e.g. the newest: --model {}", quote_path(&run)),
             ),
-            None => bail!(
+            None => anyhow::anyhow!(
                 "{} holds no {}: expected a trained model's artifact directory (the folder `mnist train` writes, with {} and {})",
                 dir.display(),
                 artifact::MANIFEST,
                 artifact::MANIFEST,
                 artifact::WEIGHTS
             ),
-        }
+        });
     }
     let manifest = artifact::read_manifest(dir).with_context(|| format!("cannot load the model in {}", dir.display()))?;
     let mpk = dir.join(artifact::WEIGHTS);
     if !mpk.is_file() {
-        let hint = crate::hints::rewrite_model(dir).map(|h| format!("\nhint: {h}")).unwrap_or_default();
-        bail!("{}: missing; expected the weights of a finished run in {}{hint}", mpk.display(), dir.display());
+        let message = format!("{}: missing; expected the weights of a finished run in {}", mpk.display(), dir.display());
+        return Err(match crate::hints::rewrite_model(dir) {
+            Some(hint) => hinted(message, hint),
+            None => anyhow::anyhow!(message),
+        });
     }
     Ok(manifest)
 }
@@ -265,8 +272,12 @@ impl Job for PredictJob<'_> {
 
 /// The most recently modified run in `root` that holds `marker`.
 pub(crate) fn newest_run(root: &Path, marker: &str) -> Result<PathBuf> {
-    newest_run_where(root, marker, |_| true)?
-        .with_context(|| format!("no run in {} holds {marker}. Train one with `{} train`, or name the run (--model; for train --resume, --out)", root.display(), crate::train::program()))
+    newest_run_where(root, marker, |_| true)?.ok_or_else(|| {
+        hinted(
+            format!("no run in {} holds {marker}", root.display()),
+            format!("train one with `{} train`, or name the run (--model; for train --resume, --out)", crate::train::program()),
+        )
+    })
 }
 
 /// The most recently logged unfinished run in `root` (what `train --resume` goes on
@@ -286,12 +297,14 @@ pub(crate) fn newest_unfinished_run(root: &Path) -> Result<PathBuf> {
 /// The most recently modified run in `root` that holds `marker` and passes `keep`;
 /// `None` when there is none, an error when `root` cannot be read.
 fn newest_run_where(root: &Path, marker: &str, keep: impl Fn(&Path) -> bool) -> Result<Option<PathBuf>> {
-    let entries = std::fs::read_dir(root).with_context(|| {
-        format!(
-            "no runs found: cannot read {} (in the current directory, {}). Train one with `{} train`, or name the run (--model; for train --resume, --out)",
-            root.display(),
-            std::env::current_dir().map_or_else(|_| "unknown".into(), |d| d.display().to_string()),
-            crate::train::program()
+    let entries = std::fs::read_dir(root).map_err(|e| {
+        hinted(
+            format!(
+                "no runs found: cannot read {} (in the current directory, {}): {e}",
+                root.display(),
+                std::env::current_dir().map_or_else(|_| "unknown".into(), |d| d.display().to_string()),
+            ),
+            format!("train one with `{} train`, or name the run (--model; for train --resume, --out)", crate::train::program()),
         )
     })?;
     Ok(entries

@@ -16,7 +16,13 @@ use crate::train::{program, resume_hint};
 /// The `hint:` line for `e`, from the first library error in its chain this program has
 /// a hint for (without the `hint: ` prefix).
 pub fn hint(e: &anyhow::Error) -> Option<String> {
+    if let Some(hinted) = e.downcast_ref::<Hinted>() {
+        return Some(hinted.hint.clone());
+    }
     e.chain().find_map(|cause| {
+        if let Some(hinted) = cause.downcast_ref::<Hinted>() {
+            return Some(hinted.hint.clone());
+        }
         if let Some(e) = cause.downcast_ref::<mnist_train::Error>() {
             return train(e);
         }
@@ -37,6 +43,27 @@ pub fn hint(e: &anyhow::Error) -> Option<String> {
         }
         None
     })
+}
+
+/// An error of this program's own, with the `hint:` line below it: the message says what
+/// is wrong, the hint the command or flag that goes on.
+#[derive(Debug)]
+pub(crate) struct Hinted {
+    message: String,
+    hint: String,
+}
+
+impl std::fmt::Display for Hinted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Hinted {}
+
+/// An error saying `message`, with `hint` on the `hint:` line below it.
+pub(crate) fn hinted(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+    Hinted { message: message.into(), hint: hint.into() }.into()
 }
 
 /// What `mnist train` was asked: `--resume`, and `--steps` if given.
@@ -94,6 +121,14 @@ fn train(e: &mnist_train::Error) -> Option<String> {
             "a resume takes the run's own config.json: leave out --config and --seed (only --steps may change), or train a new run into another --out".into()
         }
         Error::FinishNotSaved { dir, .. } | Error::CheckpointNotSaved { kept: Some(_), dir, .. } => format!("resume with: {}", resume(dir)),
+        // The run's own folder keeps its checkpoint from before: a new run goes elsewhere.
+        Error::Diverged { step: 0, .. } => {
+            format!("copy the run's config.json, lower model.init_std and model.init_bias in it, and train a new run: {} train --config CONFIG.json --out NEW-FOLDER", program())
+        }
+        Error::Diverged { .. } | Error::DivergedWeights { .. } => format!(
+            "copy the run's config.json, lower learning_rate in it (the seed's is 0.0001), and train a new run: {} train --config CONFIG.json --out NEW-FOLDER",
+            program()
+        ),
         Error::Model(e) => return model(e),
         Error::Data(e) => return data(e),
         Error::Evaluation(e) => return infer(e),

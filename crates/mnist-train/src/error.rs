@@ -119,8 +119,9 @@ pub enum Error {
         tensor: String,
     },
     /// The output directory holds files a run writes (`config.json`, `metrics.jsonl`, ...)
-    /// that no run wrote there (it has no lock file): a new run would replace them.
-    #[error("{} holds {} that no training run wrote (the folder has no .lock); training would overwrite {}: train into an empty or new directory, or move {} away", path.display(), files.join(", "), if files.len() == 1 { "it" } else { "them" }, if files.len() == 1 { "it" } else { "them" })]
+    /// that no run wrote there (it has no lock file beside a run's metrics): a new run
+    /// would replace them.
+    #[error("{} holds {} that no training run wrote (no run has started there); training would overwrite {}: train into an empty or new directory, or move {} away", path.display(), files.join(", "), if files.len() == 1 { "it" } else { "them" }, if files.len() == 1 { "it" } else { "them" })]
     WouldOverwrite {
         /// The artifact directory.
         path: PathBuf,
