@@ -36,7 +36,9 @@ pub fn bench(args: BenchArgs) -> Result<Status> {
         Measure::Latency | Measure::Serve => None,
     };
     if let Some(pass) = pass {
-        crate::memory::check(backend, &CnnConfig::new(), pass, args.batch, &format!("--batch {}", args.batch), "--batch")?;
+        // An evaluation batch is never larger than the images evaluated.
+        let batch = if pass == crate::memory::Pass::Evaluation { args.batch.min(EVAL_IMAGES) } else { args.batch };
+        crate::memory::check(backend, &CnnConfig::new(), pass, batch, &format!("--batch {}", args.batch), "--batch")?;
     }
     let data = Locator::offline(None).load(DatasetKind::Sample).context("cannot load the bundled sample")?;
     if args.measure == Measure::Serve {

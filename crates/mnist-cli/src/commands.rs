@@ -85,7 +85,12 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     // written all the same.
     let heading = format!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
     let table = evaluation.table(&class_names(&manifest));
-    let report = EvalReport { model: model_dir.to_string_lossy().into_owned(), dataset: dataset.kind.name(), evaluation: &evaluation };
+    let report = EvalReport {
+        model: model_dir.to_string_lossy().into_owned(),
+        model_sha256: manifest.sha256.get(artifact::WEIGHTS).map(String::as_str),
+        dataset: dataset.kind.name(),
+        evaluation: &evaluation,
+    };
     if to_stdout {
         // `--json -`: the JSON alone on standard output, for a pipe; the table for the eye.
         note!("{heading}\n{table}");
@@ -106,6 +111,11 @@ struct EvalReport<'a> {
     /// The model's artifact directory, as given (a name that is not UTF-8 with U+FFFD in
     /// place of what is not).
     model: String,
+    /// The SHA-256 of the weights evaluated (`model.mpk`), as `model.json` records it:
+    /// tells an evaluation of the model now in the folder from one of a model it held
+    /// before (a resume that trained further writes new weights).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_sha256: Option<&'a str>,
     /// The dataset whose test split was evaluated (`mnist`, `fashion`, `sample`).
     dataset: &'a str,
     #[serde(flatten)]

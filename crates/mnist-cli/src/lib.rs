@@ -370,16 +370,37 @@ impl Status {
     }
 }
 
+/// Starts rayon's global pool of worker threads (the CPU backends' and the kernels'), once
+/// per process. Left to the first parallel operation, a pool that cannot start (an
+/// address-space limit with no room for the threads' stacks) is a panic there.
+fn start_workers() -> Result<()> {
+    static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| match rayon::ThreadPoolBuilder::new().build_global() {
+        Ok(()) => Ok(()),
+        // Built already by whoever called first (a test in this process).
+        Err(e) if e.to_string().contains("already been initialized") => Ok(()),
+        Err(e) => Err(e.to_string()),
+    });
+    started.clone().map_err(|e| {
+        hints::hinted(
+            format!("cannot start the worker threads: {e}"),
+            "the memory limit (ulimit -v) leaves no room for their stacks: raise it, or run with RAYON_NUM_THREADS=1 for one worker",
+        )
+    })
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<Status> {
     // A misspelt MNIST_RS_SIMD would otherwise be ignored without a word.
     mnist_kernels::Simd::cap_from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+    memory::check_off()?;
     memory::on_out_of_memory(match &cli.command {
-        Command::Train(_) => "a smaller batch_size or eval_batch_size in the training config needs less memory".into(),
-        Command::Bench(_) => "a smaller --batch needs less memory".into(),
-        Command::Serve(_) => "a smaller --max-batch needs less memory".into(),
-        Command::Eval(_) | Command::Predict(_) => "close other programs, or raise this process's memory limit".into(),
+        Command::Train(_) => memory::Advice::Batch,
+        Command::Bench(_) => memory::Advice::BenchBatch,
+        Command::Serve(_) => memory::Advice::MaxBatch,
+        Command::Eval(_) | Command::Predict(_) => memory::Advice::Other,
     });
+    start_workers()?;
     let status = match cli.command {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => commands::eval(args),

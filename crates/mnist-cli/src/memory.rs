@@ -91,7 +91,8 @@ impl Need {
     }
 }
 
-/// Room this process has for more memory, and the limit that sets it.
+/// Room this process has for more memory, at most (the room a limit leaves before other
+/// programs or the process's own mappings take some), and the limit that sets it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Room {
     /// Bytes.
@@ -141,8 +142,12 @@ pub fn room() -> Option<Room> {
         && let Ok(pid) = sysinfo::get_current_pid()
     {
         system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), false, ProcessRefreshKind::nothing().with_memory());
+        // Less the resident set, not the mapped size: the allocator reserves address space
+        // ahead (an arena of 1 GiB, where the limit allows it) that later allocations fill
+        // without mapping more, so the mapped size would make the room depend on whether
+        // the limit let it reserve. The room is thus at most what is left.
         if let Some(process) = system.process(pid) {
-            rooms.push(Room { bytes: limit.saturating_sub(process.virtual_memory()), limit: Limit::AddressSpace });
+            rooms.push(Room { bytes: limit.saturating_sub(process.memory()), limit: Limit::AddressSpace });
         }
     }
     rooms.into_iter().min_by_key(|room| room.bytes)
@@ -164,13 +169,15 @@ pub struct TooLarge {
     pub fits: Option<usize>,
     /// The backend.
     pub backend: BackendKind,
+    /// Whether the run is resumed: its batch cannot change then.
+    pub resume: bool,
 }
 
 impl fmt::Display for TooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} needs at least {} of memory on {} ({} for the network, {} for a batch), but {} leaves room for {}",
+            "{} needs at least {} of memory on {} ({} for the network, {} for a batch), but {} leaves room for at most {}",
             self.what,
             gib(self.need.total()),
             self.backend.name(),
@@ -184,14 +191,27 @@ impl fmt::Display for TooLarge {
 
 impl std::error::Error for TooLarge {}
 
-/// Bytes as GiB with two decimals (MiB below one GiB).
+/// Bytes as GiB with two decimals (MiB below one GiB, KiB below one MiB).
 pub fn gib(bytes: u64) -> String {
-    if bytes < 1 << 30 { format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20)) } else { format!("{:.2} GiB", bytes as f64 / f64::from(1 << 30)) }
+    match bytes {
+        0..0x10_0000 => format!("{} KiB", bytes.div_ceil(1024)),
+        0x10_0000..0x4000_0000 => format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20)),
+        _ => format!("{:.2} GiB", bytes as f64 / f64::from(1 << 30)),
+    }
 }
 
-/// Whether [`CHECK_ENV`] turns the check off.
-fn check_off() -> bool {
-    std::env::var(CHECK_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off"))
+/// Whether [`CHECK_ENV`] turns the check off (`off`); unset or `on` leave it on.
+///
+/// # Errors
+/// Any other value, named: a misspelt `of` or a `0` would otherwise be ignored.
+pub fn check_off() -> anyhow::Result<bool> {
+    match std::env::var(CHECK_ENV) {
+        Ok(v) if v.eq_ignore_ascii_case("off") => Ok(true),
+        Ok(v) if v.eq_ignore_ascii_case("on") || v.is_empty() => Ok(false),
+        Ok(v) => anyhow::bail!("{CHECK_ENV} is {v:?}; expected off (no memory check before a run) or on"),
+        Err(std::env::VarError::NotPresent) => Ok(false),
+        Err(std::env::VarError::NotUnicode(v)) => anyhow::bail!("{CHECK_ENV} is {v:?}, not text; expected off or on"),
+    }
 }
 
 /// Checks that a `pass` over `batch` images (`what`, set by `field`, as the user named
@@ -208,12 +228,13 @@ pub fn check_in(room: Option<Room>, backend: BackendKind, model: &CnnConfig, pas
         let mid = lo + (hi - lo) / 2;
         if fits(mid) { lo = mid } else { hi = mid }
     }
-    Err(TooLarge { what: what.to_string(), field, need, room, fits: (lo > 0).then_some(lo), backend })
+    Err(TooLarge { what: what.to_string(), field, need, room, fits: (lo > 0).then_some(lo), backend, resume: false })
 }
 
 /// [`check_in`] against this process's [`room`], unless [`CHECK_ENV`] is `off`.
+/// The environment variable was checked when the command started ([`check_off`]).
 pub fn check(backend: BackendKind, model: &CnnConfig, pass: Pass, batch: usize, what: &str, field: &'static str) -> Result<(), TooLarge> {
-    if check_off() {
+    if check_off().unwrap_or(false) {
         return Ok(());
     }
     check_in(room(), backend, model, pass, batch, what, field)
@@ -222,27 +243,56 @@ pub fn check(backend: BackendKind, model: &CnnConfig, pass: Pass, batch: usize, 
 /// The `hint:` line for a [`TooLarge`]: the largest batch that can fit (or a smaller
 /// network, when none can), and the way past the check.
 pub fn hint(e: &TooLarge) -> String {
+    let network_too_large = e.need.network > e.room.bytes;
     let smaller = match e.fits {
-        Some(n) => format!("a {} above {n} cannot fit; ", e.field),
-        None if e.need.network > e.room.bytes => "a smaller network (model.hidden, model.conv1_channels, model.conv2_channels) needs less; ".into(),
+        Some(n) => format!("{} over {n} cannot fit; ", e.field),
+        None if network_too_large => "a smaller network (model.hidden, model.conv1_channels, model.conv2_channels) needs less; ".into(),
         None => String::new(),
     };
-    format!("{smaller}{CHECK_ENV}=off starts it anyway (the estimate is a lower bound)")
+    // A resume keeps the run's config: only more room, or a new run, helps.
+    let resume = if e.resume { "a resume keeps the run's config: free memory or raise the limit, or train a new run with a smaller config into another --out; " } else { "" };
+    format!("{smaller}{resume}{CHECK_ENV}=off starts it anyway (the estimate is a lower bound)")
 }
 
 /// What the `mnist` binary's allocator says (with [`out_of_memory_hint`]) when the system
 /// refuses memory: the size asked for, in `out`, without allocating.
 pub fn out_of_memory(size: usize, out: &mut dyn std::io::Write) {
-    let hint = OOM_HINT.get().map_or("a smaller batch needs less memory", String::as_str);
+    let hint = match OOM_ADVICE.load(std::sync::atomic::Ordering::Relaxed) {
+        a if a == Advice::Batch as u8 => "a smaller batch_size or eval_batch_size in the training config needs less memory",
+        a if a == Advice::Network as u8 => "a smaller network (model.hidden, model.conv1_channels, model.conv2_channels) needs less memory",
+        a if a == Advice::Resume as u8 => "a resume keeps the run's config: free memory or raise the limit, or train a new run with a smaller config",
+        a if a == Advice::BenchBatch as u8 => "a smaller --batch needs less memory",
+        a if a == Advice::MaxBatch as u8 => "a smaller --max-batch needs less memory",
+        _ => "close other programs, or raise this process's memory limit",
+    };
     let _ = write!(out, "error: out of memory: the system refused {} more bytes ({} MiB)\nhint: {hint}\n", size, size >> 20);
 }
 
-/// Set once by the command that runs: what to change when memory runs out.
-static OOM_HINT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// What [`out_of_memory`] advises, set by the command as it learns what takes the memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Advice {
+    /// Nothing of the user's sets the memory taken.
+    Other,
+    /// Training: a smaller batch.
+    Batch,
+    /// Training a network whose parameters take more than a batch.
+    Network,
+    /// Resuming: the config cannot change.
+    Resume,
+    /// `bench`: a smaller `--batch`.
+    BenchBatch,
+    /// `serve`: a smaller `--max-batch`.
+    MaxBatch,
+}
+
+/// The current [`Advice`], read by the allocator's report (an atomic: it cannot allocate
+/// or wait for a lock there).
+static OOM_ADVICE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(Advice::Other as u8);
 
 /// Sets what [`out_of_memory`] advises.
-pub(crate) fn on_out_of_memory(hint: String) {
-    let _ = OOM_HINT.set(hint);
+pub(crate) fn on_out_of_memory(advice: Advice) {
+    OOM_ADVICE.store(advice as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -278,12 +328,12 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                "training with batch_size 60000 needs at least {} of memory on flex (50 MiB for the network, {} for a batch), but this process's address-space limit (ulimit -v) leaves room for 2.00 GiB",
+                "training with batch_size 60000 needs at least {} of memory on flex (50 MiB for the network, {} for a batch), but this process's address-space limit (ulimit -v) leaves room for at most 2.00 GiB",
                 gib(e.need.total()),
                 gib(e.need.batch)
             )
         );
-        assert_eq!(hint(&e), format!("a batch_size above {fits} cannot fit; MNIST_MEMORY_CHECK=off starts it anyway (the estimate is a lower bound)"));
+        assert_eq!(hint(&e), format!("batch_size over {fits} cannot fit; MNIST_MEMORY_CHECK=off starts it anyway (the estimate is a lower bound)"));
         // Room for the network but not one image: the hint says only how to go on.
         let network = need(BackendKind::Flex, &seed, Pass::Training, 0).unwrap().network;
         let none = check_in(Some(Room { bytes: network + 1, limit: Limit::Machine }), BackendKind::Flex, &seed, Pass::Training, 1, "--batch 1", "--batch").unwrap_err();
@@ -318,8 +368,30 @@ mod tests {
     }
 
     #[test]
-    fn sizes_read_in_mib_or_gib() {
+    fn sizes_read_in_kib_mib_or_gib() {
+        assert_eq!(gib(1000), "1 KiB");
+        assert_eq!(gib(300 << 10), "300 KiB");
         assert_eq!(gib(100 << 20), "100 MiB");
         assert_eq!(gib(3 << 29), "1.50 GiB");
+    }
+
+    #[test]
+    fn a_resume_is_told_its_config_cannot_change() {
+        let mut e = check_in(room(2), BackendKind::Flex, &CnnConfig::new(), Pass::Training, 60_000, "training with batch_size 60000", "batch_size").unwrap_err();
+        e.resume = true;
+        assert!(hint(&e).contains("a resume keeps the run's config"), "{}", hint(&e));
+    }
+
+    #[test]
+    fn the_out_of_memory_advice_follows_the_command() {
+        let text = |advice| {
+            on_out_of_memory(advice);
+            let mut out = Vec::new();
+            out_of_memory(1 << 20, &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert!(text(Advice::Network).contains("hint: a smaller network"));
+        assert!(text(Advice::BenchBatch).contains("hint: a smaller --batch"));
+        assert!(text(Advice::Other).contains("hint: close other programs"));
     }
 }

@@ -36,6 +36,34 @@ fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
     anyhow::bail!("{} holds {name} and 998 more of its numbered names; choose a folder with --out", root.display())
 }
 
+/// Refuses a run whose batches (or network) the memory cannot hold, before it is tried and
+/// the process killed; and sets what the allocator advises if memory runs out anyway.
+/// `start`: the step the run goes on from (no training left at `config.steps`); `file`:
+/// where the config came from, for the message.
+fn check_memory(backend: BackendKind, config: &TrainConfig, dataset: &mnist_data::Dataset, start: u64, file: Option<&Path>, resume: bool) -> Result<()> {
+    use crate::memory::{Advice, Pass, check, need, on_out_of_memory};
+    let source = file.map(|f| format!("{}: ", f.display())).unwrap_or_default();
+    let training = need(backend, &config.model, Pass::Training, config.batch_size);
+    on_out_of_memory(match training {
+        _ if resume => Advice::Resume,
+        Some(n) if n.network > n.batch => Advice::Network,
+        _ => Advice::Batch,
+    });
+    let resumed = |mut e: crate::memory::TooLarge| {
+        e.resume = resume;
+        e
+    };
+    if start < config.steps {
+        let what = format!("{source}training with batch_size {}", config.batch_size);
+        check(backend, &config.model, Pass::Training, config.batch_size, &what, "batch_size").map_err(resumed)?;
+    }
+    // An evaluation batch is never larger than the test split.
+    let eval_batch = config.eval_batch_size.min(dataset.test.len().max(1));
+    let what = format!("{source}evaluating the {} test images with eval_batch_size {}", dataset.test.len(), config.eval_batch_size);
+    check(backend, &config.model, Pass::Evaluation, eval_batch, &what, "eval_batch_size").map_err(resumed)?;
+    Ok(())
+}
+
 /// The config of the run in `out` to resume: its `config.json`, or where that is gone,
 /// the one its checkpoint records (said on standard error; the run writes `config.json`
 /// again).
@@ -43,7 +71,7 @@ fn run_config(out: &Path) -> Result<TrainConfig> {
     let file = out.join(artifact::TRAIN_CONFIG);
     let checkpoint = out.join(artifact::CHECKPOINT);
     if !file.exists() && checkpoint.is_file() {
-        let state = checkpoint::read_state(&checkpoint).with_context(|| format!("cannot resume {}: its {} is missing", out.display(), artifact::TRAIN_CONFIG))?;
+        let state = checkpoint::read_state(&checkpoint).with_context(|| format!("{}: its {} is missing, and its checkpoint cannot be read", out.display(), artifact::TRAIN_CONFIG))?;
         note!("note: {} is missing; resuming with the config {} records", file.display(), checkpoint.display());
         return Ok(state.config);
     }
@@ -113,20 +141,17 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     options.kernels = args.kernels.into();
     // A resume the checkpoint refuses, or a batch larger than the dataset, is refused
     // before training is announced.
-    // The file the config came from, which a value out of range names.
-    let config_file = args.config.clone().or_else(|| args.resume.then(|| out.join(artifact::TRAIN_CONFIG)));
+    // The file the config came from, which a value out of range names (on a resume, the
+    // checkpoint where the run's config.json is gone).
+    let config_file = args.config.clone().or_else(|| {
+        let file = out.join(artifact::TRAIN_CONFIG);
+        args.resume.then(|| if file.exists() { file } else { out.join(artifact::CHECKPOINT) })
+    });
     let start = mnist_train::check_start(&config, &dataset, &options).map_err(|e| match (e, config_file.clone()) {
         (mnist_train::Error::InvalidConfig { file: None, field, message }, Some(file)) => mnist_train::Error::InvalidConfig { file: Some(file), field, message },
         (e, _) => e,
     })?;
-    // A batch the memory cannot hold is refused before it is tried (and the process killed).
-    let source = config_file.map(|f| format!("{}: ", f.display())).unwrap_or_default();
-    if start < config.steps {
-        let what = format!("{source}training with batch_size {}", config.batch_size);
-        crate::memory::check(backend, &config.model, crate::memory::Pass::Training, config.batch_size, &what, "batch_size")?;
-    }
-    let what = format!("{source}evaluating with eval_batch_size {}", config.eval_batch_size);
-    crate::memory::check(backend, &config.model, crate::memory::Pass::Evaluation, config.eval_batch_size, &what, "eval_batch_size")?;
+    check_memory(backend, &config, &dataset, start, config_file.as_deref(), args.resume)?;
     if start == config.steps {
         let are = if config.steps == 1 { "is" } else { "are" };
         say!("the run's {} {are} done; evaluating it and writing its model files into {}", steps(config.steps), out.display());
@@ -150,9 +175,6 @@ pub fn train(args: TrainArgs) -> Result<Status> {
             // A stop that came after the last step finished the run all the same; the exit
             // status still says the signal came (130, 143, 129), so that a script stops.
             let signalled = options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-            if signalled {
-                note!("{} after the last step: the run was finished and saved", stopped_by());
-            }
             say!("{}", report.test.table(&class_names(&dataset)));
             say!(
                 "test accuracy {:.4}; {:.0} training images/s; wrote {}",
@@ -160,6 +182,10 @@ pub fn train(args: TrainArgs) -> Result<Status> {
                 report.train_images_per_sec,
                 out.display()
             );
+            // Last: it sums the run up.
+            if signalled {
+                note!("{} after the last step: the run was finished and saved", stopped_by());
+            }
             Ok(if signalled { Status::Interrupted } else { Status::Success })
         }
         Outcome::Interrupted { step } => {
@@ -301,7 +327,8 @@ fn install_stop_handlers(flag: &Arc<AtomicBool>) -> std::io::Result<()> {
             // Said from a thread of its own, so that a standard error that blocks (held by
             // another thread, or a full pipe) cannot hold the exit back.
             let (said, wait) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
+            // No thread to spare (a memory limit): quit without the note.
+            let _ = std::thread::Builder::new().spawn(move || {
                 // On a terminal the progress bar holds the line: the note starts its own.
                 let line_break = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\n" } else { "" };
                 let resume = RESUME_HINT.get().map(|c| format!("; resume with: {c}")).unwrap_or_default();

@@ -247,6 +247,9 @@ fn machine_readable_output_stays_machine_readable() {
     assert_eq!(std::fs::read_to_string(digits.join("eval.json")).unwrap(), "its own evaluation");
     let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(digits.join("eval-sample.json")).unwrap()).unwrap();
     assert_eq!(eval["dataset"], "sample");
+    // Which weights were evaluated: a later model in the folder is told apart.
+    assert_eq!(eval["model_sha256"], manifest["sha256"]["model.mpk"], "{eval}");
+    assert_eq!(eval["model_sha256"].as_str().map(str::len), Some(64), "{eval}");
     // Output that cannot be written (a full disk) is an error, unlike a reader gone away.
     if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
         let output = mnist().args(["predict", "--json", "--model", m, files[0]]).stdout(full).output().unwrap();
@@ -578,7 +581,7 @@ fn a_run_missing_its_config_resumes_with_its_checkpoints() {
     let output = mnist().args(["train", "--plain", "--backend", "flex", "--resume", "--steps", "8", "--out"]).arg(&junk).output().unwrap();
     let stderr = no_panic("train --resume of a junk checkpoint without config.json", &output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("checkpoint.bin") && stderr.contains("config.json is missing") && stderr.contains("\nhint: its config is gone too: to train a new run there, mv "), "{stderr}");
+    assert!(stderr.contains("checkpoint.bin") && stderr.contains("config.json is missing, and its checkpoint cannot be read") && stderr.contains("\nhint: its config is gone too: to train a new run there, mv "), "{stderr}");
 }
 
 /// `mnist` under an address-space limit of `gib` GiB (`ulimit -v`).
@@ -597,25 +600,39 @@ const MEMORY_CHECK: &str = "MNIST_MEMORY_CHECK";
 #[cfg(unix)]
 fn a_batch_too_large_for_the_memory_is_refused_before_it_starts() {
     // 60,000 images need more than 7 GiB on flex: refused with the batch that can fit.
-    let out = limited(4).args(["bench", "train", "--backend", "flex", "--batch", "60000", "--repeats", "1"]).output().unwrap();
+    let out = limited(3).args(["bench", "train", "--backend", "flex", "--batch", "60000", "--repeats", "1"]).output().unwrap();
     let stderr = no_panic("bench --batch 60000", &out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.starts_with("error: --batch 60000 needs at least 7.85 GiB of memory on flex (50 MiB for the network, 7.80 GiB for a batch), but this process's address-space limit (ulimit -v) leaves room for "), "{stderr}");
-    assert!(stderr.contains("\nhint: a --batch above ") && stderr.contains(" cannot fit; MNIST_MEMORY_CHECK=off starts it anyway"), "{stderr}");
+    assert!(stderr.starts_with("error: --batch 60000 needs at least 7.85 GiB of memory on flex (50 MiB for the network, 7.80 GiB for a batch), but this process's address-space limit (ulimit -v) leaves room for at most "), "{stderr}");
+    assert!(stderr.contains("\nhint: --batch over ") && stderr.contains(" cannot fit; MNIST_MEMORY_CHECK=off starts it anyway"), "{stderr}");
+    // Evaluation batches are capped at the 10,000 images evaluated: 60,000 is 10,000.
+    let out = limited(3).args(["bench", "eval", "--backend", "flex", "--batch", "60000", "--repeats", "1", "--warmup", "0"]).output().unwrap();
+    let stderr = no_panic("bench eval --batch 60000", &out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // A value of the check's variable other than off or on is named, not ignored.
+    let out = limited(3).env(MEMORY_CHECK, "0").args(["bench", "latency", "--repeats", "1"]).output().unwrap();
+    let stderr = no_panic("MNIST_MEMORY_CHECK=0", &out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: MNIST_MEMORY_CHECK is \"0\"; expected off"), "{stderr}");
 
     // A network whose parameters and Adam's state alone overflow the room: the config is named.
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("wide.json");
     std::fs::write(&config, r#"{"dataset": "sample", "model": {"hidden": 80000}, "steps": 10}"#).unwrap();
-    let out = limited(4).args(["train", "--backend", "flex", "--plain", "--config"]).arg(&config).arg("--out").arg(tmp.path().join("run")).output().unwrap();
+    let out = limited(3).args(["train", "--backend", "flex", "--plain", "--config"]).arg(&config).arg("--out").arg(tmp.path().join("run")).output().unwrap();
     let stderr = no_panic("train a wide network", &out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with(&format!("error: {}: training with batch_size 50 needs at least ", config.display())), "{stderr}");
     assert!(stderr.contains("\nhint: a smaller network (model.hidden"), "{stderr}");
     assert!(!stderr.contains("training on"), "refused before training is announced: {stderr}");
+    // Past the check, the network that does not fit is what the allocator's hint names.
+    let out = limited(3).env(MEMORY_CHECK, "off").args(["train", "--backend", "flex", "--plain", "--config"]).arg(&config).arg("--out").arg(tmp.path().join("run-unchecked")).output().unwrap();
+    let stderr = no_panic("train a wide network unchecked", &out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: out of memory: the system refused ") && stderr.contains("\nhint: a smaller network"), "{stderr}");
 
     // Past the check, the allocator's refusal is an error line too, not an abort (134).
-    let out = limited(4).env(MEMORY_CHECK, "off").args(["bench", "train", "--backend", "flex", "--batch", "60000", "--repeats", "1", "--warmup", "0"]).output().unwrap();
+    let out = limited(3).env(MEMORY_CHECK, "off").args(["bench", "train", "--backend", "flex", "--batch", "60000", "--repeats", "1", "--warmup", "0"]).output().unwrap();
     let stderr = no_panic("bench --batch 60000 unchecked", &out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.starts_with("error: out of memory: the system refused ") && stderr.contains("\nhint: a smaller --batch needs less memory"), "{stderr}");

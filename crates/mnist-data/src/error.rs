@@ -186,7 +186,7 @@ pub enum Error {
         cache: String,
     },
     /// The directory named for a dataset does not exist (or is not a directory).
-    #[error("{}: no such directory; expected a directory holding {wanted} {dataset} IDX files", dir.display())]
+    #[error("{}: {}; expected a directory holding {wanted} {dataset} IDX files", dir.display(), if dir.exists() { "a file, not a directory" } else { "no such directory" })]
     NoDirectory {
         /// The path given.
         dir: PathBuf,

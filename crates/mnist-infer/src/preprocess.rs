@@ -260,11 +260,14 @@ pub fn preprocess(image: &DynamicImage, name: &Path) -> Result<[u8; SIDE * SIDE]
     let gray = Plane::grayscale_shrunk(image, WORK_SIDE);
     let split = otsu(&gray.v);
     let (gray, split) = match gray.sheet(split) {
-        Some(sheet) => {
+        Sheet::Found(sheet) => {
             let split = otsu(&sheet.v);
             (sheet, split)
         }
-        None => (gray, split),
+        Sheet::Blank { percent } => {
+            return Err(blank(format!("a blank sheet: a light region covering {percent:.0}% of the image has no marks on it")));
+        }
+        Sheet::None => (gray, split),
     };
     let ink = extract_ink(&gray, split).map_err(blank)?;
     let (x0, y0, x1, y1) = ink.bbox;
@@ -470,23 +473,26 @@ impl Plane {
     /// covers either at least 45% of the image and, filled in, 60% of its bounding box,
     /// or at least 3% of the image and, filled in, 85% of its bounding box with the marks
     /// at most 30% of it, the image cut to that region's bounding box with everything
-    /// outside the filled region painted the region's median colour. `None` otherwise.
-    fn sheet(&self, threshold: f32) -> Option<Plane> {
+    /// outside the filled region painted the region's median colour. [`Sheet::Blank`]
+    /// for such a region with no marks at all that is large or at most twice as long as it
+    /// is wide (a sheet, not the bar of a bold light 1). [`Sheet::None`] otherwise.
+    fn sheet(&self, threshold: f32) -> Sheet {
         if light_background(self, threshold) {
-            return None; // the border is light already: no sheet to find
+            return Sheet::None; // the border is light already: no sheet to find
         }
         let light: Vec<bool> = self.v.iter().map(|&v| v > threshold).collect();
         let (labels, sizes) = components(self.w, self.h, &light, false);
         let (w, h) = (self.w as usize, self.h as usize);
         // The largest light region, wherever it lies (a sheet need not be centred).
-        let label = (1..sizes.len()).max_by_key(|&l| sizes[l])? as u32;
+        let Some(label) = (1..sizes.len()).max_by_key(|&l| sizes[l]) else { return Sheet::None };
+        let label = label as u32;
         let area = sizes[label as usize];
         let large = area as f32 >= 0.45 * (w * h) as f32;
         if !large && (area as f32) < 0.03 * (w * h) as f32 {
-            return None;
+            return Sheet::None;
         }
         let region: Vec<bool> = labels.iter().map(|&l| l == label).collect();
-        let (x0, y0, x1, y1) = bounding_box(self.w, &region)?;
+        let Some((x0, y0, x1, y1)) = bounding_box(self.w, &region) else { return Sheet::None };
         // The region filled in: what lies between its pixels both along its row and
         // along its column (its holes, and marks cutting into its edges).
         let (mut rows, mut cols) = (vec![(u32::MAX, 0); h], vec![(u32::MAX, 0); w]);
@@ -507,13 +513,30 @@ impl Plane {
         // its box, with a large hole).
         let (box_fill, solidity) = (filled_area as f32 / (bw * bh) as f32, area as f32 / filled_area as f32);
         let sheet_shaped = if large { box_fill >= 0.6 } else { box_fill >= 0.85 && solidity >= 0.7 };
-        if filled_area == area || !sheet_shaped {
-            return None; // no marks on it, or not sheet-shaped
+        if !sheet_shaped {
+            return Sheet::None;
+        }
+        if filled_area == area {
+            // No marks on it: a blank sheet, unless it may be a light digit's bar.
+            let long = bw.max(bh) as f32 / bw.min(bh) as f32;
+            return if large || long <= 2.0 { Sheet::Blank { percent: 100.0 * area as f32 / (w * h) as f32 } } else { Sheet::None };
         }
         let mut colour: Vec<f32> = (0..self.v.len()).filter(|&i| region[i]).map(|i| self.v[i]).collect();
         let colour = percentile(&mut colour, 0.5);
-        Some(Plane::new(bw, bh, |x, y| if filled(x0 + x, y0 + y) { self.at(x0 + x, y0 + y) } else { colour }))
+        Sheet::Found(Plane::new(bw, bh, |x, y| if filled(x0 + x, y0 + y) { self.at(x0 + x, y0 + y) } else { colour }))
     }
+}
+
+/// What [`Plane::sheet`] finds.
+enum Sheet {
+    /// A sheet with marks on it: the image cut to it.
+    Found(Plane),
+    /// A sheet with no marks at all, covering this percentage of the image.
+    Blank {
+        percent: f32,
+    },
+    /// No sheet: the image is taken as it is.
+    None,
 }
 
 /// The ink of an image: intensities in `[0, 1]` (0 = background) and its bounding box.
@@ -1118,6 +1141,21 @@ mod tests {
                 DynamicImage::ImageLuma8(photo(digit, 38, 38, 30.0, paper, 4.0, i as u64))
             });
         }
+    }
+
+    /// A blank sheet on a dark desk, or inside a thin dark frame, is said to be blank (the
+    /// framed one was "the ink covers 92%", the smaller sheet was classified as a digit).
+    #[test]
+    fn a_blank_sheet_is_named_as_one() {
+        for (name, margin) in [("thin frame", 3u32), ("desk", 40), ("wide desk", 60)] {
+            let page = GrayImage::from_fn(200, 200, |x, y| Luma([if x < margin || y < margin || x >= 200 - margin || y >= 200 - margin { 30 } else { 235 }]));
+            let err = preprocess(&DynamicImage::ImageLuma8(page), Path::new("sheet.png")).unwrap_err().to_string();
+            assert!(err.contains("sheet.png: ") && err.contains("a blank sheet: a light region covering"), "{name}: {err}");
+        }
+        // A bold light bar on black (a 1 as MNIST draws them, light on dark) is no sheet.
+        let bar = GrayImage::from_fn(100, 100, |x, y| Luma([if (44..56).contains(&x) && (20..80).contains(&y) { 255 } else { 0 }]));
+        let err = preprocess(&DynamicImage::ImageLuma8(bar), Path::new("bar.png")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!err.contains("blank sheet"), "{err}");
     }
 
     #[test]

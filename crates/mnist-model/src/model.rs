@@ -100,9 +100,10 @@ impl CnnConfig {
             shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| sum.checked_add(n))
         });
         if params.is_none_or(|n| n > MAX_PARAMS) {
-            let count = params.map_or_else(|| "more than 2^64".to_string(), |n| format!("{n}"));
+            let count = params.map_or_else(|| "more than 2^64".to_string(), thousands);
             return bad(None, format!(
-                "the network would have {count} parameters; the most is {MAX_PARAMS} (1 GiB of f32; the seed has 3,274,634): lower hidden, conv1_channels or conv2_channels"
+                "the network would have {count} parameters; the most is {} (1 GiB of f32; the seed has 3,274,634): lower hidden, conv1_channels or conv2_channels",
+                thousands(MAX_PARAMS)
             ));
         }
         Ok(())
@@ -291,4 +292,17 @@ impl<B: Backend> Cnn<B> {
 /// When `batch * width` is over `u32::MAX`.
 pub fn dropout_mask<B: Backend>(batch: usize, width: usize, drop: f64, seed: u64, step: u64, device: &B::Device) -> Tensor<B, 2> {
     mnist_kernels::dropout_mask::<B>(batch, width, 1.0 - drop, seed, step, device)
+}
+
+/// `n` with commas between its groups of three digits (`3,274,634`).
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

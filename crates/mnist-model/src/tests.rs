@@ -59,7 +59,7 @@ fn invalid_configs_are_rejected() {
         (CnnConfig::new().with_init_std(-1.0), "init_std"),
         // Widths whose network would not fit in memory are refused before any allocation
         // (a hand-edited model.json killed the process allocating 1.25 TB).
-        (CnnConfig::new().with_hidden(100_000_000), "the network would have 314700052106 parameters; the most is 268435456"),
+        (CnnConfig::new().with_hidden(100_000_000), "the network would have 314,700,052,106 parameters; the most is 268,435,456"),
         (CnnConfig::new().with_hidden(2_000_000), "lower hidden"),
         (CnnConfig::new().with_conv2_channels(usize::MAX), "more than 2^64 parameters"),
         (CnnConfig::new().with_conv1_channels(usize::MAX / 2), "parameters; the most is"),

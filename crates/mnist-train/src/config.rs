@@ -229,7 +229,7 @@ mod tests {
             (TrainConfig::new().with_model(CnnConfig::new().with_classes(12)), "model.classes must be 10"),
             // A message about the model as a whole is put under its section, not glued to
             // a field's path ("model.the network ...").
-            (TrainConfig::new().with_model(CnnConfig::new().with_hidden(100_000_000)), "model: the network would have 314700052106 parameters"),
+            (TrainConfig::new().with_model(CnnConfig::new().with_hidden(100_000_000)), "model: the network would have 314,700,052,106 parameters"),
         ] {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");

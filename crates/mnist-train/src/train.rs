@@ -485,7 +485,7 @@ fn prepare_dir(dir: &Path, resume: bool, notes: bool) -> Result<std::fs::File> {
     }
     if notes && dir.join(artifact::METRICS).exists() && !dir.join(artifact::CHECKPOINT).exists() {
         let what = if resume { "starting it again from step 0 (with the config given, or its own)" } else { "replacing it with this run" };
-        let _ = writeln!(std::io::stderr(), "note: {} holds a run stopped before its first checkpoint; {what}", dir.display());
+        let _ = writeln!(std::io::stderr(), "note: {} holds a run with no checkpoint (stopped before its first one, or the checkpoint was removed); {what}", dir.display());
     }
     if locked {
         // Left by a process killed while writing (SIGKILL, power loss): never renamed, so
@@ -838,7 +838,9 @@ impl Progress {
     fn note_on(&self, stop: Arc<AtomicBool>, note: String) -> StopNote {
         let inner = Arc::new(StopNoteInner { note, bar: self.bar.clone(), said: AtomicBool::new(false), done: AtomicBool::new(false) });
         let watch = inner.clone();
-        std::thread::spawn(move || {
+        // Without a thread to spare (a memory limit), the loop says the note itself when it
+        // sees the stop.
+        let _ = std::thread::Builder::new().name("stop-note".into()).spawn(move || {
             while !watch.done.load(Ordering::SeqCst) {
                 if stop.load(Ordering::SeqCst) {
                     watch.say();

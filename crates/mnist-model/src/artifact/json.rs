@@ -31,10 +31,14 @@ pub fn from_str_strict<T: Serialize + DeserializeOwned>(text: &str, template: &T
 
 /// Parses JSON text, refusing an object that holds the same key twice (serde_json would
 /// keep the last one silently, so `{"steps": 10, "steps": 20}` would train 20 steps). The
-/// error is a message: `not valid JSON: ...` with the line and column.
+/// error is a message: `not valid JSON: ...` with the line and column, or that the text
+/// is empty.
 pub fn parse(text: &str) -> std::result::Result<Value, String> {
     // A byte order mark, as some Windows editors write at the start, is no content.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err("the file is empty; expected JSON".into());
+    }
     serde_json::from_str::<Unique>(text).map(|u| u.0).map_err(|e| format!("not valid JSON: {e}"))
 }
 
@@ -237,6 +241,10 @@ mod tests {
             assert!(!err.contains("usize") && !err.contains("f64") && !err.contains("struct"), "{err}");
         }
         assert!(from_str_strict::<CnnConfig>("{", &CnnConfig::new()).unwrap_err().contains("not valid JSON"));
+        // An empty file says so (it was "EOF while parsing a value at line 1 column 0").
+        for empty in ["", " \n", "\u{feff}"] {
+            assert_eq!(from_str_strict::<CnnConfig>(empty, &CnnConfig::new()).unwrap_err(), "the file is empty; expected JSON");
+        }
     }
 
     #[test]
