@@ -37,8 +37,11 @@ pub fn bench(args: BenchArgs) -> Result<Status> {
     };
     if let Some(pass) = pass {
         // An evaluation batch is never larger than the images evaluated.
-        let batch = if pass == crate::memory::Pass::Evaluation { args.batch.min(EVAL_IMAGES) } else { args.batch };
-        crate::memory::check(backend, &CnnConfig::new(), pass, batch, &format!("--batch {}", args.batch), "--batch")?;
+        let (batch, what) = match pass {
+            crate::memory::Pass::Evaluation => (args.batch.min(EVAL_IMAGES), format!("evaluating {EVAL_IMAGES} images with --batch {}", args.batch)),
+            crate::memory::Pass::Training => (args.batch, format!("--batch {}", args.batch)),
+        };
+        crate::memory::check(backend, &CnnConfig::new(), pass, batch, &what, "--batch")?;
     }
     let data = Locator::offline(None).load(DatasetKind::Sample).context("cannot load the bundled sample")?;
     if args.measure == Measure::Serve {
@@ -93,7 +96,8 @@ impl Job for BenchJob<'_> {
         };
         let (measure, batch, times) = match args.measure {
             Measure::Train => ("train", args.batch, time_training(model, self.train, args, device)?),
-            Measure::Eval => ("eval", args.batch, time_evaluation(&model.valid(), self.test, args, device)?),
+            // The batch used: no more than the images evaluated.
+            Measure::Eval => ("eval", args.batch.min(EVAL_IMAGES), time_evaluation(&model.valid(), self.test, args, device)?),
             Measure::Latency => ("latency", 1, time_latency(model.valid(), self.test, args, device)?),
             Measure::Serve => bail!("the serve measurement is taken by serve::bench"),
         };

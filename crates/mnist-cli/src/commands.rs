@@ -51,6 +51,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
             );
         }
         mnist_fs::check_destination(json)?;
+        check_replaceable(json)?;
     }
     let choice = match (&args.data.dataset, &manifest.dataset) {
         (Some(name), _) => name.parse::<DatasetChoice>()?,
@@ -77,6 +78,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
         None => {
             let json = model_dir.join(artifact::evaluation_file(manifest.dataset.as_deref(), dataset.kind.name()));
             mnist_fs::check_destination(&json)?;
+            check_replaceable(&json)?;
             json
         }
     };
@@ -102,6 +104,25 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     artifact::json::write(&json, &report)?;
     say!("wrote {}", json.display());
     Ok(Status::Success)
+}
+
+/// Refuses a report path holding a file other than an earlier evaluation report (the
+/// user's notes or a training config): `eval` replaces only its own kind of file.
+fn check_replaceable(json: &Path) -> Result<()> {
+    if !json.is_file() {
+        return Ok(());
+    }
+    let report = mnist_fs::read_to_string_capped(json, mnist_fs::MAX_JSON_BYTES)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|v| ["model", "accuracy", "confusion"].iter().all(|key| v.get(key).is_some()));
+    if report {
+        return Ok(());
+    }
+    Err(hinted(
+        format!("{} exists and is not an evaluation report (the JSON `mnist eval` writes); eval replaces only an earlier report", json.display()),
+        "choose another path with --json (or - for standard output), or move the file away",
+    ))
 }
 
 /// What `eval` writes (`eval.json`): which model on which dataset's test split, then the

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use mnist_fs::parent_dir;
-use mnist_model::artifact::{CHECKPOINT, MANIFEST, TRAIN_CONFIG, WEIGHTS};
+use mnist_model::artifact::{CHECKPOINT, MANIFEST, METRICS, PLOT, SAFETENSORS, TRAIN_CONFIG, WEIGHTS};
 
 use crate::commands::quote_path;
 use crate::train::{program, resume_hint};
@@ -114,6 +114,10 @@ fn train(e: &mnist_train::Error) -> Option<String> {
             }
         }
         Error::NoCheckpoint { why: NoCheckpoint::NoDirectory, .. } => "--out names the folder the run was trained into".into(),
+        // A folder of the user's own files takes no new run either.
+        Error::NoCheckpoint { path, .. } if [TRAIN_CONFIG, METRICS, PLOT, WEIGHTS, SAFETENSORS].iter().any(|f| parent_dir(path).join(f).exists()) => {
+            "start a new run without --resume, into another --out (this folder holds files a run would replace)".into()
+        }
         Error::NoCheckpoint { .. } => "start a new run without --resume".into(),
         Error::NotResumable { reason: NotResumable::Finished { steps }, path } => format!("to train it further: {} --steps {}", resume(parent_dir(path)), steps.saturating_mul(2)),
         Error::NotResumable { reason: NotResumable::BeyondSteps { step, .. }, .. } => format!("pass --steps with more than {step}, the steps the run has done"),

@@ -372,7 +372,8 @@ impl Status {
 
 /// Starts rayon's global pool of worker threads (the CPU backends' and the kernels'), once
 /// per process. Left to the first parallel operation, a pool that cannot start (an
-/// address-space limit with no room for the threads' stacks) is a panic there.
+/// address-space limit with no room for the threads' stacks, a limit on processes) is a
+/// panic there.
 fn start_workers() -> Result<()> {
     static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let started = STARTED.get_or_init(|| match rayon::ThreadPoolBuilder::new().build_global() {
@@ -384,7 +385,7 @@ fn start_workers() -> Result<()> {
     started.clone().map_err(|e| {
         hints::hinted(
             format!("cannot start the worker threads: {e}"),
-            "the memory limit (ulimit -v) leaves no room for their stacks: raise it, or run with RAYON_NUM_THREADS=1 for one worker",
+            "this process's limits (its address space, ulimit -v, or a container's limit on processes or memory) leave no room for more threads: raise them, or run with RAYON_NUM_THREADS=1 for one worker",
         )
     })
 }

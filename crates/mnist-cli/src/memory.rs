@@ -108,7 +108,7 @@ pub enum Limit {
     Machine,
     /// The memory limit of the process's control group (a container's).
     Cgroup,
-    /// The address-space limit (`ulimit -v`, RLIMIT_AS) less what the process maps.
+    /// The address-space limit (`ulimit -v`, RLIMIT_AS) less the process's resident set.
     AddressSpace,
 }
 
@@ -265,7 +265,8 @@ pub fn out_of_memory(size: usize, out: &mut dyn std::io::Write) {
         a if a == Advice::MaxBatch as u8 => "a smaller --max-batch needs less memory",
         _ => "close other programs, or raise this process's memory limit",
     };
-    let _ = write!(out, "error: out of memory: the system refused {} more bytes ({} MiB)\nhint: {hint}\n", size, size >> 20);
+    let (amount, unit) = if size < 1 << 20 { (size.div_ceil(1 << 10), "KiB") } else { (size >> 20, "MiB") };
+    let _ = write!(out, "error: out of memory: the system refused {size} more bytes ({amount} {unit})\nhint: {hint}\n");
 }
 
 /// What [`out_of_memory`] advises, set by the command as it learns what takes the memory.
@@ -365,6 +366,9 @@ mod tests {
         out_of_memory(3 << 30, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("error: out of memory: the system refused 3221225472 more bytes (3072 MiB)\nhint: "), "{text}");
+        let mut out = Vec::new();
+        out_of_memory(120_398, &mut out);
+        assert!(String::from_utf8(out).unwrap().starts_with("error: out of memory: the system refused 120398 more bytes (118 KiB)"));
     }
 
     #[test]

@@ -229,6 +229,20 @@ fn machine_readable_output_stays_machine_readable() {
         let eval: serde_json::Value = serde_json::from_slice(&std::fs::read(odd_model.join("eval.json")).unwrap()).unwrap();
         assert!(eval["model"].as_str().unwrap().ends_with("caf\u{fffd}/model"), "{eval}");
     }
+    // A report path holding the user's own file (notes, a config) is refused, and the file
+    // kept (it was replaced); an earlier report is replaced.
+    let notes = tmp.path().join("notes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    let output = mnist().args(["eval", "--dataset", "sample", "--model", m, "--json"]).arg(&notes).output().unwrap();
+    let stderr = no_panic("eval --json onto the user's notes", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("exists and is not an evaluation report") && stderr.contains("\nhint: choose another path with --json"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+    let report = tmp.path().join("report.json");
+    for _ in 0..2 {
+        let output = mnist().args(["eval", "--dataset", "sample", "--model", m, "--json"]).arg(&report).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    }
     // A model evaluated on another dataset than its own keeps its own evaluation: the
     // report goes to eval-DATASET.json (eval.json had been replaced).
     let digits = tmp.path().join("digits");

@@ -259,17 +259,25 @@ pub fn preprocess(image: &DynamicImage, name: &Path) -> Result<[u8; SIDE * SIDE]
     }
     let gray = Plane::grayscale_shrunk(image, WORK_SIDE);
     let split = otsu(&gray.v);
-    let (gray, split) = match gray.sheet(split) {
+    let (gray, split, unmarked) = match gray.sheet(split) {
         Sheet::Found(sheet) => {
             let split = otsu(&sheet.v);
-            (sheet, split)
+            (sheet, split, None)
         }
-        Sheet::Blank { percent } => {
-            return Err(blank(format!("a blank sheet: a light region covering {percent:.0}% of the image has no marks on it")));
+        Sheet::Unmarked { sheet, percent } => {
+            let split = otsu(&sheet.v);
+            (sheet, split, Some(percent))
         }
-        Sheet::None => (gray, split),
+        Sheet::None => (gray, split, None),
     };
-    let ink = extract_ink(&gray, split).map_err(blank)?;
+    let ink = extract_ink(&gray, split).map_err(|e| match unmarked {
+        // "no ink found" on the sheet itself: it is blank.
+        Some(percent) if e.starts_with("no ink found") => {
+            let why = e.strip_prefix("no ink found: ").map(|why| format!(" dark enough ({why})")).unwrap_or_default();
+            blank(format!("a blank sheet: a light region covering {percent:.0}% of the image has no marks{why} on it"))
+        }
+        _ => blank(e),
+    })?;
     let (x0, y0, x1, y1) = ink.bbox;
     let crop = GrayImage::from_fn(x1 - x0 + 1, y1 - y0 + 1, |x, y| Luma([(ink.levels.at(x0 + x, y0 + y) * 255.0 + 0.5) as u8]));
     let (w, h) = crop.dimensions();
@@ -469,13 +477,15 @@ impl Plane {
     }
 
     /// A light sheet photographed on a dark surface: when the border is darker than
-    /// `threshold` (Otsu's, of this image) and the largest light 4-connected region holds dark marks and
-    /// covers either at least 45% of the image and, filled in, 60% of its bounding box,
-    /// or at least 3% of the image and, filled in, 85% of its bounding box with the marks
-    /// at most 30% of it, the image cut to that region's bounding box with everything
-    /// outside the filled region painted the region's median colour. [`Sheet::Blank`]
-    /// for such a region with no marks at all that is large or at most twice as long as it
-    /// is wide (a sheet, not the bar of a bold light 1). [`Sheet::None`] otherwise.
+    /// `threshold` (Otsu's, of this image) and the largest light 4-connected region,
+    /// filled in (its holes and the marks cutting into its edges), covers either at least
+    /// 45% of the image and 60% of its bounding box with dark marks on at most half of it,
+    /// or at least 3% of the image and 85% of its bounding box with dark marks on at most
+    /// 30% of it, the image cut to that region's bounding box with everything outside the
+    /// filled region painted the region's median colour. Light holes (the inside of a bold
+    /// 0's ring) are no marks. [`Sheet::Unmarked`] for such a region without a dark mark
+    /// that is large or at most 1.6 times as long as it is wide (a sheet, not the bar of a
+    /// bold light 1): faint marks may still be on it. [`Sheet::None`] otherwise.
     fn sheet(&self, threshold: f32) -> Sheet {
         if light_background(self, threshold) {
             return Sheet::None; // the border is light already: no sheet to find
@@ -486,9 +496,7 @@ impl Plane {
         // The largest light region, wherever it lies (a sheet need not be centred).
         let Some(label) = (1..sizes.len()).max_by_key(|&l| sizes[l]) else { return Sheet::None };
         let label = label as u32;
-        let area = sizes[label as usize];
-        let large = area as f32 >= 0.45 * (w * h) as f32;
-        if !large && (area as f32) < 0.03 * (w * h) as f32 {
+        if (sizes[label as usize] as f32) < 0.03 * (w * h) as f32 {
             return Sheet::None;
         }
         let region: Vec<bool> = labels.iter().map(|&l| l == label).collect();
@@ -507,23 +515,40 @@ impl Plane {
             (row.0..=row.1).contains(&x) && (col.0..=col.1).contains(&y)
         };
         let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
-        let filled_area = (y0..=y1).flat_map(|y| (x0..=x1).map(move |x| (x, y))).filter(|&(x, y)| filled(x, y)).count();
+        let inside = || (y0..=y1).flat_map(|y| (x0..=x1).map(move |x| (x, y))).filter(|&(x, y)| filled(x, y));
+        let filled_area = inside().count();
+        let marks = inside().filter(|&(x, y)| !light[(y * self.w + x) as usize]).count();
         // A sheet covering much of the photo may be tilted; a smaller one must look like a
         // sheet and not like a light digit with a hole (a bold 0 is an ellipse, 79% of
-        // its box, with a large hole).
-        let (box_fill, solidity) = (filled_area as f32 / (bw * bh) as f32, area as f32 / filled_area as f32);
-        let sheet_shaped = if large { box_fill >= 0.6 } else { box_fill >= 0.85 && solidity >= 0.7 };
+        // its box, with a large dark hole).
+        let (box_fill, marked) = (filled_area as f32 / (bw * bh) as f32, marks as f32 / filled_area as f32);
+        let large = filled_area as f32 >= 0.45 * (w * h) as f32 && marked <= 0.5;
+        let sheet_shaped = if large { box_fill >= 0.6 } else { box_fill >= 0.85 && marked <= 0.3 };
         if !sheet_shaped {
             return Sheet::None;
         }
-        if filled_area == area {
-            // No marks on it: a blank sheet, unless it may be a light digit's bar.
-            let long = bw.max(bh) as f32 / bw.min(bh) as f32;
-            return if large || long <= 2.0 { Sheet::Blank { percent: 100.0 * area as f32 / (w * h) as f32 } } else { Sheet::None };
-        }
         let mut colour: Vec<f32> = (0..self.v.len()).filter(|&i| region[i]).map(|i| self.v[i]).collect();
         let colour = percentile(&mut colour, 0.5);
-        Sheet::Found(Plane::new(bw, bh, |x, y| if filled(x0 + x, y0 + y) { self.at(x0 + x, y0 + y) } else { colour }))
+        let sheet = Plane::new(bw, bh, |x, y| if filled(x0 + x, y0 + y) { self.at(x0 + x, y0 + y) } else { colour });
+        if marks > 0 {
+            return Sheet::Found(sheet);
+        }
+        // No dark mark on it: a sheet (maybe with faint marks, lighter than the split),
+        // unless it may be a light digit's bar.
+        let long = bw.max(bh) as f32 / bw.min(bh) as f32;
+        if !(large || long <= 1.6) {
+            return Sheet::None;
+        }
+        // Its rim left out: where the paper's edge meets the desk (and its shading, lit
+        // unevenly, meets the crop's edge), no digit is drawn.
+        let rim = (bw.min(bh) / 25).max(2);
+        if bw <= 4 * rim || bh <= 4 * rim {
+            return Sheet::None;
+        }
+        // Its light's steady gradient taken out: faint marks are judged against the paper
+        // around them, not against a paper darker at one side.
+        let inner = Plane::new(bw - 2 * rim, bh - 2 * rim, |x, y| sheet.at(x + rim, y + rim)).less_plane();
+        Sheet::Unmarked { sheet: inner, percent: 100.0 * filled_area as f32 / (w * h) as f32 }
     }
 }
 
@@ -531,8 +556,10 @@ impl Plane {
 enum Sheet {
     /// A sheet with marks on it: the image cut to it.
     Found(Plane),
-    /// A sheet with no marks at all, covering this percentage of the image.
-    Blank {
+    /// A sheet with no dark marks, covering this percentage of the image: the image cut to
+    /// it, where faint marks may still be found.
+    Unmarked {
+        sheet: Plane,
         percent: f32,
     },
     /// No sheet: the image is taken as it is.
@@ -1152,10 +1179,32 @@ mod tests {
             let err = preprocess(&DynamicImage::ImageLuma8(page), Path::new("sheet.png")).unwrap_err().to_string();
             assert!(err.contains("sheet.png: ") && err.contains("a blank sheet: a light region covering"), "{name}: {err}");
         }
-        // A bold light bar on black (a 1 as MNIST draws them, light on dark) is no sheet.
-        let bar = GrayImage::from_fn(100, 100, |x, y| Luma([if (44..56).contains(&x) && (20..80).contains(&y) { 255 } else { 0 }]));
-        let err = preprocess(&DynamicImage::ImageLuma8(bar), Path::new("bar.png")).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(!err.contains("blank sheet"), "{err}");
+        // Bold light bars on black (a 1 as MNIST draws them, light on dark), up to half as
+        // wide as they are tall, are no sheets.
+        for (side, (x0, x1), (y0, y1)) in [(100, (44, 56), (20, 80)), (200, (60, 140), (20, 180)), (28, (9, 19), (4, 24))] {
+            let bar = GrayImage::from_fn(side, side, |x, y| Luma([if (x0..x1).contains(&x) && (y0..y1).contains(&y) { 255 } else { 0 }]));
+            let err = preprocess(&DynamicImage::ImageLuma8(bar), Path::new("bar.png")).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(!err.contains("blank sheet"), "{x0}..{x1} x {y0}..{y1} in {side}: {err}");
+        }
+    }
+
+    /// A sheet on a dark desk with a digit too faint to fall below the photo's own split
+    /// (pencil), or a bold 0 whose ring and inside take much of the sheet: the digit is
+    /// read on the sheet (the pencil one was called a blank sheet, the 0 "ink covers 50%").
+    #[test]
+    fn faint_or_bold_digits_on_a_sheet_on_a_desk_are_read() {
+        let paper = |x: u32, y: u32| if x < 45 || y < 30 || x >= 255 || y >= 270 { 45.0 } else { 225.0 };
+        assert_like_reference("pencil (155 on 225), sheet on a desk", |digit, i| DynamicImage::ImageLuma8(photo(digit, 38, 38, 155.0, paper, 4.0, i as u64)));
+        // A 0 drawn 10 pixels thick, 80 x 110, on a sheet of 140 x 160 in a photo of 200 x 200.
+        let ring = GrayImage::from_fn(200, 200, |x, y| {
+            let (dx, dy) = ((x as f32 - 100.0) / 35.0, (y as f32 - 100.0) / 50.0);
+            let on_ring = ((dx * dx + dy * dy).sqrt() - 1.0).abs() * 42.0 < 5.0;
+            let on_sheet = (30..170).contains(&x) && (20..180).contains(&y);
+            Luma([if !on_sheet { 45 } else if on_ring { 40 } else { 220 }])
+        });
+        let digit = preprocess(&DynamicImage::ImageLuma8(ring), Path::new("ring.png")).unwrap();
+        // Ink in a ring around an empty middle, as an MNIST 0.
+        assert!(digit[14 * 28 + 14] < 50 && digit.iter().filter(|&&v| v > 128).count() > 60, "{digit:?}");
     }
 
     #[test]

@@ -798,29 +798,41 @@ struct Progress {
     write_error: std::cell::RefCell<Option<String>>,
     /// The step this session started at (a resumed run's checkpoint).
     start: u64,
+    /// The terminal is under 80 columns: the short bar.
+    narrow: bool,
 }
 
 impl Progress {
     fn new(mode: ProgressMode, start: u64, total: u64) -> Self {
         let bar = (mode == ProgressMode::Bar).then(|| indicatif::ProgressBar::new(total));
-        Self::with_bar(mode, bar, start)
+        // The bar draws on standard error.
+        let columns = console::Term::stderr().size_checked().map(|(_, columns)| columns);
+        Self::with_bar(mode, bar, start, columns)
     }
 
-    /// With `bar` drawn where it draws (a test's in-memory terminal).
-    fn with_bar(mode: ProgressMode, bar: Option<indicatif::ProgressBar>, start: u64) -> Self {
+    /// With `bar` drawn where it draws (a test's in-memory terminal) on a terminal of
+    /// `columns` (unknown: a wide one).
+    fn with_bar(mode: ProgressMode, bar: Option<indicatif::ProgressBar>, start: u64, columns: Option<u16>) -> Self {
+        let narrow = columns.is_some_and(|c| c < 80);
         if let Some(bar) = &bar {
-            bar.set_style(Self::style("{eta}", start));
+            bar.set_style(Self::style("{eta}", start, narrow));
             bar.set_position(start);
         }
-        Progress { mode, bar, write_error: Default::default(), start }
+        Progress { mode, bar, write_error: Default::default(), start, narrow }
     }
 
     /// The bar's look, with `when` between the speed and the message: the ETA while it
     /// runs (`ETA --` until a step of this session is done: no speed is known before),
     /// what stopped it after. The message takes what the terminal's width leaves, cut
-    /// short rather than wrapped onto a second line.
-    fn style(when: &str, start: u64) -> indicatif::ProgressStyle {
-        indicatif::ProgressStyle::with_template(&format!("{{bar:25}} {{pos}}/{{len}} steps  {{rate}}  {when}  {{wide_msg}}"))
+    /// short rather than wrapped onto a second line; on a `narrow` terminal (under 80
+    /// columns) the bar is shorter and the speed left out, so the rest fits in 40.
+    fn style(when: &str, start: u64, narrow: bool) -> indicatif::ProgressStyle {
+        let template = if narrow {
+            format!("{{bar:12}} {{pos}}/{{len}} {when} {{wide_msg}}")
+        } else {
+            format!("{{bar:25}} {{pos}}/{{len}} steps  {{rate}}  {when}  {{wide_msg}}")
+        };
+        indicatif::ProgressStyle::with_template(&template)
             .map(|style| {
                 style
                     .with_key("rate", move |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
@@ -901,7 +913,7 @@ impl Progress {
     /// the ETA was (an abandoned bar's ETA reads 0 s, as if it had finished).
     fn abandon(&self) {
         if let Some(bar) = &self.bar {
-            bar.set_style(Self::style("stopped", self.start));
+            bar.set_style(Self::style("stopped", self.start, self.narrow));
             bar.abandon();
         }
     }
@@ -915,7 +927,7 @@ mod progress_tests {
     fn drawn(start: u64, total: u64) -> (Progress, indicatif::InMemoryTerm) {
         let term = indicatif::InMemoryTerm::new(4, 120);
         let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::term_like(Box::new(term.clone())));
-        (Progress::with_bar(ProgressMode::Bar, Some(bar), start), term)
+        (Progress::with_bar(ProgressMode::Bar, Some(bar), start, Some(120)), term)
     }
 
     /// A run stopped early leaves its bar saying so where the ETA was, not "ETA 0s" as if
@@ -949,18 +961,21 @@ mod progress_tests {
         }
     }
 
-    /// The bar and its message fit an 80-column terminal on one line.
+    /// The bar and its message fit a terminal of 80, 60 or 40 columns on one line.
     #[test]
-    fn the_bar_fits_80_columns() {
-        let term = indicatif::InMemoryTerm::new(4, 80);
-        let bar = indicatif::ProgressBar::with_draw_target(Some(30_000), indicatif::ProgressDrawTarget::term_like(Box::new(term.clone())));
-        let progress = Progress::with_bar(ProgressMode::Bar, Some(bar), 0);
-        progress.tick(29_901);
-        progress.log(&MetricRow { step: 29_900, loss: 0.0123, train_accuracy: 1.0, images_per_sec: 3000.0, elapsed_s: 500.0 });
-        progress.tick(29_902);
-        let shown = term.contents();
-        let lines: Vec<&str> = shown.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "{shown}");
-        assert!(lines[0].chars().count() <= 80 && lines[0].contains("29902/30000 steps") && lines[0].contains("loss"), "{shown}");
+    fn the_bar_fits_the_terminal() {
+        for columns in [80u16, 60, 40] {
+            let term = indicatif::InMemoryTerm::new(4, columns);
+            let bar = indicatif::ProgressBar::with_draw_target(Some(30_000), indicatif::ProgressDrawTarget::term_like(Box::new(term.clone())));
+            let progress = Progress::with_bar(ProgressMode::Bar, Some(bar), 0, Some(columns));
+            progress.tick(29_901);
+            progress.log(&MetricRow { step: 29_900, loss: 0.0123, train_accuracy: 1.0, images_per_sec: 3000.0, elapsed_s: 500.0 });
+            progress.tick(29_902);
+            progress.abandon();
+            let shown = term.contents();
+            let lines: Vec<&str> = shown.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert_eq!(lines.len(), 1, "{columns} columns: {shown}");
+            assert!(lines[0].chars().count() <= usize::from(columns) && lines[0].contains("29902/30000") && lines[0].contains("stopped"), "{columns} columns: {shown}");
+        }
     }
 }
