@@ -108,7 +108,8 @@ pub enum Limit {
     Machine,
     /// The memory limit of the process's control group (a container's).
     Cgroup,
-    /// The address-space limit (`ulimit -v`, RLIMIT_AS) less the process's resident set.
+    /// The address-space limit (`ulimit -v`, RLIMIT_AS) less the process's mapped size, plus
+    /// its allocator's reservations not used yet.
     AddressSpace,
 }
 
@@ -142,15 +143,58 @@ pub fn room() -> Option<Room> {
         && let Ok(pid) = sysinfo::get_current_pid()
     {
         system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), false, ProcessRefreshKind::nothing().with_memory());
-        // Less the resident set, not the mapped size: the allocator reserves address space
-        // ahead (an arena of 1 GiB, where the limit allows it) that later allocations fill
-        // without mapping more, so the mapped size would make the room depend on whether
-        // the limit let it reserve. The room is thus at most what is left.
+        // The allocator reserves address space ahead (an arena of 1 GiB, where the limit
+        // allows it) that later allocations fill without mapping more: the room is the
+        // limit less the mapped size, plus what those reservations have not used yet.
+        // Where that is not known, less the resident set: at most what is left.
         if let Some(process) = system.process(pid) {
-            rooms.push(Room { bytes: limit.saturating_sub(process.memory()), limit: Limit::AddressSpace });
+            let left = match untouched_reservations() {
+                Some(reserved) => limit.saturating_sub(process.virtual_memory()).saturating_add(reserved),
+                None => limit.saturating_sub(process.memory()),
+            };
+            rooms.push(Room { bytes: left, limit: Limit::AddressSpace });
         }
     }
     rooms.into_iter().min_by_key(|room| room.bytes)
+}
+
+/// Bytes mapped but not resident in this process's large anonymous mappings (64 MiB or
+/// more, no file behind them): an allocator's reservations, which later allocations fill
+/// without mapping more. From `/proc/self/smaps`; `None` where there is none to read.
+fn untouched_reservations() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let text = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        Some(untouched_in_smaps(&text))
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// [`untouched_reservations`] of the text of an smaps file: a mapping's header line
+/// (`start-end perms offset dev inode [path]`), then its `Size:`, `Rss:`, ... lines.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn untouched_in_smaps(text: &str) -> u64 {
+    let mut total = 0u64;
+    // The mapping being read: its size, when it is a large anonymous one.
+    let mut large_anonymous = None;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        {
+            // perms, offset, device, inode; a path after them names a file or [heap]/[stack].
+            let anonymous = fields.nth(4).is_none();
+            let size = end.saturating_sub(start);
+            large_anonymous = (anonymous && size >= 64 << 20).then_some(size);
+        } else if let (Some(size), Some(rss)) = (large_anonymous, line.strip_prefix("Rss:")) {
+            let resident = rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(size / 1024) * 1024;
+            total += size.saturating_sub(resident);
+            large_anonymous = None;
+        }
+    }
+    total
 }
 
 /// A run that does not fit: what needs the memory, how much, and the room there is.
@@ -369,6 +413,38 @@ mod tests {
         let mut out = Vec::new();
         out_of_memory(120_398, &mut out);
         assert!(String::from_utf8(out).unwrap().starts_with("error: out of memory: the system refused 120398 more bytes (118 KiB)"));
+    }
+
+    #[test]
+    fn untouched_reservations_are_read_from_smaps() {
+        let smaps = "\
+7f0000000000-7f0040000000 rw-p 00000000 00:00 0 
+Size:            1048576 kB
+Rss:                2048 kB
+7f0040000000-7f0040800000 rw-p 00000000 00:00 0 
+Size:               8192 kB
+Rss:                  12 kB
+55d000000000-55d020000000 r-xp 00000000 fd:01 1234                       /usr/bin/mnist
+Size:             524288 kB
+Rss:               10000 kB
+7f1000000000-7f1010000000 ---p 00000000 00:00 0 
+Size:             262144 kB
+Rss:                   0 kB
+";
+        // The 1 GiB arena less its 2 MiB touched, and the 256 MiB reservation; not the
+        // 8 MiB stack-sized mapping nor the file.
+        assert_eq!(untouched_in_smaps(smaps), (1 << 30) - (2 << 20) + (256 << 20));
+        assert_eq!(untouched_in_smaps(""), 0);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn this_process_maps_its_reservations() {
+        // Whatever the allocator did, the figure is read and no more than the mapped size.
+        let reserved = untouched_reservations().expect("Linux has /proc/self/smaps");
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_kib: u64 = status.lines().find(|l| l.starts_with("VmSize:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap();
+        assert!(reserved <= vm_kib * 1024, "{reserved} > {vm_kib} KiB");
     }
 
     #[test]
