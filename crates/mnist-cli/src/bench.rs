@@ -31,16 +31,11 @@ pub fn bench(args: BenchArgs) -> Result<Status> {
         bail!("--repeats must be at least 1");
     }
     let pass = match args.measure {
-        Measure::Train => Some(crate::memory::Pass::Training),
-        Measure::Eval => Some(crate::memory::Pass::Evaluation),
+        Measure::Train => Some((crate::memory::Pass::Training, args.batch, format!("--batch {}", args.batch))),
+        Measure::Eval => Some((crate::memory::Pass::Evaluation, eval_batch(&args), format!("evaluating {EVAL_IMAGES} images with --batch {}", args.batch))),
         Measure::Latency | Measure::Serve => None,
     };
-    if let Some(pass) = pass {
-        // An evaluation batch is never larger than the images evaluated.
-        let (batch, what) = match pass {
-            crate::memory::Pass::Evaluation => (args.batch.min(EVAL_IMAGES), format!("evaluating {EVAL_IMAGES} images with --batch {}", args.batch)),
-            crate::memory::Pass::Training => (args.batch, format!("--batch {}", args.batch)),
-        };
+    if let Some((pass, batch, what)) = pass {
         crate::memory::check(backend, &CnnConfig::new(), pass, batch, &what, "--batch")?;
     }
     let data = Locator::offline(None).load(DatasetKind::Sample).context("cannot load the bundled sample")?;
@@ -96,8 +91,7 @@ impl Job for BenchJob<'_> {
         };
         let (measure, batch, times) = match args.measure {
             Measure::Train => ("train", args.batch, time_training(model, self.train, args, device)?),
-            // The batch used: no more than the images evaluated.
-            Measure::Eval => ("eval", args.batch.min(EVAL_IMAGES), time_evaluation(&model.valid(), self.test, args, device)?),
+            Measure::Eval => ("eval", eval_batch(args), time_evaluation(&model.valid(), self.test, args, device)?),
             Measure::Latency => ("latency", 1, time_latency(model.valid(), self.test, args, device)?),
             Measure::Serve => bail!("the serve measurement is taken by serve::bench"),
         };
@@ -130,6 +124,11 @@ impl Job for BenchJob<'_> {
 
 /// Images of one evaluation pass (the size of the MNIST test set).
 const EVAL_IMAGES: usize = 10_000;
+
+/// The batch `bench eval` uses: `--batch`, no more than the images evaluated.
+fn eval_batch(args: &BenchArgs) -> usize {
+    args.batch.min(EVAL_IMAGES)
+}
 
 /// Seconds per training step, as a training loop runs them: `warmup` untimed steps, then
 /// `repeats` steps timed as one block that ends by reading a parameter back (which waits

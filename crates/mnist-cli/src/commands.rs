@@ -50,8 +50,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
                 model_dir.join(artifact::EVALUATION).display()
             );
         }
-        mnist_fs::check_destination(json)?;
-        check_replaceable(json)?;
+        check_report_path(json)?;
     }
     let choice = match (&args.data.dataset, &manifest.dataset) {
         (Some(name), _) => name.parse::<DatasetChoice>()?,
@@ -77,8 +76,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
         Some(json) => json.clone(),
         None => {
             let json = model_dir.join(artifact::evaluation_file(manifest.dataset.as_deref(), dataset.kind.name()));
-            mnist_fs::check_destination(&json)?;
-            check_replaceable(&json)?;
+            check_report_path(&json)?;
             json
         }
     };
@@ -106,9 +104,11 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     Ok(Status::Success)
 }
 
-/// Refuses a report path holding a file other than an earlier evaluation report (the
-/// user's notes or a training config): `eval` replaces only its own kind of file.
-fn check_replaceable(json: &Path) -> Result<()> {
+/// Checks that the report can be written to `json` ([`mnist_fs::check_destination`]),
+/// and refuses a file there other than an earlier evaluation report (the user's notes or
+/// a training config): `eval` replaces only its own kind of file.
+fn check_report_path(json: &Path) -> Result<()> {
+    mnist_fs::check_destination(json)?;
     if !json.is_file() {
         return Ok(());
     }

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use mnist_fs::parent_dir;
-use mnist_model::artifact::{CHECKPOINT, MANIFEST, METRICS, PLOT, SAFETENSORS, TRAIN_CONFIG, WEIGHTS};
+use mnist_model::artifact::{CHECKPOINT, MANIFEST, TRAIN_CONFIG, WEIGHTS};
 
 use crate::commands::quote_path;
 use crate::train::{program, resume_hint};
@@ -16,9 +16,6 @@ use crate::train::{program, resume_hint};
 /// The `hint:` line for `e`, from the first library error in its chain this program has
 /// a hint for (without the `hint: ` prefix).
 pub fn hint(e: &anyhow::Error) -> Option<String> {
-    if let Some(hinted) = e.downcast_ref::<Hinted>() {
-        return Some(hinted.hint.clone());
-    }
     e.chain().find_map(|cause| {
         if let Some(hinted) = cause.downcast_ref::<Hinted>() {
             return Some(hinted.hint.clone());
@@ -115,7 +112,7 @@ fn train(e: &mnist_train::Error) -> Option<String> {
         }
         Error::NoCheckpoint { why: NoCheckpoint::NoDirectory, .. } => "--out names the folder the run was trained into".into(),
         // A folder of the user's own files takes no new run either.
-        Error::NoCheckpoint { path, .. } if [TRAIN_CONFIG, METRICS, PLOT, WEIGHTS, SAFETENSORS].iter().any(|f| parent_dir(path).join(f).exists()) => {
+        Error::NoCheckpoint { path, .. } if matches!(mnist_train::check_out_dir(parent_dir(path), false), Err(Error::WouldOverwrite { .. })) => {
             "start a new run without --resume, into another --out (this folder holds files a run would replace)".into()
         }
         Error::NoCheckpoint { .. } => "start a new run without --resume".into(),

@@ -18,7 +18,16 @@ static ALLOCATOR: Reporting = Reporting(mimalloc::MiMalloc);
 /// without overcommit): `mnist_cli::out_of_memory`'s message, then exit status 1.
 struct Reporting(mimalloc::MiMalloc);
 
-/// Says that `size` bytes were refused and exits; allocates nothing.
+/// `p`, or when the system refused the `size` bytes asked for (null), the message and exit;
+/// allocates nothing.
+#[inline]
+fn granted(p: *mut u8, size: usize) -> *mut u8 {
+    if p.is_null() {
+        refused(size);
+    }
+    p
+}
+
 #[cold]
 fn refused(size: usize) -> ! {
     mnist_cli::out_of_memory(size, &mut std::io::stderr().lock());
@@ -30,29 +39,17 @@ fn refused(size: usize) -> ! {
 unsafe impl GlobalAlloc for Reporting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract, passed on.
-        let p = unsafe { self.0.alloc(layout) };
-        if p.is_null() {
-            refused(layout.size());
-        }
-        p
+        granted(unsafe { self.0.alloc(layout) }, layout.size())
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract, passed on.
-        let p = unsafe { self.0.alloc_zeroed(layout) };
-        if p.is_null() {
-            refused(layout.size());
-        }
-        p
+        granted(unsafe { self.0.alloc_zeroed(layout) }, layout.size())
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: the caller's contract, passed on.
-        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
-        if p.is_null() {
-            refused(new_size);
-        }
-        p
+        granted(unsafe { self.0.realloc(ptr, layout, new_size) }, new_size)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

@@ -22,6 +22,20 @@ use mnist_model::input::SIDE;
 
 use crate::backend::BackendKind;
 
+/// The hint for a network too large, in the check's refusal and the allocator's message.
+macro_rules! smaller_network {
+    () => {
+        "a smaller network (model.hidden, model.conv1_channels, model.conv2_channels) needs less"
+    };
+}
+
+/// The hint for a resume, whose config cannot change, in both places too.
+macro_rules! resume_keeps_config {
+    () => {
+        "a resume keeps the run's config: free memory or raise the limit, or train a new run with a smaller config"
+    };
+}
+
 /// The environment variable that turns the check off (`off`).
 pub const CHECK_ENV: &str = "MNIST_MEMORY_CHECK";
 
@@ -290,21 +304,21 @@ pub fn hint(e: &TooLarge) -> String {
     let network_too_large = e.need.network > e.room.bytes;
     let smaller = match e.fits {
         Some(n) => format!("{} over {n} cannot fit; ", e.field),
-        None if network_too_large => "a smaller network (model.hidden, model.conv1_channels, model.conv2_channels) needs less; ".into(),
+        None if network_too_large => concat!(smaller_network!(), "; ").into(),
         None => String::new(),
     };
     // A resume keeps the run's config: only more room, or a new run, helps.
-    let resume = if e.resume { "a resume keeps the run's config: free memory or raise the limit, or train a new run with a smaller config into another --out; " } else { "" };
+    let resume = if e.resume { concat!(resume_keeps_config!(), " into another --out; ") } else { "" };
     format!("{smaller}{resume}{CHECK_ENV}=off starts it anyway (the estimate is a lower bound)")
 }
 
-/// What the `mnist` binary's allocator says (with [`out_of_memory_hint`]) when the system
-/// refuses memory: the size asked for, in `out`, without allocating.
+/// What the `mnist` binary's allocator says when the system refuses memory: the size
+/// asked for and the command's [`Advice`], in `out`, without allocating.
 pub fn out_of_memory(size: usize, out: &mut dyn std::io::Write) {
     let hint = match OOM_ADVICE.load(std::sync::atomic::Ordering::Relaxed) {
         a if a == Advice::Batch as u8 => "a smaller batch_size or eval_batch_size in the training config needs less memory",
-        a if a == Advice::Network as u8 => "a smaller network (model.hidden, model.conv1_channels, model.conv2_channels) needs less memory",
-        a if a == Advice::Resume as u8 => "a resume keeps the run's config: free memory or raise the limit, or train a new run with a smaller config",
+        a if a == Advice::Network as u8 => concat!(smaller_network!(), " memory"),
+        a if a == Advice::Resume as u8 => resume_keeps_config!(),
         a if a == Advice::BenchBatch as u8 => "a smaller --batch needs less memory",
         a if a == Advice::MaxBatch as u8 => "a smaller --max-batch needs less memory",
         _ => "close other programs, or raise this process's memory limit",

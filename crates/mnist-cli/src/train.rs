@@ -64,18 +64,19 @@ fn check_memory(backend: BackendKind, config: &TrainConfig, dataset: &mnist_data
     Ok(())
 }
 
-/// The config of the run in `out` to resume: its `config.json`, or where that is gone,
-/// the one its checkpoint records (said on standard error; the run writes `config.json`
-/// again).
-fn run_config(out: &Path) -> Result<TrainConfig> {
+/// The config of the run in `out` to resume, and the file it came from: its
+/// `config.json`, or where that is gone, the one its checkpoint records (said on standard
+/// error; the run writes `config.json` again).
+fn run_config(out: &Path) -> Result<(TrainConfig, PathBuf)> {
     let file = out.join(artifact::TRAIN_CONFIG);
     let checkpoint = out.join(artifact::CHECKPOINT);
     if !file.exists() && checkpoint.is_file() {
         let state = checkpoint::read_state(&checkpoint).with_context(|| format!("{}: its {} is missing, and its checkpoint cannot be read", out.display(), artifact::TRAIN_CONFIG))?;
         note!("note: {} is missing; resuming with the config {} records", file.display(), checkpoint.display());
-        return Ok(state.config);
+        return Ok((state.config, checkpoint));
     }
-    TrainConfig::read(&file).with_context(|| format!("cannot resume {}", out.display()))
+    let config = TrainConfig::read(&file).with_context(|| format!("cannot resume {}", out.display()))?;
+    Ok((config, file))
 }
 
 pub fn train(args: TrainArgs) -> Result<Status> {
@@ -91,10 +92,14 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         let _ = RESUME_HINT.set(resume_command(&args, &out));
         mnist_train::check_out_dir(&out, args.resume)?;
     }
-    let mut config = match (&args.config, args.resume) {
-        (Some(path), _) => TrainConfig::read(path)?,
-        (None, true) => run_config(&out)?,
-        (None, false) => TrainConfig::new(),
+    // The file the config came from, which a value out of range names.
+    let (mut config, config_file) = match (&args.config, args.resume) {
+        (Some(path), _) => (TrainConfig::read(path)?, Some(path.clone())),
+        (None, true) => {
+            let (config, file) = run_config(&out)?;
+            (config, Some(file))
+        }
+        (None, false) => (TrainConfig::new(), None),
     };
     if let Some(steps) = args.steps {
         config.steps = steps;
@@ -141,12 +146,6 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     options.kernels = args.kernels.into();
     // A resume the checkpoint refuses, or a batch larger than the dataset, is refused
     // before training is announced.
-    // The file the config came from, which a value out of range names (on a resume, the
-    // checkpoint where the run's config.json is gone).
-    let config_file = args.config.clone().or_else(|| {
-        let file = out.join(artifact::TRAIN_CONFIG);
-        args.resume.then(|| if file.exists() { file } else { out.join(artifact::CHECKPOINT) })
-    });
     let start = mnist_train::check_start(&config, &dataset, &options).map_err(|e| match (e, config_file.clone()) {
         (mnist_train::Error::InvalidConfig { file: None, field, message }, Some(file)) => mnist_train::Error::InvalidConfig { file: Some(file), field, message },
         (e, _) => e,

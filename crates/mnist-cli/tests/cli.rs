@@ -588,6 +588,15 @@ fn a_run_missing_its_config_resumes_with_its_checkpoints() {
     let written: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
     assert_eq!((written["steps"].as_u64(), written["batch_size"].as_u64(), written["model"]["hidden"].as_u64()), (Some(6), Some(16), Some(32)), "{written}");
 
+    // A folder holding only the user's own config.json: no run to resume, and a new run
+    // there would replace the file, so the hint names another --out.
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("config.json"), "{}").unwrap();
+    let output = mnist().args(["train", "--plain", "--backend", "flex", "--resume", "--out"]).arg(&mine).output().unwrap();
+    let stderr = no_panic("train --resume into the user's own files", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("\nhint: start a new run without --resume, into another --out"), "{stderr}");
     // A folder with a junk checkpoint.bin and nothing else.
     let junk = tmp.path().join("junk");
     std::fs::create_dir(&junk).unwrap();
