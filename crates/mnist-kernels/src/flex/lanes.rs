@@ -130,31 +130,27 @@ pub(crate) trait Lanes: Copy {
         }
     }
 
-    /// `sum over (index, g) in list of g * table[index]`, sixteen lanes: a sparse matrix's
-    /// row (the list of its non-zero entries) times a dense matrix whose rows are 16 wide,
-    /// the inner kernel of the fully connected layer's sparse backward pass. The sums run in
-    /// four chains (entries `4m`, `4m + 1`, ... each in its own registers), so that the
-    /// multiply-adds of neighbouring entries do not wait for each other, and are added at
-    /// the end. Panics if an index is out of `table`.
+    /// `sum over (index, g) in list of g * table[index]`, 64 lanes: a sparse matrix's row
+    /// (the list of its non-zero entries) times a dense matrix whose rows are 64 wide, the
+    /// inner kernel of the fully connected layer's sparse backward pass. Each entry is one
+    /// broadcast and eight eight-lane multiply-adds into eight independent sums, enough to
+    /// hide the multiply-add's latency, and its index is read once for all of them (with
+    /// rows of 16, once per two). Panics if an index is out of `table`.
     #[inline(always)]
-    fn sum_list16(self, table: &[[f32; 16]], list: &[(u32, f32)]) -> [f32; 16] {
-        let mut acc = [[self.zero(); 2]; 4];
-        let (quads, rest) = list.as_chunks::<4>();
-        for quad in quads {
-            for (acc, &(index, g)) in acc.iter_mut().zip(quad) {
-                let (row, _) = table[index as usize].as_chunks::<8>();
-                acc[0] = self.fma(acc[0], g, self.load(&row[0]));
-                acc[1] = self.fma(acc[1], g, self.load(&row[1]));
+    fn sum_list64(self, table: &[[f32; 64]], list: &[(u32, f32)]) -> [f32; 64] {
+        let mut acc = [self.zero(); 8];
+        for &(index, g) in list {
+            let (row, _) = table[index as usize].as_chunks::<8>();
+            for (a, x) in acc.iter_mut().zip(row) {
+                *a = self.fma(*a, g, self.load(x));
             }
         }
-        for &(index, g) in rest {
-            let (row, _) = table[index as usize].as_chunks::<8>();
-            acc[0][0] = self.fma(acc[0][0], g, self.load(&row[0]));
-            acc[0][1] = self.fma(acc[0][1], g, self.load(&row[1]));
+        let mut out = [0.0f32; 64];
+        let (chunks, _) = out.as_chunks_mut::<8>();
+        for (o, a) in chunks.iter_mut().zip(acc) {
+            *o = self.store(a);
         }
-        let half = |h: usize| self.store(self.add(self.add(acc[0][h], acc[1][h]), self.add(acc[2][h], acc[3][h])));
-        let (low, high) = (half(0), half(1));
-        std::array::from_fn(|l| if l < 8 { low[l] } else { high[l - 8] })
+        out
     }
 }
 
@@ -420,28 +416,36 @@ impl Lanes for pulp::x86::V4 {
             row[0] = pulp::cast(w);
         }
     }
-    /// One sixteen-lane register a chain (four of them), instead of two of eight lanes.
+    /// Four sixteen-lane sums an entry, in two chains (even and odd entries) so that eight
+    /// multiply-adds are in flight, added at the end.
     #[inline(always)]
-    fn sum_list16(self, table: &[[f32; 16]], list: &[(u32, f32)]) -> [f32; 16] {
+    fn sum_list64(self, table: &[[f32; 64]], list: &[(u32, f32)]) -> [f32; 64] {
         let zero = self.splat_f32x16(0.0);
         let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
-        let term = |index: u32, g: f32| -> (pulp::f32x16, pulp::f32x16) { (self.splat_f32x16(g), pulp::cast(table[index as usize])) };
-        let (quads, rest) = list.as_chunks::<4>();
-        for &[(i0, g0), (i1, g1), (i2, g2), (i3, g3)] in quads {
-            let (g, x) = term(i0, g0);
-            a0 = self.mul_add_f32x16(g, x, a0);
-            let (g, x) = term(i1, g1);
-            a1 = self.mul_add_f32x16(g, x, a1);
-            let (g, x) = term(i2, g2);
-            a2 = self.mul_add_f32x16(g, x, a2);
-            let (g, x) = term(i3, g3);
-            a3 = self.mul_add_f32x16(g, x, a3);
+        let (mut b0, mut b1, mut b2, mut b3) = (zero, zero, zero, zero);
+        let row = |index: u32| -> [pulp::f32x16; 4] { pulp::cast(table[index as usize]) };
+        let (pairs, rest) = list.as_chunks::<2>();
+        for &[(i0, g0), (i1, g1)] in pairs {
+            let ([x0, x1, x2, x3], g) = (row(i0), self.splat_f32x16(g0));
+            a0 = self.mul_add_f32x16(g, x0, a0);
+            a1 = self.mul_add_f32x16(g, x1, a1);
+            a2 = self.mul_add_f32x16(g, x2, a2);
+            a3 = self.mul_add_f32x16(g, x3, a3);
+            let ([x0, x1, x2, x3], g) = (row(i1), self.splat_f32x16(g1));
+            b0 = self.mul_add_f32x16(g, x0, b0);
+            b1 = self.mul_add_f32x16(g, x1, b1);
+            b2 = self.mul_add_f32x16(g, x2, b2);
+            b3 = self.mul_add_f32x16(g, x3, b3);
         }
         for &(index, g) in rest {
-            let (g, x) = term(index, g);
-            a0 = self.mul_add_f32x16(g, x, a0);
+            let ([x0, x1, x2, x3], g) = (row(index), self.splat_f32x16(g));
+            a0 = self.mul_add_f32x16(g, x0, a0);
+            a1 = self.mul_add_f32x16(g, x1, a1);
+            a2 = self.mul_add_f32x16(g, x2, a2);
+            a3 = self.mul_add_f32x16(g, x3, a3);
         }
-        pulp::cast(self.add_f32x16(self.add_f32x16(a0, a1), self.add_f32x16(a2, a3)))
+        let sums = [self.add_f32x16(a0, b0), self.add_f32x16(a1, b1), self.add_f32x16(a2, b2), self.add_f32x16(a3, b3)];
+        pulp::cast(sums)
     }
 }
 

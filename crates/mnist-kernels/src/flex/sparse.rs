@@ -8,12 +8,12 @@
 //! ([`Entries`], by row and by column) and visiting only those does about a quarter of the
 //! dense products' multiply-adds:
 //!
-//! - input gradient `dx = g W^T` (`[n, i]`): for each block of 16 weight rows, the block is
-//!   transposed (`[j][16]`, 64 KB for fc1, in L2), and each image's 16 values are the sum,
-//!   over its row's entries `(c, g)`, of `g * block[c]`: one broadcast and one 16-wide
-//!   multiply-add per entry ([`Lanes::sum_list16`]);
-//! - weight gradient `dW = x^T g` (`[i, j]`): for each block of 16 rows of `dW`, the
-//!   images' 16 inputs of the block are copied out (`[n][16]`), each column `c` of the block
+//! - input gradient `dx = g W^T` (`[n, i]`): for each block of 64 weight rows, the block is
+//!   transposed (`[j][64]`, 256 KB for fc1, in L2), and each image's 64 values are the sum,
+//!   over its row's entries `(c, g)`, of `g * block[c]`: one broadcast and one 64-wide
+//!   multiply-add per entry ([`Lanes::sum_list64`]);
+//! - weight gradient `dW = x^T g` (`[i, j]`): for each block of 64 rows of `dW`, the
+//!   images' 64 inputs of the block are copied out (`[n][64]`), each column `c` of the block
 //!   is the sum, over that column's entries `(b, g)`, of `g * inputs[b]` (the same kernel),
 //!   and the block is transposed into `dW`'s rows as it is written.
 //!
@@ -38,8 +38,9 @@ use super::layout::{CacheAligned, zeroed};
 /// transposes cost more.
 pub(crate) const SPARSE_DENSITY: f64 = 0.4;
 
-/// Rows of the weight (and of its gradient) per block: one 16-lane vector.
-const BLOCK: usize = 16;
+/// Rows of the weight (and of its gradient) per block: four 16-lane vectors (eight of
+/// eight lanes), so that each entry's index and value, read once, feed four multiply-adds.
+const BLOCK: usize = 64;
 
 /// The non-zero entries of a matrix `g [n, j]`, listed by row and by column.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +118,7 @@ pub(crate) fn input_grad(i: usize, entries: &Entries, weight: &[f32]) -> Vec<f32
         return vec![0.0; n * i];
     }
     let blocks = i.div_ceil(BLOCK);
-    // `[block][n][16]`: each block's values for every image, one vector an image (cleared
+    // `[block][n][64]`: each block's values for every image, one row an image (cleared
     // on all cores: at batch 512 this and `dx` are 6 MB each).
     let mut sums = zeroed(blocks * n * BLOCK);
     sums.par_chunks_mut(n * BLOCK).enumerate().for_each_init(
@@ -158,16 +159,16 @@ pub(crate) fn weight_grad_into(i: usize, x: &[f32], entries: &Entries, dw: &mut 
     );
 }
 
-/// One block of 16 columns of `g W^T`: the block's weight rows transposed, then every
+/// One block of 64 columns of `g W^T`: the block's weight rows transposed, then every
 /// image's sums.
 struct InputGradBlock<'a> {
-    /// `[r, j]`, `r <= 16`: the block's rows of the weight.
+    /// `[r, j]`, `r <= 64`: the block's rows of the weight.
     rows: &'a [f32],
     j: usize,
-    /// Scratch, `[j][16]`.
+    /// Scratch, `[j][64]`.
     block: &'a mut [[f32; BLOCK]],
     entries: &'a Entries,
-    /// `[n][16]`.
+    /// `[n][64]`.
     out: &'a mut [[f32; BLOCK]],
 }
 
@@ -184,21 +185,21 @@ impl WithLanes for InputGradBlock<'_> {
         }
         let e = self.entries;
         for (b, out) in self.out.iter_mut().enumerate() {
-            *out = lanes.sum_list16(self.block, &e.by_row[e.row_starts[b]..e.row_starts[b + 1]]);
+            *out = lanes.sum_list64(self.block, &e.by_row[e.row_starts[b]..e.row_starts[b + 1]]);
         }
     }
 }
 
-/// One block of 16 rows of `x^T g`: every column's sums, then the columns transposed into
+/// One block of 64 rows of `x^T g`: every column's sums, then the columns transposed into
 /// the rows.
 struct WeightGradBlock<'a> {
-    /// `[n][16]`: the block's inputs of every image, zero past the block's last row.
+    /// `[n][64]`: the block's inputs of every image, zero past the block's last row.
     inputs: &'a [[f32; BLOCK]],
     j: usize,
-    /// Scratch, `[j][16]`.
+    /// Scratch, `[j][64]`.
     columns: &'a mut [[f32; BLOCK]],
     entries: &'a Entries,
-    /// `[r, j]`, `r <= 16`: the block's rows of `dW`.
+    /// `[r, j]`, `r <= 64`: the block's rows of `dW`.
     out: &'a mut [f32],
 }
 
@@ -209,7 +210,7 @@ impl WithLanes for WeightGradBlock<'_> {
     fn run<L: Lanes>(self, lanes: L) {
         let e = self.entries;
         for (c, column) in self.columns.iter_mut().enumerate() {
-            *column = lanes.sum_list16(self.inputs, &e.by_column[e.column_starts[c]..e.column_starts[c + 1]]);
+            *column = lanes.sum_list64(self.inputs, &e.by_column[e.column_starts[c]..e.column_starts[c + 1]]);
         }
         let rows = self.out.len() / self.j;
         transpose_into(lanes, self.columns.as_flattened(), BLOCK, (self.j, rows), self.out, self.j);
@@ -277,11 +278,11 @@ mod tests {
     }
 
     /// Both products against their definitions, on shapes with remainders (rows not a
-    /// multiple of 16, lists not of 4) and densities from empty to full, with the
+    /// multiple of 64 or of 16, odd lists) and densities from empty to full, with the
     /// instruction set this CPU runs (the inner kernel is held on every set below).
     #[test]
     fn sparse_products_match_their_definitions() {
-        for (n, i, j, zeros) in [(3, 7, 10, 0.75), (50, 83, 33, 0.75), (1, 1, 1, 0.0), (5, 40, 17, 1.0), (9, 16, 64, 0.5), (2, 33, 5, 0.0), (0, 4, 3, 0.5), (4, 0, 3, 0.5), (3, 5, 0, 0.5)] {
+        for (n, i, j, zeros) in [(3, 7, 10, 0.75), (50, 83, 33, 0.75), (1, 1, 1, 0.0), (5, 40, 17, 1.0), (9, 16, 64, 0.5), (6, 150, 70, 0.6), (2, 33, 5, 0.0), (0, 4, 3, 0.5), (4, 0, 3, 0.5), (3, 5, 0, 0.5)] {
             let g = sparse(n, j, zeros, 2);
             let x = sparse(n, i, 0.5, 3);
             let w = sparse(i, j, 0.0, 4);
@@ -305,12 +306,12 @@ mod tests {
         }
     }
 
-    struct SumList<'a>(&'a [[f32; 16]], &'a [(u32, f32)]);
+    struct SumList<'a>(&'a [[f32; 64]], &'a [(u32, f32)]);
     impl WithLanes for SumList<'_> {
-        type Output = [f32; 16];
+        type Output = [f32; 64];
         #[inline(always)]
-        fn run<L: Lanes>(self, lanes: L) -> [f32; 16] {
-            lanes.sum_list16(self.0, self.1)
+        fn run<L: Lanes>(self, lanes: L) -> [f32; 64] {
+            lanes.sum_list64(self.0, self.1)
         }
     }
 
@@ -330,7 +331,7 @@ mod tests {
     /// strides wider than the matrix) on every instruction set: whole squares and edges.
     #[test]
     fn every_instruction_set_transposes_alike() {
-        for (rows, columns, from_stride, to_stride) in [(16, 16, 16, 16), (16, 40, 40, 16), (5, 37, 37, 16), (48, 16, 16, 50), (33, 9, 16, 33), (1, 1, 1, 1), (0, 16, 16, 16)] {
+        for (rows, columns, from_stride, to_stride) in [(16, 16, 16, 16), (16, 40, 40, 16), (5, 37, 37, 16), (48, 16, 16, 50), (33, 9, 16, 33), (1, 1, 1, 1), (0, 16, 16, 16), (64, 40, 40, 64), (19, 33, 33, 64), (40, 19, 64, 40)] {
             let from: Vec<f32> = (0..rows * from_stride).map(|v| v as f32).collect();
             for simd in available() {
                 let to = dispatch_with(simd, Transpose(&from, from_stride, (rows, columns), to_stride));
@@ -348,10 +349,10 @@ mod tests {
     /// The inner kernel, the same on every instruction set within rounding.
     #[test]
     fn every_instruction_set_sums_the_same_lists() {
-        let table: Vec<[f32; 16]> = (0..37).map(|r| std::array::from_fn(|l| ((r * 16 + l) * 7919 % 613) as f32 / 97.0 - 3.0)).collect();
+        let table: Vec<[f32; 64]> = (0..37).map(|r| std::array::from_fn(|l| ((r * 64 + l) * 7919 % 613) as f32 / 97.0 - 3.0)).collect();
         for len in [0, 1, 3, 4, 5, 11, 64] {
             let list: Vec<(u32, f32)> = (0..len).map(|k| ((k * 13 % 37) as u32, (k as f32) / 3.0 - 1.5)).collect();
-            let expect: [f32; 16] = std::array::from_fn(|l| list.iter().map(|&(r, g)| g * table[r as usize][l]).sum());
+            let expect: [f32; 64] = std::array::from_fn(|l| list.iter().map(|&(r, g)| g * table[r as usize][l]).sum());
             for simd in available() {
                 let out = dispatch_with(simd, SumList(&table, &list));
                 assert!(out.iter().zip(&expect).all(|(a, b)| close(*a, *b)), "{simd}, {len} entries: {out:?} vs {expect:?}");

@@ -45,6 +45,10 @@ const POINTS: usize = ALPHA * ALPHA;
 const MR: usize = TILE8_ROWS;
 /// Output channels per panel: the columns of the register tile.
 const PANEL: usize = TILE_COLUMNS;
+/// Panels per register tile with AVX-512 ([`Zmm::tile_sums4x64`]: 4 tiles x 64 channels).
+const WIDE: usize = 4;
+/// Tiles per register tile with AVX-512.
+const WIDE_ROWS: usize = 4;
 
 /// `B^T`. The kernels apply it (and `A^T`) through [`bt`] and [`at`], which the tests hold
 /// to these matrices.
@@ -114,17 +118,21 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], simd: Si
     if plane == 0 {
         return (out, winners);
     }
+    // Panels per task: with AVX-512, four at a time in the 4 x 64 tile (one task an image;
+    // one image alone keeps a task per panel, so that both cores share it); else one.
+    let group = if simd == Simd::Avx512 && g.o.is_multiple_of(WIDE * PANEL) && g.b > 1 { WIDE } else { 1 };
     out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane)).enumerate().for_each(|(bi, (out, winners))| {
         let u = dispatch_with(simd, InputTransform { lay, xp: &xp[bi * lay.image..][..lay.image], tiles });
-        // One task per panel: its channels' planes are contiguous in `out`.
-        out.par_chunks_mut(PANEL * plane).zip(winners.par_chunks_mut(PANEL * plane)).enumerate().for_each(
-            |(panel, (out, winners))| {
+        // One task per group of panels: their channels' planes are contiguous in `out`.
+        out.par_chunks_mut(group * PANEL * plane).zip(winners.par_chunks_mut(group * PANEL * plane)).enumerate().for_each(
+            |(first, (out, winners))| {
+                let panel = first * group;
                 let op = PanelProducts {
                     lay,
                     tiles,
                     u: &u,
-                    v: &v[panel * POINTS * g.c..][..POINTS * g.c],
-                    bias: &bias16[panel * PANEL..][..PANEL],
+                    v: &v[panel * POINTS * g.c..][..group * POINTS * g.c],
+                    bias: &bias16[panel * PANEL..][..group * PANEL],
                     out,
                     winners,
                 };
@@ -333,17 +341,18 @@ impl InputTransform<'_> {
     }
 }
 
-/// One image and one panel of 16 output channels: the 64 products, the output transform,
-/// then bias, ReLU and pooling.
+/// One image and one panel of 16 output channels (or, with AVX-512, [`WIDE`] panels): the
+/// 64 products, the output transform, then bias, ReLU and pooling.
 struct PanelProducts<'a> {
     lay: &'a Layout,
     tiles: usize,
     /// The image's transformed input `[tile][point][ci]`.
     u: &'a [f32],
-    /// The panel's transformed weights `[point][ci]`.
+    /// The panels' transformed weights `[panel][point][ci]`.
     v: &'a [[f32; PANEL]],
+    /// The panels' biases, 16 a panel.
     bias: &'a [f32],
-    /// The panel's output planes `[channels, h/2, w/2]` (up to 16 channels).
+    /// The panels' output planes `[channels, h/2, w/2]` (up to 16 channels a panel).
     out: &'a mut [f32],
     winners: &'a mut [u8],
 }
@@ -353,6 +362,23 @@ impl WithLanes for PanelProducts<'_> {
 
     #[inline(always)]
     fn run<L: Lanes>(self, lanes: L) {
+        let g = self.lay.g;
+        let points = POINTS * g.c;
+        if self.v.len() == WIDE * points
+            && let Some(zmm) = lanes.zmm()
+        {
+            self.wide(zmm);
+            return;
+        }
+        debug_assert_eq!(self.v.len(), points, "one panel, or four with AVX-512");
+        self.one_panel(lanes);
+    }
+}
+
+impl PanelProducts<'_> {
+    /// One panel: the products in [`Lanes::tile_sums8`]'s 8 x 16 tile.
+    #[inline(always)]
+    fn one_panel<L: Lanes>(self, lanes: L) {
         let g = self.lay.g;
         let c = g.c;
         let (ph, pw) = g.pooled();
@@ -376,6 +402,50 @@ impl WithLanes for PanelProducts<'_> {
         match lanes.zmm() {
             Some(zmm) => outputs.run(zmm),
             None => outputs.run(lanes),
+        }
+    }
+
+    /// [`WIDE`] panels of 16 channels (64 in all) with AVX-512: the products in the 4 tiles
+    /// x 64 channels tile ([`Zmm::tile_sums4x64`]), whose 16 sums take 4 loads and 4
+    /// broadcasts a step where [`Lanes::tile_sums8`]'s 8 take 1 load and 8 broadcasts (the
+    /// load ports, not the multiply-adds, bounded that one), point by point so that the
+    /// point's 8 KB of weights stay in L1 over the image's tiles; then each panel's output
+    /// transform and pooling as [`Self::one_panel`]'s.
+    #[inline(always)]
+    fn wide(self, zmm: Zmm) {
+        let g = self.lay.g;
+        let (c, tiles) = (g.c, self.tiles);
+        let plane = g.pooled().0 * g.pooled().1;
+        debug_assert!(tiles.is_multiple_of(WIDE_ROWS) && self.out.len() == WIDE * PANEL * plane);
+        // Each panel's products `[point][tile]`, rows of 16 channels, appended in order.
+        let mut products: [CacheAligned<[F8; 2]>; WIDE] = std::array::from_fn(|_| CacheAligned::with_capacity(POINTS * tiles));
+        for p in 0..POINTS {
+            let mut v: [&[[f32; PANEL]]; WIDE] = [&[]; WIDE];
+            for (q, v) in v.iter_mut().enumerate() {
+                *v = &self.v[(q * POINTS + p) * c..][..c];
+            }
+            for first in (0..tiles).step_by(WIDE_ROWS) {
+                let rows = runs(self.u, starts::<WIDE_ROWS>(first, tiles - 1, POINTS * c), p * c, c);
+                let mut sums = [[[0.0f32; PANEL]; WIDE]; WIDE_ROWS];
+                zmm.tile_sums4x64(&mut sums, rows, v);
+                for (q, products) in products.iter_mut().enumerate() {
+                    let mut rows = [[[0.0f32; 8]; 2]; WIDE_ROWS];
+                    for (row, sums) in rows.iter_mut().zip(&sums) {
+                        *row = bytemuck::cast(sums[q]);
+                    }
+                    products.extend_from_slice(&rows);
+                }
+            }
+        }
+        let (mut out, mut winners) = (self.out, self.winners);
+        for (q, products) in products.iter().enumerate() {
+            let bias = &self.bias[q * PANEL..][..PANEL];
+            let bias: [F8; 2] = [bias8(&bias[..8]), bias8(&bias[8..])];
+            let (panel_out, rest) = out.split_at_mut(PANEL * plane);
+            let (panel_winners, rest_winners) = winners.split_at_mut(PANEL * plane);
+            (out, winners) = (rest, rest_winners);
+            let outputs = Outputs { g, tiles, products, bias: &bias, channels: PANEL, out: panel_out, winners: panel_winners };
+            outputs.run(zmm);
         }
     }
 }
@@ -522,6 +592,8 @@ mod tests {
             Geometry { b: 2, c: 8, h: 7, w: 9, o: 3, k: 5 },
             Geometry { b: 3, c: 32, h: 14, w: 14, o: 64, k: 5 },
             Geometry { b: 1, c: 16, h: 6, w: 5, o: 20, k: 5 },
+            // With AVX-512, four panels a task (two groups), over 3 x 3 tiles padded to 16.
+            Geometry { b: 2, c: 16, h: 9, w: 11, o: 128, k: 5 },
             // 3 x 6 tiles of 4 x 4 outputs, padded to 24: the last of three register tiles
             // part padding, the last row and column of tiles part outside the image.
             Geometry { b: 1, c: 8, h: 10, w: 22, o: 17, k: 5 },
