@@ -175,9 +175,9 @@ pub enum Simd {
     /// x86-64 AVX2 + FMA: eight-lane fused multiply-adds in 16 YMM registers.
     Avx2,
     /// x86-64 AVX-512 (F, VL, BW, DQ, CD: pulp's x86-v4): the deep products (Winograd,
-    /// fully connected) in register tiles of 10 rows x 16 lanes in ZMM registers and the
-    /// sparse backward's tiles 16 lanes at a time; the rest as AVX2 with EVEX encodings
-    /// and 32 registers.
+    /// fully connected) in register tiles of 4 rows x 64 lanes (or 10 x 16, 8 x 16) in ZMM
+    /// registers and the sparse backward's tiles 16 lanes at a time; the rest as AVX2 with
+    /// EVEX encodings and 32 registers.
     Avx512,
 }
 

@@ -2,7 +2,7 @@
 //! multiply-add that is one instruction where the CPU has one, and the register tiles of
 //! the deep products ([`Lanes::tile_sums`]; [`Lanes::tile_sums8`] for the Winograd
 //! products; AVX-512's [`super::wide::Zmm::tile_sums4x64`] for the blocked fully connected
-//! product).
+//! product and the Winograd products of 64 channels).
 //!
 //! The kernels are written once, generic over [`Lanes`], and run through [`dispatch`],
 //! which compiles them (they are `#[inline(always)]`) for the best instruction set this CPU

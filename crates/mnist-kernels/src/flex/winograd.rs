@@ -8,8 +8,9 @@
 //! replaced, had 2.8 times fewer). Per image that is 64 independent matrix products
 //! `U_p [tiles, c] x V_p [c, o]`, computed in register tiles of 8 tiles x 16 output
 //! channels ([`Lanes::tile_sums8`]: the seed's conv2 has 16 tiles an image, 4 x 4 of them
-//! over its 14 x 14 outputs, which cover 16 x 16), between an input transform and an output
-//! transform that ends in the pooling sweep.
+//! over its 14 x 14 outputs, which cover 16 x 16), or with AVX-512, for a multiple of 64
+//! output channels, of 4 tiles x 64 channels ([`Zmm::tile_sums4x64`]), between an input
+//! transform and an output transform that ends in the pooling sweep.
 //!
 //! The transforms interpolate at 0, 1, -1, 2, -2, 1/2, -1/2 and infinity, the points of the
 //! common F(6x6, 3x3), whose `B^T` this is (Lavin and Gray, "Fast Algorithms for
