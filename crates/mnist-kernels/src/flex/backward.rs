@@ -16,11 +16,17 @@
 //! That is a quarter of the dense products' arithmetic, with no im2col buffer, at about one
 //! fused multiply-add per cycle (the operands come from L2). The bias gradient is the sum
 //! of the entries.
+//!
+//! One input channel without an input gradient (the seed's conv1, whose kernel rows are
+//! five floats) instead sums whole windows: each window's 25 values are copied once into a
+//! patch of 32, and each entry is two 16-lane multiply-adds (four of eight) over it
+//! ([`ImageKernel::one_channel`]).
 
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, WithLanes, dispatch};
 use super::layout::{CacheAligned, Layout, MAX_TILE, zeroed};
+use super::wide::Arith;
 use super::{Geometry, NONE};
 
 /// Gradients of one block.
@@ -72,6 +78,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
         .map(|(first, images, mut dxp)| {
             let mut part = Partial::zero(&lay);
             let mut lists = Lists::take(&lay, dxp.is_some());
+            let mut patches = Vec::new();
             for i in 0..images {
                 let bi = first + i;
                 let range = bi * image_out..(bi + 1) * image_out;
@@ -83,6 +90,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
                     wr: &wr,
                     dw: &mut part.dw,
                     dxp: dxp.as_deref_mut().map(|d| &mut d[i * lay.image..][..lay.image]),
+                    patches: &mut patches,
                 });
             }
             lists.put_back();
@@ -305,13 +313,27 @@ struct ImageKernel<'a> {
     dw: &'a mut [f32],
     /// The padded input gradient of the image, when asked for.
     dxp: Option<&'a mut [f32]>,
+    /// Scratch of [`ImageKernel::one_channel`], kept from one image to the next.
+    patches: &'a mut Vec<[f32; PATCH]>,
 }
+
+/// Values of a window of one input channel in [`ImageKernel::one_channel`]'s patches: at
+/// least `k * k`, and room for an eight-float store at the last kernel row.
+const PATCH: usize = 32;
 
 impl WithLanes for ImageKernel<'_> {
     type Output = ();
 
     #[inline(always)]
     fn run<L: Lanes>(self, lanes: L) {
+        let g = self.lay.g;
+        if g.c == 1 && (g.k - 1) * g.k + 8 <= PATCH && self.dxp.is_none() {
+            match lanes.zmm() {
+                Some(zmm) => self.one_channel(zmm),
+                None => self.one_channel(lanes),
+            }
+            return;
+        }
         match self.lay.tile {
             1 => self.tiles::<L, 1>(lanes),
             2 => self.tiles::<L, 2>(lanes),
@@ -328,6 +350,79 @@ impl WithLanes for ImageKernel<'_> {
 }
 
 impl ImageKernel<'_> {
+    /// The weight gradient of a block with one input channel and no input gradient (the
+    /// seed's conv1: a 5 x 5 window is 25 floats), by whole windows: each window's values
+    /// are first copied into a patch of 32 (once an image, `[window offset][32]`, 115 KB
+    /// for conv1), then each channel's entries sum `g * patch` in 32 lanes (two registers
+    /// with AVX-512, four of eight elsewhere, in two chains). The kernel-row tiles of
+    /// [`Self::tiles`] took five passes over each list with one vector of five useful
+    /// floats an entry: conv1's weight gradient, 800 values, was a tenth of a training step.
+    #[inline(always)]
+    fn one_channel<A: Arith>(self, a: A) {
+        let (lay, lists) = (self.lay, self.lists);
+        let g = lay.g;
+        let (k, row) = (g.k, lay.row);
+        let (ph, pw) = g.pooled();
+        if g.h == 0 || g.w == 0 {
+            return;
+        }
+        // Every window offset `yy * row + xx` (those with `xx >= w` are never listed).
+        let windows = (g.h - 1) * row + g.w;
+        if self.patches.len() < windows {
+            self.patches.resize(windows, [0.0; PATCH]);
+        }
+        let patches = &mut self.patches[..windows];
+        for yy in 0..g.h {
+            for xx in 0..g.w {
+                let at = yy * row + xx;
+                let patch = &mut patches[at];
+                // Eight floats a kernel row (the padded image has room to read them past
+                // the last window, see `Layout::image`): the three past the row land where
+                // the next row then writes, or past `k * k`, in lanes never read.
+                for ky in 0..k {
+                    let (from, _) = self.xp[at + ky * row..][..8].as_chunks::<8>();
+                    let (to, _) = patch[ky * k..][..8].as_chunks_mut::<8>();
+                    to[0] = from[0];
+                }
+            }
+        }
+        let patches = &*patches;
+        let vectors = PATCH / A::LANES;
+        for oc in 0..g.o {
+            let list = &lists.by_channel[oc * ph * pw..][..lists.channel_len[oc]];
+            if list.is_empty() {
+                continue;
+            }
+            let (mut even, mut odd) = ([a.zero(); 4], [a.zero(); 4]);
+            let (pairs, rest) = list.as_chunks::<2>();
+            for &[(at0, g0), (at1, g1)] in pairs {
+                let (p0, p1) = (&patches[at0], &patches[at1]);
+                for v in 0..vectors {
+                    even[v] = a.fma(even[v], g0, a.load(&p0[v * A::LANES..]));
+                }
+                for v in 0..vectors {
+                    odd[v] = a.fma(odd[v], g1, a.load(&p1[v * A::LANES..]));
+                }
+            }
+            for &(at, gv) in rest {
+                let patch = &patches[at];
+                for v in 0..vectors {
+                    even[v] = a.fma(even[v], gv, a.load(&patch[v * A::LANES..]));
+                }
+            }
+            let mut sums = [0.0f32; PATCH];
+            for v in 0..vectors {
+                a.store_to(a.add(even[v], odd[v]), &mut sums[v * A::LANES..]);
+            }
+            for ky in 0..k {
+                let dw = &mut self.dw[(oc * k + ky) * lay.padded_run..][..k];
+                for (d, s) in dw.iter_mut().zip(&sums[ky * k..]) {
+                    *d += s;
+                }
+            }
+        }
+    }
+
     #[inline(always)]
     fn tiles<L: Lanes, const T: usize>(self, lanes: L) {
         let (lay, lists) = (self.lay, self.lists);
@@ -490,13 +585,16 @@ mod tests {
     }
 
     /// The kernels compiled for every instruction set this CPU has and the portable ones
-    /// give the same gradients, for a tile of 1 vector (conv1's shape) and of 10 (conv2's).
+    /// give the same gradients, for a tile of 1 vector (conv1's shape) and of 10 (conv2's),
+    /// with the input gradient and without (one input channel then sums whole windows).
     #[test]
     fn portable_and_dispatched_kernels_agree() {
         for g in [
             Geometry { b: 1, c: 1, h: 28, w: 28, o: 4, k: 5 },
             Geometry { b: 1, c: 32, h: 14, w: 14, o: 3, k: 5 },
             Geometry { b: 1, c: 3, h: 7, w: 9, o: 2, k: 3 },
+            Geometry { b: 1, c: 1, h: 9, w: 7, o: 5, k: 3 },
+            Geometry { b: 1, c: 1, h: 5, w: 6, o: 3, k: 1 },
         ] {
             let lay = Layout::new(g);
             let (ph, pw) = g.pooled();
@@ -515,17 +613,26 @@ mod tests {
             let mut lists = Lists::new(&lay, true);
             let mut db = vec![0.0; g.o];
             lists.fill(&lay, &winners, &grad, &mut db, true);
-            let run = |simd: Simd| {
+            let run = |simd: Simd, want_dx: bool| {
                 let (mut dw, mut dxp) = (vec![0.0; wr.len()], vec![0.0; lay.image]);
-                let kernel = ImageKernel { lay: &lay, lists: &lists, xp: &xp, wr: &wr, dw: &mut dw, dxp: Some(&mut dxp) };
+                let mut patches = Vec::new();
+                let dxp_arg = if want_dx { Some(&mut dxp[..]) } else { None };
+                let kernel = ImageKernel { lay: &lay, lists: &lists, xp: &xp, wr: &wr, dw: &mut dw, dxp: dxp_arg, patches: &mut patches };
                 dispatch_with(simd, kernel);
                 (dw, dxp)
             };
-            let a = run(Simd::Portable);
+            let a = run(Simd::Portable, true);
             let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + a.abs()));
             for simd in available() {
-                let b = run(simd);
+                let b = run(simd, true);
                 assert!(close(&a.0, &b.0) && close(&a.1, &b.1), "{g:?}: {simd}");
+                // Without the input gradient (conv1's case: one channel takes whole-window
+                // patches), the same weight gradient.
+                let c = run(simd, false);
+                // (Past each kernel row's `k * c` values the tiles leave sums of the padding,
+                // which the whole windows do not write: only the weights' values compared.)
+                let weights = |dw: &[f32]| -> Vec<f32> { dw.chunks(lay.padded_run).flat_map(|row| row[..g.k * g.c].to_vec()).collect() };
+                assert!(close(&weights(&a.0), &weights(&c.0)), "{g:?}: {simd}, no input gradient");
             }
             assert!(a.0.iter().any(|&v| v != 0.0) && a.1.iter().any(|&v| v != 0.0), "{g:?}: all zero");
         }
