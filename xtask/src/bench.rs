@@ -81,8 +81,8 @@ fn plan(system: &str, quick: bool) -> Vec<Plan> {
         // machine moved a figure by a fifth.
         (false, false) => (100, 6, 3, 200),
     };
-    // Steps before the timed ones: flex reaches its steady step time at 512 only from the
-    // third step on (the first ones fault in and grow its buffers: one step of warmup put
+    // Steps before the timed ones: flex reaches its steady step time at 512 only after two
+    // or three steps (the first ones fault in and grow its buffers: one step of warmup put
     // the median of six at 3,300 images/s against 4,500 with three, on an Intel Xeon),
     // where TensorFlow's is steady after one (3,023 and 3,017).
     let warmup = if system == "ndarray" { 1 } else { 3 };
@@ -930,8 +930,8 @@ mod tests {
         assert!(plan("flex", true).iter().zip(&fast).all(|(q, f)| q.2 <= f.2));
     }
 
-    /// Training is timed from the third step on at every batch (flex's steps at 512 are
-    /// slower until then), for every system but the slowest.
+    /// Training is timed after at least three steps of warmup at every batch (flex's first
+    /// steps at 512 are slower), for every system but the slowest.
     #[test]
     fn training_is_timed_in_its_steady_state() {
         for (system, quick) in [("flex", false), ("flex", true), ("tensorflow", false), ("pytorch", false)] {

@@ -134,8 +134,8 @@ pub(crate) trait Lanes: Copy {
     /// (the list of its non-zero entries) times a dense matrix whose rows are 64 wide, the
     /// inner kernel of the fully connected layer's sparse backward pass. Each entry is one
     /// broadcast and eight eight-lane multiply-adds into eight independent sums, enough to
-    /// hide the multiply-add's latency, and its index is read once for all of them (with
-    /// rows of 16, once per two). Panics if an index is out of `table`.
+    /// hide the multiply-add's latency, and its index is read once for all of them (rows of
+    /// 16 read it once for every two). Panics if an index is out of `table`.
     #[inline(always)]
     fn sum_list64(self, table: &[[f32; 64]], list: &[(u32, f32)]) -> [f32; 64] {
         let mut acc = [self.zero(); 8];

@@ -416,7 +416,8 @@ impl PanelProducts<'_> {
     fn wide(self, zmm: Zmm) {
         let g = self.lay.g;
         let (c, tiles) = (g.c, self.tiles);
-        let plane = g.pooled().0 * g.pooled().1;
+        let (ph, pw) = g.pooled();
+        let plane = ph * pw;
         debug_assert!(tiles.is_multiple_of(WIDE_ROWS) && self.out.len() == WIDE * PANEL * plane);
         // Each panel's products `[point][tile]`, rows of 16 channels, appended in order.
         let mut products: [CacheAligned<[F8; 2]>; WIDE] = std::array::from_fn(|_| CacheAligned::with_capacity(POINTS * tiles));
