@@ -91,8 +91,8 @@ impl Zmm {
 
     /// [`Self::tile_sums4x64`] with the 64 columns read where they lie: step `k` takes
     /// `matrix[k * stride..][..64]`, over the depth of the shortest row (`matrix` holds
-    /// at least that many strides). The small-batch fully connected forward's tile, which
-    /// reads the weight in place instead of packing it first.
+    /// at least that many strides). The small-batch fully connected forward's tile, over a
+    /// block of the weight copied into rows of 64 (`stride` 64).
     #[inline(always)]
     pub(crate) fn tile_sums4x64_strided(self, acc: &mut [[[f32; 16]; 4]; 4], rows: [&[f32]; 4], matrix: &[f32], stride: usize) {
         let steps = matrix.chunks(stride).map(|w| {
