@@ -500,9 +500,10 @@ impl Depth<'_> {
     /// tile, [`IN_PLACE_DEPTH`] rows at a time. Each block of 128 rows x 64 columns is
     /// first copied into 32 KB of its own, which stay in L1 while every group of four
     /// images passes over it, so the weight is read from memory once. Read where they
-    /// lie, the block's rows, 4 KB apart, all fall in the same few sets of the L1 cache,
-    /// which holds twelve of them, and the tile's four loads a step came from L2 (training
-    /// at 50: 1.03-1.10x in three alternations of four with the copy). Against the packed
+    /// lie, the block's rows are 4 KB apart: they fall in the same few sets of the L1
+    /// cache, which holds twelve of them, and each is a page of its own, more than the
+    /// data TLB's first level holds (training at 50: 1.03-1.10x in three alternations of
+    /// four with the copy). Against the packed
     /// 10 x 16 tile: 1.02x with blocks of 64 rows, 1.03x more with 128, 0.98x with 256.
     #[inline(always)]
     fn in_place(self, zmm: Zmm) -> Vec<f32> {
