@@ -169,6 +169,22 @@ impl Panel<'_> {
 /// maxima wins, and a comparison with NaN is false.
 #[inline(always)]
 pub(super) fn pool_window(sums: [&[F8; 2]; 4], bias: &[F8; 2], channels: usize, out: &mut [f32], winners: &mut [u8], at: usize, plane: usize) {
+    let (values, codes) = pool_lanes(sums, bias);
+    if channels == 0 {
+        return;
+    }
+    // One store a channel, down the planes (each slice's bounds checked once).
+    let span = (channels - 1) * plane + 1;
+    let (out, winners) = (&mut out[at..][..span], &mut winners[at..][..span]);
+    for ((o, w), (value, code)) in out.iter_mut().step_by(plane).zip(winners.iter_mut().step_by(plane)).zip(values.into_iter().zip(codes)).take(channels) {
+        *o = value;
+        *w = code as u8;
+    }
+}
+
+/// [`pool_window`]'s outputs and winners of the window's 16 lanes, without storing them.
+#[inline(always)]
+pub(super) fn pool_lanes(sums: [&[F8; 2]; 4], bias: &[F8; 2]) -> ([f32; 16], [u32; 16]) {
     let [a, b, c, d] = sums;
     // All 16 lanes first, in a loop without calls or early exits; then the outputs of the
     // panel's real channels.
@@ -192,16 +208,7 @@ pub(super) fn pool_window(sums: [&[F8; 2]; 4], bias: &[F8; 2], channels: usize, 
             codes[v * 8 + l] = if positive { best_at } else { u32::from(NONE) };
         }
     }
-    if channels == 0 {
-        return;
-    }
-    // One store a channel, down the planes (each slice's bounds checked once).
-    let span = (channels - 1) * plane + 1;
-    let (out, winners) = (&mut out[at..][..span], &mut winners[at..][..span]);
-    for ((o, w), (value, code)) in out.iter_mut().step_by(plane).zip(winners.iter_mut().step_by(plane)).zip(values.into_iter().zip(codes)).take(channels) {
-        *o = value;
-        *w = code as u8;
-    }
+    (values, codes)
 }
 
 /// Convolution outputs of `T` pixels (their windows' top-left corners in the padded

@@ -245,19 +245,26 @@ impl Lanes for pulp::x86::V3 {
 fn transpose8(v3: pulp::x86::V3, from: &[f32], from_stride: usize, to: &mut [f32], to_stride: usize) {
     use core::arch::x86_64::__m256;
     let a = v3.avx;
-    let r: [__m256; 8] = std::array::from_fn(|i| {
+    // Plain loops, not `array::from_fn`: its closures are compiled without the instruction
+    // set, and where a large kernel's inlining budget ran out (the Winograd output
+    // transform's), each shuffle became a call.
+    let zero: __m256 = pulp::cast([0.0f32; 8]);
+    let mut r = [zero; 8];
+    for (i, r) in r.iter_mut().enumerate() {
         let (row, _) = from[i * from_stride..][..8].as_chunks::<8>();
-        pulp::cast(row[0])
-    });
-    let t: [__m256; 8] = std::array::from_fn(|i| {
+        *r = pulp::cast(row[0]);
+    }
+    let mut t = [zero; 8];
+    for (i, t) in t.iter_mut().enumerate() {
         let (x, y) = (r[i & !1], r[i | 1]);
-        if i % 2 == 0 { a._mm256_unpacklo_ps(x, y) } else { a._mm256_unpackhi_ps(x, y) }
-    });
-    let u: [__m256; 8] = std::array::from_fn(|i| {
+        *t = if i % 2 == 0 { a._mm256_unpacklo_ps(x, y) } else { a._mm256_unpackhi_ps(x, y) };
+    }
+    let mut u = [zero; 8];
+    for (i, u) in u.iter_mut().enumerate() {
         let base = i & !3;
         let (x, y) = if i % 4 < 2 { (t[base], t[base + 2]) } else { (t[base + 1], t[base + 3]) };
-        if i % 2 == 0 { a._mm256_shuffle_ps::<0x44>(x, y) } else { a._mm256_shuffle_ps::<0xEE>(x, y) }
-    });
+        *u = if i % 2 == 0 { a._mm256_shuffle_ps::<0x44>(x, y) } else { a._mm256_shuffle_ps::<0xEE>(x, y) };
+    }
     for i in 0..8 {
         let o = if i < 4 { a._mm256_permute2f128_ps::<0x20>(u[i], u[i + 4]) } else { a._mm256_permute2f128_ps::<0x31>(u[i - 4], u[i]) };
         let (row, _) = to[i * to_stride..][..8].as_chunks_mut::<8>();
@@ -393,23 +400,29 @@ impl Lanes for pulp::x86::V4 {
     fn transpose16(self, from: &[f32], from_stride: usize, to: &mut [f32], to_stride: usize) {
         use core::arch::x86_64::__m512;
         let f = self.avx512f;
-        let r: [__m512; 16] = std::array::from_fn(|i| {
+        // Plain loops, as in `transpose8`.
+        let zero: __m512 = pulp::cast([0.0f32; 16]);
+        let mut r = [zero; 16];
+        for (i, r) in r.iter_mut().enumerate() {
             let (row, _) = from[i * from_stride..][..16].as_chunks::<16>();
-            pulp::cast(row[0])
-        });
-        let t: [__m512; 16] = std::array::from_fn(|i| {
+            *r = pulp::cast(row[0]);
+        }
+        let mut t = [zero; 16];
+        for (i, t) in t.iter_mut().enumerate() {
             let (a, b) = (r[i & !1], r[i | 1]);
-            if i % 2 == 0 { f._mm512_unpacklo_ps(a, b) } else { f._mm512_unpackhi_ps(a, b) }
-        });
-        let u: [__m512; 16] = std::array::from_fn(|i| {
+            *t = if i % 2 == 0 { f._mm512_unpacklo_ps(a, b) } else { f._mm512_unpackhi_ps(a, b) };
+        }
+        let mut u = [zero; 16];
+        for (i, u) in u.iter_mut().enumerate() {
             let base = i & !3;
             let (a, b) = if i % 4 < 2 { (t[base], t[base + 2]) } else { (t[base + 1], t[base + 3]) };
             let (a, b) = (f._mm512_castps_pd(a), f._mm512_castps_pd(b));
-            f._mm512_castpd_ps(if i % 2 == 0 { f._mm512_unpacklo_pd(a, b) } else { f._mm512_unpackhi_pd(a, b) })
-        });
-        let v: [__m512; 16] = std::array::from_fn(|i| {
-            if i % 8 < 4 { f._mm512_shuffle_f32x4::<0x88>(u[i], u[i + 4]) } else { f._mm512_shuffle_f32x4::<0xdd>(u[i - 4], u[i]) }
-        });
+            *u = f._mm512_castpd_ps(if i % 2 == 0 { f._mm512_unpacklo_pd(a, b) } else { f._mm512_unpackhi_pd(a, b) });
+        }
+        let mut v = [zero; 16];
+        for (i, v) in v.iter_mut().enumerate() {
+            *v = if i % 8 < 4 { f._mm512_shuffle_f32x4::<0x88>(u[i], u[i + 4]) } else { f._mm512_shuffle_f32x4::<0xdd>(u[i - 4], u[i]) };
+        }
         for i in 0..16 {
             let w = if i < 8 { f._mm512_shuffle_f32x4::<0x88>(v[i], v[i + 8]) } else { f._mm512_shuffle_f32x4::<0xdd>(v[i - 8], v[i]) };
             let (row, _) = to[i * to_stride..][..16].as_chunks_mut::<16>();

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::forward::{bias8, panel_bias, pool_window};
+use super::forward::{bias8, panel_bias, pool_lanes};
 use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE8_ROWS, WithLanes, chosen, dispatch_with, runs, starts};
 use super::wide::{Arith, Zmm};
 use crate::Simd;
@@ -368,7 +368,7 @@ impl WithLanes for PanelProducts<'_> {
         if self.v.len() == WIDE * points
             && let Some(zmm) = lanes.zmm()
         {
-            self.wide(zmm);
+            self.wide(lanes, zmm);
             return;
         }
         debug_assert_eq!(self.v.len(), points, "one panel, or four with AVX-512");
@@ -401,8 +401,8 @@ impl PanelProducts<'_> {
         }
         let outputs = Outputs { g, tiles: self.tiles, products: &products, bias: &bias, channels, out: self.out, winners: self.winners };
         match lanes.zmm() {
-            Some(zmm) => outputs.run(zmm),
-            None => outputs.run(lanes),
+            Some(zmm) => outputs.run(lanes, zmm),
+            None => outputs.run(lanes, lanes),
         }
     }
 
@@ -413,7 +413,7 @@ impl PanelProducts<'_> {
     /// point's 8 KB of weights stay in L1 over the image's tiles; then each panel's output
     /// transform and pooling as [`Self::one_panel`]'s.
     #[inline(always)]
-    fn wide(self, zmm: Zmm) {
+    fn wide<L: Lanes>(self, lanes: L, zmm: Zmm) {
         let g = self.lay.g;
         let (c, tiles) = (g.c, self.tiles);
         let (ph, pw) = g.pooled();
@@ -447,7 +447,7 @@ impl PanelProducts<'_> {
             let (panel_winners, rest_winners) = winners.split_at_mut(PANEL * plane);
             (out, winners) = (rest, rest_winners);
             let outputs = Outputs { g, tiles, products, bias: &bias, channels: PANEL, out: panel_out, winners: panel_winners };
-            outputs.run(zmm);
+            outputs.run(lanes, zmm);
         }
     }
 }
@@ -465,11 +465,18 @@ struct Outputs<'a> {
 }
 
 impl Outputs<'_> {
-    /// With `A`'s vectors: one of 16 lanes for the panel's channels, or two of 8.
+    /// With `A`'s vectors: one of 16 lanes for the panel's channels, or two of 8. Each
+    /// window's 16 outputs and winners are kept as rows (`[window][channel]`, one store of
+    /// 16 each) and written into the channels' planes at the end, transposed by `lanes` 16
+    /// windows at a time: written window by window, down the planes, they were 32 stores
+    /// of one value each, as much time as the output transform.
     #[inline(always)]
-    fn run<A: Arith>(self, a: A) {
+    fn run<L: Lanes, A: Arith>(self, lanes: L, a: A) {
         let (g, tiles, products) = (self.g, self.tiles, self.products);
         let (ph, pw) = g.pooled();
+        let plane = ph * pw;
+        // The winners as floats (0 to 3, or `NONE`), so that they transpose as the outputs do.
+        let (mut values, mut codes) = (vec![[0.0f32; PANEL]; plane], vec![[0.0f32; PANEL]; plane]);
         let (rows, columns) = tile_grid(g);
         let width = A::LANES;
         for ty in 0..rows {
@@ -511,10 +518,44 @@ impl Outputs<'_> {
                         }
                         let (upper, lower) = (&sums[2 * wy], &sums[2 * wy + 1]);
                         let window = [&upper[2 * wx], &upper[2 * wx + 1], &lower[2 * wx], &lower[2 * wx + 1]];
-                        pool_window(window, self.bias, self.channels, self.out, self.winners, py * pw + px, ph * pw);
+                        let (v, c) = pool_lanes(window, self.bias);
+                        values[py * pw + px] = v;
+                        // A loop: `map`'s closure would not be compiled for the instruction set.
+                        for (code, c) in codes[py * pw + px].iter_mut().zip(c) {
+                            *code = c as f32;
+                        }
                     }
                 }
             }
+        }
+        write_planes(lanes, &values, &codes, self.channels, self.out, self.winners);
+    }
+}
+
+/// Windows' outputs and winners given as rows (`values`, `codes: [window][16]`, the
+/// winners as floats) written into the first `channels` planes of `out` and `winners`
+/// (`[channels, windows]`): whole 16 x 16 squares transposed by `lanes` where all 16
+/// channels are written, the rest value by value.
+#[inline(always)]
+fn write_planes<L: Lanes>(lanes: L, values: &[[f32; PANEL]], codes: &[[f32; PANEL]], channels: usize, out: &mut [f32], winners: &mut [u8]) {
+    let plane = values.len();
+    let squares = if channels == PANEL { plane / 16 * 16 } else { 0 };
+    if squares > 0 {
+        let mut transposed = vec![0.0f32; PANEL * plane];
+        for w in (0..squares).step_by(16) {
+            lanes.transpose16(&values.as_flattened()[w * PANEL..], PANEL, &mut out[w..], plane);
+            lanes.transpose16(&codes.as_flattened()[w * PANEL..], PANEL, &mut transposed[w..], plane);
+        }
+        for (winners, codes) in winners.chunks_exact_mut(plane).zip(transposed.chunks_exact(plane)) {
+            for (w, c) in winners[..squares].iter_mut().zip(&codes[..squares]) {
+                *w = *c as u8;
+            }
+        }
+    }
+    for w in squares..plane {
+        for ch in 0..channels {
+            out[ch * plane + w] = values[w][ch];
+            winners[ch * plane + w] = codes[w][ch] as u8;
         }
     }
 }
@@ -607,9 +648,11 @@ mod tests {
             let bias: Vec<f32> = (0..g.o).map(|i| value(i + 17) * 0.1).collect();
             let xp = pad_nhwc(&lay, &x);
             let (out, winners) = forward_with(&lay, &xp, &weight, &bias, Simd::Portable);
+            let mut others = Vec::new();
             for simd in available() {
-                let (other, _) = forward_with(&lay, &xp, &weight, &bias, simd);
+                let (other, other_winners) = forward_with(&lay, &xp, &weight, &bias, simd);
                 assert!(out.iter().zip(&other).all(|(a, b)| (a - b).abs() <= 1e-5), "{g:?}: {simd}");
+                others.push((simd, other_winners));
             }
             let conv = |bi: usize, oc: usize, yy: usize, xx: usize| -> f64 {
                 let mut sum = f64::from(bias[oc]);
@@ -641,6 +684,9 @@ mod tests {
                             if four[best] - second > 1e-3 && four[best].abs() > 1e-3 {
                                 let want = if four[best] > 0.0 { best as u8 } else { NONE };
                                 assert_eq!(winners[index], want, "{g:?} {index}");
+                                for (simd, other) in &others {
+                                    assert_eq!(other[index], want, "{g:?} {index}: {simd}");
+                                }
                                 checked += 1;
                             }
                         }
