@@ -42,6 +42,7 @@ struct ServeJob {
 
 impl Job for ServeJob {
     type Output = ();
+    const ON_WORKER: bool = false;
 
     fn run<B: AutodiffBackend>(self, device: &B::Device, backend: BackendKind) -> Result<()> {
         let classes = class_names(&self.manifest);
@@ -123,6 +124,7 @@ struct BenchJob<'a> {
 
 impl Job for BenchJob<'_> {
     type Output = ServeMeasurement;
+    const ON_WORKER: bool = false;
 
     fn run<B: AutodiffBackend>(self, device: &B::Device, backend: BackendKind) -> Result<ServeMeasurement> {
         let args = self.args;

@@ -416,6 +416,10 @@ pub fn kernels_in_use<B: AutodiffBackend>(model: &Cnn<B>) -> KernelsInUse {
 /// [`dropout_mask`]), softmax cross-entropy against `labels` ([`Cnn::loss`]), the backward pass and the
 /// optimizer's update. Returns the updated network and the loss `[1]`, left on the device:
 /// reading it back waits for the step to finish, so the loop reads it only when it logs.
+///
+/// On the CPU backends, run the loop on one of rayon's worker threads (`rayon::scope(|_|
+/// loop)`), as `mnist train` does: from another thread each of the step's parallel
+/// operations wakes a worker and puts the caller to sleep, a tenth of a step at batch 50.
 pub fn train_step<B: AutodiffBackend, O: Optimizer<Cnn<B>, B>>(
     model: Cnn<B>,
     optim: &mut O,
