@@ -68,12 +68,13 @@ pub trait Job: Send {
 
 /// Runs `job` on `kind`, or explains why it cannot.
 ///
-/// On the CPU backends a job runs on one of rayon's worker threads ([`Job::ON_WORKER`]),
-/// the threads that run the backends' and the kernels' parallel work. Run from the main
-/// thread, each of a training step's parallel operations (a hundred or so) woke a sleeping
-/// worker, put the main thread to sleep and woke it at the end, with three threads on
-/// two cores; from a worker, the caller takes part and the other worker steals. Training
-/// at batch 50 on a 2-core Xeon: 1.09-1.18x in five alternations.
+/// On the CPU backends, once [`jobs_on_workers`] was called (the `mnist` binary does), a
+/// job runs on one of rayon's worker threads ([`Job::ON_WORKER`]), the threads that run
+/// the backends' and the kernels' parallel work. Run from the main thread, each of a
+/// training step's parallel operations (a hundred or so) woke a sleeping worker, put the
+/// main thread to sleep and woke it at the end, with three threads on two cores; from a
+/// worker, the caller takes part and the other worker steals. Training at batch 50 on a
+/// 2-core Xeon: 1.09-1.18x in five alternations.
 pub fn dispatch<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
     match kind {
         #[cfg(feature = "flex")]
@@ -95,11 +96,25 @@ pub fn dispatch<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
     }
 }
 
-/// Runs `run` on one of rayon's global pool's worker threads if `J` asks for it, else here
-/// (a scope with nothing spawned in it: rayon runs its body on a worker, and the calling
-/// thread waits).
+/// Runs `run` on one of rayon's global pool's worker threads if `J` asks for it and
+/// [`jobs_on_workers`] was called, else here (a scope with nothing spawned in it: rayon
+/// runs its body on a worker, and the calling thread waits).
 fn on_worker<J: Job>(run: impl FnOnce() -> Result<J::Output> + Send) -> Result<J::Output> {
-    if J::ON_WORKER { rayon::scope(|_| run()) } else { run() }
+    if J::ON_WORKER && JOBS_ON_WORKERS.load(std::sync::atomic::Ordering::Relaxed) { rayon::scope(|_| run()) } else { run() }
+}
+
+/// Whether [`dispatch`] runs jobs on the worker threads.
+static JOBS_ON_WORKERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, [`dispatch`] runs each job of a CPU backend on one of rayon's worker threads.
+///
+/// For a process that runs one job at a time (the `mnist` binary). Jobs dispatched at the
+/// same time from several threads (tests calling [`crate::run`] in parallel) could
+/// deadlock: a worker waiting for its parallel work inside burn-autodiff's lock on the
+/// graph (the backward pass holds it) may take up another whole job, whose backward pass
+/// then waits for that lock on the same thread.
+pub fn jobs_on_workers() {
+    JOBS_ON_WORKERS.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Sets up `kind`'s device, so that a missing GPU adapter is reported before a run is

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-pub use backend::BackendKind;
+pub use backend::{BackendKind, jobs_on_workers};
 pub use bench::Measurement;
 pub use hints::hint;
 pub use memory::out_of_memory;

@@ -59,6 +59,8 @@ unsafe impl GlobalAlloc for Reporting {
 }
 
 fn main() -> ExitCode {
+    // One job per process: each runs on a worker thread (see `jobs_on_workers`).
+    mnist_cli::jobs_on_workers();
     match run(Cli::parse()) {
         Ok(status) => ExitCode::from(status.exit_code()),
         Err(e) => {
