@@ -420,6 +420,8 @@ pub fn kernels_in_use<B: AutodiffBackend>(model: &Cnn<B>) -> KernelsInUse {
 /// On the CPU backends, run the loop on one of rayon's worker threads (`rayon::scope(|_|
 /// loop)`), as `mnist train` does: from another thread each of the step's parallel
 /// operations wakes a worker and puts the caller to sleep, a tenth of a step at batch 50.
+/// Only one such loop at a time in a process: a worker waiting inside burn-autodiff's
+/// graph lock could take up a second loop, which then waits for that lock on its thread.
 pub fn train_step<B: AutodiffBackend, O: Optimizer<Cnn<B>, B>>(
     model: Cnn<B>,
     optim: &mut O,
