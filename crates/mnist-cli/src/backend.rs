@@ -106,7 +106,8 @@ fn on_worker<J: Job>(run: impl FnOnce() -> Result<J::Output> + Send) -> Result<J
 /// Whether [`dispatch`] runs jobs on the worker threads.
 static JOBS_ON_WORKERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// From now on, [`dispatch`] runs each job of a CPU backend on one of rayon's worker threads.
+/// From now on, each command's job on a CPU backend (but the server's) runs on one of
+/// rayon's worker threads.
 ///
 /// For a process that runs one job at a time (the `mnist` binary). Jobs dispatched at the
 /// same time from several threads (tests calling [`crate::run`] in parallel) could

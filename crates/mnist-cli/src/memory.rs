@@ -313,7 +313,7 @@ pub fn hint(e: &TooLarge) -> String {
 }
 
 /// What the `mnist` binary's allocator says when the system refuses memory: the size
-/// asked for and the command's [`Advice`], in `out`, without allocating.
+/// asked for and the command's `Advice`, in `out`, without allocating.
 pub fn out_of_memory(size: usize, out: &mut dyn std::io::Write) {
     let hint = match OOM_ADVICE.load(std::sync::atomic::Ordering::Relaxed) {
         a if a == Advice::Batch as u8 => "a smaller batch_size or eval_batch_size in the training config needs less memory",
