@@ -457,7 +457,7 @@ impl WithLanes for Depth<'_> {
         if let Some(zmm) = lanes.zmm()
             && j.is_multiple_of(4 * PANEL)
         {
-            return self.in_place(zmm);
+            return self.copied_blocks(zmm);
         }
         let panels = j.div_ceil(PANEL);
         let width = panels * PANEL;
@@ -492,26 +492,26 @@ impl WithLanes for Depth<'_> {
     }
 }
 
-/// Weight rows per block of [`Depth::in_place`].
-const IN_PLACE_DEPTH: usize = 128;
+/// Weight rows per block of [`Depth::copied_blocks`].
+const COPIED_DEPTH: usize = 128;
 
 impl Depth<'_> {
     /// The task's rows with AVX-512, for a width of whole 64-column groups: the 4 x 64
-    /// tile, [`IN_PLACE_DEPTH`] rows at a time. Each block of 128 rows x 64 columns is
+    /// tile, [`COPIED_DEPTH`] rows at a time. Each block of 128 rows x 64 columns is
     /// first copied into 32 KB of its own, which stay in L1 while every group of four
     /// images passes over it, so the weight is read from memory once. Read where they
     /// lie, the block's rows are 4 KB apart: they fall in the same few sets of the L1
     /// cache, which holds twelve of them, and each is a page of its own, more than the
     /// data TLB's first level holds (training at 50: 1.03-1.10x in three alternations of
-    /// four with the copy). Against the packed
-    /// 10 x 16 tile: 1.02x with blocks of 64 rows, 1.03x more with 128, 0.98x with 256.
+    /// four with the copy). Against the packed 10 x 16 tile, read in place: 1.02x with
+    /// blocks of 64 rows, 1.03x more with 128, 0.98x with 256.
     #[inline(always)]
-    fn in_place(self, zmm: Zmm) -> Vec<f32> {
+    fn copied_blocks(self, zmm: Zmm) -> Vec<f32> {
         let (n, i, j) = (self.n, self.i, self.j);
         let mut sums = vec![0.0f32; n * j];
-        let mut packed = CacheAligned::here(IN_PLACE_DEPTH, [0.0f32; 4 * PANEL]);
-        for start in (self.start..self.end).step_by(IN_PLACE_DEPTH) {
-            let depth = IN_PLACE_DEPTH.min(self.end - start);
+        let mut packed = CacheAligned::here(COPIED_DEPTH, [0.0f32; 4 * PANEL]);
+        for start in (self.start..self.end).step_by(COPIED_DEPTH) {
+            let depth = COPIED_DEPTH.min(self.end - start);
             let block = &self.weight[start * j..][..depth * j];
             for column in (0..j).step_by(4 * PANEL) {
                 for (to, from) in packed.iter_mut().zip(block.chunks_exact(j)) {

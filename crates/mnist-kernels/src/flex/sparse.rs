@@ -368,6 +368,7 @@ mod tests {
         fn run<L: Lanes>(self, lanes: L) -> Vec<f32> {
             let Transpose(from, from_stride, (rows, columns), to_stride) = self;
             let mut to = vec![f32::NAN; columns * to_stride];
+            // Both orders of the squares, by the shapes' row counts (even: along `to`'s rows).
             transpose_into(lanes, from, from_stride, (rows, columns), &mut to, to_stride, rows % 2 == 0);
             to
         }
