@@ -25,7 +25,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, WithLanes, dispatch};
-use super::layout::{CacheAligned, Layout, MAX_TILE, zeroed};
+use super::layout::{CacheAligned, Layout, MAX_TILE, unpad_nchw};
 use super::wide::Arith;
 use super::{Geometry, NONE};
 
@@ -43,7 +43,7 @@ pub(crate) struct Grads {
 /// (see [`Layout`]), `weight: [o, c, k, k]` and each window's winner.
 pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], grad: &[f32], want_dx: bool) -> Grads {
     let lay = Layout::new(g);
-    let (c, h, w, k, o) = (g.c, g.h, g.w, g.k, g.o);
+    let (c, k, o) = (g.c, g.k, g.o);
     // W as [o, k, padded_run]: kernel row ky of channel oc is (kx, ci) in order, then zeros.
     let mut wr = CacheAligned::zeroed(o * k * lay.padded_run);
     for oc in 0..o {
@@ -109,20 +109,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
             }
         }
     }
-    let dx = want_dx.then(|| {
-        // Padded NHWC -> NCHW, dropping the padding.
-        let mut dx = zeroed(g.b * c * h * w);
-        dx.par_chunks_mut(h * w).enumerate().for_each(|(plane_index, plane)| {
-            let (bi, ci) = (plane_index / c, plane_index % c);
-            let img = &dxp[bi * lay.image..][..lay.image];
-            for yy in 0..h {
-                for xx in 0..w {
-                    plane[yy * w + xx] = img[lay.pixel(yy, xx) + ci];
-                }
-            }
-        });
-        dx
-    });
+    let dx = want_dx.then(|| unpad_nchw(&lay, &dxp, g.b));
     Grads { dx, dw, db: partial.db }
 }
 

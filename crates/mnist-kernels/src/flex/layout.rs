@@ -186,6 +186,82 @@ impl WithLanes for PadImage<'_> {
     }
 }
 
+/// The inverse of [`pad_nhwc`]: zero-padded NHWC images `padded` (`[b]` of
+/// [`Layout::image`] floats) as `[b, c, h, w]`, the padding dropped (the fused block's
+/// input gradient, which its backward pass sums in the padded layout).
+pub(crate) fn unpad_nchw(lay: &Layout, padded: &[f32], b: usize) -> Vec<f32> {
+    unpad_nchw_with(lay, padded, b, chosen())
+}
+
+/// [`unpad_nchw`] with `simd`'s transposes.
+fn unpad_nchw_with(lay: &Layout, padded: &[f32], b: usize, simd: Simd) -> Vec<f32> {
+    let g = lay.g;
+    let size = g.c * g.h * g.w;
+    let mut x = zeroed(b * size);
+    if size == 0 {
+        return x;
+    }
+    x.par_chunks_mut(size).enumerate().for_each(|(bi, dst)| {
+        dispatch_with(simd, UnpadImage { lay, img: &padded[bi * lay.image..][..lay.image], dst });
+    });
+    x
+}
+
+/// One image of [`unpad_nchw`], [`PadImage`] run backwards: with a multiple of 16
+/// channels, the rows copied out to unpadded NHWC, then transposed into the channels'
+/// planes in 16 x 16 blocks. Gathered plane by plane instead (each value a float of its
+/// own, 128 bytes after the last), conv2's input gradient was one to one and a half
+/// hundredths of a training step.
+struct UnpadImage<'a> {
+    lay: &'a Layout,
+    /// The padded image.
+    img: &'a [f32],
+    /// `[c, h, w]`.
+    dst: &'a mut [f32],
+}
+
+impl WithLanes for UnpadImage<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let (lay, img, dst) = (self.lay, self.img, self.dst);
+        let g = lay.g;
+        let plane = g.h * g.w;
+        if g.c == 1 {
+            for yy in 0..g.h {
+                dst[yy * g.w..][..g.w].copy_from_slice(&img[lay.pixel(yy, 0)..][..g.w]);
+            }
+        } else if g.c % 16 == 0 {
+            // `[h * w, c]`, channels fastest.
+            let run = g.w * g.c;
+            let mut nhwc = vec![0.0f32; plane * g.c];
+            for yy in 0..g.h {
+                nhwc[yy * run..][..run].copy_from_slice(&img[lay.pixel(yy, 0)..][..run]);
+            }
+            let whole = plane / 16 * 16;
+            for q0 in (0..whole).step_by(16) {
+                for c0 in (0..g.c).step_by(16) {
+                    lanes.transpose16(&nhwc[q0 * g.c + c0..], g.c, &mut dst[c0 * plane + q0..], plane);
+                }
+            }
+            for q in whole..plane {
+                for ci in 0..g.c {
+                    dst[ci * plane + q] = nhwc[q * g.c + ci];
+                }
+            }
+        } else {
+            for ci in 0..g.c {
+                for yy in 0..g.h {
+                    for xx in 0..g.w {
+                        dst[(ci * g.h + yy) * g.w + xx] = img[lay.pixel(yy, xx) + ci];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A buffer whose first element starts a cache line (64 bytes, one AVX-512 register), for
 /// the kernels' hot operands. An allocator owes a `Vec<f32>` 4-byte alignment only, and
 /// glibc's gives large blocks 16: then every 64-byte load of a 16-lane tile straddles two
@@ -376,6 +452,31 @@ mod tests {
             assert_eq!(e[..], values[..n / 2]);
             e.resize(n, 9);
             assert!(e[n / 2..].iter().all(|&v| v == 9) && e.len() == n);
+        }
+    }
+
+    /// Every instruction set's unpadded copy is the padded images' values at their pixels,
+    /// for the same shapes as the padding's test (the padding itself holding values that
+    /// must not show).
+    #[test]
+    fn unpadded_images_take_each_value_from_its_pixel() {
+        for (b, c, h, w, k) in [(2, 1, 28, 28, 5), (3, 32, 14, 14, 5), (2, 16, 4, 4, 3), (1, 48, 5, 3, 5), (2, 3, 7, 9, 3), (1, 8, 2, 2, 1)] {
+            let g = Geometry { b, c, h, w, o: 1, k };
+            let lay = Layout::new(g);
+            let padded: Vec<f32> = (0..b * lay.image).map(|i| i as f32 + 0.5).collect();
+            let mut expected = vec![0.0f32; b * c * h * w];
+            for bi in 0..b {
+                for ci in 0..c {
+                    for yy in 0..h {
+                        for xx in 0..w {
+                            expected[((bi * c + ci) * h + yy) * w + xx] = padded[bi * lay.image + lay.pixel(yy, xx) + ci];
+                        }
+                    }
+                }
+            }
+            for simd in available() {
+                assert_eq!(unpad_nchw_with(&lay, &padded, b, simd), expected, "{simd:?}, {:?}", (b, c, h, w, k));
+            }
         }
     }
 

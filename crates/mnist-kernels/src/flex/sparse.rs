@@ -118,20 +118,22 @@ pub(crate) fn input_grad(i: usize, entries: &Entries, weight: &[f32]) -> Vec<f32
         return vec![0.0; n * i];
     }
     let blocks = i.div_ceil(BLOCK);
-    // `[block][n][64]`: each block's values for every image, one row an image (cleared
-    // on all cores: at batch 512 this and `dx` are 6 MB each).
-    let mut sums = zeroed(blocks * n * BLOCK);
-    sums.par_chunks_mut(n * BLOCK).enumerate().for_each(|(index, out)| {
+    // Cleared on all cores (6 MB at batch 512).
+    let mut dx = zeroed(n * i);
+    // Each block's 64 columns of every image's row, by block: the blocks' tasks write
+    // their sums into `dx` where they belong. (Through a `[block][n][64]` buffer, then
+    // gathered into `dx`'s rows, that buffer's clearing and the gather were a hundredth
+    // of a training step at 50.)
+    let mut columns: Vec<Vec<&mut [f32]>> = (0..blocks).map(|_| Vec::with_capacity(n)).collect();
+    for row in dx.chunks_mut(i) {
+        for (block, part) in columns.iter_mut().zip(row.chunks_mut(BLOCK)) {
+            block.push(part);
+        }
+    }
+    columns.into_par_iter().enumerate().for_each(|(index, mut out)| {
         let first = index * BLOCK;
         let rows = &weight[first * j..][..BLOCK.min(i - first) * j];
-        let (out, _) = out.as_chunks_mut::<BLOCK>();
-        with_scratch([j], |[block]| dispatch(InputGradBlock { rows, j, block, entries, out }));
-    });
-    let mut dx = zeroed(n * i);
-    dx.par_chunks_mut(i).enumerate().for_each(|(b, row)| {
-        for (r, v) in row.iter_mut().enumerate() {
-            *v = sums[((r / BLOCK) * n + b) * BLOCK + r % BLOCK];
-        }
+        with_scratch([j], |[block]| dispatch(InputGradBlock { rows, j, block, entries, out: &mut out }));
     });
     dx
 }
@@ -193,18 +195,18 @@ fn with_scratch<const N: usize, R>(rows: [usize; N], f: impl FnOnce([&mut [[f32;
 
 /// One block of 64 columns of `g W^T`: the block's weight rows transposed, then every
 /// image's sums.
-struct InputGradBlock<'a> {
+struct InputGradBlock<'a, 'b> {
     /// `[r, j]`, `r <= 64`: the block's rows of the weight.
     rows: &'a [f32],
     j: usize,
     /// Scratch, `[j][64]`.
     block: &'a mut [[f32; BLOCK]],
     entries: &'a Entries,
-    /// `[n][64]`.
-    out: &'a mut [[f32; BLOCK]],
+    /// Each image's columns of the block in `dx` (`r` values each).
+    out: &'a mut [&'b mut [f32]],
 }
 
-impl WithLanes for InputGradBlock<'_> {
+impl WithLanes for InputGradBlock<'_, '_> {
     type Output = ();
 
     #[inline(always)]
@@ -217,7 +219,8 @@ impl WithLanes for InputGradBlock<'_> {
         }
         let e = self.entries;
         for (b, out) in self.out.iter_mut().enumerate() {
-            *out = lanes.sum_list64(self.block, &e.by_row[e.row_starts[b]..e.row_starts[b + 1]]);
+            let sums = lanes.sum_list64(self.block, &e.by_row[e.row_starts[b]..e.row_starts[b + 1]]);
+            out.copy_from_slice(&sums[..rows]);
         }
     }
 }
