@@ -1,6 +1,6 @@
 //! Forward pass of the fused block: convolution, bias, ReLU and 2x2 max-pool in one kernel.
 //!
-//! The input is first laid out as zero-padded NHWC images ([`pad_nhwc`]), where the
+//! The input is first laid out as zero-padded NHWC images ([`pad_nhwc_then`]), where the
 //! window of an output pixel is `k` runs of `k * c` contiguous floats. The weights are
 //! packed in panels of 16 output channels, `[panel][ky][kx * c + ci][16]`. One register
 //! tile computes five convolution outputs for one panel: 5 x 16 sums in 10 vector
@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, TILE_ROWS, WithLanes, chosen, dispatch_with, runs, tile_update};
-use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc, zeroed};
+use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc_then, zeroed};
 use super::winograd;
 use super::{Geometry, NONE};
 use crate::Simd;
@@ -40,10 +40,8 @@ pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (
 /// [`forward`] with `simd`'s kernels.
 fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd) -> (Vec<f32>, Vec<u8>, Padded) {
     let lay = Layout::new(g);
-    let xp = pad_nhwc(&lay, x);
     if winograd::applies(g) {
-        let (out, winners) = winograd::forward(&lay, &xp, weight, bias);
-        return (out, winners, xp);
+        return winograd::forward(&lay, x, weight, bias);
     }
     let panels = g.o.div_ceil(PANEL);
     let run = g.k * g.c;
@@ -66,26 +64,21 @@ fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd
     let plane = ph * pw;
     let mut out = zeroed(g.b * g.o * plane);
     let mut winners = filled(out.len(), NONE);
-    // One task per image and panel: its channels' planes are contiguous in `out`.
-    out.par_chunks_mut(g.o * plane)
-        .zip(winners.par_chunks_mut(g.o * plane))
-        .enumerate()
-        .flat_map(|(bi, (out, winners))| {
-            out.par_chunks_mut(PANEL * plane)
-                .zip(winners.par_chunks_mut(PANEL * plane))
-                .enumerate()
-                .map(move |(panel, (out, winners))| (bi, panel, out, winners))
-        })
-        .for_each(|(bi, panel, out, winners)| {
+    // Each image padded, then one task per panel: its channels' planes are contiguous in
+    // `out`.
+    let per_image = out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane));
+    let xp = pad_nhwc_then(&lay, x, chosen(), per_image, |_, xp, (out, winners)| {
+        out.par_chunks_mut(PANEL * plane).zip(winners.par_chunks_mut(PANEL * plane)).enumerate().for_each(|(panel, (out, winners))| {
             dispatch_with(simd, Panel {
                 lay: &lay,
-                xp: &xp[bi * lay.image..][..lay.image],
+                xp,
                 weights: &packed[panel * g.k * run * PANEL..][..g.k * run * PANEL],
                 bias: &bias16[panel * PANEL..][..PANEL],
                 out,
                 winners,
             });
         });
+    });
     (out, winners, xp)
 }
 

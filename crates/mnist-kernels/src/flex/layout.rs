@@ -57,7 +57,7 @@ impl Layout {
     }
 }
 
-/// A batch of zero-padded NHWC images ([`pad_nhwc`]), read-only. Dropped, its buffer is kept
+/// A batch of zero-padded NHWC images ([`pad_nhwc_then`]), read-only. Dropped, its buffer is kept
 /// for the next batch of the same geometry, whose padding is then zero already, so that
 /// only the images are written: clearing the whole buffer first (20 MB for conv2 at 500
 /// images) was a twentieth of an evaluation.
@@ -67,7 +67,8 @@ pub(crate) struct Padded {
 }
 
 /// Padded buffers kept for reuse, with their geometry (batch size included): the border
-/// of each is zero, because only [`pad_nhwc`] writes into one, and only inside the images.
+/// of each is zero, because only [`pad_nhwc_then`] writes into one, and only inside the
+/// images.
 static SPARE_PADDED: Mutex<Vec<(Geometry, CacheAligned<f32>)>> = Mutex::new(Vec::new());
 /// Most buffers [`SPARE_PADDED`] keeps: the seed's two blocks.
 const SPARE_PADDED_BUFFERS: usize = 2;
@@ -113,23 +114,37 @@ impl std::fmt::Debug for Padded {
     }
 }
 
-/// `x: [b, c, h, w]` as zero-padded NHWC images of [`Layout::image`] floats each.
-pub(crate) fn pad_nhwc(lay: &Layout, x: &[f32]) -> Padded {
-    pad_nhwc_with(lay, x, chosen())
-}
-
-/// [`pad_nhwc`] with `simd`'s transposes.
-fn pad_nhwc_with(lay: &Layout, x: &[f32], simd: Simd) -> Padded {
+/// `x: [b, c, h, w]` as zero-padded NHWC images of [`Layout::image`] floats each, with
+/// `simd`'s transposes; each image is then handed, while it is in cache, to
+/// `then(image index, padded image, item)` with its item of `per_image` (one an image: the
+/// task's share of the outputs). The fused block's forward kernels read each padded image
+/// right after it is written: the Winograd input transform reads it along its columns, and
+/// from a batch padded in a pass of its own (20 MB for conv2 at 500 images) those reads
+/// came from memory; the transform took three times its arithmetic.
+pub(crate) fn pad_nhwc_then<T: Send>(lay: &Layout, x: &[f32], simd: Simd, per_image: impl IndexedParallelIterator<Item = T>, then: impl Fn(usize, &[f32], T) + Sync + Send) -> Padded {
     let g = lay.g;
     let mut padded = Padded::new(lay);
     let plane = g.h * g.w;
-    padded.buf.par_chunks_mut(lay.image).enumerate().for_each(|(bi, img)| {
-        dispatch_with(simd, PadImage { lay, src: &x[bi * g.c * plane..][..g.c * plane], img });
+    padded.buf.par_chunks_mut(lay.image).zip(per_image).enumerate().for_each(|(bi, (img, item))| {
+        dispatch_with(simd, PadImage { lay, src: &x[bi * g.c * plane..][..g.c * plane], img: &mut *img });
+        then(bi, img, item);
     });
     padded
 }
 
-/// One image of [`pad_nhwc`]: with one channel, its rows copied in place; with a multiple
+/// [`pad_nhwc_then`] with the chosen instruction set and nothing after.
+#[cfg(test)]
+pub(crate) fn pad_nhwc(lay: &Layout, x: &[f32]) -> Padded {
+    pad_nhwc_with(lay, x, chosen())
+}
+
+/// [`pad_nhwc_then`] with nothing after.
+#[cfg(test)]
+fn pad_nhwc_with(lay: &Layout, x: &[f32], simd: Simd) -> Padded {
+    pad_nhwc_then(lay, x, simd, rayon::iter::repeat_n((), lay.g.b), |_, _, ()| {})
+}
+
+/// One image of [`pad_nhwc_then`]: with one channel, its rows copied in place; with a multiple
 /// of 16 channels, first transposed to unpadded NHWC in 16 x 16 blocks (pixels counted
 /// across rows, so that every block is whole but the last pixels'), then copied row by row
 /// (a row of pixels is one contiguous run in both). Other channel counts pixel by pixel.
@@ -186,7 +201,7 @@ impl WithLanes for PadImage<'_> {
     }
 }
 
-/// The inverse of [`pad_nhwc`]: zero-padded NHWC images `padded` (`[b]` of
+/// The inverse of [`pad_nhwc_then`]: zero-padded NHWC images `padded` (`[b]` of
 /// [`Layout::image`] floats) as `[b, c, h, w]`, the padding dropped (the fused block's
 /// input gradient, which its backward pass sums in the padded layout).
 pub(crate) fn unpad_nchw(lay: &Layout, padded: &[f32], b: usize) -> Vec<f32> {

@@ -32,7 +32,7 @@ use super::forward::{bias8, panel_bias, pool_lanes};
 use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE8_ROWS, WithLanes, chosen, dispatch_with, runs, starts};
 use super::wide::{Arith, Zmm};
 use crate::Simd;
-use super::layout::{CacheAligned, Layout, filled, zeroed};
+use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc_then, zeroed};
 use super::{Geometry, NONE};
 
 /// Side of a transformed tile.
@@ -99,13 +99,14 @@ fn tile_grid(g: Geometry) -> (usize, usize) {
     (ph.div_ceil(2), pw.div_ceil(2))
 }
 
-/// The block's output `[b, o, h/2, w/2]` and winners (as [`super::forward::forward`]) from
-/// the padded NHWC input `xp`, `weight: [o, c, 5, 5]` and `bias: [o]`.
-pub(crate) fn forward(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>) {
-    forward_with(lay, xp, weight, bias, chosen())
+/// The block's output `[b, o, h/2, w/2]`, winners and padded NHWC input (as
+/// [`super::forward::forward`]) from `x: [b, c, h, w]`, `weight: [o, c, 5, 5]` and
+/// `bias: [o]`. Each image is padded ([`pad_nhwc_then`]) in the task that transforms it.
+pub(crate) fn forward(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>, Padded) {
+    forward_with(lay, x, weight, bias, chosen())
 }
 
-fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], simd: Simd) -> (Vec<f32>, Vec<u8>) {
+fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd) -> (Vec<f32>, Vec<u8>, Padded) {
     let g = lay.g;
     debug_assert!(applies(g));
     let (ph, pw) = g.pooled();
@@ -117,13 +118,15 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], simd: Si
     let mut out = zeroed(g.b * g.o * plane);
     let mut winners = filled(out.len(), NONE);
     if plane == 0 {
-        return (out, winners);
+        let xp = pad_nhwc_then(lay, x, simd, rayon::iter::repeat_n((), g.b), |_, _, ()| {});
+        return (out, winners, xp);
     }
     // Panels per task: with AVX-512, four at a time in the 4 x 64 tile (one task an image;
     // one image alone keeps a task per panel, so that both cores share it); else one.
     let group = if simd == Simd::Avx512 && g.o.is_multiple_of(WIDE * PANEL) && g.b > 1 { WIDE } else { 1 };
-    out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane)).enumerate().for_each(|(bi, (out, winners))| {
-        let u = dispatch_with(simd, InputTransform { lay, xp: &xp[bi * lay.image..][..lay.image], tiles });
+    let per_image = out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane));
+    let xp = pad_nhwc_then(lay, x, simd, per_image, |_, xp, (out, winners)| {
+        let u = dispatch_with(simd, InputTransform { lay, xp, tiles, u: KEPT_U.take() });
         // One task per group of panels: their channels' planes are contiguous in `out`.
         out.par_chunks_mut(group * PANEL * plane).zip(winners.par_chunks_mut(group * PANEL * plane)).enumerate().for_each(
             |(first, (out, winners))| {
@@ -140,8 +143,17 @@ fn forward_with(lay: &Layout, xp: &[f32], weight: &[f32], bias: &[f32], simd: Si
                 dispatch_with(simd, op);
             },
         );
+        KEPT_U.set(u);
     });
-    (out, winners)
+    (out, winners, xp)
+}
+
+thread_local! {
+    /// This thread's buffer for an image's transformed input, kept from one image to the
+    /// next (128 KB for conv2): allocated for each image, it came back from the allocator
+    /// page by page, each faulted in and cleared. A task that finds it taken (one stolen
+    /// while another waits for its panels) makes one of its own.
+    static KEPT_U: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Transformed weights kept between calls: at batch 1 (one prediction) transforming
@@ -269,6 +281,8 @@ struct InputTransform<'a> {
     xp: &'a [f32],
     /// Tiles, padded to a multiple of [`MR`].
     tiles: usize,
+    /// A buffer to write the transformed tiles into (its values are dropped).
+    u: Vec<f32>,
 }
 
 impl WithLanes for InputTransform<'_> {
@@ -296,7 +310,9 @@ impl InputTransform<'_> {
         let groups = c / width;
         // The columns a row of tiles reads: tile `tx` starts at column `4 tx`.
         let columns = M * columns_of_tiles + ALPHA - M;
-        let mut u = Vec::with_capacity(self.tiles * POINTS * c);
+        let mut u = self.u;
+        u.clear();
+        u.reserve(self.tiles * POINTS * c);
         let mut tile_u = vec![0.0f32; POINTS * c];
         // `B^T d` of every column of the row of tiles, `[group][column]`: neighbouring tiles
         // share four of their eight columns, so each column is transformed once per row of
@@ -646,11 +662,11 @@ mod tests {
             let x: Vec<f32> = (0..g.b * g.c * g.h * g.w).map(value).collect();
             let weight: Vec<f32> = (0..g.o * g.c * 25).map(|i| value(i * 3 + 5) * 0.1).collect();
             let bias: Vec<f32> = (0..g.o).map(|i| value(i + 17) * 0.1).collect();
-            let xp = pad_nhwc(&lay, &x);
-            let (out, winners) = forward_with(&lay, &xp, &weight, &bias, Simd::Portable);
+            let (out, winners, xp) = forward_with(&lay, &x, &weight, &bias, Simd::Portable);
+            assert_eq!(xp[..], pad_nhwc(&lay, &x)[..], "{g:?}: the padded input is pad_nhwc's");
             let mut others = Vec::new();
             for simd in available() {
-                let (other, other_winners) = forward_with(&lay, &xp, &weight, &bias, simd);
+                let (other, other_winners, _) = forward_with(&lay, &x, &weight, &bias, simd);
                 assert!(out.iter().zip(&other).all(|(a, b)| (a - b).abs() <= 1e-5), "{g:?}: {simd}");
                 others.push((simd, other_winners));
             }
