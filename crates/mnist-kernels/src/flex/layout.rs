@@ -57,10 +57,10 @@ impl Layout {
     }
 }
 
-/// A batch of zero-padded NHWC images ([`pad_nhwc_then`]), read-only. Dropped, its buffer is kept
-/// for the next batch of the same geometry, whose padding is then zero already, so that
-/// only the images are written: clearing the whole buffer first (20 MB for conv2 at 500
-/// images) was a twentieth of an evaluation.
+/// A batch of zero-padded NHWC images ([`pad_nhwc_then`]), read-only. Dropped, its buffer
+/// is kept for the next batch of the same geometry, whose padding is then zero already, so
+/// that only the images are written: clearing the whole buffer first (20 MB for conv2 at
+/// 500 images) was a twentieth of an evaluation.
 pub(crate) struct Padded {
     g: Geometry,
     buf: CacheAligned<f32>,
@@ -144,12 +144,12 @@ fn pad_nhwc_with(lay: &Layout, x: &[f32], simd: Simd) -> Padded {
     pad_nhwc_then(lay, x, simd, rayon::iter::repeat_n((), lay.g.b), |_, _, ()| {})
 }
 
-/// One image of [`pad_nhwc_then`]: with one channel, its rows copied in place; with a multiple
-/// of 16 channels, first transposed to unpadded NHWC in 16 x 16 blocks (pixels counted
-/// across rows, so that every block is whole but the last pixels'), then copied row by row
-/// (a row of pixels is one contiguous run in both). Other channel counts pixel by pixel.
-/// The channel-by-channel gather the transposes replace (every pixel reading one float of
-/// each channel plane) was 5% of an evaluation.
+/// One image of [`pad_nhwc_then`]: with one channel, its rows copied in place; with a
+/// multiple of 16 channels, first transposed to unpadded NHWC in 16 x 16 blocks (pixels
+/// counted across rows, so that every block is whole but the last pixels'), then copied
+/// row by row (a row of pixels is one contiguous run in both). Other channel counts pixel
+/// by pixel. The channel-by-channel gather the transposes replace (every pixel reading one
+/// float of each channel plane) was 5% of an evaluation.
 struct PadImage<'a> {
     lay: &'a Layout,
     /// `[c, h, w]`.
