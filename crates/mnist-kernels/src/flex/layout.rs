@@ -116,18 +116,18 @@ impl std::fmt::Debug for Padded {
 
 /// `x: [b, c, h, w]` as zero-padded NHWC images of [`Layout::image`] floats each, with
 /// `simd`'s transposes; each image is then handed, while it is in cache, to
-/// `then(image index, padded image, item)` with its item of `per_image` (one an image: the
-/// task's share of the outputs). The fused block's forward kernels read each padded image
+/// `then(padded image, item)` with its item of `per_image` (one an image: the task's share
+/// of the outputs). The fused block's forward kernels read each padded image
 /// right after it is written: the Winograd input transform reads it along its columns, and
 /// from a batch padded in a pass of its own (20 MB for conv2 at 500 images) those reads
 /// came from memory; the transform took three times its arithmetic.
-pub(crate) fn pad_nhwc_then<T: Send>(lay: &Layout, x: &[f32], simd: Simd, per_image: impl IndexedParallelIterator<Item = T>, then: impl Fn(usize, &[f32], T) + Sync + Send) -> Padded {
+pub(crate) fn pad_nhwc_then<T: Send>(lay: &Layout, x: &[f32], simd: Simd, per_image: impl IndexedParallelIterator<Item = T>, then: impl Fn(&[f32], T) + Sync + Send) -> Padded {
     let g = lay.g;
     let mut padded = Padded::new(lay);
     let plane = g.h * g.w;
     padded.buf.par_chunks_mut(lay.image).zip(per_image).enumerate().for_each(|(bi, (img, item))| {
         dispatch_with(simd, PadImage { lay, src: &x[bi * g.c * plane..][..g.c * plane], img: &mut *img });
-        then(bi, img, item);
+        then(img, item);
     });
     padded
 }
@@ -139,9 +139,8 @@ pub(crate) fn pad_nhwc(lay: &Layout, x: &[f32]) -> Padded {
 }
 
 /// [`pad_nhwc_then`] with nothing after.
-#[cfg(test)]
-fn pad_nhwc_with(lay: &Layout, x: &[f32], simd: Simd) -> Padded {
-    pad_nhwc_then(lay, x, simd, rayon::iter::repeat_n((), lay.g.b), |_, _, ()| {})
+pub(crate) fn pad_nhwc_with(lay: &Layout, x: &[f32], simd: Simd) -> Padded {
+    pad_nhwc_then(lay, x, simd, rayon::iter::repeat_n((), lay.g.b), |_, ()| {})
 }
 
 /// One image of [`pad_nhwc_then`]: with one channel, its rows copied in place; with a

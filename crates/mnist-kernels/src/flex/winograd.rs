@@ -32,7 +32,7 @@ use super::forward::{bias8, panel_bias, pool_lanes};
 use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE8_ROWS, WithLanes, chosen, dispatch_with, runs, starts};
 use super::wide::{Arith, Zmm};
 use crate::Simd;
-use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc_then, zeroed};
+use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc_then, pad_nhwc_with, zeroed};
 use super::{Geometry, NONE};
 
 /// Side of a transformed tile.
@@ -118,14 +118,13 @@ fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Sim
     let mut out = zeroed(g.b * g.o * plane);
     let mut winners = filled(out.len(), NONE);
     if plane == 0 {
-        let xp = pad_nhwc_then(lay, x, simd, rayon::iter::repeat_n((), g.b), |_, _, ()| {});
-        return (out, winners, xp);
+        return (out, winners, pad_nhwc_with(lay, x, simd));
     }
     // Panels per task: with AVX-512, four at a time in the 4 x 64 tile (one task an image;
     // one image alone keeps a task per panel, so that both cores share it); else one.
     let group = if simd == Simd::Avx512 && g.o.is_multiple_of(WIDE * PANEL) && g.b > 1 { WIDE } else { 1 };
     let per_image = out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane));
-    let xp = pad_nhwc_then(lay, x, simd, per_image, |_, xp, (out, winners)| {
+    let xp = pad_nhwc_then(lay, x, simd, per_image, |xp, (out, winners)| {
         let u = dispatch_with(simd, InputTransform { lay, xp, tiles, u: KEPT_U.take() });
         // One task per group of panels: their channels' planes are contiguous in `out`.
         out.par_chunks_mut(group * PANEL * plane).zip(winners.par_chunks_mut(group * PANEL * plane)).enumerate().for_each(
