@@ -24,7 +24,7 @@
 
 use rayon::prelude::*;
 
-use super::lanes::{Lanes, WithLanes, dispatch};
+use super::lanes::{Lanes, List, WithLanes, dispatch, list_scalar};
 use super::layout::{CacheAligned, Layout, MAX_TILE, unpad_nchw};
 use super::wide::Arith;
 use super::{Geometry, NONE};
@@ -82,7 +82,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
             for i in 0..images {
                 let bi = first + i;
                 let range = bi * image_out..(bi + 1) * image_out;
-                lists.fill(&lay, &winners[range.clone()], &grad[range], &mut part.db, dxp.is_some());
+                dispatch(Fill { lists: &mut lists, lay: &lay, winners: &winners[range.clone()], grad: &grad[range], db: &mut part.db, by_pixel: dxp.is_some() });
                 dispatch(ImageKernel {
                     lay: &lay,
                     lists: &lists,
@@ -135,20 +135,25 @@ impl Partial {
 struct Lists {
     /// [`Lists::key`] of the layout they were made for.
     made_for: [usize; 6],
-    /// Per channel, at most `ph * pw` entries: (offset of the window in the padded image,
-    /// gradient).
-    by_channel: Vec<(usize, f32)>,
+    /// Per channel, at most `ph * pw` entries: the offset of the window in the padded
+    /// image, and the gradient (16 values of room past the last channel's, see
+    /// [`Lanes::list16`]).
+    channel_offsets: Vec<u32>,
+    channel_values: Vec<f32>,
     channel_len: Vec<usize>,
-    /// Per output pixel, at most `o` entries: (offset of the channel's rows in the packed
-    /// weights, gradient).
-    by_pixel: Vec<(usize, f32)>,
+    /// Per output pixel, at most `o` entries: the offset of the channel's rows in the
+    /// packed weights, and the gradient.
+    pixel_offsets: Vec<u32>,
+    pixel_values: Vec<f32>,
     pixel_len: Vec<usize>,
     /// The image's output gradient, zero where the window has no winner.
     masked: Vec<f32>,
-    /// Per pooling window and corner (`[window][corner]`, windows row by row): where the
-    /// corner's window lies in the padded image, and which output pixel it is (computed
-    /// once: the multiplications were most of the listing's work per entry).
-    corner_offsets: Vec<usize>,
+    /// Per pooling window (row by row), where its top-left corner's window lies in the
+    /// padded image, and where the other corners' lie from there (computed once: the
+    /// multiplications were most of the listing's work per entry).
+    window_offsets: Vec<u32>,
+    corner_offsets: [u32; 4],
+    /// Per pooling window and corner (`[window][corner]`), which output pixel it is.
     corner_pixels: Vec<usize>,
 }
 
@@ -199,28 +204,47 @@ impl Lists {
     fn new(lay: &Layout, by_pixel: bool) -> Lists {
         let g = lay.g;
         let (ph, pw) = g.pooled();
-        let mut corner_offsets = Vec::with_capacity(4 * ph * pw);
+        // `Layout::offsets_fit_u32` was checked before the block ran.
+        let offset = |at: usize| u32::try_from(at).unwrap_or_else(|_| unreachable!("offsets fit in 32 bits"));
+        let mut window_offsets = Vec::with_capacity(ph * pw);
         let mut corner_pixels = Vec::with_capacity(4 * ph * pw);
         for py in 0..ph {
             for px in 0..pw {
+                window_offsets.push(offset(lay.window(2 * py, 2 * px)));
                 for corner in 0..4 {
                     let (yy, xx) = (2 * py + corner / 2, 2 * px + corner % 2);
-                    corner_offsets.push(lay.window(yy, xx));
                     corner_pixels.push(yy * g.w + xx);
                 }
             }
         }
+        let corner_offsets = [0, 1, 2, 3].map(|corner| offset(lay.window(corner / 2, corner % 2)));
         let pixels = if by_pixel { g.h * g.w } else { 0 };
+        let entries = g.o * ph * pw;
         Lists {
             made_for: Lists::key(lay),
-            by_channel: vec![(0, 0.0); g.o * ph * pw],
+            channel_offsets: vec![0; entries + 16],
+            channel_values: vec![0.0; entries + 16],
             channel_len: vec![0; g.o],
-            by_pixel: vec![(0, 0.0); pixels * g.o],
+            pixel_offsets: vec![0; pixels * g.o],
+            pixel_values: vec![0.0; pixels * g.o],
             pixel_len: vec![0; pixels],
-            masked: vec![0.0; g.o * ph * pw],
+            masked: vec![0.0; entries],
+            window_offsets,
             corner_offsets,
             corner_pixels,
         }
+    }
+
+    /// Channel `oc`'s entries.
+    fn channel(&self, oc: usize, plane: usize) -> List<'_> {
+        let len = self.channel_len[oc];
+        List { offsets: &self.channel_offsets[oc * plane..][..len], values: &self.channel_values[oc * plane..][..len] }
+    }
+
+    /// Output pixel `pixel`'s entries.
+    fn pixel(&self, pixel: usize, o: usize) -> List<'_> {
+        let len = self.pixel_len[pixel];
+        List { offsets: &self.pixel_offsets[pixel * o..][..len], values: &self.pixel_values[pixel * o..][..len] }
     }
 
     /// Lists the entries of one image (`winners`, `grad`: `[o, h/2, w/2]`) by channel, and
@@ -228,8 +252,10 @@ impl Lists {
     /// gradient.
     ///
     /// Branch-free (whether an entry survives is data, not a pattern): every window writes
-    /// its entry at its list's end, and only a surviving one moves the end on.
-    fn fill(&mut self, lay: &Layout, winners: &[u8], grad: &[f32], db: &mut [f32], by_pixel: bool) {
+    /// its entry at its list's end, and only a surviving one moves the end on; by channel,
+    /// 16 windows at a time ([`Lanes::list16`]).
+    #[inline(always)]
+    fn fill<L: Lanes>(&mut self, lanes: L, lay: &Layout, winners: &[u8], grad: &[f32], db: &mut [f32], by_pixel: bool) {
         let g = lay.g;
         let (ph, pw) = g.pooled();
         let plane = ph * pw;
@@ -240,6 +266,24 @@ impl Lists {
         for ((m, &winner), &gv) in self.masked.iter_mut().zip(winners).zip(grad) {
             *m = if winner == NONE { 0.0 } else { gv };
         }
+        let (bases, bases_rest) = self.window_offsets[..plane].as_chunks::<16>();
+        for (oc, db) in db.iter_mut().enumerate() {
+            let (grads, grads_rest) = self.masked[oc * plane..][..plane].as_chunks::<16>();
+            let (wins, wins_rest) = winners[oc * plane..][..plane].as_chunks::<16>();
+            // To the end of the lists: `list16` writes 16 values, past the channel's own.
+            let (offsets, values) = (&mut self.channel_offsets[oc * plane..], &mut self.channel_values[oc * plane..]);
+            let (mut len, mut sum) = (0, 0.0);
+            for ((grads, wins), bases) in grads.iter().zip(wins).zip(bases) {
+                let (end, part) = lanes.list16(grads, wins, bases, self.corner_offsets, offsets, values, len);
+                (len, sum) = (end, sum + part);
+            }
+            let (end, part) = list_scalar(grads_rest, wins_rest, bases_rest, self.corner_offsets, offsets, values, len);
+            *db += sum + part;
+            self.channel_len[oc] = end;
+        }
+        if !by_pixel {
+            return;
+        }
         let masked = &self.masked;
         let entry = |at: usize| {
             let gv = masked[at];
@@ -247,23 +291,6 @@ impl Lists {
             let keep = gv.to_bits() << 1 != 0;
             (keep, gv, usize::from(winners[at] & 3))
         };
-        let offsets = &self.corner_offsets[..4 * plane];
-        for (oc, db) in db.iter_mut().enumerate() {
-            let mut n = 0;
-            let list = &mut self.by_channel[oc * plane..][..plane];
-            let mut sum = 0.0;
-            for window in 0..plane {
-                let (keep, gv, corner) = entry(oc * plane + window);
-                sum += gv;
-                list[n] = (offsets[4 * window + corner], gv);
-                n += usize::from(keep);
-            }
-            *db += sum;
-            self.channel_len[oc] = n;
-        }
-        if !by_pixel {
-            return;
-        }
         // Window by window, channels inner, so that each pixel's list grows in order
         // (channel-major, the writes would scatter over all pixels' lists). The four
         // corners' lengths are counted in one integer, 32 bits each (a length is at most
@@ -271,20 +298,45 @@ impl Lists {
         // entry waited for the last one's store of the same length.
         self.pixel_len.fill(0);
         let pixels = &self.corner_pixels[..4 * plane];
+        // `Layout::offsets_fit_u32` was checked before the block ran.
+        let channel_rows = u32::try_from(g.k * lay.padded_run).unwrap_or_else(|_| unreachable!("offsets fit in 32 bits"));
         for window in 0..plane {
             let corners = &pixels[4 * window..][..4];
             let mut lens = 0u128;
+            let mut rows = 0;
             for oc in 0..g.o {
                 let (keep, gv, corner) = entry(oc * plane + window);
                 let shift = 32 * corner;
                 let len = (lens >> shift) as u32 as usize;
-                self.by_pixel[corners[corner] * g.o + len] = (oc * g.k * lay.padded_run, gv);
+                let at = corners[corner] * g.o + len;
+                self.pixel_offsets[at] = rows;
+                self.pixel_values[at] = gv;
                 lens += u128::from(keep) << shift;
+                rows += channel_rows;
             }
             for (corner, &pixel) in corners.iter().enumerate() {
                 self.pixel_len[pixel] = (lens >> (32 * corner)) as u32 as usize;
             }
         }
+    }
+}
+
+/// [`Lists::fill`] for one image, compiled for the CPU's instruction set.
+struct Fill<'a> {
+    lists: &'a mut Lists,
+    lay: &'a Layout,
+    winners: &'a [u8],
+    grad: &'a [f32],
+    db: &'a mut [f32],
+    by_pixel: bool,
+}
+
+impl WithLanes for Fill<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        self.lists.fill(lanes, self.lay, self.winners, self.grad, self.db, self.by_pixel);
     }
 }
 
@@ -376,14 +428,14 @@ impl ImageKernel<'_> {
         let patches = &*patches;
         let vectors = PATCH / A::LANES;
         for oc in 0..g.o {
-            let list = &lists.by_channel[oc * ph * pw..][..lists.channel_len[oc]];
+            let list = lists.channel(oc, ph * pw);
             if list.is_empty() {
                 continue;
             }
             let (mut even, mut odd) = ([a.zero(); 4], [a.zero(); 4]);
-            let (pairs, rest) = list.as_chunks::<2>();
-            for &[(at0, g0), (at1, g1)] in pairs {
-                let (p0, p1) = (&patches[at0], &patches[at1]);
+            let ((pairs, rest), (pair_values, rest_values)) = (list.offsets.as_chunks::<2>(), list.values.as_chunks::<2>());
+            for (&[at0, at1], &[g0, g1]) in pairs.iter().zip(pair_values) {
+                let (p0, p1) = (&patches[at0 as usize], &patches[at1 as usize]);
                 for v in 0..vectors {
                     even[v] = a.fma(even[v], g0, a.load(&p0[v * A::LANES..]));
                 }
@@ -391,8 +443,8 @@ impl ImageKernel<'_> {
                     odd[v] = a.fma(odd[v], g1, a.load(&p1[v * A::LANES..]));
                 }
             }
-            for &(at, gv) in rest {
-                let patch = &patches[at];
+            for (&at, &gv) in rest.iter().zip(rest_values) {
+                let patch = &patches[at as usize];
                 for v in 0..vectors {
                     even[v] = a.fma(even[v], gv, a.load(&patch[v * A::LANES..]));
                 }
@@ -416,7 +468,7 @@ impl ImageKernel<'_> {
         let g = lay.g;
         let (ph, pw) = g.pooled();
         for oc in 0..g.o {
-            let list = &lists.by_channel[oc * ph * pw..][..lists.channel_len[oc]];
+            let list = lists.channel(oc, ph * pw);
             if list.is_empty() {
                 continue;
             }
@@ -439,7 +491,7 @@ impl ImageKernel<'_> {
                 for yy in 0..g.h {
                     for xx in 0..g.w {
                         let pixel = yy * g.w + xx;
-                        let list = &lists.by_pixel[pixel * g.o..][..lists.pixel_len[pixel]];
+                        let list = lists.pixel(pixel, g.o);
                         if list.is_empty() {
                             continue;
                         }
@@ -464,7 +516,7 @@ impl ImageKernel<'_> {
 /// one four cycles before it) and the list is walked once instead of twice. Returns
 /// `false`, touching nothing, for other rows and CPUs.
 #[inline(always)]
-fn whole_row<L: Lanes, const T: usize>(lanes: L, lay: &Layout, src: &[f32], base: usize, list: &[(usize, f32)], row: &mut [f32]) -> bool {
+fn whole_row<L: Lanes, const T: usize>(lanes: L, lay: &Layout, src: &[f32], base: usize, list: List<'_>, row: &mut [f32]) -> bool {
     T == 10 && lay.groups == 2 && lanes.sum_run16::<10>(src, base, list, row)
 }
 
@@ -476,7 +528,7 @@ fn whole_row<L: Lanes, const T: usize>(lanes: L, lay: &Layout, src: &[f32], base
 /// fourth entry, added at the end: with one chain of fused multiply-adds, each waited for
 /// the last (four cycles) where the units can start two a cycle.
 #[inline(always)]
-fn sum_tile<L: Lanes, const T: usize>(lanes: L, src: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) {
+fn sum_tile<L: Lanes, const T: usize>(lanes: L, src: &[f32], base: usize, list: List<'_>, out: &mut [f32]) {
     // Sixteen lanes at a time where the CPU has them (AVX-512), for the tiles of conv2's
     // kernel rows (10 vectors of 8: five of 16).
     let wide = match T {
@@ -492,10 +544,10 @@ fn sum_tile<L: Lanes, const T: usize>(lanes: L, src: &[f32], base: usize, list: 
     let mut acc = [lanes.zero(); T];
     let list = if T <= 2 {
         let mut more = [[lanes.zero(); T]; 3];
-        let (quads, rest) = list.as_chunks::<4>();
-        for quad in quads {
-            for (q, &(offset, gv)) in quad.iter().enumerate() {
-                let (x, _) = src[offset + base..][..T * 8].as_chunks::<8>();
+        let ((quads, rest), (quad_values, rest_values)) = (list.offsets.as_chunks::<4>(), list.values.as_chunks::<4>());
+        for (quad, quad_values) in quads.iter().zip(quad_values) {
+            for (q, (&offset, &gv)) in quad.iter().zip(quad_values).enumerate() {
+                let (x, _) = src[offset as usize + base..][..T * 8].as_chunks::<8>();
                 let sums = if q == 0 { &mut acc } else { &mut more[q - 1] };
                 for t in 0..T {
                     sums[t] = lanes.fma(sums[t], gv, lanes.load(&x[t]));
@@ -507,12 +559,12 @@ fn sum_tile<L: Lanes, const T: usize>(lanes: L, src: &[f32], base: usize, list: 
                 acc[t] = lanes.add(acc[t], sums[t]);
             }
         }
-        rest
+        List { offsets: rest, values: rest_values }
     } else {
         list
     };
-    for &(offset, gv) in list {
-        let (x, _) = src[offset + base..][..T * 8].as_chunks::<8>();
+    for (&offset, &gv) in list.offsets.iter().zip(list.values) {
+        let (x, _) = src[offset as usize + base..][..T * 8].as_chunks::<8>();
         for t in 0..T {
             acc[t] = lanes.fma(acc[t], gv, lanes.load(&x[t]));
         }
@@ -597,22 +649,23 @@ mod tests {
                 let (oc, ci, ky, kx) = (i / (g.c * g.k * g.k), i / (g.k * g.k) % g.c, i / g.k % g.k, i % g.k);
                 wr[(oc * g.k + ky) * lay.padded_run + kx * g.c + ci] = *v;
             }
-            let mut lists = Lists::new(&lay, true);
-            let mut db = vec![0.0; g.o];
-            lists.fill(&lay, &winners, &grad, &mut db, true);
+            // The lists, too, made with each instruction set's kernels.
             let run = |simd: Simd, want_dx: bool| {
+                let mut lists = Lists::new(&lay, true);
+                let mut db = vec![0.0; g.o];
+                dispatch_with(simd, Fill { lists: &mut lists, lay: &lay, winners: &winners, grad: &grad, db: &mut db, by_pixel: true });
                 let (mut dw, mut dxp) = (vec![0.0; wr.len()], vec![0.0; lay.image]);
                 let mut patches = Vec::new();
                 let dxp_arg = if want_dx { Some(&mut dxp[..]) } else { None };
                 let kernel = ImageKernel { lay: &lay, lists: &lists, xp: &xp, wr: &wr, dw: &mut dw, dxp: dxp_arg, patches: &mut patches };
                 dispatch_with(simd, kernel);
-                (dw, dxp)
+                (dw, dxp, db)
             };
             let a = run(Simd::Portable, true);
             let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + a.abs()));
             for simd in available() {
                 let b = run(simd, true);
-                assert!(close(&a.0, &b.0) && close(&a.1, &b.1), "{g:?}: {simd}");
+                assert!(close(&a.0, &b.0) && close(&a.1, &b.1) && close(&a.2, &b.2), "{g:?}: {simd}");
                 // Without the input gradient (conv1's case: one channel takes whole-window
                 // patches), the same weight gradient.
                 let c = run(simd, false);

@@ -27,6 +27,39 @@ use crate::Simd;
 /// Eight f32 lanes.
 pub(crate) type F8 = [f32; 8];
 
+/// A sparse gradient's non-zero entries, as two slices of one length: where each entry's
+/// operand starts (an offset into the array the kernel reads) and the entry's value. Two
+/// slices rather than pairs, so that 16 entries are listed with two vector stores
+/// ([`Lanes::list16`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct List<'a> {
+    pub offsets: &'a [u32],
+    pub values: &'a [f32],
+}
+
+impl List<'_> {
+    /// Whether there are none.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+}
+
+/// [`Lanes::list16`] one window at a time, branch-free: every window writes its entry at
+/// the list's end, and only a surviving one moves the end on. Also lists the last windows
+/// of a row of windows shorter than 16 (`grads`, `winners` and `bases` of one length).
+#[inline(always)]
+pub(crate) fn list_scalar(grads: &[f32], winners: &[u8], bases: &[u32], corners: [u32; 4], offsets: &mut [u32], values: &mut [f32], mut len: usize) -> (usize, f32) {
+    let mut sum = 0.0;
+    for ((&gv, &winner), &base) in grads.iter().zip(winners).zip(bases) {
+        sum += gv;
+        offsets[len] = base + corners[usize::from(winner & 3)];
+        values[len] = gv;
+        // Not +0.0 or -0.0.
+        len += usize::from(gv.to_bits() << 1 != 0);
+    }
+    (len, sum)
+}
+
 /// Lane arithmetic for the kernels, on a vector type of eight lanes.
 pub(crate) trait Lanes: Copy {
     /// Eight lanes, in a register where the CPU has one.
@@ -112,9 +145,20 @@ pub(crate) trait Lanes: Copy {
     /// pass's tiles at half the instructions. Returns `false`, touching nothing, where it
     /// does not (then the caller sums eight lanes at a time).
     #[inline(always)]
-    fn sum_run16<const N: usize>(self, src: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) -> bool {
+    fn sum_run16<const N: usize>(self, src: &[f32], base: usize, list: List<'_>, out: &mut [f32]) -> bool {
         let _ = (src, base, list, out);
         false
+    }
+
+    /// Lists the entries of 16 pooling windows that pass a gradient: for each window `w`
+    /// whose `grads[w]` is neither +0 nor -0, appends `(bases[w] + corners[winners[w] & 3],
+    /// grads[w])` at `len` of `(offsets, values)`, in window order. Returns the new length
+    /// and the sum of `grads` (the bias gradient's share). Writes up to 16 values from
+    /// `len` (kept or not: the lists have that much room past their longest). Branch-free:
+    /// whether an entry survives is data, not a pattern. Compress instructions on AVX-512.
+    #[inline(always)]
+    fn list16(self, grads: &[f32; 16], winners: &[u8; 16], bases: &[u32; 16], corners: [u32; 4], offsets: &mut [u32], values: &mut [f32], len: usize) -> (usize, f32) {
+        list_scalar(grads, winners, bases, corners, offsets, values, len)
     }
 
     /// `to[r * to_stride + c] = from[c * from_stride + r]` for `r, c < 16`: a 16 x 16
@@ -376,10 +420,10 @@ impl Lanes for pulp::x86::V4 {
         }
     }
     #[inline(always)]
-    fn sum_run16<const N: usize>(self, src: &[f32], base: usize, list: &[(usize, f32)], out: &mut [f32]) -> bool {
+    fn sum_run16<const N: usize>(self, src: &[f32], base: usize, list: List<'_>, out: &mut [f32]) -> bool {
         let mut acc = [self.splat_f32x16(0.0); N];
-        for &(offset, gv) in list {
-            let (x, _) = src[offset + base..][..N * 16].as_chunks::<16>();
+        for (&offset, &gv) in list.offsets.iter().zip(list.values) {
+            let (x, _) = src[offset as usize + base..][..N * 16].as_chunks::<16>();
             let gv = self.splat_f32x16(gv);
             for t in 0..N {
                 acc[t] = self.mul_add_f32x16(gv, pulp::cast(x[t]), acc[t]);
@@ -393,6 +437,25 @@ impl Lanes for pulp::x86::V4 {
             }
         }
         true
+    }
+    /// The kept windows' lanes packed to the front by `vcompressps` (into a register, then
+    /// stored whole: the compressing store to memory is microcoded on Intel's cores).
+    #[inline(always)]
+    fn list16(self, grads: &[f32; 16], winners: &[u8; 16], bases: &[u32; 16], corners: [u32; 4], offsets: &mut [u32], values: &mut [f32], len: usize) -> (usize, f32) {
+        use core::arch::x86_64::{__m128i, __m512, __m512i};
+        let f = self.avx512f;
+        let g: __m512 = pulp::cast(*grads);
+        // Not equal to zero, or unordered (NaN passes, as in the scalar lists).
+        let keep = f._mm512_cmp_ps_mask::<4>(g, pulp::cast([0.0f32; 16]));
+        let winners: __m128i = pulp::cast(*winners);
+        let corner = f._mm512_and_si512(f._mm512_cvtepu8_epi32(winners), f._mm512_set1_epi32(3));
+        let table: __m512i = pulp::cast([corners[0], corners[1], corners[2], corners[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let at = f._mm512_add_epi32(pulp::cast(*bases), f._mm512_permutexvar_epi32(corner, table));
+        let (o, _) = offsets[len..][..16].as_chunks_mut::<16>();
+        o[0] = pulp::cast(f._mm512_maskz_compress_epi32(keep, at));
+        let (v, _) = values[len..][..16].as_chunks_mut::<16>();
+        v[0] = pulp::cast(f._mm512_maskz_compress_ps(keep, g));
+        (len + keep.count_ones() as usize, f._mm512_reduce_add_ps(g))
     }
     /// Sixteen rows in sixteen registers, transposed in four rounds of shuffles (pairs of
     /// floats, of doubles, then of 128-bit lanes twice): 64 shuffles for 256 values.
@@ -666,6 +729,59 @@ mod tests {
             assert_eq!(dispatch_with(simd, Fma(acc, 2.0, x)), expect, "{simd}");
         }
         assert_eq!(Fma(acc, 2.0, x).run(Portable), expect);
+    }
+
+    struct List16<'a>(&'a [f32; 16], &'a [u8; 16], &'a [u32; 16], [u32; 4], usize);
+    impl WithLanes for List16<'_> {
+        type Output = (Vec<u32>, Vec<f32>, usize, f32);
+        #[inline(always)]
+        fn run<L: Lanes>(self, lanes: L) -> Self::Output {
+            // What an earlier call left: entries before `len` are kept, the rest overwritten.
+            let (mut offsets, mut values) = (vec![7u32; self.4 + 16], vec![-7.0f32; self.4 + 16]);
+            let (len, sum) = lanes.list16(self.0, self.1, self.2, self.3, &mut offsets, &mut values, self.4);
+            (offsets, values, len, sum)
+        }
+    }
+
+    /// Every instruction set lists the same entries of 16 windows as the scalar lists, in
+    /// window order, after those already listed: +0 and -0 left out, NaN and the smallest
+    /// subnormal kept, each winner's corner added to its window's offset, and the same sum.
+    #[test]
+    fn every_instruction_set_lists_the_same_windows() {
+        let grads: [[f32; 16]; 3] = [
+            [0.5, 0.0, -0.0, 1.5, -2.0, f32::NAN, 0.0, f32::from_bits(1), 3.0, 0.0, 0.0, -1.0, 0.25, 0.0, 8.0, -0.0],
+            [0.0; 16],
+            std::array::from_fn(|w| w as f32 - 7.5),
+        ];
+        let winners: [u8; 16] = std::array::from_fn(|w| (w * 5 % 4) as u8);
+        let bases: [u32; 16] = std::array::from_fn(|w| 1000 * w as u32 + 3);
+        let corners = [0, 1, 40, 41];
+        for grads in &grads {
+            for len in [0, 5] {
+                let (want_len, want_sum) = {
+                    let (mut o, mut v) = (vec![7u32; len + 16], vec![-7.0f32; len + 16]);
+                    let (n, sum) = list_scalar(grads, &winners, &bases, corners, &mut o, &mut v, len);
+                    let kept: Vec<usize> = (0..16).filter(|&w| grads[w] != 0.0 || grads[w].is_nan()).collect();
+                    assert_eq!(n, len + kept.len());
+                    for (e, &w) in kept.iter().enumerate() {
+                        assert_eq!(o[len + e], bases[w] + corners[usize::from(winners[w] & 3)]);
+                        assert_eq!(v[len + e].to_bits(), grads[w].to_bits());
+                    }
+                    assert!(o[..len].iter().all(|&x| x == 7));
+                    (n, sum)
+                };
+                for simd in available() {
+                    let (o, v, n, sum) = dispatch_with(simd, List16(grads, &winners, &bases, corners, len));
+                    assert_eq!(n, want_len, "{simd}");
+                    assert!(o[..len].iter().all(|&x| x == 7) && v[..len].iter().all(|&x| x == -7.0), "{simd}");
+                    let (mut so, mut sv) = (vec![7u32; len + 16], vec![-7.0f32; len + 16]);
+                    list_scalar(grads, &winners, &bases, corners, &mut so, &mut sv, len);
+                    assert_eq!(o[len..n], so[len..n], "{simd}");
+                    assert_eq!(v[len..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(), sv[len..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{simd}");
+                    assert!((sum.is_nan() && want_sum.is_nan()) || (sum - want_sum).abs() <= 1e-5 * (1.0 + want_sum.abs()), "{simd}: {sum} vs {want_sum}");
+                }
+            }
+        }
     }
 
     /// Inputs of the register tiles' tests: `N` rows of `depth` values (every third row one

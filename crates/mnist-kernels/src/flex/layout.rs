@@ -44,6 +44,12 @@ impl Layout {
         Layout { g, row: wp * g.c, padded_run, tile, groups, image: (hp * wp * g.c + padded_run - run).next_multiple_of(CACHE_LINE / 4) }
     }
 
+    /// Whether every offset the backward pass lists fits in 32 bits (a window's in the
+    /// padded image, a channel's in the packed weights): true for any image below 16 GB.
+    pub fn offsets_fit_u32(&self) -> bool {
+        u32::try_from(self.image.max(self.g.o * self.g.k * self.padded_run)).is_ok()
+    }
+
     /// Offset, in a padded image, of the top-left corner of the window of output pixel
     /// `(yy, xx)`.
     pub fn window(&self, yy: usize, xx: usize) -> usize {

@@ -54,7 +54,7 @@ mod winograd;
 
 use backward::backward;
 use forward::forward;
-use layout::Padded;
+use layout::{Layout, Padded};
 pub(crate) use linear::linear;
 use pool::spare;
 
@@ -76,7 +76,7 @@ pub(crate) fn conv_relu_pool<B: Backend>(
     weight: Tensor<B, 4>,
     bias: Tensor<B, 1>,
 ) -> Result<Tensor<B, 4>, Refused<B, 4>> {
-    let Some(geometry) = Geometry::of(&x, &weight, &bias) else {
+    let Some(geometry) = Geometry::of(&x, &weight, &bias).filter(|&g| Layout::new(g).offsets_fit_u32()) else {
         return Err((x, weight, bias));
     };
     let x = match cast::<Tensor<B, 4>, Tensor<Ad, 4>>(x) {
