@@ -121,7 +121,8 @@ struct Partial {
 
 impl Partial {
     fn zero(lay: &Layout) -> Partial {
-        Partial { dw: CacheAligned::zeroed(lay.g.o * lay.g.k * lay.padded_run), db: vec![0.0; lay.g.o] }
+        // On this thread: a parallel fill inside a parallel task left one core waiting.
+        Partial { dw: CacheAligned::here(lay.g.o * lay.g.k * lay.padded_run, 0.0), db: vec![0.0; lay.g.o] }
     }
 
     fn add(mut self, other: Partial) -> Partial {
