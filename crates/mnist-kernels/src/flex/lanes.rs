@@ -155,7 +155,8 @@ pub(crate) trait Lanes: Copy {
     /// grads[w])` at `len` of `(offsets, values)`, in window order. Returns the new length
     /// and the sum of `grads` (the bias gradient's share). Writes up to 16 values from
     /// `len` (kept or not: the lists have that much room past their longest). Branch-free:
-    /// whether an entry survives is data, not a pattern. Compress instructions on AVX-512.
+    /// whether an entry survives is data, not a pattern. Compress instructions on AVX-512,
+    /// a permute from a table on AVX2.
     #[inline(always)]
     fn list16(self, grads: &[f32; 16], winners: &[u8; 16], bases: &[u32; 16], corners: [u32; 4], offsets: &mut [u32], values: &mut [f32], len: usize) -> (usize, f32) {
         list_scalar(grads, winners, bases, corners, offsets, values, len)
@@ -238,9 +239,59 @@ impl Lanes for Portable {
     }
 }
 
+/// For each 8-bit mask, the positions of its set bits in order, then zeros: the lanes a
+/// permute packs to the front, AVX2 having no compress instruction (8 KB).
+#[cfg(target_arch = "x86_64")]
+const COMPRESS8: [[u32; 8]; 256] = {
+    let mut table = [[0u32; 8]; 256];
+    let mut mask = 0;
+    while mask < 256 {
+        let (mut lane, mut at) = (0, 0);
+        while lane < 8 {
+            if mask & (1 << lane) != 0 {
+                table[mask][at] = lane as u32;
+                at += 1;
+            }
+            lane += 1;
+        }
+        mask += 1;
+    }
+    table
+};
+
 #[cfg(target_arch = "x86_64")]
 impl Lanes for pulp::x86::V3 {
     type V = pulp::f32x8;
+    /// Eight windows at a time: the comparison's eight bits index [`COMPRESS8`], and one
+    /// permute each packs the kept offsets and gradients to the front, stored whole.
+    #[inline(always)]
+    fn list16(self, grads: &[f32; 16], winners: &[u8; 16], bases: &[u32; 16], corners: [u32; 4], offsets: &mut [u32], values: &mut [f32], mut len: usize) -> (usize, f32) {
+        use core::arch::x86_64::{__m256, __m256i};
+        let (a, a2) = (self.avx, self.avx2);
+        let zero: __m256 = pulp::cast([0.0f32; 8]);
+        let table: __m256i = pulp::cast([corners[0], corners[1], corners[2], corners[3], 0, 0, 0, 0]);
+        let (grads, _) = grads.as_chunks::<8>();
+        let (bases, _) = bases.as_chunks::<8>();
+        let (winners, _) = winners.as_chunks::<8>();
+        let mut sums = zero;
+        for half in 0..2 {
+            let g: __m256 = pulp::cast(grads[half]);
+            // Not equal to zero, or unordered (NaN passes, as in the scalar lists).
+            let keep = a._mm256_movemask_ps(a._mm256_cmp_ps::<4>(g, zero)) as u32 as usize & 0xff;
+            let corner = self.sse2._mm_set_epi64x(0, i64::from_le_bytes(winners[half]));
+            let corner = a2._mm256_and_si256(a2._mm256_cvtepu8_epi32(corner), a._mm256_set1_epi32(3));
+            let at = a2._mm256_add_epi32(pulp::cast(bases[half]), a2._mm256_permutevar8x32_epi32(table, corner));
+            let lanes: __m256i = pulp::cast(COMPRESS8[keep]);
+            let (o, _) = offsets[len..][..8].as_chunks_mut::<8>();
+            o[0] = pulp::cast(a2._mm256_permutevar8x32_epi32(at, lanes));
+            let (v, _) = values[len..][..8].as_chunks_mut::<8>();
+            v[0] = pulp::cast(a2._mm256_permutevar8x32_ps(g, lanes));
+            len += keep.count_ones() as usize;
+            sums = a._mm256_add_ps(sums, g);
+        }
+        let sums: [f32; 8] = pulp::cast(sums);
+        (len, ((sums[0] + sums[4]) + (sums[1] + sums[5])) + ((sums[2] + sums[6]) + (sums[3] + sums[7])))
+    }
     /// As four 8 x 8 squares, each in eight registers and three rounds of shuffles.
     #[inline(always)]
     fn transpose16(self, from: &[f32], from_stride: usize, to: &mut [f32], to_stride: usize) {
