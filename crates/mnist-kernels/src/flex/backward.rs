@@ -624,6 +624,46 @@ mod tests {
         }
     }
 
+    /// Every instruction set makes the same lists as the portable code, entry for entry
+    /// (by channel and by pixel, in order), and the same bias gradient within rounding: for
+    /// channel counts that are and are not multiples of 16, planes shorter and longer than
+    /// 16 windows, odd sizes (pixels no window covers), zeros of both signs and windows
+    /// without a winner.
+    #[test]
+    fn every_instruction_set_makes_the_same_lists() {
+        for g in [
+            Geometry { b: 1, c: 32, h: 14, w: 14, o: 64, k: 5 },
+            Geometry { b: 1, c: 1, h: 28, w: 28, o: 32, k: 5 },
+            Geometry { b: 1, c: 3, h: 9, w: 11, o: 16, k: 3 },
+            Geometry { b: 1, c: 2, h: 7, w: 5, o: 5, k: 3 },
+        ] {
+            let lay = Layout::new(g);
+            let (ph, pw) = g.pooled();
+            let value = super::super::test_value;
+            let winners: Vec<u8> = (0..g.o * ph * pw).map(|i| (i * 7 % 5) as u8).collect();
+            let grad: Vec<f32> = (0..g.o * ph * pw).map(|i| if i % 3 == 0 { if i % 2 == 0 { 0.0 } else { -0.0 } } else { value(i + 11) }).collect();
+            let lists = |simd: Simd, by_pixel: bool| {
+                let mut lists = Lists::new(&lay, by_pixel);
+                let mut db = vec![0.0; g.o];
+                dispatch_with(simd, Fill { lists: &mut lists, lay: &lay, winners: &winners, grad: &grad, db: &mut db, by_pixel });
+                let entries = |l: List<'_>| -> Vec<(u32, u32)> { l.offsets.iter().zip(l.values).map(|(&o, v)| (o, v.to_bits())).collect() };
+                let channels: Vec<_> = (0..g.o).map(|oc| entries(lists.channel(oc, ph * pw))).collect();
+                let pixels: Vec<_> = if by_pixel { (0..g.h * g.w).map(|p| entries(lists.pixel(p, g.o))).collect() } else { Vec::new() };
+                (channels, pixels, db)
+            };
+            for by_pixel in [false, true] {
+                let want = lists(Simd::Portable, by_pixel);
+                assert!(want.0.iter().any(|l| !l.is_empty()), "{g:?}: no entries");
+                for simd in available() {
+                    let have = lists(simd, by_pixel);
+                    assert_eq!(have.0, want.0, "{g:?}: {simd}, by channel");
+                    assert_eq!(have.1, want.1, "{g:?}: {simd}, by pixel");
+                    assert!(have.2.iter().zip(&want.2).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())), "{g:?}: {simd}, bias");
+                }
+            }
+        }
+    }
+
     /// The kernels compiled for every instruction set this CPU has and the portable ones
     /// give the same gradients, for a tile of 1 vector (conv1's shape) and of 10 (conv2's),
     /// with the input gradient and without (one input channel then sums whole windows).
@@ -635,6 +675,7 @@ mod tests {
             Geometry { b: 1, c: 3, h: 7, w: 9, o: 2, k: 3 },
             Geometry { b: 1, c: 1, h: 9, w: 7, o: 5, k: 3 },
             Geometry { b: 1, c: 1, h: 5, w: 6, o: 3, k: 1 },
+            Geometry { b: 1, c: 2, h: 9, w: 11, o: 32, k: 3 },
         ] {
             let lay = Layout::new(g);
             let (ph, pw) = g.pooled();
