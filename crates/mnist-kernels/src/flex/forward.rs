@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, TILE_ROWS, WithLanes, chosen, dispatch_with, runs, tile_update};
-use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc_then, zeroed};
+use super::layout::{CacheAligned, Layout, Padded, filled, pad_then, zeroed};
 use super::winograd;
 use super::{Geometry, NONE};
 use crate::Simd;
@@ -32,16 +32,17 @@ const MR: usize = TILE_ROWS;
 
 /// The block's output `[b, o, h/2, w/2]`, each window's winner (0..4 in the order
 /// top-left, top-right, bottom-left, bottom-right, or [`NONE`] when ReLU zeroed it), and
-/// the padded NHWC input (which the backward pass reads).
-pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>, Padded) {
-    forward_with(g, x, weight, bias, chosen())
+/// the padded NHWC input (which the backward pass reads) when `keep` (else each image is
+/// padded into a buffer of its thread's: see [`super::layout::pad_each_then`]).
+pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], keep: bool) -> (Vec<f32>, Vec<u8>, Option<Padded>) {
+    forward_with(g, x, weight, bias, chosen(), keep)
 }
 
 /// [`forward`] with `simd`'s kernels.
-fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd) -> (Vec<f32>, Vec<u8>, Padded) {
+fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd, keep: bool) -> (Vec<f32>, Vec<u8>, Option<Padded>) {
     let lay = Layout::new(g);
     if winograd::applies(g) {
-        return winograd::forward(&lay, x, weight, bias);
+        return winograd::forward(&lay, x, weight, bias, keep);
     }
     let panels = g.o.div_ceil(PANEL);
     let run = g.k * g.c;
@@ -67,7 +68,7 @@ fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd
     // Each image padded, then one task per panel: its channels' planes are contiguous in
     // `out`.
     let per_image = out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane));
-    let xp = pad_nhwc_then(&lay, x, chosen(), per_image, |xp, (out, winners)| {
+    let xp = pad_then(&lay, x, chosen(), per_image, |xp, (out, winners)| {
         out.par_chunks_mut(PANEL * plane).zip(winners.par_chunks_mut(PANEL * plane)).enumerate().for_each(|(panel, (out, winners))| {
             dispatch_with(simd, Panel {
                 lay: &lay,
@@ -78,7 +79,7 @@ fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd
                 winners,
             });
         });
-    });
+    }, keep);
     (out, winners, xp)
 }
 
@@ -402,10 +403,13 @@ mod tests {
             x[g.h * g.w / 2 + 3] = f32::NAN;
             let weight: Vec<f32> = (0..g.o * 25).map(|i| (i * 11 % 7) as f32 - 3.0).collect();
             let bias: Vec<f32> = (0..g.o).map(|i| (i % 3) as f32 - 1.0).collect();
-            let (out, winners, _) = forward_with(g, &x, &weight, &bias, Simd::Portable);
+            let (out, winners, _) = forward_with(g, &x, &weight, &bias, Simd::Portable, true);
             assert!(winners.contains(&NONE) && winners.contains(&3), "{g:?}: too few kinds of winner");
             for simd in available() {
-                let (other, other_winners, _) = forward_with(g, &x, &weight, &bias, simd);
+                let (other, other_winners, kept) = forward_with(g, &x, &weight, &bias, simd, true);
+                let (unkept, unkept_winners, none) = forward_with(g, &x, &weight, &bias, simd, false);
+                // Without the padded batch, the same outputs.
+                assert!(kept.is_some() && none.is_none() && unkept.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()) && unkept_winners == other_winners, "{g:?}: {simd}, not kept");
                 assert!(out.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()), "{g:?}: {simd} outputs");
                 assert_eq!(winners, other_winners, "{g:?}: {simd} winners");
             }

@@ -138,6 +138,49 @@ pub(crate) fn pad_nhwc_then<T: Send>(lay: &Layout, x: &[f32], simd: Simd, per_im
     padded
 }
 
+/// [`pad_nhwc_then`] when `keep` (the backward pass reads the padded batch), else
+/// [`pad_each_then`].
+pub(crate) fn pad_then<T: Send>(lay: &Layout, x: &[f32], simd: Simd, per_image: impl IndexedParallelIterator<Item = T>, then: impl Fn(&[f32], T) + Sync + Send, keep: bool) -> Option<Padded> {
+    if keep {
+        return Some(pad_nhwc_then(lay, x, simd, per_image, then));
+    }
+    pad_each_then(lay, x, simd, per_image, then);
+    None
+}
+
+thread_local! {
+    /// This thread's padded images for [`pad_each_then`], by geometry (the batch aside):
+    /// zero where [`PadImage`] writes nothing, so that only the image is written again.
+    static KEPT_IMAGES: std::cell::RefCell<Vec<([usize; 4], CacheAligned<f32>)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Padded images a thread keeps (the seed's two blocks use two).
+const KEPT_IMAGES_PER_THREAD: usize = 4;
+
+/// [`pad_nhwc_then`] without the batch: each image is padded into an image buffer of the
+/// thread's, handed to `then`, and the buffer kept for the thread's next image. For
+/// inference, where nothing reads the padded input afterwards: writing each image into
+/// a batch buffer (20 MB for conv2 at 500 images), whose lines came from memory to be
+/// written, took a twentieth of an evaluation.
+pub(crate) fn pad_each_then<T: Send>(lay: &Layout, x: &[f32], simd: Simd, per_image: impl IndexedParallelIterator<Item = T>, then: impl Fn(&[f32], T) + Sync + Send) {
+    let g = lay.g;
+    let image = g.c * g.h * g.w;
+    let key = [g.c, g.h, g.w, g.k];
+    (0..g.b).into_par_iter().zip(per_image).for_each(|(bi, item)| {
+        // Taken out while in use: `then` may run other images' tasks on this thread.
+        let kept = KEPT_IMAGES.with_borrow_mut(|kept| kept.iter().position(|(k, _)| *k == key).map(|at| kept.swap_remove(at).1));
+        let mut img = kept.unwrap_or_else(|| CacheAligned::here(lay.image, 0.0));
+        dispatch_with(simd, PadImage { lay, src: &x[bi * image..][..image], img: &mut img });
+        then(&img, item);
+        KEPT_IMAGES.with_borrow_mut(|kept| {
+            kept.push((key, img));
+            if kept.len() > KEPT_IMAGES_PER_THREAD {
+                kept.remove(0);
+            }
+        });
+    });
+}
+
 /// [`pad_nhwc_then`] with the chosen instruction set and nothing after.
 #[cfg(test)]
 pub(crate) fn pad_nhwc(lay: &Layout, x: &[f32]) -> Padded {

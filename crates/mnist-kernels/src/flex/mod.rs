@@ -97,7 +97,8 @@ pub(crate) fn conv_relu_pool<B: Backend>(
         unreachable!("x, weight and bias share the backend B");
     };
     let (x, weight, bias) = (float(x), float(weight), float(bias));
-    let (out, _, _) = forward(geometry, &values::<4>(&x), &values::<4>(&weight), &values::<1>(&bias));
+    // Inference: nothing reads the padded input afterwards.
+    let (out, _, _) = forward(geometry, &values::<4>(&x), &values::<4>(&weight), &values::<1>(&bias), false);
     let y = Tensor::<Flex, 4>::from_data(TensorData::new(out, geometry.out_shape()), &Default::default());
     Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
 }
@@ -171,7 +172,8 @@ impl Backward<Flex, 3> for ConvReluPool {
 
 fn autodiff(g: Geometry, x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, bias: Tensor<Ad, 1>) -> Tensor<Ad, 4> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
-    let (out, winners, xp) = forward(g, &values::<4>(&x.primitive), &values::<4>(&weight.primitive), &values::<1>(&bias.primitive));
+    let (out, winners, xp) = forward(g, &values::<4>(&x.primitive), &values::<4>(&weight.primitive), &values::<1>(&bias.primitive), true);
+    let xp = xp.unwrap_or_else(|| unreachable!("the padded input is kept when asked for"));
     let out = from_vec(out, g.out_shape());
     let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
     let y = match ConvReluPool.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {

@@ -32,7 +32,7 @@ use super::forward::{bias8, panel_bias, pool_lanes};
 use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE8_ROWS, WithLanes, chosen, dispatch_with, runs, starts};
 use super::wide::{Arith, Zmm};
 use crate::Simd;
-use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc_then, pad_nhwc_with, zeroed};
+use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc_with, pad_then, zeroed};
 use super::{Geometry, NONE};
 
 /// Side of a transformed tile.
@@ -101,12 +101,13 @@ fn tile_grid(g: Geometry) -> (usize, usize) {
 
 /// The block's output `[b, o, h/2, w/2]`, winners and padded NHWC input (as
 /// [`super::forward::forward`]) from `x: [b, c, h, w]`, `weight: [o, c, 5, 5]` and
-/// `bias: [o]`. Each image is padded ([`pad_nhwc_then`]) in the task that transforms it.
-pub(crate) fn forward(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<u8>, Padded) {
-    forward_with(lay, x, weight, bias, chosen())
+/// `bias: [o]`. Each image is padded ([`pad_then`]) in the task that transforms it; the
+/// padded batch is returned only when `keep`.
+pub(crate) fn forward(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], keep: bool) -> (Vec<f32>, Vec<u8>, Option<Padded>) {
+    forward_with(lay, x, weight, bias, chosen(), keep)
 }
 
-fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd) -> (Vec<f32>, Vec<u8>, Padded) {
+fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd, keep: bool) -> (Vec<f32>, Vec<u8>, Option<Padded>) {
     let g = lay.g;
     debug_assert!(applies(g));
     let (ph, pw) = g.pooled();
@@ -118,13 +119,13 @@ fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Sim
     let mut out = zeroed(g.b * g.o * plane);
     let mut winners = filled(out.len(), NONE);
     if plane == 0 {
-        return (out, winners, pad_nhwc_with(lay, x, simd));
+        return (out, winners, keep.then(|| pad_nhwc_with(lay, x, simd)));
     }
     // Panels per task: with AVX-512, four at a time in the 4 x 64 tile (one task an image;
     // one image alone keeps a task per panel, so that both cores share it); else one.
     let group = if simd == Simd::Avx512 && g.o.is_multiple_of(WIDE * PANEL) && g.b > 1 { WIDE } else { 1 };
     let per_image = out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane));
-    let xp = pad_nhwc_then(lay, x, simd, per_image, |xp, (out, winners)| {
+    let xp = pad_then(lay, x, simd, per_image, |xp, (out, winners)| {
         let u = dispatch_with(simd, InputTransform { lay, xp, tiles, u: KEPT_U.take() });
         // One task per group of panels: their channels' planes are contiguous in `out`.
         out.par_chunks_mut(group * PANEL * plane).zip(winners.par_chunks_mut(group * PANEL * plane)).enumerate().for_each(
@@ -143,7 +144,7 @@ fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Sim
             },
         );
         KEPT_U.set(u);
-    });
+    }, keep);
     (out, winners, xp)
 }
 
@@ -661,12 +662,15 @@ mod tests {
             let x: Vec<f32> = (0..g.b * g.c * g.h * g.w).map(value).collect();
             let weight: Vec<f32> = (0..g.o * g.c * 25).map(|i| value(i * 3 + 5) * 0.1).collect();
             let bias: Vec<f32> = (0..g.o).map(|i| value(i + 17) * 0.1).collect();
-            let (out, winners, xp) = forward_with(&lay, &x, &weight, &bias, Simd::Portable);
-            assert_eq!(xp[..], pad_nhwc(&lay, &x)[..], "{g:?}: the padded input is pad_nhwc's");
+            let (out, winners, xp) = forward_with(&lay, &x, &weight, &bias, Simd::Portable, true);
+            assert!(xp.is_some_and(|xp| xp[..] == pad_nhwc(&lay, &x)[..]), "{g:?}: the padded input is pad_nhwc's");
             let mut others = Vec::new();
             for simd in available() {
-                let (other, other_winners, _) = forward_with(&lay, &x, &weight, &bias, simd);
+                let (other, other_winners, _) = forward_with(&lay, &x, &weight, &bias, simd, true);
                 assert!(out.iter().zip(&other).all(|(a, b)| (a - b).abs() <= 1e-5), "{g:?}: {simd}");
+                // Each image padded in a buffer of its thread's (inference): the same outputs.
+                let (unkept, unkept_winners, none) = forward_with(&lay, &x, &weight, &bias, simd, false);
+                assert!(none.is_none() && unkept == other && unkept_winners == other_winners, "{g:?}: {simd}, not kept");
                 others.push((simd, other_winners));
             }
             let conv = |bi: usize, oc: usize, yy: usize, xx: usize| -> f64 {
