@@ -12,9 +12,9 @@
 //! Convolution outputs that no pooling window covers (the last row
 //! or column of an odd side) are never computed, and no im2col buffer is built.
 //!
-//! With AVX-512, one input channel and a 5x5 kernel (the seed's conv1), the pixels go in
-//! the lanes instead of the channels ([`one_channel_v4`]): a window row of five floats is
-//! too short for the channel tile.
+//! With AVX-512 or AVX2, one input channel and a 5x5 kernel (the seed's conv1), the pixels
+//! go in the lanes instead of the channels ([`one_channel_v4`], [`one_channel_v3`]): a
+//! window row of five floats is too short for the channel tile.
 
 use rayon::prelude::*;
 
@@ -102,7 +102,7 @@ impl WithLanes for Panel<'_> {
     #[inline(always)]
     fn run<L: Lanes>(self, lanes: L) {
         let (weights, _) = self.weights.as_chunks::<PANEL>();
-        if lanes.one_channel16(self.lay, self.xp, weights, self.bias, &mut *self.out, &mut *self.winners) {
+        if lanes.one_channel_in_lanes(self.lay, self.xp, weights, self.bias, &mut *self.out, &mut *self.winners) {
             return;
         }
         // AVX-512's taller register tile (10 pixels x 16 channels in ten 16-lane
@@ -368,6 +368,114 @@ pub(super) fn one_channel_v4(v4: pulp::x86::V4, lay: &Layout, xp: &[f32], weight
     true
 }
 
+/// Channels per pass of [`one_channel_v3`]: 2 channels x 2 rows x 2 vectors of 8 pixels
+/// are 8 sums in YMM registers (of AVX2's 16), and each step's 4 loads and 2 broadcasts
+/// feed 8 fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+const ONE_CHANNEL_GROUP_V3: usize = 2;
+
+/// [`one_channel_v4`] with AVX2's eight lanes. Per pooled row, pair of channels and half
+/// row (16 convolution columns, under pooled columns `8 h .. 8 h + 8`), the two
+/// convolution rows under it are two vectors of 8 pixels each, summed over the 25 kernel
+/// positions (unaligned loads of the shifted input, broadcasts of each channel's weight).
+/// Then per channel the sums' even and odd columns are gathered into pooled order
+/// (`vpermps`), and the window's maximum, bias, ReLU and winner are computed on the 8
+/// pooled columns at once, with [`pool_window`]'s comparisons (the first of equal maxima
+/// wins, NaN compares false). The second half's vectors run past the last window into the
+/// padding and the next row: their sums there are never stored. Returns `false`, touching
+/// nothing, unless the input has one channel, the kernel is 5x5, the pooled width is 9 to
+/// 16 and the padded image has room for those reads. (The channel-tiled kernel, five
+/// pixels x 16 channels, spent most of conv1's time around its five-step kernel rows:
+/// conv1 was a fifth of an evaluation with AVX2.)
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn one_channel_v3(v3: pulp::x86::V3, lay: &Layout, xp: &[f32], weights: &[[f32; PANEL]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
+    use core::arch::x86_64::{__m256, __m256i, _CMP_GT_OQ};
+    let g = lay.g;
+    let (ph, pw) = g.pooled();
+    // The last read: row 2 ph + 3 (the lower row of the last pooled row, plus the kernel's
+    // 4), columns up to 16 + 8 + 4 + 8.
+    if g.c != 1 || g.k != 5 || !(9..=16).contains(&pw) || (2 * ph + 3) * lay.row + 36 > xp.len() {
+        return false;
+    }
+    let (a, a2, f) = (v3.avx, v3.avx2, v3.fma);
+    let channels = out.len() / (ph * pw);
+    let zero: __m256 = pulp::cast([0.0f32; 8]);
+    let (even, odd): (__m256i, __m256i) = (pulp::cast([0i32, 2, 4, 6, 0, 2, 4, 6]), pulp::cast([1i32, 3, 5, 7, 1, 3, 5, 7]));
+    let code = |c: u8| -> __m256 { pulp::cast([u32::from(c); 8]) };
+    // Eight pixels from `at` of a row's 20 that the half reads (its bounds checked once).
+    let load = |row: &[f32; 20], at: usize| -> __m256 {
+        let (v, _) = row[at..][..8].as_chunks::<8>();
+        pulp::cast(v[0])
+    };
+    // Columns 0, 2, .., 14 and 1, 3, .., 15 of 16 (two vectors).
+    let split = |lo: __m256, hi: __m256| -> (__m256, __m256) {
+        let left = a._mm256_blend_ps::<0xF0>(a2._mm256_permutevar8x32_ps(lo, even), a2._mm256_permutevar8x32_ps(hi, even));
+        let right = a._mm256_blend_ps::<0xF0>(a2._mm256_permutevar8x32_ps(lo, odd), a2._mm256_permutevar8x32_ps(hi, odd));
+        (left, right)
+    };
+    for group in (0..channels).step_by(ONE_CHANNEL_GROUP_V3) {
+        for py in 0..ph {
+            for half in 0..2 {
+                let first = 8 * half;
+                let x0 = 2 * first;
+                // [channel][row][vector]
+                let mut acc = [[[zero; 2]; 2]; ONE_CHANNEL_GROUP_V3];
+                for ky in 0..5 {
+                    let y = 2 * py + ky;
+                    let (top, _) = xp[y * lay.row + x0..].as_chunks::<20>();
+                    let (bottom, _) = xp[(y + 1) * lay.row + x0..].as_chunks::<20>();
+                    let (top, bottom) = (&top[0], &bottom[0]);
+                    for kx in 0..5 {
+                        let x = [[load(top, kx), load(top, 8 + kx)], [load(bottom, kx), load(bottom, 8 + kx)]];
+                        let w = &weights[ky * 5 + kx];
+                        // Past the last channel, the panel's zero weights (sums not stored).
+                        for (ch, acc) in acc.iter_mut().enumerate() {
+                            let w = a._mm256_set1_ps(w[(group + ch) % PANEL]);
+                            for r in 0..2 {
+                                for v in 0..2 {
+                                    acc[r][v] = f._mm256_fmadd_ps(w, x[r][v], acc[r][v]);
+                                }
+                            }
+                        }
+                    }
+                }
+                let n = (pw - first).min(8);
+                for (ch, [[t0, t1], [b0, b1]]) in acc.into_iter().enumerate() {
+                    let oc = group + ch;
+                    if oc >= channels {
+                        break;
+                    }
+                    let ((top_left, top_right), (bottom_left, bottom_right)) = (split(t0, t1), split(b0, b1));
+                    // As `pool_window`: upper = b > a ? b : a, lower = d > c ? d : c, best =
+                    // lower > upper ? lower : upper (ordered comparisons: false with a NaN).
+                    let upper_right = a._mm256_cmp_ps::<_CMP_GT_OQ>(top_right, top_left);
+                    let lower_right = a._mm256_cmp_ps::<_CMP_GT_OQ>(bottom_right, bottom_left);
+                    let upper = a._mm256_blendv_ps(top_left, top_right, upper_right);
+                    let lower = a._mm256_blendv_ps(bottom_left, bottom_right, lower_right);
+                    let below = a._mm256_cmp_ps::<_CMP_GT_OQ>(lower, upper);
+                    let value = a._mm256_add_ps(a._mm256_blendv_ps(upper, lower, below), a._mm256_set1_ps(bias[oc]));
+                    let positive = a._mm256_cmp_ps::<_CMP_GT_OQ>(value, zero);
+                    let value: [f32; 8] = pulp::cast(a._mm256_and_ps(value, positive));
+                    let upper_at = a._mm256_blendv_ps(code(0), code(1), upper_right);
+                    let lower_at = a._mm256_blendv_ps(code(2), code(3), lower_right);
+                    let at = a._mm256_blendv_ps(upper_at, lower_at, below);
+                    let winner: [u32; 8] = pulp::cast(a._mm256_blendv_ps(code(NONE), at, positive));
+                    let row = (oc * ph + py) * pw + first;
+                    // Plain loops of at most 8 (a copy of `n` values is a call to memcpy).
+                    for (o, v) in out[row..][..n].iter_mut().zip(value) {
+                        *o = v;
+                    }
+                    for (w, c) in winners[row..][..n].iter_mut().zip(winner) {
+                        *w = c as u8;
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
 /// `bias` padded with zeros to whole panels of 16 channels.
 pub(super) fn panel_bias(bias: &[f32]) -> Vec<f32> {
     let mut padded = vec![0.0f32; bias.len().div_ceil(PANEL) * PANEL];
@@ -384,13 +492,14 @@ mod tests {
     use super::super::lanes::available;
     use super::*;
 
-    /// Every instruction set's kernels (AVX-512's pixels-in-lanes kernel for one input
-    /// channel among them) give the portable kernels' outputs and winners exactly: small
-    /// integers make every sum exact in any order, so equal maxima (many here) must go to the
-    /// same input, and a NaN pixel must pass through the comparisons the same way. Shapes:
-    /// the seed's conv1, a pooled width of 10 and of 16 (the pixel vectors overlapping and
-    /// not), a partial panel and a partial group of four channels, and a pooled width of 8
-    /// that the AVX-512 kernel leaves to the channel-tiled one.
+    /// Every instruction set's kernels (AVX-512's and AVX2's pixels-in-lanes kernels for
+    /// one input channel among them) give the portable kernels' outputs and winners
+    /// exactly: small integers make every sum exact in any order, so equal maxima (many
+    /// here) must go to the same input, and a NaN pixel must pass through the comparisons
+    /// the same way. Shapes: the seed's conv1, a pooled width of 10 and of 16 (the pixel
+    /// vectors overlapping and not; AVX2's second half of a row part outside it and whole),
+    /// a partial panel and a partial group of channels (four, two with AVX2), and a pooled
+    /// width of 8 that both leave to the channel-tiled one.
     #[test]
     fn every_instruction_set_gives_the_portable_outputs() {
         for g in [

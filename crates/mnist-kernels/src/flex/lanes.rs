@@ -130,12 +130,12 @@ pub(crate) trait Lanes: Copy {
     }
 
     /// One image's panel of the fused block for one input channel and a 5x5 kernel (the
-    /// seed's conv1) with pixels in sixteen-lane registers, where the CPU has them
-    /// (AVX-512): see [`super::forward::one_channel_v4`]. Returns `false`, touching
-    /// nothing, where it does not, or for another geometry (then the caller runs the
-    /// channel-tiled kernel).
+    /// seed's conv1) with pixels in the lanes, where the CPU has the instructions: see
+    /// [`super::forward::one_channel_v4`] (AVX-512) and [`super::forward::one_channel_v3`]
+    /// (AVX2). Returns `false`, touching nothing, where it does not, or for another
+    /// geometry (then the caller runs the channel-tiled kernel).
     #[inline(always)]
-    fn one_channel16(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
+    fn one_channel_in_lanes(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
         let _ = (lay, xp, weights, bias, out, winners);
         false
     }
@@ -262,6 +262,10 @@ const COMPRESS8: [[u32; 8]; 256] = {
 #[cfg(target_arch = "x86_64")]
 impl Lanes for pulp::x86::V3 {
     type V = pulp::f32x8;
+    #[inline(always)]
+    fn one_channel_in_lanes(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
+        super::forward::one_channel_v3(self, lay, xp, weights, bias, out, winners)
+    }
     /// Eight windows at a time: the comparison's eight bits index [`COMPRESS8`], and one
     /// permute each packs the kept offsets and gradients to the front, stored whole.
     #[inline(always)]
@@ -444,7 +448,7 @@ impl Lanes for pulp::x86::V4 {
         Some(Zmm::new(self))
     }
     #[inline(always)]
-    fn one_channel16(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
+    fn one_channel_in_lanes(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
         super::forward::one_channel_v4(self, lay, xp, weights, bias, out, winners)
     }
     #[inline(always)]
