@@ -275,7 +275,7 @@ impl Lists {
             let (offsets, values) = (&mut self.channel_offsets[oc * plane..], &mut self.channel_values[oc * plane..]);
             let (mut len, mut sum) = (0, 0.0);
             for ((grads, wins), bases) in grads.iter().zip(wins).zip(bases) {
-                let (end, part) = lanes.list16(grads, wins, bases, self.corner_offsets, offsets, values, len);
+                let (end, part) = lanes.list16(grads, wins, (bases, self.corner_offsets), offsets, values, len);
                 (len, sum) = (end, sum + part);
             }
             let (end, part) = list_scalar(grads_rest, wins_rest, bases_rest, self.corner_offsets, offsets, values, len);

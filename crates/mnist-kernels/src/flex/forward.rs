@@ -1,7 +1,8 @@
 //! Forward pass of the fused block: convolution, bias, ReLU and 2x2 max-pool in one kernel.
 //!
-//! The input is first laid out as zero-padded NHWC images ([`pad_nhwc_then`]), where the
-//! window of an output pixel is `k` runs of `k * c` contiguous floats. The weights are
+//! The input is first laid out as zero-padded NHWC images ([`pad_then`]: a batch kept
+//! for the backward pass, or in inference each image in a buffer of its thread's), where
+//! the window of an output pixel is `k` runs of `k * c` contiguous floats. The weights are
 //! packed in panels of 16 output channels, `[panel][ky][kx * c + ci][16]`. One register
 //! tile computes five convolution outputs for one panel: 5 x 16 sums in 10 vector
 //! registers; each step of the inner loop broadcasts one input value of each of the five

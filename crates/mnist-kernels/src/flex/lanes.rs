@@ -152,13 +152,14 @@ pub(crate) trait Lanes: Copy {
 
     /// Lists the entries of 16 pooling windows that pass a gradient: for each window `w`
     /// whose `grads[w]` is neither +0 nor -0, appends `(bases[w] + corners[winners[w] & 3],
-    /// grads[w])` at `len` of `(offsets, values)`, in window order. Returns the new length
+    /// grads[w])` at `len` of `(offsets, values)`, in window order (`bases`, the windows'
+    /// offsets, and `corners`, each corner's from its window's, given as one pair). Returns the new length
     /// and the sum of `grads` (the bias gradient's share). Writes up to 16 values from
     /// `len` (kept or not: the lists have that much room past their longest). Branch-free:
     /// whether an entry survives is data, not a pattern. Compress instructions on AVX-512,
     /// a permute from a table on AVX2.
     #[inline(always)]
-    fn list16(self, grads: &[f32; 16], winners: &[u8; 16], bases: &[u32; 16], corners: [u32; 4], offsets: &mut [u32], values: &mut [f32], len: usize) -> (usize, f32) {
+    fn list16(self, grads: &[f32; 16], winners: &[u8; 16], (bases, corners): (&[u32; 16], [u32; 4]), offsets: &mut [u32], values: &mut [f32], len: usize) -> (usize, f32) {
         list_scalar(grads, winners, bases, corners, offsets, values, len)
     }
 
@@ -269,7 +270,7 @@ impl Lanes for pulp::x86::V3 {
     /// Eight windows at a time: the comparison's eight bits index [`COMPRESS8`], and one
     /// permute each packs the kept offsets and gradients to the front, stored whole.
     #[inline(always)]
-    fn list16(self, grads: &[f32; 16], winners: &[u8; 16], bases: &[u32; 16], corners: [u32; 4], offsets: &mut [u32], values: &mut [f32], mut len: usize) -> (usize, f32) {
+    fn list16(self, grads: &[f32; 16], winners: &[u8; 16], (bases, corners): (&[u32; 16], [u32; 4]), offsets: &mut [u32], values: &mut [f32], mut len: usize) -> (usize, f32) {
         use core::arch::x86_64::{__m256, __m256i};
         let (a, a2) = (self.avx, self.avx2);
         let zero: __m256 = pulp::cast([0.0f32; 8]);
@@ -496,7 +497,7 @@ impl Lanes for pulp::x86::V4 {
     /// The kept windows' lanes packed to the front by `vcompressps` (into a register, then
     /// stored whole: the compressing store to memory is microcoded on Intel's cores).
     #[inline(always)]
-    fn list16(self, grads: &[f32; 16], winners: &[u8; 16], bases: &[u32; 16], corners: [u32; 4], offsets: &mut [u32], values: &mut [f32], len: usize) -> (usize, f32) {
+    fn list16(self, grads: &[f32; 16], winners: &[u8; 16], (bases, corners): (&[u32; 16], [u32; 4]), offsets: &mut [u32], values: &mut [f32], len: usize) -> (usize, f32) {
         use core::arch::x86_64::{__m128i, __m512, __m512i};
         let f = self.avx512f;
         let g: __m512 = pulp::cast(*grads);
@@ -793,7 +794,7 @@ mod tests {
         fn run<L: Lanes>(self, lanes: L) -> Self::Output {
             // What an earlier call left: entries before `len` are kept, the rest overwritten.
             let (mut offsets, mut values) = (vec![7u32; self.4 + 16], vec![-7.0f32; self.4 + 16]);
-            let (len, sum) = lanes.list16(self.0, self.1, self.2, self.3, &mut offsets, &mut values, self.4);
+            let (len, sum) = lanes.list16(self.0, self.1, (self.2, self.3), &mut offsets, &mut values, self.4);
             (offsets, values, len, sum)
         }
     }
