@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use super::lanes::{Lanes, List, WithLanes, dispatch, list_scalar};
 use super::layout::{CacheAligned, Layout, MAX_TILE, unpad_nchw};
+use super::pool::{keep, take_kept};
 use super::wide::Arith;
 use super::{Geometry, NONE};
 
@@ -173,19 +174,13 @@ impl Lists {
     /// This thread's kept lists for `lay` (with the by-pixel lists if `by_pixel`), else
     /// new ones.
     fn take(lay: &Layout, by_pixel: bool) -> Lists {
-        let kept = KEPT_LISTS.with_borrow_mut(|kept| kept.iter().position(|l| l.fits(lay, by_pixel)).map(|at| kept.remove(at)));
-        kept.unwrap_or_else(|| Lists::new(lay, by_pixel))
+        take_kept(&KEPT_LISTS, |l| l.fits(lay, by_pixel)).unwrap_or_else(|| Lists::new(lay, by_pixel))
     }
 
     /// Keeps the lists for this thread's next [`Lists::take`] (the least recently used
     /// set goes past [`KEPT`]).
     fn put_back(self) {
-        KEPT_LISTS.with_borrow_mut(|kept| {
-            kept.push(self);
-            if kept.len() > KEPT {
-                kept.remove(0);
-            }
-        });
+        keep(&KEPT_LISTS, self, KEPT);
     }
 
     /// Whether these lists were made for `lay`'s geometry (the batch aside) and hold the

@@ -69,7 +69,7 @@ fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd
     // Each image padded, then one task per panel: its channels' planes are contiguous in
     // `out`.
     let per_image = out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane));
-    let xp = pad_then(&lay, x, chosen(), per_image, |xp, (out, winners)| {
+    let xp = pad_then(&lay, x, simd, per_image, |xp, (out, winners)| {
         out.par_chunks_mut(PANEL * plane).zip(winners.par_chunks_mut(PANEL * plane)).enumerate().for_each(|(panel, (out, winners))| {
             dispatch_with(simd, Panel {
                 lay: &lay,

@@ -60,6 +60,12 @@ pub(crate) fn list_scalar(grads: &[f32], winners: &[u8], bases: &[u32], corners:
     (len, sum)
 }
 
+/// The sum of eight lanes, pairwise: `((0 + 4) + (1 + 5)) + ((2 + 6) + (3 + 7))`.
+#[inline(always)]
+pub(crate) fn sum8(v: F8) -> f32 {
+    ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+}
+
 /// Lane arithmetic for the kernels, on a vector type of eight lanes.
 pub(crate) trait Lanes: Copy {
     /// Eight lanes, in a register where the CPU has one.
@@ -294,8 +300,7 @@ impl Lanes for pulp::x86::V3 {
             len += keep.count_ones() as usize;
             sums = a._mm256_add_ps(sums, g);
         }
-        let sums: [f32; 8] = pulp::cast(sums);
-        (len, ((sums[0] + sums[4]) + (sums[1] + sums[5])) + ((sums[2] + sums[6]) + (sums[3] + sums[7])))
+        (len, sum8(pulp::cast(sums)))
     }
     /// As four 8 x 8 squares, each in eight registers and three rounds of shuffles.
     #[inline(always)]
@@ -814,24 +819,19 @@ mod tests {
         let corners = [0, 1, 40, 41];
         for grads in &grads {
             for len in [0, 5] {
-                let (want_len, want_sum) = {
-                    let (mut o, mut v) = (vec![7u32; len + 16], vec![-7.0f32; len + 16]);
-                    let (n, sum) = list_scalar(grads, &winners, &bases, corners, &mut o, &mut v, len);
-                    let kept: Vec<usize> = (0..16).filter(|&w| grads[w] != 0.0 || grads[w].is_nan()).collect();
-                    assert_eq!(n, len + kept.len());
-                    for (e, &w) in kept.iter().enumerate() {
-                        assert_eq!(o[len + e], bases[w] + corners[usize::from(winners[w] & 3)]);
-                        assert_eq!(v[len + e].to_bits(), grads[w].to_bits());
-                    }
-                    assert!(o[..len].iter().all(|&x| x == 7));
-                    (n, sum)
-                };
+                let (mut so, mut sv) = (vec![7u32; len + 16], vec![-7.0f32; len + 16]);
+                let (want_len, want_sum) = list_scalar(grads, &winners, &bases, corners, &mut so, &mut sv, len);
+                let kept: Vec<usize> = (0..16).filter(|&w| grads[w] != 0.0 || grads[w].is_nan()).collect();
+                assert_eq!(want_len, len + kept.len());
+                for (e, &w) in kept.iter().enumerate() {
+                    assert_eq!(so[len + e], bases[w] + corners[usize::from(winners[w] & 3)]);
+                    assert_eq!(sv[len + e].to_bits(), grads[w].to_bits());
+                }
+                assert!(so[..len].iter().all(|&x| x == 7));
                 for simd in available() {
                     let (o, v, n, sum) = dispatch_with(simd, List16(grads, &winners, &bases, corners, len));
                     assert_eq!(n, want_len, "{simd}");
                     assert!(o[..len].iter().all(|&x| x == 7) && v[..len].iter().all(|&x| x == -7.0), "{simd}");
-                    let (mut so, mut sv) = (vec![7u32; len + 16], vec![-7.0f32; len + 16]);
-                    list_scalar(grads, &winners, &bases, corners, &mut so, &mut sv, len);
                     assert_eq!(o[len..n], so[len..n], "{simd}");
                     assert_eq!(v[len..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(), sv[len..n].iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{simd}");
                     assert!((sum.is_nan() && want_sum.is_nan()) || (sum - want_sum).abs() <= 1e-5 * (1.0 + want_sum.abs()), "{simd}: {sum} vs {want_sum}");

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::Geometry;
 use super::lanes::{Lanes, WithLanes, chosen, dispatch_with};
+use super::pool::{keep, take_kept};
 use crate::Simd;
 
 /// Most vectors summed in registers at once (with the broadcast and a load, within the
@@ -168,16 +169,10 @@ pub(crate) fn pad_each_then<T: Send>(lay: &Layout, x: &[f32], simd: Simd, per_im
     let key = [g.c, g.h, g.w, g.k];
     (0..g.b).into_par_iter().zip(per_image).for_each(|(bi, item)| {
         // Taken out while in use: `then` may run other images' tasks on this thread.
-        let kept = KEPT_IMAGES.with_borrow_mut(|kept| kept.iter().position(|(k, _)| *k == key).map(|at| kept.swap_remove(at).1));
-        let mut img = kept.unwrap_or_else(|| CacheAligned::here(lay.image, 0.0));
+        let mut img = take_kept(&KEPT_IMAGES, |(k, _)| *k == key).map_or_else(|| CacheAligned::here(lay.image, 0.0), |(_, img)| img);
         dispatch_with(simd, PadImage { lay, src: &x[bi * image..][..image], img: &mut img });
         then(&img, item);
-        KEPT_IMAGES.with_borrow_mut(|kept| {
-            kept.push((key, img));
-            if kept.len() > KEPT_IMAGES_PER_THREAD {
-                kept.remove(0);
-            }
-        });
+        keep(&KEPT_IMAGES, (key, img), KEPT_IMAGES_PER_THREAD);
     });
 }
 

@@ -41,7 +41,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::Flex;
 use rayon::prelude::*;
 
-use super::lanes::{Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, dispatch, runs, starts};
+use super::lanes::{Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, dispatch, runs, starts, sum8};
 use super::layout::{CacheAligned, zeroed};
 use super::wide::Zmm;
 use super::sparse::{self, Entries, SPARSE_DENSITY};
@@ -640,7 +640,7 @@ fn dot_tile<L: Lanes>(lanes: L, g: [&[f32]; DOT_IMAGES], w: [&[f32]; DOT_ROWS]) 
     for r in 0..DOT_IMAGES {
         for c in 0..DOT_ROWS {
             let v = lanes.store(acc[r][c]);
-            let mut sum = ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+            let mut sum = sum8(v);
             for k in tail..g0.len() {
                 sum += g[r][k] * w[c][k];
             }

@@ -24,7 +24,8 @@
 //! generic code by a `TypeId` check (`crate::native`), so other backends never see it.
 //!
 //! [`pool`] keeps the large gradient buffers the optimizer hands back for the next
-//! step's gradient, and [`adam`] is the fused Adam update.
+//! step's gradient (and each thread's kept scratch), and [`adam`] is the fused Adam
+//! update.
 
 use std::borrow::Cow;
 use std::sync::Arc;

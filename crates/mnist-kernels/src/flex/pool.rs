@@ -2,8 +2,13 @@
 //! their last read (the fused Adam update is the last reader of a gradient) for the next
 //! gradient of the same shape, which the fully connected weight-gradient kernel writes
 //! into. Private to this crate: the optimizer and the kernels that share it both live here.
+//!
+//! Also the kernels' per-thread keeping of scratch from one call to the next ([`take_kept`],
+//! [`keep`]): the backward pass's lists, inference's padded images.
 
+use std::cell::RefCell;
 use std::sync::{Mutex, PoisonError};
+use std::thread::LocalKey;
 
 use burn::tensor::DType;
 use burn::tensor::ops::FloatTensor;
@@ -42,4 +47,21 @@ pub(crate) fn spare(shape: &[usize]) -> Option<FloatTensor<Flex>> {
     let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);
     let at = spare.iter().position(|t| t.layout().shape().as_slice() == shape)?;
     Some(spare.swap_remove(at))
+}
+
+/// The first of this thread's values kept in `pool` that `fits`, taken out (a task that
+/// finds none, or finds them taken by a task this thread runs meanwhile, makes its own).
+pub(crate) fn take_kept<T: 'static>(pool: &'static LocalKey<RefCell<Vec<T>>>, fits: impl Fn(&T) -> bool) -> Option<T> {
+    pool.with_borrow_mut(|kept| kept.iter().position(fits).map(|at| kept.remove(at)))
+}
+
+/// Keeps `value` in this thread's `pool` for a later [`take_kept`]; past `most` values, the
+/// least recently kept is dropped.
+pub(crate) fn keep<T: 'static>(pool: &'static LocalKey<RefCell<Vec<T>>>, value: T, most: usize) {
+    pool.with_borrow_mut(|kept| {
+        kept.push(value);
+        if kept.len() > most {
+            kept.remove(0);
+        }
+    });
 }
