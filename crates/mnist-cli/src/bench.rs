@@ -90,7 +90,9 @@ impl Job for BenchJob<'_> {
             Measure::Eval | Measure::Latency | Measure::Serve => model.valid().kernels_in_use(),
         };
         let (measure, batch, times) = match args.measure {
-            Measure::Train => ("train", args.batch, time_training(model, self.train, args, device)?),
+            // As `mnist train` stores the weights (evaluation and latency measure them as
+            // loaded from a model file).
+            Measure::Train => ("train", args.batch, time_training(model.with_training_layout(args.batch), self.train, args, device)?),
             Measure::Eval => ("eval", eval_batch(args), time_evaluation(&model.valid(), self.test, args, device)?),
             Measure::Latency => ("latency", 1, time_latency(model.valid(), self.test, args, device)?),
             Measure::Serve => bail!("the serve measurement is taken by serve::bench"),

@@ -11,7 +11,7 @@ use burn_autodiff::Autodiff;
 use burn::tensor::{Distribution, Tensor};
 use burn_flex::Flex;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mnist_kernels::{Kernels, conv_relu_pool, fully_connected};
+use mnist_kernels::{Kernels, conv_relu_pool, fully_connected, fully_connected_training_layout};
 
 type Ad = Autodiff<Flex>;
 
@@ -61,11 +61,14 @@ fn fc1(c: &mut Criterion) {
     // As in training: dropout and ReLU leave about a quarter of fc1's output gradient.
     let keep = Tensor::<Ad, 2>::random([50, 1024], Distribution::Uniform(0.0, 1.0), &device).lower_elem(0.25).float();
     let sparse = dense.clone() * keep;
-    for (own, mix, name) in [
-        (true, dense.clone(), "forward + backward"),
-        (true, sparse.clone(), "forward + backward, a quarter of the output gradient non-zero"),
-        (false, dense, "forward + backward, Burn's matmuls"),
-        (false, sparse, "forward + backward, Burn's matmuls, a quarter non-zero"),
+    // The weight as training at 50 stores it (by columns, with AVX-512).
+    let laid = fully_connected_training_layout(Kernels::Fastest, w.clone(), 50);
+    for (own, mix, w, name) in [
+        (true, dense.clone(), &w, "forward + backward"),
+        (true, sparse.clone(), &w, "forward + backward, a quarter of the output gradient non-zero"),
+        (true, sparse.clone(), &laid, "forward + backward, a quarter non-zero, the weight as training stores it"),
+        (false, dense, &w, "forward + backward, Burn's matmuls"),
+        (false, sparse, &w, "forward + backward, Burn's matmuls, a quarter non-zero"),
     ] {
         group.bench_function(name, |bench| {
             bench.iter(|| {

@@ -5,7 +5,7 @@ use burn::nn::conv::Conv2dConfig;
 use burn::nn::pool::MaxPool2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use burn_ndarray::NdArray;
@@ -102,6 +102,36 @@ fn fully_connected_layers_compute_what_burn_computes() {
     assert_eq!(linear_implementation(Kernels::Fastest, &layer), expected);
     let no_bias = LinearConfig::new(4, 3).with_bias(false).init::<Flex>(&device);
     assert_eq!(linear_implementation(Kernels::Fastest, &no_bias), Burn);
+}
+
+/// The training layout keeps a weight's values, shape and tracking on every backend; on
+/// burn-flex with AVX-512 it stores a weight of at least 64 x 64 by columns for batches of
+/// up to 64 (and leaves the rest, and every other case, as it was).
+#[test]
+fn the_training_layout_keeps_values_and_tracking() {
+    let device = Default::default();
+    let by_columns = cfg!(feature = "flex") && simd() == Simd::Avx512;
+    for (i, j, batch) in [(96, 70, 50), (96, 70, SMALL_BATCH + 1), (1024, 10, 50), (40, 96, 50)] {
+        let w = Tensor::<Autodiff<Flex>, 2>::random([i, j], Distribution::Default, &device);
+        let want = w.clone().into_data().to_vec::<f32>().expect("f32");
+        for tracked in [true, false] {
+            let w = if tracked { w.clone().require_grad() } else { w.clone() };
+            let laid = fully_connected_training_layout(Kernels::Fastest, w, batch);
+            assert_eq!(laid.dims(), [i, j]);
+            assert_eq!(laid.is_require_grad(), tracked, "{:?}", (i, j, batch));
+            assert_eq!(laid.clone().into_data().to_vec::<f32>().expect("f32"), want, "{:?}", (i, j, batch));
+            #[cfg(feature = "flex")]
+            {
+                let columns = flex::is_dense_by_columns(&float(laid.inner()));
+                assert_eq!(columns, by_columns && i >= 64 && j >= 64 && batch <= SMALL_BATCH, "{:?}", (i, j, batch));
+            }
+        }
+        let plain = Tensor::<Flex, 2>::from_data(TensorData::new(want.clone(), [i, j]), &device);
+        let laid = fully_connected_training_layout(Kernels::Burn, plain.clone(), batch);
+        assert_eq!(laid.into_data().to_vec::<f32>().expect("f32"), want);
+        let nd = Tensor::<NdArray, 2>::from_data(TensorData::new(want.clone(), [i, j]), &Default::default());
+        assert_eq!(fully_connected_training_layout(Kernels::Fastest, nd, batch).into_data().to_vec::<f32>().expect("f32"), want);
+    }
 }
 
 /// Another autodiff checkpointing strategy is another backend type: it takes Burn's

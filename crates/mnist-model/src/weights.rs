@@ -355,6 +355,7 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::TensorData;
     use burn_flex::Flex;
 
     use super::*;
@@ -438,6 +439,26 @@ mod tests {
         // Other weights, other bytes.
         let c = config.init::<Flex>(10, &device).unwrap();
         assert!(save_bytes(&c, &path).unwrap() != first);
+    }
+
+    /// The weights stored as training stores them (fc1's by columns on burn-flex with
+    /// AVX-512) save and export the same bytes, keep their ids, and give the same outputs.
+    #[test]
+    fn the_training_layout_saves_the_same_bytes() {
+        let (device, dir) = (Default::default(), tempfile::tempdir().unwrap());
+        let config = CnnConfig::new();
+        let path = dir.path().join("model");
+        let model = config.init::<Flex>(9, &device).unwrap();
+        let ids = (model.fc1.weight.id, model.fc2.weight.id);
+        let (record, exported) = (save_bytes(&model, &path).unwrap(), export_safetensors_bytes(&model, &path).unwrap());
+        let images = Tensor::<Flex, 4>::from_data(TensorData::new((0..2 * 784).map(|v| (v % 255) as f32 / 255.0).collect::<Vec<f32>>(), [2, 1, 28, 28]), &device);
+        let before = model.forward(images.clone()).into_data().to_vec::<f32>().unwrap();
+        let laid = model.with_training_layout(50);
+        assert_eq!((laid.fc1.weight.id, laid.fc2.weight.id), ids);
+        assert!(save_bytes(&laid, &path).unwrap() == record, "the record changed");
+        assert!(export_safetensors_bytes(&laid, &path).unwrap() == exported, "the safetensors changed");
+        let after = laid.forward(images).into_data().to_vec::<f32>().unwrap();
+        assert!(before.iter().zip(&after).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs())), "{before:?} vs {after:?}");
     }
 
     #[test]

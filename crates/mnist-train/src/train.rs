@@ -158,7 +158,7 @@ pub fn train<B: AutodiffBackend>(
     let checkpoint_path = dir.join(artifact::CHECKPOINT);
     let _lock = prepare_dir(dir, options.resume, options.progress != ProgressMode::Quiet)?;
 
-    let mut model = config.model.init::<B>(config.seed, device)?.with_kernels(options.kernels);
+    let mut model = config.model.init::<B>(config.seed, device)?.with_kernels(options.kernels).with_training_layout(config.batch_size);
     let kernels = kernels_in_use(&model);
     let mut optim = optimizer::<B>(config);
     // The step of the checkpoint in the directory, for the error of a save that fails.
@@ -166,7 +166,8 @@ pub fn train<B: AutodiffBackend>(
     let mut metrics = if options.resume && checkpoint_path.is_file() {
         let (saved, m, o) = checkpoint::load(&checkpoint_path, model, optim, device)?;
         check_resumable(&saved, &state, &checkpoint_path)?;
-        (model, optim) = (m, o);
+        // Loading a record stores the weights anew, by rows.
+        (model, optim) = (m.with_training_layout(config.batch_size), o);
         kept = Some(saved.step);
         state.step = saved.step;
         state.train_seconds = saved.train_seconds;

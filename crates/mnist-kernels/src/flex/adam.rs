@@ -6,7 +6,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::pool::recycle;
-use super::is_dense;
+use super::{by_columns, is_dense, is_dense_by_columns};
 use crate::adam::{Factors, FusedAdam, Operands, Updated, on_backend};
 
 /// The fused updates when `B` is burn-flex, one parameter after another (each update is
@@ -17,8 +17,18 @@ pub(crate) fn update<B: Backend>(adam: &FusedAdam, lr: LearningRate, ops: Vec<Op
 
 /// One parameter's update, in place in the tensors' own buffers (a buffer that is shared
 /// is copied first, and so is a view that is not dense).
+///
+/// A parameter stored column by column ([`is_dense_by_columns`]: fc1's weight in training,
+/// [`crate::fully_connected_training_layout`]) stays so: its gradient comes so, and its
+/// moments are copied into that layout where they are not (the first step, or the first
+/// after a checkpoint is loaded), so that the four buffers hold their values in one order.
 fn one(adam: &FusedAdam, lr: LearningRate, o: Operands<Flex>) -> Updated<Flex> {
-    let dense = |t: FlexTensor| if is_dense(&t) { t } else { t.to_contiguous() };
+    let columns = !is_dense(&o.p) && is_dense_by_columns(&o.p);
+    let dense = |t: FlexTensor| match (columns, is_dense(&t)) {
+        (true, _) => by_columns(t),
+        (false, true) => t,
+        (false, false) => t.to_contiguous(),
+    };
     let (mut p, g, mut m, mut v) = (dense(o.p), dense(o.g), dense(o.m), dense(o.v));
     let n = p.layout().num_elements();
     let f = adam.factors(lr, o.time);

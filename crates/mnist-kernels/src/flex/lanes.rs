@@ -60,6 +60,38 @@ pub(crate) fn list_scalar(grads: &[f32], winners: &[u8], bases: &[u32], corners:
     (len, sum)
 }
 
+/// Rows of 64 floats that [`Lanes::sum_list64`] indexes: row `r` is
+/// `values[r * stride + offset..][..64]`. A dense `[rows][64]` block ([`Rows64::dense`]), or
+/// 64 columns of a wider row-major matrix read where they lie ([`Rows64::columns`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows64<'a> {
+    values: &'a [f32],
+    stride: usize,
+    offset: usize,
+}
+
+impl<'a> Rows64<'a> {
+    /// The rows of a dense block.
+    pub(crate) fn dense(block: &'a [[f32; 64]]) -> Self {
+        Rows64 { values: block.as_flattened(), stride: 64, offset: 0 }
+    }
+
+    /// Columns `first..first + 64` of the row-major matrix `values` whose rows are
+    /// `stride` floats long (every row used must hold them all).
+    pub(crate) fn columns(values: &'a [f32], stride: usize, first: usize) -> Self {
+        Rows64 { values, stride, offset: first }
+    }
+
+    /// Row `r`. Panics if it runs past the values.
+    #[inline(always)]
+    pub(crate) fn row(self, r: u32) -> &'a [f32; 64] {
+        let Some(row) = self.values[r as usize * self.stride + self.offset..].first_chunk::<64>() else {
+            panic!("row {r} of 64 floats runs past the table's {} values", self.values.len());
+        };
+        row
+    }
+}
+
 /// The sum of eight lanes, pairwise: `((0 + 4) + (1 + 5)) + ((2 + 6) + (3 + 7))`.
 #[inline(always)]
 pub(crate) fn sum8(v: F8) -> f32 {
@@ -182,17 +214,17 @@ pub(crate) trait Lanes: Copy {
         }
     }
 
-    /// `sum over (index, g) in list of g * table[index]`, 64 lanes: a sparse matrix's row
-    /// (the list of its non-zero entries) times a dense matrix whose rows are 64 wide, the
-    /// inner kernel of the fully connected layer's sparse backward pass. Each entry is one
+    /// `sum over (index, g) in list of g * table.row(index)`, 64 lanes: a sparse matrix's
+    /// row (the list of its non-zero entries) times 64 columns of a dense matrix
+    /// ([`Rows64`]), the inner kernel of the fully connected layer's sparse backward pass. Each entry is one
     /// broadcast and eight eight-lane multiply-adds into eight independent sums, enough to
     /// hide the multiply-add's latency, and its index is read once for all of them (rows of
     /// 16 read it once for every two). Panics if an index is out of `table`.
     #[inline(always)]
-    fn sum_list64(self, table: &[[f32; 64]], list: &[(u32, f32)]) -> [f32; 64] {
+    fn sum_list64(self, table: Rows64<'_>, list: &[(u32, f32)]) -> [f32; 64] {
         let mut acc = [self.zero(); 8];
         for &(index, g) in list {
-            let (row, _) = table[index as usize].as_chunks::<8>();
+            let (row, _) = table.row(index).as_chunks::<8>();
             for (a, x) in acc.iter_mut().zip(row) {
                 *a = self.fma(*a, g, self.load(x));
             }
@@ -556,11 +588,11 @@ impl Lanes for pulp::x86::V4 {
     /// Four sixteen-lane sums an entry, in two chains (even and odd entries) so that eight
     /// multiply-adds are in flight, added at the end.
     #[inline(always)]
-    fn sum_list64(self, table: &[[f32; 64]], list: &[(u32, f32)]) -> [f32; 64] {
+    fn sum_list64(self, table: Rows64<'_>, list: &[(u32, f32)]) -> [f32; 64] {
         let zero = self.splat_f32x16(0.0);
         let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
         let (mut b0, mut b1, mut b2, mut b3) = (zero, zero, zero, zero);
-        let row = |index: u32| -> [pulp::f32x16; 4] { pulp::cast(table[index as usize]) };
+        let row = |index: u32| -> [pulp::f32x16; 4] { pulp::cast(*table.row(index)) };
         let (pairs, rest) = list.as_chunks::<2>();
         for &[(i0, g0), (i1, g1)] in pairs {
             let ([x0, x1, x2, x3], g) = (row(i0), self.splat_f32x16(g0));

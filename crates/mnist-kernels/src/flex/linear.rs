@@ -30,6 +30,19 @@
 //! When at most [`SPARSE_DENSITY`] of the output gradient is non-zero (in training, dropout
 //! and ReLU leave about a quarter of fc1's), both gradients come instead from its non-zero
 //! entries alone, at any batch ([`super::sparse`]).
+//!
+//! Every kernel takes the weight stored by rows (Burn's `[i, j]`) or by columns (its
+//! buffer the transpose `[j, i]`, [`Weight`]), and gives the weight gradient stored as
+//! the weight is. Training at up to 64 images with AVX-512 stores fc1's weight by
+//! columns ([`training_layout`]): the sparse backward pass then reads the weight and
+//! writes its gradient where they lie, without the transposes of 64-row blocks that were
+//! a ninth of a step, and the forward pass runs the images in the lanes
+//! ([`images_in_lanes`]), reading each stored row front to back. With the weight by
+//! columns, the dense input gradient is the forward pass's product of `g` with the stored
+//! `[j, i]`, and the dense weight gradient the weight-gradient kernel with `x` and `g`
+//! swapped (`g^T x`).
+
+use std::borrow::Cow;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -41,11 +54,12 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::Flex;
 use rayon::prelude::*;
 
-use super::lanes::{Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, dispatch, runs, starts, sum8};
+use super::lanes::{Lanes, MAX_TILE_ROWS, TILE_COLUMNS, WithLanes, chosen, dispatch, runs, starts, sum8};
 use super::layout::{CacheAligned, zeroed};
 use super::wide::Zmm;
-use super::sparse::{self, Entries, SPARSE_DENSITY};
-use super::{Ad, Refused, cast, float, from_vec, spare, values};
+use super::sparse::{self, Entries, SPARSE_DENSITY, transpose_into};
+use crate::Simd;
+use super::{Ad, Refused, cast, float, from_vec, is_dense, is_dense_by_columns, spare, transposed, values};
 
 /// Columns of `dW` per register tile.
 const PANEL: usize = TILE_COLUMNS;
@@ -80,9 +94,70 @@ pub(crate) fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Te
         unreachable!("x, weight and bias share the backend B");
     };
     let (x, weight, bias) = (float(x), float(weight), float(bias));
-    let y = forward(n, i, j, &values::<2>(&x), &values::<2>(&weight), &values::<1>(&bias));
+    let stored = Stored::of(&weight);
+    let y = forward(n, i, j, &values::<2>(&x), stored.weight(), &values::<1>(&bias));
     let y = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(from_vec(y, [n, j])));
     Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
+}
+
+/// A weight `[i, j]` as the kernels read it: stored row by row (its buffer `[i, j]`
+/// dense, Burn's `Linear` layout), or column by column (its buffer is its transpose
+/// `[j, i]` dense, PyTorch's layout: [`super::by_columns`], which training on burn-flex
+/// gives fc1's weight, see [`crate::fully_connected_training_layout`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Weight<'a> {
+    Rows(&'a [f32]),
+    Columns(&'a [f32]),
+}
+
+/// A weight tensor's values: its own buffer when it is stored densely by rows or by
+/// columns, else a copy by rows.
+struct Stored<'a> {
+    values: Cow<'a, [f32]>,
+    by_columns: bool,
+}
+
+impl<'a> Stored<'a> {
+    fn of(t: &'a FloatTensor<Flex>) -> Self {
+        if !is_dense(t) && is_dense_by_columns(t) {
+            Stored { values: Cow::Borrowed(&t.storage::<f32>()[..t.layout().num_elements()]), by_columns: true }
+        } else {
+            Stored { values: values::<2>(t), by_columns: false }
+        }
+    }
+
+    fn weight(&self) -> Weight<'_> {
+        if self.by_columns { Weight::Columns(&self.values) } else { Weight::Rows(&self.values) }
+    }
+}
+
+/// The smallest rows and columns of a weight [`training_layout`] stores by columns: a
+/// narrower one (fc2's `[1024, 10]`) has little to gain.
+const COLUMNS_FROM: usize = 64;
+
+/// `weight` stored by columns ([`Weight::Columns`]) when `B` is `Autodiff<Flex>` or
+/// burn-flex, the weight is f32 and at least [`COLUMNS_FROM`] x [`COLUMNS_FROM`]; else
+/// itself. An autodiff weight stays a leaf, tracked if it was. (The caller,
+/// [`crate::fully_connected_training_layout`], asks for it with AVX-512 at up to 64
+/// images only: with AVX2 the forward pass has no images-in-lanes kernel, and at 512
+/// images the in-place sparse products ran slower than the transposing ones, 0.93-0.99x.)
+pub(crate) fn training_layout<B: Backend>(weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [i, j] = weight.dims();
+    if i < COLUMNS_FROM || j < COLUMNS_FROM || weight.dtype() != DType::F32 {
+        return weight;
+    }
+    let columns = |w: Tensor<Flex, 2>| Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(super::by_columns(float(w))));
+    match cast::<Tensor<B, 2>, Tensor<Ad, 2>>(weight) {
+        Ok(w) => {
+            let tracked = w.is_require_grad();
+            let w = Tensor::<Ad, 2>::from_inner(columns(w.inner()));
+            cast(if tracked { w.require_grad() } else { w }).unwrap_or_else(|_| unreachable!("B is Autodiff<Flex>"))
+        }
+        Err(w) => match cast::<Tensor<B, 2>, Tensor<Flex, 2>>(w) {
+            Ok(w) => cast(columns(w)).unwrap_or_else(|_| unreachable!("B is Flex")),
+            Err(w) => w,
+        },
+    }
 }
 
 fn inner<const D: usize>(p: &FloatTensor<Flex>) -> Tensor<Flex, D> {
@@ -92,7 +167,7 @@ fn inner<const D: usize>(p: &FloatTensor<Flex>) -> Tensor<Flex, D> {
 fn autodiff(x: Tensor<Ad, 2>, weight: Tensor<Ad, 2>, bias: Tensor<Ad, 1>) -> Tensor<Ad, 2> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
     let ([n, i], [_, j]) = (inner::<2>(&x.primitive).dims(), inner::<2>(&weight.primitive).dims());
-    let y = from_vec(forward(n, i, j, &values::<2>(&x.primitive), &values::<2>(&weight.primitive), &values::<1>(&bias.primitive)), [n, j]);
+    let y = from_vec(forward(n, i, j, &values::<2>(&x.primitive), Stored::of(&weight.primitive).weight(), &values::<1>(&bias.primitive)), [n, j]);
     let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
     let y = match Linear.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive), y),
@@ -117,14 +192,15 @@ impl Backward<Flex, 3> for Linear {
         // In training about three quarters of fc1's output gradient is zero (dropout and
         // ReLU): then both products visit the non-zero entries only (`sparse`).
         let entries = (node_x.is_some() || node_weight.is_some()).then(|| Entries::of(n, j, &values::<2>(&grad), SPARSE_DENSITY)).flatten();
+        let [i, _] = inner::<2>(&weight).dims();
+        let stored = Stored::of(&weight);
         if let Some(node) = node_x {
-            let [i, _] = inner::<2>(&weight).dims();
-            let dx = if let Some(entries) = &entries {
-                from_vec(sparse::input_grad(i, entries, &values::<2>(&weight)), [n, i])
-            } else if n <= SMALL_BATCH {
-                from_vec(input_grad(n, i, j, &values::<2>(&grad), &values::<2>(&weight)), [n, i])
-            } else {
-                float(g.clone().matmul(inner::<2>(&weight).transpose()))
+            let dx = match (&entries, stored.weight()) {
+                (Some(entries), weight) => from_vec(sparse::input_grad(i, entries, weight), [n, i]),
+                (None, Weight::Rows(weight)) if n <= SMALL_BATCH => from_vec(input_grad(n, i, j, &values::<2>(&grad), weight), [n, i]),
+                (None, Weight::Rows(_)) => float(g.clone().matmul(inner::<2>(&weight).transpose())),
+                // `g W^T` is `g` times the stored `[j, i]`: the forward pass's product.
+                (None, Weight::Columns(weight_t)) => from_vec(forward(n, j, i, &values::<2>(&grad), Weight::Rows(weight_t), &vec![0.0; i]), [n, i]),
             };
             grads.register::<Flex>(node.id, dx);
         }
@@ -132,14 +208,19 @@ impl Backward<Flex, 3> for Linear {
             grads.register::<Flex>(node.id, float(g.clone().sum_dim(0).reshape([j])));
         }
         if let Some(node) = node_weight {
-            let [_, i] = inner::<2>(&x).dims();
             let (x, grad) = (values::<2>(&x), values::<2>(&grad));
-            let into = |dw: &mut [f32]| match &entries {
-                Some(entries) => sparse::weight_grad_into(i, &x, entries, dw),
-                None => weight_grad_into(n, i, j, &x, &grad, dw),
+            // By columns, the gradient is written as its transpose `[j, i]`, `g^T x`, and
+            // registered as the transposed view: stored as the weight is.
+            let by_columns = stored.by_columns;
+            let into = |dw: &mut [f32]| match (&entries, by_columns) {
+                (Some(entries), false) => sparse::weight_grad_into(i, &x, entries, dw),
+                (Some(entries), true) => sparse::weight_grad_by_columns_into(i, &x, entries, dw),
+                (None, false) => weight_grad_into(n, i, j, &x, &grad, dw),
+                (None, true) => weight_grad_into(n, j, i, &grad, &x, dw),
             };
+            let shape = if by_columns { [j, i] } else { [i, j] };
             // Into a recycled buffer (see `recycle`) when there is one: every value is written.
-            let dw = match spare(&[i, j]) {
+            let dw = match spare(&shape) {
                 Some(mut dw) => {
                     into(&mut dw.storage_mut::<f32>()[..i * j]);
                     dw
@@ -147,10 +228,10 @@ impl Backward<Flex, 3> for Linear {
                 None => {
                     let mut dw = zeroed(i * j);
                     into(&mut dw);
-                    from_vec(dw, [i, j])
+                    from_vec(dw, shape)
                 }
             };
-            grads.register::<Flex>(node.id, dw);
+            grads.register::<Flex>(node.id, if by_columns { transposed(dw) } else { dw });
         }
     }
 }
@@ -174,12 +255,20 @@ const FORWARD_DEPTH: usize = 64;
 /// partial sums of the tasks (two per thread) are added at the end. A matrix product
 /// routine packs all 13 MB of fc1's weight first; reading the panels' columns in place
 /// instead, 64 bytes from each 4 KB row, ran at half speed.
-pub(crate) fn forward(n: usize, i: usize, j: usize, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+///
+/// A weight stored by columns: with AVX-512, up to [`SMALL_BATCH`] images run in the
+/// lanes ([`images_in_lanes`]); otherwise it is packed the same way, each panel
+/// transposed from 16 of its stored rows ([`Pack`]), and a few images take the packed
+/// path too (streaming reads the weight's rows).
+pub(crate) fn forward(n: usize, i: usize, j: usize, x: &[f32], weight: Weight<'_>, bias: &[f32]) -> Vec<f32> {
     if n == 0 || j == 0 {
         return Vec::new();
     }
-    if n <= STREAM_IMAGES {
+    if let (true, Weight::Rows(weight)) = (n <= STREAM_IMAGES, weight) {
         return stream(n, i, j, x, weight, bias);
+    }
+    if let (Weight::Columns(weight_t), Simd::Avx512, true) = (weight, chosen(), n <= SMALL_BATCH) {
+        return images_in_lanes(n, i, j, x, weight_t, bias);
     }
     if n > SMALL_BATCH {
         return blocked(n, i, j, x, weight, bias);
@@ -208,6 +297,137 @@ pub(crate) fn forward(n: usize, i: usize, j: usize, x: &[f32], weight: &[f32], b
     y
 }
 
+/// Images left over past the last whole group of 16 that [`images_in_lanes`] takes as
+/// dot products (the seed's 50 leaves 2); more are a group of 16 padded with zeros.
+const DOT_IMAGES_AT_MOST: usize = 4;
+
+/// `x W + b` for a weight stored by columns (`weight_t [j, i]`, its transpose), with
+/// AVX-512, the images in the lanes: `x` is transposed once into groups of 16 images,
+/// `[group][k][16]`, and each task takes a range of tiles of 8 outputs, each tile 8 of
+/// the stored rows read in place, front to back, while the groups pass two at a time
+/// ([`Zmm::lanes_pair8`]: two loads, eight broadcasts and sixteen multiply-adds a step).
+/// Nothing of the weight is copied or transposed: packing panels of 16 outputs from the
+/// stored rows transposes all of it on every pass (training at 50 then ran at 0.88-1.03x
+/// the weight stored by rows). Up to [`DOT_IMAGES_AT_MOST`] images past the last whole
+/// group are dot products of their rows with the tile's ([`Zmm::dots4x4`]); more are a
+/// group padded with zeros.
+fn images_in_lanes(n: usize, i: usize, j: usize, x: &[f32], weight_t: &[f32], bias: &[f32]) -> Vec<f32> {
+    let (whole, rest) = (n / 16, n % 16);
+    let padded = rest > DOT_IMAGES_AT_MOST;
+    let groups = whole + usize::from(padded);
+    let mut xt = CacheAligned::filled(groups * i, [0.0f32; 16]);
+    if i > 0 {
+        xt.par_chunks_mut(i).enumerate().for_each(|(group, to)| {
+            let images = 16.min(n - group * 16);
+            dispatch(Transpose { from: &x[group * 16 * i..][..images * i], stride: i, to: to.as_flattened_mut() });
+        });
+    }
+    let tiles = j.div_ceil(8);
+    let tasks = (4 * rayon::current_num_threads()).min(tiles).max(1);
+    let per_task = tiles.div_ceil(tasks);
+    // `[output][n]`, 8 outputs a tile.
+    let mut yt = vec![0.0f32; tiles * 8 * n];
+    yt.par_chunks_mut(per_task * 8 * n).enumerate().for_each(|(task, out)| {
+        dispatch(LanesTiles { i, j, n, weight_t, x, xt: &xt, groups, dots: if padded { 0 } else { rest }, first: task * per_task, out });
+    });
+    let mut y = Vec::with_capacity(n * j);
+    for b in 0..n {
+        y.extend((0..j).map(|c| yt[c * n + b] + bias[c]));
+    }
+    y
+}
+
+/// `from`'s rows (`r <= 16`, `stride` apart, `stride` long) transposed into `to`
+/// (`[stride][16]`): `to[k * 16 + r] = from[r * stride + k]`.
+struct Transpose<'a> {
+    from: &'a [f32],
+    stride: usize,
+    to: &'a mut [f32],
+}
+
+impl WithLanes for Transpose<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let rows = self.from.len() / self.stride;
+        transpose_into(lanes, self.from, self.stride, (rows, self.stride), self.to, 16, false);
+    }
+}
+
+/// Some tiles of [`images_in_lanes`].
+struct LanesTiles<'a> {
+    i: usize,
+    j: usize,
+    n: usize,
+    /// `[j, i]`.
+    weight_t: &'a [f32],
+    /// `[n, i]`.
+    x: &'a [f32],
+    /// `[group][i][16]`.
+    xt: &'a [[f32; 16]],
+    groups: usize,
+    /// Images after the groups' taken as dot products (at most [`DOT_IMAGES_AT_MOST`]).
+    dots: usize,
+    /// The first tile.
+    first: usize,
+    /// `[tile][8][n]`: the tiles' outputs, by output.
+    out: &'a mut [f32],
+}
+
+impl WithLanes for LanesTiles<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let Some(zmm) = lanes.zmm() else {
+            unreachable!("images_in_lanes runs with AVX-512 only");
+        };
+        let (i, j, n) = (self.i, self.j, self.n);
+        let group = |g: usize| &self.xt[g * i..][..i];
+        for (t, out) in self.out.chunks_exact_mut(8 * n).enumerate() {
+            let tile = self.first + t;
+            // The last tile repeats the last output where it runs past it.
+            let mut rows: [&[f32]; 8] = [&[]; 8];
+            for (r, row) in rows.iter_mut().enumerate() {
+                *row = &self.weight_t[(tile * 8 + r).min(j - 1) * i..][..i];
+            }
+            let mut put = |g: usize, acc: &[[f32; 16]; 8]| {
+                let images = 16.min(n - g * 16);
+                for (r, acc) in acc.iter().enumerate() {
+                    out[r * n + g * 16..][..images].copy_from_slice(&acc[..images]);
+                }
+            };
+            let pairs = self.groups / 2 * 2;
+            for g in (0..pairs).step_by(2) {
+                let mut acc = [[[0.0f32; 16]; 8]; 2];
+                zmm.lanes_pair8(&mut acc, rows, [group(g), group(g + 1)]);
+                put(g, &acc[0]);
+                put(g + 1, &acc[1]);
+            }
+            if pairs < self.groups {
+                let mut acc = [[0.0f32; 16]; 8];
+                zmm.lanes_one8(&mut acc, rows, group(pairs));
+                put(pairs, &acc);
+            }
+            if self.dots > 0 {
+                let first = self.groups * 16;
+                // The last image repeated where four run past it.
+                let images = [0, 1, 2, 3].map(|q| &self.x[(first + q.min(self.dots - 1)) * i..][..i]);
+                for half in 0..2 {
+                    let w = [rows[4 * half], rows[4 * half + 1], rows[4 * half + 2], rows[4 * half + 3]];
+                    let sums = zmm.dots4x4(images, w);
+                    for (q, sums) in sums.iter().enumerate().take(self.dots) {
+                        for (c, &v) in sums.iter().enumerate() {
+                            out[(4 * half + c) * n + first + q] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Weight rows per packed block of [`blocked`]: a panel of 512 rows is 32 KB, which stays
 /// in L1 while every tile of the task's images passes over it (measured against 256 rows:
 /// 1.03x on evaluation's batches of 500, AVX-512).
@@ -226,7 +446,7 @@ const BLOCK_DEPTH: usize = 512;
 /// 10 x 16 tile; evaluation 1.03-1.09x, training at 512 1.04x, side by side on Zen 5).
 /// burn-flex's matrix product (the `gemm` crate) does the same with AVX2's eight-lane tiles
 /// only.
-fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: Weight<'_>, bias: &[f32]) -> Vec<f32> {
     let panels = j.div_ceil(PANEL);
     let blocks = i.div_ceil(BLOCK_DEPTH);
     if blocks == 0 {
@@ -235,12 +455,9 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: &[f32], bias: &[f32]
     let block_len = panels * BLOCK_DEPTH;
     // Cleared on all cores (13 MB for fc1), as the kernels' other large buffers are.
     let mut packed = CacheAligned::filled(blocks * block_len, [0.0f32; PANEL]);
-    packed.par_chunks_mut(block_len).enumerate().for_each(|(block, out)| {
+    packed.par_chunks_mut(block_len).enumerate().for_each(|(block, packed)| {
         let start = block * BLOCK_DEPTH;
-        let depth = BLOCK_DEPTH.min(i - start);
-        for (d, row) in weight[start * j..][..depth * j].chunks_exact(j).enumerate() {
-            pack_row(row, d, BLOCK_DEPTH, out);
-        }
+        dispatch(Pack { weight, j, start, depth: BLOCK_DEPTH.min(i - start), stride: BLOCK_DEPTH, packed });
     });
     // Every value is written: the first block starts from the bias.
     let mut y = zeroed(n * j);
@@ -253,6 +470,42 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: &[f32], bias: &[f32]
         dispatch(Blocked { i, j, x: &x[task * task_rows * i..][..rows * i], packed: &packed, bias, y });
     });
     y
+}
+
+/// Rows `start..start + depth` of a weight `[i, j]` into panels of 16 columns, `packed
+/// [panel][stride][16]` (row `d` of panel `p` at `p * stride + d`; columns past the last
+/// left as they are). Stored by rows, row by row ([`pack_row`]); by columns, each panel
+/// is 16 of the stored rows (`depth` contiguous values each), transposed 16 x 16 at a time.
+struct Pack<'a, 'b> {
+    weight: Weight<'a>,
+    j: usize,
+    start: usize,
+    depth: usize,
+    stride: usize,
+    packed: &'b mut [[f32; PANEL]],
+}
+
+impl WithLanes for Pack<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let Pack { weight, j, start, depth, stride, packed } = self;
+        match weight {
+            Weight::Rows(weight) => {
+                for (d, row) in weight[start * j..][..depth * j].chunks_exact(j).enumerate() {
+                    pack_row(row, d, stride, packed);
+                }
+            }
+            Weight::Columns(weight_t) => {
+                let i = weight_t.len() / j;
+                for (p, panel) in packed.chunks_mut(stride).enumerate().take(j.div_ceil(PANEL)) {
+                    let columns = PANEL.min(j - p * PANEL);
+                    transpose_into(lanes, &weight_t[p * PANEL * i + start..], i, (columns, depth), panel[..depth].as_flattened_mut(), PANEL, false);
+                }
+            }
+        }
+    }
 }
 
 /// Row `d` of a chunk of the weight's rows into panels of 16 columns, `packed
@@ -443,8 +696,7 @@ struct Depth<'a> {
     end: usize,
     /// `[n, i]`.
     x: &'a [f32],
-    /// `[i, j]`.
-    weight: &'a [f32],
+    weight: Weight<'a>,
 }
 
 impl WithLanes for Depth<'_> {
@@ -454,10 +706,10 @@ impl WithLanes for Depth<'_> {
     #[inline(always)]
     fn run<L: Lanes>(self, lanes: L) -> Vec<f32> {
         let (n, i, j) = (self.n, self.i, self.j);
-        if let Some(zmm) = lanes.zmm()
+        if let (Some(zmm), Weight::Rows(weight)) = (lanes.zmm(), self.weight)
             && j.is_multiple_of(4 * PANEL)
         {
-            return self.copied_blocks(zmm);
+            return self.copied_blocks(zmm, weight);
         }
         let panels = j.div_ceil(PANEL);
         let width = panels * PANEL;
@@ -466,9 +718,7 @@ impl WithLanes for Depth<'_> {
         let mut packed = CacheAligned::here(panels * FORWARD_DEPTH, [0.0f32; PANEL]);
         for start in (self.start..self.end).step_by(FORWARD_DEPTH) {
             let depth = FORWARD_DEPTH.min(self.end - start);
-            for (d, row) in self.weight[start * j..][..depth * j].chunks_exact(j).enumerate() {
-                pack_row(row, d, FORWARD_DEPTH, &mut packed);
-            }
+            Pack { weight: self.weight, j, start, depth, stride: FORWARD_DEPTH, packed: &mut packed }.run(lanes);
             for (p, panel) in packed.chunks_exact(FORWARD_DEPTH).enumerate() {
                 let panel = &panel[..depth];
                 for top in (0..n).step_by(L::TILE) {
@@ -505,14 +755,17 @@ impl Depth<'_> {
     /// data TLB's first level holds (training at 50: 1.03-1.10x in three alternations of
     /// four with the copy). Against the packed 10 x 16 tile, read in place: 1.02x with
     /// blocks of 64 rows, 1.03x more with 128, 0.98x with 256.
+    ///
+    /// A weight stored by rows only: [`forward`] gives one stored by columns to
+    /// [`images_in_lanes`] with AVX-512.
     #[inline(always)]
-    fn copied_blocks(self, zmm: Zmm) -> Vec<f32> {
+    fn copied_blocks(self, zmm: Zmm, weight: &[f32]) -> Vec<f32> {
         let (n, i, j) = (self.n, self.i, self.j);
         let mut sums = vec![0.0f32; n * j];
         let mut packed = CacheAligned::here(COPIED_DEPTH, [0.0f32; 4 * PANEL]);
         for start in (self.start..self.end).step_by(COPIED_DEPTH) {
             let depth = COPIED_DEPTH.min(self.end - start);
-            let block = &self.weight[start * j..][..depth * j];
+            let block = &weight[start * j..][..depth * j];
             for column in (0..j).step_by(4 * PANEL) {
                 for (to, from) in packed.iter_mut().zip(block.chunks_exact(j)) {
                     to.copy_from_slice(&from[column..][..4 * PANEL]);
@@ -747,6 +1000,11 @@ mod tests {
     use super::super::pool::recycle;
     use super::*;
 
+    /// `w [i, j]` transposed: `[j, i]`, the buffer of `w` stored by columns.
+    fn transpose_of(w: &[f32], i: usize, j: usize) -> Vec<f32> {
+        (0..j * i).map(|k| w[(k % i) * j + k / i]).collect()
+    }
+
     /// `len` deterministic values in about [-2, 2].
     fn values_a(len: usize) -> Vec<f32> {
         (0..len).map(|v| ((v * 37 % 101) as f32 - 50.0) / 25.0).collect()
@@ -771,6 +1029,9 @@ mod tests {
         let shared = from_vec(vec![0.0; i * j], [j, i]);
         recycle(shared.clone());
         assert!(spare(&[j, i]).is_none(), "a shared buffer is not kept");
+        // A gradient stored by columns is kept as its dense transpose.
+        recycle(transposed(from_vec(vec![0.0; i * j], [j, i])));
+        assert!(spare(&[j, i]).is_some(), "a buffer stored by columns is kept as [j, i]");
 
         let device = Default::default();
         let xs = values_a(n * i);
@@ -801,13 +1062,14 @@ mod tests {
             let x: Vec<f32> = (0..n * i).map(value).collect();
             let weight: Vec<f32> = (0..i * j).map(|k| value(k + 7)).collect();
             let width = j.div_ceil(PANEL) * PANEL;
-            for simd in available().into_iter().chain([Simd::Portable]) {
-                let sums = dispatch_with(simd, Depth { n, i, j, start: 0, end: i, x: &x, weight: &weight });
+            let weight_t = transpose_of(&weight, i, j);
+            for (simd, stored) in available().into_iter().chain([Simd::Portable]).flat_map(|simd| [(simd, Weight::Rows(&weight)), (simd, Weight::Columns(&weight_t))]) {
+                let sums = dispatch_with(simd, Depth { n, i, j, start: 0, end: i, x: &x, weight: stored });
                 for b in 0..n {
                     for c in 0..j {
                         let expect: f64 = (0..i).map(|k| f64::from(x[b * i + k]) * f64::from(weight[k * j + c])).sum();
                         let got = f64::from(sums[b * width + c]);
-                        assert!((got - expect).abs() <= 1e-4 * (1.0 + expect.abs()), "{simd:?}, {n} x {i} x {j}: [{b}, {c}] {got} against {expect}");
+                        assert!((got - expect).abs() <= 1e-4 * (1.0 + expect.abs()), "{simd:?}, {stored:?}, {n} x {i} x {j}: [{b}, {c}] {got} against {expect}");
                     }
                 }
             }
@@ -828,25 +1090,33 @@ mod tests {
             let x = Tensor::<Flex, 2>::random([n, i], Distribution::Normal(0.0, 1.0), &device);
             let w = Tensor::<Flex, 2>::random([i, j], Distribution::Normal(0.0, 0.1), &device);
             let b = Tensor::<Flex, 1>::random([j], Distribution::Normal(0.0, 0.1), &device);
-            let ours = linear(x.clone(), w.clone(), b.clone()).unwrap_or_else(|_| panic!("flex linear"));
-            let reference = x.matmul(w) + b.unsqueeze::<2>();
-            let (a, r) = (ours.into_data().to_vec::<f32>().expect("f32"), reference.into_data().to_vec::<f32>().expect("f32"));
-            assert!(a.iter().zip(&r).all(|(a, r)| (a - r).abs() <= 1e-4 * (1.0 + r.abs())), "batch {n}, {i} x {j}");
+            let reference = (x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>()).into_data().to_vec::<f32>().expect("f32");
+            let by_columns = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(super::super::by_columns(float(w.clone()))));
+            for (layout, w) in [("rows", w), ("columns", by_columns)] {
+                let ours = linear(x.clone(), w, b.clone()).unwrap_or_else(|_| panic!("flex linear"));
+                let a = ours.into_data().to_vec::<f32>().expect("f32");
+                assert!(a.iter().zip(&reference).all(|(a, r)| (a - r).abs() <= 1e-4 * (1.0 + r.abs())), "by {layout}, batch {n}, {i} x {j}");
+            }
         }
     }
 
     /// The op against Burn's `matmul` + bias on `Autodiff<Flex>`, output and every gradient,
     /// with a batch that takes the own kernels and one that takes burn-flex's products, and
     /// an output gradient that is dense or three quarters zero (as dropout and ReLU leave
-    /// fc1's in training: the sparse backward pass).
+    /// fc1's in training: the sparse backward pass), with the weight stored by rows and by
+    /// columns (whose gradient comes stored by columns too), over depths with whole 64-row
+    /// blocks and a partial one.
     #[test]
     fn linear_matches_burn_for_small_and_large_batches() {
         use burn::tensor::Distribution;
         let device = Default::default();
-        for (n, zeros) in [(7, false), (SMALL_BATCH + 6, false), (7, true), (50, true), (SMALL_BATCH + 6, true)] {
-            let (i, j) = (83, 37);
+        let rows = [(7, false), (SMALL_BATCH + 6, false), (7, true), (50, true), (SMALL_BATCH + 6, true)].map(|(n, zeros)| (n, zeros, 83, 37, false));
+        let columns = [(7, false, 83, 37), (SMALL_BATCH + 6, false, 150, 70), (7, true, 150, 70), (50, true, 128, 64), (SMALL_BATCH + 6, true, 150, 70)].map(|(n, zeros, i, j)| (n, zeros, i, j, true));
+        for (n, zeros, i, j, by_columns) in rows.into_iter().chain(columns) {
             let x = Tensor::<Ad, 2>::random([n, i], Distribution::Normal(0.0, 1.0), &device).require_grad();
-            let w = Tensor::<Ad, 2>::random([i, j], Distribution::Normal(0.0, 0.1), &device).require_grad();
+            let w = Tensor::<Flex, 2>::random([i, j], Distribution::Normal(0.0, 0.1), &device);
+            let w = if by_columns { Tensor::from_primitive(TensorPrimitive::Float(super::super::by_columns(float(w)))) } else { w };
+            let w = Tensor::<Ad, 2>::from_inner(w).require_grad();
             let b = Tensor::<Ad, 1>::random([j], Distribution::Normal(0.0, 0.1), &device).require_grad();
             let mix = Tensor::<Ad, 2>::random([n, j], Distribution::Normal(0.0, 1.0), &device);
             let mix = if zeros {
@@ -863,12 +1133,14 @@ mod tests {
             let close = |a: &[f32], r: &[f32]| a.iter().zip(r).all(|(a, r)| (a - r).abs() <= 1e-4 * (1.0 + r.abs()));
             assert!(close(&values(ours.clone()), &values(reference.clone())), "forward, batch {n}");
             let (g1, g2) = ((ours * mix.clone()).sum().backward(), (reference * mix).sum().backward());
+            let dw = float(w.grad(&g1).expect("dw"));
+            assert_eq!(is_dense_by_columns(&dw) && !is_dense(&dw), by_columns, "dw stored as the weight, batch {n}");
             for (name, a, r) in [
                 ("dx", x.grad(&g1), x.grad(&g2)),
                 ("dw", w.grad(&g1), w.grad(&g2)),
             ] {
                 let (a, r) = (a.expect("grad").into_data().to_vec::<f32>().expect("f32"), r.expect("grad").into_data().to_vec::<f32>().expect("f32"));
-                assert!(close(&a, &r), "{name}, batch {n}, sparse {zeros}");
+                assert!(close(&a, &r), "{name}, batch {n}, sparse {zeros}, by columns {by_columns}");
             }
             let (a, r) = (b.grad(&g1).expect("db"), b.grad(&g2).expect("db"));
             assert!(close(&a.into_data().to_vec::<f32>().expect("f32"), &r.into_data().to_vec::<f32>().expect("f32")), "db, batch {n}");
@@ -907,15 +1179,52 @@ mod tests {
             let x: Vec<f32> = values_a(n * i).into_iter().enumerate().map(|(k, v)| if k % 3 == 1 { 0.0 } else { v }).collect();
             let w = values_b(i * j);
             let bias: Vec<f32> = (0..j).map(|v| v as f32 / 7.0 - 1.0).collect();
-            let y = forward(n, i, j, &x, &w, &bias);
-            assert_eq!(y.len(), n * j);
+            let w_t = transpose_of(&w, i, j);
+            for (layout, weight) in [("rows", Weight::Rows(&w)), ("columns", Weight::Columns(&w_t))] {
+                let y = forward(n, i, j, &x, weight, &bias);
+                assert_eq!(y.len(), n * j);
+                for b in 0..n {
+                    for c in 0..j {
+                        let expect: f32 = bias[c] + (0..i).map(|r| x[b * i + r] * w[r * j + c]).sum::<f32>();
+                        let got = y[b * j + c];
+                        assert!((got - expect).abs() <= 1e-4 * (1.0 + expect.abs()), "by {layout} {:?} [{b},{c}]: {got} vs {expect}", (n, i, j));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A weight stored by columns: with AVX-512, the images in the lanes at every split of
+    /// a batch into groups of 16 (pairs, an odd group, 1 to 4 images left as dot
+    /// products, 5 to 15 as a padded group), over depths not a multiple of 16 and widths
+    /// not of 8; and on every CPU the blocked product's panels transposed from the stored
+    /// rows.
+    #[test]
+    fn a_weight_stored_by_columns_gives_x_times_weight_plus_bias() {
+        let check = |what: &str, (n, i, j): (usize, usize, usize), y: &[f32], x: &[f32], w: &[f32], bias: &[f32]| {
+            assert_eq!(y.len(), n * j, "{what} {:?}", (n, i, j));
             for b in 0..n {
                 for c in 0..j {
                     let expect: f32 = bias[c] + (0..i).map(|r| x[b * i + r] * w[r * j + c]).sum::<f32>();
                     let got = y[b * j + c];
-                    assert!((got - expect).abs() <= 1e-4 * (1.0 + expect.abs()), "{:?} [{b},{c}]: {got} vs {expect}", (n, i, j));
+                    assert!((got - expect).abs() <= 1e-4 * (1.0 + expect.abs()), "{what} {:?} [{b},{c}]: {got} vs {expect}", (n, i, j));
                 }
             }
+        };
+        let lanes = [(1, 33, 9), (4, 16, 8), (16, 17, 8), (17, 40, 13), (20, 31, 16), (21, 300, 83), (32, 5, 7), (48, 64, 24), (50, 300, 83), (64, 1, 1), (3, 0, 5)];
+        for (n, i, j) in lanes {
+            let (x, w) = (values_a(n * i), values_b(i * j));
+            let bias: Vec<f32> = (0..j).map(|v| v as f32 / 7.0 - 1.0).collect();
+            let w_t = transpose_of(&w, i, j);
+            if chosen() == Simd::Avx512 {
+                check("in lanes", (n, i, j), &images_in_lanes(n, i, j, &x, &w_t, &bias), &x, &w, &bias);
+            }
+        }
+        for (n, i, j) in [(65, 37, 19), (130, 600, 83), (66, 513, 64), (67, 0, 3)] {
+            let (x, w) = (values_a(n * i), values_b(i * j));
+            let bias: Vec<f32> = (0..j).map(|v| v as f32 / 7.0 - 1.0).collect();
+            let w_t = transpose_of(&w, i, j);
+            check("blocked", (n, i, j), &blocked(n, i, j, &x, Weight::Columns(&w_t), &bias), &x, &w, &bias);
         }
     }
 

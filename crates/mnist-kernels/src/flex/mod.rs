@@ -56,7 +56,7 @@ mod winograd;
 use backward::backward;
 use forward::forward;
 use layout::{Layout, Padded};
-pub(crate) use linear::linear;
+pub(crate) use linear::{linear, training_layout};
 use pool::spare;
 
 type Ad = Autodiff<Flex>;
@@ -115,6 +115,32 @@ pub(crate) fn to_vec<const D: usize>(t: Tensor<Flex, D>) -> Vec<f32> {
 pub(crate) fn is_dense(t: &FloatTensor<Flex>) -> bool {
     let n = t.layout().num_elements();
     t.is_contiguous() && t.layout().start_offset() == 0 && t.storage::<f32>().len() >= n
+}
+
+/// Whether a 2-D tensor `[i, j]` is stored column by column from the start of its buffer:
+/// the buffer holds its transpose `[j, i]` dense (strides `[1, i]`, no offset), as
+/// [`by_columns`] leaves it, so `storage()[..i * j]` is that transpose.
+pub(crate) fn is_dense_by_columns(t: &FloatTensor<Flex>) -> bool {
+    let layout = t.layout();
+    let &[i, j] = layout.shape().as_slice() else {
+        return false;
+    };
+    layout.strides() == [1, i as isize] && layout.start_offset() == 0 && t.storage::<f32>().len() >= i * j
+}
+
+/// `t`'s transpose, a view of its buffer (taking `t`, so that a buffer `t` alone held is
+/// the view's alone).
+pub(crate) fn transposed(t: FloatTensor<Flex>) -> FloatTensor<Flex> {
+    t.transpose(0, 1)
+}
+
+/// The same 2-D tensor `[i, j]` stored column by column ([`is_dense_by_columns`]): itself
+/// when it is already, else a copy (a transposition of all its values).
+pub(crate) fn by_columns(t: FloatTensor<Flex>) -> FloatTensor<Flex> {
+    if is_dense_by_columns(&t) {
+        return t;
+    }
+    transposed(t.transpose(0, 1).to_contiguous())
 }
 
 /// The values of an f32 Flex primitive of rank `D`: its own buffer when dense, else a copy.

@@ -14,7 +14,7 @@ use burn::tensor::DType;
 use burn::tensor::ops::FloatTensor;
 use burn_flex::Flex;
 
-use super::is_dense;
+use super::{is_dense, is_dense_by_columns, transposed};
 
 /// Large f32 buffers handed back after their last read (the optimizer's update is the last
 /// reader of a gradient) for the next gradient of the same shape. fc1's weight gradient is
@@ -30,7 +30,11 @@ const SPARE_MIN_BYTES: usize = 1 << 20;
 /// Hands `t` back for reuse as the next gradient of its shape. Kept only when it is f32,
 /// dense, uniquely owned and at least 1 MiB, in place of the oldest kept buffer when
 /// [`SPARE_BUFFERS`] are kept already (one nobody took); dropped otherwise.
+///
+/// A 2-D tensor stored column by column ([`is_dense_by_columns`]) is kept as its dense
+/// transpose: the next gradient of shape `[i, j]` stored so is `spare(&[j, i])`, transposed.
 pub(crate) fn recycle(t: FloatTensor<Flex>) {
+    let t = if t.dtype() == DType::F32 && !is_dense(&t) && is_dense_by_columns(&t) { transposed(t) } else { t };
     let worth = t.dtype() == DType::F32 && t.is_unique() && is_dense(&t) && t.layout().num_elements() * 4 >= SPARE_MIN_BYTES;
     if worth {
         let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);

@@ -17,6 +17,12 @@
 //!   is the sum, over that column's entries `(b, g)`, of `g * inputs[b]` (the same kernel),
 //!   and the block is transposed into `dW`'s rows as it is written.
 //!
+//! A weight stored by columns ([`Weight::Columns`], its buffer `W^T [j, i]`) needs no
+//! transpose: each block's `[j][64]` is 64 values of each stored row, read where they lie
+//! ([`Rows64::columns`]), and the weight gradient is written as `dW^T [j, i]`, each stored
+//! row `c` 64 values at a time from the sum over column `c`'s entries of `g * x[b][block]`,
+//! the images' inputs also read where they lie ([`weight_grad_by_columns_into`]).
+//!
 //! The dense kernels ([`mod@super::linear`]) read or write each weight as often; what the sparse
 //! pass saves is arithmetic (three quarters) at the price of the block transposes. It is
 //! taken when at most [`SPARSE_DENSITY`] of `g` is non-zero. The sums differ from the dense
@@ -27,7 +33,8 @@
 
 use rayon::prelude::*;
 
-use super::lanes::{Lanes, WithLanes, dispatch};
+use super::lanes::{Lanes, Rows64, WithLanes, dispatch};
+use super::linear::Weight;
 use super::layout::{CacheAligned, zeroed};
 
 /// The largest fraction of non-zero entries in the output gradient for which the backward
@@ -111,8 +118,10 @@ impl Entries {
     }
 }
 
-/// `g W^T` from `g`'s entries: `weight [i, j]` -> `[n, i]` (see the module's overview).
-pub(crate) fn input_grad(i: usize, entries: &Entries, weight: &[f32]) -> Vec<f32> {
+/// `g W^T` from `g`'s entries: `weight [i, j]` -> `[n, i]` (see the module's overview). A
+/// weight stored column by column is read where it lies: each of its `j` stored rows holds
+/// the block's 64 values contiguously (a last block shorter than 64 is copied out).
+pub(crate) fn input_grad(i: usize, entries: &Entries, weight: Weight<'_>) -> Vec<f32> {
     let (n, j) = (entries.n, entries.j);
     if n == 0 || i == 0 || j == 0 {
         return vec![0.0; n * i];
@@ -132,8 +141,23 @@ pub(crate) fn input_grad(i: usize, entries: &Entries, weight: &[f32]) -> Vec<f32
     }
     columns.into_par_iter().enumerate().for_each(|(index, mut out)| {
         let first = index * BLOCK;
-        let rows = &weight[first * j..][..BLOCK.min(i - first) * j];
-        with_scratch([j], |[block]| dispatch(InputGradBlock { rows, j, block, entries, out: &mut out }));
+        let rows = BLOCK.min(i - first);
+        match weight {
+            Weight::Rows(weight) => {
+                let rows = &weight[first * j..][..rows * j];
+                with_scratch([j], |[block]| dispatch(InputGradBlock { weight: BlockWeight::Transposed { rows, j, block }, entries, out: &mut out }));
+            }
+            Weight::Columns(weight) if rows == BLOCK => {
+                dispatch(InputGradBlock { weight: BlockWeight::Ready(Rows64::columns(weight, i, first)), entries, out: &mut out });
+            }
+            Weight::Columns(weight) => with_scratch([j], |[block]| {
+                for (c, to) in block.iter_mut().enumerate() {
+                    to[..rows].copy_from_slice(&weight[c * i + first..][..rows]);
+                    to[rows..].fill(0.0);
+                }
+                dispatch(InputGradBlock { weight: BlockWeight::Ready(Rows64::dense(block)), entries, out: &mut out });
+            }),
+        }
     });
     dx
 }
@@ -148,13 +172,37 @@ pub(crate) fn weight_grad_into(i: usize, x: &[f32], entries: &Entries, dw: &mut 
     dw[..i * j].par_chunks_mut(BLOCK * j).enumerate().for_each(|(index, out)| {
         let (first, rows) = (index * BLOCK, out.len() / j);
         with_scratch([n, j], |[inputs, columns]| {
-            for (b, block) in inputs.iter_mut().enumerate() {
-                block[..rows].copy_from_slice(&x[b * i + first..][..rows]);
-                block[rows..].fill(0.0);
-            }
+            copy_block(x, i, first, rows, inputs);
             dispatch(WeightGradBlock { inputs, j, columns, entries, out });
         });
     });
+}
+
+/// `x^T g` from `g`'s entries, stored column by column: written over `dw_t: [j, i]` (every
+/// value), the transpose of the gradient, for a weight stored so. Row `c` of `dw_t` is, 64
+/// values at a time, the sum over column `c`'s entries `(b, g)` of `g * x[b][block]`, read
+/// from `x` where they lie (a last block shorter than 64 is copied out): nothing is
+/// transposed. Each task takes a range of `dw_t`'s rows (contiguous in memory), blocks
+/// outer, so that a block of `x` (`n` x 256 bytes) stays in cache while its rows pass.
+pub(crate) fn weight_grad_by_columns_into(i: usize, x: &[f32], entries: &Entries, dw_t: &mut [f32]) {
+    let j = entries.j;
+    if i == 0 || j == 0 {
+        return;
+    }
+    let tasks = (4 * rayon::current_num_threads()).min(j);
+    let task_rows = j.div_ceil(tasks);
+    dw_t[..j * i].par_chunks_mut(task_rows * i).enumerate().for_each(|(task, out)| {
+        dispatch(WeightGradRows { i, x, entries, first: task * task_rows, out });
+    });
+}
+
+/// Columns `first..first + rows` (`rows <= 64`) of each row of `x [n, i]` into `block`'s
+/// rows (`[n][64]`), zero past `rows`.
+fn copy_block(x: &[f32], i: usize, first: usize, rows: usize, block: &mut [[f32; BLOCK]]) {
+    for (b, to) in block.iter_mut().enumerate() {
+        to[..rows].copy_from_slice(&x[b * i + first..][..rows]);
+        to[rows..].fill(0.0);
+    }
 }
 
 thread_local! {
@@ -193,16 +241,21 @@ fn with_scratch<const N: usize, R>(rows: [usize; N], f: impl FnOnce([&mut [[f32;
     out
 }
 
-/// One block of 64 columns of `g W^T`: the block's weight rows transposed, then every
-/// image's sums.
+/// Where a block of [`input_grad`] finds its weight values, `[j][64]`.
+enum BlockWeight<'a> {
+    /// `[r, j]`, `r <= 64`: the block's rows of a weight stored by rows, transposed into
+    /// the scratch `block` (`[j][64]`) first.
+    Transposed { rows: &'a [f32], j: usize, block: &'a mut [[f32; BLOCK]] },
+    /// Read as they are: `j` rows of 64.
+    Ready(Rows64<'a>),
+}
+
+/// One block of 64 columns of `g W^T`: the block's weight values (transposed first when
+/// the weight is stored by rows), then every image's sums.
 struct InputGradBlock<'a, 'b> {
-    /// `[r, j]`, `r <= 64`: the block's rows of the weight.
-    rows: &'a [f32],
-    j: usize,
-    /// Scratch, `[j][64]`.
-    block: &'a mut [[f32; BLOCK]],
+    weight: BlockWeight<'a>,
     entries: &'a Entries,
-    /// Each image's columns of the block in `dx` (`r` values each).
+    /// Each image's columns of the block in `dx` (`r <= 64` values each).
     out: &'a mut [&'b mut [f32]],
 }
 
@@ -211,16 +264,23 @@ impl WithLanes for InputGradBlock<'_, '_> {
 
     #[inline(always)]
     fn run<L: Lanes>(self, lanes: L) {
-        let rows = self.rows.len() / self.j;
-        transpose_into(lanes, self.rows, self.j, (rows, self.j), self.block.as_flattened_mut(), BLOCK, false);
-        if rows < BLOCK {
-            // The last block: the scratch holds an earlier block's values past its rows.
-            self.block.iter_mut().for_each(|to| to[rows..].fill(0.0));
-        }
+        let table = match self.weight {
+            BlockWeight::Transposed { rows, j, block } => {
+                let r = rows.len() / j;
+                transpose_into(lanes, rows, j, (r, j), block.as_flattened_mut(), BLOCK, false);
+                if r < BLOCK {
+                    // The last block: the scratch holds an earlier block's values past its rows.
+                    block.iter_mut().for_each(|to| to[r..].fill(0.0));
+                }
+                Rows64::dense(block)
+            }
+            BlockWeight::Ready(table) => table,
+        };
         let e = self.entries;
         for (b, out) in self.out.iter_mut().enumerate() {
-            let sums = lanes.sum_list64(self.block, &e.by_row[e.row_starts[b]..e.row_starts[b + 1]]);
-            out.copy_from_slice(&sums[..rows]);
+            let sums = lanes.sum_list64(table, &e.by_row[e.row_starts[b]..e.row_starts[b + 1]]);
+            let r = out.len();
+            out.copy_from_slice(&sums[..r]);
         }
     }
 }
@@ -245,10 +305,58 @@ impl WithLanes for WeightGradBlock<'_> {
     fn run<L: Lanes>(self, lanes: L) {
         let e = self.entries;
         for (c, column) in self.columns.iter_mut().enumerate() {
-            *column = lanes.sum_list64(self.inputs, &e.by_column[e.column_starts[c]..e.column_starts[c + 1]]);
+            *column = lanes.sum_list64(Rows64::dense(self.inputs), &e.by_column[e.column_starts[c]..e.column_starts[c + 1]]);
         }
         let rows = self.out.len() / self.j;
         transpose_into(lanes, self.columns.as_flattened(), BLOCK, (self.j, rows), self.out, self.j, true);
+    }
+}
+
+/// Some rows of `x^T g`'s transpose ([`weight_grad_by_columns_into`]).
+struct WeightGradRows<'a> {
+    i: usize,
+    /// `[n, i]`.
+    x: &'a [f32],
+    entries: &'a Entries,
+    /// The first row (a column of `g`).
+    first: usize,
+    /// `[rows, i]`.
+    out: &'a mut [f32],
+}
+
+impl WithLanes for WeightGradRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<L: Lanes>(self, lanes: L) {
+        let (i, e) = (self.i, self.entries);
+        let rows = self.out.len() / i;
+        // The last block's columns, when it is shorter than 64.
+        let mut partial = Vec::new();
+        for start in (0..i).step_by(BLOCK) {
+            let width = BLOCK.min(i - start);
+            let table = if width == BLOCK {
+                Rows64::columns(self.x, i, start)
+            } else {
+                partial.resize(e.n, [0.0; BLOCK]);
+                copy_block(self.x, i, start, width, &mut partial);
+                Rows64::dense(&partial)
+            };
+            for (r, out) in self.out.chunks_exact_mut(i).enumerate().take(rows) {
+                let c = self.first + r;
+                let sums = lanes.sum_list64(table, &e.by_column[e.column_starts[c]..e.column_starts[c + 1]]);
+                if width == BLOCK {
+                    // Four 64-byte stores (a copy of the 256 bytes called `memcpy`).
+                    let (to, _) = out[start..][..BLOCK].as_chunks_mut::<16>();
+                    let (from, _) = sums.as_chunks::<16>();
+                    for (to, from) in to.iter_mut().zip(from) {
+                        *to = *from;
+                    }
+                } else {
+                    out[start..][..width].copy_from_slice(&sums[..width]);
+                }
+            }
+        }
     }
 }
 
@@ -263,7 +371,7 @@ impl WithLanes for WeightGradBlock<'_> {
 /// flight; the weight gradient's squares taken along `from`'s rows wrote 64 rows of `dW`
 /// 64 bytes at a time (training at 50, AVX-512: 1.04-1.10x in five alternations).
 #[inline(always)]
-fn transpose_into<L: Lanes>(lanes: L, from: &[f32], from_stride: usize, (rows, columns): (usize, usize), to: &mut [f32], to_stride: usize, by_to_rows: bool) {
+pub(super) fn transpose_into<L: Lanes>(lanes: L, from: &[f32], from_stride: usize, (rows, columns): (usize, usize), to: &mut [f32], to_stride: usize, by_to_rows: bool) {
     let (full_rows, full_columns) = (rows / 16 * 16, columns / 16 * 16);
     if by_to_rows {
         for c0 in (0..full_columns).step_by(16) {
@@ -331,25 +439,32 @@ mod tests {
     /// instruction set this CPU runs (the inner kernel is held on every set below).
     #[test]
     fn sparse_products_match_their_definitions() {
-        for (n, i, j, zeros) in [(3, 7, 10, 0.75), (50, 83, 33, 0.75), (1, 1, 1, 0.0), (5, 40, 17, 1.0), (9, 16, 64, 0.5), (6, 150, 70, 0.6), (2, 33, 5, 0.0), (0, 4, 3, 0.5), (4, 0, 3, 0.5), (3, 5, 0, 0.5)] {
+        for (n, i, j, zeros) in [(3, 7, 10, 0.75), (50, 83, 33, 0.75), (1, 1, 1, 0.0), (5, 40, 17, 1.0), (9, 16, 64, 0.5), (6, 150, 70, 0.6), (2, 33, 5, 0.0), (0, 4, 3, 0.5), (4, 0, 3, 0.5), (3, 5, 0, 0.5), (7, 128, 40, 0.7)] {
             let g = sparse(n, j, zeros, 2);
             let x = sparse(n, i, 0.5, 3);
             let w = sparse(i, j, 0.0, 4);
             let e = Entries::of(n, j, &g, 1.0).expect("within density 1");
-            let dx = input_grad(i, &e, &w);
-            assert_eq!(dx.len(), n * i);
-            let mut dw = vec![f32::NAN; i * j];
-            weight_grad_into(i, &x, &e, &mut dw);
-            for b in 0..n {
-                for r in 0..i {
-                    let expect: f32 = (0..j).map(|c| g[b * j + c] * w[r * j + c]).sum();
-                    assert!(close(dx[b * i + r], expect), "{:?} dx[{b},{r}]: {} vs {expect}", (n, i, j), dx[b * i + r]);
+            // The weight stored by rows, and by columns (its transpose `[j, i]`).
+            let w_t: Vec<f32> = (0..j * i).map(|k| w[(k % i) * j + k / i]).collect();
+            for (layout, weight) in [("rows", Weight::Rows(&w)), ("columns", Weight::Columns(&w_t))] {
+                let dx = input_grad(i, &e, weight);
+                assert_eq!(dx.len(), n * i);
+                for b in 0..n {
+                    for r in 0..i {
+                        let expect: f32 = (0..j).map(|c| g[b * j + c] * w[r * j + c]).sum();
+                        assert!(close(dx[b * i + r], expect), "{layout} {:?} dx[{b},{r}]: {} vs {expect}", (n, i, j), dx[b * i + r]);
+                    }
                 }
             }
+            let mut dw = vec![f32::NAN; i * j];
+            weight_grad_into(i, &x, &e, &mut dw);
+            let mut dw_t = vec![f32::NAN; j * i];
+            weight_grad_by_columns_into(i, &x, &e, &mut dw_t);
             for r in 0..i {
                 for c in 0..j {
                     let expect: f32 = (0..n).map(|b| x[b * i + r] * g[b * j + c]).sum();
                     assert!(close(dw[r * j + c], expect), "{:?} dw[{r},{c}]: {} vs {expect}", (n, i, j), dw[r * j + c]);
+                    assert!(close(dw_t[c * i + r], expect), "by columns {:?} dw[{r},{c}]: {} vs {expect}", (n, i, j), dw_t[c * i + r]);
                 }
             }
         }
@@ -360,7 +475,7 @@ mod tests {
         type Output = [f32; 64];
         #[inline(always)]
         fn run<L: Lanes>(self, lanes: L) -> [f32; 64] {
-            lanes.sum_list64(self.0, self.1)
+            lanes.sum_list64(Rows64::dense(self.0), self.1)
         }
     }
 

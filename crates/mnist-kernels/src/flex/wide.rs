@@ -1,7 +1,9 @@
 //! Element-wise arithmetic written once for eight lanes and for sixteen: the Winograd
 //! transforms ([`super::winograd`]) run on 16 channels at a time where the CPU has
 //! sixteen-lane registers (AVX-512, [`Zmm`]), and on 8 through [`Lanes`] elsewhere. `Zmm`
-//! also holds AVX-512's 4 x 64 register tile of the blocked fully connected product.
+//! also holds AVX-512's 4 x 64 register tile of the blocked fully connected product, and
+//! the tiles of its product with a weight stored by columns, the images in the lanes
+//! ([`Zmm::lanes_pair8`]) or as dot products ([`Zmm::dots4x4`]).
 //!
 //! A trait of its own, in a module of its own, because every [`Lanes`] is also an
 //! [`Arith`] (with the same method names): with both traits in scope a call like
@@ -102,6 +104,114 @@ impl Zmm {
         self.sums4x64(acc, rows, steps);
     }
 
+    /// `acc[g][r] += sum over k of rows[r][k] * lanes[g][k]` for 8 rows (8 of a weight's
+    /// stored rows when it is stored by columns) and two groups of 16 images, `lanes[g][k]`
+    /// the group's inputs at `k` (the images in the lanes): sixteen ZMM registers of sums,
+    /// each step two loads, eight broadcasts and sixteen multiply-adds. The rows are read in
+    /// place, front to back (eight of them: sixteen row pointers did not fit in the
+    /// general registers, and six were reloaded from the stack every step). Every row must
+    /// be at least as long as the groups, which must be of one length.
+    #[inline(always)]
+    pub(crate) fn lanes_pair8(self, acc: &mut [[[f32; 16]; 8]; 2], rows: [&[f32]; 8], lanes: [&[[f32; 16]]; 2]) {
+        let len = lanes[0].len();
+        let (x0, x1) = (lanes[0], &lanes[1][..len]);
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+        let (r0, r1, r2, r3, r4, r5, r6, r7) = (&r0[..len], &r1[..len], &r2[..len], &r3[..len], &r4[..len], &r5[..len], &r6[..len], &r7[..len]);
+        let v = self.0;
+        let load = |a: &[f32; 16]| -> pulp::f32x16 { pulp::cast(*a) };
+        // Named sums, as in `sums4x64`.
+        let [a0, a1] = &*acc;
+        let (mut s00, mut s01, mut s02, mut s03) = (load(&a0[0]), load(&a0[1]), load(&a0[2]), load(&a0[3]));
+        let (mut s04, mut s05, mut s06, mut s07) = (load(&a0[4]), load(&a0[5]), load(&a0[6]), load(&a0[7]));
+        let (mut s10, mut s11, mut s12, mut s13) = (load(&a1[0]), load(&a1[1]), load(&a1[2]), load(&a1[3]));
+        let (mut s14, mut s15, mut s16, mut s17) = (load(&a1[4]), load(&a1[5]), load(&a1[6]), load(&a1[7]));
+        for k in 0..len {
+            let (y0, y1): (pulp::f32x16, pulp::f32x16) = (pulp::cast(x0[k]), pulp::cast(x1[k]));
+            let w = v.splat_f32x16(r0[k]);
+            (s00, s10) = (v.mul_add_f32x16(w, y0, s00), v.mul_add_f32x16(w, y1, s10));
+            let w = v.splat_f32x16(r1[k]);
+            (s01, s11) = (v.mul_add_f32x16(w, y0, s01), v.mul_add_f32x16(w, y1, s11));
+            let w = v.splat_f32x16(r2[k]);
+            (s02, s12) = (v.mul_add_f32x16(w, y0, s02), v.mul_add_f32x16(w, y1, s12));
+            let w = v.splat_f32x16(r3[k]);
+            (s03, s13) = (v.mul_add_f32x16(w, y0, s03), v.mul_add_f32x16(w, y1, s13));
+            let w = v.splat_f32x16(r4[k]);
+            (s04, s14) = (v.mul_add_f32x16(w, y0, s04), v.mul_add_f32x16(w, y1, s14));
+            let w = v.splat_f32x16(r5[k]);
+            (s05, s15) = (v.mul_add_f32x16(w, y0, s05), v.mul_add_f32x16(w, y1, s15));
+            let w = v.splat_f32x16(r6[k]);
+            (s06, s16) = (v.mul_add_f32x16(w, y0, s06), v.mul_add_f32x16(w, y1, s16));
+            let w = v.splat_f32x16(r7[k]);
+            (s07, s17) = (v.mul_add_f32x16(w, y0, s07), v.mul_add_f32x16(w, y1, s17));
+        }
+        acc[0] = [s00, s01, s02, s03, s04, s05, s06, s07].map(pulp::cast);
+        acc[1] = [s10, s11, s12, s13, s14, s15, s16, s17].map(pulp::cast);
+    }
+
+    /// [`Self::lanes_pair8`] for one group of 16 images: eight sums, each step one load and
+    /// eight multiply-adds, each broadcasting its row's value from memory.
+    #[inline(always)]
+    pub(crate) fn lanes_one8(self, acc: &mut [[f32; 16]; 8], rows: [&[f32]; 8], lanes: &[[f32; 16]]) {
+        let len = lanes.len();
+        let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+        let (r0, r1, r2, r3, r4, r5, r6, r7) = (&r0[..len], &r1[..len], &r2[..len], &r3[..len], &r4[..len], &r5[..len], &r6[..len], &r7[..len]);
+        let v = self.0;
+        let load = |a: &[f32; 16]| -> pulp::f32x16 { pulp::cast(*a) };
+        let (mut s0, mut s1, mut s2, mut s3) = (load(&acc[0]), load(&acc[1]), load(&acc[2]), load(&acc[3]));
+        let (mut s4, mut s5, mut s6, mut s7) = (load(&acc[4]), load(&acc[5]), load(&acc[6]), load(&acc[7]));
+        for (k, y) in lanes.iter().enumerate() {
+            let y: pulp::f32x16 = pulp::cast(*y);
+            s0 = v.mul_add_f32x16(v.splat_f32x16(r0[k]), y, s0);
+            s1 = v.mul_add_f32x16(v.splat_f32x16(r1[k]), y, s1);
+            s2 = v.mul_add_f32x16(v.splat_f32x16(r2[k]), y, s2);
+            s3 = v.mul_add_f32x16(v.splat_f32x16(r3[k]), y, s3);
+            s4 = v.mul_add_f32x16(v.splat_f32x16(r4[k]), y, s4);
+            s5 = v.mul_add_f32x16(v.splat_f32x16(r5[k]), y, s5);
+            s6 = v.mul_add_f32x16(v.splat_f32x16(r6[k]), y, s6);
+            s7 = v.mul_add_f32x16(v.splat_f32x16(r7[k]), y, s7);
+        }
+        *acc = [s0, s1, s2, s3, s4, s5, s6, s7].map(pulp::cast);
+    }
+
+    /// The 16 dot products of 4 rows `a` with 4 rows `b` (all of one length), sixteen
+    /// lanes at a time in sixteen registers, each step eight loads and sixteen
+    /// multiply-adds; the lanes are added at the end, and the last `len % 16` values one
+    /// by one.
+    #[inline(always)]
+    pub(crate) fn dots4x4(self, a: [&[f32]; 4], b: [&[f32]; 4]) -> [[f32; 4]; 4] {
+        let len = a[0].len();
+        let whole = len / 16;
+        fn chunks(r: &[f32], len: usize, whole: usize) -> &[[f32; 16]] {
+            &r[..len].as_chunks::<16>().0[..whole]
+        }
+        let chunks = |r| chunks(r, len, whole);
+        let (a0, a1, a2, a3) = (chunks(a[0]), chunks(a[1]), chunks(a[2]), chunks(a[3]));
+        let (b0, b1, b2, b3) = (chunks(b[0]), chunks(b[1]), chunks(b[2]), chunks(b[3]));
+        let v = self.0;
+        let zero = v.splat_f32x16(0.0);
+        let mut s = [[zero; 4]; 4];
+        for k in 0..whole {
+            let x: [pulp::f32x16; 4] = [pulp::cast(a0[k]), pulp::cast(a1[k]), pulp::cast(a2[k]), pulp::cast(a3[k])];
+            let w: [pulp::f32x16; 4] = [pulp::cast(b0[k]), pulp::cast(b1[k]), pulp::cast(b2[k]), pulp::cast(b3[k])];
+            for r in 0..4 {
+                for c in 0..4 {
+                    s[r][c] = v.mul_add_f32x16(x[r], w[c], s[r][c]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; 4]; 4];
+        for r in 0..4 {
+            for c in 0..4 {
+                let mut sum = v.avx512f._mm512_reduce_add_ps(pulp::cast(s[r][c]));
+                for k in whole * 16..len {
+                    sum += a[r][k] * b[c][k];
+                }
+                out[r][c] = sum;
+            }
+        }
+        out
+    }
+
     /// The 4 x 64 tile of both: `acc[r][c] += sum over k of rows[r][k] * step_k[c]`, over
     /// the shorter of the rows and `steps` (the four 16-column vectors of each step).
     #[inline(always)]
@@ -191,6 +301,18 @@ impl Zmm {
     }
 
     pub(crate) fn tile_sums4x64_strided(self, _: &mut [[[f32; 16]; 4]; 4], _: [&[f32]; 4], _: &[f32], _: usize) {
+        match self {}
+    }
+
+    pub(crate) fn lanes_pair8(self, _: &mut [[[f32; 16]; 8]; 2], _: [&[f32]; 8], _: [&[[f32; 16]]; 2]) {
+        match self {}
+    }
+
+    pub(crate) fn lanes_one8(self, _: &mut [[f32; 16]; 8], _: [&[f32]; 8], _: &[[f32; 16]]) {
+        match self {}
+    }
+
+    pub(crate) fn dots4x4(self, _: [&[f32]; 4], _: [&[f32]; 4]) -> [[f32; 4]; 4] {
         match self {}
     }
 }
