@@ -10,7 +10,7 @@
 //! (so two identical training runs record the same checksums). `model.mpk` records each
 //! parameter under an id derived from its path ([`path_id`]) instead of Burn's random
 //! one, and `model.safetensors` has its header's `__metadata__` keys sorted
-//! ([`canonical_header`]).
+//! (`canonical_header`).
 
 use std::path::Path;
 
