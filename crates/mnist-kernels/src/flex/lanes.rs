@@ -216,10 +216,11 @@ pub(crate) trait Lanes: Copy {
 
     /// `sum over (index, g) in list of g * table.row(index)`, 64 lanes: a sparse matrix's
     /// row (the list of its non-zero entries) times 64 columns of a dense matrix
-    /// ([`Rows64`]), the inner kernel of the fully connected layer's sparse backward pass. Each entry is one
-    /// broadcast and eight eight-lane multiply-adds into eight independent sums, enough to
-    /// hide the multiply-add's latency, and its index is read once for all of them (rows of
-    /// 16 read it once for every two). Panics if an index is out of `table`.
+    /// ([`Rows64`]), the inner kernel of the fully connected layer's sparse backward pass.
+    /// Each entry is one broadcast and eight eight-lane multiply-adds into eight
+    /// independent sums, enough to hide the multiply-add's latency, and its index is read
+    /// once for all of them (rows of 16 read it once for every two). Panics if an index is
+    /// out of `table`.
     #[inline(always)]
     fn sum_list64(self, table: Rows64<'_>, list: &[(u32, f32)]) -> [f32; 64] {
         let mut acc = [self.zero(); 8];
