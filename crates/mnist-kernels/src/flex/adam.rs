@@ -23,7 +23,7 @@ pub(crate) fn update<B: Backend>(adam: &FusedAdam, lr: LearningRate, ops: Vec<Op
 /// moments are copied into that layout where they are not (the first step, or the first
 /// after a checkpoint is loaded), so that the four buffers hold their values in one order.
 fn one(adam: &FusedAdam, lr: LearningRate, o: Operands<Flex>) -> Updated<Flex> {
-    let columns = !is_dense(&o.p) && is_dense_by_columns(&o.p);
+    let columns = is_dense_by_columns(&o.p);
     let dense = |t: FlexTensor| match (columns, is_dense(&t)) {
         (true, _) => by_columns(t),
         (false, true) => t,

@@ -59,7 +59,7 @@ use super::layout::{CacheAligned, zeroed};
 use super::wide::Zmm;
 use super::sparse::{self, Entries, SPARSE_DENSITY, transpose_into};
 use crate::Simd;
-use super::{Ad, Refused, cast, float, from_vec, is_dense, is_dense_by_columns, spare, transposed, values};
+use super::{Ad, Refused, cast, float, from_vec, is_dense_by_columns, spare, transposed, values};
 
 /// Columns of `dW` per register tile.
 const PANEL: usize = TILE_COLUMNS;
@@ -119,7 +119,7 @@ struct Stored<'a> {
 
 impl<'a> Stored<'a> {
     fn of(t: &'a FloatTensor<Flex>) -> Self {
-        if !is_dense(t) && is_dense_by_columns(t) {
+        if is_dense_by_columns(t) {
             Stored { values: Cow::Borrowed(&t.storage::<f32>()[..t.layout().num_elements()]), by_columns: true }
         } else {
             Stored { values: values::<2>(t), by_columns: false }
@@ -317,9 +317,11 @@ fn images_in_lanes(n: usize, i: usize, j: usize, x: &[f32], weight_t: &[f32], bi
     let groups = whole + usize::from(padded);
     let mut xt = CacheAligned::filled(groups * i, [0.0f32; 16]);
     if i > 0 {
-        xt.par_chunks_mut(i).enumerate().for_each(|(group, to)| {
+        // A group's `[i][16]` is one panel of `x` read as a weight stored by columns (its
+        // `n` images the stored rows), as `Pack` packs one.
+        xt.par_chunks_mut(i).enumerate().for_each(|(group, packed)| {
             let images = 16.min(n - group * 16);
-            dispatch(Transpose { from: &x[group * 16 * i..][..images * i], stride: i, to: to.as_flattened_mut() });
+            dispatch(Pack { weight: Weight::Columns(&x[group * 16 * i..][..images * i]), j: images, start: 0, depth: i, stride: i, packed });
         });
     }
     let tiles = j.div_ceil(8);
@@ -335,24 +337,6 @@ fn images_in_lanes(n: usize, i: usize, j: usize, x: &[f32], weight_t: &[f32], bi
         y.extend((0..j).map(|c| yt[c * n + b] + bias[c]));
     }
     y
-}
-
-/// `from`'s rows (`r <= 16`, `stride` apart, `stride` long) transposed into `to`
-/// (`[stride][16]`): `to[k * 16 + r] = from[r * stride + k]`.
-struct Transpose<'a> {
-    from: &'a [f32],
-    stride: usize,
-    to: &'a mut [f32],
-}
-
-impl WithLanes for Transpose<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<L: Lanes>(self, lanes: L) {
-        let rows = self.from.len() / self.stride;
-        transpose_into(lanes, self.from, self.stride, (rows, self.stride), self.to, 16, false);
-    }
 }
 
 /// Some tiles of [`images_in_lanes`].
@@ -1134,7 +1118,7 @@ mod tests {
             assert!(close(&values(ours.clone()), &values(reference.clone())), "forward, batch {n}");
             let (g1, g2) = ((ours * mix.clone()).sum().backward(), (reference * mix).sum().backward());
             let dw = float(w.grad(&g1).expect("dw"));
-            assert_eq!(is_dense_by_columns(&dw) && !is_dense(&dw), by_columns, "dw stored as the weight, batch {n}");
+            assert_eq!(is_dense_by_columns(&dw), by_columns, "dw stored as the weight, batch {n}");
             for (name, a, r) in [
                 ("dx", x.grad(&g1), x.grad(&g2)),
                 ("dw", w.grad(&g1), w.grad(&g2)),

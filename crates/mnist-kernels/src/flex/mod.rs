@@ -119,13 +119,14 @@ pub(crate) fn is_dense(t: &FloatTensor<Flex>) -> bool {
 
 /// Whether a 2-D tensor `[i, j]` is stored column by column from the start of its buffer:
 /// the buffer holds its transpose `[j, i]` dense (strides `[1, i]`, no offset), as
-/// [`by_columns`] leaves it, so `storage()[..i * j]` is that transpose.
+/// [`by_columns`] leaves it, so `storage()[..i * j]` is that transpose. A tensor whose
+/// strides are also row-major (one value) counts as stored by rows, not by columns.
 pub(crate) fn is_dense_by_columns(t: &FloatTensor<Flex>) -> bool {
     let layout = t.layout();
     let &[i, j] = layout.shape().as_slice() else {
         return false;
     };
-    layout.strides() == [1, i as isize] && layout.start_offset() == 0 && t.storage::<f32>().len() >= i * j
+    layout.strides() == [1, i as isize] && !layout.is_contiguous() && layout.start_offset() == 0 && t.storage::<f32>().len() >= i * j
 }
 
 /// `t`'s transpose, a view of its buffer (taking `t`, so that a buffer `t` alone held is

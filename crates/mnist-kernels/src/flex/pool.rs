@@ -34,7 +34,7 @@ const SPARE_MIN_BYTES: usize = 1 << 20;
 /// A 2-D tensor stored column by column ([`is_dense_by_columns`]) is kept as its dense
 /// transpose: the next gradient of shape `[i, j]` stored so is `spare(&[j, i])`, transposed.
 pub(crate) fn recycle(t: FloatTensor<Flex>) {
-    let t = if t.dtype() == DType::F32 && !is_dense(&t) && is_dense_by_columns(&t) { transposed(t) } else { t };
+    let t = if t.dtype() == DType::F32 && is_dense_by_columns(&t) { transposed(t) } else { t };
     let worth = t.dtype() == DType::F32 && t.is_unique() && is_dense(&t) && t.layout().num_elements() * 4 >= SPARE_MIN_BYTES;
     if worth {
         let mut spare = SPARE.lock().unwrap_or_else(PoisonError::into_inner);

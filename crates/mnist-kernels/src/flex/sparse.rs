@@ -151,10 +151,7 @@ pub(crate) fn input_grad(i: usize, entries: &Entries, weight: Weight<'_>) -> Vec
                 dispatch(InputGradBlock { weight: BlockWeight::Ready(Rows64::columns(weight, i, first)), entries, out: &mut out });
             }
             Weight::Columns(weight) => with_scratch([j], |[block]| {
-                for (c, to) in block.iter_mut().enumerate() {
-                    to[..rows].copy_from_slice(&weight[c * i + first..][..rows]);
-                    to[rows..].fill(0.0);
-                }
+                copy_block(weight, i, first, rows, block);
                 dispatch(InputGradBlock { weight: BlockWeight::Ready(Rows64::dense(block)), entries, out: &mut out });
             }),
         }
@@ -196,11 +193,12 @@ pub(crate) fn weight_grad_by_columns_into(i: usize, x: &[f32], entries: &Entries
     });
 }
 
-/// Columns `first..first + rows` (`rows <= 64`) of each row of `x [n, i]` into `block`'s
-/// rows (`[n][64]`), zero past `rows`.
-fn copy_block(x: &[f32], i: usize, first: usize, rows: usize, block: &mut [[f32; BLOCK]]) {
+/// Columns `first..first + rows` (`rows <= 64`) of each row of `m [block.len(), i]` (the
+/// images' inputs, or a weight's stored rows) into `block`'s rows (`[..][64]`), zero past
+/// `rows`.
+fn copy_block(m: &[f32], i: usize, first: usize, rows: usize, block: &mut [[f32; BLOCK]]) {
     for (b, to) in block.iter_mut().enumerate() {
-        to[..rows].copy_from_slice(&x[b * i + first..][..rows]);
+        to[..rows].copy_from_slice(&m[b * i + first..][..rows]);
         to[rows..].fill(0.0);
     }
 }
