@@ -59,7 +59,11 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
     let mut dxp = CacheAligned::zeroed(if want_dx { g.b * lay.image } else { 0 });
     // Three tasks per thread, each a near-equal share of the images (two per thread of up
     // to 13 images each split the seed's 50 as 13 + 13 against 13 + 11, and one core
-    // waited for the other); each task sums into a weight gradient of its own.
+    // waited for the other); each task sums into a weight gradient of its own. They are
+    // split down to single tasks whatever the stealing (`with_max_len(1)`), so that their
+    // sums are added in one order: rayon leaves a run of three tasks whole or splits it
+    // as threads steal, which with three threads or six changed the gradient's last bits
+    // from one call to the next.
     let count = (3 * rayon::current_num_threads()).min(g.b).max(1);
     let mut tasks: Vec<(usize, usize, Option<&mut [f32]>)> = Vec::with_capacity(count);
     let mut rest = if want_dx { Some(&mut dxp[..]) } else { None };
@@ -76,6 +80,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
     let image_out = o * ph * pw;
     let partial = tasks
         .into_par_iter()
+        .with_max_len(1)
         .map(|(first, images, mut dxp)| {
             let mut part = Partial::zero(&lay);
             let mut lists = Lists::take(&lay, dxp.is_some());
@@ -588,8 +593,7 @@ mod tests {
 
     /// The lists each thread keeps between calls give what new ones give: the same call
     /// repeated after calls of other geometries, with and without the input gradient, and
-    /// with other gradients, returns the same gradients (up to the order in which the
-    /// tasks' partial sums are added, which work stealing may change).
+    /// with other gradients, returns the same gradients, bit for bit.
     #[test]
     fn kept_lists_give_what_new_ones_give() {
         let value = super::super::test_value;
@@ -613,9 +617,32 @@ mod tests {
             call(a, 3, false);
             call(Geometry { b: 2, ..a }, 4, true);
             let again = call(a, 1, true);
-            let close = |x: &[f32], y: &[f32]| x.len() == y.len() && x.iter().zip(y).all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs()));
-            let (dx, dx_first) = (again.0.unwrap_or_default(), first.0.clone().unwrap_or_default());
-            assert!(close(&dx, &dx_first) && close(&again.1, &first.1) && close(&again.2, &first.2), "kept lists changed the gradients");
+            assert!(again == first, "kept lists changed the gradients");
+        }
+    }
+
+    /// The tasks' sums are added in one order whatever the threads steal: on pools of
+    /// three and six threads (nine and eighteen tasks, which rayon would otherwise split
+    /// into runs of three left whole or not), repeated calls give the same bits.
+    #[test]
+    fn gradients_are_the_same_bits_call_after_call() {
+        let value = super::super::test_value;
+        let g = Geometry { b: 40, c: 4, h: 8, w: 8, o: 8, k: 3 };
+        let lay = Layout::new(g);
+        let (ph, pw) = g.pooled();
+        let x: Vec<f32> = (0..g.b * g.c * g.h * g.w).map(|i| value(i + 7)).collect();
+        let weight: Vec<f32> = (0..g.o * g.c * g.k * g.k).map(|i| value(i + 5)).collect();
+        let winners: Vec<u8> = (0..g.b * g.o * ph * pw).map(|i| (i % 5) as u8).collect();
+        let grad: Vec<f32> = (0..g.b * g.o * ph * pw).map(|i| value(3 * i + 11)).collect();
+        let xp = pad_nhwc(&lay, &x);
+        for threads in [3, 6] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
+            let call = || pool.install(|| backward(g, &xp, &weight, &winners, &grad, true));
+            let first = call();
+            for call_number in 1..40 {
+                let again = call();
+                assert!(again.dw == first.dw && again.db == first.db && again.dx == first.dx, "{threads} threads, call {call_number}: other bits");
+            }
         }
     }
 
