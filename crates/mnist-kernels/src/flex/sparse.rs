@@ -19,9 +19,10 @@
 //!
 //! A weight stored by columns ([`Weight::Columns`], its buffer `W^T [j, i]`) needs no
 //! transpose: each block's `[j][64]` is 64 values of each stored row, read where they lie
-//! ([`Rows64::columns`]), by spans of 64 of those rows ([`SPAN`]), and the weight gradient is written as `dW^T [j, i]`, each stored
-//! row `c` 64 values at a time from the sum over column `c`'s entries of `g * x[b][block]`,
-//! the images' inputs also read where they lie ([`weight_grad_by_columns_into`]).
+//! ([`Rows64::columns`]) by spans of 64 of those rows ([`SPAN`]), and the weight gradient
+//! is written as `dW^T [j, i]`, each stored row `c` 64 values at a time from the sum over
+//! column `c`'s entries of `g * x[b][block]`, the images' inputs also read where they lie
+//! ([`weight_grad_by_columns_into`]).
 //!
 //! The dense kernels ([`mod@super::linear`]) read or write each weight as often; what the sparse
 //! pass saves is arithmetic (three quarters) at the price of the block transposes. It is
