@@ -62,10 +62,11 @@ pub(crate) struct Entries {
     j: usize,
     /// Row by row, each row's entries in column order: (column, value).
     by_row: Vec<(u32, f32)>,
-    /// `n + 1` offsets into `by_row`: row `b` is `by_row[row_starts[b]..row_starts[b + 1]]`.
-    row_starts: Vec<usize>,
-    /// Where each row's entries of each span of [`SPAN`] columns start in `by_row`, `spans
-    /// + 1` per row (`spans = j.div_ceil(SPAN)`): see [`Entries::row_span`].
+    /// `n * spans + 1` offsets into `by_row` (`spans = j.div_ceil(SPAN)`): where each row's
+    /// entries of each span of [`SPAN`] columns start, then the end. Row `b`'s span `s` is
+    /// `by_row[span_starts[b * spans + s]..span_starts[b * spans + s + 1]]`, and the whole
+    /// row runs from `span_starts[b * spans]` to `span_starts[(b + 1) * spans]`
+    /// ([`Entries::row`], [`Entries::row_span`]).
     span_starts: Vec<usize>,
     /// Column by column, each column's entries in row order: (row, value).
     by_column: Vec<(u32, f32)>,
@@ -87,11 +88,10 @@ impl Entries {
             return None;
         }
         let mut by_row = vec![(0u32, 0.0f32); nonzero + 1];
-        let mut row_starts = Vec::with_capacity(n + 1);
         let mut column_counts = vec![0usize; j + 1];
-        let mut span_starts = Vec::with_capacity(n * (j.div_ceil(SPAN) + 1));
+        let spans = j.div_ceil(SPAN);
+        let mut span_starts = Vec::with_capacity(n * spans + 1);
         let mut len = 0;
-        row_starts.push(0);
         for b in 0..n {
             let row = &g[b * j..][..j];
             for (span, values) in row.chunks(SPAN).enumerate() {
@@ -104,9 +104,8 @@ impl Entries {
                     len += usize::from(v != 0.0);
                 }
             }
-            span_starts.push(len);
-            row_starts.push(len);
         }
+        span_starts.push(len);
         by_row.truncate(len);
         for &(c, _) in &by_row {
             column_counts[c as usize + 1] += 1;
@@ -118,18 +117,25 @@ impl Entries {
         let mut next = column_starts.clone();
         let mut by_column = vec![(0u32, 0.0f32); len];
         for b in 0..n {
-            for &(c, v) in &by_row[row_starts[b]..row_starts[b + 1]] {
+            for &(c, v) in &by_row[span_starts[b * spans]..span_starts[(b + 1) * spans]] {
                 by_column[next[c as usize]] = (b as u32, v);
                 next[c as usize] += 1;
             }
         }
-        Some(Entries { n, j, by_row, row_starts, span_starts, by_column, column_starts })
+        Some(Entries { n, j, by_row, span_starts, by_column, column_starts })
+    }
+
+    /// Row `b`'s entries, in column order.
+    #[inline(always)]
+    fn row(&self, b: usize) -> &[(u32, f32)] {
+        let spans = self.j.div_ceil(SPAN);
+        &self.by_row[self.span_starts[b * spans]..self.span_starts[(b + 1) * spans]]
     }
 
     /// Row `b`'s entries in columns `span * SPAN..(span + 1) * SPAN`, in column order.
     #[inline(always)]
     fn row_span(&self, b: usize, span: usize) -> &[(u32, f32)] {
-        let at = b * (self.j.div_ceil(SPAN) + 1) + span;
+        let at = b * self.j.div_ceil(SPAN) + span;
         &self.by_row[self.span_starts[at]..self.span_starts[at + 1]]
     }
 
@@ -322,7 +328,7 @@ impl WithLanes for InputGradBlock<'_, '_> {
             return;
         }
         for (b, out) in self.out.iter_mut().enumerate() {
-            let sums = lanes.sum_list64(table, &e.by_row[e.row_starts[b]..e.row_starts[b + 1]]);
+            let sums = lanes.sum_list64(table, e.row(b));
             let r = out.len();
             out.copy_from_slice(&sums[..r]);
         }
@@ -464,7 +470,7 @@ mod tests {
         let e = Entries::of(n, j, &g, 1.0).expect("within density 1");
         let nonzero: Vec<(usize, usize, f32)> = (0..n * j).filter(|&k| g[k] != 0.0).map(|k| (k / j, k % j, g[k])).collect();
         assert_eq!(e.len(), nonzero.len());
-        let rows: Vec<(usize, usize, f32)> = (0..n).flat_map(|b| e.by_row[e.row_starts[b]..e.row_starts[b + 1]].iter().map(move |&(c, v)| (b, c as usize, v))).collect();
+        let rows: Vec<(usize, usize, f32)> = (0..n).flat_map(|b| e.row(b).iter().map(move |&(c, v)| (b, c as usize, v))).collect();
         assert_eq!(rows, nonzero);
         let mut columns: Vec<(usize, usize, f32)> = (0..j).flat_map(|c| e.by_column[e.column_starts[c]..e.column_starts[c + 1]].iter().map(move |&(b, v)| (b as usize, c, v))).collect();
         // Each column's entries in row order.
@@ -481,7 +487,7 @@ mod tests {
                 assert!(list.iter().all(|&(c, _)| c as usize / SPAN == span), "row {b}, span {span}: {list:?}");
                 list.to_vec()
             }).collect();
-            assert_eq!(spans, e.by_row[e.row_starts[b]..e.row_starts[b + 1]]);
+            assert_eq!(spans, e.row(b));
         }
         // -0.0 is zero; too dense is refused; empty shapes are fine.
         assert_eq!(Entries::of(1, 3, &[-0.0, 1.0, 0.0], 0.5).map(|e| e.len()), Some(1));
