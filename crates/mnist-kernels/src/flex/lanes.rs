@@ -188,6 +188,15 @@ pub(crate) trait Lanes: Copy {
         false
     }
 
+    /// Whether [`Lanes::list16`] packs its entries in registers (AVX2, AVX-512) rather than
+    /// one by one: only then do the by-pixel lists of the conv backward pass go through it
+    /// (four calls per 16 channels, one per corner, where the scalar loop visits each
+    /// channel once).
+    #[inline(always)]
+    fn packs_lists(self) -> bool {
+        false
+    }
+
     /// Lists the entries of 16 pooling windows that pass a gradient: for each window `w`
     /// whose `grads[w]` is neither +0 nor -0, appends `(bases[w] + corners[winners[w] & 3],
     /// grads[w])` at `len` of `(offsets, values)`, in window order (`bases`, the windows'
@@ -305,6 +314,10 @@ impl Lanes for pulp::x86::V3 {
     #[inline(always)]
     fn one_channel_in_lanes(self, lay: &Layout, xp: &[f32], weights: &[[f32; TILE_COLUMNS]], bias: &[f32], out: &mut [f32], winners: &mut [u8]) -> bool {
         super::forward::one_channel_v3(self, lay, xp, weights, bias, out, winners)
+    }
+    #[inline(always)]
+    fn packs_lists(self) -> bool {
+        true
     }
     /// Eight windows at a time: the comparison's eight bits index [`COMPRESS8`], and one
     /// permute each packs the kept offsets and gradients to the front, stored whole.
@@ -530,6 +543,10 @@ impl Lanes for pulp::x86::V4 {
                 o[l] += a[l];
             }
         }
+        true
+    }
+    #[inline(always)]
+    fn packs_lists(self) -> bool {
         true
     }
     /// The kept windows' lanes packed to the front by `vcompressps` (into a register, then
