@@ -7,7 +7,9 @@ use std::sync::{Mutex, PoisonError};
 use rayon::prelude::*;
 
 use super::Geometry;
-use super::lanes::{Lanes, WithLanes, chosen, dispatch_with};
+#[cfg(test)]
+use super::lanes::chosen;
+use super::lanes::{Lanes, WithLanes, dispatch_with};
 use super::pool::{keep, take_kept};
 use crate::Simd;
 
@@ -244,14 +246,10 @@ impl WithLanes for PadImage<'_> {
     }
 }
 
-/// The inverse of [`pad_nhwc_then`]: zero-padded NHWC images `padded` (`[b]` of
-/// [`Layout::image`] floats) as `[b, c, h, w]`, the padding dropped (the fused block's
-/// input gradient, which its backward pass sums in the padded layout).
-pub(crate) fn unpad_nchw(lay: &Layout, padded: &[f32], b: usize) -> Vec<f32> {
-    unpad_nchw_with(lay, padded, b, chosen())
-}
-
-/// [`unpad_nchw`] with `simd`'s transposes.
+/// The inverse of [`pad_nhwc_then`] with `simd`'s transposes: zero-padded NHWC images
+/// `padded` (`[b]` of [`Layout::image`] floats) as `[b, c, h, w]`, the padding dropped,
+/// by [`UnpadImage`] image by image.
+#[cfg(test)]
 fn unpad_nchw_with(lay: &Layout, padded: &[f32], b: usize, simd: Simd) -> Vec<f32> {
     let g = lay.g;
     let size = g.c * g.h * g.w;
@@ -265,17 +263,19 @@ fn unpad_nchw_with(lay: &Layout, padded: &[f32], b: usize, simd: Simd) -> Vec<f3
     x
 }
 
-/// One image of [`unpad_nchw`], [`PadImage`] run backwards: with a multiple of 16
+/// A zero-padded NHWC image ([`Layout::image`] floats) as `[c, h, w]`, the padding
+/// dropped (the fused block's input gradient, which its backward pass sums in the padded
+/// layout): [`PadImage`] run backwards. With a multiple of 16
 /// channels, the rows copied out to unpadded NHWC, then transposed into the channels'
 /// planes in 16 x 16 blocks. Gathered plane by plane instead (each value a float of its
 /// own, 128 bytes after the last), conv2's input gradient was one to one and a half
 /// hundredths of a training step.
-struct UnpadImage<'a> {
-    lay: &'a Layout,
+pub(crate) struct UnpadImage<'a> {
+    pub lay: &'a Layout,
     /// The padded image.
-    img: &'a [f32],
+    pub img: &'a [f32],
     /// `[c, h, w]`.
-    dst: &'a mut [f32],
+    pub dst: &'a mut [f32],
 }
 
 impl WithLanes for UnpadImage<'_> {
