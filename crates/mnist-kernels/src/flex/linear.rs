@@ -43,6 +43,7 @@
 //! swapped (`g^T x`).
 
 use std::borrow::Cow;
+use std::sync::{Mutex, PoisonError};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -439,8 +440,13 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: Weight<'_>, bias: &[
         return bias.repeat(n);
     }
     let block_len = panels * BLOCK_DEPTH;
-    // Cleared on all cores (13 MB for fc1), as the kernels' other large buffers are.
-    let mut packed = CacheAligned::filled(blocks * block_len, [0.0f32; PANEL]);
+    // The last call's buffer when it was packed for this shape: `Pack` writes the same
+    // places on every call, and the ones it leaves (past the last row and column) are still
+    // zero. Else one cleared on all cores (13 MB for fc1), as the kernels' other large
+    // buffers are: allocated and cleared on every call, it was a hundredth of a training
+    // step at 512.
+    let kept = KEPT_PACKED.lock().unwrap_or_else(PoisonError::into_inner).take().filter(|kept| kept.0 == (i, j));
+    let mut packed = kept.map_or_else(|| CacheAligned::filled(blocks * block_len, [0.0f32; PANEL]), |kept| kept.1);
     packed.par_chunks_mut(block_len).enumerate().for_each(|(block, packed)| {
         let start = block * BLOCK_DEPTH;
         dispatch(Pack { weight, j, start, depth: BLOCK_DEPTH.min(i - start), stride: BLOCK_DEPTH, packed });
@@ -455,8 +461,13 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: Weight<'_>, bias: &[
         let rows = y.len() / j;
         dispatch(Blocked { i, j, x: &x[task * task_rows * i..][..rows * i], packed: &packed, bias, y });
     });
+    *KEPT_PACKED.lock().unwrap_or_else(PoisonError::into_inner) = Some(((i, j), packed));
     y
 }
+
+/// The packed weight of [`blocked`]'s last call, and the shape `(i, j)` it was packed for
+/// (one at a time: calls that overlap, in the server, pack their own).
+static KEPT_PACKED: Mutex<Option<((usize, usize), CacheAligned<[f32; PANEL]>)>> = Mutex::new(None);
 
 /// Rows `start..start + depth` of a weight `[i, j]` into panels of 16 columns, `packed
 /// [panel][stride][16]` (row `d` of panel `p` at `p * stride + d`; columns past the last
@@ -1235,6 +1246,25 @@ mod tests {
             let bias: Vec<f32> = (0..j).map(|v| v as f32 / 7.0 - 1.0).collect();
             let w_t = transpose_of(&w, i, j);
             check("blocked", (n, i, j), &blocked(n, i, j, &x, Weight::Columns(&w_t), &bias), &x, &w, &bias);
+        }
+    }
+
+    /// The packed weight kept from one call of [`blocked`] to the next serves a call of the
+    /// same shape with other values, stored by rows or by columns, and not one of another
+    /// shape: each call gives its own product.
+    #[test]
+    fn a_kept_packed_weight_gives_each_calls_product() {
+        for (call, (n, i, j)) in [(70, 600, 83), (70, 600, 83), (66, 513, 83), (70, 600, 83), (66, 600, 80), (70, 600, 83)].into_iter().enumerate() {
+            let x = values_a(n * i + call)[call..].to_vec();
+            let w = values_b(i * j + 3 * call)[3 * call..].to_vec();
+            let bias: Vec<f32> = (0..j).map(|v| (v + call) as f32 / 7.0 - 1.0).collect();
+            let y = if call % 2 == 0 { blocked(n, i, j, &x, Weight::Rows(&w), &bias) } else { blocked(n, i, j, &x, Weight::Columns(&transpose_of(&w, i, j)), &bias) };
+            for b in 0..n {
+                for c in 0..j {
+                    let expect: f32 = bias[c] + (0..i).map(|r| x[b * i + r] * w[r * j + c]).sum::<f32>();
+                    assert!((y[b * j + c] - expect).abs() <= 1e-4 * (1.0 + expect.abs()), "call {call} {:?} [{b},{c}]: {} vs {expect}", (n, i, j), y[b * j + c]);
+                }
+            }
         }
     }
 
