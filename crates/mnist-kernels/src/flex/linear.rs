@@ -467,7 +467,10 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: Weight<'_>, bias: &[
 
 /// The packed weight of [`blocked`]'s last call, and the shape `(i, j)` it was packed for
 /// (one at a time: calls that overlap, in the server, pack their own).
-static KEPT_PACKED: Mutex<Option<((usize, usize), CacheAligned<[f32; PANEL]>)>> = Mutex::new(None);
+static KEPT_PACKED: Mutex<Option<Packed>> = Mutex::new(None);
+
+/// A packed weight and the shape `(i, j)` of the weight it was packed from.
+type Packed = ((usize, usize), CacheAligned<[f32; PANEL]>);
 
 /// Rows `start..start + depth` of a weight `[i, j]` into panels of 16 columns, `packed
 /// [panel][stride][16]` (row `d` of panel `p` at `p * stride + d`; columns past the last

@@ -81,7 +81,7 @@ pub(crate) struct Entries {
     /// entries of each span of [`SPAN`] columns start, then the end. Row `b`'s span `s` is
     /// `by_row[span_starts[b * spans + s]..span_starts[b * spans + s + 1]]`, and the whole
     /// row runs from `span_starts[b * spans]` to `span_starts[(b + 1) * spans]`
-    /// ([`Entries::row`], [`Entries::row_span`]).
+    /// ([`Entries::row_spans`]).
     span_starts: Vec<usize>,
     /// Column by column, each column's entries in row order: (row, value).
     by_column: Vec<(u32, f32)>,
