@@ -440,13 +440,13 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: Weight<'_>, bias: &[
         return bias.repeat(n);
     }
     let block_len = panels * BLOCK_DEPTH;
-    // The last call's buffer when it was packed for this shape: `Pack` writes the same
-    // places on every call, and the ones it leaves (past the last row and column) are still
-    // zero. Else one cleared on all cores (13 MB for fc1), as the kernels' other large
-    // buffers are: allocated and cleared on every call, it was a hundredth of a training
-    // step at 512.
-    let kept = KEPT_PACKED.lock().unwrap_or_else(PoisonError::into_inner).take().filter(|kept| kept.0 == (i, j));
-    let mut packed = kept.map_or_else(|| CacheAligned::filled(blocks * block_len, [0.0f32; PANEL]), |kept| kept.1);
+    // A buffer an earlier call packed for this shape: `Pack` writes the same places on
+    // every call, and the ones it leaves (past the last row and column) are still zero.
+    // Else one cleared on all cores (13 MB for fc1), as the kernels' other large buffers
+    // are: allocated and cleared on every call, it was a hundredth of a training step at
+    // 512.
+    let kept = take_packed(&mut KEPT_PACKED.lock().unwrap_or_else(PoisonError::into_inner), (i, j));
+    let mut packed = kept.unwrap_or_else(|| CacheAligned::filled(blocks * block_len, [0.0f32; PANEL]));
     packed.par_chunks_mut(block_len).enumerate().for_each(|(block, packed)| {
         let start = block * BLOCK_DEPTH;
         dispatch(Pack { weight, j, start, depth: BLOCK_DEPTH.min(i - start), stride: BLOCK_DEPTH, packed });
@@ -461,13 +461,33 @@ fn blocked(n: usize, i: usize, j: usize, x: &[f32], weight: Weight<'_>, bias: &[
         let rows = y.len() / j;
         dispatch(Blocked { i, j, x: &x[task * task_rows * i..][..rows * i], packed: &packed, bias, y });
     });
-    *KEPT_PACKED.lock().unwrap_or_else(PoisonError::into_inner) = Some(((i, j), packed));
+    keep_packed(&mut KEPT_PACKED.lock().unwrap_or_else(PoisonError::into_inner), ((i, j), packed));
     y
 }
 
-/// The packed weight of [`blocked`]'s last call, and the shape `(i, j)` it was packed for
-/// (one at a time: calls that overlap, in the server, pack their own).
-static KEPT_PACKED: Mutex<Option<Packed>> = Mutex::new(None);
+/// The packed weight kept for shape `(i, j)`, taken out of `kept`.
+fn take_packed(kept: &mut Vec<Packed>, shape: (usize, usize)) -> Option<CacheAligned<[f32; PANEL]>> {
+    kept.iter().position(|kept| kept.0 == shape).map(|at| kept.remove(at).1)
+}
+
+/// Keeps `packed` in `kept`: in place of one of its shape (calls that overlap, in the
+/// server, pack their own, and the last to end is kept), else of the oldest when
+/// [`KEPT_PACKED_SHAPES`] are kept.
+fn keep_packed(kept: &mut Vec<Packed>, packed: Packed) {
+    kept.retain(|kept| kept.0 != packed.0);
+    if kept.len() == KEPT_PACKED_SHAPES {
+        kept.remove(0);
+    }
+    kept.push(packed);
+}
+
+/// The packed weights of [`blocked`]'s last calls, each with the shape `(i, j)` it was
+/// packed for, up to [`KEPT_PACKED_SHAPES`]. One was too few: fc2 follows fc1 in every
+/// forward pass at 512, so fc1's 13 MB was packed into a new buffer on every step.
+static KEPT_PACKED: Mutex<Vec<Packed>> = Mutex::new(Vec::new());
+
+/// How many packed weights [`KEPT_PACKED`] keeps (the seed's fc1 and fc2, and room).
+const KEPT_PACKED_SHAPES: usize = 4;
 
 /// A packed weight and the shape `(i, j)` of the weight it was packed from.
 type Packed = ((usize, usize), CacheAligned<[f32; PANEL]>);
@@ -1269,6 +1289,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Packed weights of several shapes are kept side by side (fc1's and fc2's, called in
+    /// turn), one per shape, the oldest dropped past [`KEPT_PACKED_SHAPES`].
+    #[test]
+    fn packed_weights_are_kept_per_shape() {
+        let packed = |shape: (usize, usize), v: f32| (shape, CacheAligned::filled(2, [v; PANEL]));
+        let mut kept = Vec::new();
+        keep_packed(&mut kept, packed((3136, 1024), 1.0));
+        keep_packed(&mut kept, packed((1024, 10), 2.0));
+        assert!(take_packed(&mut kept, (3136, 1024)).is_some_and(|p| p[0][0] == 1.0), "fc1's, after fc2's was kept");
+        assert!(take_packed(&mut kept, (3136, 1024)).is_none(), "taken");
+        keep_packed(&mut kept, packed((1024, 10), 3.0));
+        assert!(kept.len() == 1 && take_packed(&mut kept, (1024, 10)).is_some_and(|p| p[0][0] == 3.0), "one per shape, the last kept");
+        for s in 0..=KEPT_PACKED_SHAPES {
+            keep_packed(&mut kept, packed((s, 1), s as f32));
+        }
+        assert_eq!(kept.len(), KEPT_PACKED_SHAPES);
+        assert!(take_packed(&mut kept, (0, 1)).is_none() && take_packed(&mut kept, (KEPT_PACKED_SHAPES, 1)).is_some(), "the oldest dropped");
     }
 
     #[test]
