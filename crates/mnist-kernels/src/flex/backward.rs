@@ -25,15 +25,13 @@
 use rayon::prelude::*;
 
 use super::lanes::{Lanes, List, WithLanes, dispatch, list_scalar};
-use super::layout::{CacheAligned, Layout, MAX_TILE, UnpadImage, zeroed};
+use super::layout::{CacheAligned, Layout, MAX_TILE, UnpadImage};
 use super::pool::{keep, take_kept};
 use super::wide::Arith;
 use super::{Geometry, NONE};
 
-/// Gradients of one block.
+/// Weight and bias gradients of one block.
 pub(crate) struct Grads {
-    /// `[b, c, h, w]`, when asked for.
-    pub dx: Option<Vec<f32>>,
     /// `[o, c, k, k]`.
     pub dw: Vec<f32>,
     /// `[o]`.
@@ -41,8 +39,10 @@ pub(crate) struct Grads {
 }
 
 /// Backward from `grad: [b, o, h/2, w/2]`, given the forward pass's padded NHWC input `xp`
-/// (see [`Layout`]), `weight: [o, c, k, k]` and each window's winner.
-pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], grad: &[f32], want_dx: bool) -> Grads {
+/// (see [`Layout`]), `weight: [o, c, k, k]` and each window's winner. The input gradient
+/// `[b, c, h, w]`, when asked for, is written into `dx` (every value: it may hold
+/// anything before).
+pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], grad: &[f32], dx: Option<&mut [f32]>) -> Grads {
     let lay = Layout::new(g);
     let (c, k, o) = (g.c, g.k, g.o);
     // W as [o, k, padded_run]: kernel row ky of channel oc is (kx, ci) in order, then zeros.
@@ -56,12 +56,14 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
             }
         }
     }
-    // `[b, c, h, w]`. Each task sums an image's input gradient in a padded scratch image of
-    // its own (41 KB for conv2, in L1 and L2), then writes it here without the padding:
-    // summed in padded images of the whole batch, then unpadded, those were 21 MB cleared,
-    // written and read again at batch 512.
+    // Each task sums an image's input gradient in a padded scratch image of its own (41 KB
+    // for conv2, in L1 and L2), then writes it into `dx` without the padding: summed in
+    // padded images of the whole batch, then unpadded, those were 21 MB cleared, written
+    // and read again at batch 512.
     let size = c * g.h * g.w;
-    let mut dx = if want_dx { zeroed(g.b * size) } else { Vec::new() };
+    if let Some(dx) = &dx {
+        assert_eq!(dx.len(), g.b * size, "the input gradient of {g:?}");
+    }
     // Three tasks per thread, each a near-equal share of the images (two per thread of up
     // to 13 images each split the seed's 50 as 13 + 13 against 13 + 11, and one core
     // waited for the other); each task sums into a weight gradient of its own. They are
@@ -71,7 +73,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
     // from one call to the next.
     let count = (3 * rayon::current_num_threads()).min(g.b).max(1);
     let mut tasks: Vec<(usize, usize, Option<&mut [f32]>)> = Vec::with_capacity(count);
-    let mut rest = if want_dx { Some(&mut dx[..]) } else { None };
+    let mut rest = dx;
     for task in 0..count {
         let (first, end) = (task * g.b / count, (task + 1) * g.b / count);
         let dx = rest.take().map(|r| {
@@ -127,7 +129,7 @@ pub(crate) fn backward(g: Geometry, xp: &[f32], weight: &[f32], winners: &[u8], 
             }
         }
     }
-    Grads { dx: want_dx.then_some(dx), dw, db: partial.db }
+    Grads { dw, db: partial.db }
 }
 
 /// One task's sums of the weight gradient (`[o, k, padded_run]`) and bias gradient.
@@ -674,8 +676,11 @@ mod tests {
             let winners: Vec<u8> = (0..g.b * g.o * ph * pw).map(|i| ((i + seed) % 5) as u8).collect();
             let grad: Vec<f32> = (0..g.b * g.o * ph * pw).map(|i| value(i + 3 * seed + 11)).collect();
             let xp = pad_nhwc(&lay, &x);
-            let out = backward(g, &xp, &weight, &winners, &grad, want_dx);
-            (out.dx, out.dw, out.db)
+            // The input gradient into a buffer of stale values, other ones for each seed:
+            // every value is written.
+            let mut dx = want_dx.then(|| vec![seed as f32 - 100.5; g.b * g.c * g.h * g.w]);
+            let out = backward(g, &xp, &weight, &winners, &grad, dx.as_deref_mut());
+            (dx, out.dw, out.db)
         };
         let a = Geometry { b: 7, c: 3, h: 9, w: 11, o: 5, k: 3 };
         let b = Geometry { b: 5, c: 1, h: 12, w: 12, o: 4, k: 5 };
@@ -706,11 +711,15 @@ mod tests {
         let xp = pad_nhwc(&lay, &x);
         for threads in [3, 6] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
-            let call = || pool.install(|| backward(g, &xp, &weight, &winners, &grad, true));
-            let first = call();
+            let call = |stale: f32| {
+                let mut dx = vec![stale; g.b * g.c * g.h * g.w];
+                let grads = pool.install(|| backward(g, &xp, &weight, &winners, &grad, Some(&mut dx)));
+                (grads, dx)
+            };
+            let (first, first_dx) = call(f32::NAN);
             for call_number in 1..40 {
-                let again = call();
-                assert!(again.dw == first.dw && again.db == first.db && again.dx == first.dx, "{threads} threads, call {call_number}: other bits");
+                let (again, dx) = call(call_number as f32);
+                assert!(again.dw == first.dw && again.db == first.db && dx == first_dx, "{threads} threads, call {call_number}: other bits");
             }
         }
     }

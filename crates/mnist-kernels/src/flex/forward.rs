@@ -20,7 +20,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{F8, Lanes, MAX_TILE_ROWS, TILE_COLUMNS, TILE_ROWS, WithLanes, chosen, dispatch_with, runs, tile_update};
-use super::layout::{CacheAligned, Layout, Padded, filled, pad_then, zeroed};
+use super::layout::{CacheAligned, Layout, Padded, pad_then};
 use super::winograd;
 use super::{Geometry, NONE};
 use crate::Simd;
@@ -31,19 +31,32 @@ const PANEL: usize = TILE_COLUMNS;
 /// Pixels per register tile.
 const MR: usize = TILE_ROWS;
 
-/// The block's output `[b, o, h/2, w/2]`, each window's winner (0..4 in the order
-/// top-left, top-right, bottom-left, bottom-right, or [`NONE`] when ReLU zeroed it), and
-/// the padded NHWC input (which the backward pass reads) when `keep` (else each image is
-/// padded into a buffer of its thread's: see [`super::layout::pad_each_then`]).
-pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], keep: bool) -> (Vec<f32>, Vec<u8>, Option<Padded>) {
-    forward_with(g, x, weight, bias, chosen(), keep)
+/// Where the block's forward pass writes: the output `[b, o, h/2, w/2]` and each pooling
+/// window's winner (0..4 in the order top-left, top-right, bottom-left, bottom-right, or
+/// [`NONE`] when ReLU zeroed it), as many. The pass writes every value of both, so they may
+/// hold anything before (recycled buffers: see [`super::pool`]).
+pub(crate) struct BlockOut<'a> {
+    pub out: &'a mut [f32],
+    pub winners: &'a mut [u8],
+}
+
+/// Writes the block's output and winners into `outputs` (each `b * o * (h/2) * (w/2)`
+/// long), and returns the padded NHWC input (which the backward pass reads) when `keep`
+/// (else each image is padded into a buffer of its thread's: see
+/// [`super::layout::pad_each_then`]).
+pub(crate) fn forward(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], keep: bool, outputs: BlockOut<'_>) -> Option<Padded> {
+    forward_with(g, x, weight, bias, chosen(), keep, outputs)
 }
 
 /// [`forward`] with `simd`'s kernels.
-fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd, keep: bool) -> (Vec<f32>, Vec<u8>, Option<Padded>) {
+fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd, keep: bool, outputs: BlockOut<'_>) -> Option<Padded> {
     let lay = Layout::new(g);
+    let (ph, pw) = g.pooled();
+    let plane = ph * pw;
+    let BlockOut { out, winners } = outputs;
+    assert!(out.len() == g.b * g.o * plane && winners.len() == out.len(), "the outputs of {g:?}");
     if winograd::applies(g) {
-        return winograd::forward(&lay, x, weight, bias, keep);
+        return winograd::forward(&lay, x, weight, bias, keep, BlockOut { out, winners });
     }
     let panels = g.o.div_ceil(PANEL);
     let run = g.k * g.c;
@@ -62,14 +75,10 @@ fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd
         }
     }
     let bias16 = panel_bias(bias);
-    let (ph, pw) = g.pooled();
-    let plane = ph * pw;
-    let mut out = zeroed(g.b * g.o * plane);
-    let mut winners = filled(out.len(), NONE);
     // Each image padded, then one task per panel: its channels' planes are contiguous in
     // `out`.
     let per_image = out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane));
-    let xp = pad_then(&lay, x, simd, per_image, |xp, (out, winners)| {
+    pad_then(&lay, x, simd, per_image, |xp, (out, winners)| {
         out.par_chunks_mut(PANEL * plane).zip(winners.par_chunks_mut(PANEL * plane)).enumerate().for_each(|(panel, (out, winners))| {
             dispatch_with(simd, Panel {
                 lay: &lay,
@@ -80,8 +89,7 @@ fn forward_with(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd
                 winners,
             });
         });
-    }, keep);
-    (out, winners, xp)
+    }, keep)
 }
 
 /// One image and one panel of output channels.
@@ -488,6 +496,17 @@ pub(super) fn bias8(bias: &[f32]) -> F8 {
     std::array::from_fn(|l| bias[l])
 }
 
+/// The outputs `run` writes, from buffers of `len` that each held `stale` in every byte
+/// before (f32 bits `0xFFFFFFFF` are a NaN, `0x7F7F7F7F` a large finite value; a winner of
+/// `0xFF` or `0x7F` is no winner): a value the kernels leave unwritten keeps it.
+#[cfg(test)]
+pub(super) fn over_stale(len: usize, stale: u8, run: impl FnOnce(BlockOut<'_>) -> Option<Padded>) -> (Vec<f32>, Vec<u8>, Option<Padded>) {
+    let mut out = vec![f32::from_bits(u32::from_ne_bytes([stale; 4])); len];
+    let mut winners = vec![stale; len];
+    let xp = run(BlockOut { out: &mut out, winners: &mut winners });
+    (out, winners, xp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::lanes::available;
@@ -513,11 +532,13 @@ mod tests {
             x[g.h * g.w / 2 + 3] = f32::NAN;
             let weight: Vec<f32> = (0..g.o * 25).map(|i| (i * 11 % 7) as f32 - 3.0).collect();
             let bias: Vec<f32> = (0..g.o).map(|i| (i % 3) as f32 - 1.0).collect();
-            let (out, winners, _) = forward_with(g, &x, &weight, &bias, Simd::Portable, true);
-            assert!(winners.contains(&NONE) && winners.contains(&3), "{g:?}: too few kinds of winner");
+            // Into buffers of stale values, other ones for each call: every value is written.
+            let len = g.b * g.o * g.pooled().0 * g.pooled().1;
+            let (out, winners, _) = over_stale(len, 0xFF, |o| forward_with(g, &x, &weight, &bias, Simd::Portable, true, o));
+            assert!(winners.contains(&NONE) && winners.contains(&3) && winners.iter().all(|&w| w <= NONE), "{g:?}: too few kinds of winner, or no winner written");
             for simd in available() {
-                let (other, other_winners, kept) = forward_with(g, &x, &weight, &bias, simd, true);
-                let (unkept, unkept_winners, none) = forward_with(g, &x, &weight, &bias, simd, false);
+                let (other, other_winners, kept) = over_stale(len, 0x7F, |o| forward_with(g, &x, &weight, &bias, simd, true, o));
+                let (unkept, unkept_winners, none) = over_stale(len, 0xFF, |o| forward_with(g, &x, &weight, &bias, simd, false, o));
                 // Without the padded batch, the same outputs.
                 assert!(kept.is_some() && none.is_none() && unkept.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()) && unkept_winners == other_winners, "{g:?}: {simd}, not kept");
                 assert!(out.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()), "{g:?}: {simd} outputs");

@@ -60,7 +60,8 @@ use super::layout::{CacheAligned, zeroed};
 use super::wide::Zmm;
 use super::sparse::{self, Entries, SPARSE_DENSITY, transpose_into};
 use crate::Simd;
-use super::{Ad, Refused, cast, float, from_vec, is_dense_by_columns, spare, transposed, values};
+use super::pool::{recycle, spare, spare_or_zeroed};
+use super::{Ad, Refused, cast, float, from_vec, is_dense_by_columns, transposed, values};
 
 /// Columns of `dW` per register tile.
 const PANEL: usize = TILE_COLUMNS;
@@ -197,7 +198,13 @@ impl Backward<Flex, 3> for Linear {
         let stored = Stored::of(&weight);
         if let Some(node) = node_x {
             let dx = match (&entries, stored.weight()) {
-                (Some(entries), weight) => from_vec(sparse::input_grad(i, entries, weight), [n, i]),
+                (Some(entries), weight) => {
+                    // Into a recycled buffer when one is kept (see `recycle`): every value is
+                    // written.
+                    let mut dx = spare_or_zeroed([n, i]);
+                    sparse::input_grad_into(i, entries, weight, &mut dx.storage_mut::<f32>()[..n * i]);
+                    dx
+                }
                 (None, Weight::Rows(weight)) if n <= SMALL_BATCH => from_vec(input_grad(n, i, j, &values::<2>(&grad), weight), [n, i]),
                 (None, Weight::Rows(_)) => float(g.clone().matmul(inner::<2>(&weight).transpose())),
                 // `g W^T` is `g` times the stored `[j, i]`: the forward pass's product.
@@ -221,7 +228,7 @@ impl Backward<Flex, 3> for Linear {
             };
             let shape = if by_columns { [j, i] } else { [i, j] };
             // Into a recycled buffer (see `recycle`) when there is one: every value is written.
-            let dw = match spare(&shape) {
+            let dw = match spare(shape) {
                 Some(mut dw) => {
                     into(&mut dw.storage_mut::<f32>()[..i * j]);
                     dw
@@ -234,6 +241,9 @@ impl Backward<Flex, 3> for Linear {
             };
             grads.register::<Flex>(node.id, if by_columns { transposed(dw) } else { dw });
         }
+        // The input's last read (at 512, conv2's output, 6 MB), unless something else holds
+        // it.
+        recycle(x);
     }
 }
 
@@ -1019,7 +1029,7 @@ impl WithLanes for Rows<'_> {
 mod tests {
     use burn::tensor::TensorData;
 
-    use super::super::pool::recycle;
+    use super::super::is_dense;
     use super::*;
 
     /// `w [i, j]` transposed: `[j, i]`, the buffer of `w` stored by columns.
@@ -1059,23 +1069,25 @@ mod tests {
         }
     }
 
-    /// A buffer handed back with [`recycle`] becomes the next weight gradient of its shape,
-    /// every stale value overwritten; small or shared buffers are not kept.
+    /// A buffer handed back with [`recycle`] becomes the next buffer of as many values, in
+    /// the shape asked for, and as the weight gradient every stale value is overwritten;
+    /// small or shared buffers are not kept.
     #[test]
     fn a_recycled_buffer_is_overwritten_by_the_weight_gradient() {
-        // 512 x 520 floats: just over 1 MiB.
+        // 512 x 520 floats: just over 1 MiB (a count no other test's buffers have).
         let (n, i, j) = (3, 512, 520);
         recycle(from_vec(vec![f32::NAN; i * j], [i, j]));
-        let kept = spare(&[i, j]).expect("a dense, unique 1 MiB buffer is kept");
-        recycle(kept);
+        let kept = spare([j, i]).expect("a dense, unique 1 MiB buffer is kept");
+        assert!(kept.layout().shape().as_slice() == [j, i] && kept.is_unique() && is_dense(&kept), "in the shape asked for, its own");
         recycle(from_vec(vec![0.0; 16], [4, 4]));
-        assert!(spare(&[4, 4]).is_none(), "a small buffer is not kept");
+        assert!(spare([4, 4]).is_none(), "a small buffer is not kept");
         let shared = from_vec(vec![0.0; i * j], [j, i]);
         recycle(shared.clone());
-        assert!(spare(&[j, i]).is_none(), "a shared buffer is not kept");
+        assert!(spare([j, i]).is_none(), "a shared buffer is not kept");
         // A gradient stored by columns is kept as its dense transpose.
         recycle(transposed(from_vec(vec![0.0; i * j], [j, i])));
-        assert!(spare(&[j, i]).is_some(), "a buffer stored by columns is kept as [j, i]");
+        assert!(spare([j, i]).is_some_and(|t| is_dense(&t)), "a buffer stored by columns is kept, dense");
+        recycle(kept);
 
         let device = Default::default();
         let xs = values_a(n * i);
@@ -1087,7 +1099,7 @@ mod tests {
         let mix = Tensor::<Ad, 2>::from_data(TensorData::new(gs.clone(), [n, j]), &device);
         let grads = (y * mix).sum().backward();
         let dw = weight.grad(&grads).expect("dw").into_data().to_vec::<f32>().expect("f32");
-        assert!(spare(&[i, j]).is_none(), "the recycled buffer was taken");
+        assert!(spare([i, j]).is_none(), "the recycled buffer was taken");
         let expect = weight_grad(n, i, j, &xs, &gs);
         assert!(dw.iter().zip(&expect).all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs())));
     }

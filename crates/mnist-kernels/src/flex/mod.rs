@@ -54,10 +54,10 @@ mod wide;
 mod winograd;
 
 use backward::backward;
-use forward::forward;
+use forward::{BlockOut, forward};
 use layout::{Layout, Padded};
 pub(crate) use linear::{linear, training_layout};
-use pool::spare;
+use pool::{recycle, recycle_winners, spare_or_zeroed, spare_winners};
 
 type Ad = Autodiff<Flex>;
 
@@ -99,9 +99,22 @@ pub(crate) fn conv_relu_pool<B: Backend>(
     };
     let (x, weight, bias) = (float(x), float(weight), float(bias));
     // Inference: nothing reads the padded input afterwards.
-    let (out, _, _) = forward(geometry, &values::<4>(&x), &values::<4>(&weight), &values::<1>(&bias), false);
-    let y = Tensor::<Flex, 4>::from_data(TensorData::new(out, geometry.out_shape()), &Default::default());
+    let (mut out, mut winners) = outputs(geometry);
+    let len = winners.len();
+    forward(geometry, &values::<4>(&x), &values::<4>(&weight), &values::<1>(&bias), false, BlockOut { out: &mut out.storage_mut::<f32>()[..len], winners: &mut winners });
+    // The input's last read, unless the caller holds it (the next block's output of this
+    // shape, or the next batch's).
+    recycle(x);
+    recycle_winners(winners);
+    let y = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(out));
     Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
+}
+
+/// Buffers for a block's output `[b, o, h/2, w/2]` and winners: recycled ones when kept
+/// (see [`pool`]), else new ones; the forward pass writes every value.
+fn outputs(g: Geometry) -> (FloatTensor<Flex>, Vec<u8>) {
+    let out = spare_or_zeroed(g.out_shape());
+    (out, spare_winners(g.out_shape().iter().product()))
 }
 
 /// The values of an f32 Flex tensor, as a `Vec` (a copy: burn-flex's buffers are
@@ -185,9 +198,13 @@ impl Backward<Flex, 3> for ConvReluPool {
         let grad = grads.consume::<Flex>(&ops.node);
         let s = ops.state;
         let g = s.geometry;
-        let result = backward(g, &s.xp, &values::<4>(&s.weight), &s.winners, &values::<4>(&grad), node_x.is_some());
-        if let (Some(node), Some(dx)) = (node_x, result.dx) {
-            grads.register::<Flex>(node.id, from_vec(dx, [g.b, g.c, g.h, g.w]));
+        let shape = [g.b, g.c, g.h, g.w];
+        // Into a recycled buffer when one is kept (see `pool`): every value is written.
+        let mut dx = node_x.is_some().then(|| spare_or_zeroed(shape));
+        let dx_values = dx.as_mut().map(|dx| &mut dx.storage_mut::<f32>()[..shape.iter().product()]);
+        let result = backward(g, &s.xp, &values::<4>(&s.weight), &s.winners, &values::<4>(&grad), dx_values);
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, dx);
         }
         if let Some(node) = node_weight {
             grads.register::<Flex>(node.id, from_vec(result.dw, [g.o, g.c, g.k, g.k]));
@@ -195,15 +212,25 @@ impl Backward<Flex, 3> for ConvReluPool {
         if let Some(node) = node_bias {
             grads.register::<Flex>(node.id, from_vec(result.db, [g.o]));
         }
+        // The output gradient's and the winners' last reads.
+        recycle(grad);
+        if let Ok(winners) = Arc::try_unwrap(s.winners) {
+            recycle_winners(winners);
+        }
     }
 }
 
 fn autodiff(g: Geometry, x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, bias: Tensor<Ad, 1>) -> Tensor<Ad, 4> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
-    let (out, winners, xp) = forward(g, &values::<4>(&x.primitive), &values::<4>(&weight.primitive), &values::<1>(&bias.primitive), true);
+    let (mut out, mut winners) = outputs(g);
+    let len = winners.len();
+    let outputs = BlockOut { out: &mut out.storage_mut::<f32>()[..len], winners: &mut winners };
+    let xp = forward(g, &values::<4>(&x.primitive), &values::<4>(&weight.primitive), &values::<1>(&bias.primitive), true, outputs);
     let xp = xp.unwrap_or_else(|| unreachable!("the padded input is kept when asked for"));
-    let out = from_vec(out, g.out_shape());
     let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
+    // The input's last read (the backward pass reads the padded copy), unless something
+    // else holds it: at 512, conv1's output is 13 MB.
+    recycle(x.primitive);
     let y = match ConvReluPool.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(
             Saved { geometry: g, xp: Arc::new(xp), weight: weight.primitive, winners: Arc::new(winners) },
@@ -238,6 +265,38 @@ mod tests {
     fn fused_block_matches_burn_forward_and_backward() {
         let shapes = [(3, 2, 7, 9, 4, 3, true), (2, 1, 28, 28, 8, 5, true), (2, 1, 28, 28, 8, 5, false), (3, 8, 9, 7, 5, 5, true), (40, 32, 14, 14, 6, 5, true)];
         crate::test_support::block_matches_burn::<Ad>(|x, w, b| conv_relu_pool(x, w, b).unwrap_or_else(|_| panic!("fused")), &shapes);
+    }
+
+    /// Recycled buffers full of stale values give what new ones give: the block's output,
+    /// winners and input gradient come from the pool when it keeps buffers of their sizes
+    /// (here, NaN and winners of 255 put there first), and every value is written. Both
+    /// forward kernels (direct for one input channel, Winograd for eight), sizes over
+    /// [`pool`]'s smallest kept buffer.
+    #[test]
+    fn recycled_buffers_give_what_new_ones_give() {
+        let device = Default::default();
+        for (b, c, h, o) in [(64, 1, 28, 32), (32, 8, 24, 64)] {
+            let x = Tensor::<Ad, 4>::random([b, c, h, h], Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let weight = Tensor::<Ad, 4>::random([o, c, 5, 5], Distribution::Normal(0.0, 0.1), &device).require_grad();
+            let bias = Tensor::<Ad, 1>::random([o], Distribution::Normal(0.0, 0.1), &device).require_grad();
+            let mix = Tensor::<Ad, 4>::random([b, o, h / 2, h / 2], Distribution::Normal(0.0, 1.0), &device);
+            let run = || {
+                let y = conv_relu_pool(x.clone(), weight.clone(), bias.clone()).unwrap_or_else(|_| panic!("fused"));
+                let grads = (y.clone() * mix.clone()).sum().backward();
+                let bits = |t: Tensor<Ad, 4>| -> Vec<u32> { t.inner().into_data().to_vec::<f32>().expect("f32").iter().map(|v| v.to_bits()).collect() };
+                let grad = |t: &Tensor<Ad, 4>| bits(Tensor::from_inner(t.grad(&grads).expect("a gradient")));
+                (bits(y), grad(&x), grad(&weight), bias.grad(&grads).expect("db").into_data().to_vec::<f32>().expect("f32"))
+            };
+            let fresh = run();
+            let (outputs, inputs) = (b * o * (h / 2) * (h / 2), b * c * h * h);
+            for n in [outputs, inputs] {
+                while pool::spare([n]).is_some() {}
+                recycle(from_vec(vec![f32::NAN; n], [n]));
+            }
+            recycle_winners(vec![0xFF; outputs]);
+            let again = run();
+            assert!(again == fresh, "{:?}: other values from recycled buffers", (b, c, h, o));
+        }
     }
 
     #[test]

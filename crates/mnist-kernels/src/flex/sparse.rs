@@ -38,7 +38,7 @@ use rayon::prelude::*;
 
 use super::lanes::{Lanes, Rows64, WithLanes, dispatch};
 use super::linear::Weight;
-use super::layout::{CacheAligned, zeroed};
+use super::layout::CacheAligned;
 
 /// The largest fraction of non-zero entries in the output gradient for which the backward
 /// pass visits its entries ([`Entries::of`] says `None` above it). At fc1's shape (batch
@@ -198,14 +198,14 @@ impl Entries {
 /// `g W^T` from `g`'s entries: `weight [i, j]` -> `[n, i]` (see the module's overview). A
 /// weight stored column by column is read where it lies: each of its `j` stored rows holds
 /// the block's 64 values contiguously (a last block shorter than 64 is copied out).
-pub(crate) fn input_grad(i: usize, entries: &Entries, weight: Weight<'_>) -> Vec<f32> {
+pub(crate) fn input_grad_into(i: usize, entries: &Entries, weight: Weight<'_>, dx: &mut [f32]) {
     let (n, j) = (entries.n, entries.j);
+    assert_eq!(dx.len(), n * i, "the input gradient of {n} images of {i}");
     if n == 0 || i == 0 || j == 0 {
-        return vec![0.0; n * i];
+        dx.fill(0.0);
+        return;
     }
     let blocks = i.div_ceil(BLOCK);
-    // Cleared on all cores (6 MB at batch 512).
-    let mut dx = zeroed(n * i);
     // Each block's 64 columns of every image's row, by block: the blocks' tasks write
     // their sums into `dx` where they belong. (Through a `[block][n][64]` buffer, then
     // gathered into `dx`'s rows, that buffer's clearing and the gather were a hundredth
@@ -233,7 +233,6 @@ pub(crate) fn input_grad(i: usize, entries: &Entries, weight: Weight<'_>) -> Vec
             }),
         }
     });
-    dx
 }
 
 /// `x^T g` from `g`'s entries, written over `dw: [i, j]` (every value): `x [n, i]` (see the
@@ -359,16 +358,24 @@ impl WithLanes for InputGradBlock<'_, '_> {
             BlockWeight::Ready(table) => table,
         };
         let e = self.entries;
-        // `out` starts at zero (`input_grad` clears `dx`).
+        // The first pass writes every value of `out` (which may hold anything before), the
+        // others add to them.
         for first in (0..e.j.div_ceil(SPAN)).step_by(per_pass) {
             for (b, out) in self.out.iter_mut().enumerate() {
                 let list = e.row_spans(b, first, per_pass);
                 if list.is_empty() {
+                    if first == 0 {
+                        out.fill(0.0);
+                    }
                     continue;
                 }
                 let sums = lanes.sum_list64(table, list);
-                for (o, s) in out.iter_mut().zip(&sums) {
-                    *o += s;
+                if first == 0 {
+                    out.copy_from_slice(&sums[..out.len()]);
+                } else {
+                    for (o, s) in out.iter_mut().zip(&sums) {
+                        *o += s;
+                    }
                 }
             }
         }
@@ -582,8 +589,9 @@ mod tests {
             // The weight stored by rows, and by columns (its transpose `[j, i]`).
             let w_t: Vec<f32> = (0..j * i).map(|k| w[(k % i) * j + k / i]).collect();
             for (layout, weight) in [("rows", Weight::Rows(&w)), ("columns", Weight::Columns(&w_t))] {
-                let dx = input_grad(i, &e, weight);
-                assert_eq!(dx.len(), n * i);
+                // Over stale values (NaN): every value is written.
+                let mut dx = vec![f32::NAN; n * i];
+                input_grad_into(i, &e, weight, &mut dx);
                 for b in 0..n {
                     for r in 0..i {
                         let expect: f32 = (0..j).map(|c| g[b * j + c] * w[r * j + c]).sum();

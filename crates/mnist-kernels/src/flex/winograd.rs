@@ -28,12 +28,12 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
-use super::forward::{bias8, panel_bias, pool_lanes};
+use super::forward::{BlockOut, bias8, panel_bias, pool_lanes};
 use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE8_ROWS, WithLanes, chosen, dispatch_with, runs, starts};
 use super::wide::{Arith, Zmm};
 use crate::Simd;
-use super::layout::{CacheAligned, Layout, Padded, filled, pad_nhwc_with, pad_then, zeroed};
-use super::{Geometry, NONE};
+use super::layout::{CacheAligned, Layout, Padded, pad_nhwc_with, pad_then};
+use super::Geometry;
 
 /// Side of a transformed tile.
 const ALPHA: usize = 8;
@@ -99,15 +99,15 @@ fn tile_grid(g: Geometry) -> (usize, usize) {
     (ph.div_ceil(2), pw.div_ceil(2))
 }
 
-/// The block's output `[b, o, h/2, w/2]`, winners and padded NHWC input (as
-/// [`super::forward::forward`]) from `x: [b, c, h, w]`, `weight: [o, c, 5, 5]` and
-/// `bias: [o]`. Each image is padded ([`pad_then`]) in the task that transforms it; the
+/// The block's output `[b, o, h/2, w/2]` and winners, written into `outputs` (every value),
+/// and padded NHWC input (as [`super::forward::forward`]) from `x: [b, c, h, w]`, `weight:
+/// [o, c, 5, 5]` and `bias: [o]`. Each image is padded ([`pad_then`]) in the task that transforms it; the
 /// padded batch is returned only when `keep`.
-pub(crate) fn forward(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], keep: bool) -> (Vec<f32>, Vec<u8>, Option<Padded>) {
-    forward_with(lay, x, weight, bias, chosen(), keep)
+pub(crate) fn forward(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], keep: bool, outputs: BlockOut<'_>) -> Option<Padded> {
+    forward_with(lay, x, weight, bias, chosen(), keep, outputs)
 }
 
-fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd, keep: bool) -> (Vec<f32>, Vec<u8>, Option<Padded>) {
+fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Simd, keep: bool, outputs: BlockOut<'_>) -> Option<Padded> {
     let g = lay.g;
     debug_assert!(applies(g));
     let (ph, pw) = g.pooled();
@@ -116,16 +116,15 @@ fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Sim
     let tiles = (rows * columns).div_ceil(MR) * MR;
     let v = transformed_weights(g, weight);
     let bias16 = panel_bias(bias);
-    let mut out = zeroed(g.b * g.o * plane);
-    let mut winners = filled(out.len(), NONE);
+    let BlockOut { out, winners } = outputs;
     if plane == 0 {
-        return (out, winners, keep.then(|| pad_nhwc_with(lay, x, simd)));
+        return keep.then(|| pad_nhwc_with(lay, x, simd));
     }
     // Panels per task: with AVX-512, four at a time in the 4 x 64 tile (one task an image;
     // one image alone keeps a task per panel, so that both cores share it); else one.
     let group = if simd == Simd::Avx512 && g.o.is_multiple_of(WIDE * PANEL) && g.b > 1 { WIDE } else { 1 };
     let per_image = out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane));
-    let xp = pad_then(lay, x, simd, per_image, |xp, (out, winners)| {
+    pad_then(lay, x, simd, per_image, |xp, (out, winners)| {
         let u = dispatch_with(simd, InputTransform { lay, xp, tiles, u: KEPT_U.take() });
         // One task per group of panels: their channels' planes are contiguous in `out`.
         out.par_chunks_mut(group * PANEL * plane).zip(winners.par_chunks_mut(group * PANEL * plane)).enumerate().for_each(
@@ -144,8 +143,7 @@ fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Sim
             },
         );
         KEPT_U.set(u);
-    }, keep);
-    (out, winners, xp)
+    }, keep)
 }
 
 thread_local! {
@@ -578,6 +576,8 @@ fn write_planes<L: Lanes>(lanes: L, values: &[[f32; PANEL]], codes: &[[f32; PANE
 
 #[cfg(test)]
 mod tests {
+    use super::super::NONE;
+    use super::super::forward::over_stale;
     use super::super::lanes::{Portable, available};
     use super::super::layout::pad_nhwc;
     use super::*;
@@ -662,14 +662,17 @@ mod tests {
             let x: Vec<f32> = (0..g.b * g.c * g.h * g.w).map(value).collect();
             let weight: Vec<f32> = (0..g.o * g.c * 25).map(|i| value(i * 3 + 5) * 0.1).collect();
             let bias: Vec<f32> = (0..g.o).map(|i| value(i + 17) * 0.1).collect();
-            let (out, winners, xp) = forward_with(&lay, &x, &weight, &bias, Simd::Portable, true);
+            // Into buffers of stale values (see `over_stale`): every value is written.
+            let len = g.b * g.o * g.pooled().0 * g.pooled().1;
+            let (out, winners, xp) = over_stale(len, 0xFF, |o| forward_with(&lay, &x, &weight, &bias, Simd::Portable, true, o));
             assert!(xp.is_some_and(|xp| xp[..] == pad_nhwc(&lay, &x)[..]), "{g:?}: the padded input is pad_nhwc's");
+            assert!(winners.iter().all(|&w| w <= NONE), "{g:?}: a winner not written");
             let mut others = Vec::new();
             for simd in available() {
-                let (other, other_winners, _) = forward_with(&lay, &x, &weight, &bias, simd, true);
-                assert!(out.iter().zip(&other).all(|(a, b)| (a - b).abs() <= 1e-5), "{g:?}: {simd}");
+                let (other, other_winners, _) = over_stale(len, 0x7F, |o| forward_with(&lay, &x, &weight, &bias, simd, true, o));
+                assert!(out.iter().zip(&other).all(|(a, b)| (a - b).abs() <= 1e-5) && other_winners.iter().all(|&w| w <= NONE), "{g:?}: {simd}");
                 // Each image padded in a buffer of its thread's (inference): the same outputs.
-                let (unkept, unkept_winners, none) = forward_with(&lay, &x, &weight, &bias, simd, false);
+                let (unkept, unkept_winners, none) = over_stale(len, 0xFF, |o| forward_with(&lay, &x, &weight, &bias, simd, false, o));
                 assert!(none.is_none() && unkept == other && unkept_winners == other_winners, "{g:?}: {simd}, not kept");
                 others.push((simd, other_winners));
             }
