@@ -271,7 +271,9 @@ impl Lists {
         List { offsets: &self.channel_offsets[oc * plane..][..len], values: &self.channel_values[oc * plane..][..len] }
     }
 
-    /// Output pixel `pixel`'s entries.
+    /// Output pixel `pixel`'s entries. (Inlined: called between the loops of
+    /// [`four_pixels`], a call spilled their sums to the stack.)
+    #[inline(always)]
     fn pixel(&self, pixel: usize, o: usize) -> List<'_> {
         let len = self.pixel_len[pixel];
         List { offsets: &self.pixel_offsets[pixel * o..][..len], values: &self.pixel_values[pixel * o..][..len] }
@@ -556,12 +558,26 @@ impl ImageKernel<'_> {
             }
         }
         if let Some(dxp) = self.dxp {
+            // Four pixels at a time where their kernel rows overlap in whole vectors of 16
+            // (conv2's, with AVX-512: see `four_pixels`).
+            let four = lanes.zmm().filter(|_| T == 10 && lay.groups == 2 && g.c == FOUR_PIXELS_CHANNELS);
             // Kernel rows outer: one kernel row of every channel's packed weights (40 KB for
             // conv2) stays in L1 while the pixels pass; with the pixels outer, every entry's
             // ten vectors came from L2 (all of the weights, 200 KB).
             for ky in 0..g.k {
                 for yy in 0..g.h {
-                    for xx in 0..g.w {
+                    let mut first = 0;
+                    if let Some(zmm) = four {
+                        while first + 4 <= g.w {
+                            let pixel = yy * g.w + first;
+                            if lists.pixel_len[pixel..][..4].iter().any(|&len| len > 0) {
+                                let out = &mut dxp[lay.window(yy, first) + ky * lay.row..][..FOUR_PIXELS_VECTORS * 16];
+                                four_pixels(zmm, &self.wr[ky * lay.padded_run..], (lists, pixel, g.o), out);
+                            }
+                            first += 4;
+                        }
+                    }
+                    for xx in first..g.w {
                         let pixel = yy * g.w + xx;
                         let list = lists.pixel(pixel, g.o);
                         if list.is_empty() {
@@ -578,6 +594,48 @@ impl ImageKernel<'_> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Input channels for which [`four_pixels`] applies: two vectors of 16 a pixel.
+const FOUR_PIXELS_CHANNELS: usize = 32;
+
+/// Vectors of 16 under [`four_pixels`]'s four kernel rows: ten of the first pixel's, and
+/// two more for each of the others.
+const FOUR_PIXELS_VECTORS: usize = 16;
+
+/// The input gradient's kernel rows of four neighbouring pixels of an image row at once,
+/// with sixteen lanes (AVX-512), where a kernel row is ten vectors and the next pixel's
+/// starts two vectors later (32 input channels, a 5 x 5 kernel: conv2's): the four rows
+/// span 16 vectors, summed in 16 registers, each pixel's list into its ten of them, then
+/// added to `out` (the 16 vectors from the first pixel's row) once. One pixel at a time,
+/// each list's ten sums were added to its row on their own: 40 loads, additions and
+/// stores where these are 16, for lists of about a dozen entries each.
+#[inline(always)]
+fn four_pixels<A: Arith>(a: A, wr: &[f32], (lists, first, o): (&Lists, usize, usize), out: &mut [f32]) {
+    assert_eq!(A::LANES, 16, "two vectors a pixel are 32 channels");
+    let mut acc = [a.zero(); FOUR_PIXELS_VECTORS];
+    // Each list looked up just before its loop: looked up together, the four lists'
+    // bounds took enough registers that each entry reloaded two of them from the stack.
+    shifted_list::<A, 0>(a, &mut acc, wr, lists.pixel(first, o));
+    shifted_list::<A, 2>(a, &mut acc, wr, lists.pixel(first + 1, o));
+    shifted_list::<A, 4>(a, &mut acc, wr, lists.pixel(first + 2, o));
+    shifted_list::<A, 6>(a, &mut acc, wr, lists.pixel(first + 3, o));
+    for (t, sum) in acc.into_iter().enumerate() {
+        let out = &mut out[t * A::LANES..][..A::LANES];
+        a.store_to(a.add(a.load(out), sum), out);
+    }
+}
+
+/// `acc[FIRST..FIRST + 10] += sum over (offset, g) in list of g * wr[offset..]`, ten vectors
+/// of `A::LANES` ([`four_pixels`]).
+#[inline(always)]
+fn shifted_list<A: Arith, const FIRST: usize>(a: A, acc: &mut [A::V; FOUR_PIXELS_VECTORS], wr: &[f32], list: List<'_>) {
+    for (&offset, &gv) in list.offsets.iter().zip(list.values) {
+        let w = &wr[offset as usize..][..10 * A::LANES];
+        for t in 0..10 {
+            acc[FIRST + t] = a.fma(acc[FIRST + t], gv, a.load(&w[t * A::LANES..]));
         }
     }
 }
