@@ -434,6 +434,11 @@ struct ImageKernel<'a> {
 /// least `k * k`, and room for an eight-float store at the last kernel row.
 const PATCH: usize = 32;
 
+/// Most bytes of patches [`ImageKernel::one_channel`] fills at a time: two thirds of the
+/// 48 KB L1 of recent Intel cores (AMD's Zen 4 and 5 have 32 KB; there a band's patches
+/// come partly from L2, as all of them did before).
+const PATCH_BAND_BYTES: usize = 32 * 1024;
+
 impl WithLanes for ImageKernel<'_> {
     type Output = ();
 
@@ -465,11 +470,17 @@ impl WithLanes for ImageKernel<'_> {
 impl ImageKernel<'_> {
     /// The weight gradient of a block with one input channel and no input gradient (the
     /// seed's conv1: a 5 x 5 window is 25 floats), by whole windows: each window's values
-    /// are first copied into a patch of 32 (once an image, `[window offset][32]`, 115 KB
-    /// for conv1), then each channel's entries sum `g * patch` in 32 lanes (two registers
-    /// with AVX-512, four of eight elsewhere, in two chains). The kernel-row tiles of
-    /// [`Self::tiles`] took five passes over each list with one vector of five useful
-    /// floats an entry: conv1's weight gradient, 800 values, was a tenth of a training step.
+    /// are first copied into a patch of 32, then each channel's entries sum `g * patch` in
+    /// 32 lanes (two registers with AVX-512, four of eight elsewhere, in two chains). The
+    /// kernel-row tiles of [`Self::tiles`] took five passes over each list with one vector
+    /// of five useful floats an entry: conv1's weight gradient, 800 values, was a tenth of
+    /// a training step.
+    ///
+    /// By bands of window rows whose patches fit in [`PATCH_BAND_BYTES`] (8 rows, 32 KB, for
+    /// conv1), so that the entries read them from L1: with the whole image's patches at
+    /// once (115 KB), each entry's two loads came from L2 and the entries took two thirds
+    /// of the kernel. Each channel's list is in window order, so a band's entries follow
+    /// the last band's; the channels' sums are carried over the bands in `totals`.
     #[inline(always)]
     fn one_channel<A: Arith>(self, a: A) {
         let (lay, lists) = (self.lay, self.lists);
@@ -479,54 +490,54 @@ impl ImageKernel<'_> {
         if g.h == 0 || g.w == 0 {
             return;
         }
-        // Every window offset `yy * row + xx` (those with `xx >= w` are never listed).
-        let windows = (g.h - 1) * row + g.w;
-        if self.patches.len() < windows {
-            self.patches.resize(windows, [0.0; PATCH]);
+        let band_rows = (PATCH_BAND_BYTES / (row * PATCH * 4)).clamp(1, g.h);
+        if self.patches.len() < band_rows * row {
+            self.patches.resize(band_rows * row, [0.0; PATCH]);
         }
-        let patches = &mut self.patches[..windows];
-        for yy in 0..g.h {
-            for xx in 0..g.w {
-                let at = yy * row + xx;
-                let patch = &mut patches[at];
-                // Eight floats a kernel row (the padded image has room to read them past
-                // the last window, see `Layout::image`): the three past the row land where
-                // the next row then writes, or past `k * k`, in lanes never read.
-                for ky in 0..k {
-                    let (from, _) = self.xp[at + ky * row..][..8].as_chunks::<8>();
-                    let (to, _) = patch[ky * k..][..8].as_chunks_mut::<8>();
-                    to[0] = from[0];
-                }
-            }
-        }
-        let patches = &*patches;
         let vectors = PATCH / A::LANES;
-        for oc in 0..g.o {
-            let list = lists.channel(oc, ph * pw);
-            if list.is_empty() {
-                continue;
-            }
-            let (mut even, mut odd) = ([a.zero(); 4], [a.zero(); 4]);
-            let ((pairs, rest), (pair_values, rest_values)) = (list.offsets.as_chunks::<2>(), list.values.as_chunks::<2>());
-            for (&[at0, at1], &[g0, g1]) in pairs.iter().zip(pair_values) {
-                let (p0, p1) = (&patches[at0 as usize], &patches[at1 as usize]);
-                for v in 0..vectors {
-                    even[v] = a.fma(even[v], g0, a.load(&p0[v * A::LANES..]));
+        let mut totals = vec![[0.0f32; PATCH]; g.o];
+        let mut firsts = vec![0usize; g.o];
+        for y0 in (0..g.h).step_by(band_rows) {
+            let y1 = (y0 + band_rows).min(g.h);
+            // Window offsets `yy * row + xx` from `y0 * row` (those with `xx >= w` are never
+            // listed).
+            let base = y0 * row;
+            let patches = &mut self.patches[..(y1 - y0) * row];
+            for yy in y0..y1 {
+                for xx in 0..g.w {
+                    let at = yy * row + xx;
+                    let patch = &mut patches[at - base];
+                    // Eight floats a kernel row (the padded image has room to read them past
+                    // the last window, see `Layout::image`): the three past the row land
+                    // where the next row then writes, or past `k * k`, in lanes never read.
+                    for ky in 0..k {
+                        let (from, _) = self.xp[at + ky * row..][..8].as_chunks::<8>();
+                        let (to, _) = patch[ky * k..][..8].as_chunks_mut::<8>();
+                        to[0] = from[0];
+                    }
                 }
-                for v in 0..vectors {
-                    odd[v] = a.fma(odd[v], g1, a.load(&p1[v * A::LANES..]));
+            }
+            let patches = &*patches;
+            let end = (y1 * row) as u32;
+            for (oc, (first, total)) in firsts.iter_mut().zip(&mut totals).enumerate() {
+                let list = lists.channel(oc, ph * pw);
+                let count = list.offsets[*first..].partition_point(|&at| at < end);
+                let (offsets, values) = (&list.offsets[*first..][..count], &list.values[*first..][..count]);
+                *first += count;
+                if count == 0 {
+                    continue;
+                }
+                // Eight multiply-adds in flight: four chains of two 16-lane sums with
+                // AVX-512, two of four 8-lane sums elsewhere (with two chains of two, each
+                // pair of entries waited for the last pair's sums).
+                let sums = if vectors == 2 { patch_sums::<A, 4>(a, offsets, values, patches, base) } else { patch_sums::<A, 2>(a, offsets, values, patches, base) };
+                for (v, sum) in sums.into_iter().enumerate().take(vectors) {
+                    let total = &mut total[v * A::LANES..][..A::LANES];
+                    a.store_to(a.add(a.load(total), sum), total);
                 }
             }
-            for (&at, &gv) in rest.iter().zip(rest_values) {
-                let patch = &patches[at as usize];
-                for v in 0..vectors {
-                    even[v] = a.fma(even[v], gv, a.load(&patch[v * A::LANES..]));
-                }
-            }
-            let mut sums = [0.0f32; PATCH];
-            for v in 0..vectors {
-                a.store_to(a.add(even[v], odd[v]), &mut sums[v * A::LANES..]);
-            }
+        }
+        for (oc, sums) in totals.iter().enumerate() {
             for ky in 0..k {
                 let dw = &mut self.dw[(oc * k + ky) * lay.padded_run..][..k];
                 for (d, s) in dw.iter_mut().zip(&sums[ky * k..]) {
@@ -596,6 +607,37 @@ impl ImageKernel<'_> {
             }
         }
     }
+}
+
+/// `sum over (at, g) of g * patches[at - base]`, 32 lanes as `PATCH / A::LANES` vectors (of
+/// the four returned), the entries in `C` chains of sums added at the end
+/// ([`ImageKernel::one_channel`]).
+#[inline(always)]
+fn patch_sums<A: Arith, const C: usize>(a: A, offsets: &[u32], values: &[f32], patches: &[[f32; PATCH]], base: usize) -> [A::V; 4] {
+    let vectors = PATCH / A::LANES;
+    let mut chains = [[a.zero(); 4]; C];
+    let ((groups, rest), (group_values, rest_values)) = (offsets.as_chunks::<C>(), values.as_chunks::<C>());
+    for (group, group_values) in groups.iter().zip(group_values) {
+        for ((chain, &at), &gv) in chains.iter_mut().zip(group).zip(group_values) {
+            let patch = &patches[at as usize - base];
+            for v in 0..vectors {
+                chain[v] = a.fma(chain[v], gv, a.load(&patch[v * A::LANES..]));
+            }
+        }
+    }
+    for (&at, &gv) in rest.iter().zip(rest_values) {
+        let patch = &patches[at as usize - base];
+        for v in 0..vectors {
+            chains[0][v] = a.fma(chains[0][v], gv, a.load(&patch[v * A::LANES..]));
+        }
+    }
+    let mut sums = chains[0];
+    for chain in &chains[1..] {
+        for v in 0..vectors {
+            sums[v] = a.add(sums[v], chain[v]);
+        }
+    }
+    sums
 }
 
 /// Input channels for which [`four_pixels`] applies: two vectors of 16 a pixel.
