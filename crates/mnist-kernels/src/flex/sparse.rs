@@ -439,7 +439,7 @@ fn with_scratch<const N: usize, R>(rows: [usize; N], f: impl FnOnce([&mut [[f32;
     out
 }
 
-/// Where a block of [`input_grad`] finds its weight values, `[j][64]`.
+/// Where a block of [`input_grad_into`] finds its weight values, `[j][64]`.
 enum BlockWeight<'a> {
     /// `[r, j]`, `r <= 64`: the block's rows of a weight stored by rows, transposed into
     /// the scratch `block` (`[j][64]`) first.
