@@ -521,6 +521,8 @@ impl ImageKernel<'_> {
                 }
             }
             let patches = &*patches;
+            // Window offsets fit in 32 bits (`Layout::offsets_fit_u32`, checked before the
+            // block ran), and this one is at most an image's.
             let end = (y1 * row) as u32;
             for (oc, (first, total)) in firsts.iter_mut().zip(&mut totals).enumerate() {
                 let list = lists.channel(oc, ph * pw);

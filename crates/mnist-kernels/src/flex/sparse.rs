@@ -155,7 +155,7 @@ impl Entries {
                         // Every value is written at the list's end and only a non-zero one
                         // moves the end on: whether a value is zero is random, and a branch
                         // on it mispredicts. (Past the task's last entry, into `sink`: a
-                        // branch taken once.)
+                        // branch that goes one way until then, so it predicts well.)
                         for (c, &v) in values.iter().enumerate() {
                             *entries.get_mut(len).unwrap_or(&mut sink) = ((span * SPAN + c) as u32, v);
                             len += usize::from(v != 0.0);
