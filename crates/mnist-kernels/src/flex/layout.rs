@@ -266,9 +266,9 @@ fn unpad_nchw_with(lay: &Layout, padded: &[f32], b: usize, simd: Simd) -> Vec<f3
 /// A zero-padded NHWC image ([`Layout::image`] floats) as `[c, h, w]`, the padding
 /// dropped (the fused block's input gradient, which its backward pass sums in the padded
 /// layout): [`PadImage`] run backwards. With a multiple of 16 channels, the rows copied out
-/// to unpadded NHWC, then transposed into the channels' planes in 16 x 16 blocks. Gathered plane by plane instead (each value a float of its
-/// own, 128 bytes after the last), conv2's input gradient was one to one and a half
-/// hundredths of a training step.
+/// to unpadded NHWC, then transposed into the channels' planes in 16 x 16 blocks. Gathered
+/// plane by plane instead (each value a float of its own, 128 bytes after the last),
+/// conv2's input gradient was one to one and a half hundredths of a training step.
 pub(crate) struct UnpadImage<'a> {
     pub lay: &'a Layout,
     /// The padded image.

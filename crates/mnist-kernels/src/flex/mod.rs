@@ -99,9 +99,7 @@ pub(crate) fn conv_relu_pool<B: Backend>(
     };
     let (x, weight, bias) = (float(x), float(weight), float(bias));
     // Inference: nothing reads the padded input afterwards.
-    let (mut out, mut winners) = outputs(geometry);
-    let len = winners.len();
-    forward(geometry, &values::<4>(&x), &values::<4>(&weight), &values::<1>(&bias), false, BlockOut { out: &mut out.storage_mut::<f32>()[..len], winners: &mut winners });
+    let (out, winners, _) = forward_into_spares(geometry, &values::<4>(&x), &values::<4>(&weight), &values::<1>(&bias), false);
     // The input's last read, unless the caller holds it (the next block's output of this
     // shape, or the next batch's).
     recycle(x);
@@ -110,11 +108,16 @@ pub(crate) fn conv_relu_pool<B: Backend>(
     Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
 }
 
-/// Buffers for a block's output `[b, o, h/2, w/2]` and winners: recycled ones when kept
-/// (see [`pool`]), else new ones; the forward pass writes every value.
-fn outputs(g: Geometry) -> (FloatTensor<Flex>, Vec<u8>) {
-    let out = spare_or_zeroed(g.out_shape());
-    (out, spare_winners(g.out_shape().iter().product()))
+/// The block's forward pass (see [`forward`]) into buffers for its output `[b, o, h/2,
+/// w/2]` and winners that are recycled ones when kept (see [`pool`]), else new ones (it
+/// writes every value): the output as a tensor, the winners, and the padded input when
+/// `keep`.
+fn forward_into_spares(g: Geometry, x: &[f32], weight: &[f32], bias: &[f32], keep: bool) -> (FloatTensor<Flex>, Vec<u8>, Option<Padded>) {
+    let mut out = spare_or_zeroed(g.out_shape());
+    let mut winners = spare_winners(g.out_shape().iter().product());
+    let len = winners.len();
+    let xp = forward(g, x, weight, bias, keep, BlockOut { out: &mut out.storage_mut::<f32>()[..len], winners: &mut winners });
+    (out, winners, xp)
 }
 
 /// The values of an f32 Flex tensor, as a `Vec` (a copy: burn-flex's buffers are
@@ -222,10 +225,7 @@ impl Backward<Flex, 3> for ConvReluPool {
 
 fn autodiff(g: Geometry, x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, bias: Tensor<Ad, 1>) -> Tensor<Ad, 4> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
-    let (mut out, mut winners) = outputs(g);
-    let len = winners.len();
-    let outputs = BlockOut { out: &mut out.storage_mut::<f32>()[..len], winners: &mut winners };
-    let xp = forward(g, &values::<4>(&x.primitive), &values::<4>(&weight.primitive), &values::<1>(&bias.primitive), true, outputs);
+    let (out, winners, xp) = forward_into_spares(g, &values::<4>(&x.primitive), &values::<4>(&weight.primitive), &values::<1>(&bias.primitive), true);
     let xp = xp.unwrap_or_else(|| unreachable!("the padded input is kept when asked for"));
     let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
     // The input's last read (the backward pass reads the padded copy), unless something

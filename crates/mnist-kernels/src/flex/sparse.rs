@@ -101,18 +101,20 @@ impl Entries {
     /// Lists the non-zero entries of `g [n, j]`, or `None` when more than `max_density`
     /// of them are non-zero (or an index would not fit in 32 bits).
     ///
-    /// From [`PARALLEL_ENTRIES`] values on, on all cores ([`Entries::on_all_cores`]): on
-    /// one thread, listing fc1's gradient at 512 (half a million values) was a hundredth of
-    /// a training step's samples, the other core idle meanwhile.
+    /// From [`PARALLEL_ENTRIES`] values on, on all cores (two tasks a thread,
+    /// [`Entries::in_tasks`]), else in one task: on one thread, listing fc1's gradient at
+    /// 512 (half a million values) was a hundredth of a training step's samples, the other
+    /// core idle meanwhile.
     pub(crate) fn of(n: usize, j: usize, g: &[f32], max_density: f64) -> Option<Entries> {
-        if n * j >= PARALLEL_ENTRIES { Self::on_all_cores(n, j, g, max_density) } else { Self::on_one_thread(n, j, g, max_density) }
+        let tasks = if n * j >= PARALLEL_ENTRIES { 2 * rayon::current_num_threads().max(1) } else { 1 };
+        Self::in_tasks(n, j, g, max_density, tasks)
     }
 
-    /// [`Entries::of`] on all cores: the lists by row by tasks of whole rows, each writing
-    /// where its rows' entries go (their counts are known from the first pass); the lists
-    /// by column by tasks of whole spans of [`SPAN`] columns, which read only their spans
-    /// of each row. The same lists as [`Entries::on_one_thread`].
-    fn on_all_cores(n: usize, j: usize, g: &[f32], max_density: f64) -> Option<Entries> {
+    /// [`Entries::of`] in `tasks` tasks (the same lists for any number): the lists by row
+    /// by tasks of whole rows, each writing where its rows' entries go (their counts are
+    /// known from the first pass); the lists by column by tasks of whole spans of [`SPAN`]
+    /// columns, which read only their spans of each row.
+    fn in_tasks(n: usize, j: usize, g: &[f32], max_density: f64, tasks: usize) -> Option<Entries> {
         let g = &g[..n * j];
         if u32::try_from(n.max(j)).is_err() {
             return None;
@@ -123,7 +125,6 @@ impl Entries {
             let column_span_starts = vec![0; if n == 0 { (image_spans + 1) * j } else { 0 }];
             return Some(Entries { n, j, by_row: Vec::new(), span_starts: vec![0], by_column: Vec::new(), column_span_starts });
         }
-        let tasks = 2 * rayon::current_num_threads().max(1);
         // Counted first (branch-free), so that a dense gradient costs one pass.
         let rows_per_task = n.div_ceil(tasks);
         let counts: Vec<usize> = g.par_chunks(rows_per_task * j).map(|rows| rows.iter().map(|v| usize::from(*v != 0.0)).sum()).collect();
@@ -215,65 +216,6 @@ impl Entries {
                 column_span_starts[t * j + c0..][..columns].copy_from_slice(starts);
             }
         }
-        Some(Entries { n, j, by_row, span_starts, by_column, column_span_starts })
-    }
-
-    /// [`Entries::of`] on one thread.
-    fn on_one_thread(n: usize, j: usize, g: &[f32], max_density: f64) -> Option<Entries> {
-        let g = &g[..n * j];
-        if u32::try_from(n.max(j)).is_err() {
-            return None;
-        }
-        // Counted first (branch-free), so that a dense gradient costs one pass.
-        let nonzero = g.iter().map(|v| usize::from(*v != 0.0)).sum::<usize>();
-        if nonzero as f64 > max_density * (n * j) as f64 {
-            return None;
-        }
-        let mut by_row = vec![(0u32, 0.0f32); nonzero + 1];
-        let mut column_counts = vec![0usize; j + 1];
-        let spans = j.div_ceil(SPAN);
-        let mut span_starts = Vec::with_capacity(n * spans + 1);
-        let mut len = 0;
-        for b in 0..n {
-            let row = &g[b * j..][..j];
-            for (span, values) in row.chunks(SPAN).enumerate() {
-                span_starts.push(len);
-                // Every value is written at the list's end and only a non-zero one moves
-                // the end on: whether a value is zero is random, and a branch on it
-                // mispredicts.
-                for (c, &v) in values.iter().enumerate() {
-                    by_row[len] = ((span * SPAN + c) as u32, v);
-                    len += usize::from(v != 0.0);
-                }
-            }
-        }
-        span_starts.push(len);
-        by_row.truncate(len);
-        for &(c, _) in &by_row {
-            column_counts[c as usize + 1] += 1;
-        }
-        let mut column_starts = column_counts;
-        for c in 0..j {
-            column_starts[c + 1] += column_starts[c];
-        }
-        let mut next = column_starts;
-        let mut by_column = vec![(0u32, 0.0f32); len];
-        let image_spans = n.div_ceil(IMAGE_SPAN).max(1);
-        let mut column_span_starts = Vec::with_capacity((image_spans + 1) * j);
-        for b in 0..n {
-            if b % IMAGE_SPAN == 0 {
-                column_span_starts.extend_from_slice(&next[..j]);
-            }
-            for &(c, v) in &by_row[span_starts[b * spans]..span_starts[(b + 1) * spans]] {
-                by_column[next[c as usize]] = (b as u32, v);
-                next[c as usize] += 1;
-            }
-        }
-        if n == 0 {
-            column_span_starts.extend_from_slice(&next[..j]);
-        }
-        // The columns' ends.
-        column_span_starts.extend_from_slice(&next[..j]);
         Some(Entries { n, j, by_row, span_starts, by_column, column_span_starts })
     }
 
@@ -651,19 +593,19 @@ mod tests {
         (a - b).abs() <= 1e-4 * (1.0 + b.abs())
     }
 
-    /// The lists made on all cores are the lists made on one, entry for entry and offset
-    /// for offset: shapes with and without whole spans of columns and of images, more
-    /// tasks than rows or spans and fewer, densities from empty to full, NaN and -0.0, on
-    /// pools of one, two and three threads.
+    /// The lists made in several tasks are the lists made in one (which the test below
+    /// holds to their definition), entry for entry and offset for offset: shapes with and
+    /// without whole spans of columns and of images, more tasks than rows or spans and
+    /// fewer, densities from empty to full, NaN and -0.0, on pools of one to three threads.
     #[test]
-    fn entries_on_all_cores_are_those_on_one() {
+    fn entries_in_any_number_of_tasks_are_those_in_one() {
         for (n, j, zeros) in [(512, 1024, 0.75), (50, 1024, 0.75), (3, 7, 0.5), (1, 1, 0.0), (5, 200, 1.0), (2 * IMAGE_SPAN + 9, 130, 0.6), (7, 64, 0.0), (300, 65, 0.9), (0, 5, 0.5), (4, 0, 0.5), (1, 1000, 0.7)] {
             let mut g = sparse(n, j, zeros, 9);
             if n * j > 10 {
                 g[3] = f32::NAN;
                 g[7] = -0.0;
             }
-            for threads in [1, 2, 3] {
+            for (threads, tasks) in [(1, 2), (2, 4), (3, 5), (2, 13)] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
                 for density in [1.0, 0.4] {
                     // Compared bit for bit (a NaN is not equal to itself).
@@ -673,9 +615,9 @@ mod tests {
                             (e.n, e.j, entries(&e.by_row), e.span_starts, entries(&e.by_column), e.column_span_starts)
                         })
                     };
-                    let want = bits(Entries::on_one_thread(n, j, &g, density));
-                    let have = bits(pool.install(|| Entries::on_all_cores(n, j, &g, density)));
-                    assert!(have == want, "{:?}, {threads} threads, density {density}", (n, j, zeros));
+                    let want = bits(Entries::in_tasks(n, j, &g, density, 1));
+                    let have = bits(pool.install(|| Entries::in_tasks(n, j, &g, density, tasks)));
+                    assert!(have == want, "{:?}, {tasks} tasks on {threads} threads, density {density}", (n, j, zeros));
                 }
             }
         }

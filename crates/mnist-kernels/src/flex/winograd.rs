@@ -101,8 +101,8 @@ fn tile_grid(g: Geometry) -> (usize, usize) {
 
 /// The block's output `[b, o, h/2, w/2]` and winners, written into `outputs` (every value),
 /// and padded NHWC input (as [`super::forward::forward`]) from `x: [b, c, h, w]`, `weight:
-/// [o, c, 5, 5]` and `bias: [o]`. Each image is padded ([`pad_then`]) in the task that transforms it; the
-/// padded batch is returned only when `keep`.
+/// [o, c, 5, 5]` and `bias: [o]`. Each image is padded ([`pad_then`]) in the task that
+/// transforms it; the padded batch is returned only when `keep`.
 pub(crate) fn forward(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], keep: bool, outputs: BlockOut<'_>) -> Option<Padded> {
     forward_with(lay, x, weight, bias, chosen(), keep, outputs)
 }
