@@ -108,7 +108,7 @@ pub(crate) fn conv_relu_pool<B: Backend>(
     Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
 }
 
-/// The block's forward pass (see [`forward`]) into buffers for its output `[b, o, h/2,
+/// The block's forward pass (see [`forward()`]) into buffers for its output `[b, o, h/2,
 /// w/2]` and winners that are recycled ones when kept (see [`pool`]), else new ones (it
 /// writes every value): the output as a tensor, the winners, and the padded input when
 /// `keep`.
