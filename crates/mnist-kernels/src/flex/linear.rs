@@ -60,7 +60,7 @@ use super::layout::{CacheAligned, zeroed};
 use super::wide::Zmm;
 use super::sparse::{self, Entries, SPARSE_DENSITY, transpose_into};
 use crate::Simd;
-use super::pool::{recycle, spare, spare_or_zeroed};
+use super::pool::{recycle, shelve, spare, spare_or_zeroed};
 use super::{Ad, Refused, cast, float, from_vec, is_dense_by_columns, transposed, values};
 
 /// Columns of `dW` per register tile.
@@ -485,10 +485,7 @@ fn take_packed(kept: &mut Vec<Packed>, shape: (usize, usize)) -> Option<CacheAli
 /// [`KEPT_PACKED_SHAPES`] are kept.
 fn keep_packed(kept: &mut Vec<Packed>, packed: Packed) {
     kept.retain(|kept| kept.0 != packed.0);
-    if kept.len() == KEPT_PACKED_SHAPES {
-        kept.remove(0);
-    }
-    kept.push(packed);
+    shelve(kept, packed, KEPT_PACKED_SHAPES);
 }
 
 /// The packed weights of [`blocked`]'s last calls, each with the shape `(i, j)` it was

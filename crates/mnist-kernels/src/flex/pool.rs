@@ -92,7 +92,7 @@ pub(crate) fn spare_winners(n: usize) -> Vec<u8> {
 }
 
 /// Pushes `item` onto `shelf`, dropping the oldest past `most`.
-fn shelve<T>(shelf: &mut Vec<T>, item: T, most: usize) {
+pub(crate) fn shelve<T>(shelf: &mut Vec<T>, item: T, most: usize) {
     shelf.push(item);
     if shelf.len() > most {
         shelf.remove(0);
