@@ -152,6 +152,27 @@ thread_local! {
     /// page by page, each faulted in and cleared. A task that finds it taken (one stolen
     /// while another waits for its panels) makes one of its own.
     static KEPT_U: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+
+    /// This thread's buffer for an image's products (`[panel][point][tile]`, rows of 16
+    /// channels: 256 KB for conv2 with AVX-512), kept from one image to the next and
+    /// written in full before it is read. Appended to new buffers instead, a register
+    /// tile at a time, the appends' copies were a hundredth of a training step at 512.
+    static KEPT_PRODUCTS: std::cell::Cell<Option<CacheAligned<[F8; 2]>>> = const { std::cell::Cell::new(None) };
+}
+
+/// [`KEPT_PRODUCTS`]'s buffer, at least `n` rows long (new when it was shorter, or taken:
+/// nothing runs on this thread between the take and [`put_products`], but a new buffer
+/// is as good). Its rows hold stale values: the caller writes each before reading it.
+fn take_products(n: usize) -> CacheAligned<[F8; 2]> {
+    match KEPT_PRODUCTS.take() {
+        Some(kept) if kept.len() >= n => kept,
+        _ => CacheAligned::here(n, [[0.0; 8]; 2]),
+    }
+}
+
+/// Hands [`take_products`]'s buffer back for the thread's next image.
+fn put_products(products: CacheAligned<[F8; 2]>) {
+    KEPT_PRODUCTS.set(Some(products));
 }
 
 /// Transformed weights kept between calls: at batch 1 (one prediction) transforming
@@ -401,23 +422,25 @@ impl PanelProducts<'_> {
         let channels = self.out.len() / plane;
         let bias: [F8; 2] = [bias8(&self.bias[..8]), bias8(&self.bias[8..])];
         // The products, `[point][tile]` rows of 16 channels, point by point (so that the
-        // point's 2 KB of weights stay in L1), appended in order rather than into a
-        // cleared buffer.
-        let mut products = CacheAligned::<[F8; 2]>::with_capacity(POINTS * self.tiles);
+        // point's 2 KB of weights stay in L1), each row written once into the thread's kept
+        // buffer (the tiles are a multiple of `MR`: every row is written).
+        let len = POINTS * self.tiles;
+        let mut products = take_products(len);
         for p in 0..POINTS {
             let v = &self.v[p * c..][..c];
             for first in (0..self.tiles).step_by(MR) {
                 let rows = runs(self.u, starts::<MR>(first, self.tiles - 1, POINTS * c), p * c, c);
                 let mut sums = [[[0.0f32; 8]; 2]; MR];
                 lanes.tile_sums8(&mut sums, rows, v);
-                products.extend_from_slice(&sums);
+                products[p * self.tiles + first..][..MR].copy_from_slice(&sums);
             }
         }
-        let outputs = Outputs { g, tiles: self.tiles, products: &products, bias: &bias, channels, out: self.out, winners: self.winners };
+        let outputs = Outputs { g, tiles: self.tiles, products: &products[..len], bias: &bias, channels, out: self.out, winners: self.winners };
         match lanes.zmm() {
             Some(zmm) => outputs.run(lanes, zmm),
             None => outputs.run(lanes, lanes),
         }
+        put_products(products);
     }
 
     /// [`WIDE`] panels of 16 channels (64 in all) with AVX-512: the products in the 4 tiles
@@ -433,8 +456,11 @@ impl PanelProducts<'_> {
         let (ph, pw) = g.pooled();
         let plane = ph * pw;
         debug_assert!(tiles.is_multiple_of(WIDE_ROWS) && self.out.len() == WIDE * PANEL * plane);
-        // Each panel's products `[point][tile]`, rows of 16 channels, appended in order.
-        let mut products: [CacheAligned<[F8; 2]>; WIDE] = std::array::from_fn(|_| CacheAligned::with_capacity(POINTS * tiles));
+        // Each panel's products `[point][tile]`, rows of 16 channels, each row written once
+        // into the thread's kept buffer (`[panel][point][tile]`; the tiles are a multiple
+        // of `WIDE_ROWS`: every row is written).
+        let len = POINTS * tiles;
+        let mut products = take_products(WIDE * len);
         for p in 0..POINTS {
             let mut v: [&[[f32; PANEL]]; WIDE] = [&[]; WIDE];
             for (q, v) in v.iter_mut().enumerate() {
@@ -444,17 +470,15 @@ impl PanelProducts<'_> {
                 let rows = runs(self.u, starts::<WIDE_ROWS>(first, tiles - 1, POINTS * c), p * c, c);
                 let mut sums = [[[0.0f32; PANEL]; WIDE]; WIDE_ROWS];
                 zmm.tile_sums4x64(&mut sums, rows, v);
-                for (q, products) in products.iter_mut().enumerate() {
-                    let mut rows = [[[0.0f32; 8]; 2]; WIDE_ROWS];
-                    for (row, sums) in rows.iter_mut().zip(&sums) {
+                for (q, panel) in products.chunks_exact_mut(len).take(WIDE).enumerate() {
+                    for (row, sums) in panel[p * tiles + first..][..WIDE_ROWS].iter_mut().zip(&sums) {
                         *row = bytemuck::cast(sums[q]);
                     }
-                    products.extend_from_slice(&rows);
                 }
             }
         }
         let (mut out, mut winners) = (self.out, self.winners);
-        for (q, products) in products.iter().enumerate() {
+        for (q, products) in products.chunks_exact(len).take(WIDE).enumerate() {
             let bias = &self.bias[q * PANEL..][..PANEL];
             let bias: [F8; 2] = [bias8(&bias[..8]), bias8(&bias[8..])];
             let (panel_out, rest) = out.split_at_mut(PANEL * plane);
@@ -463,6 +487,7 @@ impl PanelProducts<'_> {
             let outputs = Outputs { g, tiles, products, bias: &bias, channels: PANEL, out: panel_out, winners: panel_winners };
             outputs.run(lanes, zmm);
         }
+        put_products(products);
     }
 }
 
@@ -489,7 +514,9 @@ impl Outputs<'_> {
         let (g, tiles, products) = (self.g, self.tiles, self.products);
         let (ph, pw) = g.pooled();
         let plane = ph * pw;
-        // The winners as floats (0 to 3, or `NONE`), so that they transpose as the outputs do.
+        // The winners as floats whose bits are the winner (0 to 3, or `NONE`), so that they
+        // transpose as the outputs do and come back by a truncation (from `c as f32`, the
+        // saturating `as u8` was a float comparison a value, a sixth of this function).
         let (mut values, mut codes) = (vec![[0.0f32; PANEL]; plane], vec![[0.0f32; PANEL]; plane]);
         let (rows, columns) = tile_grid(g);
         let width = A::LANES;
@@ -536,7 +563,7 @@ impl Outputs<'_> {
                         values[py * pw + px] = v;
                         // A loop: `map`'s closure would not be compiled for the instruction set.
                         for (code, c) in codes[py * pw + px].iter_mut().zip(c) {
-                            *code = c as f32;
+                            *code = f32::from_bits(c);
                         }
                     }
                 }
@@ -547,7 +574,7 @@ impl Outputs<'_> {
 }
 
 /// Windows' outputs and winners given as rows (`values`, `codes: [window][16]`, the
-/// winners as floats) written into the first `channels` planes of `out` and `winners`
+/// winners as the bits of floats) written into the first `channels` planes of `out` and `winners`
 /// (`[channels, windows]`): whole 16 x 16 squares transposed by `lanes` where all 16
 /// channels are written, the rest value by value.
 #[inline(always)]
@@ -562,14 +589,14 @@ fn write_planes<L: Lanes>(lanes: L, values: &[[f32; PANEL]], codes: &[[f32; PANE
         }
         for (winners, codes) in winners.chunks_exact_mut(plane).zip(transposed.chunks_exact(plane)) {
             for (w, c) in winners[..squares].iter_mut().zip(&codes[..squares]) {
-                *w = *c as u8;
+                *w = c.to_bits() as u8;
             }
         }
     }
     for w in squares..plane {
         for ch in 0..channels {
             out[ch * plane + w] = values[w][ch];
-            winners[ch * plane + w] = codes[w][ch] as u8;
+            winners[ch * plane + w] = codes[w][ch].to_bits() as u8;
         }
     }
 }
