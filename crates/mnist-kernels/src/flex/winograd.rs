@@ -668,6 +668,39 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &transformed_weights(wider, &weight)));
     }
 
+    /// Every product is written before it is read: the thread's kept buffer full of NaN
+    /// gives, bit for bit, the outputs and winners a new buffer gives, on each instruction
+    /// set (one panel; four with AVX-512), over tiles padded past the image's.
+    #[test]
+    fn kept_products_are_written_before_they_are_read() {
+        let g = Geometry { b: 1, c: 16, h: 9, w: 11, o: 64, k: 5 };
+        let lay = Layout::new(g);
+        let value = super::super::test_value;
+        let x: Vec<f32> = (0..g.c * g.h * g.w).map(value).collect();
+        let weight: Vec<f32> = (0..g.o * g.c * 25).map(|i| value(i * 3 + 5) * 0.1).collect();
+        let bias: Vec<f32> = (0..g.o).map(|i| value(i + 17) * 0.1).collect();
+        let (rows, columns) = tile_grid(g);
+        let tiles = (rows * columns).div_ceil(MR) * MR;
+        assert!(tiles > rows * columns, "some tiles are padding");
+        let (v, bias16, xp) = (transform_weights(g, &weight), panel_bias(&bias), pad_nhwc(&lay, &x));
+        let plane = g.pooled().0 * g.pooled().1;
+        for simd in available() {
+            let u = dispatch_with(simd, InputTransform { lay: &lay, xp: &xp[..lay.image], tiles, u: Vec::new() });
+            let panels = if simd == Simd::Avx512 { WIDE } else { 1 };
+            let run = || {
+                let (mut out, mut winners) = (vec![0.0f32; panels * PANEL * plane], vec![0u8; panels * PANEL * plane]);
+                let v = &v[..panels * POINTS * g.c];
+                dispatch_with(simd, PanelProducts { lay: &lay, tiles, u: &u, v, bias: &bias16[..panels * PANEL], out: &mut out, winners: &mut winners });
+                (out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), winners)
+            };
+            drop(KEPT_PRODUCTS.take());
+            let fresh = run();
+            assert!(fresh.1.iter().any(|&w| w != NONE), "{simd}: some outputs are positive");
+            put_products(CacheAligned::here(2 * WIDE * POINTS * tiles, [[f32::NAN; 8]; 2]));
+            assert!(run() == fresh, "{simd}: stale products were read");
+        }
+    }
+
     /// Against a direct convolution in f64, on shapes with odd sides, a partial panel
     /// and several panels: every output within 1e-4, and every winner where the window's
     /// two largest sums (and its maximum and zero) are more than 1e-3 apart. Every instruction
