@@ -360,9 +360,9 @@ impl<T: bytemuck::Pod> CacheAligned<T> {
         CacheAligned { units, start, len: 0, kind: std::marker::PhantomData }
     }
 
-    /// An empty buffer with room for `n` elements: [`Self::extend_from_slice`] and
-    /// [`Self::resize`] up to `n` keep it aligned (past it the storage moves, and the
-    /// buffer is still correct, only no longer aligned).
+    /// An empty buffer with room for `n` elements: [`Self::resize`] up to `n` keeps it
+    /// aligned (past it the storage moves, and the buffer is still correct, only no longer
+    /// aligned).
     pub(crate) fn with_capacity(n: usize) -> CacheAligned<T> {
         Self::over(Vec::with_capacity(Self::units_for(n) + CACHE_LINE / UNIT))
     }
@@ -380,21 +380,6 @@ impl<T: bytemuck::Pod> CacheAligned<T> {
         let mut buf = Self::with_capacity(n);
         buf.resize(n, value);
         buf
-    }
-
-    /// Appends `values`.
-    pub(crate) fn extend_from_slice(&mut self, values: &[T]) {
-        let bytes: &[u8] = bytemuck::cast_slice(values);
-        let at = self.len;
-        if (at * size_of::<T>()).is_multiple_of(UNIT) && bytes.len().is_multiple_of(UNIT) {
-            // Whole units: written once, not cleared first.
-            let (whole, _) = bytes.as_chunks::<UNIT>();
-            self.units.extend(whole.iter().map(|b| u128::from_ne_bytes(*b)));
-            self.len += values.len();
-        } else {
-            self.grow(at + values.len());
-            self[at..].copy_from_slice(values);
-        }
     }
 
     /// Makes the buffer `n` long, appending copies of `value` or dropping the end.
@@ -500,8 +485,9 @@ mod tests {
             assert!(aligned(h.as_ptr().cast()) && h.len() == n && h.iter().all(|&v| v == 7), "{n}");
             let mut e = CacheAligned::with_capacity(2 * n);
             let values: Vec<u16> = (0..n).map(|i| (i * 7) as u16).collect();
-            e.extend_from_slice(&values);
-            e.extend_from_slice(&values);
+            e.resize(2 * n, 0);
+            e[..n].copy_from_slice(&values);
+            e[n..].copy_from_slice(&values);
             assert!(aligned(e.as_ptr().cast()), "{n}");
             assert_eq!(e[..n], values[..]);
             assert_eq!(e[n..], values[..]);
