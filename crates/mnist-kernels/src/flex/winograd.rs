@@ -33,6 +33,7 @@ use super::lanes::{F8, Lanes, TILE_COLUMNS, TILE8_ROWS, WithLanes, chosen, dispa
 use super::wide::{Arith, Zmm};
 use crate::Simd;
 use super::layout::{CacheAligned, Layout, Padded, pad_nhwc_with, pad_then};
+use super::pool::{keep, take_kept};
 use super::Geometry;
 
 /// Side of a transformed tile.
@@ -157,22 +158,19 @@ thread_local! {
     /// channels: 256 KB for conv2 with AVX-512), kept from one image to the next and
     /// written in full before it is read. Appended to new buffers instead, a register
     /// tile at a time, the appends' copies were 1.3% of a training step at 512 (Zen 4).
-    static KEPT_PRODUCTS: std::cell::Cell<Option<CacheAligned<[F8; 2]>>> = const { std::cell::Cell::new(None) };
+    static KEPT_PRODUCTS: std::cell::RefCell<Vec<CacheAligned<[F8; 2]>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// This thread's kept buffer ([`KEPT_PRODUCTS`]) when it holds at least `n` rows, else a
 /// new one. Its rows hold stale values: the caller writes each before reading it, and
 /// hands the buffer back with [`put_products`].
 fn take_products(n: usize) -> CacheAligned<[F8; 2]> {
-    match KEPT_PRODUCTS.take() {
-        Some(kept) if kept.len() >= n => kept,
-        _ => CacheAligned::here(n, [[0.0; 8]; 2]),
-    }
+    take_kept(&KEPT_PRODUCTS, |kept| kept.len() >= n).unwrap_or_else(|| CacheAligned::here(n, [[0.0; 8]; 2]))
 }
 
-/// Hands [`take_products`]'s buffer back for the thread's next image.
+/// Hands [`take_products`]'s buffer back for the thread's next image (one is kept).
 fn put_products(products: CacheAligned<[F8; 2]>) {
-    KEPT_PRODUCTS.set(Some(products));
+    keep(&KEPT_PRODUCTS, products, 1);
 }
 
 /// Transformed weights kept between calls: at batch 1 (one prediction) transforming
@@ -695,7 +693,7 @@ mod tests {
                 dispatch_with(simd, PanelProducts { lay: &lay, tiles, u: &u, v, bias: &bias16[..panels * PANEL], out: &mut out, winners: &mut winners });
                 (out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), winners)
             };
-            drop(KEPT_PRODUCTS.take());
+            KEPT_PRODUCTS.with_borrow_mut(Vec::clear);
             let fresh = run();
             assert!(fresh.1.iter().any(|&w| w != NONE), "{simd}, {panels} panels: some outputs are positive");
             put_products(CacheAligned::here(2 * WIDE * POINTS * tiles, [[f32::NAN; 8]; 2]));
