@@ -190,11 +190,13 @@ pub(crate) fn pad_nhwc_with(lay: &Layout, x: &[f32], simd: Simd) -> Padded {
 }
 
 /// One image of [`pad_nhwc_then`]: with one channel, its rows copied in place; with a
-/// multiple of 16 channels, first transposed to unpadded NHWC in 16 x 16 blocks (pixels
-/// counted across rows, so that every block is whole but the last pixels'), then copied
-/// row by row (a row of pixels is one contiguous run in both). Other channel counts pixel
-/// by pixel. The channel-by-channel gather the transposes replace (every pixel reading one
-/// float of each channel plane) was 5% of an evaluation.
+/// multiple of 16 channels (and at least 16 pixels), 16 pixels x 16 channels at a time,
+/// transposed in registers into a block on the stack whose rows, a pixel's 16 channels
+/// each, are then copied to their pixels ([`blocks16`]: pixels counted across rows). Other
+/// channel counts pixel by pixel. The channel-by-channel gather the transposes replace
+/// (every pixel reading one float of each channel plane) was 5% of an evaluation; the
+/// whole image transposed first into a new unpadded NHWC buffer (25 KB for conv2), then
+/// copied row by row, had that buffer allocated, cleared and read back for every image.
 struct PadImage<'a> {
     lay: &'a Layout,
     /// `[c, h, w]`.
@@ -215,23 +217,18 @@ impl WithLanes for PadImage<'_> {
             for yy in 0..g.h {
                 img[lay.pixel(yy, 0)..][..g.w].copy_from_slice(&src[yy * g.w..][..g.w]);
             }
-        } else if g.c % 16 == 0 {
-            // `[h * w, c]`, channels fastest.
-            let mut nhwc = vec![0.0f32; plane * g.c];
-            let whole = plane / 16 * 16;
-            for q0 in (0..whole).step_by(16) {
+        } else if g.c % 16 == 0 && plane >= 16 {
+            let mut block = [0.0f32; 256];
+            for q0 in blocks16(plane) {
+                let at = pixels16(lay, q0);
                 for c0 in (0..g.c).step_by(16) {
-                    lanes.transpose16(&src[c0 * plane + q0..], plane, &mut nhwc[q0 * g.c + c0..], g.c);
+                    // Row `r` of the block: pixel `q0 + r`'s sixteen channels from `c0`.
+                    lanes.transpose16(&src[c0 * plane + q0..], plane, &mut block, 16);
+                    let (rows, _) = block.as_chunks::<16>();
+                    for (&at, row) in at.iter().zip(rows) {
+                        img[at + c0..][..16].copy_from_slice(row);
+                    }
                 }
-            }
-            for q in whole..plane {
-                for ci in 0..g.c {
-                    nhwc[q * g.c + ci] = src[ci * plane + q];
-                }
-            }
-            let run = g.w * g.c;
-            for yy in 0..g.h {
-                img[lay.pixel(yy, 0)..][..run].copy_from_slice(&nhwc[yy * run..][..run]);
             }
         } else {
             for yy in 0..g.h {
@@ -265,10 +262,11 @@ fn unpad_nchw_with(lay: &Layout, padded: &[f32], b: usize, simd: Simd) -> Vec<f3
 
 /// A zero-padded NHWC image ([`Layout::image`] floats) as `[c, h, w]`, the padding
 /// dropped (the fused block's input gradient, which its backward pass sums in the padded
-/// layout): [`PadImage`] run backwards. With a multiple of 16 channels, the rows copied out
-/// to unpadded NHWC, then transposed into the channels' planes in 16 x 16 blocks. Gathered
-/// plane by plane instead (each value a float of its own, 128 bytes after the last),
-/// conv2's input gradient was one to one and a half hundredths of a training step.
+/// layout): [`PadImage`] run backwards. With a multiple of 16 channels (and at least 16
+/// pixels), 16 pixels' rows of 16 channels copied into a block on the stack, then
+/// transposed into the channels' planes. Gathered plane by plane instead (each value a
+/// float of its own, 128 bytes after the last), conv2's input gradient was one to one and
+/// a half hundredths of a training step.
 pub(crate) struct UnpadImage<'a> {
     pub lay: &'a Layout,
     /// The padded image.
@@ -289,22 +287,16 @@ impl WithLanes for UnpadImage<'_> {
             for yy in 0..g.h {
                 dst[yy * g.w..][..g.w].copy_from_slice(&img[lay.pixel(yy, 0)..][..g.w]);
             }
-        } else if g.c % 16 == 0 {
-            // `[h * w, c]`, channels fastest.
-            let run = g.w * g.c;
-            let mut nhwc = vec![0.0f32; plane * g.c];
-            for yy in 0..g.h {
-                nhwc[yy * run..][..run].copy_from_slice(&img[lay.pixel(yy, 0)..][..run]);
-            }
-            let whole = plane / 16 * 16;
-            for q0 in (0..whole).step_by(16) {
+        } else if g.c % 16 == 0 && plane >= 16 {
+            let mut block = [0.0f32; 256];
+            for q0 in blocks16(plane) {
+                let at = pixels16(lay, q0);
                 for c0 in (0..g.c).step_by(16) {
-                    lanes.transpose16(&nhwc[q0 * g.c + c0..], g.c, &mut dst[c0 * plane + q0..], plane);
-                }
-            }
-            for q in whole..plane {
-                for ci in 0..g.c {
-                    dst[ci * plane + q] = nhwc[q * g.c + ci];
+                    let (rows, _) = block.as_chunks_mut::<16>();
+                    for (&at, row) in at.iter().zip(rows) {
+                        row.copy_from_slice(&img[at + c0..][..16]);
+                    }
+                    lanes.transpose16(&block, 16, &mut dst[c0 * plane + q0..], plane);
                 }
             }
         } else {
@@ -317,6 +309,20 @@ impl WithLanes for UnpadImage<'_> {
             }
         }
     }
+}
+
+/// The first pixels (counted across rows, `0..plane`) of the 16-pixel blocks that
+/// [`PadImage`] and [`UnpadImage`] transpose: every 16th, and for a partial last block
+/// `plane - 16`, a whole block overlapping the one before (whose pixels it copies again,
+/// the same values). `plane` is at least 16.
+fn blocks16(plane: usize) -> impl Iterator<Item = usize> {
+    (0..plane.div_ceil(16)).map(move |block| (16 * block).min(plane - 16))
+}
+
+/// Where pixels `q0..q0 + 16` (counted across rows) lie in a padded image.
+#[inline(always)]
+fn pixels16(lay: &Layout, q0: usize) -> [usize; 16] {
+    std::array::from_fn(|r| lay.pixel((q0 + r) / lay.g.w, (q0 + r) % lay.g.w))
 }
 
 /// A buffer whose first element starts a cache line (64 bytes, one AVX-512 register), for
