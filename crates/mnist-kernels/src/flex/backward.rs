@@ -327,13 +327,13 @@ impl Lists {
         let channel_rows = u32::try_from(g.k * lay.padded_run).unwrap_or_else(|_| unreachable!("offsets fit in 32 bits"));
         // Whole groups of 16 channels in lanes where the CPU packs lists in registers: the
         // gradient and each entry's corner transposed window by window, 16 x 16 at a time,
-        // then, per window, group and corner, [`Lanes::list16`] over the group's gradients
-        // of that corner (the others zeroed), which appends the kept channels at the end of
-        // the corner's pixel's list. With the loop below, one channel at a time, the lists
-        // of an image of the seed's conv2 took 10.8 to 13.3 us (2 of them by channel; about
-        // 90 more for the image's tiles), this way 8.5 to 8.7 (one core of an Intel Xeon,
-        // AVX-512). A group writes 16 values from a list's end, which is at most 16 per
-        // group before it: within the pixel's `o` places.
+        // then, per window and group, [`Lanes::corner_lists16`], which appends the group's
+        // kept channels of each corner at the end of that corner's pixel's list. With the
+        // loop below, one channel at a time, the lists of an image of the seed's conv2 took
+        // 10.8 to 13.3 us (2 of them by channel; about 90 more for the image's tiles), this
+        // way 8.5 to 8.7 (one core of an Intel Xeon, AVX-512). A group writes 16 values from
+        // a list's end, which is at most 16 per group before it: within the pixel's `o`
+        // places.
         let groups = if lanes.packs_lists() { g.o / 16 } else { 0 };
         if groups > 0 {
             for (code, &winner) in self.corner_codes.iter_mut().zip(winners) {
@@ -361,18 +361,9 @@ impl Lists {
             let codes = &self.corners_by_window[window * g.o..][..16 * groups];
             let (by_window, _) = by_window.as_chunks::<16>();
             let (codes, _) = codes.as_chunks::<16>();
-            for (corner, (&pixel, end)) in corners.iter().zip(&mut ends).enumerate() {
-                // Bit masks, not a comparison of floats, which compiled to a branch per lane.
-                let code = (corner as f32).to_bits();
-                let offsets = &mut self.pixel_offsets[pixel * g.o..][..16 * groups];
-                let values = &mut self.pixel_values[pixel * g.o..][..16 * groups];
-                for ((grads, codes), bases) in by_window.iter().zip(codes).zip(&self.channel_bases) {
-                    let mut mine = [0.0f32; 16];
-                    for ((m, &c), &gv) in mine.iter_mut().zip(codes).zip(grads) {
-                        *m = f32::from_bits(gv.to_bits() & u32::from(c.to_bits() == code).wrapping_neg());
-                    }
-                    (*end, _) = lanes.list16(&mine, &[0; 16], (bases, [0; 4]), offsets, values, *end);
-                }
+            let starts = [0, 1, 2, 3].map(|corner| corners[corner] * g.o);
+            for ((grads, codes), bases) in by_window.iter().zip(codes).zip(&self.channel_bases) {
+                lanes.corner_lists16(grads, codes, bases, (&mut self.pixel_offsets, &mut self.pixel_values), starts, 16 * groups, &mut ends);
             }
             // The channels past the whole groups (all of them where lists are not packed in
             // lanes), one at a time. The four corners' lengths are counted in one integer,
