@@ -126,7 +126,7 @@ fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Sim
     let group = if simd == Simd::Avx512 && g.o.is_multiple_of(WIDE * PANEL) && g.b > 1 { WIDE } else { 1 };
     let per_image = out.par_chunks_mut(g.o * plane).zip(winners.par_chunks_mut(g.o * plane));
     pad_then(lay, x, simd, per_image, |xp, (out, winners)| {
-        let u = dispatch_with(simd, InputTransform { lay, xp, tiles, u: KEPT_U.take() });
+        let u = dispatch_with(simd, InputTransform { lay, xp, tiles, u: take_kept(&KEPT_U, |_| true).unwrap_or_default() });
         // One task per group of panels: their channels' planes are contiguous in `out`.
         out.par_chunks_mut(group * PANEL * plane).zip(winners.par_chunks_mut(group * PANEL * plane)).enumerate().for_each(
             |(first, (out, winners))| {
@@ -143,7 +143,7 @@ fn forward_with(lay: &Layout, x: &[f32], weight: &[f32], bias: &[f32], simd: Sim
                 dispatch_with(simd, op);
             },
         );
-        KEPT_U.set(u);
+        super::pool::keep(&KEPT_U, u, 1);
     }, keep)
 }
 
@@ -151,8 +151,8 @@ thread_local! {
     /// This thread's buffer for an image's transformed input, kept from one image to the
     /// next (128 KB for conv2): allocated for each image, it came back from the allocator
     /// page by page, each faulted in and cleared. A task that finds it taken (one stolen
-    /// while another waits for its panels) makes one of its own.
-    static KEPT_U: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// while another waits for its panels) makes one of its own; one is kept.
+    static KEPT_U: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 
     /// This thread's buffer for an image's products (`[panel][point][tile]`, rows of 16
     /// channels: 256 KB for conv2 with AVX-512), kept from one image to the next and
