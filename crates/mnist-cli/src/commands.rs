@@ -50,6 +50,15 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
                 model_dir.join(artifact::EVALUATION).display()
             );
         }
+        // Another run's folder: its reports are of its own model (`eval --model` there
+        // writes them); one of this model written there would pass for that run's.
+        let folder = mnist_fs::parent_dir(json);
+        if artifact::holds_run(folder) && !same_dir(folder, &model_dir) {
+            return Err(hinted(
+                format!("--json {} is in the folder of another run ({}), whose evaluation reports are of its own model", json.display(), folder.display()),
+                format!("choose a path outside it (the default is {})", model_dir.join(artifact::EVALUATION).display()),
+            ));
+        }
         check_report_path(json)?;
     }
     let choice = match (&args.data.dataset, &manifest.dataset) {
@@ -102,6 +111,11 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     artifact::json::write(&json, &report)?;
     say!("wrote {}", json.display());
     Ok(Status::Success)
+}
+
+/// Whether `a` and `b` name the same directory (as given, or once resolved).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
 /// Checks that the report can be written to `json` ([`mnist_fs::check_destination`]),
@@ -188,7 +202,14 @@ pub(crate) fn check_model_dir(dir: &Path) -> Result<Manifest> {
         ));
     }
     if !dir.join(artifact::MANIFEST).exists() && dir.join(artifact::CHECKPOINT).is_file() {
-        return Err(hinted(format!("{} holds an unfinished run (a checkpoint, no model yet)", dir.display()), format!("to finish it: {}", crate::hints::resume(dir))));
+        // Weights beside the checkpoint: a run that finished, or was finishing, and lacks
+        // its manifest (which a resume writes again).
+        let what = if dir.join(artifact::WEIGHTS).is_file() {
+            format!("{} holds a run without its {} (a checkpoint and weights, no manifest)", dir.display(), artifact::MANIFEST)
+        } else {
+            format!("{} holds an unfinished run (a checkpoint, no model yet)", dir.display())
+        };
+        return Err(hinted(what, format!("to finish it: {}", crate::hints::resume(dir))));
     }
     if !dir.join(artifact::MANIFEST).exists() {
         // Often the folder of runs, or a run's parent: name a run in it.

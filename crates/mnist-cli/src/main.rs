@@ -61,7 +61,11 @@ unsafe impl GlobalAlloc for Reporting {
 fn main() -> ExitCode {
     // One job per process: each runs on a worker thread (see `jobs_on_workers`).
     mnist_cli::jobs_on_workers();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(&e),
+    };
+    match run(cli) {
         Ok(status) => ExitCode::from(status.exit_code()),
         Err(e) => {
             // Standard error may be a closed pipe too: nothing is left to tell then.
@@ -69,6 +73,20 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr(), "error: {}{hint}", message(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// What clap says for the command line it did not run: a usage error on standard error
+/// (exit 2), or the help or version asked for on standard output (exit 0), which, when it
+/// cannot be written (a full disk; a reader gone away is no error), is an `error:` line
+/// and exit 1, as any other command's output.
+fn usage(e: &clap::Error) -> ExitCode {
+    match e.print() {
+        Err(w) if !e.use_stderr() && w.kind() != std::io::ErrorKind::BrokenPipe => {
+            let _ = writeln!(std::io::stderr(), "error: cannot write standard output: {w}");
+            ExitCode::from(1)
+        }
+        _ => ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)),
     }
 }
 

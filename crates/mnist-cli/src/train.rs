@@ -191,13 +191,18 @@ pub fn train(args: TrainArgs) -> Result<Status> {
             note!("{} after {}; checkpoint saved. Resume with: {resume}", stopped_by(), steps(step));
             Ok(Status::Interrupted)
         }
-        Outcome::OutputClosed { step, error } => {
+        Outcome::OutputClosed { step, error, kind: std::io::ErrorKind::BrokenPipe } => {
             note!(
                 "standard output was closed ({error}): stopped after {}; checkpoint saved. Resume with: {resume}",
                 steps(step)
             );
             Ok(Status::OutputClosed)
         }
+        // Not a reader gone away but a write that failed (a full disk): an error.
+        Outcome::OutputClosed { step, error, .. } => Err(crate::hints::hinted(
+            format!("cannot write standard output: {error}: stopped after {}; checkpoint saved", steps(step)),
+            format!("resume with: {resume}"),
+        )),
     }
 }
 

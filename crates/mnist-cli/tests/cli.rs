@@ -270,6 +270,17 @@ fn machine_readable_output_stays_machine_readable() {
         let stderr = no_panic("predict > /dev/full", &output);
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains("error: cannot write standard output: No space left on device"), "{stderr}");
+        // The help and the version likewise (clap's own printing ignored the failure).
+        for args in [&["train", "--help"][..], &["--version"], &["help", "eval"]] {
+            let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+            let output = mnist().args(args).stdout(full).output().unwrap();
+            let stderr = no_panic("--help > /dev/full", &output);
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.contains("error: cannot write standard output: No space left on device"), "{args:?}: {stderr}");
+        }
+        let output = mnist().args(["train", "--help"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        assert!(text(&output.stdout).contains("--resume"));
     }
     // eval --json -: the evaluation on standard output, nothing else there; no file `-`.
     let output = mnist().current_dir(tmp.path()).args(["eval", "--model", m, "--dataset", "sample", "--json", "-"]).output().unwrap();
@@ -323,6 +334,24 @@ fn machine_readable_output_stays_machine_readable() {
     let stderr = no_panic("eval of a model trained on an unknown dataset", &output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("bogus/model.json records the dataset \"bogus\"") && stderr.contains("--dataset"), "{stderr}");
+    // --json into another run's folder is refused, an earlier report there kept as it was
+    // (it is that run's model's); into the model's own folder, any name is fine.
+    let theirs = bogus.join("eval.json");
+    std::fs::write(&theirs, r#"{"model": "bogus", "accuracy": 0.5, "confusion": []}"#).unwrap();
+    for target in [theirs.clone(), bogus.join("eval-other.json")] {
+        let output = mnist().args(["eval", "--model", m, "--dataset", "sample", "--json", target.to_str().unwrap()]).output().unwrap();
+        let stderr = no_panic("eval --json OTHER_RUN/eval.json", &output);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("is in the folder of another run") && stderr.contains("eval.json"), "{stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), r#"{"model": "bogus", "accuracy": 0.5, "confusion": []}"#);
+    assert!(!bogus.join("eval-other.json").exists());
+    let mine = model.join("eval-copy.json");
+    let output = mnist().args(["eval", "--model", m, "--dataset", "sample", "--json", mine.to_str().unwrap()]).output().unwrap();
+    let stderr = no_panic("eval --json MODEL/eval-copy.json", &output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(mine.is_file());
+    std::fs::remove_file(&mine).unwrap();
     // A finished run is refused as --out before any dataset is looked for (this one is
     // not there to be found).
     let output = mnist().args(["train", "--out", m, "--dataset", "mnist", "--data-dir", "/nonexistent"]).output().unwrap();
@@ -381,6 +410,17 @@ fn a_closed_stdout_stops_training_with_a_checkpoint() {
     assert!(stderr.contains("standard output was closed") && stderr.contains("checkpoint saved"), "{stderr}");
     assert!(stderr.contains(&format!("mnist train --resume --out {}", out.display())), "{stderr}");
     assert!(out.join("checkpoint.bin").is_file());
+    // A standard output that fails (a full disk) is no reader gone away: an error, exit 1,
+    // the checkpoint saved all the same.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = tmp.path().join("full");
+        let output = mnist().args(["train", "--plain", "--config", config.to_str().unwrap(), "--out", out.to_str().unwrap()]).stdout(full).output().unwrap();
+        let stderr = no_panic("train > /dev/full", &output);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("error: cannot write standard output: No space left on device") && stderr.contains("checkpoint saved"), "{stderr}");
+        assert!(stderr.contains(&format!("mnist train --resume --out {}", out.display())) && !stderr.contains("was closed"), "{stderr}");
+        assert!(out.join("checkpoint.bin").is_file());
+    }
 }
 
 /// Runs `mnist train --plain` on the config `json` into `out` (through `cmd`), waits for
@@ -567,6 +607,16 @@ fn resume_without_out_finishes_a_run_missing_a_final_file() {
     let stderr = no_panic("train --resume with every run finished", &output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no run in artifacts is unfinished"), "{stderr}");
+    // A finished run that lost its model.json: eval says so (not "no model yet"), and the
+    // resume it names writes the file again.
+    std::fs::remove_file(run.join("model.json")).unwrap();
+    let output = mnist().current_dir(tmp.path()).args(["eval", "--model", "artifacts/run"]).output().unwrap();
+    let stderr = no_panic("eval of a run without its model.json", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("artifacts/run holds a run without its model.json") && stderr.contains("--resume"), "{stderr}");
+    let output = mnist().current_dir(tmp.path()).args(["train", "--plain", "--backend", "flex", "--resume"]).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(run.join("model.json").is_file());
 }
 
 /// A run whose config.json was deleted resumes with the config its checkpoint records

@@ -32,6 +32,8 @@ pub struct MetricRow {
 pub struct MetricsLog {
     path: PathBuf,
     rows: Vec<MetricRow>,
+    /// What [`MetricsLog::resume`] found missing or unreadable, as a sentence.
+    lost: Option<String>,
 }
 
 impl MetricsLog {
@@ -41,17 +43,23 @@ impl MetricsLog {
         Ok(MetricsLog {
             path: path.to_path_buf(),
             rows: Vec::new(),
+            lost: None,
         })
     }
 
     /// Reopens the log of an interrupted run, keeping only the rows before `step` (rows
     /// logged after the checkpoint are redone by the resumed run). The file is rewritten
     /// atomically.
+    ///
+    /// A last line cut short (a crash while it was written) is dropped without a word.
+    /// Other lines that are not metric rows are dropped too, and the rows after them kept;
+    /// those lines, and a file missing or without the rows of the steps before `step`
+    /// (step 0 is always logged), are described by [`MetricsLog::lost`].
     pub fn resume(path: &Path, step: u64) -> Result<Self> {
         // A row is about 150 bytes: a million steps logged one by one is 150 MB.
-        let text = match mnist_fs::read_to_string_capped(path, 1 << 30) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        let (text, missing) = match mnist_fs::read_to_string_capped(path, 1 << 30) {
+            Ok(t) => (t, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), true),
             Err(source) => {
                 return Err(Error::Read {
                     path: path.to_path_buf(),
@@ -59,25 +67,50 @@ impl MetricsLog {
                 });
             }
         };
-        // A line cut short by a crash is dropped with everything after it. The lines kept
-        // are written back as they were (parsed and written again, a float could come
-        // back one unit in the last place off).
-        let kept: Vec<(&str, MetricRow)> = text
-            .lines()
-            .map_while(|line| serde_json::from_str::<MetricRow>(line).ok().map(|row| (line, row)))
-            .filter(|(_, r)| r.step < step)
-            .collect();
+        // The lines kept are written back as they were (parsed and written again, a float
+        // could come back one unit in the last place off).
+        let cut_short = !text.is_empty() && !text.ends_with('\n');
+        let count = text.lines().count();
+        let (mut kept, mut unreadable, mut first_unreadable): (Vec<(&str, MetricRow)>, usize, Option<usize>) = (Vec::new(), 0, None);
+        for (at, line) in text.lines().enumerate() {
+            match serde_json::from_str::<MetricRow>(line) {
+                Ok(row) if row.step < step => kept.push((line, row)),
+                Ok(_) => {}
+                Err(_) if line.trim().is_empty() || (cut_short && at + 1 == count) => {}
+                Err(_) => {
+                    unreadable += 1;
+                    first_unreadable.get_or_insert(at + 1);
+                }
+            }
+        }
         let mut out = String::new();
         for (line, _) in &kept {
             out.push_str(line);
             out.push('\n');
+        }
+        let mut lost = Vec::new();
+        if let Some(first) = first_unreadable {
+            let what = if unreadable == 1 { format!("a line that is no metric row (line {first})") } else { format!("{unreadable} lines that are no metric rows (the first is line {first})") };
+            lost.push(format!("{}: dropped {what}, kept the rows around it", path.display()));
+        }
+        if step > 0 && kept.is_empty() {
+            let why = if missing { "is missing" } else { "holds no row from before the checkpoint" };
+            lost.push(format!("{} {why}: the metrics of the run's first {step} steps are lost, and its plot will start at step {step}", path.display()));
         }
         let rows = kept.into_iter().map(|(_, row)| row).collect();
         mnist_model::artifact::write_atomic(path, out.as_bytes())?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
             rows,
+            lost: (!lost.is_empty()).then(|| lost.join("; ")),
         })
+    }
+
+    /// What [`MetricsLog::resume`] found missing or unreadable in the file, as a sentence
+    /// for the user: `None` when it held a row for every line but a last one cut short,
+    /// and some row before the checkpoint.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
     }
 
     /// Appends a row to the file and the memory.

@@ -563,6 +563,39 @@ fn resume_keeps_the_logged_lines_as_they_were() {
     assert!(after.contains("9.650825500488281"), "{after}");
 }
 
+/// A resumed log says what it lost, and loses no more than it must: a line that is no
+/// metric row is dropped and the rows after it kept; a last line cut short (a crash) goes
+/// without a word; a file missing, or holding no row before the checkpoint, is named.
+#[test]
+fn resume_keeps_rows_past_a_damaged_line_and_says_what_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(artifact::METRICS);
+    let row = |step: u64| serde_json::to_string(&MetricRow { step, loss: 0.5, train_accuracy: 0.5, images_per_sec: 100.0, elapsed_s: 1.0 }).unwrap();
+    // A garbage line between rows: the rows after it stay.
+    std::fs::write(&path, format!("{}\ngarbage\n{}\n{}\n{}\n", row(0), row(100), row(200), row(300))).unwrap();
+    let log = crate::MetricsLog::resume(&path, 300).unwrap();
+    assert_eq!(log.rows().iter().map(|r| r.step).collect::<Vec<_>>(), [0, 100, 200]);
+    let lost = log.lost().unwrap();
+    assert!(lost.contains("dropped a line that is no metric row (line 2), kept the rows around it"), "{lost}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n{}\n{}\n", row(0), row(100), row(200)));
+    // A last line cut short, and a blank line: nothing to say.
+    std::fs::write(&path, format!("{}\n\n{}\n{{\"step\": 2", row(0), row(100))).unwrap();
+    let log = crate::MetricsLog::resume(&path, 300).unwrap();
+    assert_eq!((log.rows().len(), log.lost()), (2, None));
+    // Emptied, or missing: the rows before the checkpoint are named lost.
+    std::fs::write(&path, "").unwrap();
+    let log = crate::MetricsLog::resume(&path, 6).unwrap();
+    assert!(log.rows().is_empty());
+    assert!(log.lost().unwrap().contains("holds no row from before the checkpoint: the metrics of the run's first 6 steps are lost"), "{:?}", log.lost());
+    std::fs::remove_file(&path).unwrap();
+    let log = crate::MetricsLog::resume(&path, 6).unwrap();
+    assert!(log.lost().unwrap().contains("is missing: the metrics of the run's first 6 steps"), "{:?}", log.lost());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    // A checkpoint at step 0 has nothing before it to lose.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(crate::MetricsLog::resume(&path, 0).unwrap().lost(), None);
+}
+
 /// A checkpoint's state is read as strictly as config.json: a key given twice (behind a
 /// valid layout) is refused, not resolved to its last value.
 #[test]

@@ -131,12 +131,16 @@ pub enum Outcome {
         step: u64,
     },
     /// Stopped early because the progress lines could not be written (standard output
-    /// closed, as by `mnist train | head`); a checkpoint holds `step`.
+    /// closed, as by `mnist train | head`, or failing, as on a full disk); a checkpoint
+    /// holds `step`.
     OutputClosed {
         /// Steps completed.
         step: u64,
         /// The write error.
         error: String,
+        /// The write error's kind: [`std::io::ErrorKind::BrokenPipe`] when the reader went
+        /// away (no error), another for a write that failed (`> /dev/full`).
+        kind: std::io::ErrorKind,
     },
 }
 
@@ -187,6 +191,9 @@ pub fn train<B: AutodiffBackend>(
     let mut sampler = Sampler::new(dataset.train.len(), config.batch_size, config.seed)?;
     let progress = Progress::new(options.progress, state.step, config.steps);
     progress.say(&kernels.to_string());
+    if let Some(lost) = metrics.lost() {
+        progress.note(&format!("note: {lost}"));
+    }
     let stop_note = options.stop.clone().zip(options.stop_note.clone()).map(|(stop, note)| progress.note_on(stop, note));
     let mut losses = LossWatch::<B>::default();
     let session_start = Instant::now();
@@ -209,7 +216,7 @@ pub fn train<B: AutodiffBackend>(
             // The bar stays where the run stopped (finishing it would fill it).
             progress.abandon();
             return Ok(match progress.write_error() {
-                Some(error) => Outcome::OutputClosed { step, error },
+                Some((error, kind)) => Outcome::OutputClosed { step, error, kind },
                 None => Outcome::Interrupted { step },
             });
         }
@@ -802,7 +809,7 @@ struct Progress {
     mode: ProgressMode,
     bar: Option<indicatif::ProgressBar>,
     /// Set when a line could not be written to standard output (closed pipe, full disk).
-    write_error: std::cell::RefCell<Option<String>>,
+    write_error: std::cell::RefCell<Option<(String, std::io::ErrorKind)>>,
     /// The step this session started at (a resumed run's checkpoint).
     start: u64,
     /// The terminal is under 80 columns: the short bar.
@@ -871,8 +878,22 @@ impl Progress {
         StopNote(inner)
     }
 
-    fn write_error(&self) -> Option<String> {
+    fn write_error(&self) -> Option<(String, std::io::ErrorKind)> {
         self.write_error.borrow().clone()
+    }
+
+    /// A line on standard error (above the bar when there is one); nothing when quiet.
+    fn note(&self, line: &str) {
+        if self.mode == ProgressMode::Quiet {
+            return;
+        }
+        let write = || {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
     }
 
     /// A line of its own (above the bar, or as a plain line); nothing when quiet.
@@ -887,7 +908,7 @@ impl Progress {
     fn write_line(&self, line: &str) {
         let mut out = std::io::stdout().lock();
         if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-            self.write_error.borrow_mut().get_or_insert(e.to_string());
+            self.write_error.borrow_mut().get_or_insert((e.to_string(), e.kind()));
         }
     }
 

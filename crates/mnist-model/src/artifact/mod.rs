@@ -77,7 +77,13 @@ pub fn run_file_replaced(path: &Path) -> Option<PathBuf> {
         return None;
     }
     let dir = mnist_fs::parent_dir(path);
-    [MANIFEST, CHECKPOINT].iter().any(|f| dir.join(f).is_file()).then(|| dir.to_path_buf())
+    holds_run(dir).then(|| dir.to_path_buf())
+}
+
+/// Whether `dir` holds a run: a [`MANIFEST`] (a trained model) or a [`CHECKPOINT`] (a run
+/// under way or stopped).
+pub fn holds_run(dir: &Path) -> bool {
+    [MANIFEST, CHECKPOINT].iter().any(|f| dir.join(f).is_file())
 }
 
 /// Key of `model.json` holding the SHA-256 of each weight file, by file name.
