@@ -349,6 +349,11 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
         let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
         assert!(msg.contains(needle), "{json}: {msg}");
     }
+    // A name of a hundred thousand characters is quoted cut short, with its length.
+    let long = "x".repeat(100_000);
+    std::fs::write(&manifest, serde_json::json!({ "class_names": vec![long; 10] }).to_string()).unwrap();
+    let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
+    assert!(msg.len() < 500 && msg.contains(&format!("names classes 0 and 1 alike (\"{}\"... (100000 characters)", "x".repeat(40))), "{}", &msg[..msg.len().min(600)]);
     // Class names that do not fit the network are never written.
     let err = artifact::save_dir(&model, &Manifest::new(config.clone(), "mnist", vec!["a".into()]), dir.path()).unwrap_err();
     assert!(err.to_string().contains("lists 1 names for a network of 10 classes"), "{err}");

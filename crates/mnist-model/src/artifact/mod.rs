@@ -167,8 +167,9 @@ impl Manifest {
             for (j, name) in names.iter().enumerate() {
                 if let Some(i) = names[..j].iter().position(|earlier| earlier.trim() == name.trim()) {
                     return bad(CLASS_NAMES_KEY, format!(
-                        "`{CLASS_NAMES_KEY}` names classes {i} and {j} alike ({:?} and {name:?}); expected a different name for each class",
-                        names[i]
+                        "`{CLASS_NAMES_KEY}` names classes {i} and {j} alike ({} and {}); expected a different name for each class",
+                        shown(&names[i]),
+                        shown(name)
                     ));
                 }
             }
@@ -178,6 +179,21 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Most characters of a name an error quotes: a name of a hundred thousand (a manifest
+/// made by a program gone wrong) was quoted whole.
+const SHOWN_CHARS: usize = 40;
+
+/// `name` quoted for an error message (`{:?}`), cut after [`SHOWN_CHARS`] characters with
+/// how many there are.
+fn shown(name: &str) -> String {
+    let count = name.chars().count();
+    if count <= SHOWN_CHARS {
+        return format!("{name:?}");
+    }
+    let head: String = name.chars().take(SHOWN_CHARS).collect();
+    format!("{head:?}... ({count} characters)")
 }
 
 /// Writes `model.mpk`, `model.safetensors` and then `model.json` into `dir` (created if
