@@ -70,13 +70,13 @@ impl MetricsLog {
         // The lines kept are written back as they were (parsed and written again, a float
         // could come back one unit in the last place off).
         let cut_short = !text.is_empty() && !text.ends_with('\n');
-        let count = text.lines().count();
         let (mut kept, mut unreadable, mut first_unreadable): (Vec<(&str, MetricRow)>, usize, Option<usize>) = (Vec::new(), 0, None);
-        for (at, line) in text.lines().enumerate() {
+        let mut lines = text.lines().enumerate().peekable();
+        while let Some((at, line)) = lines.next() {
             match serde_json::from_str::<MetricRow>(line) {
                 Ok(row) if row.step < step => kept.push((line, row)),
                 Ok(_) => {}
-                Err(_) if line.trim().is_empty() || (cut_short && at + 1 == count) => {}
+                Err(_) if line.trim().is_empty() || (cut_short && lines.peek().is_none()) => {}
                 Err(_) => {
                     unreadable += 1;
                     first_unreadable.get_or_insert(at + 1);

@@ -780,13 +780,19 @@ impl StopNoteInner {
         if self.said.swap(true, Ordering::SeqCst) {
             return;
         }
-        let write = || {
-            let _ = writeln!(std::io::stderr(), "{}", self.note);
-        };
-        match &self.bar {
-            Some(bar) => bar.suspend(write),
-            None => write(),
-        }
+        note_above(self.bar.as_ref(), &self.note);
+    }
+}
+
+/// Writes `line` to standard error, above `bar` when there is one (which would otherwise
+/// draw over it); a failure is ignored (there is nowhere left to say it).
+fn note_above(bar: Option<&indicatif::ProgressBar>, line: &str) {
+    let write = || {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    };
+    match bar {
+        Some(bar) => bar.suspend(write),
+        None => write(),
     }
 }
 
@@ -884,15 +890,8 @@ impl Progress {
 
     /// A line on standard error (above the bar when there is one); nothing when quiet.
     fn note(&self, line: &str) {
-        if self.mode == ProgressMode::Quiet {
-            return;
-        }
-        let write = || {
-            let _ = writeln!(std::io::stderr(), "{line}");
-        };
-        match &self.bar {
-            Some(bar) => bar.suspend(write),
-            None => write(),
+        if self.mode != ProgressMode::Quiet {
+            note_above(self.bar.as_ref(), line);
         }
     }
 
