@@ -3,11 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Parser;
 use mnist_cli::{Cli, Status, run};
 
 pub(crate) fn mnist(args: &[&str]) -> anyhow::Result<Status> {
-    let cli = Cli::try_parse_from(std::iter::once("mnist").chain(args.iter().copied()))?;
+    let cli = Cli::try_parse_checked_from(std::iter::once("mnist").chain(args.iter().copied()))?;
     run(cli)
 }
 

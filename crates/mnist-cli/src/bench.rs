@@ -237,6 +237,35 @@ mod tests {
         assert!(wrong.contains("(the first: request 3: answered class 4, expected 9)") && !wrong.contains("--concurrency"), "{wrong}");
     }
 
+    /// An option the measurement does not use is a mistake of the command line (exit
+    /// status 2, the flag named), not ignored; what each measurement uses still parses.
+    #[test]
+    fn options_a_measurement_does_not_use_are_refused() {
+        let parse = |args: &[&str]| crate::Cli::try_parse_checked_from(["mnist", "bench"].iter().chain(args));
+        for (args, says) in [
+            (&["latency", "--batch", "7"][..], "`bench latency` classifies one image at a time: --batch 7 does not apply"),
+            (&["latency", "--concurrency", "64"], "--concurrency applies to `bench serve` only: `bench latency` sends no requests"),
+            (&["train", "--max-batch", "8"], "--max-batch applies to `bench serve` only: `bench train` sends no requests"),
+            (&["eval", "--batch-wait-us", "0"], "--batch-wait-us applies to `bench serve` only"),
+            (&["serve", "--batch", "50"], "`bench serve` sends single-image requests: --batch does not apply"),
+            (&["serve", "--kernels", "fastest"], "--kernels does not apply"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!((e.kind(), e.exit_code()), (clap::error::ErrorKind::ArgumentConflict, 2), "{args:?}");
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+        for args in [
+            &["latency", "--batch", "1", "--repeats", "5", "--warmup", "0", "--kernels", "burn", "--backend", "flex"][..],
+            &["train", "--batch", "512", "--kernels", "im2col"],
+            &["eval", "--batch", "500"],
+            &["serve", "--concurrency", "8", "--max-batch", "4", "--batch-wait-us", "0", "--repeats", "100"],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+        // Without the check (a library caller's own parse), the defaults stand as before.
+        assert!(crate::Cli::try_parse_from(["mnist", "bench", "latency", "--batch", "7"]).is_ok());
+    }
+
     /// A batch past the largest training split is a mistake of the command line (exit
     /// status 2, the flag and the most named), not an allocation that kills the process.
     #[test]

@@ -89,7 +89,11 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
             json
         }
     };
-    let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test, to_stdout })?;
+    let batch = EvalBatch::of(args.batch, &model_dir);
+    let what = format!("evaluating the {} test images with {}", dataset.test.len(), batch.described());
+    let largest = batch.size.min(dataset.test.len().max(1));
+    crate::memory::check(backend, &manifest.config, crate::memory::Pass::Evaluation, largest, &what, batch.field)?;
+    let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test, batch: batch.size, to_stdout })?;
     // A closed standard output (`| head`) ends the printing quietly; eval.json is
     // written all the same.
     let heading = format!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
@@ -111,6 +115,47 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     artifact::json::write(&json, &report)?;
     say!("wrote {}", json.display());
     Ok(Status::Success)
+}
+
+/// The batch `eval` evaluates in, and what set it (for messages).
+struct EvalBatch {
+    /// Images at once.
+    size: usize,
+    /// `--batch`, or `eval_batch_size` when the run's config set it.
+    field: &'static str,
+    /// Where the size came from.
+    source: &'static str,
+}
+
+impl EvalBatch {
+    /// When no config says otherwise: the batch `mnist train`'s seed config evaluates in.
+    const DEFAULT: usize = 500;
+
+    /// `--batch` if given, else the `eval_batch_size` of the run's `config.json` (the batch
+    /// its training evaluated in), else [`Self::DEFAULT`]. A config that is there but
+    /// cannot be read is said on standard error, not an error: the model is whole without it.
+    fn of(given: Option<usize>, model_dir: &Path) -> Self {
+        if let Some(size) = given {
+            return EvalBatch { size, field: "--batch", source: "" };
+        }
+        let default = EvalBatch { size: Self::DEFAULT, field: "--batch", source: " (the default)" };
+        let config = model_dir.join(artifact::TRAIN_CONFIG);
+        if !config.exists() {
+            return default;
+        }
+        match mnist_train::TrainConfig::read(&config) {
+            Ok(config) => EvalBatch { size: config.eval_batch_size, field: "eval_batch_size", source: " (the run's config.json)" },
+            Err(e) => {
+                note!("note: {e}; evaluating in batches of {} (--batch sets another)", Self::DEFAULT);
+                default
+            }
+        }
+    }
+
+    /// `--batch 500 (the default)`, `eval_batch_size 1000 (the run's config.json)`.
+    fn described(&self) -> String {
+        format!("{} {}{}", self.field, self.size, self.source)
+    }
 }
 
 /// Whether `a` and `b` name the same directory (as given, or once resolved).
@@ -245,6 +290,8 @@ struct EvalJob<'a> {
     /// `model.json` as `check_model_dir` read it: only the weights are left to read.
     manifest: &'a Manifest,
     split: &'a mnist_data::Split,
+    /// Images evaluated at once.
+    batch: usize,
     /// Standard output carries the JSON (`--json -`): what is said goes to standard error.
     to_stdout: bool,
 }
@@ -259,7 +306,7 @@ impl Job for EvalJob<'_> {
         } else {
             say!("{}", model.kernels_in_use());
         }
-        Ok(mnist_infer::evaluate(&model, self.split, 500, device)?)
+        Ok(mnist_infer::evaluate(&model, self.split, self.batch, device)?)
     }
 }
 
@@ -371,3 +418,26 @@ fn newest_run_where(root: &Path, marker: &str, keep: impl Fn(&Path) -> bool) -> 
         .map(|(_, dir)| dir))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `eval`'s batch: `--batch`, else the run's `eval_batch_size`, else 500, also when the
+    /// run's config.json cannot be read.
+    #[test]
+    fn eval_evaluates_in_the_runs_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let of = |given| {
+            let batch = EvalBatch::of(given, dir.path());
+            (batch.size, batch.described())
+        };
+        assert_eq!(of(None), (500, "--batch 500 (the default)".to_string()));
+        assert_eq!(of(Some(7)), (7, "--batch 7".to_string()));
+        let config = dir.path().join(artifact::TRAIN_CONFIG);
+        artifact::json::write(&config, &mnist_train::TrainConfig::new().with_eval_batch_size(1234)).unwrap();
+        assert_eq!(of(None), (1234, "eval_batch_size 1234 (the run's config.json)".to_string()));
+        assert_eq!(of(Some(7)).0, 7);
+        std::fs::write(&config, "{ damaged").unwrap();
+        assert_eq!(of(None).0, 500);
+    }
+}

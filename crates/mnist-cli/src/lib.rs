@@ -38,6 +38,30 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// [`Parser::try_parse_from`], and what clap cannot check alone: an option of `mnist
+    /// bench` that the measurement named does not use is refused (exit status 2, as any
+    /// mistake of the command line), not ignored; `bench latency --concurrency 8` measured
+    /// one image at a time without a word. `main` parses with this.
+    pub fn try_parse_checked_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
+        if let (Command::Bench(bench), Some(("bench", given))) = (&cli.command, matches.subcommand())
+            && let Some(message) = bench.unused(|id| given.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+            && let Some(sub) = command.find_subcommand_mut("bench")
+        {
+            return Err(sub.error(clap::error::ErrorKind::ArgumentConflict, message));
+        }
+        Ok(cli)
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -120,6 +144,10 @@ pub struct EvalArgs {
     /// output, with the table on standard error.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Test images evaluated at once (default: the run's `eval_batch_size`, from its
+    /// config.json, else 500; at most 60000). The accuracy does not depend on it.
+    #[arg(long, allow_hyphen_values = true, value_parser = batch_size)]
+    pub batch: Option<usize>,
 }
 
 impl DataArgs {
@@ -221,8 +249,9 @@ pub struct BenchArgs {
     /// Backend.
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
-    /// Batch size (training and evaluation; at most 60000, the largest training split).
-    #[arg(long, default_value_t = 50, allow_hyphen_values = true, value_parser = bench_batch)]
+    /// Batch size (train and eval; at most 60000, the largest training split: the bundled
+    /// sample's 8,000 training images repeat in a larger one).
+    #[arg(long, default_value_t = 50, allow_hyphen_values = true, value_parser = batch_size)]
     pub batch: usize,
     /// Timed repetitions (steps, passes over 10,000 images, or predictions).
     #[arg(long, default_value_t = 20, allow_hyphen_values = true, value_parser = positive::<usize>)]
@@ -242,6 +271,39 @@ pub struct BenchArgs {
     /// Batching of the server (serve).
     #[command(flatten)]
     pub batching: BatchingArgs,
+}
+
+impl BenchArgs {
+    /// The first option given on the command line (`given` says which, by clap's id: the
+    /// field's name) that this measurement does not use, as the error saying so; `None`
+    /// when all are used. `--batch 1` is what `latency` measures, and allowed.
+    fn unused(&self, given: impl Fn(&str) -> bool) -> Option<String> {
+        let measure = match self.measure {
+            Measure::Train => "train",
+            Measure::Eval => "eval",
+            Measure::Latency => "latency",
+            Measure::Serve => "serve",
+        };
+        let serve_only = [("concurrency", "--concurrency"), ("max_batch", "--max-batch"), ("batch_wait_us", "--batch-wait-us")];
+        match self.measure {
+            Measure::Latency if given("batch") && self.batch != 1 => Some(format!(
+                "`bench latency` classifies one image at a time: --batch {} does not apply (`bench eval --batch {}` measures batches)",
+                self.batch, self.batch
+            )),
+            Measure::Serve if given("batch") => Some(format!(
+                "`bench serve` sends single-image requests: --batch does not apply (the server's batching is --max-batch, and `bench eval --batch {}` measures batches)",
+                self.batch
+            )),
+            Measure::Serve if given("kernels") => {
+                Some("`bench serve` runs the server as `mnist serve` does, on the fastest kernels: --kernels does not apply".to_string())
+            }
+            Measure::Serve => None,
+            _ => serve_only
+                .iter()
+                .find(|(id, _)| given(id))
+                .map(|(_, flag)| format!("{flag} applies to `bench serve` only: `bench {measure}` sends no requests")),
+        }
+    }
 }
 
 /// What `mnist bench` measures.
@@ -298,11 +360,12 @@ fn max_batch(text: &str) -> Result<usize, String> {
     at_most(positive::<usize>(text)?, mnist_serve::MAX_BATCH, "images in one forward pass")
 }
 
-/// `mnist bench`'s `--batch`: 1 to [`mnist_train::TrainConfig::MAX_BATCH_SIZE`] images (the
-/// largest training split), checked here so that a huge batch is a mistake of the command
-/// line (exit status 2, the flag named) instead of gigabytes allocated before a failure;
-/// `bench` keeps the same range for library callers.
-fn bench_batch(text: &str) -> Result<usize, String> {
+/// `mnist bench`'s and `mnist eval`'s `--batch`: 1 to
+/// [`mnist_train::TrainConfig::MAX_BATCH_SIZE`] images (the largest training split),
+/// checked here so that a huge batch is a mistake of the command line (exit status 2, the
+/// flag named) instead of gigabytes allocated before a failure; `bench` keeps the same
+/// range for library callers.
+fn batch_size(text: &str) -> Result<usize, String> {
     at_most(positive::<usize>(text)?, mnist_train::TrainConfig::MAX_BATCH_SIZE, "images (the largest training split)")
 }
 
@@ -397,9 +460,9 @@ pub fn run(cli: Cli) -> Result<Status> {
     memory::check_off()?;
     memory::on_out_of_memory(match &cli.command {
         Command::Train(_) => memory::Advice::Batch,
-        Command::Bench(_) => memory::Advice::BenchBatch,
+        Command::Bench(_) | Command::Eval(_) => memory::Advice::BatchFlag,
         Command::Serve(_) => memory::Advice::MaxBatch,
-        Command::Eval(_) | Command::Predict(_) => memory::Advice::Other,
+        Command::Predict(_) => memory::Advice::Other,
     });
     start_workers()?;
     let status = match cli.command {

@@ -4,7 +4,6 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use mnist_cli::{Cli, run};
 
 // burn-flex allocates and frees tens of megabytes per training step; with glibc's
@@ -61,7 +60,7 @@ unsafe impl GlobalAlloc for Reporting {
 fn main() -> ExitCode {
     // One job per process: each runs on a worker thread (see `jobs_on_workers`).
     mnist_cli::jobs_on_workers();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_checked_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => return usage(&e),
     };

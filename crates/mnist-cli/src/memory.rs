@@ -319,7 +319,7 @@ pub fn out_of_memory(size: usize, out: &mut dyn std::io::Write) {
         a if a == Advice::Batch as u8 => "a smaller batch_size or eval_batch_size in the training config needs less memory",
         a if a == Advice::Network as u8 => concat!(smaller_network!(), " memory"),
         a if a == Advice::Resume as u8 => resume_keeps_config!(),
-        a if a == Advice::BenchBatch as u8 => "a smaller --batch needs less memory",
+        a if a == Advice::BatchFlag as u8 => "a smaller --batch needs less memory",
         a if a == Advice::MaxBatch as u8 => "a smaller --max-batch needs less memory",
         _ => "close other programs, or raise this process's memory limit",
     };
@@ -339,8 +339,8 @@ pub(crate) enum Advice {
     Network,
     /// Resuming: the config cannot change.
     Resume,
-    /// `bench`: a smaller `--batch`.
-    BenchBatch,
+    /// `bench` and `eval`: a smaller `--batch`.
+    BatchFlag,
     /// `serve`: a smaller `--max-batch`.
     MaxBatch,
 }
@@ -485,7 +485,7 @@ Rss:                   0 kB
             String::from_utf8(out).unwrap()
         };
         assert!(text(Advice::Network).contains("hint: a smaller network"));
-        assert!(text(Advice::BenchBatch).contains("hint: a smaller --batch"));
+        assert!(text(Advice::BatchFlag).contains("hint: a smaller --batch"));
         assert!(text(Advice::Other).contains("hint: close other programs"));
     }
 }

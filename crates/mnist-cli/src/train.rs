@@ -94,7 +94,12 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     }
     // The file the config came from, which a value out of range names.
     let (mut config, config_file) = match (&args.config, args.resume) {
-        (Some(path), _) => (TrainConfig::read(path)?, Some(path.clone())),
+        // A file that cannot be read is named as the training config: the message is the
+        // OS's alone otherwise (one about its content names the file and the field).
+        (Some(path), _) => match TrainConfig::read(path) {
+            Err(mnist_train::Error::Read { path, source }) => anyhow::bail!("cannot read the training config (--config) {}: {source}", path.display()),
+            read => (read?, Some(path.clone())),
+        },
         (None, true) => {
             let (config, file) = run_config(&out)?;
             (config, Some(file))

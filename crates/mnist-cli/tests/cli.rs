@@ -577,12 +577,51 @@ fn numbers_on_the_command_line_say_what_they_must_be() {
         // Not numbers, but command-line mistakes of the same kind: an address to listen on.
         (vec!["serve", "--addr", "127.0.0.1:99999"], "\"127.0.0.1:99999\" is not an address to listen on"),
         (vec!["serve", "--addr", "foo"], "no port; expected IP:PORT or HOST:PORT"),
+        (vec!["eval", "--batch", "60001"], "60001 is too large: the most is 60000 images"),
+        // An option the measurement would ignore (checked by main's parse, not clap's own).
+        (vec!["bench", "latency", "--concurrency", "8"], "--concurrency applies to `bench serve` only"),
+        (vec!["bench", "latency", "--batch", "50"], "`bench latency` classifies one image at a time: --batch 50 does not apply"),
     ] {
         let output = mnist().args(&args).output().unwrap();
         let stderr = no_panic(&args.join(" "), &output);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+}
+
+/// A file that cannot be read, or is a directory, is named with what it was meant to be;
+/// a JSON value serde_json cannot hold (`1e400`) is shown in its line, which names the
+/// field; `eval --batch` evaluates in the batch given, the run's `eval_batch_size` by default.
+#[test]
+fn files_and_values_are_named_with_what_was_expected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let r = root.to_str().unwrap();
+    let config = root.join("lr.json");
+    std::fs::write(&config, "{\n  \"dataset\": \"sample\",\n  \"learning_rate\": 1e400\n}\n").unwrap();
+    let model = model_dir(root);
+    let image = root.join("digit.png");
+    std::fs::create_dir(&image).unwrap();
+    for (args, needle) in [
+        (vec!["train", "--config", r], format!("cannot read the training config (--config) {r}: a directory, not a file")),
+        (vec!["train", "--config", "/nonexistent.json"], "cannot read the training config (--config) /nonexistent.json: No such file".into()),
+        (vec!["train", "--config", config.to_str().unwrap()], "number out of range at line 3 column 24 (line 3 reads `\"learning_rate\": 1e400`)".into()),
+        (vec!["predict", "--model", model.to_str().unwrap(), image.to_str().unwrap()], format!("cannot read {}: a directory, not a file", image.display())),
+    ] {
+        let output = mnist().args(&args).output().unwrap();
+        let stderr = no_panic(&args.join(" "), &output);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&needle), "{args:?}: {stderr}");
+    }
+    // The batch comes from the run's config.json; the report is the same in any batch.
+    let json = |args: &[&str]| {
+        let output = mnist().args(["eval", "--model", model.to_str().unwrap(), "--json", "-"]).args(args).output().unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()["accuracy"].as_f64().unwrap()
+    };
+    std::fs::write(model.join(artifact::TRAIN_CONFIG), r#"{"dataset": "sample", "eval_batch_size": 7}"#).unwrap();
+    let (of_run, given) = (json(&[]), json(&["--batch", "2000"]));
+    assert!((of_run - given).abs() <= 1.0 / 2000.0, "{of_run} {given}");
 }
 
 /// `train --resume` without `--out` takes the newest unfinished run in artifacts/: one with

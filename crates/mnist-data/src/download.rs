@@ -231,7 +231,7 @@ pub fn verify(path: &Path, file: &RemoteFile) -> Result<()> {
 /// SHA-256 of a file, as lower-case hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let io_err = |source| Error::Io { path: path.to_path_buf(), source };
-    mnist_fs::sha256_reader(fs::File::open(path).map_err(io_err)?).map_err(io_err)
+    mnist_fs::sha256_reader(mnist_fs::open_file(path).map_err(io_err)?).map_err(io_err)
 }
 
 #[cfg(test)]

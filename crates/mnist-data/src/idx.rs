@@ -8,7 +8,6 @@
 //! an archive, text) says so. Memory is bounded by what the file really holds, never by what
 //! its header claims.
 
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
@@ -77,7 +76,7 @@ fn read_file(path: &Path, kind: IdxKind) -> Result<Vec<u8>> {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io_err)?;
+    let file = mnist_fs::open_file(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
     parse(file, path, kind, len)
 }

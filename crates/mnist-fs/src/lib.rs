@@ -246,7 +246,7 @@ pub fn remove_stale_temps(dir: &Path, prefix: &str, suffixes: &[&str], older_tha
 /// process substitution still works.
 pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = fs::File::open(path)?;
+    let file = open_file(path)?;
     let known = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
     let mut bytes = Vec::with_capacity(usize::try_from(known.unwrap_or(0).min(max)).unwrap_or(0));
     file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
@@ -257,6 +257,22 @@ pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+/// Opens `path` for reading, refusing a directory with an
+/// [`std::io::ErrorKind::IsADirectory`] error that says a file was expected. On Linux a
+/// directory opens, and only its first read fails, with the bare OS text "Is a directory
+/// (os error 21)"; elsewhere the open fails with another text each. Devices and pipes
+/// open as files.
+pub fn open_file(path: &Path) -> std::io::Result<fs::File> {
+    let is_dir = |e: &std::io::Error| e.kind() == std::io::ErrorKind::IsADirectory || path.is_dir();
+    let directory = || std::io::Error::new(std::io::ErrorKind::IsADirectory, "a directory, not a file");
+    match fs::File::open(path) {
+        Ok(file) if file.metadata().is_ok_and(|m| m.is_dir()) => Err(directory()),
+        Ok(file) => Ok(file),
+        Err(e) if is_dir(&e) => Err(directory()),
+        Err(e) => Err(e),
+    }
 }
 
 /// [`read_capped`] as UTF-8 text ([`std::io::ErrorKind::InvalidData`] when it is not).
@@ -426,5 +442,20 @@ mod tests {
         }
         fs::write(&path, [0xff, 0xfe]).unwrap();
         assert_eq!(read_to_string_capped(&path, 10).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    }
+
+    /// A directory given where a file is read is refused as such, not with the OS's bare
+    /// "Is a directory (os error 21)" from its first read; a missing file keeps its error.
+    #[test]
+    fn a_directory_is_not_read_as_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for err in [open_file(dir.path()).unwrap_err(), read_capped(dir.path(), 10).unwrap_err()] {
+            assert_eq!(err.kind(), std::io::ErrorKind::IsADirectory);
+            assert_eq!(err.to_string(), "a directory, not a file");
+        }
+        let missing = open_file(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        #[cfg(unix)]
+        assert!(open_file(Path::new("/dev/null")).is_ok());
     }
 }

@@ -94,7 +94,7 @@ const NO_FORMAT: &str = "its first bytes are those of no image format";
 pub fn preprocess_file(path: &Path) -> Result<[u8; SIDE * SIDE]> {
     use std::io::Read;
     let read_err = |source| Error::Read { path: path.to_path_buf(), source };
-    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let mut file = mnist_fs::open_file(path).map_err(read_err)?;
     let mut bytes = Vec::new();
     (&mut file).take(64).read_to_end(&mut bytes).map_err(read_err)?;
     if !bytes.is_empty() && image::guess_format(&bytes).is_err() {

@@ -32,15 +32,44 @@ pub fn from_str_strict<T: Serialize + DeserializeOwned>(text: &str, template: &T
 /// Parses JSON text, refusing an object that holds the same key twice (serde_json would
 /// keep the last one silently, so `{"steps": 10, "steps": 20}` would train 20 steps). The
 /// error is a message: `not valid JSON: ...` with the line and column, or that the text
-/// is empty.
+/// is empty. The line is quoted around the column (`(line 13 reads "learning_rate": 1e400,)`),
+/// since serde_json's own message names no field ("number out of range").
 pub fn parse(text: &str) -> std::result::Result<Value, String> {
     // A byte order mark, as some Windows editors write at the start, is no content.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err("the file is empty; expected JSON".into());
     }
-    serde_json::from_str::<Unique>(text).map(|u| u.0).map_err(|e| format!("not valid JSON: {e}"))
+    serde_json::from_str::<Unique>(text).map(|u| u.0).map_err(|e| match quote_line(text, e.line(), e.column()) {
+        Some(quoted) => format!("not valid JSON: {e} (line {} reads `{quoted}`)", e.line()),
+        None => format!("not valid JSON: {e}"),
+    })
 }
+
+/// Line `line` (1-based) of `text` around byte column `column` (1-based, as serde_json
+/// counts): at most [`QUOTE_BEFORE`] characters before the column and [`QUOTE_AFTER`]
+/// after it, `...` where cut, control characters as spaces, trimmed; `None` for a
+/// line that is blank or not there (an error at the end of the text).
+fn quote_line(text: &str, line: usize, column: usize) -> Option<String> {
+    let whole = text.lines().nth(line.checked_sub(1)?)?;
+    let chars: Vec<(usize, char)> = whole.char_indices().collect();
+    // The character the column falls in (the last one for a column past the end).
+    let at = chars.iter().rposition(|&(i, _)| i < column.max(1)).unwrap_or(0);
+    let start = at.saturating_sub(QUOTE_BEFORE);
+    let end = (at + 1 + QUOTE_AFTER).min(chars.len());
+    let clean = |c: char| if c.is_control() { ' ' } else { c };
+    let middle: String = chars[start..end].iter().map(|&(_, c)| clean(c)).collect();
+    let middle = middle.trim();
+    if middle.is_empty() {
+        return None;
+    }
+    let (before, after) = (if start > 0 { "..." } else { "" }, if end < chars.len() { "..." } else { "" });
+    Some(format!("{before}{middle}{after}"))
+}
+
+/// Characters quoted before and after the column of a JSON error.
+const QUOTE_BEFORE: usize = 50;
+const QUOTE_AFTER: usize = 20;
 
 /// [`from_str_strict`] of a JSON value already parsed.
 pub fn from_value_strict<T: Serialize + DeserializeOwned>(value: Value, template: &T) -> std::result::Result<T, String> {
@@ -241,6 +270,21 @@ mod tests {
             assert!(!err.contains("usize") && !err.contains("f64") && !err.contains("struct"), "{err}");
         }
         assert!(from_str_strict::<CnnConfig>("{", &CnnConfig::new()).unwrap_err().contains("not valid JSON"));
+        // serde_json names no field for a number out of range: the line quoted does.
+        let err = parse("{\n  \"hidden\": 1,\n  \"learning_rate\": 1e400,\n  \"steps\": 3\n}").unwrap_err();
+        assert_eq!(err, "not valid JSON: number out of range at line 3 column 24 (line 3 reads `\"learning_rate\": 1e400,`)");
+        // A long line (minified JSON) is quoted around the column only, cut with `...`.
+        let long = format!("{{\"a\": [{}], \"b\": 1e999, \"c\": [{}]}}", "1, ".repeat(40) + "1", "2, ".repeat(40) + "2");
+        let err = parse(&long).unwrap_err();
+        let quoted = err.split_once(" reads `").map(|(_, q)| q.trim_end_matches("`)")).unwrap();
+        assert!(quoted.starts_with("...") && quoted.ends_with("...") && quoted.contains("\"b\": 1e999"), "{err}");
+        assert!(quoted.chars().count() <= QUOTE_BEFORE + 1 + QUOTE_AFTER + 6, "{err}");
+        // At the end of the text there is no line to quote; multi-byte characters and
+        // control characters are quoted whole and as spaces.
+        assert_eq!(parse("{\"a\": 1").unwrap_err(), "not valid JSON: EOF while parsing an object at line 1 column 7 (line 1 reads `{\"a\": 1`)");
+        assert_eq!(parse("{\"a\": 1\n").unwrap_err(), "not valid JSON: EOF while parsing an object at line 2 column 0");
+        let err = parse("{\"é\u{7}ü\": x}").unwrap_err();
+        assert!(err.ends_with("(line 1 reads `{\"é ü\": x}`)"), "{err}");
         // An empty file says so (it was "EOF while parsing a value at line 1 column 0").
         for empty in ["", " \n", "\u{feff}"] {
             assert_eq!(from_str_strict::<CnnConfig>(empty, &CnnConfig::new()).unwrap_err(), "the file is empty; expected JSON");

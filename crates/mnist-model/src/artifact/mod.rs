@@ -340,7 +340,7 @@ pub fn verify_dir(dir: &Path) -> Result<()> {
     for name in [WEIGHTS, SAFETENSORS] {
         let path = dir.join(name);
         let read_err = |source| Error::Read { path: path.clone(), source };
-        let file = fs::File::open(&path).map_err(read_err)?;
+        let file = mnist_fs::open_file(&path).map_err(read_err)?;
         check_digest_of(&manifest, dir, name, &path, || mnist_fs::sha256_reader(std::io::BufReader::new(file)).map_err(read_err))?;
     }
     Ok(())
