@@ -38,6 +38,16 @@ fn new_run_dir(root: &Path, name: &str) -> Result<PathBuf> {
 
 /// Refuses a run whose batches (or network) the memory cannot hold, before it is tried and
 /// the process killed; and sets what the allocator advises if memory runs out anyway.
+/// For a `--config` file that is not found: the file of that name in `configs/` of the
+/// current directory, where the project keeps its configs (`--config quick.json` run from
+/// the project's folder), if there is one.
+fn config_nearby(path: &Path, error: &std::io::Error) -> Option<PathBuf> {
+    if error.kind() != std::io::ErrorKind::NotFound || path.parent().is_some_and(|p| !p.as_os_str().is_empty()) {
+        return None;
+    }
+    Some(Path::new("configs").join(path.file_name()?)).filter(|nearby| nearby.is_file())
+}
+
 /// `start`: the step the run goes on from (no training left at `config.steps`); `file`:
 /// where the config came from, for the message.
 fn check_memory(backend: BackendKind, config: &TrainConfig, dataset: &mnist_data::Dataset, start: u64, file: Option<&Path>, resume: bool) -> Result<()> {
@@ -97,7 +107,13 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         // A file that cannot be read is named as the training config: the message is the
         // OS's alone otherwise (one about its content names the file and the field).
         (Some(path), _) => match TrainConfig::read(path) {
-            Err(mnist_train::Error::Read { path, source }) => anyhow::bail!("cannot read the training config (--config) {}: {source}", path.display()),
+            Err(mnist_train::Error::Read { path, source }) => {
+                let message = format!("cannot read the training config (--config) {}: {source}", path.display());
+                return Err(match config_nearby(&path, &source) {
+                    Some(nearby) => crate::hints::hinted(message, format!("the project's configs are in configs/: --config {}", quote_path(&nearby))),
+                    None => anyhow::anyhow!(message),
+                });
+            }
             read => (read?, Some(path.clone())),
         },
         (None, true) => {

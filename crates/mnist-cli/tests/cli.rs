@@ -613,6 +613,16 @@ fn files_and_values_are_named_with_what_was_expected() {
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(&needle), "{args:?}: {stderr}");
     }
+    // A config named without its folder, run from the project's: the one in configs/ is named.
+    std::fs::create_dir(root.join("configs")).unwrap();
+    std::fs::write(root.join("configs").join("quick.json"), "{}").unwrap();
+    let output = mnist().current_dir(root).args(["train", "--config", "quick.json"]).output().unwrap();
+    let stderr = no_panic("train --config quick.json", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("hint: the project's configs are in configs/: --config configs/quick.json"), "{stderr}");
+    let output = mnist().current_dir(root).args(["train", "--config", "other/quick.json"]).output().unwrap();
+    assert!(!text(&output.stderr).contains("hint"), "{}", text(&output.stderr));
+
     // The batch comes from the run's config.json; the report is the same in any batch.
     let json = |args: &[&str]| {
         let output = mnist().args(["eval", "--model", model.to_str().unwrap(), "--json", "-"]).args(args).output().unwrap();
