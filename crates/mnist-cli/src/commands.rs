@@ -96,7 +96,7 @@ pub fn eval(args: EvalArgs) -> Result<Status> {
     let evaluation = dispatch(backend, EvalJob { dir: &model_dir, manifest: &manifest, split: &dataset.test, batch: batch.size, to_stdout })?;
     // A closed standard output (`| head`) ends the printing quietly; eval.json is
     // written all the same.
-    let heading = format!("model {} on the {} test split ({})", model_dir.display(), dataset.kind, dataset.origin);
+    let heading = format!("model {} on the {} test split ({}), in batches of {}", model_dir.display(), dataset.kind, dataset.origin, largest);
     let table = evaluation.table(&class_names(&manifest));
     let report = EvalReport {
         model: model_dir.to_string_lossy().into_owned(),
@@ -310,6 +310,25 @@ impl Job for EvalJob<'_> {
     }
 }
 
+/// `file` classified: the image file, or for `-` the image on standard input (read once:
+/// a second `-` finds it empty).
+fn predict_one<B: burn::tensor::backend::Backend>(classifier: &Classifier<B>, file: &Path) -> Result<mnist_infer::Prediction> {
+    use std::io::Read;
+    if file.as_os_str() != "-" {
+        return Ok(classifier.predict_file(file)?);
+    }
+    let max = mnist_infer::preprocess::MAX_FILE;
+    let mut bytes = Vec::new();
+    std::io::stdin().lock().take(max + 1).read_to_end(&mut bytes).context("cannot read standard input")?;
+    if bytes.len() as u64 > max {
+        bail!("standard input holds more than {} MiB; expected one image", max >> 20);
+    }
+    if bytes.is_empty() {
+        bail!("standard input is empty; expected an image (`-` reads one image from it, once)");
+    }
+    Ok(classifier.predict(&mnist_infer::preprocess::preprocess_bytes(&bytes, Path::new("standard input"))?))
+}
+
 pub fn predict(args: PredictArgs) -> Result<Status> {
     let backend = args.backend.map_or_else(BackendKind::default_compiled, Ok)?;
     let model_dir = match &args.model {
@@ -335,7 +354,7 @@ impl Job for PredictJob<'_> {
         let classifier = Classifier::<B::InnerBackend>::load_with(self.dir, self.manifest, device)?;
         let mut failed = 0;
         for file in self.files {
-            match classifier.predict_file(file) {
+            match predict_one(&classifier, file) {
                 Ok(p) if self.json => say!(
                     "{}",
                     serde_json::json!({

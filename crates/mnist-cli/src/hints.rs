@@ -217,7 +217,7 @@ fn data(e: &mnist_data::Error) -> Option<String> {
 fn serve(e: &mnist_serve::Error) -> Option<String> {
     let mnist_serve::Error::Bind { source, .. } = e else { return None };
     match source.kind() {
-        std::io::ErrorKind::AddrInUse => Some("pass --addr with another port, or 127.0.0.1:0 for any free one".into()),
+        std::io::ErrorKind::AddrInUse => Some("pass --addr with another port, such as 127.0.0.1:0".into()),
         std::io::ErrorKind::PermissionDenied => Some("pass --addr with a port of 1024 or above, such as 127.0.0.1:8080".into()),
         _ => None,
     }

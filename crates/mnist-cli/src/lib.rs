@@ -189,7 +189,7 @@ fn dataset_name(name: &str) -> std::result::Result<String, String> {
 /// `mnist predict`.
 #[derive(Debug, Clone, Args)]
 pub struct PredictArgs {
-    /// Image files.
+    /// Image files; `-` reads one image from standard input.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// Artifact directory (default: the newest finished run in artifacts/).
@@ -357,7 +357,7 @@ fn non_negative<T: TryFrom<u128>>(text: &str) -> Result<T, String> {
 /// is one of the command line (exit status 2, the flag named); `ServeConfig::check` keeps
 /// the same range for library callers.
 fn max_batch(text: &str) -> Result<usize, String> {
-    at_most(positive::<usize>(text)?, mnist_serve::MAX_BATCH, "images in one forward pass")
+    at_most(text, positive::<usize>, mnist_serve::MAX_BATCH, "images in one forward pass")
 }
 
 /// `mnist bench`'s and `mnist eval`'s `--batch`: 1 to
@@ -366,17 +366,25 @@ fn max_batch(text: &str) -> Result<usize, String> {
 /// flag named) instead of gigabytes allocated before a failure; `bench` keeps the same
 /// range for library callers.
 fn batch_size(text: &str) -> Result<usize, String> {
-    at_most(positive::<usize>(text)?, mnist_train::TrainConfig::MAX_BATCH_SIZE, "images (the largest training split)")
+    at_most(text, positive::<usize>, mnist_train::TrainConfig::MAX_BATCH_SIZE, "images (the largest training split)")
 }
 
 /// `--batch-wait-us`: 0 to [`mnist_serve::MAX_BATCH_WAIT_US`] microseconds.
 fn batch_wait_us(text: &str) -> Result<u64, String> {
-    at_most(non_negative::<u64>(text)?, mnist_serve::MAX_BATCH_WAIT_US, "microseconds (1 s)")
+    at_most(text, non_negative::<u64>, mnist_serve::MAX_BATCH_WAIT_US, "microseconds (1 s)")
 }
 
-/// `n`, if at most `most` (of `unit`), else what the flag's most is.
-fn at_most<T: PartialOrd + std::fmt::Display>(n: T, most: T, unit: &str) -> Result<T, String> {
-    if n > most { Err(format!("{n} is too large: the most is {most} {unit}")) } else { Ok(n) }
+/// `text` parsed by `parse`, if at most `most` (of `unit`), else what the flag's most is;
+/// also for a number past `T`'s range (its most would be no use to name).
+fn at_most<T: PartialOrd + std::fmt::Display>(text: &str, parse: fn(&str) -> Result<T, String>, most: T, unit: &str) -> Result<T, String> {
+    let too_large = |n: &dyn std::fmt::Display| format!("{n} is too large: the most is {most} {unit}");
+    match parse(text) {
+        Ok(n) if n > most => Err(too_large(&n)),
+        Ok(n) => Ok(n),
+        // A whole number other than 0 that does not parse is past `T`'s range.
+        Err(_) if is_whole_number(text.trim()) && !text.trim().trim_start_matches('+').bytes().all(|b| b == b'0') => Err(too_large(&text.trim())),
+        Err(e) => Err(e),
+    }
 }
 
 fn at_least<T: TryFrom<u128>>(text: &str, least: i128, what: &str) -> Result<T, String> {

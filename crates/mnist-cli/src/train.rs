@@ -97,16 +97,12 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         (None, true) => newest_unfinished_run(Path::new(ARTIFACTS))?,
         (None, false) => PathBuf::new(), // named below, once the dataset is known
     };
-    // A folder no run may start in is refused before the dataset is looked for.
-    if !out.as_os_str().is_empty() {
-        let _ = RESUME_HINT.set(resume_command(&args, &out));
-        mnist_train::check_out_dir(&out, args.resume)?;
-    }
-    // The file the config came from, which a value out of range names.
-    let (mut config, config_file) = match (&args.config, args.resume) {
+    // The config given is read first: a mistake in it is said before any about the folder
+    // (which a corrected command may still name).
+    let given = match &args.config {
         // A file that cannot be read is named as the training config: the message is the
         // OS's alone otherwise (one about its content names the file and the field).
-        (Some(path), _) => match TrainConfig::read(path) {
+        Some(path) => match TrainConfig::read(path) {
             Err(mnist_train::Error::Read { path, source }) => {
                 let message = format!("cannot read the training config (--config) {}: {source}", path.display());
                 return Err(match config_nearby(&path, &source) {
@@ -114,8 +110,18 @@ pub fn train(args: TrainArgs) -> Result<Status> {
                     None => anyhow::anyhow!(message),
                 });
             }
-            read => (read?, Some(path.clone())),
+            read => Some((read?, path.clone())),
         },
+        None => None,
+    };
+    // A folder no run may start in is refused before the dataset is looked for.
+    if !out.as_os_str().is_empty() {
+        let _ = RESUME_HINT.set(resume_command(&args, &out));
+        mnist_train::check_out_dir(&out, args.resume)?;
+    }
+    // The file the config came from, which a value out of range names.
+    let (mut config, config_file) = match (given, args.resume) {
+        (Some((config, path)), _) => (config, Some(path)),
         (None, true) => {
             let (config, file) = run_config(&out)?;
             (config, Some(file))

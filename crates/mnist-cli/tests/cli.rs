@@ -578,6 +578,9 @@ fn numbers_on_the_command_line_say_what_they_must_be() {
         (vec!["serve", "--addr", "127.0.0.1:99999"], "\"127.0.0.1:99999\" is not an address to listen on"),
         (vec!["serve", "--addr", "foo"], "no port; expected IP:PORT or HOST:PORT"),
         (vec!["eval", "--batch", "60001"], "60001 is too large: the most is 60000 images"),
+        // Past the type's range too, the flag's own most is named.
+        (vec!["eval", "--batch", "99999999999999999999"], "99999999999999999999 is too large: the most is 60000 images"),
+        (vec!["serve", "--batch-wait-us", "+99999999999999999999999"], "is too large: the most is 1000000 microseconds"),
         // An option the measurement would ignore (checked by main's parse, not clap's own).
         (vec!["bench", "latency", "--concurrency", "8"], "--concurrency applies to `bench serve` only"),
         (vec!["bench", "latency", "--batch", "50"], "`bench latency` classifies one image at a time: --batch 50 does not apply"),
@@ -607,12 +610,22 @@ fn files_and_values_are_named_with_what_was_expected() {
         (vec!["train", "--config", "/nonexistent.json"], "cannot read the training config (--config) /nonexistent.json: No such file".into()),
         (vec!["train", "--config", config.to_str().unwrap()], "number out of range at line 3 column 24 (line 3 reads `\"learning_rate\": 1e400`)".into()),
         (vec!["predict", "--model", model.to_str().unwrap(), image.to_str().unwrap()], format!("cannot read {}: a directory, not a file", image.display())),
+        // The config's mistake first, before the folder's (a finished model here).
+        (vec!["train", "--config", config.to_str().unwrap(), "--out", model.to_str().unwrap()], "number out of range at line 3".into()),
+        (vec!["predict", "--model", model.to_str().unwrap(), "-"], "standard input is empty; expected an image".into()),
     ] {
         let output = mnist().args(&args).output().unwrap();
         let stderr = no_panic(&args.join(" "), &output);
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(&needle), "{args:?}: {stderr}");
     }
+    // `-`: the image on standard input.
+    let mut child = mnist().args(["predict", "--model", model.to_str().unwrap(), "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let png = std::fs::read(cases().join("images/repro_seven_bg128.png")).unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &png).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success() && text(&output.stdout).starts_with("-: "), "{}{}", text(&output.stdout), text(&output.stderr));
+
     // A config named without its folder, run from the project's: the one in configs/ is named.
     std::fs::create_dir(root.join("configs")).unwrap();
     std::fs::write(root.join("configs").join("quick.json"), "{}").unwrap();

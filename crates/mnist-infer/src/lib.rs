@@ -73,12 +73,8 @@ pub struct Classifier<B: Backend> {
 impl<B: Backend> Classifier<B> {
     /// Loads an artifact directory written by training (`model.json`, `model.mpk`).
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(Error::Artifact {
-                path: dir.to_path_buf(),
-                message: "not a directory; expected a trained model's artifact directory".into(),
-            });
-        }
+        // A path that is no model folder (missing, a file, without model.json) is
+        // `mnist_model::Error::NotAModel`, saying which.
         let manifest = artifact::read_manifest(dir)?;
         Self::load_with(dir, manifest, device)
     }

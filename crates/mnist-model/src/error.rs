@@ -24,6 +24,15 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The directory given for a model is none: missing, a file, or without `model.json`
+    /// (and without a training checkpoint, which is [`Error::UnfinishedRun`]).
+    #[error("{}: {why}; expected a trained model's artifact directory (the folder training writes, with model.json and model.mpk)", dir.display())]
+    NotAModel {
+        /// The path given.
+        dir: PathBuf,
+        /// What it is: `no such directory`, `a file, not a directory`, `holds no model.json`.
+        why: &'static str,
+    },
     /// The directory holds a training run that has not finished: a checkpoint, no
     /// `model.json` yet.
     #[error("{} holds an unfinished training run (a checkpoint, no model.json yet); finish it by resuming its training, or load a finished run", dir.display())]

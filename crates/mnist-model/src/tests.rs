@@ -363,8 +363,15 @@ fn artifact_directories_record_and_verify_the_weights_checksums() {
 fn an_unfinished_run_is_named_as_one() {
     let dir = tempfile::tempdir().unwrap();
     let device = Default::default();
-    let msg = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err().to_string();
-    assert!(msg.contains("cannot read") && msg.contains("model.json"), "{msg}");
+    // What a path that is no model folder is, said (not the OS's "No such file" of model.json).
+    let file = dir.path().join("model.mpk");
+    std::fs::write(&file, b"weights").unwrap();
+    for (path, why) in [(dir.path().to_path_buf(), "holds no model.json"), (dir.path().join("missing"), "no such directory"), (file.clone(), "a file, not a directory")] {
+        let err = artifact::load_dir::<Flex>(&path, &device).unwrap_err();
+        assert!(matches!(&err, Error::NotAModel { dir, why: w } if *dir == path && *w == why), "{err}");
+        assert_eq!(err.to_string(), format!("{}: {why}; expected a trained model's artifact directory (the folder training writes, with model.json and model.mpk)", path.display()));
+    }
+    std::fs::remove_file(&file).unwrap();
     std::fs::write(dir.path().join(artifact::CHECKPOINT), b"step").unwrap();
     let err = artifact::load_dir::<Flex>(dir.path(), &device).unwrap_err();
     assert!(matches!(&err, Error::UnfinishedRun { dir: d } if d == dir.path()), "{err}");

@@ -45,8 +45,8 @@ pub enum Error {
 
 fn bind_hint(source: &std::io::Error) -> &'static str {
     match source.kind() {
-        std::io::ErrorKind::AddrInUse => " (another program holds the port; choose another port, or port 0 for any free one)",
-        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges; choose one of 1024 or above)",
+        std::io::ErrorKind::AddrInUse => " (another program holds the port; port 0 takes any free one)",
+        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
         std::io::ErrorKind::AddrNotAvailable => " (the address is not one of this machine's; 127.0.0.1 is this machine only, 0.0.0.0 every interface)",
         _ => "",
     }

@@ -427,7 +427,7 @@ mod tests {
             let taken = first.local_addr().unwrap();
             let e = bind(taken).await.unwrap_err().to_string();
             assert!(e.starts_with(&format!("cannot listen on {taken}: ")), "{e}");
-            assert!(e.contains("choose another port, or port 0 for any free one"), "{e}");
+            assert!(e.contains("(another program holds the port; port 0 takes any free one)"), "{e}");
         });
     }
 }

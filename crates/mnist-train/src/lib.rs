@@ -13,12 +13,17 @@
 //! use burn::backend::Autodiff;
 //! use burn_flex::Flex;
 //! use mnist_data::{DatasetKind, Locator};
-//! use mnist_train::{TrainConfig, TrainOptions, train};
+//! use mnist_train::{Outcome, TrainConfig, TrainOptions, train};
 //!
 //! let data = Locator::offline(None).load(DatasetKind::Sample)?;
 //! let config = TrainConfig::new().with_steps(2_000);
 //! let options = TrainOptions::new("artifacts/quick", "flex");
-//! train::<Autodiff<Flex>>(&config, &data, &options, &Default::default())?;
+//! match train::<Autodiff<Flex>>(&config, &data, &options, &Default::default())? {
+//!     Outcome::Finished(report) => println!("test accuracy {:.4}", report.test.accuracy),
+//!     // Stopped early (`options.stop`, or the progress lines could not be written): a
+//!     // checkpoint holds the step, and a call with `options.resume` set goes on from it.
+//!     stopped => println!("not finished: {stopped:?}"),
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

@@ -229,16 +229,20 @@ pub fn save_dir<B: Backend>(model: &Cnn<B>, manifest: &Manifest, dir: &Path) -> 
 ///
 /// # Errors
 /// [`Error::UnfinishedRun`] when there is no `model.json` but a training checkpoint;
+/// [`Error::NotAModel`] when `dir` is missing, a file, or holds neither;
 /// [`Error::Read`] when it cannot be read otherwise; [`Error::Json`], naming the file,
 /// when it is not a manifest of a valid network.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST);
     let json_err = |message: String| Error::Json { path: path.clone(), message };
     let text = mnist_fs::read_to_string_capped(&path, mnist_fs::MAX_JSON_BYTES).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound && dir.join(CHECKPOINT).is_file() {
-            Error::UnfinishedRun { dir: dir.to_path_buf() }
-        } else {
-            Error::Read { path: path.clone(), source }
+        let not_a_model = |why| Error::NotAModel { dir: dir.to_path_buf(), why };
+        match source.kind() {
+            std::io::ErrorKind::NotFound if dir.join(CHECKPOINT).is_file() => Error::UnfinishedRun { dir: dir.to_path_buf() },
+            std::io::ErrorKind::NotFound if dir.is_dir() => not_a_model("holds no model.json"),
+            std::io::ErrorKind::NotFound if !dir.exists() => not_a_model("no such directory"),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory if dir.is_file() => not_a_model("a file, not a directory"),
+            _ => Error::Read { path: path.clone(), source },
         }
     })?;
     // Strict: a key given twice is refused (serde_json would keep the last silently).
