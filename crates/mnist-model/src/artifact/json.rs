@@ -114,9 +114,14 @@ fn at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
 fn expects(template: &Value, given: &Value) -> Option<String> {
     Some(match template {
         Value::Number(n) if n.is_u64() => {
-            // A whole number beyond the largest the field holds says so.
-            let too_big = given.as_f64().is_some_and(|v| v >= 0.0 && v.fract() == 0.0) && given.as_u64().is_none();
-            if too_big { format!("a whole number, 0 or more up to {}", u64::MAX) } else { "a whole number, 0 or more".into() }
+            // A whole number beyond the largest the field holds says so; one written as a
+            // float (`1e3`, `1000.0`, which JSON parsers read as floats) says how to write it.
+            let whole = given.as_f64().filter(|v| *v >= 0.0 && v.fract() == 0.0 && given.as_u64().is_none());
+            match whole {
+                Some(v) if v >= u64::MAX as f64 => format!("a whole number, 0 or more up to {}", u64::MAX),
+                Some(v) => format!("a whole number, 0 or more, written without a decimal point or exponent ({v:.0})"),
+                None => "a whole number, 0 or more".into(),
+            }
         }
         Value::Number(n) if n.is_i64() => "a whole number".into(),
         Value::Number(_) => "a number".into(),
@@ -260,6 +265,7 @@ mod tests {
             (r#"{"hidden": "wide"}"#, "field `hidden`: expected a whole number, 0 or more, got the string \"wide\""),
             (r#"{"dropout": true}"#, "field `dropout`: expected a number, got true"),
             (r#"{"hidden": 1180591620717411303424}"#, "field `hidden`: expected a whole number, 0 or more up to 18446744073709551615, got 1.1805916207174113e+21"),
+            (r#"{"hidden": 1e3}"#, "field `hidden`: expected a whole number, 0 or more, written without a decimal point or exponent (1000), got 1000.0"),
             ("\u{feff}{\"hidden\": -1}", "field `hidden`: expected a whole number, 0 or more, got -1"),
             (r#"{"dropout": null}"#, "field `dropout`: expected a number, got null"),
             (r#"[1, 2]"#, "expected a JSON object of fields (classes, conv1_channels, conv2_channels, dropout, hidden, init_bias, init_std, kernel_size), got an array"),
