@@ -32,8 +32,9 @@ pub fn from_str_strict<T: Serialize + DeserializeOwned>(text: &str, template: &T
 /// Parses JSON text, refusing an object that holds the same key twice (serde_json would
 /// keep the last one silently, so `{"steps": 10, "steps": 20}` would train 20 steps). The
 /// error is a message: `not valid JSON: ...` with the line and column, or that the text
-/// is empty. The line is quoted around the column (`(line 13 reads "learning_rate": 1e400,)`),
-/// since serde_json's own message names no field ("number out of range").
+/// is empty. The line is quoted around the column, between backquotes, since serde_json's
+/// own message names no field: `number out of range at line 13 column 24 (line 13 reads
+/// ...)` with the line `"learning_rate": 1e400,` in place of the dots.
 pub fn parse(text: &str) -> std::result::Result<Value, String> {
     // A byte order mark, as some Windows editors write at the start, is no content.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
