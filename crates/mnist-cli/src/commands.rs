@@ -310,8 +310,8 @@ impl Job for EvalJob<'_> {
     }
 }
 
-/// `file` classified: the image file, or for `-` the image on standard input (read once:
-/// a second `-` finds it empty).
+/// `file` classified: the image file, or for `-` the image on standard input (`predict`
+/// takes `-` once).
 fn predict_one<B: burn::tensor::backend::Backend>(classifier: &Classifier<B>, file: &Path) -> Result<mnist_infer::Prediction> {
     use std::io::Read;
     if file.as_os_str() != "-" {
@@ -324,7 +324,7 @@ fn predict_one<B: burn::tensor::backend::Backend>(classifier: &Classifier<B>, fi
         bail!("standard input holds more than {} MiB; expected one image", max >> 20);
     }
     if bytes.is_empty() {
-        bail!("standard input is empty; expected an image (`-` reads one image from it, once)");
+        bail!("standard input is empty; expected an image");
     }
     Ok(classifier.predict(&mnist_infer::preprocess::preprocess_bytes(&bytes, Path::new("standard input"))?))
 }
@@ -335,6 +335,10 @@ pub fn predict(args: PredictArgs) -> Result<Status> {
         Some(dir) => dir.clone(),
         None => newest_run(Path::new(ARTIFACTS), artifact::WEIGHTS)?,
     };
+    let from_stdin = args.files.iter().filter(|f| f.as_os_str() == "-").count();
+    if from_stdin > 1 {
+        bail!("`-` (standard input) is given {from_stdin} times: it holds one image; give it once");
+    }
     let manifest = check_model_dir(&model_dir)?;
     dispatch(backend, PredictJob { dir: &model_dir, manifest, files: &args.files, json: args.json })
 }

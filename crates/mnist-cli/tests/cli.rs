@@ -613,6 +613,7 @@ fn files_and_values_are_named_with_what_was_expected() {
         // The config's mistake first, before the folder's (a finished model here).
         (vec!["train", "--config", config.to_str().unwrap(), "--out", model.to_str().unwrap()], "number out of range at line 3".into()),
         (vec!["predict", "--model", model.to_str().unwrap(), "-"], "standard input is empty; expected an image".into()),
+        (vec!["predict", "--model", model.to_str().unwrap(), "-", "x.png", "-"], "`-` (standard input) is given 2 times: it holds one image".into()),
     ] {
         let output = mnist().args(&args).output().unwrap();
         let stderr = no_panic(&args.join(" "), &output);
