@@ -313,16 +313,11 @@ impl Job for EvalJob<'_> {
 /// `file` classified: the image file, or for `-` the image on standard input (`predict`
 /// takes `-` once).
 fn predict_one<B: burn::tensor::backend::Backend>(classifier: &Classifier<B>, file: &Path) -> Result<mnist_infer::Prediction> {
-    use std::io::Read;
     if file.as_os_str() != "-" {
         return Ok(classifier.predict_file(file)?);
     }
-    let max = mnist_infer::preprocess::MAX_FILE;
-    let mut bytes = Vec::new();
-    std::io::stdin().lock().take(max + 1).read_to_end(&mut bytes).context("cannot read standard input")?;
-    if bytes.len() as u64 > max {
-        bail!("standard input holds more than {} MiB; expected one image", max >> 20);
-    }
+    let bytes = mnist_fs::read_capped_from(std::io::stdin().lock(), None, mnist_infer::preprocess::MAX_FILE)
+        .map_err(|e| anyhow::anyhow!("cannot read standard input: {e}"))?;
     if bytes.is_empty() {
         bail!("standard input is empty; expected an image");
     }

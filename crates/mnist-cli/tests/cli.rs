@@ -626,6 +626,14 @@ fn files_and_values_are_named_with_what_was_expected() {
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), &png).unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success() && text(&output.stdout).starts_with("-: "), "{}{}", text(&output.stdout), text(&output.stderr));
+    // Endless standard input is refused at the image files' cap, the reason said.
+    #[cfg(unix)]
+    {
+        let zero = std::fs::File::open("/dev/zero").unwrap();
+        let output = mnist().args(["predict", "--model", model.to_str().unwrap(), "-"]).stdin(zero).output().unwrap();
+        let stderr = no_panic("predict - < /dev/zero", &output);
+        assert!(stderr.contains("error: cannot read standard input: larger than the 256 MiB such a file may be"), "{stderr}");
+    }
 
     // A config named without its folder, run from the project's: the one in configs/ is named.
     std::fs::create_dir(root.join("configs")).unwrap();

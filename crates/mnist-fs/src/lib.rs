@@ -245,11 +245,17 @@ pub fn remove_stale_temps(dir: &Path, prefix: &str, suffixes: &[&str], older_tha
 /// before it is refused. Pipes and special files are read as they come, so a `<(...)`
 /// process substitution still works.
 pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
     let file = open_file(path)?;
     let known = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    read_capped_from(file, known, max)
+}
+
+/// [`read_capped`] of a reader (standard input, a pipe) whose length is `known` or not
+/// (which only sizes the first allocation).
+pub fn read_capped_from(reader: impl std::io::Read, known: Option<u64>, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
     let mut bytes = Vec::with_capacity(usize::try_from(known.unwrap_or(0).min(max)).unwrap_or(0));
-    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    reader.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::FileTooLarge,
@@ -442,6 +448,9 @@ mod tests {
         }
         fs::write(&path, [0xff, 0xfe]).unwrap();
         assert_eq!(read_to_string_capped(&path, 10).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        // A reader of unknown length (standard input) likewise.
+        assert_eq!(read_capped_from(&b"0123456789"[..], None, 10).unwrap(), b"0123456789");
+        assert_eq!(read_capped_from(std::io::repeat(7), None, 9).unwrap_err().kind(), std::io::ErrorKind::FileTooLarge);
     }
 
     /// A directory given where a file is read is refused as such, not with the OS's bare
