@@ -200,15 +200,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// Prints `table` (under the busy warning, if any) and writes the run to `path` as a
 /// [`Report`], atomically: the end of `cargo xtask bench` and of `bench --serve`.
 pub(crate) fn publish<R: Serialize>(table: String, busy: Option<&str>, load_before: Option<f64>, rounds: u32, results: Vec<R>, path: &Path) -> Result<()> {
+    let machine = Machine::here();
     let text = match busy {
-        Some(warning) => format!("{warning}\n\n{table}"),
-        None => table,
+        Some(warning) => format!("{warning}\n\n{table}\n{}", machine.line()),
+        None => format!("{table}\n{}", machine.line()),
     };
     // A closed pipe (`| head`) is not worth a panic; the JSON below is written anyway.
     let _ = writeln!(std::io::stdout(), "{text}");
     let report = Report {
         load_average_before: load_before,
-        machine: Machine::here(),
+        machine,
         date_utc: date(),
         git_commit: git(&["rev-parse", "HEAD"]),
         git_dirty: git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
@@ -663,6 +664,9 @@ fn table(results: &[Record]) -> String {
 #[derive(Debug, Serialize)]
 struct Machine {
     cpu: Option<String>,
+    /// The first core's data and unified caches ([`mnist_bench::cpu_caches`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caches: Option<String>,
     cores: Option<usize>,
     memory_gib: Option<f64>,
     os: &'static str,
@@ -670,11 +674,28 @@ struct Machine {
 }
 
 impl Machine {
+    /// One line for the printed table: "Machine: CPU (caches), N cores, M GiB", with
+    /// what is known of it.
+    fn line(&self) -> String {
+        let mut parts = vec![self.cpu.clone().unwrap_or_else(|| format!("an unnamed {} CPU", self.arch))];
+        if let Some(caches) = &self.caches {
+            parts[0] = format!("{} ({caches})", parts[0]);
+        }
+        if let Some(cores) = self.cores {
+            parts.push(format!("{cores} cores"));
+        }
+        if let Some(gib) = self.memory_gib {
+            parts.push(format!("{gib} GiB"));
+        }
+        format!("Machine: {}.", parts.join(", "))
+    }
+
     fn here() -> Machine {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let mem_kib = meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok());
         Machine {
             cpu: mnist_bench::cpu_model(),
+            caches: mnist_bench::cpu_caches(),
             cores: std::thread::available_parallelism().map(|n| n.get()).ok(),
             memory_gib: mem_kib.map(|k| (k / 1024.0 / 1024.0 * 10.0).round() / 10.0),
             os: std::env::consts::OS,
@@ -753,6 +774,14 @@ mod tests {
 
     fn failed(system: &str, measure: &str, batch: usize, round: u32) -> Record {
         Record { outcome: Outcome::Failed { asked: asked_peer(system, measure, batch), error: "exit 1".into() }, round, simd_cap: None }
+    }
+
+    #[test]
+    fn the_machine_line_says_what_is_known() {
+        let zen4 = Machine { cpu: Some("AMD EPYC (family 25 model 17)".into()), caches: Some("L1d 32 KiB, L2 1 MiB".into()), cores: Some(2), memory_gib: Some(23.5), os: "linux", arch: "x86_64" };
+        assert_eq!(zen4.line(), "Machine: AMD EPYC (family 25 model 17) (L1d 32 KiB, L2 1 MiB), 2 cores, 23.5 GiB.");
+        let bare = Machine { cpu: None, caches: None, cores: None, memory_gib: None, os: "macos", arch: "aarch64" };
+        assert_eq!(bare.line(), "Machine: an unnamed aarch64 CPU.");
     }
 
     #[test]

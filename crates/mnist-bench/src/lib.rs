@@ -174,6 +174,68 @@ fn describe_cpu(info: &str) -> Option<String> {
     })
 }
 
+/// The first core's data and unified caches, as Linux's sysfs gives them
+/// (`/sys/devices/system/cpu/cpu0/cache/index*/`), for example "L1d 32 KiB, L2 1 MiB, L3
+/// 32 MiB shared by 2 cores": the kernels' blocking is sized to L1 and L2, so figures
+/// from CPUs of one model name but other caches differ. `None` elsewhere or when sysfs
+/// lists none.
+pub fn cpu_caches() -> Option<String> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    let mut caches = Vec::new();
+    for entry in dir.flatten() {
+        let read = |name: &str| std::fs::read_to_string(entry.path().join(name)).ok().map(|v| v.trim().to_string());
+        if let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size")) {
+            caches.push(Cache { level, kind, size, shared_with: read("shared_cpu_list").unwrap_or_default() });
+        }
+    }
+    describe_caches(caches)
+}
+
+/// One of a core's caches, in sysfs's words: `level` ("1"), `kind` ("Data", "Instruction"
+/// or "Unified"), `size` ("32K"), and the CPUs that share it, `shared_with` ("0-1", "0,2").
+#[derive(Debug, Clone)]
+struct Cache {
+    level: String,
+    kind: String,
+    size: String,
+    shared_with: String,
+}
+
+/// [`cpu_caches`] of sysfs's entries: the data and unified caches by level, their sizes in
+/// KiB or MiB, and how many CPUs share each that more than one does.
+fn describe_caches(mut caches: Vec<Cache>) -> Option<String> {
+    caches.retain(|c| c.kind != "Instruction");
+    caches.sort_by(|a, b| (a.level.len(), &a.level).cmp(&(b.level.len(), &b.level)));
+    let parts: Vec<String> = caches
+        .iter()
+        .filter_map(|c| {
+            let kib: u64 = match c.size.strip_suffix('K') {
+                Some(k) => k.parse().ok()?,
+                None => c.size.strip_suffix('M')?.parse::<u64>().ok()? * 1024,
+            };
+            let size = if kib >= 1024 && kib % 1024 == 0 { format!("{} MiB", kib / 1024) } else { format!("{kib} KiB") };
+            let name = if c.kind == "Data" { format!("L{}d", c.level) } else { format!("L{}", c.level) };
+            let sharing = cpu_count(&c.shared_with);
+            Some(if sharing > 1 { format!("{name} {size} shared by {sharing} cores") } else { format!("{name} {size}") })
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// How many CPUs a sysfs CPU list names ("0-1,4" is 3); 0 for one it cannot read.
+fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.parse::<usize>(), b.parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 0,
+            },
+            None => usize::from(part.parse::<usize>().is_ok()),
+        })
+        .sum()
+}
+
 /// One measurement of a peer script (`xtask/peers/tf_seed.py`, `torch_seed.py`), as it
 /// prints it (one JSON line, written by `xtask/peers/harness.py`): the figures of a
 /// [`Measurement`], with the peer's own names for its backend, device and kernels.
@@ -260,6 +322,21 @@ mod tests {
         assert_eq!(describe_cpu("model name\t: Neoverse-V1\n").as_deref(), Some("Neoverse-V1"));
         assert_eq!(describe_cpu("processor\t: 0\nBogoMIPS\t: 50.00\n"), None);
         assert_eq!(describe_cpu("model name\t: \ncpu family\t: 6\nmodel\t: 1\n"), None);
+    }
+
+    #[test]
+    fn caches_are_described_by_level_with_their_sharing() {
+        let cache = |level: &str, kind: &str, size: &str, shared_with: &str| Cache { level: level.into(), kind: kind.into(), size: size.into(), shared_with: shared_with.into() };
+        // As sysfs lists a 2-core Zen 4 (its directory order is not the levels').
+        let zen4 = vec![cache("3", "Unified", "32768K", "0-1"), cache("1", "Instruction", "32K", "0"), cache("2", "Unified", "1024K", "0"), cache("1", "Data", "32K", "0")];
+        assert_eq!(describe_caches(zen4).as_deref(), Some("L1d 32 KiB, L2 1 MiB, L3 32 MiB shared by 2 cores"));
+        let xeon = vec![cache("1", "Data", "48K", "0"), cache("2", "Unified", "2048K", "0"), cache("3", "Unified", "266240K", "0,1")];
+        assert_eq!(describe_caches(xeon).as_deref(), Some("L1d 48 KiB, L2 2 MiB, L3 260 MiB shared by 2 cores"));
+        // Sizes in M, levels past 9, and an unreadable size left out.
+        let odd = vec![cache("10", "Unified", "4M", ""), cache("2", "Unified", "1536K", "0-3,8-11"), cache("1", "Data", "lots", "0")];
+        assert_eq!(describe_caches(odd).as_deref(), Some("L2 1536 KiB shared by 8 cores, L10 4 MiB"));
+        assert_eq!(describe_caches(vec![cache("1", "Instruction", "32K", "0")]), None);
+        assert_eq!((cpu_count("0-1,4"), cpu_count(""), cpu_count("3-1"), cpu_count("7")), (3, 0, 0, 1));
     }
 
     #[test]
