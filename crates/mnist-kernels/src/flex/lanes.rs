@@ -85,11 +85,20 @@ impl<'a> Rows64<'a> {
     /// Row `r`. Panics if it runs past the values.
     #[inline(always)]
     pub(crate) fn row(self, r: u32) -> &'a [f32; 64] {
-        let Some(row) = self.values[r as usize * self.stride + self.offset..].first_chunk::<64>() else {
-            panic!("row {r} of 64 floats runs past the table's {} values", self.values.len());
-        };
-        row
+        match self.values.get(r as usize * self.stride + self.offset..).and_then(|rest| rest.first_chunk::<64>()) {
+            Some(row) => row,
+            None => past_the_table(r, self.values.len()),
+        }
     }
+}
+
+/// [`Rows64::row`]'s panic, out of line and given its values by copy: formatted in place,
+/// the row's index was stored to the stack for the message at every entry of the sparse
+/// products' loop.
+#[cold]
+#[inline(never)]
+fn past_the_table(r: u32, len: usize) -> ! {
+    panic!("row {r} of 64 floats runs past the table's {len} values")
 }
 
 /// The sum of eight lanes, pairwise: `((0 + 4) + (1 + 5)) + ((2 + 6) + (3 + 7))`.
