@@ -877,6 +877,18 @@ pub(crate) fn dispatch_with<Op: WithLanes>(simd: Simd, op: Op) -> Op::Output {
 mod tests {
     use super::*;
 
+    /// A table's rows are where they lie, and one past them panics with the row named.
+    #[test]
+    fn rows64_reads_its_rows_and_names_one_past_them() {
+        let values: Vec<f32> = (0..3 * 80).map(|v| v as f32).collect();
+        let table = Rows64::columns(&values, 80, 16);
+        assert_eq!(table.row(2)[0], (2 * 80 + 16) as f32);
+        assert_eq!(table.row(2)[63], (2 * 80 + 16 + 63) as f32);
+        let past = std::panic::catch_unwind(|| table.row(3)[0]).expect_err("row 3 is past the table");
+        assert_eq!(past.downcast_ref::<String>().map(String::as_str), Some("row 3 of 64 floats runs past the table's 240 values"));
+        assert!(std::panic::catch_unwind(|| Rows64::columns(&values, 80, 17).row(2)[0]).is_err(), "a row that runs past the end");
+    }
+
     struct Fma(F8, f32, F8);
     impl WithLanes for Fma {
         type Output = F8;
