@@ -249,3 +249,25 @@ fn a_form_without_an_image_file_or_an_empty_image_says_so() {
         assert_eq!(response.status().as_u16(), 422);
     });
 }
+
+#[test]
+fn a_client_slow_to_send_its_body_holds_up_no_other_request() {
+    // The longest wait for requests on their way: before, a body still coming in counted
+    // as one, and every request waited the whole second for it.
+    let server = Server::start(ServeConfig::new().with_batch_wait_us(1_000_000));
+    let mut stalled = TcpStream::connect(&server.addr).unwrap();
+    stalled.write_all(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89P").unwrap();
+    // Give the server the headers before the others come.
+    std::thread::sleep(Duration::from_millis(200));
+    let pixels: Vec<u8> = (0..784).map(|i| if (300..320).contains(&i) { 255 } else { 0 }).collect();
+    let body = serde_json::json!({ "pixels": pixels }).to_string();
+    for _ in 0..3 {
+        let request = format!("POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let started = Instant::now();
+        let (_stream, answer) = raw(&server.addr, request.as_bytes());
+        let took = started.elapsed();
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        assert!(took < Duration::from_millis(700), "answered after {took:?}: it waited for the stalled body");
+    }
+    drop(stalled);
+}

@@ -102,6 +102,7 @@ fn train(e: &mnist_train::Error) -> Option<String> {
         Error::RunInUse { .. } => "choose another --out to train beside it".into(),
         Error::WouldOverwrite { .. } => "choose an empty or new folder with --out".into(),
         Error::NotADirectory { .. } => "--out takes the folder a run is written to".into(),
+        Error::OutDir { .. } => "choose a folder you can write in with --out".into(),
         Error::FolderOfRuns { path } => format!("choose a new folder with --out, such as {}", quote_path(&path.join("my-run"))),
         Error::NoCheckpoint { why: NoCheckpoint::CheckpointGone, path } => finished_without_checkpoint(parent_dir(path)),
         Error::NoCheckpoint { why: NoCheckpoint::HoldsRuns, path } => {

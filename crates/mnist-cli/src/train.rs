@@ -117,6 +117,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     // A folder no run may start in is refused before the dataset is looked for.
     if !out.as_os_str().is_empty() {
         let _ = RESUME_HINT.set(resume_command(&args, &out));
+        let _ = RUN_DIR.set(out.clone());
         mnist_train::check_out_dir(&out, args.resume)?;
     }
     // The file the config came from, which a value out of range names.
@@ -166,6 +167,7 @@ pub fn train(args: TrainArgs) -> Result<Status> {
     options.progress = if args.plain { ProgressMode::Lines } else { ProgressMode::auto() };
     let resume = resume_command(&args, &out);
     let _ = RESUME_HINT.set(resume.clone());
+    let _ = RUN_DIR.set(out.clone());
     options.stop = Some(stop_flag());
     // Said at once (above the progress bar): the step in flight may take a while.
     options.stop_note = Some("stopping: saving a checkpoint after this step (a second Ctrl-C or signal quits at once, without it)".into());
@@ -178,6 +180,8 @@ pub fn train(args: TrainArgs) -> Result<Status> {
         (e, _) => e,
     })?;
     check_memory(backend, &config, &dataset, start, config_file.as_deref(), args.resume)?;
+    // The folder made, and a file written in it, before training is announced.
+    mnist_train::make_out_dir(&out)?;
     if start == config.steps {
         let are = if config.steps == 1 { "is" } else { "are" };
         say!("the run's {} {are} done; evaluating it and writing its model files into {}", steps(config.steps), out.display());
@@ -202,12 +206,10 @@ pub fn train(args: TrainArgs) -> Result<Status> {
             // status still says the signal came (130, 143, 129), so that a script stops.
             let signalled = options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
             say!("{}", report.test.table(&class_names(&dataset)));
-            say!(
-                "test accuracy {:.4}; {:.0} training images/s; wrote {}",
-                report.test.accuracy,
-                report.train_images_per_sec,
-                out.display()
-            );
+            // With no steps left to train, no speed was measured here (the report's is the
+            // run's own, from the process that trained it).
+            let speed = if start == config.steps { "no steps left to train".to_string() } else { format!("{:.0} training images/s", report.train_images_per_sec) };
+            say!("test accuracy {:.4}; {speed}; wrote {}", report.test.accuracy, out.display());
             // Last: it sums the run up.
             if signalled {
                 note!("{} after the last step: the run was finished and saved", stopped_by());
@@ -298,6 +300,22 @@ impl Job for TrainJob<'_> {
 /// hints below errors, set once the run's folder is known.
 static RESUME_HINT: OnceLock<String> = OnceLock::new();
 
+/// The folder of the run this process trains, once it is known: whether it holds a
+/// checkpoint decides what the note of a second signal says.
+static RUN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// What the note of a second signal says after "quitting now, without saving": whether a
+/// checkpoint of the run is kept (`checkpoint`: one is in its folder), and the command
+/// that goes on from it, or that starts the run again from step 0 when there is none.
+fn quit_note(checkpoint: bool, resume: Option<&str>) -> String {
+    match (checkpoint, resume) {
+        (true, Some(command)) => format!("a checkpoint saved before is kept; resume with: {command}"),
+        (true, None) => "a checkpoint saved before is kept".to_string(),
+        (false, Some(command)) => format!("no checkpoint was saved yet, so the run starts again from step 0 with: {command}"),
+        (false, None) => "no checkpoint was saved yet".to_string(),
+    }
+}
+
 /// The command that resumes the run this process trains, once its folder is known.
 pub(crate) fn resume_hint() -> Option<String> {
     RESUME_HINT.get().cloned()
@@ -362,8 +380,9 @@ fn install_stop_handlers(flag: &Arc<AtomicBool>) -> std::io::Result<()> {
             let _ = std::thread::Builder::new().spawn(move || {
                 // On a terminal the progress bar holds the line: the note starts its own.
                 let line_break = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { "\n" } else { "" };
-                let resume = RESUME_HINT.get().map(|c| format!("; resume with: {c}")).unwrap_or_default();
-                note!("{line_break}stopped again: quitting now, without saving (a checkpoint saved before is kept{resume})");
+                let checkpoint = RUN_DIR.get().is_some_and(|dir| dir.join(artifact::CHECKPOINT).is_file());
+                let note = quit_note(checkpoint, RESUME_HINT.get().map(String::as_str));
+                note!("{line_break}stopped again: quitting now, without saving ({note})");
                 let _ = said.send(());
             });
             let _ = wait.recv_timeout(std::time::Duration::from_millis(500));
@@ -405,6 +424,16 @@ fn utc_stamp() -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A second signal's note says a checkpoint is kept only where there is one.
+    #[test]
+    fn the_quit_note_says_whether_a_checkpoint_is_kept() {
+        let command = "mnist train --resume --out run";
+        assert_eq!(super::quit_note(true, Some(command)), "a checkpoint saved before is kept; resume with: mnist train --resume --out run");
+        assert_eq!(super::quit_note(false, Some(command)), "no checkpoint was saved yet, so the run starts again from step 0 with: mnist train --resume --out run");
+        assert_eq!(super::quit_note(true, None), "a checkpoint saved before is kept");
+        assert_eq!(super::quit_note(false, None), "no checkpoint was saved yet");
+    }
+
     #[test]
     fn utc_stamp_has_the_expected_shape() {
         let s = super::utc_stamp();

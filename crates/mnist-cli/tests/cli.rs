@@ -531,7 +531,9 @@ fn a_second_signal_quits_at_once_and_says_so() {
     let stderr = no_panic("two signals", &output);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("stopping: saving a checkpoint after this step"), "{stderr}");
-    assert!(stderr.contains("stopped again: quitting now, without saving") && stderr.contains("resume with: ") && stderr.contains("mnist train --backend flex --resume --out"), "{stderr}");
+    // No checkpoint was saved before (none is made during the run), and the note says so.
+    assert!(!tmp.path().join("run").join("checkpoint.bin").exists());
+    assert!(stderr.contains("stopped again: quitting now, without saving (no checkpoint was saved yet, so the run starts again from step 0 with: ") && stderr.contains("mnist train --backend flex --resume --out"), "{stderr}");
     assert!(!stderr.contains("interrupted after"), "{stderr}");
 }
 
@@ -620,6 +622,18 @@ fn files_and_values_are_named_with_what_was_expected() {
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(&needle), "{args:?}: {stderr}");
     }
+    // A folder that cannot be made (even by root: /proc takes none) is named before
+    // training is announced.
+    #[cfg(target_os = "linux")]
+    {
+        let tiny_config = root.join("tiny.json");
+        std::fs::write(&tiny_config, tiny(5, 5)).unwrap();
+        let output = mnist().args(["train", "--plain", "--backend", "flex", "--config", tiny_config.to_str().unwrap(), "--out", "/proc/mnist-rs-run"]).output().unwrap();
+        let stderr = no_panic("train --out /proc/mnist-rs-run", &output);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("error: cannot make the run's folder /proc/mnist-rs-run or write in it: ") && stderr.contains("hint: choose a folder you can write in with --out"), "{stderr}");
+        assert!(!text(&output.stdout).contains("training on"), "{}", text(&output.stdout));
+    }
     // `-`: the image on standard input.
     let mut child = mnist().args(["predict", "--model", model.to_str().unwrap(), "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let png = std::fs::read(cases().join("images/repro_seven_bg128.png")).unwrap();
@@ -672,6 +686,8 @@ fn resume_without_out_finishes_a_run_missing_a_final_file() {
     let stderr = no_panic("train --resume of a run missing its plot", &output);
     assert!(output.status.success(), "{stderr}");
     assert!(text(&output.stdout).contains("the run's 10 steps are done"), "{}", text(&output.stdout));
+    // No training speed is claimed where no step was trained.
+    assert!(text(&output.stdout).contains("; no steps left to train; wrote ") && !text(&output.stdout).contains("training images/s"), "{}", text(&output.stdout));
     assert!(run.join("plot.png").is_file());
     // Finished now: nothing is left to resume.
     let output = mnist().current_dir(tmp.path()).args(["train", "--plain", "--backend", "flex", "--resume"]).output().unwrap();

@@ -145,9 +145,11 @@ async fn answer(state: &AppState, request: Request) -> Result<Response, ApiError
         discard(body, &parts.headers, state.body_limit, state.timeout);
         return Err(refused.closing());
     }
-    // From here until its image is queued, the inference thread may wait for this one.
-    let arriving = state.batcher.arriving();
     let bytes = read_body(&parts.headers, body, state.body_limit, deadline, state.timeout).await?;
+    // From here until its image is queued, the inference thread may wait for this one:
+    // only once its body is in, so that a client slow to send it (or stalled, until its
+    // timeout) does not hold every batch for the whole wait.
+    let arriving = state.batcher.arriving();
     let work = async {
         let input = match Kind::of(&parts.headers, &bytes) {
             Kind::Json => pixels_from_json(&bytes)?,

@@ -3,8 +3,9 @@
 //!
 //! One image costs nearly as much as a small batch on this network (the weights are
 //! read either way), so the thread takes the first request waiting, then everything
-//! queued behind it, then, while other requests are on their way (received, their image
-//! still being read or decoded: [`Batcher::arriving`]), waits up to
+//! queued behind it, then, while other requests are on their way (their body received in
+//! full, their image being decoded: [`Batcher::arriving`]; a body still coming in is not
+//! waited for, so a client slow to send one holds up nobody), waits up to
 //! [`ServeConfig::batch_wait_us`] for them, up to [`ServeConfig::max_batch`] images, and
 //! answers them all from one [`Classifier::predict_batch`]. A request alone waits for
 //! nobody. The async runtime never runs the network: a handler queues its image and

@@ -89,7 +89,8 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// How long, in microseconds, the inference thread waits for more requests once it
     /// has taken those already queued, when the batch is not full and other requests are
-    /// on their way (received, their image still being read or decoded); 0: never waits.
+    /// on their way (their body received in full, their image being decoded); 0: never
+    /// waits.
     #[config(default = 1000)]
     pub batch_wait_us: u64,
     /// Most images waiting for the inference thread; more get 503.

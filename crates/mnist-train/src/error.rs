@@ -36,6 +36,15 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The run's folder could not be made, or written in (a read-only file system, a
+    /// folder of the system's such as `/sys`, no permission).
+    #[error("cannot make the run's folder {} or write in it: {source}", path.display())]
+    OutDir {
+        /// The folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// A file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     Read {
@@ -309,6 +318,7 @@ mod tests {
             Error::RunInUse { path: dir.clone() },
             Error::WouldOverwrite { path: dir.clone(), files: vec!["config.json".into()] },
             Error::NotADirectory { path: dir.clone() },
+            Error::OutDir { path: dir.clone(), source: io() },
             Error::FolderOfRuns { path: dir.clone() },
             Error::DivergedWeights { step: 3, tensor: "fc1.weight".into() },
             Error::Diverged { step: 3, loss: f32::NAN },

@@ -36,7 +36,7 @@ mod train;
 pub use config::TrainConfig;
 pub use error::{Error, ExistingRun, NoCheckpoint, NotResumable, Result};
 pub use metrics::{MetricRow, MetricsLog, plot};
-pub use train::{Outcome, ProgressMode, Report, TrainOptions, check_out_dir, check_start, finished_files, locked_by_another, resumable, kernels_in_use, optimizer, train, train_step};
+pub use train::{Outcome, ProgressMode, Report, TrainOptions, check_out_dir, check_start, finished_files, locked_by_another, make_out_dir, resumable, kernels_in_use, optimizer, train, train_step};
 
 #[cfg(test)]
 mod tests;

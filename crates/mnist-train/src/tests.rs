@@ -529,8 +529,14 @@ fn a_folder_holding_files_no_run_wrote_is_not_trained_into() {
     assert!(matches!(err, Error::WouldOverwrite { .. }), "{err}");
     assert_eq!(std::fs::read_to_string(dir.path().join(artifact::TRAIN_CONFIG)).unwrap(), "{\"x\": 1}");
     std::fs::remove_file(dir.path().join(artifact::LOCK)).unwrap();
-    // A finished run from before the lock file is still named as a run, not as files.
+    // A report.json or model.json of the user's own (none of a run's keys) is named too.
     std::fs::write(dir.path().join(artifact::REPORT), "{}").unwrap();
+    std::fs::write(dir.path().join(artifact::MANIFEST), r#"{"mine": 1}"#).unwrap();
+    let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("holds config.json, plot.png, model.json, report.json that no training run wrote"), "{err}");
+    std::fs::remove_file(dir.path().join(artifact::MANIFEST)).unwrap();
+    // A finished run from before the lock file is still named as a run, not as files.
+    std::fs::write(dir.path().join(artifact::REPORT), r#"{"test": {"images": 2000, "accuracy": 0.97}}"#).unwrap();
     let err = train::<B>(&tiny(10), &data, &options(dir.path()), &Default::default()).unwrap_err();
     assert!(matches!(err, Error::RunExists { .. }), "{err}");
     std::fs::remove_file(dir.path().join(artifact::REPORT)).unwrap();

@@ -458,13 +458,7 @@ fn batch_accuracy<B: Backend>(model: &Cnn<B>, images: burn::tensor::Tensor<B, 4>
 /// them. `notes`: say on standard error what was removed or is started again.
 fn prepare_dir(dir: &Path, resume: bool, notes: bool) -> Result<std::fs::File> {
     check_out_dir(dir, resume)?;
-    let write_err = |source| Error::Write {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(write_err)?;
-    // Fail now, not after hours of training, when the directory is not writable.
-    artifact::temp_file_in(dir, "").map_err(write_err)?;
+    make_out_dir(dir)?;
     // The lock first: a directory another process trains in is refused as such, whatever
     // it holds so far.
     let lock = std::fs::OpenOptions::new()
@@ -513,6 +507,19 @@ fn prepare_dir(dir: &Path, resume: bool, notes: bool) -> Result<std::fs::File> {
     Ok(lock)
 }
 
+/// Makes the run's folder `dir` (and its parents) and checks that a file can be written
+/// in it: what [`train`] does first, for a caller to do before it says that training
+/// starts. Fails now, not after hours of training, when the folder is not writable.
+///
+/// # Errors
+/// [`Error::OutDir`] when the folder cannot be made or written in.
+pub fn make_out_dir(dir: &Path) -> Result<()> {
+    let err = |source| Error::OutDir { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    artifact::temp_file_in(dir, "").map_err(err)?;
+    Ok(())
+}
+
 /// Checks, without writing anything, that a run may start in `dir` (`resume`: may go on
 /// there): what [`train`] checks before it locks the directory, for a caller to check
 /// before loading a dataset or anything else slow.
@@ -559,13 +566,13 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
         return Err(Error::NoCheckpoint { path: checkpoint, why });
     }
     // Files training writes, in a folder no run has started in (no lock file with the
-    // metrics a run creates right after it, no checkpoint, report or manifest): the
-    // user's own, which a new run must not replace, even beside a `.lock` of their own.
+    // metrics a run creates right after it, no checkpoint, no report or manifest a run
+    // wrote): the user's own, which a new run must not replace, even beside a `.lock` of their own.
     // (A run stopped before its first checkpoint left its lock and metrics, and starts
     // again; a run with a checkpoint is refused as one, by `prepare_dir` once it holds the
     // lock.)
     if !resume && dir.is_dir() && !started(dir) && !trained(dir) {
-        let files: Vec<String> = [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::WEIGHTS, artifact::SAFETENSORS]
+        let files: Vec<String> = [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::REPORT]
             .iter()
             .filter(|f| dir.join(f).exists())
             .map(|f| f.to_string())
@@ -640,9 +647,24 @@ fn existing_run(dir: &Path) -> ExistingRun {
     }
 }
 
-/// Whether a run in `dir` got as far as a checkpoint, or finished.
+/// Whether a run in `dir` got as far as a checkpoint, or finished: its checkpoint, or a
+/// report or model manifest a run wrote (each holding a key of its own: a file of the
+/// user's by one of those names, such as `{"mine": 1}`, is theirs, and a new run must
+/// not replace it; a run writes both atomically, so a run's is never a torn one).
 fn trained(dir: &Path) -> bool {
-    [artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST].iter().any(|f| dir.join(f).exists())
+    dir.join(artifact::CHECKPOINT).exists() || a_runs(&dir.join(artifact::REPORT), "\"test\"") || a_runs(&dir.join(artifact::MANIFEST), "\"conv1_channels\"")
+}
+
+/// Whether `path` is there and holds `key` (a run's file of its kind always does), or is
+/// there and cannot be read (taken as a run's: refused as a run, not overwritten).
+fn a_runs(path: &Path, key: &str) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    match mnist_fs::read_capped(path, 1 << 20) {
+        Ok(bytes) => bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+        Err(_) => true,
+    }
 }
 
 /// Checks, without writing anything and reading of a checkpoint only its state, that
