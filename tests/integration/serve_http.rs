@@ -271,3 +271,75 @@ fn a_client_slow_to_send_its_body_holds_up_no_other_request() {
     }
     drop(stalled);
 }
+
+/// A 1,200 x 1,200 BMP (4.3 MB, over axum's own 2 MB default) of a dark bar on white: a
+/// "1" the preprocessing finds.
+fn large_bmp() -> Vec<u8> {
+    let image = image::RgbImage::from_fn(1200, 1200, |x, y| if (560..640).contains(&x) && (200..1000).contains(&y) { image::Rgb([20, 20, 20]) } else { image::Rgb([250, 250, 250]) });
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Bmp).unwrap();
+    bytes.into_inner()
+}
+
+/// A multipart body of one part: its headers (after `Content-Disposition: form-data;`)
+/// and bytes.
+fn form(disposition: &str, part_headers: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut body = format!("--XyZ\r\nContent-Disposition: form-data; {disposition}\r\n{part_headers}\r\n").into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    body
+}
+
+#[test]
+fn forms_and_labels_are_read_as_clients_send_them() {
+    let server = Server::start(ServeConfig::new());
+    let bmp = large_bmp();
+    assert!(bmp.len() > 4 << 20 && bmp.len() < 8 << 20, "{} bytes", bmp.len());
+    let runtime = super::serve::client_runtime();
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let post = |content_type: &str, body: Vec<u8>| http.post(server.url("/api/predict")).header("content-type", content_type).body(body);
+        let multipart = "multipart/form-data; boundary=XyZ";
+        let answers = [
+            // An image over 2 MB in a form, within the server's 8 MiB (it had been
+            // "unreadable multipart form (Request payload is too large)").
+            ("a 4 MB file in a form", post(multipart, form("name=\"image\"; filename=\"big.bmp\"", "Content-Type: image/bmp\r\n", &bmp))),
+            // A file part without a file name, known by its type (Python's requests,
+            // `files={"image": (None, data, "image/bmp")}`).
+            ("a typed part without a file name", post(multipart, form("name=\"image\"", "Content-Type: image/bmp\r\n", &bmp))),
+            // An image labelled JSON is read as the image it is.
+            ("an image labelled JSON", post("application/json", bmp.clone())),
+        ];
+        for (what, request) in answers {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(status, 200, "{what}: {body}");
+            assert!(body["class"].is_u64(), "{what}: {body}");
+        }
+        let refusals = [
+            // A form under another label: what changed it is named.
+            (
+                post("application/json", form("name=\"image\"; filename=\"big.bmp\"", "Content-Type: image/bmp\r\n", &bmp)),
+                400,
+                "the body is a multipart form (it starts with a boundary line), but its Content-Type is \"application/json\", not multipart/form-data with that boundary",
+            ),
+            // `curl -d @digit.png`: the file's line breaks stripped, and the way out said.
+            (post("application/x-www-form-urlencoded", b"\x89PNG\x1a\n".to_vec()), 422, "send it with `curl --data-binary @FILE`"),
+            // A field name of megabytes is shown cut short.
+            (post(multipart, form(&format!("name=\"{}\"", "n".repeat(3 << 20)), "", b"text")), 400, &format!("only text fields: \"{}...\"", "n".repeat(64))),
+            // A text part is not taken for the image.
+            (post(multipart, form("name=\"note\"", "Content-Type: text/plain\r\n", b"hello")), 400, "the multipart form has no image file (it holds only text fields: \"note\")"),
+            // An empty file part without a name says so.
+            (post(multipart, form("name=\"image\"", "Content-Type: image/png\r\n", b"")), 400, "the uploaded image (form field \"image\", no file name) is empty (0 bytes)"),
+        ];
+        for (request, status, needle) in refusals {
+            let response = request.send().await.unwrap();
+            let got = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            let error = body["error"].as_str().unwrap();
+            assert_eq!(got, status, "{}", &error[..error.len().min(300)]);
+            assert!(error.contains(needle) && error.len() < 2000, "{:?} does not say {needle:?}", &error[..error.len().min(300)]);
+        }
+    });
+}

@@ -98,7 +98,10 @@ pub(crate) fn router(batcher: Batcher, info: Arc<ModelInfo>, config: &ServeConfi
         .route("/", get(page::index))
         .route("/app.js", get(page::script))
         .route("/style.css", get(page::style))
-        .route("/api/predict", post(predict))
+        // The body limit is the server's own (`read_body`): without this, axum's default
+        // of 2 MB applied again to a multipart form, and a 3 MB photo within the 8 MiB
+        // limit was refused as "unreadable".
+        .route("/api/predict", post(predict).layer(axum::extract::DefaultBodyLimit::disable()))
         .route("/api/model", get(model))
         .route("/healthz", get(health))
         .fallback(not_found)
@@ -151,13 +154,31 @@ async fn answer(state: &AppState, request: Request) -> Result<Response, ApiError
     // timeout) does not hold every batch for the whole wait.
     let arriving = state.batcher.arriving();
     let work = async {
-        let input = match Kind::of(&parts.headers, &bytes) {
+        let kind = Kind::of(&parts.headers, &bytes);
+        // A multipart form under another `Content-Type` (`curl -F image=@digit.png -H
+        // 'Content-Type: application/json'`) has lost the boundary that splits it.
+        if !matches!(kind, Kind::Multipart) && looks_multipart(&bytes) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body is a multipart form (it starts with a boundary line), but its Content-Type is {}, not multipart/form-data with that boundary: leave out the header that changed it (curl -F sets the form's own); {EXPECTED_BODY}",
+                    content_type_of(&parts.headers)
+                ),
+            ));
+        }
+        let input = match kind {
             Kind::Json => pixels_from_json(&bytes)?,
             Kind::Multipart => {
                 let image = image_from_multipart(Request::from_parts(parts, Body::from(bytes))).await?;
                 preprocess(state, image).await?
             }
-            Kind::Image => preprocess(state, bytes).await?,
+            Kind::Image => preprocess(state, bytes).await.map_err(|mut e| {
+                // `curl -d @digit.png` sends the file as a form, its line breaks stripped.
+                if e.status == StatusCode::UNPROCESSABLE_ENTITY && essence(&parts.headers) == "application/x-www-form-urlencoded" {
+                    e.message.push_str("; the body came as application/x-www-form-urlencoded, as `curl -d @FILE` sends a file with its line breaks stripped: send it with `curl --data-binary @FILE`");
+                }
+                e
+            })?,
         };
         let prediction = state.batcher.predict(input, arriving).await.map_err(refusal)?;
         Ok(axum::Json(reply(&state.info, &input, &prediction)).into_response())
@@ -207,10 +228,12 @@ enum Kind {
 
 impl Kind {
     fn of(headers: &HeaderMap, body: &[u8]) -> Kind {
-        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = essence(headers);
         if essence == "application/json" || essence.ends_with("+json") {
-            Kind::Json
+            // An image labelled JSON (`curl -H 'Content-Type: application/json'
+            // --data-binary @digit.png`) is read as the image it is, as any other label
+            // is: no JSON text starts as an image format does.
+            if image::guess_format(body).is_ok() { Kind::Image } else { Kind::Json }
         } else if essence == "multipart/form-data" {
             Kind::Multipart
         } else if (essence.is_empty() || essence == "application/x-www-form-urlencoded" || essence.starts_with("text/"))
@@ -222,6 +245,34 @@ impl Kind {
             Kind::Image
         }
     }
+}
+
+/// The `Content-Type` without its parameters, in lower case ("" when there is none).
+fn essence(headers: &HeaderMap) -> String {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// The `Content-Type` as a message names it.
+fn content_type_of(headers: &HeaderMap) -> String {
+    match headers.get(header::CONTENT_TYPE) {
+        None => "not given".to_string(),
+        Some(value) => match value.to_str() {
+            Ok(text) => format!("{:?}", shown(text)),
+            Err(_) => "not text".to_string(),
+        },
+    }
+}
+
+/// Whether `body` starts as a multipart form does: `--`, a boundary of 1 to 70 of the
+/// characters RFC 2046 allows (no space at its end), then a line break.
+fn looks_multipart(body: &[u8]) -> bool {
+    let Some(rest) = body.strip_prefix(b"--") else {
+        return false;
+    };
+    let line = rest.iter().position(|&b| b == b'\r' || b == b'\n').map_or(&rest[..0], |end| &rest[..end]);
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(b);
+    (1..=70).contains(&line.len()) && line.iter().all(allowed) && line.last() != Some(&b' ')
 }
 
 /// What the headers of `POST /api/predict` alone refuse: a body encoded
@@ -363,7 +414,11 @@ fn pixels_from_json(body: &[u8]) -> Result<Pixels, ApiError> {
         Some(other) => return Err(bad(format!("\"pixels\" is {}, not an array; {SHAPE}", json_kind(other)))),
     };
     if values.len() != 784 {
-        return Err(bad(format!("\"pixels\" has {} values; {SHAPE}", values.len())));
+        let values = match values.len() {
+            1 => "1 value".to_string(),
+            n => format!("{n} values"),
+        };
+        return Err(bad(format!("\"pixels\" has {values}; {SHAPE}")));
     }
     let mut pixels = [0u8; 784];
     for (i, (pixel, value)) in pixels.iter_mut().zip(values).enumerate() {
@@ -410,18 +465,27 @@ async fn image_from_multipart(request: Request) -> Result<Bytes, ApiError> {
     let mut fields = Vec::new();
     let mut image: Option<(String, Bytes)> = None;
     while let Some(field) = form.next_field().await.map_err(|e| unreadable(e.body_text()))? {
-        let name = field.name().unwrap_or("").to_string();
-        let Some(file_name) = field.file_name().map(str::to_string) else {
+        let name = shown(field.name().unwrap_or(""));
+        // A file part: one with a file name, or with a type other than text (a client
+        // may send a file without a name, as Python's requests does for
+        // `files={"image": (None, data, "image/png")}`).
+        let file_name = field.file_name().map(shown);
+        let typed = field.content_type().is_some_and(|t| !t.trim().to_ascii_lowercase().starts_with("text/"));
+        if file_name.is_none() && !typed {
             fields.push(format!("{name:?}"));
             continue;
-        };
+        }
         if let Some((first, _)) = &image {
             // Which one to classify would be a guess: one image, one answer.
             return Err(bad(format!("the multipart form holds more than one file (form fields {first:?} and {name:?}); send one image per request")));
         }
         let bytes = field.bytes().await.map_err(|e| unreadable(e.body_text()))?;
         if bytes.is_empty() {
-            let file = if file_name.is_empty() { "no file chosen".to_string() } else { format!("file {file_name:?}") };
+            let file = match file_name {
+                Some(file_name) if !file_name.is_empty() => format!("file {file_name:?}"),
+                Some(_) => "no file chosen".to_string(),
+                None => "no file name".to_string(),
+            };
             return Err(bad(format!("the uploaded image (form field {name:?}, {file}) is empty (0 bytes); {EXPECTED_BODY}")));
         }
         image = Some((name, bytes));
@@ -434,6 +498,18 @@ async fn image_from_multipart(request: Request) -> Result<Bytes, ApiError> {
         "the multipart form has no image file (it holds {holds}): a file part is needed, as `curl -F image=@digit.png` sends; {EXPECTED_BODY}"
     )))
 }
+
+/// A form's field or file name as a message shows it: at most [`SHOWN_NAME`] characters,
+/// then `...` (a name may be megabytes long).
+fn shown(name: &str) -> String {
+    match name.char_indices().nth(SHOWN_NAME) {
+        Some((at, _)) => format!("{}...", &name[..at]),
+        None => name.to_string(),
+    }
+}
+
+/// The most characters of a form's field or file name a message shows.
+const SHOWN_NAME: usize = 64;
 
 /// Decodes and preprocesses an image as `mnist predict` does, off the async runtime.
 async fn preprocess(state: &AppState, bytes: Bytes) -> Result<Pixels, ApiError> {
@@ -510,6 +586,28 @@ mod tests {
         // An image labelled with the wrong type is still an image.
         assert_eq!(Kind::of(&headers("text/plain"), b"\xff\xd8\xff"), Kind::Image);
         assert_eq!(Kind::of(&headers("image/png"), b"{not a png"), Kind::Image);
+        // So is one labelled JSON; JSON text stays JSON.
+        assert_eq!(Kind::of(&headers("application/json"), b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), Kind::Image);
+        assert_eq!(Kind::of(&headers("application/json"), b"\xff\xd8\xff\xe0"), Kind::Image);
+        assert_eq!(Kind::of(&headers("application/json"), b"[1, 2]"), Kind::Json);
+        assert_eq!(Kind::of(&headers("application/json"), b"\xff\xfe"), Kind::Json);
+    }
+
+    #[test]
+    fn a_form_is_known_by_its_boundary_line_and_names_are_shown_short() {
+        assert!(looks_multipart(b"--------------------------d74496d66958873e\r\nContent-Disposition: form-data"));
+        assert!(looks_multipart(b"--XyZ\r\n"));
+        assert!(looks_multipart(b"--a'()+_,-./:=? b\n"));
+        assert!(!looks_multipart(b"--\r\n"), "an empty boundary");
+        assert!(!looks_multipart(b"--XyZ \r\n"), "a space at its end");
+        assert!(!looks_multipart(&[b"--".as_slice(), &[b'a'; 71], b"\r\n"].concat()), "71 characters");
+        assert!(!looks_multipart(b"--a{b}\r\n"));
+        assert!(!looks_multipart(b"\x89PNG\r\n"));
+        assert!(!looks_multipart(b"{\"pixels\": []}"));
+        assert_eq!(shown("image"), "image");
+        assert_eq!(shown(&"é".repeat(70)), format!("{}...", "é".repeat(64)));
+        assert_eq!(content_type_of(&headers("application/json")), "\"application/json\"");
+        assert_eq!(content_type_of(&HeaderMap::new()), "not given");
     }
 
     #[test]
@@ -530,6 +628,7 @@ mod tests {
         assert!(message("{}".into()).contains("\"pixels\" is missing"));
         assert!(message("{\"pixels\": \"abc\"}".into()).contains("a string, not an array"));
         assert!(message(json!({ "pixels": vec![0; 783] }).to_string()).contains("has 783 values"));
+        assert!(message(json!({ "pixels": [7] }).to_string()).contains("\"pixels\" has 1 value;"));
         assert!(message(json!({ "pixels": vec![0; 784], "label": 3 }).to_string()).contains("unknown field \"label\""));
         let ink = json!(ok).to_string();
         let twice = format!("{{\"pixels\": {ink}, \"pixels\": {ink}}}");
