@@ -30,7 +30,7 @@ pub fn run(command: &str, args: &[String]) -> Result<()> {
 
 /// Builds `mnist` in release with only `backend`'s feature and returns its path.
 pub fn build(backend: &str) -> Result<PathBuf> {
-    eprintln!("building mnist with the {backend} backend (release; the first build takes several minutes)");
+    eprintln!("building mnist with the {backend} backend (release: several minutes the first time, seconds once built)");
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--package", "mnist-cli", "--bin", "mnist"])
         .args(["--no-default-features", "--features", backend])

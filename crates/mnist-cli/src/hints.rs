@@ -194,6 +194,15 @@ fn model(e: &mnist_model::Error) -> Option<String> {
     match e {
         mnist_model::Error::UnfinishedRun { dir } => Some(format!("finish it with: {}", resume(dir))),
         mnist_model::Error::Checksum { path, .. } | mnist_model::Error::Read { path, .. } => rewrite_model(parent_dir(path)),
+        // A model.json that cannot be read as one: training writes it, and a finished
+        // run's resume writes it again once the damaged one is out of the way.
+        mnist_model::Error::Json { path, .. } if path.file_name().is_some_and(|name| name == MANIFEST) => {
+            let dir = parent_dir(path);
+            Some(match dir.join(CHECKPOINT).is_file() {
+                true => format!("move the damaged {MANIFEST} away; then {} writes it again from the run's checkpoint, without training", resume(dir)),
+                false => format!("{MANIFEST} is written by training: restore it from a copy of the run, or train again"),
+            })
+        }
         _ => None,
     }
 }

@@ -622,6 +622,17 @@ fn files_and_values_are_named_with_what_was_expected() {
         assert_eq!(output.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(&needle), "{args:?}: {stderr}");
     }
+    // A torn model.json: what makes it again is said.
+    let torn = root.join("torn");
+    std::fs::create_dir(&torn).unwrap();
+    for f in ["model.mpk", "model.safetensors"] {
+        std::fs::copy(model.join(f), torn.join(f)).unwrap();
+    }
+    std::fs::write(torn.join("model.json"), "{\"classes\": 1").unwrap();
+    let output = mnist().args(["eval", "--model", torn.to_str().unwrap()]).output().unwrap();
+    let stderr = no_panic("eval of a torn model.json", &output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not valid JSON") && stderr.contains("hint: model.json is written by training: restore it from a copy of the run, or train again"), "{stderr}");
     // A folder that cannot be made (even by root: /proc takes none) is named before
     // training is announced.
     #[cfg(target_os = "linux")]
@@ -704,6 +715,16 @@ fn resume_without_out_finishes_a_run_missing_a_final_file() {
     let output = mnist().current_dir(tmp.path()).args(["train", "--plain", "--backend", "flex", "--resume"]).output().unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(run.join("model.json").is_file());
+    // A torn one: the hint says to move it away and resume, and that works.
+    std::fs::write(run.join("model.json"), "{\"classes\"").unwrap();
+    let output = mnist().current_dir(tmp.path()).args(["eval", "--model", "artifacts/run"]).output().unwrap();
+    let stderr = no_panic("eval of a run with a torn model.json", &output);
+    assert!(stderr.contains("hint: move the damaged model.json away; then ") && stderr.contains("--resume --out artifacts/run writes it again from the run's checkpoint"), "{stderr}");
+    std::fs::rename(run.join("model.json"), tmp.path().join("torn.json")).unwrap();
+    let output = mnist().current_dir(tmp.path()).args(["train", "--plain", "--backend", "flex", "--resume", "--out", "artifacts/run"]).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let output = mnist().current_dir(tmp.path()).args(["eval", "--model", "artifacts/run"]).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
 }
 
 /// A run whose config.json was deleted resumes with the config its checkpoint records
