@@ -213,7 +213,7 @@ fn describe_caches(mut caches: Vec<Cache>) -> Option<String> {
                 Some(k) => k.parse().ok()?,
                 None => c.size.strip_suffix('M')?.parse::<u64>().ok()? * 1024,
             };
-            let size = if kib >= 1024 && kib % 1024 == 0 { format!("{} MiB", kib / 1024) } else { format!("{kib} KiB") };
+            let size = if kib >= 1024 && kib.is_multiple_of(1024) { format!("{} MiB", kib / 1024) } else { format!("{kib} KiB") };
             let name = if c.kind == "Data" { format!("L{}d", c.level) } else { format!("L{}", c.level) };
             let sharing = cpu_count(&c.shared_with);
             Some(if sharing > 1 { format!("{name} {size} shared by {sharing} cores") } else { format!("{name} {size}") })
