@@ -571,7 +571,7 @@ pub fn check_out_dir(dir: &Path, resume: bool) -> Result<()> {
     // (A run stopped before its first checkpoint left its lock and metrics, and starts
     // again; a run with a checkpoint is refused as one, by `prepare_dir` once it holds the
     // lock.)
-    if !resume && dir.is_dir() && !started(dir) && !trained(dir) {
+    if !resume && dir.is_dir() && !started(dir) && !trained_by_a_run(dir) {
         let files: Vec<String> = [artifact::TRAIN_CONFIG, artifact::METRICS, artifact::PLOT, artifact::MANIFEST, artifact::WEIGHTS, artifact::SAFETENSORS, artifact::REPORT]
             .iter()
             .filter(|f| dir.join(f).exists())
@@ -647,11 +647,17 @@ fn existing_run(dir: &Path) -> ExistingRun {
     }
 }
 
-/// Whether a run in `dir` got as far as a checkpoint, or finished: its checkpoint, or a
-/// report or model manifest a run wrote (each holding a key of its own: a file of the
-/// user's by one of those names, such as `{"mine": 1}`, is theirs, and a new run must
-/// not replace it; a run writes both atomically, so a run's is never a torn one).
+/// Whether a run in `dir` got as far as a checkpoint, or finished.
 fn trained(dir: &Path) -> bool {
+    [artifact::CHECKPOINT, artifact::REPORT, artifact::MANIFEST].iter().any(|f| dir.join(f).exists())
+}
+
+/// [`trained`], telling a run's report and model manifest from files of the user's by
+/// those names (such as `{"mine": 1}`), which a new run must not replace: a run's hold a
+/// key of their own, and are written atomically, so never torn. Only for naming the
+/// user's files ([`Error::WouldOverwrite`]); every other decision takes a file by either
+/// name as a run's, so that nothing of a damaged run is trained over.
+fn trained_by_a_run(dir: &Path) -> bool {
     dir.join(artifact::CHECKPOINT).exists() || a_runs(&dir.join(artifact::REPORT), "\"test\"") || a_runs(&dir.join(artifact::MANIFEST), "\"conv1_channels\"")
 }
 
