@@ -674,20 +674,16 @@ struct Machine {
 }
 
 impl Machine {
-    /// One line for the printed table: "Machine: CPU (caches), N cores, M GiB", with
-    /// what is known of it.
+    /// One line for the printed table: "Machine: CPU; caches; N cores, M GiB", with what
+    /// is known of it.
     fn line(&self) -> String {
         let mut parts = vec![self.cpu.clone().unwrap_or_else(|| format!("an unnamed {} CPU", self.arch))];
-        if let Some(caches) = &self.caches {
-            parts[0] = format!("{} ({caches})", parts[0]);
+        parts.extend(self.caches.clone());
+        let size: Vec<String> = [self.cores.map(|cores| format!("{cores} cores")), self.memory_gib.map(|gib| format!("{gib} GiB"))].into_iter().flatten().collect();
+        if !size.is_empty() {
+            parts.push(size.join(", "));
         }
-        if let Some(cores) = self.cores {
-            parts.push(format!("{cores} cores"));
-        }
-        if let Some(gib) = self.memory_gib {
-            parts.push(format!("{gib} GiB"));
-        }
-        format!("Machine: {}.", parts.join(", "))
+        format!("Machine: {}.", parts.join("; "))
     }
 
     fn here() -> Machine {
@@ -779,7 +775,7 @@ mod tests {
     #[test]
     fn the_machine_line_says_what_is_known() {
         let zen4 = Machine { cpu: Some("AMD EPYC (family 25 model 17)".into()), caches: Some("L1d 32 KiB, L2 1 MiB".into()), cores: Some(2), memory_gib: Some(23.5), os: "linux", arch: "x86_64" };
-        assert_eq!(zen4.line(), "Machine: AMD EPYC (family 25 model 17) (L1d 32 KiB, L2 1 MiB), 2 cores, 23.5 GiB.");
+        assert_eq!(zen4.line(), "Machine: AMD EPYC (family 25 model 17); L1d 32 KiB, L2 1 MiB; 2 cores, 23.5 GiB.");
         let bare = Machine { cpu: None, caches: None, cores: None, memory_gib: None, os: "macos", arch: "aarch64" };
         assert_eq!(bare.line(), "Machine: an unnamed aarch64 CPU.");
     }
